@@ -1,0 +1,150 @@
+//! SHA-256 digests and content-addressed ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
+
+/// A SHA-256 digest. Shown and parsed as 64 lower-case hex characters.
+///
+/// In human-readable formats (JSON, TOML) it serialises as that hex string; in the binary wire codec
+/// as 32 raw bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The content id of `value`: SHA-256 over a domain tag, a zero byte, and the value's canonical
+    /// encoding (the wire codec). The domain tag keeps ids of different object kinds apart even if
+    /// their encodings coincide.
+    pub fn content_id<T: Serialize + ?Sized>(domain: &str, value: &T) -> Self {
+        let mut h = Sha256::new();
+        h.update(domain.as_bytes());
+        h.update([0u8]);
+        h.update(crate::wire::codec::canonical_bytes(value));
+        Self(h.finalize().into())
+    }
+
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 12 hex characters, for display only (btd accepts full ids everywhere).
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+/// A string that is not a 64-character hex SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a SHA-256 digest as 64 hex characters, got {got:?}")]
+pub struct DigestParseError {
+    /// The rejected input (truncated to 80 characters).
+    pub got: String,
+}
+
+impl FromStr for Digest {
+    type Err = DigestParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || DigestParseError {
+            got: s.chars().take(80).collect(),
+        };
+        if s.len() != 64 {
+            return Err(err());
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.to_ascii_lowercase(), &mut out).map_err(|_| err())?;
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            Ok(Self(<[u8; 32]>::deserialize(d)?))
+        }
+    }
+}
+
+impl schemars::JsonSchema for Digest {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Sha256Digest".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-f]{64}$",
+            "description": "SHA-256 digest, 64 lower-case hex characters"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_vector() {
+        assert_eq!(
+            Digest::of(b"abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn parse_round_trip_and_rejects() {
+        let d = Digest::of(b"x");
+        assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
+        assert_eq!(d.to_hex().to_uppercase().parse::<Digest>().unwrap(), d);
+        assert!("abc".parse::<Digest>().is_err());
+        assert!("zz".repeat(32).parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn json_is_hex_and_content_ids_are_domain_separated() {
+        let d = Digest::of(b"x");
+        let j = serde_json::to_string(&d).unwrap();
+        assert_eq!(j, format!("\"{}\"", d.to_hex()));
+        assert_eq!(serde_json::from_str::<Digest>(&j).unwrap(), d);
+        assert_ne!(Digest::content_id("a", &1u32), Digest::content_id("b", &1u32));
+        assert_eq!(Digest::content_id("a", &1u32), Digest::content_id("a", &1u32));
+    }
+}
