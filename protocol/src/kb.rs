@@ -79,3 +79,19 @@ pub struct Entry {
     /// Its impact (gain over the reference), 0 when rejected.
     pub impact: f64,
 }
+
+// TEMPORARY stub (replaced by the kb branch).
+/// stub
+#[derive(Debug, thiserror::Error)]
+#[error("bad amount")]
+pub struct AmountError;
+impl Amount {
+    /// stub
+    pub fn from_decimal_str(s: &str) -> Result<Self, AmountError> {
+        s.parse::<u64>().map(|v| Amount(v * 1_000_000)).map_err(|_| AmountError)
+    }
+    /// stub
+    pub fn from_tokens_f64(f: f64) -> Result<Self, AmountError> {
+        Ok(Amount((f * 1e6).round() as u64))
+    }
+}

@@ -1,0 +1,380 @@
+//! The research program: its manifest, validation and content-addressed id (semantics §1).
+//!
+//! A manifest is TOML written by the owner. [`Program::from_toml`] validates it into a typed
+//! [`Program`] or returns *every* problem found, each naming the field, the line where the TOML parser
+//! knows it, and the allowed values. The program id is the SHA-256 of the canonical encoding of the
+//! program together with the owner's public key, so the same manifest published by two owners gives
+//! two programs. The full field reference is `docs/program.md`.
+
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dispatch::{Budget, ComputePacket, Decision, Policy, Rung, SpendClass};
+use crate::kb::{AcceptRule, Amount, Direction, Rules, Split};
+use crate::membership::MembershipMode;
+use crate::{Digest, Timestamp};
+
+/// The manifest format version this build reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// A validated research program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Program {
+    /// Manifest format version ([`MANIFEST_VERSION`]).
+    pub version: u32,
+    /// Short slug, `[a-z0-9][a-z0-9-]{0,62}`.
+    pub name: String,
+    /// The exact question, in words.
+    pub objective: String,
+    /// How members are admitted.
+    pub membership: MembershipMode,
+    /// The objective metric and acceptance rule.
+    pub criteria: Criteria,
+    /// Reference value before any champion exists.
+    pub baseline: Option<f64>,
+    /// The reward pool and how it is split.
+    pub reward: Reward,
+    /// What a worker runs.
+    pub task: Task,
+    /// Compute rungs the program knows about.
+    pub rungs: Vec<Rung>,
+    /// Spend policy.
+    pub policy: Policy,
+    /// Outputs every result must include.
+    pub required_outputs: Vec<String>,
+    /// When the program stops taking work.
+    pub stop: StopConditions,
+}
+
+/// The objective metric and acceptance rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Criteria {
+    /// Metric name, e.g. `val_bpb`.
+    pub metric: String,
+    /// Which way it improves.
+    pub direction: Direction,
+    /// The acceptance rule (with its threshold in threshold mode).
+    pub accept: AcceptRule,
+}
+
+/// The reward pool. Nothing transfers funds: btd computes the split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Reward {
+    /// Pool size.
+    pub pool: Amount,
+    /// Display symbol, e.g. `OBOL`.
+    pub token: String,
+    /// How the pool is split.
+    pub split: Split,
+}
+
+/// What a worker runs for one compute packet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Train btd's byte-level GPT with candle and report `val_bpb`.
+    Candle(CandleTask),
+    /// Run one bounded shell command and parse `<metric>: <number>` from its output.
+    Shell(ShellTask),
+}
+
+/// A candle training task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CandleTask {
+    /// Model size preset.
+    pub preset: ModelPreset,
+    /// The corpus.
+    pub dataset: Dataset,
+    /// Wall-clock budget per packet, seconds.
+    pub seconds: Option<u64>,
+    /// Step budget per packet.
+    pub steps: Option<u64>,
+    /// Base seed; workers derive their own from it.
+    pub seed: u64,
+    /// Validation token budget for `val_bpb`.
+    pub eval_tokens: u64,
+}
+
+/// Model size presets of btd's trainer.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPreset {
+    /// Learns within 30 s on 2 CPU cores.
+    Tiny,
+    /// A few minutes on a CPU, seconds on a GPU.
+    Small,
+    /// GPU-sized.
+    Base,
+}
+
+/// The corpus a candle task trains on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dataset {
+    /// A UTF-8 text file identified by its SHA-256; workers refuse a file that does not match.
+    File {
+        /// The file's digest.
+        sha256: Digest,
+    },
+    /// btd's built-in deterministic synthetic corpus (for tests and the demo).
+    Synthetic {
+        /// Generator seed.
+        seed: u64,
+        /// Corpus size in bytes.
+        bytes: u64,
+    },
+}
+
+/// A shell task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ShellTask {
+    /// The command line, run by `sh -c`.
+    pub command: String,
+    /// Hard wall-clock limit, seconds; the process group is killed after it.
+    pub timeout_secs: u64,
+}
+
+/// When the program stops taking work. All optional; the first reached applies.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StopConditions {
+    /// Stop after this many submissions.
+    pub max_submissions: Option<u64>,
+    /// Stop at this instant.
+    pub deadline: Option<Timestamp>,
+    /// Stop once the champion reaches this value.
+    pub target: Option<f64>,
+}
+
+/// One problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `criteria.direction` or `rungs[1].id`.
+    pub field: String,
+    /// 1-based line in the manifest, where known.
+    pub line: Option<usize>,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Every problem found in a manifest (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ManifestErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ManifestErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "the manifest has {n} problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestErrors {}
+
+/// A program's content-addressed id: SHA-256 over the canonical encoding of the owner's public key
+/// and the program.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProgramId(pub Digest);
+
+impl ProgramId {
+    /// The id for `program` published by the owner whose libp2p public key (protobuf encoding) is
+    /// `owner_key`.
+    pub fn compute(program: &Program, owner_key: &libp2p_identity::PublicKey) -> Self {
+        Self(Digest::content_id(
+            "btd/program/v1",
+            &(owner_key.encode_protobuf(), program),
+        ))
+    }
+
+    /// First 12 hex characters, for display.
+    pub fn short(&self) -> String {
+        self.0.short()
+    }
+}
+
+impl fmt::Display for ProgramId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ProgramId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProgramId({})", self.0.short())
+    }
+}
+
+impl FromStr for ProgramId {
+    type Err = crate::hash::DigestParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.trim().parse()?))
+    }
+}
+
+impl schemars::JsonSchema for ProgramId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProgramId".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <Digest as schemars::JsonSchema>::json_schema(g)
+    }
+}
+
+/// A rung id the program does not declare.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("program has no rung {rung:?}; its rungs are: {known}")]
+pub struct UnknownRung {
+    /// The requested id.
+    pub rung: String,
+    /// The declared ids, comma separated.
+    pub known: String,
+}
+
+impl Program {
+    /// Parses and validates a TOML manifest, returning every problem found.
+    pub fn from_toml(text: &str) -> Result<Program, ManifestErrors> {
+        parse::parse_manifest(text)
+    }
+
+    /// The program's id when published by `owner_key`.
+    pub fn id(&self, owner_key: &libp2p_identity::PublicKey) -> ProgramId {
+        ProgramId::compute(self, owner_key)
+    }
+
+    /// The KB rules this program's knowledge base applies.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            direction: self.criteria.direction,
+            accept: self.criteria.accept,
+            baseline: self.baseline,
+            pool: self.reward.pool,
+            split: self.reward.split,
+        }
+    }
+
+    /// The decision every packet of this program serves: the objective, keyed by the program name.
+    pub fn decision(&self) -> Decision {
+        Decision {
+            id: self.name.clone(),
+            question: self.objective.clone(),
+            required_outputs: self.required_outputs.clone(),
+        }
+    }
+
+    /// A rung by id.
+    pub fn rung(&self, rung_id: &str) -> Result<&Rung, UnknownRung> {
+        self.rungs
+            .iter()
+            .find(|r| r.id == rung_id)
+            .ok_or_else(|| UnknownRung {
+                rung: rung_id.to_string(),
+                known: self
+                    .rungs
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The compute packet a worker would run on `rung_id`: the program's question, its stop
+    /// conditions, required outputs and the task's budget (plus the per-packet spend cap on paid
+    /// rungs).
+    pub fn packet_for_rung(&self, rung_id: &str) -> Result<ComputePacket, UnknownRung> {
+        let rung = self.rung(rung_id)?;
+        let (wall_clock_secs, steps) = match &self.task {
+            Task::Candle(t) => (t.seconds, t.steps),
+            Task::Shell(t) => (Some(t.timeout_secs), None),
+        };
+        let spend_cap = match rung.spend_class {
+            SpendClass::LocalUnmetered => None,
+            SpendClass::PaidMetered => self.policy.paid.max_spend_per_packet,
+        };
+        let mut success_bar = std::collections::BTreeMap::new();
+        if let AcceptRule::Threshold { threshold } = self.criteria.accept {
+            success_bar.insert(format!("{}_threshold", self.criteria.metric), threshold);
+        }
+        if let Some(b) = self.baseline {
+            success_bar.insert(format!("{}_baseline", self.criteria.metric), b);
+        }
+        Ok(ComputePacket {
+            id: format!("{}@{}", self.name, rung.id),
+            decision_id: self.name.clone(),
+            rung_id: rung.id.clone(),
+            question: self.objective.clone(),
+            success_bar,
+            stop_condition: self.stop_condition_text(),
+            required_outputs: self.required_outputs.clone(),
+            budget: Budget {
+                wall_clock_secs,
+                steps,
+                spend_cap,
+            },
+        })
+    }
+
+    /// The stop conditions in words (always non-empty: the per-packet budget is one).
+    pub fn stop_condition_text(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.task {
+            Task::Candle(t) => {
+                if let Some(s) = t.seconds {
+                    parts.push(format!("each packet stops after {s} s of training"));
+                }
+                if let Some(n) = t.steps {
+                    parts.push(format!("each packet stops after {n} steps"));
+                }
+            }
+            Task::Shell(t) => parts.push(format!(
+                "each packet is killed after {} s",
+                t.timeout_secs
+            )),
+        }
+        if let Some(n) = self.stop.max_submissions {
+            parts.push(format!("the program stops after {n} submissions"));
+        }
+        if let Some(d) = self.stop.deadline {
+            parts.push(format!(
+                "the program stops at {}",
+                parse::format_rfc3339(d)
+            ));
+        }
+        if let Some(t) = self.stop.target {
+            let cmp = match self.criteria.direction {
+                Direction::Minimize => "<=",
+                Direction::Maximize => ">=",
+            };
+            parts.push(format!(
+                "the program stops once the champion's {} {cmp} {t}",
+                self.criteria.metric
+            ));
+        }
+        parts.join("; ")
+    }
+}

@@ -1,0 +1,260 @@
+use libp2p_identity::Keypair;
+
+use super::parse::rfc3339_to_timestamp;
+use super::*;
+use crate::dispatch::HardwareClass;
+
+const EXAMPLE: &str = include_str!("../../../examples/program.toml");
+
+fn minimal() -> String {
+    r#"
+name = "p"
+objective = "q"
+required_outputs = ["metrics.json"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "shell"
+command = "echo val_bpb: 1.0"
+timeout_secs = 60
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#
+    .to_string()
+}
+
+fn errors(text: &str) -> Vec<FieldError> {
+    match Program::from_toml(text) {
+        Ok(p) => panic!("expected errors, got {p:?}"),
+        Err(e) => e.0,
+    }
+}
+
+fn has(errs: &[FieldError], field: &str, needle: &str) -> bool {
+    errs.iter()
+        .any(|e| e.field == field && e.message.contains(needle))
+}
+
+#[test]
+fn example_manifest_is_valid() {
+    let p = Program::from_toml(EXAMPLE).unwrap();
+    assert_eq!(p.name, "tiny-gpt-bpb");
+    assert_eq!(p.criteria.direction, Direction::Minimize);
+    assert_eq!(p.criteria.accept, AcceptRule::BeatsChampion);
+    assert_eq!(p.reward.pool, Amount(100_000_000));
+    assert_eq!(p.rungs.len(), 3);
+    assert_eq!(p.rungs[1].hardware, HardwareClass::Rtx4090);
+    assert!(p.rungs[1].admitted, "admitted defaults to true");
+    assert_eq!(p.rungs[1].label, "A worker's own RTX 4090");
+    assert_eq!(p.policy.paid.max_spend_per_packet, Some(5.0));
+    assert_eq!(
+        p.stop.deadline,
+        Some(Timestamp::from_secs(1_801_353_600)),
+        "2027-01-31T00:00:00Z"
+    );
+    match &p.task {
+        Task::Candle(t) => {
+            assert_eq!(t.preset, ModelPreset::Tiny);
+            assert_eq!(t.steps, Some(400));
+            assert_eq!(t.dataset, Dataset::Synthetic { seed: 1, bytes: 262_144 });
+        }
+        other => panic!("expected candle task, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_manifest_gets_documented_defaults() {
+    let p = Program::from_toml(&minimal()).unwrap();
+    assert_eq!(p.version, 1);
+    assert_eq!(p.membership, MembershipMode::Approval);
+    assert_eq!(p.baseline, None);
+    assert_eq!(p.policy.local.default_action, crate::dispatch::LocalAction::Allow);
+    assert_eq!(
+        p.policy.paid.default_action,
+        crate::dispatch::PaidAction::RequireExplicitApproval
+    );
+    assert_eq!(p.stop, StopConditions::default());
+    assert_eq!(p.rungs[0].label, "cpu");
+}
+
+#[test]
+fn malformed_manifest_reports_every_field_with_lines() {
+    let text = r#"name = "Bad Name"
+objective = ""
+required_outputs = []
+colour = "blue"
+[criteria]
+metric = "val_bpb"
+direction = "min"
+accept = "threshold"
+[reward]
+pool = -5
+token = "OBOL"
+split = "by-effort"
+[task]
+kind = "candle"
+[task.dataset]
+kind = "file"
+sha256 = "abc"
+[[rungs]]
+id = "cpu"
+spend_class = "free"
+hardware = "tpu"
+"#;
+    let errs = errors(text);
+    let rendered: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let all = rendered.join("\n");
+    assert!(has(&errs, "name", "not a slug"), "{all}");
+    assert!(has(&errs, "objective", "must not be empty"), "{all}");
+    assert!(has(&errs, "required_outputs", "at least one output"), "{all}");
+    assert!(has(&errs, "colour", "unknown field"), "{all}");
+    assert!(
+        has(&errs, "criteria.direction", "allowed values: minimize, maximize"),
+        "{all}"
+    );
+    assert!(has(&errs, "criteria.threshold", "required when"), "{all}");
+    assert!(has(&errs, "reward.pool", ">= 0"), "{all}");
+    assert!(
+        has(&errs, "reward.split", "allowed values: by-impact, champion-takes-all"),
+        "{all}"
+    );
+    assert!(has(&errs, "task.seconds", "needs a budget"), "{all}");
+    assert!(has(&errs, "task.dataset.sha256", "64 hex"), "{all}");
+    assert!(
+        has(
+            &errs,
+            "rungs[0].spend_class",
+            "allowed values: local_unmetered, paid_metered"
+        ),
+        "{all}"
+    );
+    assert!(has(&errs, "rungs[0].hardware", "\"tpu\""), "{all}");
+    // Lines point at the offending field.
+    let line = |field: &str| errs.iter().find(|e| e.field == field).and_then(|e| e.line);
+    assert_eq!(line("name"), Some(1), "{all}");
+    assert_eq!(line("colour"), Some(4), "{all}");
+    assert_eq!(line("criteria.direction"), Some(7), "{all}");
+    assert_eq!(line("reward.split"), Some(12), "{all}");
+    assert_eq!(line("task.dataset.sha256"), Some(17), "{all}");
+    assert_eq!(line("rungs[0].hardware"), Some(21), "{all}");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let errs = errors("name = \"p\"\nobjective = \n");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].field, "(syntax)");
+    assert_eq!(errs[0].line, Some(2));
+}
+
+#[test]
+fn threshold_rules() {
+    let m = minimal().replace(
+        "accept = \"beats-champion\"",
+        "accept = \"threshold\"\nthreshold = 1.5",
+    );
+    let p = Program::from_toml(&m).unwrap();
+    assert_eq!(p.criteria.accept, AcceptRule::Threshold { threshold: 1.5 });
+    assert_eq!(p.rules().accept, AcceptRule::Threshold { threshold: 1.5 });
+
+    let m = minimal().replace("metric = \"val_bpb\"", "metric = \"val_bpb\"\nthreshold = 1.0");
+    assert!(has(&errors(&m), "criteria.threshold", "only used when"));
+
+    let m = minimal().replace(
+        "accept = \"beats-champion\"",
+        "accept = \"threshold\"\nthreshold = nan",
+    );
+    assert!(has(&errors(&m), "criteria.threshold", "finite"));
+}
+
+#[test]
+fn non_finite_and_wrong_types() {
+    let m = minimal().replace("name = \"p\"", "name = \"p\"\nbaseline = inf");
+    assert!(has(&errors(&m), "baseline", "finite"));
+    let m = minimal().replace("pool = 100", "pool = \"lots\"");
+    assert!(errors(&m).iter().any(|e| e.field == "reward.pool"));
+    let m = minimal().replace("timeout_secs = 60", "timeout_secs = \"60\"");
+    assert!(has(&errors(&m), "task.timeout_secs", "expected an integer"));
+    let m = minimal().replace("timeout_secs = 60", "timeout_secs = 0");
+    assert!(has(&errors(&m), "task.timeout_secs", "from 1 to"));
+}
+
+#[test]
+fn pool_precision() {
+    let m = minimal().replace("pool = 100", "pool = 12.345678");
+    assert_eq!(
+        Program::from_toml(&m).unwrap().reward.pool,
+        Amount(12_345_678)
+    );
+    let m = minimal().replace("pool = 100", "pool = \"0.000001\"");
+    assert_eq!(Program::from_toml(&m).unwrap().reward.pool, Amount(1));
+}
+
+#[test]
+fn rung_rules() {
+    let dup = minimal()
+        + "[[rungs]]\nid = \"cpu\"\nspend_class = \"local_unmetered\"\nhardware = \"cpu\"\n";
+    assert!(has(&errors(&dup), "rungs[1].id", "declared twice"));
+    let none = minimal().replace("hardware = \"cpu\"", "hardware = \"cpu\"\nadmitted = false");
+    assert!(has(&errors(&none), "rungs", "no rung is admitted"));
+    let bad_approved = minimal() + "[policy.paid]\napproved_rungs = [\"cpu\", \"gpu\"]\n";
+    let errs = errors(&bad_approved);
+    assert!(has(&errs, "policy.paid.approved_rungs[0]", "local_unmetered"));
+    assert!(has(&errs, "policy.paid.approved_rungs[1]", "not a declared rung"));
+}
+
+#[test]
+fn deadline_conversion() {
+    assert_eq!(rfc3339_to_timestamp("1970-01-01T00:00:00Z"), Some(Timestamp(0)));
+    assert_eq!(
+        rfc3339_to_timestamp("2000-03-01T00:00:01.5+01:00"),
+        Some(Timestamp(951_865_201_500))
+    );
+    for s in ["1970-01-01T00:00:00Z", "2024-02-29T23:59:59Z", "2027-01-31T00:00:00Z"] {
+        let t = rfc3339_to_timestamp(s).unwrap();
+        assert_eq!(parse::format_rfc3339(t), s);
+    }
+    let m = minimal() + "[stop]\ndeadline = 2027-01-31\n";
+    assert!(has(&errors(&m), "stop.deadline", "offset"));
+}
+
+#[test]
+fn program_id_is_content_addressed_and_owner_bound() {
+    let p = Program::from_toml(EXAMPLE).unwrap();
+    let a = Keypair::ed25519_from_bytes([1u8; 32]).unwrap().public();
+    let b = Keypair::ed25519_from_bytes([2u8; 32]).unwrap().public();
+    assert_eq!(p.id(&a), Program::from_toml(EXAMPLE).unwrap().id(&a));
+    assert_ne!(p.id(&a), p.id(&b));
+    let mut q = p.clone();
+    q.objective.push('!');
+    assert_ne!(p.id(&a), q.id(&a));
+    let id = p.id(&a);
+    assert_eq!(id.to_string().parse::<ProgramId>().unwrap(), id);
+    assert_eq!(id.to_string().len(), 64);
+}
+
+#[test]
+fn packets_follow_the_program() {
+    let p = Program::from_toml(EXAMPLE).unwrap();
+    let local = p.packet_for_rung("cpu").unwrap();
+    assert_eq!(local.id, "tiny-gpt-bpb@cpu");
+    assert_eq!(local.decision_id, p.decision().id);
+    assert_eq!(local.budget.wall_clock_secs, Some(20));
+    assert_eq!(local.budget.steps, Some(400));
+    assert_eq!(local.budget.spend_cap, None);
+    assert_eq!(local.required_outputs, p.required_outputs);
+    assert!(local.stop_condition.contains("500 submissions"));
+    assert!(local.stop_condition.contains("2027-01-31T00:00:00Z"));
+    let paid = p.packet_for_rung("paid-h100").unwrap();
+    assert_eq!(paid.budget.spend_cap, Some(5.0));
+    let err = p.packet_for_rung("tpu").unwrap_err();
+    assert!(err.to_string().contains("cpu, local-4090, paid-h100"));
+}
