@@ -1,15 +1,59 @@
-//! Compute governance: decisions, rungs, policy, packets and `evaluate_dispatch` (semantics §4).
+//! Compute governance: decisions, rungs, policy, packets and [`evaluate_dispatch`] (semantics §4).
 //!
-//! (Data types fixed; `evaluate_dispatch` and validators in progress.)
+//! Every object has a `validate()` that returns every [`Problem`] it finds (empty = valid).
+//! [`evaluate_dispatch`] applies semantics §4's precedence, first match wins; see its docs.
+//! [`ProjectComputeMap::packet_for_point`] builds the objects to dispatch from a compute map.
+//!
+//! Content digests ([`Decision::content_digest`] etc.) are what a
+//! [`crate::trace::TraceabilityRecord`] links by.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Digest;
+
+mod evaluate;
+mod map;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::trace::{Problem, Problems, MAX_ID_BYTES};
+pub use evaluate::{evaluate_dispatch, DispatchInput};
+pub use map::{MapError, PointDispatch};
+
+/// Domain tag of [`Decision::content_digest`].
+pub const DECISION_DOMAIN: &str = "btd/decision/v1";
+/// Domain tag of [`Rung::content_digest`].
+pub const RUNG_DOMAIN: &str = "btd/rung/v1";
+/// Domain tag of [`ComputePacket::content_digest`].
+pub const PACKET_DOMAIN: &str = "btd/compute-packet/v1";
+
+impl Decision {
+    /// `Digest::content_id("btd/decision/v1", self)`: the whole decision, id included.
+    pub fn content_digest(&self) -> Digest {
+        Digest::content_id(DECISION_DOMAIN, self)
+    }
+}
+
+impl Rung {
+    /// `Digest::content_id("btd/rung/v1", self)`: the whole rung, id included.
+    pub fn content_digest(&self) -> Digest {
+        Digest::content_id(RUNG_DOMAIN, self)
+    }
+}
+
+impl ComputePacket {
+    /// `Digest::content_id("btd/compute-packet/v1", self)`: the whole packet, id included.
+    pub fn content_digest(&self) -> Digest {
+        Digest::content_id(PACKET_DOMAIN, self)
+    }
+}
+
 /// Whether running on a rung costs money.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SpendClass {
     /// Hardware the worker owns; no metered spend.
@@ -19,9 +63,7 @@ pub enum SpendClass {
 }
 
 /// The hardware class of a rung.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HardwareClass {
     /// CPU only.
@@ -63,9 +105,7 @@ pub struct Rung {
 }
 
 /// What to do with local (unmetered) packets by default.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LocalAction {
     /// Run admitted local packets.
@@ -75,9 +115,7 @@ pub enum LocalAction {
 }
 
 /// What to do with paid (metered) packets whose rung is not pre-approved.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaidAction {
     /// Ask a human for an approval receipt first.
@@ -196,9 +234,7 @@ pub struct ProjectComputeMap {
 }
 
 /// The dispatch verdict.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Run on local, unmetered hardware.
@@ -212,9 +248,7 @@ pub enum Action {
 }
 
 /// Machine-readable reason for an [`Action`].
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Local rung, local policy allows.
