@@ -161,7 +161,7 @@ fn dispatch_known_cases() {
     assert_eq!(local["spend_class"], "local_unmetered");
     assert_eq!(local["rung_id"], "cpu");
     assert_eq!(local["decision_id"], "example");
-    assert_eq!(local["packet_id"], "example@cpu");
+    assert_eq!(local["packet_id"], "example:cpu");
     assert_eq!(local["required_outputs"], json!(["metrics.json"]));
 
     let paid = explain(&[&m, "--rung", "paid-h100"]);

@@ -324,7 +324,7 @@ impl Program {
             success_bar.insert(format!("{}_baseline", self.criteria.metric), b);
         }
         Ok(ComputePacket {
-            id: format!("{}@{}", self.name, rung.id),
+            id: format!("{}:{}", self.name, rung.id),
             decision_id: self.name.clone(),
             rung_id: rung.id.clone(),
             question: self.objective.clone(),

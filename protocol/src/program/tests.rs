@@ -245,7 +245,7 @@ fn program_id_is_content_addressed_and_owner_bound() {
 fn packets_follow_the_program() {
     let p = Program::from_toml(EXAMPLE).unwrap();
     let local = p.packet_for_rung("cpu").unwrap();
-    assert_eq!(local.id, "tiny-gpt-bpb@cpu");
+    assert_eq!(local.id, "tiny-gpt-bpb:cpu");
     assert_eq!(local.decision_id, p.decision().id);
     assert_eq!(local.budget.wall_clock_secs, Some(20));
     assert_eq!(local.budget.steps, Some(400));

@@ -3,7 +3,7 @@
 //! Every message on the mesh and every canonical encoding used for content ids and signatures goes
 //! through [`encode`] / [`decode`] / [`canonical_bytes`]. bincode is not self-describing, so the
 //! encoding of a type is part of the protocol version: changing a field means a new protocol name
-//! (see [`super::protocols`]). Types carried here must not use serde attributes that need a
+//! (see `wire::protocols`). Types carried here must not use serde attributes that need a
 //! self-describing format (`untagged`, internally tagged enums, `flatten`, `skip_serializing_if`).
 
 use serde::de::DeserializeOwned;
