@@ -48,13 +48,14 @@ pub enum SignedError {
          as a different kind of message"
     )]
     BadSignature,
-    /// The signature is valid but made by someone other than the required signer.
+    /// The signature is valid but made by someone other than the required signer. (Boxed: peer
+    /// ids are large and this keeps every `Result` carrying the error small.)
     #[error("the message is signed by {got}, but only {expected} may sign it")]
     WrongSigner {
         /// The peer that had to sign.
-        expected: PeerId,
+        expected: Box<PeerId>,
         /// The peer that actually signed.
-        got: PeerId,
+        got: Box<PeerId>,
     },
     /// The signer's public key is unreadable or too large.
     #[error("the signer's public key is not a valid libp2p public key: {0}")]
@@ -161,8 +162,8 @@ impl<T: SignedDomain + Serialize + DeserializeOwned> Signed<T> {
         let verified = self.verify()?;
         if verified.signer != *expected {
             return Err(SignedError::WrongSigner {
-                expected: *expected,
-                got: verified.signer,
+                expected: Box::new(*expected),
+                got: Box::new(verified.signer),
             });
         }
         Ok(verified.value)

@@ -105,8 +105,8 @@ fn verify_from_wrong_peer_fails() {
     assert_eq!(
         s.verify_from(&other),
         Err(SignedError::WrongSigner {
-            expected: other,
-            got: key(1).public().to_peer_id()
+            expected: Box::new(other),
+            got: Box::new(key(1).public().to_peer_id())
         })
     );
 }
