@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Which way the metric improves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Smaller is better (e.g. `val_bpb`).
@@ -28,7 +30,9 @@ pub enum AcceptRule {
 }
 
 /// How the reward pool is split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Split {
     /// Proportional to each worker's impact.
@@ -40,18 +44,7 @@ pub enum Split {
 /// An amount of the reward token in integer micro-units (10^-6). Displayed with exactly six
 /// decimals, e.g. `66.666667`.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
 )]
 pub struct Amount(pub u64);
 
