@@ -1,0 +1,55 @@
+//! Membership: the device-code handshake (RFC 8628 semantics carried over the mesh), credentials
+//! and revocation (semantics §3).
+//!
+//! This is the owner's side, as a pure state machine: every call takes `now` and, where it needs
+//! randomness, an RNG. A worker asks for a code ([`Registry::request`]), the owner approves or
+//! denies it by its user code ([`Registry::approve`], [`Registry::deny`]), and the worker polls
+//! ([`Registry::poll`]) until it gets its [`Grant`] exactly once. Members then present their
+//! [`Credential`], which the owner checks with [`Registry::verify`]; the owner stores only its
+//! SHA-256.
+
+use serde::{Deserialize, Serialize};
+
+mod codes;
+mod registry;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use codes::{
+    Credential, DeviceCode, HexCodeParseError, MemberId, MemberIdError, UserCode, UserCodeError,
+};
+pub use registry::{
+    ApprovedInfo, AuthError, DecisionError, DeviceAuthorization, Grant, MemberRecord,
+    PendingRequest, PollError, Registry, RequestError, RestoreError, RevokeError,
+    MAX_PENDING_PER_PEER, MAX_PENDING_TOTAL,
+};
+
+/// How long a device code lives: 15 minutes, the usual RFC 8628 value, long enough for the owner
+/// to notice the request and type the code.
+pub const DEVICE_CODE_EXPIRES_IN_SECS: u64 = 900;
+
+/// The initial minimum gap between polls, as RFC 8628 suggests.
+pub const POLL_INTERVAL_SECS: u64 = 5;
+
+/// How much the poll interval grows on each `slow_down` (RFC 8628 §3.5).
+pub const SLOW_DOWN_STEP_SECS: u64 = 5;
+
+/// The characters of a user code: upper-case letters and digits without 0, 1, I, L and O, which
+/// people confuse when reading a code off one screen and typing it into another.
+pub const USER_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+
+/// Whether joining needs the owner's approval.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipMode {
+    /// Every request is approved at once.
+    Open,
+    /// The owner approves or denies each request by its user code.
+    #[default]
+    Approval,
+}
