@@ -144,7 +144,13 @@ mod tests {
         let j = serde_json::to_string(&d).unwrap();
         assert_eq!(j, format!("\"{}\"", d.to_hex()));
         assert_eq!(serde_json::from_str::<Digest>(&j).unwrap(), d);
-        assert_ne!(Digest::content_id("a", &1u32), Digest::content_id("b", &1u32));
-        assert_eq!(Digest::content_id("a", &1u32), Digest::content_id("a", &1u32));
+        assert_ne!(
+            Digest::content_id("a", &1u32),
+            Digest::content_id("b", &1u32)
+        );
+        assert_eq!(
+            Digest::content_id("a", &1u32),
+            Digest::content_id("a", &1u32)
+        );
     }
 }

@@ -4,7 +4,9 @@
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BpbError {
     /// The two input slices differ in length.
-    #[error("{losses} losses but {byte_lens} byte lengths: they must pair up one per target token")]
+    #[error(
+        "{losses} losses but {byte_lens} byte lengths: they must pair up one per target token"
+    )]
     LengthMismatch {
         /// Number of losses given.
         losses: usize,

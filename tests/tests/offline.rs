@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 /// A program manifest with the given criteria/reward lines (pool 100, minimise).
 fn manifest(criteria_extra: &str, accept: &str, baseline: Option<f64>, split: &str) -> String {
-    let baseline = baseline.map(|b| format!("baseline = {b}\n")).unwrap_or_default();
+    let baseline = baseline
+        .map(|b| format!("baseline = {b}\n"))
+        .unwrap_or_default();
     format!(
         r#"name = "example"
 objective = "semantics example"
@@ -74,7 +76,11 @@ fn kb_example_1_beats_champion_by_impact() {
     );
     let res = r["results"].as_array().unwrap();
     assert_eq!(res.len(), 3);
-    let expect = [("A", 1, true, true, 0.10), ("B", 2, true, true, 0.05), ("A", 3, false, false, 0.0)];
+    let expect = [
+        ("A", 1, true, true, 0.10),
+        ("B", 2, true, true, 0.05),
+        ("A", 3, false, false, 0.0),
+    ];
     for (e, (w, seq, acc, champ, impact)) in res.iter().zip(expect) {
         assert_eq!(e["worker"], w);
         assert_eq!(e["seq"], seq);
@@ -82,7 +88,10 @@ fn kb_example_1_beats_champion_by_impact() {
         assert_eq!(e["champion"], champ);
         assert_f64(&e["impact"], impact);
     }
-    assert_eq!(r["champion"], json!({"seq": 2, "worker": "B", "value": 1.05}));
+    assert_eq!(
+        r["champion"],
+        json!({"seq": 2, "worker": "B", "value": 1.05})
+    );
     assert_eq!(r["payouts"], json!({"A": "66.666667", "B": "33.333333"}));
 }
 
@@ -105,7 +114,10 @@ fn kb_example_3_threshold_by_impact() {
         &manifest("threshold = 1.0", "threshold", Some(1.0), "by-impact"),
         "{\"worker\":\"A\",\"value\":0.50}\n{\"worker\":\"B\",\"value\":0.40}\n",
     );
-    assert_eq!(r["champion"], json!({"seq": 2, "worker": "B", "value": 0.40}));
+    assert_eq!(
+        r["champion"],
+        json!({"seq": 2, "worker": "B", "value": 0.40})
+    );
     assert_eq!(r["payouts"], json!({"A": "45.454545", "B": "54.545455"}));
 }
 
@@ -121,7 +133,11 @@ fn kb_example_4_champion_takes_all() {
 #[test]
 fn kb_replay_reports_invalid_lines_without_consuming_seq() {
     let dir = tempfile::tempdir().unwrap();
-    let m = write(dir.path(), "p.toml", &manifest("", "beats-champion", Some(1.2), "by-impact"));
+    let m = write(
+        dir.path(),
+        "p.toml",
+        &manifest("", "beats-champion", Some(1.2), "by-impact"),
+    );
     let s = write(
         dir.path(),
         "s.jsonl",
@@ -154,7 +170,11 @@ fn explain(args: &[&str]) -> Value {
 #[test]
 fn dispatch_known_cases() {
     let dir = tempfile::tempdir().unwrap();
-    let m = write(dir.path(), "p.toml", &manifest("", "beats-champion", Some(1.2), "by-impact"));
+    let m = write(
+        dir.path(),
+        "p.toml",
+        &manifest("", "beats-champion", Some(1.2), "by-impact"),
+    );
 
     let local = explain(&[&m, "--rung", "cpu"]);
     assert_eq!(local["action"], "run_local");
@@ -171,7 +191,15 @@ fn dispatch_known_cases() {
     let approved = explain(&[&m, "--rung", "paid-a100"]);
     assert_eq!(approved["action"], "run_paid");
     for v in [&local, &paid, &approved] {
-        for key in ["action", "reason", "decision_id", "packet_id", "rung_id", "spend_class", "required_outputs"] {
+        for key in [
+            "action",
+            "reason",
+            "decision_id",
+            "packet_id",
+            "rung_id",
+            "spend_class",
+            "required_outputs",
+        ] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");
         }
     }
@@ -184,9 +212,18 @@ fn dispatch_from_a_compute_map() {
     let v = explain(&["--map", &map, "--point", "tiny-gpt-sweep"]);
     assert_eq!(v["action"], "run_local");
     assert_eq!(v["rung_id"], "cpu");
-    let v = explain(&["--map", &map, "--point", "tiny-gpt-sweep", "--rung", "paid-h100"]);
+    let v = explain(&[
+        "--map",
+        &map,
+        "--point",
+        "tiny-gpt-sweep",
+        "--rung",
+        "paid-h100",
+    ]);
     assert_eq!(v["action"], "request_paid_approval");
-    let out = run_btd(&["policy", "explain", "--map", &map, "--point", "nope", "--json"]);
+    let out = run_btd(&[
+        "policy", "explain", "--map", &map, "--point", "nope", "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("tiny-gpt-sweep"), "{}", stderr(&out));
 }
@@ -230,7 +267,12 @@ fn program_check_accepts_the_example_and_names_bad_fields() {
 fn schema_lists_and_prints() {
     let out = run_btd(&["schema"]);
     assert!(out.status.success());
-    for name in ["program-manifest", "compute-packet", "approval-receipt", "traceability-record"] {
+    for name in [
+        "program-manifest",
+        "compute-packet",
+        "approval-receipt",
+        "traceability-record",
+    ] {
         assert!(stdout(&out).contains(name), "{name}");
     }
     let out = run_btd(&["schema", "result-bundle"]);
@@ -245,9 +287,14 @@ fn schema_lists_and_prints() {
 fn usage_errors_exit_2() {
     assert_eq!(run_btd(&["policy", "explain"]).status.code(), Some(2));
     assert_eq!(
-        run_btd(&["policy", "explain", "examples/program.toml", "--json"]).status.code(),
+        run_btd(&["policy", "explain", "examples/program.toml", "--json"])
+            .status
+            .code(),
         Some(2),
         "a program without --rung"
     );
-    assert_eq!(run_btd(&["kb", "replay", "only-one-arg"]).status.code(), Some(2));
+    assert_eq!(
+        run_btd(&["kb", "replay", "only-one-arg"]).status.code(),
+        Some(2)
+    );
 }

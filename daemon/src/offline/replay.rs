@@ -43,7 +43,10 @@ pub(crate) fn run(manifest: &Path, submissions: &Path, json: bool) -> Result<(),
     let text = read_text(submissions)?;
     let mut kb = Kb::new(program.rules()).map_err(|errs| {
         let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
-        CmdError::Rejected(anyhow!("the program's KB rules are invalid: {}", msgs.join("; ")))
+        CmdError::Rejected(anyhow!(
+            "the program's KB rules are invalid: {}",
+            msgs.join("; ")
+        ))
     })?;
     let mut invalid = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -56,7 +59,9 @@ pub(crate) fn run(manifest: &Path, submissions: &Path, json: bool) -> Result<(),
             Err(e) => {
                 invalid.push(Invalid {
                     line: line_no,
-                    error: format!("not a {{\"worker\": \"...\", \"value\": <number>}} object: {e}"),
+                    error: format!(
+                        "not a {{\"worker\": \"...\", \"value\": <number>}} object: {e}"
+                    ),
                 });
                 continue;
             }

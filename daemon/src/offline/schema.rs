@@ -13,22 +13,44 @@ const MANIFEST_SCHEMA: &str = include_str!("manifest.schema.json");
 
 /// Names accepted by `btd schema NAME`, with one line each.
 pub(crate) const NAMES: &[(&str, &str)] = &[
-    ("program-manifest", "the research-program manifest (TOML) an owner writes"),
-    ("program", "a validated, normalised program as btd stores and announces it"),
+    (
+        "program-manifest",
+        "the research-program manifest (TOML) an owner writes",
+    ),
+    (
+        "program",
+        "a validated, normalised program as btd stores and announces it",
+    ),
     ("compute-packet", "a bounded unit of work on one rung"),
-    ("compute-point", "a place in a project where compute may reduce uncertainty"),
-    ("project-compute-map", "a project's catalog of compute points, rungs and policy"),
-    ("result-bundle", "the outputs (by digest), status and metrics of one run"),
+    (
+        "compute-point",
+        "a place in a project where compute may reduce uncertainty",
+    ),
+    (
+        "project-compute-map",
+        "a project's catalog of compute points, rungs and policy",
+    ),
+    (
+        "result-bundle",
+        "the outputs (by digest), status and metrics of one run",
+    ),
     ("impact-read", "how a result changes the next action"),
-    ("approval-receipt", "a signed approval for one paid packet on one rung"),
-    ("traceability-record", "content-hash links: decision, rung, packet, receipt, bundle, impact"),
+    (
+        "approval-receipt",
+        "a signed approval for one paid packet on one rung",
+    ),
+    (
+        "traceability-record",
+        "content-hash links: decision, rung, packet, receipt, bundle, impact",
+    ),
 ];
 
 pub(crate) fn schema_json(name: &str) -> Result<serde_json::Value, CmdError> {
     let schema = match name {
         "program-manifest" => {
-            return serde_json::from_str(MANIFEST_SCHEMA)
-                .map_err(|e| CmdError::Rejected(anyhow!("built-in manifest schema is broken: {e}")))
+            return serde_json::from_str(MANIFEST_SCHEMA).map_err(|e| {
+                CmdError::Rejected(anyhow!("built-in manifest schema is broken: {e}"))
+            })
         }
         "program" => schemars::schema_for!(Program),
         "compute-packet" => schemars::schema_for!(ComputePacket),

@@ -102,9 +102,7 @@ pub struct CandleTask {
 }
 
 /// Model size presets of btd's trainer.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelPreset {
     /// Learns within 30 s on 2 CPU cores.
@@ -351,19 +349,15 @@ impl Program {
                     parts.push(format!("each packet stops after {n} steps"));
                 }
             }
-            Task::Shell(t) => parts.push(format!(
-                "each packet is killed after {} s",
-                t.timeout_secs
-            )),
+            Task::Shell(t) => {
+                parts.push(format!("each packet is killed after {} s", t.timeout_secs))
+            }
         }
         if let Some(n) = self.stop.max_submissions {
             parts.push(format!("the program stops after {n} submissions"));
         }
         if let Some(d) = self.stop.deadline {
-            parts.push(format!(
-                "the program stops at {}",
-                parse::format_rfc3339(d)
-            ));
+            parts.push(format!("the program stops at {}", parse::format_rfc3339(d)));
         }
         if let Some(t) = self.stop.target {
             let cmp = match self.criteria.direction {

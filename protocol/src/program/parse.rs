@@ -126,7 +126,11 @@ impl Ctx<'_> {
 
 fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -165,7 +169,10 @@ fn as_str<'t>(ctx: &mut Ctx<'_>, path: &Path, v: &'t Value) -> Option<&'t str> {
     match v {
         Value::String(s) => Some(s.as_str()),
         other => {
-            ctx.err(path, format!("expected a string, found {}", type_name(other)));
+            ctx.err(
+                path,
+                format!("expected a string, found {}", type_name(other)),
+            );
             None
         }
     }
@@ -176,7 +183,10 @@ fn as_f64(ctx: &mut Ctx<'_>, path: &Path, v: &Value) -> Option<f64> {
         Value::Float(f) => *f,
         Value::Integer(i) => *i as f64,
         other => {
-            ctx.err(path, format!("expected a number, found {}", type_name(other)));
+            ctx.err(
+                path,
+                format!("expected a number, found {}", type_name(other)),
+            );
             return None;
         }
     };
@@ -192,7 +202,10 @@ fn as_u64(ctx: &mut Ctx<'_>, path: &Path, v: &Value, min: u64, max: u64) -> Opti
     match v {
         Value::Integer(i) if *i >= 0 && (*i as u64) >= min && (*i as u64) <= max => Some(*i as u64),
         Value::Integer(i) => {
-            ctx.err(path, format!("must be an integer from {min} to {max}, got {i}"));
+            ctx.err(
+                path,
+                format!("must be an integer from {min} to {max}, got {i}"),
+            );
             None
         }
         other => {
@@ -209,7 +222,10 @@ fn as_bool(ctx: &mut Ctx<'_>, path: &Path, v: &Value) -> Option<bool> {
     match v {
         Value::Boolean(b) => Some(*b),
         other => {
-            ctx.err(path, format!("expected true or false, found {}", type_name(other)));
+            ctx.err(
+                path,
+                format!("expected true or false, found {}", type_name(other)),
+            );
             None
         }
     }
@@ -219,7 +235,10 @@ fn as_table<'t>(ctx: &mut Ctx<'_>, path: &Path, v: &'t Value) -> Option<&'t Tabl
     match v {
         Value::Table(t) => Some(t),
         other => {
-            ctx.err(path, format!("expected a table, found {}", type_name(other)));
+            ctx.err(
+                path,
+                format!("expected a table, found {}", type_name(other)),
+            );
             None
         }
     }
@@ -281,11 +300,17 @@ fn ident(ctx: &mut Ctx<'_>, path: &Path, v: &Value) -> Option<String> {
 
 fn ident_list(ctx: &mut Ctx<'_>, path: &Path, v: &Value, max: usize) -> Option<Vec<String>> {
     let Value::Array(items) = v else {
-        ctx.err(path, format!("expected an array of strings, found {}", type_name(v)));
+        ctx.err(
+            path,
+            format!("expected an array of strings, found {}", type_name(v)),
+        );
         return None;
     };
     if items.len() > max {
-        ctx.err(path, format!("has {} entries; the limit is {max}", items.len()));
+        ctx.err(
+            path,
+            format!("has {} entries; the limit is {max}", items.len()),
+        );
         return None;
     }
     let mut out = Vec::new();
@@ -432,7 +457,10 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
         let p = top.key("required_outputs");
         let list = ident_list(ctx, &p, v, MAX_OUTPUTS)?;
         if list.is_empty() {
-            ctx.err(&p, "must name at least one output (a packet without one is unbounded)");
+            ctx.err(
+                &p,
+                "must name at least one output (a packet without one is unbounded)",
+            );
             return None;
         }
         Some(list)
@@ -477,12 +505,24 @@ fn optional_f64(ctx: &mut Ctx<'_>, path: &Path, table: &Table, key: &str) -> Opt
 }
 
 fn criteria(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Criteria> {
-    unknown_keys(ctx, path, t, &["metric", "direction", "accept", "threshold"]);
+    unknown_keys(
+        ctx,
+        path,
+        t,
+        &["metric", "direction", "accept", "threshold"],
+    );
     let metric = required(ctx, path, t, "metric").and_then(|v| {
         let p = path.key("metric");
         let s = as_str(ctx, &p, v)?;
-        if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':') {
-            ctx.err(&p, "must be 1 to 64 characters with no spaces, control characters or ':'");
+        if s.is_empty()
+            || s.len() > 64
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+        {
+            ctx.err(
+                &p,
+                "must be 1 to 64 characters with no spaces, control characters or ':'",
+            );
             return None;
         }
         Some(s.to_string())
@@ -492,7 +532,10 @@ fn criteria(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Criteria> {
             ctx,
             &path.key("direction"),
             v,
-            &[("minimize", Direction::Minimize), ("maximize", Direction::Maximize)],
+            &[
+                ("minimize", Direction::Minimize),
+                ("maximize", Direction::Maximize),
+            ],
         )
     });
     #[derive(Clone, Copy)]
@@ -505,7 +548,10 @@ fn criteria(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Criteria> {
             ctx,
             &path.key("accept"),
             v,
-            &[("beats-champion", Mode::Beats), ("threshold", Mode::Threshold)],
+            &[
+                ("beats-champion", Mode::Beats),
+                ("threshold", Mode::Threshold),
+            ],
         )
     });
     let threshold = optional_f64(ctx, path, t, "threshold");
@@ -608,7 +654,15 @@ fn candle_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<CandleTask> 
         ctx,
         path,
         t,
-        &["kind", "preset", "dataset", "seconds", "steps", "seed", "eval_tokens"],
+        &[
+            "kind",
+            "preset",
+            "dataset",
+            "seconds",
+            "steps",
+            "seed",
+            "eval_tokens",
+        ],
     );
     let preset = match t.get("preset") {
         None => Some(ModelPreset::Tiny),
@@ -698,7 +752,9 @@ fn dataset(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Dataset> {
             let sha = required(ctx, path, t, "sha256").and_then(|v| {
                 let p = path.key("sha256");
                 let s = as_str(ctx, &p, v)?;
-                s.parse::<Digest>().map_err(|e| ctx.err(&p, e.to_string())).ok()
+                s.parse::<Digest>()
+                    .map_err(|e| ctx.err(&p, e.to_string()))
+                    .ok()
             })?;
             Some(Dataset::File { sha256: sha })
         }
@@ -744,7 +800,10 @@ fn rungs(ctx: &mut Ctx<'_>, path: &Path, v: &Value) -> Option<Vec<Rung>> {
     let Value::Array(items) = v else {
         ctx.err(
             path,
-            format!("expected an array of tables ([[rungs]]), found {}", type_name(v)),
+            format!(
+                "expected an array of tables ([[rungs]]), found {}",
+                type_name(v)
+            ),
         );
         return None;
     };
@@ -763,7 +822,10 @@ fn rungs(ctx: &mut Ctx<'_>, path: &Path, v: &Value) -> Option<Vec<Rung>> {
         };
         match rung(ctx, &p, t) {
             Some(r) if !seen.insert(r.id.clone()) => {
-                ctx.err(&p.key("id"), format!("rung id {:?} is declared twice", r.id));
+                ctx.err(
+                    &p.key("id"),
+                    format!("rung id {:?} is declared twice", r.id),
+                );
                 ok = false;
             }
             Some(r) => out.push(r),
@@ -771,14 +833,22 @@ fn rungs(ctx: &mut Ctx<'_>, path: &Path, v: &Value) -> Option<Vec<Rung>> {
         }
     }
     if ok && !out.iter().any(|r| r.admitted) {
-        ctx.err(path, "no rung is admitted: set admitted = true on at least one");
+        ctx.err(
+            path,
+            "no rung is admitted: set admitted = true on at least one",
+        );
         ok = false;
     }
     ok.then_some(out)
 }
 
 fn rung(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Rung> {
-    unknown_keys(ctx, path, t, &["id", "label", "spend_class", "hardware", "admitted"]);
+    unknown_keys(
+        ctx,
+        path,
+        t,
+        &["id", "label", "spend_class", "hardware", "admitted"],
+    );
     let id = required(ctx, path, t, "id").and_then(|v| ident(ctx, &path.key("id"), v));
     let label = match t.get("label") {
         None => id.clone(),
@@ -866,7 +936,12 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, t: &Table, rungs: Option<&[Rung]>) -> 
                 ctx,
                 &p,
                 pt,
-                &["default_action", "approved_rungs", "max_spend_per_packet", "max_total_spend"],
+                &[
+                    "default_action",
+                    "approved_rungs",
+                    "max_spend_per_packet",
+                    "max_total_spend",
+                ],
             );
             if let Some(a) = pt.get("default_action") {
                 match as_enum(
@@ -874,7 +949,10 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, t: &Table, rungs: Option<&[Rung]>) -> 
                     &p.key("default_action"),
                     a,
                     &[
-                        ("require_explicit_approval", PaidAction::RequireExplicitApproval),
+                        (
+                            "require_explicit_approval",
+                            PaidAction::RequireExplicitApproval,
+                        ),
                         ("deny", PaidAction::Deny),
                     ],
                 ) {
@@ -915,7 +993,10 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, t: &Table, rungs: Option<&[Rung]>) -> 
                 }
             }
             for (key, slot) in [
-                ("max_spend_per_packet", &mut policy.paid.max_spend_per_packet),
+                (
+                    "max_spend_per_packet",
+                    &mut policy.paid.max_spend_per_packet,
+                ),
                 ("max_total_spend", &mut policy.paid.max_total_spend),
             ] {
                 if let Some(v) = pt.get(key) {

@@ -64,7 +64,13 @@ fn example_manifest_is_valid() {
         Task::Candle(t) => {
             assert_eq!(t.preset, ModelPreset::Tiny);
             assert_eq!(t.steps, Some(400));
-            assert_eq!(t.dataset, Dataset::Synthetic { seed: 1, bytes: 262_144 });
+            assert_eq!(
+                t.dataset,
+                Dataset::Synthetic {
+                    seed: 1,
+                    bytes: 262_144
+                }
+            );
         }
         other => panic!("expected candle task, got {other:?}"),
     }
@@ -76,7 +82,10 @@ fn minimal_manifest_gets_documented_defaults() {
     assert_eq!(p.version, 1);
     assert_eq!(p.membership, MembershipMode::Approval);
     assert_eq!(p.baseline, None);
-    assert_eq!(p.policy.local.default_action, crate::dispatch::LocalAction::Allow);
+    assert_eq!(
+        p.policy.local.default_action,
+        crate::dispatch::LocalAction::Allow
+    );
     assert_eq!(
         p.policy.paid.default_action,
         crate::dispatch::PaidAction::RequireExplicitApproval
@@ -114,16 +123,27 @@ hardware = "tpu"
     let all = rendered.join("\n");
     assert!(has(&errs, "name", "not a slug"), "{all}");
     assert!(has(&errs, "objective", "must not be empty"), "{all}");
-    assert!(has(&errs, "required_outputs", "at least one output"), "{all}");
+    assert!(
+        has(&errs, "required_outputs", "at least one output"),
+        "{all}"
+    );
     assert!(has(&errs, "colour", "unknown field"), "{all}");
     assert!(
-        has(&errs, "criteria.direction", "allowed values: minimize, maximize"),
+        has(
+            &errs,
+            "criteria.direction",
+            "allowed values: minimize, maximize"
+        ),
         "{all}"
     );
     assert!(has(&errs, "criteria.threshold", "required when"), "{all}");
     assert!(has(&errs, "reward.pool", ">= 0"), "{all}");
     assert!(
-        has(&errs, "reward.split", "allowed values: by-impact, champion-takes-all"),
+        has(
+            &errs,
+            "reward.split",
+            "allowed values: by-impact, champion-takes-all"
+        ),
         "{all}"
     );
     assert!(has(&errs, "task.seconds", "needs a budget"), "{all}");
@@ -165,7 +185,10 @@ fn threshold_rules() {
     assert_eq!(p.criteria.accept, AcceptRule::Threshold { threshold: 1.5 });
     assert_eq!(p.rules().accept, AcceptRule::Threshold { threshold: 1.5 });
 
-    let m = minimal().replace("metric = \"val_bpb\"", "metric = \"val_bpb\"\nthreshold = 1.0");
+    let m = minimal().replace(
+        "metric = \"val_bpb\"",
+        "metric = \"val_bpb\"\nthreshold = 1.0",
+    );
     assert!(has(&errors(&m), "criteria.threshold", "only used when"));
 
     let m = minimal().replace(
@@ -207,18 +230,33 @@ fn rung_rules() {
     assert!(has(&errors(&none), "rungs", "no rung is admitted"));
     let bad_approved = minimal() + "[policy.paid]\napproved_rungs = [\"cpu\", \"gpu\"]\n";
     let errs = errors(&bad_approved);
-    assert!(has(&errs, "policy.paid.approved_rungs[0]", "local_unmetered"));
-    assert!(has(&errs, "policy.paid.approved_rungs[1]", "not a declared rung"));
+    assert!(has(
+        &errs,
+        "policy.paid.approved_rungs[0]",
+        "local_unmetered"
+    ));
+    assert!(has(
+        &errs,
+        "policy.paid.approved_rungs[1]",
+        "not a declared rung"
+    ));
 }
 
 #[test]
 fn deadline_conversion() {
-    assert_eq!(rfc3339_to_timestamp("1970-01-01T00:00:00Z"), Some(Timestamp(0)));
+    assert_eq!(
+        rfc3339_to_timestamp("1970-01-01T00:00:00Z"),
+        Some(Timestamp(0))
+    );
     assert_eq!(
         rfc3339_to_timestamp("2000-03-01T00:00:01.5+01:00"),
         Some(Timestamp(951_865_201_500))
     );
-    for s in ["1970-01-01T00:00:00Z", "2024-02-29T23:59:59Z", "2027-01-31T00:00:00Z"] {
+    for s in [
+        "1970-01-01T00:00:00Z",
+        "2024-02-29T23:59:59Z",
+        "2027-01-31T00:00:00Z",
+    ] {
         let t = rfc3339_to_timestamp(s).unwrap();
         assert_eq!(parse::format_rfc3339(t), s);
     }

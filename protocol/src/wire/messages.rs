@@ -203,9 +203,7 @@ impl RungAdvert {
 // Errors carried in replies
 
 /// Machine-readable error class in a reply.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The peer does not own (or know) this program.
@@ -279,9 +277,7 @@ pub fn grant_seal_context(program: &ProgramId, device_code: &DeviceCode) -> Vec<
 }
 
 /// Poll outcomes other than a grant (RFC 8628 §3.5 error codes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PollStatus {
     /// Not approved yet; poll again after the interval.

@@ -6,13 +6,11 @@
 //! self-describing, so a change to any message type means a new protocol name in [`protocols`].
 
 pub mod codec;
-#[cfg(any())]
 mod messages;
 #[cfg(test)]
 mod tests;
 
 pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
-#[cfg(any())]
 pub use messages::*;
 
 /// Versioned protocol names and gossip topics.
