@@ -91,6 +91,10 @@ pub(crate) struct ExplainArgs {
     /// An approval receipt (JSON) for a paid rung.
     #[arg(long)]
     pub(crate) approval: Option<PathBuf>,
+    /// Peer id allowed to approve paid spend (the program owner); repeatable. Without it, the
+    /// receipt's own signer is trusted (a what-if: the daemon always checks against the owner).
+    #[arg(long = "approver", value_name = "PEER-ID")]
+    pub(crate) approvers: Vec<String>,
     /// Paid spend already used by the program (spend units), checked against `max_total_spend`.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) spent: f64,

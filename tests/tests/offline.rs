@@ -1,6 +1,7 @@
 //! End-to-end tests of the offline commands against the real `btd` binary: the semantics.md examples
 //! must come out of `btd kb replay --json` and `btd policy explain --json` exactly.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup aborts the test
 use std::path::Path;
 
 use btd_tests::{repo_root, run_btd, stderr, stdout};
@@ -296,5 +297,68 @@ fn usage_errors_exit_2() {
     assert_eq!(
         run_btd(&["kb", "replay", "only-one-arg"]).status.code(),
         Some(2)
+    );
+}
+
+#[test]
+fn dispatch_with_an_approval_receipt() {
+    use btd_protocol::trace::ApprovalReceipt;
+    use btd_protocol::Timestamp;
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = write(
+        dir.path(),
+        "p.toml",
+        &manifest("", "beats-champion", Some(1.2), "by-impact"),
+    );
+    let owner = libp2p_identity::Keypair::ed25519_from_bytes([5u8; 32]).unwrap();
+    let other = libp2p_identity::Keypair::ed25519_from_bytes([6u8; 32]).unwrap();
+    let receipt = ApprovalReceipt::issue(
+        &owner,
+        "example:paid-h100",
+        "paid-h100",
+        Timestamp::from_secs(1_000),
+        Timestamp::from_secs(2_000),
+        10.0,
+    )
+    .unwrap();
+    let r = write(
+        dir.path(),
+        "receipt.json",
+        &serde_json::to_string(&receipt).unwrap(),
+    );
+    let owner_id = owner.public().to_peer_id().to_base58();
+    let other_id = other.public().to_peer_id().to_base58();
+    let base = [m.as_str(), "--rung", "paid-h100", "--approval", r.as_str()];
+
+    let v = explain(&[&base[..], &["--approver", &owner_id, "--now-ms", "1500000"]].concat());
+    assert_eq!(v["action"], "run_paid");
+    assert_eq!(v["reason"], "approval_receipt");
+
+    let v = explain(&[&base[..], &["--approver", &other_id, "--now-ms", "1500000"]].concat());
+    assert_eq!(v["action"], "request_paid_approval", "untrusted signer");
+
+    let v = explain(&[&base[..], &["--approver", &owner_id, "--now-ms", "2000000"]].concat());
+    assert_eq!(
+        v["action"], "request_paid_approval",
+        "expired at expires_at"
+    );
+    assert!(v["detail"].as_str().unwrap().contains("expired"), "{v}");
+
+    let bad = write(dir.path(), "bad.json", "{\"packet_id\": 1}");
+    let out = run_btd(&[
+        "policy",
+        "explain",
+        &m,
+        "--rung",
+        "paid-h100",
+        "--approval",
+        &bad,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not an approval receipt"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -25,6 +25,22 @@ pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
         Some(path) => Some(load_receipt(path)?),
         None => None,
     };
+    for a in &args.approvers {
+        a.parse::<libp2p_identity::PeerId>()
+            .map_err(|e| CmdError::Usage(format!("--approver {a:?} is not a peer id: {e}")))?;
+    }
+    let trusted: Vec<String> = match (&approval, args.approvers.is_empty()) {
+        (Some(r), true) => {
+            if !args.json {
+                eprintln!(
+                    "btd: note: trusting the receipt's signer {}; pass --approver OWNER-PEER-ID to check who signed it",
+                    r.approver
+                );
+            }
+            vec![r.approver.clone()]
+        }
+        _ => args.approvers.clone(),
+    };
     let result = match (&args.manifest, &args.map, &args.point) {
         (Some(manifest), None, None) => {
             let Some(rung_id) = args.rung.as_deref() else {
@@ -47,6 +63,7 @@ pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
                 packet: &packet,
                 point: None,
                 approval: approval.as_ref(),
+                trusted_approvers: &trusted,
                 spent_total: args.spent,
                 now,
             })
@@ -63,6 +80,7 @@ pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
                 packet: &built.packet,
                 point: Some(&built.point),
                 approval: approval.as_ref(),
+                trusted_approvers: &trusted,
                 spent_total: args.spent,
                 now,
             })

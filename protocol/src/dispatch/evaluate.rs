@@ -23,11 +23,12 @@ pub struct DispatchInput<'a> {
     pub point: Option<&'a ComputePoint>,
     /// An approval receipt for a paid rung, if the caller has one.
     ///
-    /// [`evaluate_dispatch`] checks that it is well signed, for this packet and rung, and unexpired
-    /// ([`ApprovalReceipt::is_valid_for`]); it cannot know who may approve. The caller must check
-    /// that `approval.approver` is someone allowed to approve spend (the program owner) before
-    /// passing it in.
+    /// [`evaluate_dispatch`] uses it only if it is well signed, for this packet and rung, unexpired
+    /// ([`ApprovalReceipt::is_valid_for`]) and signed by one of `trusted_approvers`.
     pub approval: Option<&'a ApprovalReceipt>,
+    /// Peer ids (base58) allowed to approve paid spend: in btd, the program owner. A receipt from
+    /// anyone else is ignored, however well signed.
+    pub trusted_approvers: &'a [String],
     /// Paid spend already committed for the program (spend units), for `max_total_spend`.
     pub spent_total: f64,
     /// The current time, for the receipt's validity window.
@@ -214,13 +215,22 @@ fn paid(input: &DispatchInput<'_>) -> (Action, Reason, String) {
         policy,
         packet,
         approval,
+        trusted_approvers,
         spent_total,
         now,
         ..
     } = *input;
     let pre_approved = policy.paid.approved_rungs.contains(&rung.id);
-    let receipt: Option<Result<&ApprovalReceipt, ReceiptError>> =
-        approval.map(|r| r.is_valid_for(&packet.id, &rung.id, now).map(|()| r));
+    let receipt: Option<Result<&ApprovalReceipt, ReceiptError>> = approval.map(|r| {
+        r.is_valid_for(&packet.id, &rung.id, now)?;
+        if trusted_approvers.iter().any(|a| *a == r.approver) {
+            Ok(r)
+        } else {
+            Err(ReceiptError::UntrustedApprover {
+                approver: r.approver.clone(),
+            })
+        }
+    });
     let used = match receipt {
         Some(Ok(r)) if !pre_approved => Some(r),
         _ => None,

@@ -71,6 +71,7 @@ impl PointDispatch {
     pub fn input<'a>(
         &'a self,
         approval: Option<&'a ApprovalReceipt>,
+        trusted_approvers: &'a [String],
         spent_total: f64,
         now: Timestamp,
     ) -> DispatchInput<'a> {
@@ -81,6 +82,7 @@ impl PointDispatch {
             packet: &self.packet,
             point: Some(&self.point),
             approval,
+            trusted_approvers,
             spent_total,
             now,
         }

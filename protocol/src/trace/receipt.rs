@@ -65,6 +65,12 @@ pub enum ReceiptError {
         /// The peer id of its key.
         key_peer_id: String,
     },
+    /// The receipt is well formed but signed by someone not allowed to approve spend.
+    #[error("the receipt is signed by {approver}, who may not approve spend for this program; only the program owner's receipts count")]
+    UntrustedApprover {
+        /// The receipt's approver.
+        approver: String,
+    },
     /// The signature does not verify.
     #[error("the receipt's signature does not verify: it was altered after signing; ask the approver for a new receipt")]
     BadSignature,

@@ -25,7 +25,7 @@ fn default_rung_builds_a_dispatchable_packet() {
     assert_eq!(pd.packet.required_outputs, pd.point.required_outputs);
     assert_eq!(pd.packet.budget, pd.point.budget);
     assert_eq!(pd.packet.validate(), vec![]);
-    let r = evaluate_dispatch(&pd.input(None, 0.0, NOW));
+    let r = evaluate_dispatch(&pd.input(None, &[], 0.0, NOW));
     assert_eq!(
         (r.action, r.reason),
         (Action::RunLocal, Reason::LocalAllowed)
@@ -47,13 +47,13 @@ fn named_paid_rung_requests_approval() {
         pd.packet.id,
         "adult-vs-developmental-rgc-opponent:h100-transfer"
     );
-    let r = evaluate_dispatch(&pd.input(None, 0.0, NOW));
+    let r = evaluate_dispatch(&pd.input(None, &[], 0.0, NOW));
     assert_eq!(
         (r.action, r.reason),
         (Action::RequestPaidApproval, Reason::ApprovalRequired)
     );
     let rec = receipt(&pd.packet, &pd.rung, 25.0);
-    let r = evaluate_dispatch(&pd.input(Some(&rec), 0.0, NOW));
+    let r = evaluate_dispatch(&pd.input(Some(&rec), &trusted(), 0.0, NOW));
     assert_eq!(
         (r.action, r.reason),
         (Action::RunPaid, Reason::ApprovalReceipt)
@@ -67,7 +67,7 @@ fn rung_in_map_but_not_permitted_is_held_by_dispatch() {
     let pd = m
         .packet_for_point("adult-vs-developmental-rgc-opponent", Some("h100-transfer"))
         .unwrap();
-    let r = evaluate_dispatch(&pd.input(None, 0.0, NOW));
+    let r = evaluate_dispatch(&pd.input(None, &[], 0.0, NOW));
     assert_eq!(r.reason, Reason::RungNotAdmitted);
 }
 

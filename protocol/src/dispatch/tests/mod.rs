@@ -104,6 +104,7 @@ pub(super) struct Case {
     pub(super) packet: ComputePacket,
     pub(super) point: Option<ComputePoint>,
     pub(super) receipt: Option<ApprovalReceipt>,
+    pub(super) trusted: Vec<String>,
     pub(super) spent_total: f64,
     pub(super) now: Timestamp,
 }
@@ -119,6 +120,7 @@ impl Case {
             packet,
             point: None,
             receipt: None,
+            trusted: trusted(),
             spent_total: 0.0,
             now: NOW,
         }
@@ -140,6 +142,7 @@ impl Case {
             packet: &self.packet,
             point: self.point.as_ref(),
             approval: self.receipt.as_ref(),
+            trusted_approvers: &self.trusted,
             spent_total: self.spent_total,
             now: self.now,
         })
@@ -216,4 +219,24 @@ fn serde_names_are_snake_case() {
         crate::wire::codec::decode::<ProjectComputeMap>(&bytes).unwrap(),
         map()
     );
+}
+
+/// The approvers the test cases trust: the key that signs [`receipt`].
+pub(super) fn trusted() -> Vec<String> {
+    vec![keypair().public().to_peer_id().to_base58()]
+}
+
+#[test]
+fn receipt_from_an_untrusted_approver_is_ignored() {
+    let mut case = Case::with_rung(paid_rung());
+    case.receipt = Some(receipt(&case.packet, &case.rung, 50.0));
+    assert_eq!(case.eval().action, Action::RunPaid);
+    case.trusted = vec![Keypair::ed25519_from_bytes([8u8; 32])
+        .unwrap()
+        .public()
+        .to_peer_id()
+        .to_base58()];
+    let r = case.eval();
+    assert_eq!(r.action, Action::RequestPaidApproval);
+    assert!(r.detail.contains("may not approve spend"), "{}", r.detail);
 }
