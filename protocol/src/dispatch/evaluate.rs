@@ -223,7 +223,7 @@ fn paid(input: &DispatchInput<'_>) -> (Action, Reason, String) {
     let pre_approved = policy.paid.approved_rungs.contains(&rung.id);
     let receipt: Option<Result<&ApprovalReceipt, ReceiptError>> = approval.map(|r| {
         r.is_valid_for(&packet.id, &rung.id, now)?;
-        if trusted_approvers.iter().any(|a| *a == r.approver) {
+        if trusted_approvers.contains(&r.approver) {
             Ok(r)
         } else {
             Err(ReceiptError::UntrustedApprover {
