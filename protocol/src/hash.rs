@@ -58,15 +58,11 @@ impl FromStr for Digest {
     type Err = DigestParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || DigestParseError {
-            got: s.chars().take(80).collect(),
-        };
-        if s.len() != 64 {
-            return Err(err());
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.to_ascii_lowercase(), &mut out).map_err(|_| err())?;
-        Ok(Self(out))
+        crate::hex32::parse_hex32(s, "a SHA-256 digest")
+            .map(Self)
+            .map_err(|_| DigestParseError {
+                got: s.chars().take(80).collect(),
+            })
     }
 }
 
@@ -84,22 +80,13 @@ impl fmt::Debug for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&self.to_hex())
-        } else {
-            self.0.serialize(s)
-        }
+        crate::hex32::serialize_hex32(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            s.parse().map_err(serde::de::Error::custom)
-        } else {
-            Ok(Self(<[u8; 32]>::deserialize(d)?))
-        }
+        crate::hex32::deserialize_hex32(d, "a SHA-256 digest").map(Self)
     }
 }
 
@@ -109,11 +96,7 @@ impl schemars::JsonSchema for Digest {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9a-f]{64}$",
-            "description": "SHA-256 digest, 64 lower-case hex characters"
-        })
+        crate::hex32::hex32_schema("SHA-256 digest, 64 lower-case hex characters")
     }
 }
 

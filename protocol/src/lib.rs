@@ -18,6 +18,7 @@
 
 pub mod dispatch;
 pub mod hash;
+mod hex32;
 pub mod kb;
 pub mod membership;
 pub mod metric;

@@ -221,13 +221,11 @@ impl FromStr for SealPublicKey {
     type Err = SealPublicKeyParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        if s.len() != 64 || hex::decode_to_slice(s.to_ascii_lowercase(), &mut out).is_err() {
-            return Err(SealPublicKeyParseError {
+        crate::hex32::parse_hex32(s, "an x25519 public key")
+            .map(Self)
+            .map_err(|_| SealPublicKeyParseError {
                 got: s.chars().take(80).collect(),
-            });
-        }
-        Ok(Self(out))
+            })
     }
 }
 
@@ -245,22 +243,13 @@ impl fmt::Debug for SealPublicKey {
 
 impl Serialize for SealPublicKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&self.to_hex())
-        } else {
-            self.0.serialize(s)
-        }
+        crate::hex32::serialize_hex32(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for SealPublicKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            s.parse().map_err(serde::de::Error::custom)
-        } else {
-            Ok(Self(<[u8; 32]>::deserialize(d)?))
-        }
+        crate::hex32::deserialize_hex32(d, "an x25519 public key").map(Self)
     }
 }
 
@@ -270,10 +259,8 @@ impl schemars::JsonSchema for SealPublicKey {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "pattern": "^[0-9a-f]{64}$",
-            "description": "x25519 public key for sealed messages, 64 lower-case hex characters"
-        })
+        crate::hex32::hex32_schema(
+            "x25519 public key for sealed messages, 64 lower-case hex characters",
+        )
     }
 }
