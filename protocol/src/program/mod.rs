@@ -6,9 +6,11 @@
 //! program together with the owner's public key, so the same manifest published by two owners gives
 //! two programs. The full field reference is `docs/program.md`.
 
+mod datetime;
 mod parse;
 #[cfg(test)]
 mod tests;
+mod walk;
 
 use std::fmt;
 use std::str::FromStr;
@@ -357,7 +359,10 @@ impl Program {
             parts.push(format!("the program stops after {n} submissions"));
         }
         if let Some(d) = self.stop.deadline {
-            parts.push(format!("the program stops at {}", parse::format_rfc3339(d)));
+            parts.push(format!(
+                "the program stops at {}",
+                datetime::format_rfc3339(d)
+            ));
         }
         if let Some(t) = self.stop.target {
             let cmp = match self.criteria.direction {

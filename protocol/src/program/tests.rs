@@ -1,6 +1,6 @@
 use libp2p_identity::Keypair;
 
-use super::parse::rfc3339_to_timestamp;
+use super::datetime::{format_rfc3339, rfc3339_to_timestamp};
 use super::*;
 use crate::dispatch::HardwareClass;
 
@@ -258,7 +258,7 @@ fn deadline_conversion() {
         "2027-01-31T00:00:00Z",
     ] {
         let t = rfc3339_to_timestamp(s).unwrap();
-        assert_eq!(parse::format_rfc3339(t), s);
+        assert_eq!(format_rfc3339(t), s);
     }
     let m = minimal() + "[stop]\ndeadline = 2027-01-31\n";
     assert!(has(&errors(&m), "stop.deadline", "offset"));
