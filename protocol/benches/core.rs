@@ -74,19 +74,16 @@ fn main() {
     let values: Vec<f64> = (0..100_000)
         .map(|i| 4.0 - (i as f64) * 1e-5 + rng.gen_range(-0.01..0.01))
         .collect();
-    report(
-        "kb: submit (100k log, 1000 workers) per submit",
-        {
-            let (n, ns) = measure(budget, || {
-                let mut kb = Kb::new(rules.clone()).expect("rules");
-                for (i, v) in values.iter().enumerate() {
-                    let _ = kb.submit(&workers[i % workers.len()], *v);
-                }
-                black_box(kb.next_seq());
-            });
-            (n * values.len() as u64, ns / values.len() as f64)
-        },
-    );
+    report("kb: submit (100k log, 1000 workers) per submit", {
+        let (n, ns) = measure(budget, || {
+            let mut kb = Kb::new(rules.clone()).expect("rules");
+            for (i, v) in values.iter().enumerate() {
+                let _ = kb.submit(&workers[i % workers.len()], *v);
+            }
+            black_box(kb.next_seq());
+        });
+        (n * values.len() as u64, ns / values.len() as f64)
+    });
     let mut kb = Kb::new(rules.clone()).expect("rules");
     for (i, v) in values.iter().enumerate() {
         let _ = kb.submit(&workers[i % workers.len()], *v);
