@@ -1,5 +1,6 @@
 //! Throughput of btd's core rules. `cargo bench -p btd-protocol` prints one line per operation.
 //! No timing assertions: numbers go to docs/benchmarks.md.
+#![allow(clippy::expect_used)] // a benchmark with broken fixtures should stop at once
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
