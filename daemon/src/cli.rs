@@ -1,25 +1,96 @@
 //! Command-line definition (clap derive) and dispatch to the command implementations.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::offline;
 use crate::output::CmdError;
+use crate::{daemon_cmd, offline};
 
 /// btd: a peer-to-peer worker network for research programs.
 ///
-/// Offline tools for owners: validate a program manifest, replay a KB log under a program's rules,
-/// explain compute dispatch, and print JSON schemas.
+/// An owner publishes a research program; workers join it over the mesh with a device code, spend
+/// compute under a policy, and submit results to the owner's private knowledge base.
 #[derive(Debug, Parser)]
 #[command(name = "btd", version, about, long_about = None)]
-pub(crate) struct Cli {
+pub struct Cli {
+    /// Home directory (identity, config, database, control socket). Default: $BTD_HOME, else ~/.btd.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground (SIGINT/SIGTERM or `btd stop` shut it down cleanly).
+    Start(StartArgs),
+    /// Stop the running daemon.
+    Stop,
+    /// This node's peer id, listen and external addresses.
+    Id,
+    /// Connected peers and their advertised rungs.
+    Peers,
+    /// Publish a research program (prints its id).
+    Publish {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+    },
+    /// Programs known from the mesh.
+    Programs,
+    /// Join a program: prints the user code for the owner to approve, then waits for the grant.
+    Join {
+        /// The program id (64 hex characters).
+        program: String,
+        /// Return after printing the code; the daemon keeps polling in the background.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Owner: approve a join code.
+    Approve {
+        /// The user code, e.g. ABCD-EFGH (case and hyphen optional).
+        code: String,
+    },
+    /// Owner: deny a join code.
+    Deny {
+        /// The user code.
+        code: String,
+    },
+    /// Owner: members and pending join codes of a program.
+    Members {
+        /// The program id.
+        program: String,
+    },
+    /// Owner: revoke a member (permanent).
+    Revoke {
+        /// The program id.
+        program: String,
+        /// The member id (its peer id).
+        member: String,
+    },
+    /// Member: submit a result by hand (for shell-driven workers and tests).
+    Submit {
+        /// The program id.
+        program: String,
+        /// The metric value.
+        #[arg(long, allow_negative_numbers = true)]
+        value: f64,
+        /// An output file to record by digest (repeatable).
+        #[arg(long = "output", value_name = "FILE")]
+        outputs: Vec<PathBuf>,
+        /// The rung the result was computed on.
+        #[arg(long, default_value = "cpu")]
+        rung: String,
+    },
+    /// Program status: members, results, champion, payouts (a member asks the owner).
+    Status {
+        /// The program id (optional when this node has exactly one program).
+        program: Option<String>,
+    },
     /// Research-program manifests.
     #[command(subcommand)]
     Program(ProgramCmd),
@@ -36,15 +107,30 @@ enum Command {
     },
 }
 
+/// `btd start` flags.
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// Listen address (repeatable). Default: TCP and QUIC on all interfaces, port 4801.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) listen: Vec<String>,
+    /// Peer to dial at start, with its /p2p/ id (repeatable). A bootstrap peer that offers relay
+    /// is also used to stay reachable from behind NAT.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub(crate) bootstrap: Vec<String>,
+    /// Offer circuit relay to other peers (run this on a reachable machine).
+    #[arg(long)]
+    pub(crate) relay_server: bool,
+    /// Discover peers on the LAN with mDNS.
+    #[arg(long)]
+    pub(crate) mdns: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum ProgramCmd {
     /// Validate a manifest: print the normalised program, or every problem with its field and line.
     Check {
         /// The manifest (TOML).
         manifest: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -59,9 +145,6 @@ enum KbCmd {
         manifest: PathBuf,
         /// Submissions, one JSON object per line.
         submissions: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -101,23 +184,52 @@ pub(crate) struct ExplainArgs {
     /// Evaluate as of this instant (milliseconds since the Unix epoch) instead of now.
     #[arg(long, hide = true)]
     pub(crate) now_ms: Option<u64>,
-    /// Print JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
+}
+
+/// Parses the command line, runs the command, prints errors, and returns the exit code
+/// (0 success, 1 rejected, 2 usage).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("btd: {e:#}");
+            e.exit_code()
+        }
+    }
 }
 
 /// Runs the parsed command.
 pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
+    let json = cli.json;
+    let home = cli.home;
     match cli.command {
-        Command::Program(ProgramCmd::Check { manifest, json }) => {
+        Command::Program(ProgramCmd::Check { manifest }) => {
             offline::program::check(&manifest, json)
         }
         Command::Kb(KbCmd::Replay {
             manifest,
             submissions,
-            json,
         }) => offline::replay::run(&manifest, &submissions, json),
-        Command::Policy(PolicyCmd::Explain(args)) => offline::policy::explain(&args),
+        Command::Policy(PolicyCmd::Explain(args)) => offline::policy::explain(&args, json),
         Command::Schema { name } => offline::schema::run(name.as_deref()),
+        Command::Start(args) => daemon_cmd::start(home, args),
+        Command::Stop => daemon_cmd::stop(home, json),
+        Command::Id => daemon_cmd::id(home, json),
+        Command::Peers => daemon_cmd::peers(home, json),
+        Command::Publish { manifest } => daemon_cmd::publish(home, &manifest, json),
+        Command::Programs => daemon_cmd::programs(home, json),
+        Command::Join { program, no_wait } => daemon_cmd::join(home, &program, !no_wait, json),
+        Command::Approve { code } => daemon_cmd::decide(home, code, true, json),
+        Command::Deny { code } => daemon_cmd::decide(home, code, false, json),
+        Command::Members { program } => daemon_cmd::members(home, &program, json),
+        Command::Revoke { program, member } => daemon_cmd::revoke(home, &program, member, json),
+        Command::Submit {
+            program,
+            value,
+            outputs,
+            rung,
+        } => daemon_cmd::submit(home, &program, value, &outputs, rung, json),
+        Command::Status { program } => daemon_cmd::status(home, program.as_deref(), json),
     }
 }

@@ -1,20 +1,5 @@
-//! `btd`: the btd daemon and its command-line tool.
+//! `btd`: the btd daemon and its command-line tool. Everything lives in the `btd` library.
 
-mod cli;
-mod offline;
-mod output;
-
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("btd: {e:#}");
-            e.exit_code()
-        }
-    }
+fn main() -> std::process::ExitCode {
+    btd::cli::main()
 }

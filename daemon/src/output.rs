@@ -43,7 +43,7 @@ impl From<anyhow::Error> for CmdError {
 pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CmdError> {
     let s = serde_json::to_string_pretty(value)
         .map_err(|e| CmdError::Rejected(anyhow::anyhow!("cannot render JSON: {e}")))?;
-    println!("{s}");
+    out!("{s}");
     Ok(())
 }
 
@@ -61,3 +61,12 @@ pub(crate) fn name_of<T: Serialize>(value: &T) -> String {
         Err(_) => "?".to_string(),
     }
 }
+
+/// `println!` that ignores a closed stdout (e.g. `btd status | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use out;

@@ -1,5 +1,6 @@
 //! `btd policy explain`: evaluate compute dispatch for one packet and say why.
 
+use crate::output::out;
 use std::path::Path;
 
 use anyhow::anyhow;
@@ -10,7 +11,7 @@ use btd_protocol::Timestamp;
 use crate::cli::ExplainArgs;
 use crate::output::{name_of, print_json, read_text, CmdError};
 
-pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
+pub(crate) fn explain(args: &ExplainArgs, json: bool) -> Result<(), CmdError> {
     let now = match args.now_ms {
         Some(ms) => Timestamp::from_millis(ms),
         None => wall_clock_now()?,
@@ -31,7 +32,7 @@ pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
     }
     let trusted: Vec<String> = match (&approval, args.approvers.is_empty()) {
         (Some(r), true) => {
-            if !args.json {
+            if !json {
                 eprintln!(
                     "btd: note: trusting the receipt's signer {}; pass --approver OWNER-PEER-ID to check who signed it",
                     r.approver
@@ -92,7 +93,7 @@ pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
             ))
         }
     };
-    if args.json {
+    if json {
         print_json(&result)
     } else {
         print_human(&result);
@@ -101,12 +102,12 @@ pub(crate) fn explain(args: &ExplainArgs) -> Result<(), CmdError> {
 }
 
 fn print_human(r: &DispatchResult) {
-    println!("{} ({})", name_of(&r.action), name_of(&r.reason));
-    println!("  {}", r.detail);
-    println!("  decision: {}", r.decision_id);
-    println!("  packet:   {}", r.packet_id);
-    println!("  rung:     {} ({})", r.rung_id, name_of(&r.spend_class));
-    println!("  outputs:  {}", r.required_outputs.join(", "));
+    out!("{} ({})", name_of(&r.action), name_of(&r.reason));
+    out!("  {}", r.detail);
+    out!("  decision: {}", r.decision_id);
+    out!("  packet:   {}", r.packet_id);
+    out!("  rung:     {} ({})", r.rung_id, name_of(&r.spend_class));
+    out!("  outputs:  {}", r.required_outputs.join(", "));
 }
 
 fn wall_clock_now() -> Result<Timestamp, CmdError> {

@@ -1,5 +1,6 @@
 //! `btd program check`.
 
+use crate::output::out;
 use std::path::Path;
 
 use anyhow::anyhow;
@@ -35,28 +36,28 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<(), CmdError> {
 }
 
 fn print_summary(path: &Path, p: &Program) {
-    println!("{}: valid program {:?}", path.display(), p.name);
-    println!("  objective:  {}", p.objective);
+    out!("{}: valid program {:?}", path.display(), p.name);
+    out!("  objective:  {}", p.objective);
     let accept = match p.criteria.accept {
         AcceptRule::BeatsChampion => "beats-champion".to_string(),
         AcceptRule::Threshold { threshold } => format!("threshold {threshold}"),
     };
-    println!(
+    out!(
         "  criteria:   {} ({}), accept {accept}",
         p.criteria.metric,
         name_of(&p.criteria.direction)
     );
     match p.baseline {
-        Some(b) => println!("  baseline:   {b}"),
-        None => println!("  baseline:   none"),
+        Some(b) => out!("  baseline:   {b}"),
+        None => out!("  baseline:   none"),
     }
-    println!(
+    out!(
         "  reward:     {} {}, split {}",
         p.reward.pool,
         p.reward.token,
         name_of(&p.reward.split)
     );
-    println!("  membership: {}", name_of(&p.membership));
+    out!("  membership: {}", name_of(&p.membership));
     match &p.task {
         Task::Candle(t) => {
             let dataset = match &t.dataset {
@@ -65,20 +66,21 @@ fn print_summary(path: &Path, p: &Program) {
                     format!("synthetic corpus (seed {seed}, {bytes} bytes)")
                 }
             };
-            println!(
+            out!(
                 "  task:       candle, preset {}, {dataset}, seed {}, eval {} tokens",
                 name_of(&t.preset),
                 t.seed,
                 t.eval_tokens
             );
         }
-        Task::Shell(t) => println!(
+        Task::Shell(t) => out!(
             "  task:       shell `{}` (timeout {} s)",
-            t.command, t.timeout_secs
+            t.command,
+            t.timeout_secs
         ),
     }
     for r in &p.rungs {
-        println!(
+        out!(
             "  rung:       {} \"{}\": {}, {}{}",
             r.id,
             r.label,
@@ -87,7 +89,7 @@ fn print_summary(path: &Path, p: &Program) {
             if r.admitted { "" } else { ", not admitted" }
         );
     }
-    println!(
+    out!(
         "  policy:     local {}, paid {} (pre-approved: {})",
         name_of(&p.policy.local.default_action),
         name_of(&p.policy.paid.default_action),
@@ -97,7 +99,7 @@ fn print_summary(path: &Path, p: &Program) {
             p.policy.paid.approved_rungs.join(", ")
         }
     );
-    println!("  outputs:    {}", p.required_outputs.join(", "));
-    println!("  stop:       {}", p.stop_condition_text());
-    println!("  (the program id is assigned by `btd publish`: it covers the owner's public key)");
+    out!("  outputs:    {}", p.required_outputs.join(", "));
+    out!("  stop:       {}", p.stop_condition_text());
+    out!("  (the program id is assigned by `btd publish`: it covers the owner's public key)");
 }

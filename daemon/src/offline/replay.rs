@@ -1,5 +1,6 @@
 //! `btd kb replay`: a what-if simulator over a program's KB rules.
 
+use crate::output::out;
 use std::path::Path;
 
 use anyhow::anyhow;
@@ -106,12 +107,17 @@ fn print_table(program: &btd_protocol::program::Program, r: &Report<'_>) {
         .max()
         .unwrap_or(6)
         .max(6);
-    println!(
+    out!(
         "{:>5}  {:<worker_w$}  {:>14}  {:<8}  {:<8}  {:>12}",
-        "seq", "worker", program.criteria.metric, "accepted", "champion", "impact"
+        "seq",
+        "worker",
+        program.criteria.metric,
+        "accepted",
+        "champion",
+        "impact"
     );
     for e in r.results {
-        println!(
+        out!(
             "{:>5}  {:<worker_w$}  {:>14}  {:<8}  {:<8}  {:>12.6}",
             e.seq,
             e.worker,
@@ -122,23 +128,24 @@ fn print_table(program: &btd_protocol::program::Program, r: &Report<'_>) {
         );
     }
     match &r.champion {
-        Some(c) => println!("champion: #{} {} {}", c.seq, c.worker, c.value),
-        None => println!("champion: none"),
+        Some(c) => out!("champion: #{} {} {}", c.seq, c.worker, c.value),
+        None => out!("champion: none"),
     }
     if r.payouts.is_empty() {
-        println!(
+        out!(
             "payouts: none (pool {} {})",
-            program.reward.pool, program.reward.token
+            program.reward.pool,
+            program.reward.token
         );
     } else {
-        println!(
+        out!(
             "payouts ({} {}, {}):",
             program.reward.pool,
             program.reward.token,
             crate::output::name_of(&program.reward.split)
         );
         for (worker, amount) in r.payouts.iter() {
-            println!("  {worker:<worker_w$}  {amount:>16}");
+            out!("  {worker:<worker_w$}  {amount:>16}");
         }
     }
 }

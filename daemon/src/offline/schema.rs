@@ -1,5 +1,6 @@
 //! `btd schema`: JSON Schemas of every persisted or exchanged object.
 
+use crate::output::out;
 use anyhow::anyhow;
 use btd_protocol::dispatch::{ComputePacket, ComputePoint, ProjectComputeMap};
 use btd_protocol::program::Program;
@@ -77,7 +78,7 @@ pub(crate) fn run(name: Option<&str>) -> Result<(), CmdError> {
         Some(n) => print_json(&schema_json(n)?),
         None => {
             for (n, what) in NAMES {
-                println!("{n:<22} {what}");
+                out!("{n:<22} {what}");
             }
             Ok(())
         }

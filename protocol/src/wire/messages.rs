@@ -96,9 +96,14 @@ pub fn check_not_future(
 pub struct ProgramAnnouncement {
     /// The manifest (TOML).
     pub manifest: String,
+    /// Multiaddrs where the owner can be reached (direct and relay-circuit), as strings.
+    pub addresses: Vec<String>,
     /// When the owner published (or re-announced) it.
     pub published_at: Timestamp,
 }
+
+/// Most addresses one announcement may carry.
+pub const MAX_ANNOUNCED_ADDRESSES: usize = 16;
 
 impl SignedDomain for ProgramAnnouncement {
     const DOMAIN: &'static str = "btd/program-announcement/v1";
@@ -129,6 +134,8 @@ pub struct VerifiedProgram {
     pub program: Program,
     /// The manifest text as announced.
     pub manifest: String,
+    /// Where the owner said it can be reached.
+    pub addresses: Vec<String>,
     /// When it was published.
     pub published_at: Timestamp,
 }
@@ -141,12 +148,19 @@ pub fn verify_announcement(
 ) -> Result<VerifiedProgram, AnnouncementError> {
     let v = signed.verify()?;
     check_not_future("published_at", v.value.published_at, now)?;
+    if v.value.addresses.len() > MAX_ANNOUNCED_ADDRESSES {
+        return Err(bad("addresses", format!("more than {MAX_ANNOUNCED_ADDRESSES}")).into());
+    }
+    for a in &v.value.addresses {
+        check_text("addresses", a)?;
+    }
     let program = Program::from_toml(&v.value.manifest)?;
     Ok(VerifiedProgram {
         id: ProgramId::compute(&program, &v.public_key),
         owner: v.signer,
         program,
         manifest: v.value.manifest,
+        addresses: v.value.addresses,
         published_at: v.value.published_at,
     })
 }

@@ -94,6 +94,7 @@ fn announcement(kp: &Keypair, published_at: Timestamp) -> Signed<ProgramAnnounce
         kp,
         &ProgramAnnouncement {
             manifest: EXAMPLE.to_string(),
+            addresses: vec!["/ip4/127.0.0.1/tcp/4801".into()],
             published_at,
         },
     )
@@ -328,6 +329,7 @@ fn announcements_verify_and_derive_the_id() {
         &kp,
         &ProgramAnnouncement {
             manifest: "name = \"x\"".into(),
+            addresses: vec![],
             published_at: now,
         },
     )

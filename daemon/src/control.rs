@@ -1,0 +1,293 @@
+//! The local control API: JSON lines over a Unix socket (mode 0600) in the home directory.
+//!
+//! A client sends one request line; the daemon answers with zero or more `{"event": ...}` lines and
+//! then exactly one `{"ok": ...}` or `{"error": "..."}` line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use btd_protocol::program::ProgramId;
+use btd_protocol::trace::Output;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::node::types::JoinEvent;
+use crate::node::{Command, NodeHandle};
+
+/// Longest request line (a manifest is at most 64 KiB; JSON escaping can double it).
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// Most control connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A control request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Peer id and addresses.
+    Id,
+    /// Connected peers.
+    Peers,
+    /// Publish a manifest.
+    Publish {
+        /// Manifest text.
+        manifest: String,
+    },
+    /// Known programs.
+    Programs,
+    /// Join a program.
+    Join {
+        /// Program id.
+        program: ProgramId,
+        /// Wait for the outcome (else return after the code).
+        wait: bool,
+    },
+    /// Approve a user code.
+    Approve {
+        /// The code.
+        code: String,
+    },
+    /// Deny a user code.
+    Deny {
+        /// The code.
+        code: String,
+    },
+    /// Members of an own program.
+    Members {
+        /// Program id.
+        program: ProgramId,
+    },
+    /// Revoke a member.
+    Revoke {
+        /// Program id.
+        program: ProgramId,
+        /// Member id.
+        member: String,
+    },
+    /// Submit a result.
+    Submit {
+        /// Program id.
+        program: ProgramId,
+        /// Metric value.
+        value: f64,
+        /// Rung id.
+        rung_id: String,
+        /// Outputs by digest.
+        outputs: Vec<Output>,
+    },
+    /// Program status.
+    Status {
+        /// Program id (optional when there is only one).
+        program: Option<ProgramId>,
+    },
+    /// Stop the daemon.
+    Stop,
+}
+
+/// One line of a reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    /// Progress.
+    Event(JoinEvent),
+    /// Success, with the result.
+    Ok(serde_json::Value),
+    /// Failure, in words.
+    Error(String),
+}
+
+/// Serves the control socket until `shutdown` turns true. `stop` is signalled by a `Stop` request.
+pub async fn serve(
+    path: PathBuf,
+    node: NodeHandle,
+    stop: mpsc::Sender<()>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let listener = bind(&path)?;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!("too many control connections; refusing one");
+                    continue;
+                };
+                let node = node.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, node, stop).await {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+fn bind(path: &Path) -> Result<UnixListener> {
+    // The caller holds the home's lock, so a leftover socket belongs to a dead daemon.
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot create control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn write_line(w: &mut (impl AsyncWriteExt + Unpin), line: &Line) -> Result<()> {
+    let mut s = serde_json::to_string(line)?;
+    s.push('\n');
+    w.write_all(s.as_bytes()).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, node: NodeHandle, stop: mpsc::Sender<()>) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r.take(MAX_REQUEST_BYTES as u64 + 1));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    if line.len() > MAX_REQUEST_BYTES {
+        return write_line(&mut w, &Line::Error("request too large".into())).await;
+    }
+    let req: Request = match serde_json::from_str(line.trim_end()) {
+        Ok(r) => r,
+        Err(e) => return write_line(&mut w, &Line::Error(format!("bad request: {e}"))).await,
+    };
+    let out = match req {
+        Request::Join { program, wait } => return join(&mut w, node, program, wait).await,
+        Request::Stop => {
+            let _ = stop.try_send(());
+            Ok(serde_json::json!("stopping"))
+        }
+        other => dispatch(&node, other).await,
+    };
+    let line = match out {
+        Ok(v) => Line::Ok(v),
+        Err(e) => Line::Error(e),
+    };
+    write_line(&mut w, &line).await
+}
+
+fn json<T: Serialize>(v: T) -> Result<serde_json::Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+async fn dispatch(node: &NodeHandle, req: Request) -> Result<serde_json::Value, String> {
+    let stopped = |e: anyhow::Error| e.to_string();
+    match req {
+        Request::Id => json(node.ask(Command::Info).await.map_err(stopped)?),
+        Request::Peers => json(node.ask(Command::Peers).await.map_err(stopped)?),
+        Request::Programs => json(node.ask(Command::Programs).await.map_err(stopped)?),
+        Request::Publish { manifest } => json(
+            node.ask(|reply| Command::Publish { manifest, reply })
+                .await
+                .map_err(stopped)??,
+        ),
+        Request::Approve { code } => json(
+            node.ask(|reply| Command::Decide {
+                user_code: code,
+                approve: true,
+                reply,
+            })
+            .await
+            .map_err(stopped)??,
+        ),
+        Request::Deny { code } => json(
+            node.ask(|reply| Command::Decide {
+                user_code: code,
+                approve: false,
+                reply,
+            })
+            .await
+            .map_err(stopped)??,
+        ),
+        Request::Members { program } => json(
+            node.ask(|reply| Command::Members { program, reply })
+                .await
+                .map_err(stopped)??,
+        ),
+        Request::Revoke { program, member } => json(
+            node.ask(|reply| Command::Revoke {
+                program,
+                member,
+                reply,
+            })
+            .await
+            .map_err(stopped)??,
+        ),
+        Request::Submit {
+            program,
+            value,
+            rung_id,
+            outputs,
+        } => json(
+            node.ask(|reply| Command::Submit {
+                program,
+                value,
+                rung_id,
+                outputs,
+                reply,
+            })
+            .await
+            .map_err(stopped)??,
+        ),
+        Request::Status { program } => json(
+            node.ask(|reply| Command::Status { program, reply })
+                .await
+                .map_err(stopped)??,
+        ),
+        Request::Join { .. } | Request::Stop => Err("unsupported here".into()),
+    }
+}
+
+async fn join(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    node: NodeHandle,
+    program: ProgramId,
+    wait: bool,
+) -> Result<()> {
+    let (tx, mut rx) = mpsc::channel(16);
+    if let Err(e) = node
+        .send(Command::Join {
+            program,
+            events: tx,
+        })
+        .await
+    {
+        return write_line(w, &Line::Error(e.to_string())).await;
+    }
+    while let Some(ev) = rx.recv().await {
+        match &ev {
+            JoinEvent::Code { .. } => {
+                write_line(w, &Line::Event(ev.clone())).await?;
+                if !wait {
+                    return write_line(w, &Line::Ok(json(&ev).unwrap_or_default())).await;
+                }
+            }
+            JoinEvent::Granted { .. } | JoinEvent::AlreadyMember { .. } => {
+                return write_line(w, &Line::Ok(json(&ev).unwrap_or_default())).await;
+            }
+            JoinEvent::Failed { reason } => {
+                return write_line(w, &Line::Error(reason.clone())).await;
+            }
+        }
+    }
+    write_line(w, &Line::Error("the daemon stopped during the join".into())).await
+}

@@ -1,0 +1,419 @@
+//! CLI commands that talk to (or are) the running daemon.
+
+use crate::output::out;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use btd_protocol::program::ProgramId;
+use btd_protocol::trace::Output;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::cli::StartArgs;
+use crate::control::Request;
+use crate::home::Home;
+use crate::node::types::{JoinEvent, MembersView, NodeInfo, PeerView, ProgramView, StatusView};
+use crate::output::{name_of, print_json, CmdError};
+use crate::start::StartFlags;
+
+fn runtime() -> Result<tokio::runtime::Runtime, CmdError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CmdError::Rejected(anyhow!("cannot start the async runtime: {e}")))
+}
+
+fn home(flag: Option<PathBuf>) -> Result<Home, CmdError> {
+    Home::resolve(flag).map_err(|e| CmdError::Usage(e.to_string()))
+}
+
+fn program_id(s: &str) -> Result<ProgramId, CmdError> {
+    s.parse().map_err(|e| {
+        CmdError::Usage(format!(
+            "{s:?} is not a program id: {e} (see `btd programs`)"
+        ))
+    })
+}
+
+/// Sends one request and returns the daemon's answer.
+fn call(home_dir: Option<PathBuf>, req: Request) -> Result<Value, CmdError> {
+    let h = home(home_dir)?;
+    let rt = runtime()?;
+    rt.block_on(crate::client::call(&h.socket_path(), &req, |_| {}))
+        .map_err(CmdError::Rejected)
+}
+
+fn parse<T: DeserializeOwned>(v: Value) -> Result<T, CmdError> {
+    serde_json::from_value(v)
+        .map_err(|e| CmdError::Rejected(anyhow!("unexpected answer from the daemon: {e}")))
+}
+
+pub(crate) fn start(home_dir: Option<PathBuf>, args: StartArgs) -> Result<(), CmdError> {
+    let h = home(home_dir)?;
+    let addrs = |flag: &str, v: Vec<String>| -> Result<Vec<libp2p::Multiaddr>, CmdError> {
+        v.into_iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| CmdError::Usage(format!("--{flag} {s:?} is not a multiaddr: {e}")))
+            })
+            .collect()
+    };
+    let flags = StartFlags {
+        listen: addrs("listen", args.listen)?,
+        bootstrap: addrs("bootstrap", args.bootstrap)?,
+        relay_server: args.relay_server,
+        mdns: args.mdns,
+    };
+    crate::start::init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CmdError::Rejected(anyhow!("cannot start the async runtime: {e}")))?;
+    rt.block_on(crate::start::run(h, flags))
+        .map_err(CmdError::Rejected)
+}
+
+pub(crate) fn stop(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
+    let v = call(home_dir, Request::Stop)?;
+    if json {
+        print_json(&v)
+    } else {
+        out!("btd: the daemon is stopping");
+        Ok(())
+    }
+}
+
+pub(crate) fn id(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
+    let v = call(home_dir, Request::Id)?;
+    if json {
+        return print_json(&v);
+    }
+    let info: NodeInfo = parse(v)?;
+    out!("peer id:  {}", info.peer_id);
+    for a in &info.listen {
+        out!("listen:   {a}/p2p/{}", info.peer_id);
+    }
+    for a in &info.external {
+        out!("external: {a}");
+    }
+    for r in &info.rungs {
+        out!(
+            "rung:     {} ({}, {}) {}",
+            r.id,
+            name_of(&r.hardware),
+            name_of(&r.spend_class),
+            r.detail
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn peers(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
+    let v = call(home_dir, Request::Peers)?;
+    if json {
+        return print_json(&v);
+    }
+    let peers: Vec<PeerView> = parse(v)?;
+    if peers.is_empty() {
+        out!("no connected peers");
+    }
+    for p in peers {
+        let rungs: Vec<String> = p
+            .rungs
+            .iter()
+            .map(|r| format!("{}:{}", r.id, name_of(&r.hardware)))
+            .collect();
+        out!(
+            "{}  {}  rungs: {}",
+            p.peer_id,
+            p.agent.as_deref().unwrap_or("?"),
+            if rungs.is_empty() {
+                "-".to_string()
+            } else {
+                rungs.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn publish(
+    home_dir: Option<PathBuf>,
+    manifest: &Path,
+    json: bool,
+) -> Result<(), CmdError> {
+    let text = crate::output::read_text(manifest)?;
+    // Validate locally first so errors carry the file name and lines.
+    crate::offline::program::load(manifest)?;
+    let v = call(home_dir, Request::Publish { manifest: text })?;
+    if json {
+        return print_json(&serde_json::json!({ "program": v }));
+    }
+    let id: ProgramId = parse(v)?;
+    out!("{id}");
+    Ok(())
+}
+
+pub(crate) fn programs(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
+    let v = call(home_dir, Request::Programs)?;
+    if json {
+        return print_json(&v);
+    }
+    let list: Vec<ProgramView> = parse(v)?;
+    if list.is_empty() {
+        out!("no programs known yet");
+    }
+    for p in list {
+        let role = if p.own {
+            "owner"
+        } else if p.member {
+            "member"
+        } else {
+            "-"
+        };
+        out!("{}  {:<24} {:<7} owner {}", p.id, p.name, role, p.owner);
+    }
+    Ok(())
+}
+
+pub(crate) fn join(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    wait: bool,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    let h = home(home_dir)?;
+    let rt = runtime()?;
+    let v = rt
+        .block_on(crate::client::call(
+            &h.socket_path(),
+            &Request::Join { program, wait },
+            |e| {
+                if let JoinEvent::Code {
+                    user_code, owner, expires_in, ..
+                } = e
+                {
+                    if json {
+                        if let Ok(s) = serde_json::to_string(e) {
+                            out!("{s}");
+                        }
+                    } else {
+                        out!("user code: {user_code}");
+                        out!(
+                            "ask the owner ({owner}) to run `btd approve {user_code}` within {} minutes",
+                            expires_in / 60
+                        );
+                        if wait {
+                            out!("waiting for approval...");
+                        }
+                    }
+                }
+            },
+        ))
+        .map_err(CmdError::Rejected)?;
+    let ev: JoinEvent = parse(v)?;
+    if json {
+        return print_json(&ev);
+    }
+    match ev {
+        JoinEvent::Granted { program, member } => {
+            out!("joined program {program} as member {member}")
+        }
+        JoinEvent::AlreadyMember { program } => out!("already a member of {program}"),
+        JoinEvent::Code { .. } => {
+            out!("the daemon keeps polling; check later with `btd programs`")
+        }
+        JoinEvent::Failed { reason } => return Err(CmdError::Rejected(anyhow!(reason))),
+    }
+    Ok(())
+}
+
+pub(crate) fn decide(
+    home_dir: Option<PathBuf>,
+    code: String,
+    approve: bool,
+    json: bool,
+) -> Result<(), CmdError> {
+    let req = if approve {
+        Request::Approve { code }
+    } else {
+        Request::Deny { code }
+    };
+    let v = call(home_dir, req)?;
+    if json {
+        return print_json(&v);
+    }
+    out!("{}", v.as_str().unwrap_or_default());
+    Ok(())
+}
+
+pub(crate) fn members(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    let v = call(home_dir, Request::Members { program })?;
+    if json {
+        return print_json(&v);
+    }
+    let m: MembersView = parse(v)?;
+    out!("members of {}:", m.program);
+    if m.members.is_empty() {
+        out!("  none");
+    }
+    for mem in &m.members {
+        out!(
+            "  {}  {}",
+            mem.member,
+            if mem.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            }
+        );
+    }
+    if !m.pending.is_empty() {
+        out!("pending join codes:");
+        for p in &m.pending {
+            out!(
+                "  {}  from {}  ({} s left)",
+                p.user_code,
+                p.peer,
+                p.expires_in
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn revoke(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    member: String,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    let v = call(
+        home_dir,
+        Request::Revoke {
+            program,
+            member: member.clone(),
+        },
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    out!("revoked {member}");
+    Ok(())
+}
+
+pub(crate) fn submit(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    value: f64,
+    outputs: &[PathBuf],
+    rung_id: String,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    if !value.is_finite() {
+        return Err(CmdError::Usage(format!(
+            "--value must be a finite number, got {value}"
+        )));
+    }
+    let mut outs = Vec::new();
+    for p in outputs {
+        let bytes = std::fs::read(p)
+            .map_err(|e| CmdError::Rejected(anyhow!("cannot read {}: {e}", p.display())))?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        outs.push(Output::of(name, &bytes));
+    }
+    let v = call(
+        home_dir,
+        Request::Submit {
+            program,
+            value,
+            rung_id,
+            outputs: outs,
+        },
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    let r: btd_protocol::wire::SubmitReceipt = parse(v)?;
+    out!(
+        "submission #{}: {}{}, impact {:.6}{}",
+        r.seq,
+        if r.accepted { "accepted" } else { "rejected" },
+        if r.champion { ", new champion" } else { "" },
+        r.impact,
+        if r.duplicate {
+            " (already recorded)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+pub(crate) fn status(
+    home_dir: Option<PathBuf>,
+    program: Option<&str>,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program.map(program_id).transpose()?;
+    let v = call(home_dir, Request::Status { program })?;
+    if json {
+        return print_json(&v);
+    }
+    let s: StatusView = parse(v)?;
+    out!("program:     {} ({})", s.name, s.program);
+    out!("owner:       {} [{}]", s.owner, s.source);
+    out!("members:     {}", s.members);
+    out!("submissions: {} ({} accepted)", s.submissions, s.accepted);
+    match &s.champion {
+        Some(c) => out!(
+            "champion:    #{} {} = {} by {}",
+            c.seq,
+            s.metric,
+            c.value,
+            c.worker
+        ),
+        None => out!("champion:    none yet"),
+    }
+    if s.payouts.is_empty() {
+        out!("payouts:     none (pool {} {})", s.pool, s.token);
+    } else {
+        out!("payouts (pool {} {}):", s.pool, s.token);
+        for (w, a) in s.payouts.iter() {
+            out!("  {w}  {a}");
+        }
+    }
+    if !s.results.is_empty() {
+        out!("results:");
+        for e in s
+            .results
+            .iter()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            out!(
+                "  #{:<4} {:<54} {:>12} {}{}",
+                e.seq,
+                e.worker,
+                e.value,
+                if e.accepted { "accepted" } else { "rejected" },
+                if e.champion { " champion" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}

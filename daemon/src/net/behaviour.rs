@@ -1,0 +1,265 @@
+//! The composed libp2p behaviour and the swarm built on a transport seam.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use btd_protocol::wire::{
+    protocols, ApprovalRequest, ApprovalResponse, KbRequest, KbResponse, MembershipRequest,
+    MembershipResponse, MAX_MESSAGE_BYTES,
+};
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp,
+    yamux, StreamProtocol, Swarm, SwarmBuilder,
+};
+
+use super::codec::WireCodec;
+
+/// identify's protocol version string: peers with another major version are not btd peers.
+pub const IDENTIFY_PROTOCOL: &str = "/btd/1.0.0";
+/// Kademlia protocol name: a private DHT, not the public IPFS one.
+pub const KAD_PROTOCOL: &str = "/btd/kad/1.0.0";
+
+/// Which transports the swarm runs on. Production and tests run the same behaviour and event loop;
+/// only this seam differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP (+ Noise + Yamux), QUIC, DNS and relay circuits.
+    Production,
+    /// In-process memory transport (+ Noise + Yamux) and relay circuits, for tests and netsim.
+    Memory,
+}
+
+/// Tunables of the network stack.
+#[derive(Debug, Clone)]
+pub struct NetParams {
+    /// Offer circuit relay to others.
+    pub relay_server: bool,
+    /// LAN discovery (production transport only).
+    pub mdns: bool,
+    /// Gossipsub heartbeat: 1 s in production; tests shorten it so meshes form quickly.
+    pub gossip_heartbeat: Duration,
+    /// request-response timeout (also enforced on the responder: never hold a request for a human).
+    pub request_timeout: Duration,
+    /// Idle connections are closed after this (libp2p's 10 s default drops request-only peers).
+    pub idle_timeout: Duration,
+    /// Ask peers whether we are publicly reachable (AutoNAT).
+    pub autonat: bool,
+}
+
+impl Default for NetParams {
+    fn default() -> Self {
+        Self {
+            relay_server: false,
+            mdns: false,
+            gossip_heartbeat: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            autonat: true,
+        }
+    }
+}
+
+/// Most established connections in total and per peer: bounds memory and file descriptors.
+const MAX_CONNECTIONS: u32 = 512;
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Most concurrent inbound/outbound streams per request-response protocol.
+const MAX_STREAMS: usize = 128;
+
+/// The request-response behaviour for one btd protocol.
+pub type RrBehaviour<Req, Resp> = request_response::Behaviour<WireCodec<Req, Resp>>;
+
+/// Everything a btd node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Connection caps.
+    pub limits: connection_limits::Behaviour,
+    /// Relay client: listen on and dial through circuits.
+    pub relay_client: relay::client::Behaviour,
+    /// Relay server (with `--relay-server`).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching over relayed connections.
+    pub dcutr: dcutr::Behaviour,
+    /// Reachability probing.
+    pub autonat: Toggle<autonat::Behaviour>,
+    /// Peer info exchange (listen addresses, protocols).
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Program id → announcement records; peer routing.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Program announcements and rung adverts.
+    pub gossipsub: gossipsub::Behaviour,
+    /// `/btd/membership/1`.
+    pub membership: RrBehaviour<MembershipRequest, MembershipResponse>,
+    /// `/btd/kb/1`.
+    pub kb: RrBehaviour<KbRequest, KbResponse>,
+    /// `/btd/approval/1`.
+    pub approval: RrBehaviour<ApprovalRequest, ApprovalResponse>,
+    /// LAN discovery.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+fn rr<Req, Resp>(name: &'static str, p: &NetParams) -> RrBehaviour<Req, Resp>
+where
+    Req: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    request_response::Behaviour::with_codec(
+        WireCodec::default(),
+        [(StreamProtocol::new(name), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(p.request_timeout)
+            .with_max_concurrent_streams(MAX_STREAMS),
+    )
+}
+
+fn relay_config() -> relay::Config {
+    let per_peer = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    // Per-peer limits only: NAT'd users share IPs, and tests run every node on 127.0.0.1.
+    relay::Config {
+        max_reservations: 256,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(3600),
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: 256,
+        max_circuits_per_peer: 16,
+        // btd's KB traffic is small but sessions are long: half an hour and 64 MiB per circuit.
+        max_circuit_duration: Duration::from_secs(1800),
+        max_circuit_bytes: 64 << 20,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    .reservation_rate_per_peer(per_peer(30), Duration::from_secs(60))
+    .circuit_src_per_peer(per_peer(120), Duration::from_secs(60))
+}
+
+impl Behaviour {
+    fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        p: &NetParams,
+        with_mdns: bool,
+    ) -> Result<Behaviour> {
+        let peer_id = key.public().to_peer_id();
+        let gossip_cfg = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(p.gossip_heartbeat)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(MAX_MESSAGE_BYTES + 4096)
+            .build()
+            .map_err(|e| anyhow!("gossipsub config: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_cfg,
+        )
+        .map_err(|e| anyhow!("gossipsub: {e}"))?;
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: 4096,
+                // An announcement carries a manifest of up to 64 KiB plus signature and addresses.
+                max_value_bytes: 96 * 1024,
+                ..Default::default()
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            store,
+            kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+        );
+        // Without a confirmed external address kad stays a client and never answers queries;
+        // btd nodes serve the DHT from the start.
+        kad.set_mode(Some(kad::Mode::Server));
+        let mdns = if with_mdns {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
+        } else {
+            None
+        };
+        Ok(Behaviour {
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(MAX_CONNECTIONS))
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+            ),
+            relay_client,
+            relay: p
+                .relay_server
+                .then(|| relay::Behaviour::new(peer_id, relay_config()))
+                .into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: p
+                .autonat
+                .then(|| autonat::Behaviour::new(peer_id, autonat::Config::default()))
+                .into(),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("btd/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            gossipsub,
+            membership: rr(protocols::MEMBERSHIP, p),
+            kb: rr(protocols::KB, p),
+            approval: rr(protocols::APPROVAL, p),
+            mdns: mdns.into(),
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn boxed(b: Result<Behaviour>) -> Result<Behaviour, BoxError> {
+    b.map_err(Into::into)
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Behaviour")
+    }
+}
+
+/// Builds the swarm for `kind`.
+pub fn build_swarm(key: Keypair, kind: TransportKind, p: &NetParams) -> Result<Swarm<Behaviour>> {
+    let idle = p.idle_timeout;
+    let swarm = match kind {
+        TransportKind::Production => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_quic()
+            .with_dns()?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, p.mdns)))
+            .map_err(|e| anyhow!("behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        TransportKind::Memory => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| -> Result<_, BoxError> {
+                Ok(MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
+            })
+            .map_err(|e| anyhow!("memory transport: {e}"))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, false)))
+            .map_err(|e| anyhow!("behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
+    Ok(swarm)
+}

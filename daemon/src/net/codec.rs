@@ -1,0 +1,123 @@
+//! request-response codec: a u32 big-endian length prefix, then one message in btd's wire codec.
+//! The length is checked against the cap before anything is allocated.
+
+use std::io;
+use std::marker::PhantomData;
+
+use btd_protocol::wire::{self, MAX_MESSAGE_BYTES};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Codec for one btd request-response protocol (`Req` → `Resp`).
+pub struct WireCodec<Req, Resp> {
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> Default for WireCodec<Req, Resp> {
+    fn default() -> Self {
+        Self {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Clone for WireCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<Req, Resp> std::fmt::Debug for WireCodec<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireCodec")
+    }
+}
+
+async fn read_frame<T, M>(io: &mut T) -> io::Result<M>
+where
+    T: AsyncRead + Unpin + Send,
+    M: DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len);
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "stream ended inside a message",
+        ));
+    }
+    wire::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+fn frame<M: Serialize>(msg: &M) -> io::Result<Vec<u8>> {
+    wire::encode(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+async fn write_frame<T>(io: &mut T, bytes: Vec<u8>) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+{
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.flush().await
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for WireCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let bytes = frame(&req)?;
+        drop(req);
+        write_frame(io, bytes).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let bytes = frame(&res)?;
+        drop(res);
+        write_frame(io, bytes).await
+    }
+}

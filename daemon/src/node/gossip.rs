@@ -1,0 +1,355 @@
+//! Announcements and discovery: program announcements and rung adverts on gossipsub, program
+//! records in Kademlia, identify-driven address learning and relay reservations.
+
+use btd_protocol::program::ProgramId;
+use btd_protocol::signed::Signed;
+use btd_protocol::wire::{self, protocols, ProgramAnnouncement, RungAdvert};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::{identify, kad, mdns, PeerId};
+use tokio::sync::mpsc;
+
+use super::types::JoinEvent;
+use super::{Known, Node};
+use crate::store::{self, ProgramRow};
+
+/// The relay v2 hop protocol: a peer that speaks it can relay for us.
+const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+/// Most DHT lookups for joins in flight.
+const MAX_LOOKUPS: usize = 64;
+
+fn programs_topic() -> IdentTopic {
+    IdentTopic::new(protocols::TOPIC_PROGRAMS)
+}
+
+fn rungs_topic() -> IdentTopic {
+    IdentTopic::new(protocols::TOPIC_RUNGS)
+}
+
+pub(super) fn subscribe(node: &mut Node) -> anyhow::Result<()> {
+    let g = &mut node.swarm.behaviour_mut().gossipsub;
+    g.subscribe(&programs_topic())
+        .map_err(|e| anyhow::anyhow!("gossipsub subscribe: {e}"))?;
+    g.subscribe(&rungs_topic())
+        .map_err(|e| anyhow::anyhow!("gossipsub subscribe: {e}"))?;
+    Ok(())
+}
+
+/// Re-signs and publishes every own program and this node's rung advert. Publishing with no
+/// subscribed peer fails (libp2p's `NoPeersSubscribedToTopic`); that is expected and retried on the
+/// next round.
+pub(super) fn announce_all(node: &mut Node) {
+    let ids: Vec<ProgramId> = node.own.keys().copied().collect();
+    for id in ids {
+        announce(node, id);
+    }
+    advertise_rungs(node);
+}
+
+/// Publishes one own program (fresh addresses and timestamp, same manifest and id) on gossip and
+/// stores it in the DHT.
+pub(super) fn announce(node: &mut Node, id: ProgramId) {
+    let Some(k) = node.known.get(&id) else {
+        return;
+    };
+    let announcement = ProgramAnnouncement {
+        manifest: k.view.manifest.clone(),
+        addresses: node
+            .my_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        published_at: crate::now(),
+    };
+    let Ok(signed) = Signed::sign(&node.key, &announcement) else {
+        return;
+    };
+    let Ok(bytes) = wire::encode(&signed) else {
+        return;
+    };
+    if let Ok(view) = wire::verify_announcement(&signed, crate::now()) {
+        node.known.insert(
+            id,
+            Known {
+                view,
+                signed: signed.clone(),
+            },
+        );
+    }
+    let b = node.swarm.behaviour_mut();
+    if let Err(e) = b.gossipsub.publish(programs_topic(), bytes.clone()) {
+        tracing::debug!(program = %id, error = %e, "announcement not published yet");
+    }
+    let key = kad::RecordKey::new(&id.0.as_bytes());
+    let record = kad::Record::new(key.clone(), bytes);
+    if let Err(e) = b.kad.put_record(record, kad::Quorum::One) {
+        tracing::debug!(program = %id, error = %e, "cannot store the program record");
+    }
+    let _ = b.kad.start_providing(key);
+}
+
+fn advertise_rungs(node: &mut Node) {
+    let advert = RungAdvert {
+        rungs: node.rungs.clone(),
+        programs: node.memberships.keys().copied().collect(),
+        advertised_at: crate::now(),
+    };
+    let Ok(signed) = Signed::sign(&node.key, &advert) else {
+        return;
+    };
+    let Ok(bytes) = wire::encode(&signed) else {
+        return;
+    };
+    if let Err(e) = node
+        .swarm
+        .behaviour_mut()
+        .gossipsub
+        .publish(rungs_topic(), bytes)
+    {
+        tracing::debug!(error = %e, "rung advert not published yet");
+    }
+}
+
+/// Gossip: application-level validation of every message before it is forwarded.
+pub(super) fn on_gossip(node: &mut Node, event: gossipsub::Event) {
+    match event {
+        gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } => {
+            let verdict = if message.topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS) {
+                on_program_message(node, message.source, &message.data)
+            } else if message.topic == TopicHash::from_raw(protocols::TOPIC_RUNGS) {
+                on_rungs_message(node, message.source, &message.data)
+            } else {
+                MessageAcceptance::Ignore
+            };
+            if verdict == MessageAcceptance::Reject {
+                tracing::debug!(from = %propagation_source, "rejected a gossip message");
+            }
+            let _ = node
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(&message_id, &propagation_source, verdict);
+        }
+        // A new listener: announce soon (debounced by the tick).
+        gossipsub::Event::Subscribed { topic, .. }
+            if topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS) =>
+        {
+            node.announce_soon = true;
+        }
+        _ => {}
+    }
+}
+
+fn on_program_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+    let Ok(signed) = wire::decode::<Signed<ProgramAnnouncement>>(data) else {
+        return MessageAcceptance::Reject;
+    };
+    accept_announcement(node, source, signed)
+}
+
+/// Verifies an announcement (from gossip or the DHT) and records the program if it is new or newer.
+pub(super) fn accept_announcement(
+    node: &mut Node,
+    source: Option<PeerId>,
+    signed: Signed<ProgramAnnouncement>,
+) -> MessageAcceptance {
+    let view = match wire::verify_announcement(&signed, crate::now()) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "invalid program announcement");
+            return MessageAcceptance::Reject;
+        }
+    };
+    // Gossip authorship must match the owner's signature: nobody re-signs someone else's program.
+    if source.is_some_and(|s| s != view.owner) {
+        return MessageAcceptance::Reject;
+    }
+    let id = view.id;
+    if let Some(k) = node.known.get(&id) {
+        if k.view.published_at >= view.published_at || node.own.contains_key(&id) {
+            return MessageAcceptance::Accept;
+        }
+    }
+    let is_new = !node.known.contains_key(&id);
+    if let Ok(bytes) = wire::encode(&signed) {
+        let row = ProgramRow {
+            id,
+            owner: view.owner.to_string(),
+            announcement: bytes,
+            published_at: view.published_at,
+            own: false,
+        };
+        let store = node.store.clone();
+        node.after(async move {
+            let res = store.write(move |tx| store::put_program(tx, &row)).await;
+            Box::new(move |_: &mut Node| {
+                if let Err(e) = res {
+                    tracing::warn!(program = %id, error = %e, "cannot store a known program");
+                }
+            })
+        });
+    }
+    if is_new {
+        tracing::info!(program = %id, name = %view.program.name, owner = %view.owner, "program discovered");
+    }
+    node.known.insert(id, Known { view, signed });
+    MessageAcceptance::Accept
+}
+
+fn on_rungs_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+    let Ok(signed) = wire::decode::<Signed<RungAdvert>>(data) else {
+        return MessageAcceptance::Reject;
+    };
+    let Ok(v) = signed.verify() else {
+        return MessageAcceptance::Reject;
+    };
+    if source != Some(v.signer) || v.value.check(crate::now()).is_err() {
+        return MessageAcceptance::Reject;
+    }
+    let newer = node
+        .peer_rungs
+        .get(&v.signer)
+        .is_none_or(|(at, _)| *at < v.value.advertised_at);
+    if newer {
+        node.peer_rungs
+            .insert(v.signer, (v.value.advertised_at, v.value.rungs));
+    }
+    MessageAcceptance::Accept
+}
+
+/// identify: learn addresses for the DHT, and reserve a relay slot on bootstrap peers that relay.
+pub(super) fn on_identify(node: &mut Node, event: identify::Event) {
+    let identify::Event::Received { peer_id, info, .. } = event else {
+        return;
+    };
+    node.agents.insert(peer_id, info.agent_version.clone());
+    if info.protocol_version != super::super::net::behaviour::IDENTIFY_PROTOCOL {
+        return;
+    }
+    for addr in &info.listen_addrs {
+        node.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer_id, addr.clone());
+    }
+    let relays = info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP);
+    if relays && !node.reserved.contains(&peer_id) {
+        if let Some(addr) = node.bootstrap.get(&peer_id).cloned() {
+            let base: libp2p::Multiaddr = addr
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            let circuit = base.with(Protocol::P2p(peer_id)).with(Protocol::P2pCircuit);
+            match node.swarm.listen_on(circuit.clone()) {
+                Ok(_) => {
+                    tracing::info!(relay = %peer_id, "reserving a relay slot");
+                    node.reserved.insert(peer_id);
+                }
+                Err(e) => tracing::warn!(%circuit, error = %e, "cannot listen through relay"),
+            }
+        }
+    }
+}
+
+/// Joins waiting for a DHT lookup.
+#[derive(Default)]
+pub(crate) struct Lookups {
+    pending: std::collections::HashMap<kad::QueryId, (ProgramId, mpsc::Sender<JoinEvent>)>,
+}
+
+/// Looks a program id up in the DHT for `btd join`.
+pub(super) fn lookup(node: &mut Node, program: ProgramId, events: mpsc::Sender<JoinEvent>) {
+    if node.lookups.pending.len() >= MAX_LOOKUPS {
+        let _ = events.try_send(JoinEvent::Failed {
+            reason: "too many lookups in progress; retry shortly".into(),
+        });
+        return;
+    }
+    let key = kad::RecordKey::new(&program.0.as_bytes());
+    let q = node.swarm.behaviour_mut().kad.get_record(key);
+    node.lookups.pending.insert(q, (program, events));
+}
+
+pub(super) fn on_kad(node: &mut Node, event: kad::Event) {
+    let kad::Event::OutboundQueryProgressed {
+        id, result, step, ..
+    } = event
+    else {
+        return;
+    };
+    let kad::QueryResult::GetRecord(result) = result else {
+        return;
+    };
+    let Some((program, events)) = node.lookups.pending.remove(&id) else {
+        return;
+    };
+    match result {
+        Ok(kad::GetRecordOk::FoundRecord(peer_record)) => {
+            let ok = wire::decode::<Signed<ProgramAnnouncement>>(&peer_record.record.value)
+                .ok()
+                .filter(|s| {
+                    wire::verify_announcement(s, crate::now())
+                        .map(|v| v.id == program)
+                        .unwrap_or(false)
+                });
+            match ok {
+                Some(signed) => {
+                    accept_announcement(node, None, signed);
+                    if let Some(mut q) = node.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                    super::worker::start_authorize(node, program, events);
+                }
+                None if !step.last => {
+                    // A bad record from one peer: keep waiting for others.
+                    node.lookups.pending.insert(id, (program, events));
+                }
+                None => {
+                    let _ = events.try_send(JoinEvent::Failed {
+                        reason: format!(
+                            "program {program} was found on the mesh but its record is invalid"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {
+            if node.known.contains_key(&program) {
+                super::worker::start_authorize(node, program, events);
+            } else {
+                let _ = events.try_send(JoinEvent::Failed {
+                    reason: format!(
+                        "program {program} is not known on the mesh (is the owner's daemon running and connected? try --bootstrap)"
+                    ),
+                });
+            }
+        }
+        Err(e) => {
+            if node.known.contains_key(&program) {
+                super::worker::start_authorize(node, program, events);
+            } else {
+                let _ = events.try_send(JoinEvent::Failed {
+                    reason: format!(
+                        "program {program} was not found on the mesh ({e}); check the id and that this daemon is connected (`btd peers`)"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+pub(super) fn on_mdns(node: &mut Node, event: mdns::Event) {
+    if let mdns::Event::Discovered(list) = event {
+        for (peer, addr) in list {
+            node.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            let _ = node.swarm.dial(addr);
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! The daemon's core. One task owns the swarm and the program state; everything else talks to it
+//! through a cloneable [`NodeHandle`] (bounded command channel, oneshot replies). The task never
+//! awaits inside an event handler: store writes run as futures the loop polls, and replies to the
+//! control API are sent with `try_send`/oneshot.
+
+mod gossip;
+mod owner;
+pub mod types;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use btd_protocol::kb::Entry;
+use btd_protocol::membership::Credential;
+use btd_protocol::program::ProgramId;
+use btd_protocol::seal::SealKey;
+use btd_protocol::signed::Signed;
+use btd_protocol::trace::Output;
+use btd_protocol::wire::{AdvertisedRung, ProgramAnnouncement, SubmitReceipt};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetParams, TransportKind};
+use crate::store::{Snapshot, Store};
+use types::{JoinEvent, MembersView, NodeInfo, PeerView, ProgramView, StatusView};
+
+pub use owner::Owned;
+
+/// Commands queued for the node task. A full queue makes callers wait.
+const COMMAND_QUEUE: usize = 256;
+/// Housekeeping period: join polls, expiry, re-announcements, retries.
+const TICK: Duration = Duration::from_millis(250);
+/// Re-announce own programs and rungs this often (gossip has no memory for late joiners).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+/// Most join flows in progress at once.
+const MAX_JOINS: usize = 64;
+/// Most outbound submissions awaiting an answer.
+const MAX_PENDING_SUBMITS: usize = 1024;
+
+/// Everything needed to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The identity.
+    pub key: Keypair,
+    /// Transport seam.
+    pub transport: TransportKind,
+    /// Network tunables.
+    pub net: NetParams,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (and reserve a relay slot on, if they offer relay).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Rungs to advertise.
+    pub rungs: Vec<AdvertisedRung>,
+}
+
+/// What the control API can ask of the node.
+#[derive(Debug)]
+pub enum Command {
+    /// `btd id`.
+    Info(oneshot::Sender<NodeInfo>),
+    /// `btd peers`.
+    Peers(oneshot::Sender<Vec<PeerView>>),
+    /// Dial an address.
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+    /// `btd publish`.
+    Publish {
+        /// Manifest text.
+        manifest: String,
+        /// The program id once durable.
+        reply: oneshot::Sender<Result<ProgramId, String>>,
+    },
+    /// `btd programs`.
+    Programs(oneshot::Sender<Vec<ProgramView>>),
+    /// `btd join`.
+    Join {
+        /// The program.
+        program: ProgramId,
+        /// Progress events (bounded; dropped events never block the node).
+        events: mpsc::Sender<JoinEvent>,
+    },
+    /// `btd approve` / `btd deny`.
+    Decide {
+        /// The user code as typed.
+        user_code: String,
+        /// Approve (true) or deny.
+        approve: bool,
+        /// Result in words.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// `btd members`.
+    Members {
+        /// The program.
+        program: ProgramId,
+        /// Members and pending codes.
+        reply: oneshot::Sender<Result<MembersView, String>>,
+    },
+    /// `btd revoke`.
+    Revoke {
+        /// The program.
+        program: ProgramId,
+        /// The member id.
+        member: String,
+        /// Done.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// `btd submit`.
+    Submit {
+        /// The program.
+        program: ProgramId,
+        /// Metric value.
+        value: f64,
+        /// Rung it ran on.
+        rung_id: String,
+        /// Outputs by digest.
+        outputs: Vec<Output>,
+        /// The owner's verdict.
+        reply: oneshot::Sender<Result<SubmitReceipt, String>>,
+    },
+    /// `btd status`.
+    Status {
+        /// The program (None: the only program this node owns or belongs to).
+        program: Option<ProgramId>,
+        /// The view.
+        reply: oneshot::Sender<Result<StatusView, String>>,
+    },
+    /// Stop the node (pending store writes finish first).
+    Shutdown,
+}
+
+/// Handle to a running node.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+impl NodeHandle {
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Sends a command built around a oneshot and awaits the reply.
+    pub async fn ask<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow!("the node has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow!("the node stopped before answering"))
+    }
+
+    /// Sends a command without a reply.
+    pub async fn send(&self, cmd: Command) -> Result<()> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| anyhow!("the node has stopped"))
+    }
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// What to do when an asynchronous step (a store write) finishes.
+pub(crate) enum Done {
+    /// Run this closure on the node (it gets `&mut Node`).
+    Then(Box<dyn FnOnce(&mut Node) + Send>),
+}
+
+/// A join in progress (worker side).
+pub(crate) struct JoinState {
+    pub(crate) owner: PeerId,
+    pub(crate) device_code: Option<btd_protocol::membership::DeviceCode>,
+    pub(crate) interval: Duration,
+    pub(crate) expires_at: Instant,
+    pub(crate) next_poll: Instant,
+    pub(crate) poll_in_flight: bool,
+    pub(crate) events: mpsc::Sender<JoinEvent>,
+}
+
+/// This node's membership in a program it does not own.
+#[derive(Clone)]
+pub(crate) struct Membership {
+    pub(crate) owner: PeerId,
+    pub(crate) credential: Credential,
+}
+
+/// A program known from the mesh (or owned).
+pub(crate) struct Known {
+    pub(crate) view: btd_protocol::wire::VerifiedProgram,
+    pub(crate) signed: Signed<ProgramAnnouncement>,
+}
+
+/// Per-peer request budget (token bucket): bounded work per remote peer.
+pub(crate) struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Requests a peer may make in a burst, and per second sustained.
+const RATE_BURST: f64 = 60.0;
+const RATE_PER_SEC: f64 = 20.0;
+/// Most peers tracked for rate limiting (oldest forgotten first).
+const MAX_BUCKETS: usize = 4096;
+
+/// The node task's state.
+pub struct Node {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) key: Keypair,
+    pub(crate) seal_key: SealKey,
+    pub(crate) store: Store,
+    pub(crate) rng: StdRng,
+    pub(crate) rungs: Vec<AdvertisedRung>,
+    pub(crate) known: HashMap<ProgramId, Known>,
+    pub(crate) own: HashMap<ProgramId, Owned>,
+    pub(crate) memberships: HashMap<ProgramId, Membership>,
+    pub(crate) joins: HashMap<ProgramId, JoinState>,
+    pub(crate) out: worker::Outbound,
+    pub(crate) pending: FuturesUnordered<BoxFut>,
+    pub(crate) buckets: HashMap<PeerId, Bucket>,
+    pub(crate) peer_rungs: HashMap<PeerId, (btd_protocol::Timestamp, Vec<AdvertisedRung>)>,
+    pub(crate) agents: HashMap<PeerId, String>,
+    pub(crate) bootstrap: HashMap<PeerId, Multiaddr>,
+    pub(crate) reserved: HashSet<PeerId>,
+    pub(crate) last_announce: Instant,
+    pub(crate) announce_soon: bool,
+    pub(crate) lookups: gossip::Lookups,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("programs", &self.known.len())
+            .finish()
+    }
+}
+
+/// Starts a node: opens nothing itself (the store is given), builds the swarm, loads state, starts
+/// listening and dialing, and spawns the node task. Returns the handle and the task.
+pub async fn spawn(
+    cfg: NodeConfig,
+    store: Store,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+    let snapshot = store
+        .read(crate::store::load_snapshot)
+        .await
+        .map_err(|e| anyhow!("cannot load the database: {e}"))?;
+    let mut swarm = build_swarm(cfg.key.clone(), cfg.transport, &cfg.net)?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+    }
+    let seal_key = SealKey::from_identity(&cfg.key)
+        .map_err(|e| anyhow!("cannot derive the sealing key: {e}"))?;
+    let peer_id = cfg.key.public().to_peer_id();
+    let mut node = Node {
+        swarm,
+        key: cfg.key,
+        seal_key,
+        store,
+        rng: StdRng::from_entropy(),
+        rungs: cfg.rungs,
+        known: HashMap::new(),
+        own: HashMap::new(),
+        memberships: HashMap::new(),
+        joins: HashMap::new(),
+        out: worker::Outbound::default(),
+        pending: FuturesUnordered::new(),
+        buckets: HashMap::new(),
+        peer_rungs: HashMap::new(),
+        agents: HashMap::new(),
+        bootstrap: HashMap::new(),
+        reserved: HashSet::new(),
+        last_announce: Instant::now(),
+        announce_soon: true,
+        lookups: gossip::Lookups::default(),
+    };
+    node.restore(snapshot)?;
+    gossip::subscribe(&mut node)?;
+    for addr in cfg.bootstrap {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            node.bootstrap.insert(peer, addr.clone());
+            node.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        if let Err(e) = node.swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let task = tokio::spawn(node.run(rx));
+    Ok((NodeHandle { tx, peer_id }, task))
+}
+
+impl Node {
+    fn restore(&mut self, snap: Snapshot) -> Result<()> {
+        let now = crate::now();
+        for row in &snap.programs {
+            let signed: Signed<ProgramAnnouncement> = match btd_protocol::wire::decode(
+                &row.announcement,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(program = %row.id, error = %e, "skipping unreadable stored program");
+                    continue;
+                }
+            };
+            // Stored announcements were verified when received; verify again (never trust disk
+            // more than the mesh), but tolerate old timestamps.
+            let view = match btd_protocol::wire::verify_announcement(
+                &signed,
+                now.plus_secs(1 << 30),
+            ) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(program = %row.id, error = %e, "skipping invalid stored program");
+                    continue;
+                }
+            };
+            if row.own {
+                let members = snap
+                    .members
+                    .iter()
+                    .filter(|(p, _)| *p == row.id)
+                    .map(|(_, m)| m.clone());
+                let subs = snap.submissions.iter().filter(|s| s.program == row.id);
+                let owned = Owned::restore(&view, members, subs)?;
+                self.own.insert(row.id, owned);
+            }
+            self.known.insert(row.id, Known { view, signed });
+        }
+        for m in snap.memberships {
+            let owner: PeerId = m
+                .owner
+                .parse()
+                .map_err(|e| anyhow!("stored owner of {}: {e}", m.program))?;
+            self.memberships.insert(
+                m.program,
+                Membership {
+                    owner,
+                    credential: m.credential,
+                },
+            );
+        }
+        tracing::info!(
+            programs = self.known.len(),
+            owned = self.own.len(),
+            memberships = self.memberships.len(),
+            "state restored"
+        );
+        Ok(())
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown) | None => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => self.on_done(done),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        // Let queued writes finish before the task ends: an acknowledged write is already durable,
+        // but the replies of in-flight ones should still go out.
+        while let Some(done) = self.pending.next().await {
+            self.on_done(done);
+        }
+        tracing::info!("node stopped");
+    }
+
+    /// Queues an asynchronous step whose continuation runs on the node.
+    pub(crate) fn after<F, C>(&mut self, fut: F)
+    where
+        F: Future<Output = C> + Send + 'static,
+        C: FnOnce(&mut Node) + Send + 'static,
+    {
+        self.pending.push(Box::pin(async move {
+            let then = fut.await;
+            Done::Then(Box::new(then))
+        }));
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Then(f) => f(self),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Info(reply) => {
+                let _ = reply.send(self.info());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers());
+            }
+            Command::Dial(addr, reply) => {
+                let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
+            }
+            Command::Publish { manifest, reply } => owner::publish(self, manifest, reply),
+            Command::Programs(reply) => {
+                let _ = reply.send(self.programs());
+            }
+            Command::Join { program, events } => worker::join(self, program, events),
+            Command::Decide {
+                user_code,
+                approve,
+                reply,
+            } => owner::decide(self, &user_code, approve, reply),
+            Command::Members { program, reply } => {
+                let _ = reply.send(owner::members(self, &program));
+            }
+            Command::Revoke {
+                program,
+                member,
+                reply,
+            } => owner::revoke(self, program, &member, reply),
+            Command::Submit {
+                program,
+                value,
+                rung_id,
+                outputs,
+                reply,
+            } => worker::submit(self, program, value, rung_id, outputs, reply),
+            Command::Status { program, reply } => worker::status(self, program, reply),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => gossip::on_gossip(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) => worker::on_membership(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kb(e)) => worker::on_kb(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Approval(e)) => owner::on_approval(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => gossip::on_identify(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => gossip::on_kad(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => gossip::on_mdns(self, e),
+            SwarmEvent::Behaviour(_) => {}
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.announce_soon = true;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                tracing::debug!(peer = %peer_id, "connection closed");
+                if !self.swarm.is_connected(&peer_id) {
+                    self.reserved.remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                tracing::debug!(?addresses, "listener closed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        worker::on_tick(self, now);
+        owner::on_tick(self);
+        if self.announce_soon || now.duration_since(self.last_announce) >= ANNOUNCE_EVERY {
+            self.announce_soon = false;
+            self.last_announce = now;
+            gossip::announce_all(self);
+        }
+    }
+
+    /// Takes one token from `peer`'s request budget; false means "rate limited".
+    pub(crate) fn allow(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&peer) {
+            if let Some(oldest) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, b)| b.last)
+                .map(|(p, _)| *p)
+            {
+                self.buckets.remove(&oldest);
+            }
+        }
+        let b = self.buckets.entry(peer).or_insert(Bucket {
+            tokens: RATE_BURST,
+            last: now,
+        });
+        let elapsed = now.duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Addresses to tell others: listeners and confirmed external addresses, without unspecified
+    /// ones.
+    pub(crate) fn my_addresses(&self) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = self
+            .swarm
+            .listeners()
+            .chain(self.swarm.external_addresses())
+            .filter(|a| {
+                !a.iter().any(|p| {
+                    matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            })
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out.truncate(btd_protocol::wire::MAX_ANNOUNCED_ADDRESSES);
+        out
+    }
+
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            external: self
+                .swarm
+                .external_addresses()
+                .map(ToString::to_string)
+                .collect(),
+            rungs: self.rungs.clone(),
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerView> {
+        let mut out: Vec<PeerView> = self
+            .swarm
+            .connected_peers()
+            .map(|p| PeerView {
+                peer_id: p.to_string(),
+                addresses: Vec::new(),
+                agent: self.agents.get(p).cloned(),
+                rungs: self
+                    .peer_rungs
+                    .get(p)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out
+    }
+
+    fn programs(&self) -> Vec<ProgramView> {
+        let mut out: Vec<ProgramView> = self
+            .known
+            .iter()
+            .map(|(id, k)| ProgramView {
+                id: *id,
+                name: k.view.program.name.clone(),
+                objective: k.view.program.objective.clone(),
+                owner: k.view.owner.to_string(),
+                own: self.own.contains_key(id),
+                member: self.memberships.contains_key(id),
+                published_at: k.view.published_at,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Results after `after_seq`, at most `limit`.
+    pub(crate) fn page(entries: &[Entry], after_seq: u64, limit: usize) -> (Vec<Entry>, bool) {
+        let start = usize::try_from(after_seq)
+            .unwrap_or(usize::MAX)
+            .min(entries.len());
+        let end = start.saturating_add(limit).min(entries.len());
+        (
+            entries
+                .get(start..end)
+                .map(<[Entry]>::to_vec)
+                .unwrap_or_default(),
+            end < entries.len(),
+        )
+    }
+}

@@ -1,0 +1,161 @@
+//! What the node reports to the control API (all serde, printed by the CLI as text or JSON).
+
+use btd_protocol::kb::{Amount, Entry, Payouts};
+use btd_protocol::membership::MemberRecord;
+use btd_protocol::program::ProgramId;
+use btd_protocol::wire::AdvertisedRung;
+use btd_protocol::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// `btd id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Addresses it listens on.
+    pub listen: Vec<String>,
+    /// Addresses others have confirmed or relays provide.
+    pub external: Vec<String>,
+    /// The rungs it advertises.
+    pub rungs: Vec<AdvertisedRung>,
+}
+
+/// One connected peer, for `btd peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Addresses of the open connections.
+    pub addresses: Vec<String>,
+    /// Its agent (e.g. `btd/0.1.0`), once identified.
+    pub agent: Option<String>,
+    /// Its advertised rungs, once seen.
+    pub rungs: Vec<AdvertisedRung>,
+}
+
+/// A program this node knows, for `btd programs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramView {
+    /// Program id.
+    pub id: ProgramId,
+    /// Its name.
+    pub name: String,
+    /// Its objective.
+    pub objective: String,
+    /// The owner's peer id.
+    pub owner: String,
+    /// Whether this node owns it.
+    pub own: bool,
+    /// Whether this node is a member.
+    pub member: bool,
+    /// When it was published.
+    pub published_at: Timestamp,
+}
+
+/// Progress of `btd join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JoinEvent {
+    /// The owner issued a code: show it to the owner for approval.
+    Code {
+        /// The program.
+        program: ProgramId,
+        /// The user code, `XXXX-XXXX`.
+        user_code: String,
+        /// The owner's peer id.
+        owner: String,
+        /// Seconds until the code expires.
+        expires_in: u64,
+    },
+    /// Membership granted; the credential is stored.
+    Granted {
+        /// The program.
+        program: ProgramId,
+        /// This node's member id.
+        member: String,
+    },
+    /// Already a member: nothing to do.
+    AlreadyMember {
+        /// The program.
+        program: ProgramId,
+    },
+    /// The join failed.
+    Failed {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// A member, for `btd members`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Its member id (peer id).
+    pub member: String,
+    /// When it joined.
+    pub joined_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl From<&MemberRecord> for MemberView {
+    fn from(r: &MemberRecord) -> Self {
+        Self {
+            member: r.member.to_string(),
+            joined_at: r.joined_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// A pending join code, for `btd members` (owner side).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingView {
+    /// The user code.
+    pub user_code: String,
+    /// The requesting peer.
+    pub peer: String,
+    /// Seconds left.
+    pub expires_in: u64,
+}
+
+/// `btd members PROGRAM-ID`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersView {
+    /// The program.
+    pub program: ProgramId,
+    /// Members, active and revoked.
+    pub members: Vec<MemberView>,
+    /// Codes waiting for approval.
+    pub pending: Vec<PendingView>,
+}
+
+/// `btd status PROGRAM-ID`: the program, members, results, champion and payouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The program.
+    pub program: ProgramId,
+    /// Its name.
+    pub name: String,
+    /// The metric.
+    pub metric: String,
+    /// The owner.
+    pub owner: String,
+    /// Whether this view comes from this node's own store (owner) or from the owner over the mesh.
+    pub source: String,
+    /// Active members.
+    pub members: u64,
+    /// Submissions recorded.
+    pub submissions: u64,
+    /// Accepted submissions.
+    pub accepted: u64,
+    /// The champion.
+    pub champion: Option<Entry>,
+    /// Payouts (micro-unit exact, 6 decimals).
+    pub payouts: Payouts,
+    /// The pool.
+    pub pool: Amount,
+    /// The token.
+    pub token: String,
+    /// The most recent results (up to 1000), oldest first.
+    pub results: Vec<Entry>,
+}

@@ -1,0 +1,654 @@
+//! The worker's side: joining a program (device flow over the mesh), receiving the grant, submitting
+//! results and reading status from the owner. Also routes request-response events.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use btd_protocol::membership::{Credential, DeviceCode, MemberId};
+use btd_protocol::program::ProgramId;
+use btd_protocol::seal;
+use btd_protocol::signed::Signed;
+use btd_protocol::trace::Output;
+use btd_protocol::wire::{
+    grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
+    MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt,
+};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::PeerId;
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+
+use super::types::{JoinEvent, StatusView};
+use super::{JoinState, Membership, Node, MAX_JOINS, MAX_PENDING_SUBMITS};
+use crate::store::{self, MembershipRow};
+
+/// How often a failed submission is retried (same nonce: the owner counts it once).
+const SUBMIT_ATTEMPTS: u32 = 4;
+/// Pause between submission attempts.
+const SUBMIT_RETRY: Duration = Duration::from_secs(2);
+
+/// What an outbound request was for.
+#[derive(Default)]
+pub(crate) struct Outbound {
+    pub(crate) authorize: HashMap<OutboundRequestId, ProgramId>,
+    pub(crate) polls: HashMap<OutboundRequestId, ProgramId>,
+    pub(crate) pushes: HashMap<OutboundRequestId, (ProgramId, DeviceCode)>,
+    pub(crate) submits: HashMap<OutboundRequestId, PendingSubmit>,
+    pub(crate) statuses: HashMap<OutboundRequestId, PendingStatus>,
+    /// Submissions waiting to be retried.
+    pub(crate) retry: Vec<(Instant, PendingSubmit)>,
+}
+
+pub(crate) struct PendingSubmit {
+    owner: PeerId,
+    request: KbRequest,
+    attempts: u32,
+    reply: oneshot::Sender<Result<SubmitReceipt, String>>,
+}
+
+pub(crate) struct PendingStatus {
+    program: ProgramId,
+    owner: PeerId,
+    reply: oneshot::Sender<Result<StatusView, String>>,
+    step: StatusStep,
+}
+
+enum StatusStep {
+    Status,
+    Results(btd_protocol::wire::KbStatus),
+}
+
+fn event(events: &mpsc::Sender<JoinEvent>, e: JoinEvent) {
+    // Progress is best effort: a CLI that went away (--no-wait) must not stall the node.
+    let _ = events.try_send(e);
+}
+
+/// Tells the swarm where the owner can be reached (from its signed announcement).
+fn learn_owner_addresses(node: &mut Node, program: &ProgramId) -> Option<PeerId> {
+    let k = node.known.get(program)?;
+    let owner = k.view.owner;
+    let addrs: Vec<libp2p::Multiaddr> = k
+        .view
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    for a in addrs {
+        node.swarm.add_peer_address(owner, a);
+    }
+    Some(owner)
+}
+
+/// `btd join`.
+pub(super) fn join(node: &mut Node, program: ProgramId, events: mpsc::Sender<JoinEvent>) {
+    if node.memberships.contains_key(&program) || node.own.contains_key(&program) {
+        return event(&events, JoinEvent::AlreadyMember { program });
+    }
+    if node.joins.len() >= MAX_JOINS && !node.joins.contains_key(&program) {
+        return event(
+            &events,
+            JoinEvent::Failed {
+                reason: format!("too many joins in progress (limit {MAX_JOINS})"),
+            },
+        );
+    }
+    if !node.known.contains_key(&program) {
+        // Not seen on gossip yet: ask the DHT, then continue (see `gossip::on_kad`).
+        super::gossip::lookup(node, program, events);
+        return;
+    }
+    start_authorize(node, program, events);
+}
+
+/// Sends the device-authorization request to the owner.
+pub(super) fn start_authorize(
+    node: &mut Node,
+    program: ProgramId,
+    events: mpsc::Sender<JoinEvent>,
+) {
+    let Some(owner) = learn_owner_addresses(node, &program) else {
+        return event(
+            &events,
+            JoinEvent::Failed {
+                reason: format!("program {program} is not known on the mesh"),
+            },
+        );
+    };
+    let req = MembershipRequest::Authorize {
+        program,
+        seal_key: node.seal_key.public(),
+    };
+    let id = node
+        .swarm
+        .behaviour_mut()
+        .membership
+        .send_request(&owner, req);
+    node.out.authorize.insert(id, program);
+    let now = Instant::now();
+    node.joins.insert(
+        program,
+        JoinState {
+            owner,
+            device_code: None,
+            interval: Duration::from_secs(btd_protocol::membership::POLL_INTERVAL_SECS),
+            expires_at: now
+                + Duration::from_secs(btd_protocol::membership::DEVICE_CODE_EXPIRES_IN_SECS),
+            next_poll: now,
+            poll_in_flight: false,
+            events,
+        },
+    );
+}
+
+fn fail_join(node: &mut Node, program: ProgramId, reason: String) {
+    if let Some(j) = node.joins.remove(&program) {
+        tracing::info!(program = %program, %reason, "join failed");
+        event(&j.events, JoinEvent::Failed { reason });
+    }
+}
+
+/// Opens a grant and stores the membership; the join completes once it is durable.
+fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Result<(), String> {
+    let program = delivery.program;
+    let Some(join) = node.joins.get(&program) else {
+        return Err("no join in progress for this program".into());
+    };
+    if join.owner != from {
+        return Err("the grant does not come from the program's owner".into());
+    }
+    if join.device_code != Some(delivery.device_code) {
+        return Err("the grant answers another device code".into());
+    }
+    let ctx = grant_seal_context(&program, &delivery.device_code);
+    let plain = seal::open(&node.seal_key, &ctx, &delivery.sealed)
+        .map_err(|e| format!("cannot open the sealed credential: {e}"))?;
+    let bytes: [u8; 32] = plain
+        .try_into()
+        .map_err(|_| "the credential has the wrong length".to_string())?;
+    let credential = Credential::from_bytes(bytes);
+    let Some(join) = node.joins.remove(&program) else {
+        return Ok(());
+    };
+    let row = MembershipRow {
+        program,
+        owner: from.to_string(),
+        credential: credential.clone(),
+        joined_at: crate::now(),
+    };
+    let store = node.store.clone();
+    node.after(async move {
+        let res = store.write(move |tx| store::put_membership(tx, &row)).await;
+        Box::new(move |node: &mut Node| match res {
+            Ok(()) => {
+                node.memberships.insert(
+                    program,
+                    Membership {
+                        owner: from,
+                        credential,
+                    },
+                );
+                let member = MemberId::from_peer(node.swarm.local_peer_id()).to_string();
+                tracing::info!(program = %program, "joined");
+                node.announce_soon = true;
+                event(&join.events, JoinEvent::Granted { program, member });
+            }
+            Err(e) => event(
+                &join.events,
+                JoinEvent::Failed {
+                    reason: format!("cannot store the credential: {e}"),
+                },
+            ),
+        })
+    });
+    Ok(())
+}
+
+/// The owner pushed a grant.
+pub(super) fn on_push_grant(
+    node: &mut Node,
+    peer: PeerId,
+    delivery: GrantDelivery,
+    channel: ResponseChannel<MembershipResponse>,
+) {
+    let resp = match accept_grant(node, peer, &delivery) {
+        Ok(()) => MembershipResponse::Ack,
+        Err(e) => MembershipResponse::Error(ErrorReply {
+            code: ErrorCode::Invalid,
+            message: e,
+        }),
+    };
+    let _ = node
+        .swarm
+        .behaviour_mut()
+        .membership
+        .send_response(channel, resp);
+}
+
+/// Membership protocol events: inbound requests go to the owner side, responses to the join flow.
+pub(super) fn on_membership(
+    node: &mut Node,
+    e: request_response::Event<MembershipRequest, MembershipResponse>,
+) {
+    match e {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                if !node.allow(peer) {
+                    let _ = node.swarm.behaviour_mut().membership.send_response(
+                        channel,
+                        MembershipResponse::Error(ErrorReply {
+                            code: ErrorCode::RateLimited,
+                            message: "too many requests; slow down".into(),
+                        }),
+                    );
+                    return;
+                }
+                super::owner::on_membership_request(node, peer, request, channel)
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => on_membership_response(node, peer, request_id, response),
+        },
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some(program) = node.out.authorize.remove(&request_id) {
+                fail_join(
+                    node,
+                    program,
+                    format!("cannot reach the program's owner: {error}"),
+                );
+            } else if let Some(program) = node.out.polls.remove(&request_id) {
+                // Polling retries on the next interval.
+                if let Some(j) = node.joins.get_mut(&program) {
+                    j.poll_in_flight = false;
+                    j.next_poll = Instant::now() + j.interval;
+                }
+            } else if let Some((program, code)) = node.out.pushes.remove(&request_id) {
+                tracing::debug!(program = %program, error = %error, "grant push failed; the worker's poll will fetch it");
+                super::owner::on_push_result(node, program, code, false);
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(peer = %peer, error = %error, "inbound membership request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+}
+
+fn on_membership_response(
+    node: &mut Node,
+    peer: PeerId,
+    id: OutboundRequestId,
+    resp: MembershipResponse,
+) {
+    if let Some((program, code)) = node.out.pushes.remove(&id) {
+        let ok = matches!(resp, MembershipResponse::Ack);
+        return super::owner::on_push_result(node, program, code, ok);
+    }
+    let program = match (node.out.authorize.remove(&id), node.out.polls.remove(&id)) {
+        (Some(p), _) | (None, Some(p)) => p,
+        _ => return,
+    };
+    match resp {
+        MembershipResponse::Authorization(auth) => {
+            let Some(j) = node.joins.get_mut(&program) else {
+                return;
+            };
+            let now = Instant::now();
+            j.device_code = Some(auth.device_code);
+            j.interval = Duration::from_secs(auth.interval.max(1));
+            j.expires_at = now + Duration::from_secs(auth.expires_in);
+            j.next_poll = now + j.interval;
+            let e = JoinEvent::Code {
+                program,
+                user_code: auth.user_code.to_string(),
+                owner: j.owner.to_string(),
+                expires_in: auth.expires_in,
+            };
+            event(&j.events, e);
+        }
+        MembershipResponse::Granted(delivery) => {
+            if let Err(e) = accept_grant(node, peer, &delivery) {
+                fail_join(node, program, e);
+            }
+        }
+        MembershipResponse::Poll(status) => {
+            let Some(j) = node.joins.get_mut(&program) else {
+                return;
+            };
+            j.poll_in_flight = false;
+            match status {
+                PollStatus::AuthorizationPending => {}
+                PollStatus::SlowDown { interval } => {
+                    j.interval = Duration::from_secs(interval);
+                }
+                PollStatus::AccessDenied => {
+                    return fail_join(node, program, "the owner denied the join request".into())
+                }
+                PollStatus::ExpiredToken => {
+                    return fail_join(
+                        node,
+                        program,
+                        "the join code expired before the owner approved it; run `btd join` again"
+                            .into(),
+                    )
+                }
+                PollStatus::NotFound => {
+                    return fail_join(
+                        node,
+                        program,
+                        "the owner no longer knows this join code (it restarted or the code was used); run `btd join` again".into(),
+                    )
+                }
+            }
+            j.next_poll = Instant::now() + j.interval;
+        }
+        MembershipResponse::Error(e) => fail_join(node, program, e.message),
+        MembershipResponse::Ack => {}
+    }
+}
+
+/// Polls pending joins whose interval has passed; expires stale ones; retries submissions.
+pub(super) fn on_tick(node: &mut Node, now: Instant) {
+    let mut expired = Vec::new();
+    let mut due = Vec::new();
+    for (program, j) in &node.joins {
+        if now > j.expires_at {
+            expired.push(*program);
+        } else if let Some(code) = j.device_code {
+            if !j.poll_in_flight && now >= j.next_poll {
+                due.push((*program, j.owner, code));
+            }
+        }
+    }
+    for p in expired {
+        fail_join(
+            node,
+            p,
+            "the join code expired before the owner approved it".into(),
+        );
+    }
+    for (program, owner, device_code) in due {
+        let id = node.swarm.behaviour_mut().membership.send_request(
+            &owner,
+            MembershipRequest::Poll {
+                program,
+                device_code,
+            },
+        );
+        node.out.polls.insert(id, program);
+        if let Some(j) = node.joins.get_mut(&program) {
+            j.poll_in_flight = true;
+        }
+    }
+    let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut node.out.retry)
+        .into_iter()
+        .partition(|(at, _)| *at <= now);
+    node.out.retry = later;
+    for (_, p) in ready {
+        send_submit(node, p);
+    }
+}
+
+/// `btd submit`: sign a result and send it to the owner (retrying with the same nonce).
+pub(super) fn submit(
+    node: &mut Node,
+    program: ProgramId,
+    value: f64,
+    rung_id: String,
+    outputs: Vec<Output>,
+    reply: oneshot::Sender<Result<SubmitReceipt, String>>,
+) {
+    let Some(m) = node.memberships.get(&program).cloned() else {
+        let msg = if node.own.contains_key(&program) {
+            "this node owns the program; submit from a member's daemon".to_string()
+        } else {
+            format!("membership required: join program {program} with `btd join` first")
+        };
+        let _ = reply.send(Err(msg));
+        return;
+    };
+    if node.out.submits.len() + node.out.retry.len() >= MAX_PENDING_SUBMITS {
+        let _ = reply.send(Err("too many submissions in flight; retry shortly".into()));
+        return;
+    }
+    let mut nonce = [0u8; 16];
+    node.rng.fill_bytes(&mut nonce);
+    let sub = Submission {
+        program,
+        nonce,
+        value,
+        rung_id,
+        outputs,
+        metrics: Default::default(),
+        created_at: crate::now(),
+    };
+    if let Err(e) = sub.check(crate::now()) {
+        let _ = reply.send(Err(e.to_string()));
+        return;
+    }
+    let signed = match Signed::sign(&node.key, &sub) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = reply.send(Err(format!("cannot sign the submission: {e}")));
+            return;
+        }
+    };
+    learn_owner_addresses(node, &program);
+    send_submit(
+        node,
+        PendingSubmit {
+            owner: m.owner,
+            request: KbRequest {
+                program,
+                credential: m.credential,
+                call: KbCall::Submit(signed),
+            },
+            attempts: 0,
+            reply,
+        },
+    );
+}
+
+fn send_submit(node: &mut Node, mut p: PendingSubmit) {
+    p.attempts += 1;
+    let id = node
+        .swarm
+        .behaviour_mut()
+        .kb
+        .send_request(&p.owner, p.request.clone());
+    node.out.submits.insert(id, p);
+}
+
+/// `btd status`: the owner reads its store; a member asks the owner.
+pub(super) fn status(
+    node: &mut Node,
+    program: Option<ProgramId>,
+    reply: oneshot::Sender<Result<StatusView, String>>,
+) {
+    let program = match program {
+        Some(p) => p,
+        None => {
+            let mine: Vec<ProgramId> = node
+                .own
+                .keys()
+                .chain(node.memberships.keys())
+                .copied()
+                .collect();
+            match mine.as_slice() {
+                [one] => *one,
+                [] => {
+                    let _ = reply.send(Err(
+                        "this node owns no program and is a member of none; name a program id"
+                            .into(),
+                    ));
+                    return;
+                }
+                _ => {
+                    let _ = reply.send(Err(
+                        "this node has several programs; name one (see `btd programs`)".into(),
+                    ));
+                    return;
+                }
+            }
+        }
+    };
+    if let Some(o) = node.own.get(&program) {
+        let me = node.swarm.local_peer_id().to_string();
+        let _ = reply.send(Ok(o.status(program, &me, "own store")));
+        return;
+    }
+    let Some(m) = node.memberships.get(&program).cloned() else {
+        let _ = reply.send(Err(format!(
+            "membership required: this node is not a member of {program} (`btd join {program}`)"
+        )));
+        return;
+    };
+    learn_owner_addresses(node, &program);
+    let id = node.swarm.behaviour_mut().kb.send_request(
+        &m.owner,
+        KbRequest {
+            program,
+            credential: m.credential,
+            call: KbCall::Status,
+        },
+    );
+    node.out.statuses.insert(
+        id,
+        PendingStatus {
+            program,
+            owner: m.owner,
+            reply,
+            step: StatusStep::Status,
+        },
+    );
+}
+
+/// KB protocol events: inbound requests go to the owner side, responses to submit/status.
+pub(super) fn on_kb(node: &mut Node, e: request_response::Event<KbRequest, KbResponse>) {
+    match e {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                if !node.allow(peer) {
+                    let _ = node.swarm.behaviour_mut().kb.send_response(
+                        channel,
+                        KbResponse::Error(ErrorReply {
+                            code: ErrorCode::RateLimited,
+                            message: "too many requests; slow down".into(),
+                        }),
+                    );
+                    return;
+                }
+                super::owner::on_kb_request(node, peer, request, channel)
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => on_kb_response(node, request_id, response),
+        },
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some(p) = node.out.submits.remove(&request_id) {
+                if p.attempts < SUBMIT_ATTEMPTS {
+                    tracing::debug!(error = %error, attempt = p.attempts, "submission failed; retrying");
+                    node.out.retry.push((Instant::now() + SUBMIT_RETRY, p));
+                } else {
+                    let _ = p.reply.send(Err(format!(
+                        "cannot reach the program's owner after {} attempts: {error}",
+                        p.attempts
+                    )));
+                }
+            } else if let Some(s) = node.out.statuses.remove(&request_id) {
+                let _ = s
+                    .reply
+                    .send(Err(format!("cannot reach the program's owner: {error}")));
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(peer = %peer, error = %error, "inbound KB request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+}
+
+fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
+    if let Some(p) = node.out.submits.remove(&id) {
+        let r = match resp {
+            KbResponse::Submitted(r) => Ok(r),
+            KbResponse::Error(e)
+                if e.code == ErrorCode::Unavailable && p.attempts < SUBMIT_ATTEMPTS =>
+            {
+                node.out.retry.push((Instant::now() + SUBMIT_RETRY, p));
+                return;
+            }
+            KbResponse::Error(e) => Err(e.message),
+            other => Err(format!("unexpected reply from the owner: {other:?}")),
+        };
+        let _ = p.reply.send(r);
+        return;
+    }
+    let Some(mut s) = node.out.statuses.remove(&id) else {
+        return;
+    };
+    match (s.step, resp) {
+        (StatusStep::Status, KbResponse::Status(st)) => {
+            // Then the latest results page.
+            let after = st
+                .submissions
+                .saturating_sub(btd_protocol::wire::MAX_RESULTS_PAGE as u64);
+            let Some(m) = node.memberships.get(&s.program).cloned() else {
+                let _ = s.reply.send(Err("membership lost".into()));
+                return;
+            };
+            let id = node.swarm.behaviour_mut().kb.send_request(
+                &s.owner,
+                KbRequest {
+                    program: s.program,
+                    credential: m.credential,
+                    call: KbCall::Results {
+                        after_seq: after,
+                        limit: btd_protocol::wire::MAX_RESULTS_PAGE,
+                    },
+                },
+            );
+            s.step = StatusStep::Results(st);
+            node.out.statuses.insert(id, s);
+        }
+        (StatusStep::Results(st), KbResponse::Results { entries, .. }) => {
+            let metric = node
+                .known
+                .get(&s.program)
+                .map(|k| k.view.program.criteria.metric.clone())
+                .unwrap_or_default();
+            let _ = s.reply.send(Ok(StatusView {
+                program: st.program,
+                name: st.name,
+                metric,
+                owner: s.owner.to_string(),
+                source: "owner over the mesh".into(),
+                members: st.members,
+                submissions: st.submissions,
+                accepted: st.accepted,
+                champion: st.champion,
+                payouts: st.payouts,
+                pool: st.pool,
+                token: st.token,
+                results: entries,
+            }));
+        }
+        (_, KbResponse::Error(e)) => {
+            let _ = s.reply.send(Err(e.message));
+        }
+        (_, other) => {
+            let _ = s
+                .reply
+                .send(Err(format!("unexpected reply from the owner: {other:?}")));
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! SQLite behind one actor thread.
+//!
+//! One thread owns the connection; the rest of the daemon sends jobs on a bounded channel and awaits
+//! a oneshot reply. Writes that are queued together are committed in one transaction (group
+//! commit), and a write's reply is sent only after its transaction committed with
+//! `synchronous = FULL` in WAL mode: an acknowledged write survives a crash or `kill -9`.
+
+mod schema;
+
+use std::path::Path;
+
+use rusqlite::{Connection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+pub use schema::{
+    load as load_snapshot, put_member, put_membership, put_program, put_submission, MembershipRow,
+    ProgramRow, Snapshot, SubmissionRow,
+};
+
+/// Jobs waiting for the store thread. A full queue makes callers wait (backpressure), it never
+/// grows without bound.
+const QUEUE: usize = 1024;
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// A store failure, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store thread is gone (the daemon is shutting down).
+    #[error("the database is closed (the daemon is shutting down)")]
+    Closed,
+    /// Stored data is not what this btd version expects.
+    #[error("database content is invalid: {0}")]
+    Corrupt(String),
+}
+
+type WriteFn = Box<dyn FnOnce(&Transaction<'_>) -> Result<(), StoreError> + Send>;
+type ReadFn = Box<dyn FnOnce(&Connection) + Send>;
+
+enum Job {
+    Write(WriteFn, oneshot::Sender<Result<(), StoreError>>),
+    Read(ReadFn),
+}
+
+/// Handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (and migrates) the database at `path` and starts its thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        schema::prepare(&conn)?;
+        Ok(Self::spawn(conn))
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        schema::prepare(&conn)?;
+        Ok(Self::spawn(conn))
+    }
+
+    fn spawn(conn: Connection) -> Store {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("btd-store".into())
+            .spawn(move || run(conn, rx))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store thread"));
+        Store { tx }
+    }
+
+    /// Runs `f` in a transaction; resolves once it is durably committed.
+    pub async fn write(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Write(Box::new(f), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read and returns its result.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Read(Box::new(move |c| {
+                let _ = reply.send(f(c));
+            })))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Resolves once every write queued before it is durable.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(())).await
+    }
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.blocking_recv() {
+        match job {
+            Job::Read(f) => f(&conn),
+            Job::Write(f, reply) => {
+                let mut batch = vec![(f, reply)];
+                let mut deferred_read = None;
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Job::Write(f, r)) => batch.push((f, r)),
+                        Ok(Job::Read(f)) => {
+                            // Reads must see the batch: run them after the commit.
+                            deferred_read = Some(f);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_batch(&mut conn, batch);
+                if let Some(f) = deferred_read {
+                    f(&conn);
+                }
+            }
+        }
+    }
+}
+
+/// Commits a batch in one transaction. A job that fails is rolled back alone (savepoint) and gets
+/// its error; the others commit. If the commit itself fails, every job gets the error.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: Vec<(WriteFn, oneshot::Sender<Result<(), StoreError>>)>,
+) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StoreError::Corrupt(format!(
+                    "cannot begin a transaction: {msg}"
+                ))));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for (f, reply) in batch {
+        let outcome = (|| -> Result<(), StoreError> {
+            tx.execute_batch("SAVEPOINT job")?;
+            match f(&tx) {
+                Ok(()) => {
+                    tx.execute_batch("RELEASE job")?;
+                    Ok(())
+                }
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    Err(e)
+                }
+            }
+        })();
+        results.push((outcome, reply));
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (outcome, reply) in results {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "database commit failed");
+            for (_, reply) in results {
+                let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {msg}"))));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

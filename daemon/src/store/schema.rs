@@ -1,0 +1,346 @@
+//! Tables, migrations and row types.
+
+use btd_protocol::kb::Entry;
+use btd_protocol::membership::{Credential, MemberId, MemberRecord};
+use btd_protocol::program::ProgramId;
+use btd_protocol::{Digest, Timestamp};
+use rusqlite::{params, Connection, Transaction};
+
+use super::StoreError;
+
+/// The schema version this build writes. Older databases are migrated forward in [`prepare`].
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE programs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    announcement BLOB NOT NULL,
+    published_at INTEGER NOT NULL,
+    own INTEGER NOT NULL
+);
+CREATE TABLE members (
+    program TEXT NOT NULL,
+    member TEXT NOT NULL,
+    credential_hash BLOB NOT NULL,
+    joined_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    PRIMARY KEY (program, member)
+);
+CREATE TABLE submissions (
+    program TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    value REAL NOT NULL,
+    accepted INTEGER NOT NULL,
+    champion INTEGER NOT NULL,
+    impact REAL NOT NULL,
+    nonce BLOB NOT NULL,
+    signed BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (program, seq),
+    UNIQUE (program, worker, nonce)
+);
+CREATE TABLE memberships (
+    program TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    credential BLOB NOT NULL,
+    joined_at INTEGER NOT NULL
+);
+";
+
+/// Opens the database in WAL mode with full fsync and migrates it.
+pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "the database was written by a newer btd (schema {version}, this build reads {SCHEMA_VERSION}); upgrade btd"
+        )));
+    }
+    if version < 1 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+/// A program this node knows: its own or one announced on the mesh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramRow {
+    /// The program id.
+    pub id: ProgramId,
+    /// The owner's peer id.
+    pub owner: String,
+    /// The encoded `Signed<ProgramAnnouncement>`.
+    pub announcement: Vec<u8>,
+    /// When it was published.
+    pub published_at: Timestamp,
+    /// Whether this node owns it.
+    pub own: bool,
+}
+
+/// One KB entry as the owner stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmissionRow {
+    /// The program.
+    pub program: ProgramId,
+    /// The entry (seq, worker, value, verdict).
+    pub entry: Entry,
+    /// The worker's nonce (idempotency key).
+    pub nonce: [u8; 16],
+    /// The encoded `Signed<Submission>` as received.
+    pub signed: Vec<u8>,
+    /// When the owner received it.
+    pub received_at: Timestamp,
+}
+
+/// This node's membership in someone else's program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipRow {
+    /// The program.
+    pub program: ProgramId,
+    /// The owner's peer id.
+    pub owner: String,
+    /// The secret credential.
+    pub credential: Credential,
+    /// When it was granted.
+    pub joined_at: Timestamp,
+}
+
+/// Everything the daemon loads at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Known programs.
+    pub programs: Vec<ProgramRow>,
+    /// Members of own programs.
+    pub members: Vec<(ProgramId, MemberRecord)>,
+    /// KB entries of own programs, by program then seq.
+    pub submissions: Vec<SubmissionRow>,
+    /// This node's memberships.
+    pub memberships: Vec<MembershipRow>,
+}
+
+fn ms(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ts(v: i64) -> Timestamp {
+    Timestamp::from_millis(u64::try_from(v).unwrap_or(0))
+}
+
+fn program_id(s: &str) -> Result<ProgramId, StoreError> {
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("program id {s:?}: {e}")))
+}
+
+/// Inserts or replaces a known program.
+pub fn put_program(tx: &Transaction<'_>, row: &ProgramRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO programs (id, owner, announcement, published_at, own) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET announcement = excluded.announcement,
+             published_at = excluded.published_at, own = MAX(own, excluded.own)",
+        params![
+            row.id.to_string(),
+            row.owner,
+            row.announcement,
+            ms(row.published_at),
+            row.own
+        ],
+    )?;
+    Ok(())
+}
+
+/// Inserts or updates a member of an own program.
+pub fn put_member(
+    tx: &Transaction<'_>,
+    program: &ProgramId,
+    m: &MemberRecord,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO members (program, member, credential_hash, joined_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (program, member) DO UPDATE SET credential_hash = excluded.credential_hash,
+             joined_at = excluded.joined_at, revoked_at = excluded.revoked_at",
+        params![
+            program.to_string(),
+            m.member.as_str(),
+            m.credential_hash.as_bytes().as_slice(),
+            ms(m.joined_at),
+            m.revoked_at.map(ms)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Appends a KB entry. Its seq must directly follow the last stored one: after a failed write, later
+/// in-flight entries fail too instead of leaving a gap.
+pub fn put_submission(tx: &Transaction<'_>, row: &SubmissionRow) -> Result<(), StoreError> {
+    let e = &row.entry;
+    let last: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM submissions WHERE program = ?1",
+        params![row.program.to_string()],
+        |r| r.get(0),
+    )?;
+    if u64::try_from(last).unwrap_or(0).saturating_add(1) != e.seq {
+        return Err(StoreError::Corrupt(format!(
+            "submission {} of {} does not follow the stored {last}",
+            e.seq, row.program
+        )));
+    }
+    tx.execute(
+        "INSERT INTO submissions (program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            row.program.to_string(),
+            i64::try_from(e.seq).unwrap_or(i64::MAX),
+            e.worker,
+            e.value,
+            e.accepted,
+            e.champion,
+            e.impact,
+            row.nonce.as_slice(),
+            row.signed,
+            ms(row.received_at)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records this node's membership in a program.
+pub fn put_membership(tx: &Transaction<'_>, row: &MembershipRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO memberships (program, owner, credential, joined_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (program) DO UPDATE SET owner = excluded.owner,
+             credential = excluded.credential, joined_at = excluded.joined_at",
+        params![
+            row.program.to_string(),
+            row.owner,
+            row.credential.as_bytes().as_slice(),
+            ms(row.joined_at)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Loads everything.
+pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
+    let mut snap = Snapshot::default();
+    let mut stmt = conn.prepare(
+        "SELECT id, owner, announcement, published_at, own FROM programs ORDER BY published_at",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, bool>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, owner, announcement, published_at, own) = row?;
+        snap.programs.push(ProgramRow {
+            id: program_id(&id)?,
+            owner,
+            announcement,
+            published_at: ts(published_at),
+            own,
+        });
+    }
+    let mut stmt = conn.prepare(
+        "SELECT program, member, credential_hash, joined_at, revoked_at FROM members ORDER BY joined_at",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (program, member, hash, joined_at, revoked_at) = row?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("credential hash of {member}")))?;
+        let member: MemberId = member
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("member id {member:?}: {e}")))?;
+        snap.members.push((
+            program_id(&program)?,
+            MemberRecord {
+                member,
+                credential_hash: Digest(hash),
+                joined_at: ts(joined_at),
+                revoked_at: revoked_at.map(ts),
+            },
+        ));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at
+         FROM submissions ORDER BY program, seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, f64>(3)?,
+            r.get::<_, bool>(4)?,
+            r.get::<_, bool>(5)?,
+            r.get::<_, f64>(6)?,
+            r.get::<_, Vec<u8>>(7)?,
+            r.get::<_, Vec<u8>>(8)?,
+            r.get::<_, i64>(9)?,
+        ))
+    })?;
+    for row in rows {
+        let (program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at) =
+            row?;
+        let nonce: [u8; 16] = nonce
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("nonce of submission {seq}")))?;
+        snap.submissions.push(SubmissionRow {
+            program: program_id(&program)?,
+            entry: Entry {
+                seq: u64::try_from(seq).unwrap_or(0),
+                worker,
+                value,
+                accepted,
+                champion,
+                impact,
+            },
+            nonce,
+            signed,
+            received_at: ts(received_at),
+        });
+    }
+    let mut stmt = conn.prepare("SELECT program, owner, credential, joined_at FROM memberships")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (program, owner, credential, joined_at) = row?;
+        let credential: [u8; 32] = credential
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("credential for {program}")))?;
+        snap.memberships.push(MembershipRow {
+            program: program_id(&program)?,
+            owner,
+            credential: Credential::from_bytes(credential),
+            joined_at: ts(joined_at),
+        });
+    }
+    Ok(snap)
+}
