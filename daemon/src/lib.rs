@@ -20,6 +20,7 @@ mod offline;
 mod output;
 pub mod start;
 pub mod store;
+pub mod testkit;
 
 /// The current wall-clock time as a protocol [`btd_protocol::Timestamp`]. The daemon reads the clock
 /// here and nowhere else.

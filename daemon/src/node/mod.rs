@@ -134,6 +134,31 @@ pub enum Command {
         /// The view.
         reply: oneshot::Sender<Result<StatusView, String>>,
     },
+    /// Send a raw membership request to a peer and return its raw response (tests, netsim probes).
+    RawMembership {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: btd_protocol::wire::MembershipRequest,
+        /// Its response, or the transport failure.
+        reply: oneshot::Sender<Result<btd_protocol::wire::MembershipResponse, String>>,
+    },
+    /// Send a raw KB request to a peer and return its raw response (tests, netsim probes).
+    RawKb {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: btd_protocol::wire::KbRequest,
+        /// Its response, or the transport failure.
+        reply: oneshot::Sender<Result<btd_protocol::wire::KbResponse, String>>,
+    },
+    /// This node's membership credential for a program, if any (tests, netsim probes).
+    Credential {
+        /// The program.
+        program: ProgramId,
+        /// The owner and credential.
+        reply: oneshot::Sender<Option<(PeerId, Credential)>>,
+    },
     /// Stop the node (pending store writes finish first).
     Shutdown,
 }
@@ -237,6 +262,7 @@ pub struct Node {
     pub(crate) last_announce: Instant,
     pub(crate) announce_soon: bool,
     pub(crate) lookups: gossip::Lookups,
+    pub(crate) relay_server: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -288,6 +314,7 @@ pub async fn spawn(
         last_announce: Instant::now(),
         announce_soon: true,
         lookups: gossip::Lookups::default(),
+        relay_server: cfg.net.relay_server,
     };
     node.restore(snapshot)?;
     gossip::subscribe(&mut node)?;
@@ -445,6 +472,33 @@ impl Node {
                 reply,
             } => worker::submit(self, program, value, rung_id, outputs, reply),
             Command::Status { program, reply } => worker::status(self, program, reply),
+            Command::RawMembership {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .membership
+                    .send_request(&peer, request);
+                self.out.raw_membership.insert(id, reply);
+            }
+            Command::RawKb {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().kb.send_request(&peer, request);
+                self.out.raw_kb.insert(id, reply);
+            }
+            Command::Credential { program, reply } => {
+                let _ = reply.send(
+                    self.memberships
+                        .get(&program)
+                        .map(|m| (m.owner, m.credential.clone())),
+                );
+            }
             Command::Shutdown => {}
         }
     }
@@ -461,6 +515,15 @@ impl Node {
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay server is run on a machine its operator says is reachable: its listen
+                // addresses are its external addresses (libp2p's relay only serves once it has
+                // confirmed external addresses).
+                let circuit = address
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                if self.relay_server && !circuit {
+                    self.swarm.add_external_address(address);
+                }
                 self.announce_soon = true;
             }
             SwarmEvent::ConnectionEstablished {

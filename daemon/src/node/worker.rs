@@ -37,7 +37,12 @@ pub(crate) struct Outbound {
     pub(crate) statuses: HashMap<OutboundRequestId, PendingStatus>,
     /// Submissions waiting to be retried.
     pub(crate) retry: Vec<(Instant, PendingSubmit)>,
+    /// Raw requests (tests, probes).
+    pub(crate) raw_membership: HashMap<OutboundRequestId, RawReply<MembershipResponse>>,
+    pub(crate) raw_kb: HashMap<OutboundRequestId, RawReply<KbResponse>>,
 }
+
+pub(crate) type RawReply<T> = oneshot::Sender<Result<T, String>>;
 
 pub(crate) struct PendingSubmit {
     owner: PeerId,
@@ -254,7 +259,9 @@ pub(super) fn on_membership(
         request_response::Event::OutboundFailure {
             request_id, error, ..
         } => {
-            if let Some(program) = node.out.authorize.remove(&request_id) {
+            if let Some(r) = node.out.raw_membership.remove(&request_id) {
+                let _ = r.send(Err(error.to_string()));
+            } else if let Some(program) = node.out.authorize.remove(&request_id) {
                 fail_join(
                     node,
                     program,
@@ -284,6 +291,10 @@ fn on_membership_response(
     id: OutboundRequestId,
     resp: MembershipResponse,
 ) {
+    if let Some(r) = node.out.raw_membership.remove(&id) {
+        let _ = r.send(Ok(resp));
+        return;
+    }
     if let Some((program, code)) = node.out.pushes.remove(&id) {
         let ok = matches!(resp, MembershipResponse::Ack);
         return super::owner::on_push_result(node, program, code, ok);
@@ -554,7 +565,9 @@ pub(super) fn on_kb(node: &mut Node, e: request_response::Event<KbRequest, KbRes
         request_response::Event::OutboundFailure {
             request_id, error, ..
         } => {
-            if let Some(p) = node.out.submits.remove(&request_id) {
+            if let Some(r) = node.out.raw_kb.remove(&request_id) {
+                let _ = r.send(Err(error.to_string()));
+            } else if let Some(p) = node.out.submits.remove(&request_id) {
                 if p.attempts < SUBMIT_ATTEMPTS {
                     tracing::debug!(error = %error, attempt = p.attempts, "submission failed; retrying");
                     node.out.retry.push((Instant::now() + SUBMIT_RETRY, p));
@@ -578,6 +591,10 @@ pub(super) fn on_kb(node: &mut Node, e: request_response::Event<KbRequest, KbRes
 }
 
 fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
+    if let Some(r) = node.out.raw_kb.remove(&id) {
+        let _ = r.send(Ok(resp));
+        return;
+    }
     if let Some(p) = node.out.submits.remove(&id) {
         let r = match resp {
             KbResponse::Submitted(r) => Ok(r),

@@ -1,0 +1,126 @@
+//! Helpers to run real btd nodes in one process on the memory transport: used by the daemon's
+//! multi-node tests and by netsim. These are the production node core with a different transport,
+//! not a second implementation.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::net::{NetParams, TransportKind};
+use crate::node::{self, Command, NodeConfig, NodeHandle};
+use crate::store::Store;
+
+/// Network tunables for in-process tests: fast gossip heartbeat, short timeouts, no AutoNAT.
+pub fn test_params(relay_server: bool) -> NetParams {
+    NetParams {
+        relay_server,
+        mdns: false,
+        gossip_heartbeat: Duration::from_millis(100),
+        request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        autonat: false,
+    }
+}
+
+/// A fresh memory address (`/memory/N`).
+pub fn memory_addr() -> Multiaddr {
+    let n: u64 = rand::random::<u64>() | 1;
+    Multiaddr::empty().with(Protocol::Memory(n))
+}
+
+/// A running in-process node.
+#[derive(Debug)]
+pub struct TestNode {
+    /// Its handle.
+    pub handle: NodeHandle,
+    /// Its task.
+    pub task: tokio::task::JoinHandle<()>,
+    /// Its identity (to restart it with the same key).
+    pub key: Keypair,
+    /// Where it listens (empty for a node reachable only through a relay).
+    pub addr: Option<Multiaddr>,
+}
+
+/// Options for [`spawn_node`].
+#[derive(Debug, Clone, Default)]
+pub struct TestNodeOptions {
+    /// Reuse this identity (restart).
+    pub key: Option<Keypair>,
+    /// Do not listen: reachable only through relays.
+    pub no_listen: bool,
+    /// Offer relay.
+    pub relay_server: bool,
+    /// Bootstrap addresses (with /p2p/).
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+impl TestNode {
+    /// Peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.handle.peer_id()
+    }
+
+    /// The dialable address with `/p2p/<id>`.
+    pub fn dial_addr(&self) -> Option<Multiaddr> {
+        self.addr
+            .clone()
+            .map(|a| a.with(Protocol::P2p(self.peer_id())))
+    }
+
+    /// Stops the node and waits for it.
+    pub async fn stop(self) {
+        let _ = self.handle.send(Command::Shutdown).await;
+        let _ = self.task.await;
+    }
+
+    /// Drops the node without telling peers (a crash): the task is aborted.
+    pub fn crash(self) -> Keypair {
+        self.task.abort();
+        self.key
+    }
+}
+
+/// Spawns a node on the memory transport with `store`.
+pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode> {
+    let key = opts.key.unwrap_or_else(Keypair::generate_ed25519);
+    let addr = (!opts.no_listen).then(memory_addr);
+    let (handle, task) = node::spawn(
+        NodeConfig {
+            key: key.clone(),
+            transport: TransportKind::Memory,
+            net: test_params(opts.relay_server),
+            listen: addr.clone().into_iter().collect(),
+            bootstrap: opts.bootstrap,
+            rungs: crate::config::Config::default_rungs(),
+        },
+        store,
+    )
+    .await?;
+    Ok(TestNode {
+        handle,
+        task,
+        key,
+        addr,
+    })
+}
+
+/// Waits until `check` returns `Some`, polling the node state every 20 ms, for at most `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!("timed out after {limit:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,478 @@
+//! In-process multi-node tests: real btd nodes (the production core) on the memory transport.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use btd::node::types::{JoinEvent, StatusView};
+use btd::node::{Command, NodeHandle};
+use btd::store::Store;
+use btd::testkit::{spawn_node, wait_for, TestNode, TestNodeOptions};
+use btd_protocol::membership::{Credential, DeviceCode};
+use btd_protocol::program::ProgramId;
+use btd_protocol::signed::Signed;
+use btd_protocol::wire::{
+    ErrorCode, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse, PollStatus,
+    Submission,
+};
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(20);
+
+fn manifest(membership: &str) -> String {
+    format!(
+        r#"name = "mesh-test"
+objective = "mesh test program"
+membership = "{membership}"
+baseline = 5.0
+required_outputs = ["metrics.json"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "shell"
+command = "echo val_bpb: 1"
+timeout_secs = 10
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#
+    )
+}
+
+async fn node(opts: TestNodeOptions) -> TestNode {
+    spawn_node(Store::open_in_memory().unwrap(), opts)
+        .await
+        .unwrap()
+}
+
+async fn node_to(peer: &TestNode) -> TestNode {
+    node(TestNodeOptions {
+        bootstrap: vec![peer.dial_addr().unwrap()],
+        ..Default::default()
+    })
+    .await
+}
+
+async fn publish(owner: &NodeHandle, membership: &str) -> ProgramId {
+    let m = manifest(membership);
+    owner
+        .ask(|reply| Command::Publish { manifest: m, reply })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn knows(h: &NodeHandle, id: ProgramId) {
+    wait_for(T, "program discovery", || async {
+        let list = h.ask(Command::Programs).await.ok()?;
+        list.iter().any(|p| p.id == id).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Starts a join and returns the event stream.
+async fn start_join(h: &NodeHandle, program: ProgramId) -> mpsc::Receiver<JoinEvent> {
+    let (tx, rx) = mpsc::channel(16);
+    h.send(Command::Join {
+        program,
+        events: tx,
+    })
+    .await
+    .unwrap();
+    rx
+}
+
+async fn next(rx: &mut mpsc::Receiver<JoinEvent>) -> JoinEvent {
+    tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("join event in time")
+        .expect("join stream open")
+}
+
+async fn decide(owner: &NodeHandle, code: &str, approve: bool) -> Result<String, String> {
+    let code = code.to_string();
+    owner
+        .ask(|reply| Command::Decide {
+            user_code: code,
+            approve,
+            reply,
+        })
+        .await
+        .unwrap()
+}
+
+/// Joins `worker` to `program` with owner approval; returns the user code used.
+async fn join_approved(owner: &NodeHandle, worker: &NodeHandle, program: ProgramId) -> String {
+    let mut rx = start_join(worker, program).await;
+    let JoinEvent::Code { user_code, .. } = next(&mut rx).await else {
+        panic!("expected a code")
+    };
+    decide(owner, &user_code, true).await.unwrap();
+    match next(&mut rx).await {
+        JoinEvent::Granted { .. } => user_code,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+async fn submit(
+    worker: &NodeHandle,
+    program: ProgramId,
+    value: f64,
+) -> Result<btd_protocol::wire::SubmitReceipt, String> {
+    worker
+        .ask(|reply| Command::Submit {
+            program,
+            value,
+            rung_id: "cpu".into(),
+            outputs: vec![],
+            reply,
+        })
+        .await
+        .unwrap()
+}
+
+async fn status(h: &NodeHandle, program: ProgramId) -> Result<StatusView, String> {
+    h.ask(|reply| Command::Status {
+        program: Some(program),
+        reply,
+    })
+    .await
+    .unwrap()
+}
+
+async fn raw_kb(from: &NodeHandle, to: PeerId, request: KbRequest) -> KbResponse {
+    from.ask(|reply| Command::RawKb {
+        peer: to,
+        request,
+        reply,
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+async fn raw_membership(
+    from: &NodeHandle,
+    to: PeerId,
+    request: MembershipRequest,
+) -> MembershipResponse {
+    from.ask(|reply| Command::RawMembership {
+        peer: to,
+        request,
+        reply,
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_discover_through_a_middle_node_join_submit_status() {
+    let owner = node(TestNodeOptions::default()).await;
+    let middle = node_to(&owner).await;
+    let worker = node_to(&middle).await; // never directly connected to the owner
+    let id = publish(&owner.handle, "approval").await;
+    knows(&worker.handle, id).await;
+
+    join_approved(&owner.handle, &worker.handle, id).await;
+    let r = submit(&worker.handle, id, 4.0).await.unwrap();
+    assert_eq!((r.seq, r.accepted, r.champion), (1, true, true));
+    let r = submit(&worker.handle, id, 4.5).await.unwrap();
+    assert_eq!((r.seq, r.accepted), (2, false));
+
+    let s = status(&worker.handle, id).await.unwrap();
+    assert_eq!(s.source, "owner over the mesh");
+    assert_eq!(s.submissions, 2);
+    assert_eq!(s.members, 1);
+    assert_eq!(s.champion.as_ref().map(|c| c.value), Some(4.0));
+    assert_eq!(s.payouts.total().micros(), 100_000_000);
+    assert_eq!(s.results.len(), 2);
+    let own = status(&owner.handle, id).await.unwrap();
+    assert_eq!(own.source, "own store");
+    assert_eq!(own.champion, s.champion);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_consumed_code_and_foreign_poll() {
+    let owner = node(TestNodeOptions::default()).await;
+    let a = node_to(&owner).await;
+    let b = node_to(&owner).await;
+    let id = publish(&owner.handle, "approval").await;
+    knows(&a.handle, id).await;
+
+    // Deny: the worker is told, and a second decision on the same code says "already used".
+    let mut rx = start_join(&a.handle, id).await;
+    let JoinEvent::Code { user_code, .. } = next(&mut rx).await else {
+        panic!()
+    };
+    decide(&owner.handle, &user_code, false).await.unwrap();
+    match next(&mut rx).await {
+        JoinEvent::Failed { reason } => assert!(reason.contains("denied"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let again = decide(&owner.handle, &user_code, true).await.unwrap_err();
+    assert!(again.contains("already"), "{again}");
+    let unknown = decide(&owner.handle, "ZZZZ-ZZZZ", true).await.unwrap_err();
+    assert!(unknown.contains("ZZZZ-ZZZZ"), "{unknown}");
+
+    // A raw flow from B: authorize, a poll from A with B's device code is not found, B's own poll
+    // is pending, then slow_down for polling too fast.
+    let seal = btd_protocol::seal::SealKey::generate(&mut rand::thread_rng()).public();
+    let MembershipResponse::Authorization(auth) = raw_membership(
+        &b.handle,
+        owner.peer_id(),
+        MembershipRequest::Authorize {
+            program: id,
+            seal_key: seal,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    let poll = |code: DeviceCode| MembershipRequest::Poll {
+        program: id,
+        device_code: code,
+    };
+    let foreign = raw_membership(&a.handle, owner.peer_id(), poll(auth.device_code)).await;
+    assert_eq!(foreign, MembershipResponse::Poll(PollStatus::NotFound));
+    let first = raw_membership(&b.handle, owner.peer_id(), poll(auth.device_code)).await;
+    assert_eq!(
+        first,
+        MembershipResponse::Poll(PollStatus::AuthorizationPending)
+    );
+    let fast = raw_membership(&b.handle, owner.peer_id(), poll(auth.device_code)).await;
+    assert_eq!(
+        fast,
+        MembershipResponse::Poll(PollStatus::SlowDown { interval: 10 })
+    );
+
+    // Approve B's code: the grant is pushed (no daemon-side join in progress on B, so B refuses
+    // the push), and the poll fallback delivers it exactly once.
+    decide(&owner.handle, &auth.user_code.to_string(), true)
+        .await
+        .unwrap();
+    let granted = wait_for(T, "grant by poll", || async {
+        match raw_membership(&b.handle, owner.peer_id(), poll(auth.device_code)).await {
+            MembershipResponse::Granted(g) => Some(g),
+            _ => None,
+        }
+    })
+    .await;
+    let g = granted.unwrap();
+    assert_eq!(g.device_code, auth.device_code);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kb_is_gated_and_resubmission_is_idempotent() {
+    let owner = node(TestNodeOptions::default()).await;
+    let member = node_to(&owner).await;
+    let stranger = node_to(&owner).await;
+    let id = publish(&owner.handle, "open").await;
+    knows(&member.handle, id).await;
+
+    // Open membership: the grant arrives without an approval.
+    let mut rx = start_join(&member.handle, id).await;
+    let _code = next(&mut rx).await;
+    assert!(matches!(next(&mut rx).await, JoinEvent::Granted { .. }));
+
+    // A non-member gets "membership required" and no content.
+    let fake = KbRequest {
+        program: id,
+        credential: Credential::from_bytes([7; 32]),
+        call: KbCall::Results {
+            after_seq: 0,
+            limit: 10,
+        },
+    };
+    match raw_kb(&stranger.handle, owner.peer_id(), fake).await {
+        KbResponse::Error(e) => assert_eq!(e.code, ErrorCode::MembershipRequired),
+        other => panic!("{other:?}"),
+    }
+
+    // The member's own credential used from another peer is refused too (bound to the peer id).
+    let (_, cred) = member
+        .handle
+        .ask(|reply| Command::Credential { program: id, reply })
+        .await
+        .unwrap()
+        .unwrap();
+    let stolen = KbRequest {
+        program: id,
+        credential: cred.clone(),
+        call: KbCall::Champion,
+    };
+    match raw_kb(&stranger.handle, owner.peer_id(), stolen).await {
+        KbResponse::Error(e) => assert_eq!(e.code, ErrorCode::MembershipRequired),
+        other => panic!("{other:?}"),
+    }
+
+    // Idempotent resubmission: the same signed submission twice gives one entry.
+    let sub = Submission {
+        program: id,
+        nonce: [42; 16],
+        value: 3.0,
+        rung_id: "cpu".into(),
+        outputs: vec![],
+        metrics: Default::default(),
+        created_at: btd::now(),
+    };
+    let signed = Signed::sign(&member.key, &sub).unwrap();
+    let req = KbRequest {
+        program: id,
+        credential: cred.clone(),
+        call: KbCall::Submit(signed),
+    };
+    let KbResponse::Submitted(first) = raw_kb(&member.handle, owner.peer_id(), req.clone()).await
+    else {
+        panic!()
+    };
+    let KbResponse::Submitted(second) = raw_kb(&member.handle, owner.peer_id(), req).await else {
+        panic!()
+    };
+    assert_eq!(first.seq, second.seq);
+    assert!(!first.duplicate && second.duplicate);
+    assert_eq!(status(&owner.handle, id).await.unwrap().submissions, 1);
+
+    // A submission signed by someone else is refused.
+    let forged = Signed::sign(
+        &stranger.key,
+        &Submission {
+            nonce: [1; 16],
+            ..sub.clone()
+        },
+    )
+    .unwrap();
+    match raw_kb(
+        &member.handle,
+        owner.peer_id(),
+        KbRequest {
+            program: id,
+            credential: cred.clone(),
+            call: KbCall::Submit(forged),
+        },
+    )
+    .await
+    {
+        KbResponse::Error(e) => assert_eq!(e.code, ErrorCode::Invalid),
+        other => panic!("{other:?}"),
+    }
+
+    // Revocation takes effect on the next request.
+    let member_id = member.peer_id().to_string();
+    owner
+        .handle
+        .ask(|reply| Command::Revoke {
+            program: id,
+            member: member_id,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    match raw_kb(
+        &member.handle,
+        owner.peer_id(),
+        KbRequest {
+            program: id,
+            credential: cred,
+            call: KbCall::Status,
+        },
+    )
+    .await
+    {
+        KbResponse::Error(e) => assert_eq!(e.code, ErrorCode::Revoked),
+        other => panic!("{other:?}"),
+    }
+    let err = submit(&member.handle, id, 1.0).await.unwrap_err();
+    assert!(err.contains("revoked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_through_a_relay_when_the_owner_has_no_direct_address() {
+    let relay = node(TestNodeOptions {
+        relay_server: true,
+        ..Default::default()
+    })
+    .await;
+    let owner = node(TestNodeOptions {
+        no_listen: true,
+        bootstrap: vec![relay.dial_addr().unwrap()],
+        ..Default::default()
+    })
+    .await;
+    // The owner listens only on a relay circuit: wait for it.
+    wait_for(T, "relay reservation", || async {
+        let info = owner.handle.ask(Command::Info).await.ok()?;
+        info.listen
+            .iter()
+            .any(|a| a.contains("p2p-circuit"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let worker = node_to(&relay).await;
+    let id = publish(&owner.handle, "approval").await;
+    knows(&worker.handle, id).await;
+    join_approved(&owner.handle, &worker.handle, id).await;
+    let r = submit(&worker.handle, id, 2.0).await.unwrap();
+    assert!(r.accepted);
+    assert_eq!(status(&worker.handle, id).await.unwrap().submissions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_crash_and_restart_loses_nothing() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let db = store_dir.path().join("owner.sqlite");
+    let owner = spawn_node(Store::open(&db).unwrap(), TestNodeOptions::default())
+        .await
+        .unwrap();
+    let worker = node_to(&owner).await;
+    let id = publish(&owner.handle, "approval").await;
+    knows(&worker.handle, id).await;
+    join_approved(&owner.handle, &worker.handle, id).await;
+    for v in [4.0, 3.0, 3.5] {
+        submit(&worker.handle, id, v).await.unwrap();
+    }
+    let before = status(&owner.handle, id).await.unwrap();
+    let addr = owner.addr.clone();
+    let key = owner.crash();
+
+    let owner = spawn_node(
+        Store::open(&db).unwrap(),
+        TestNodeOptions {
+            key: Some(key),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let after = status(&owner.handle, id).await.unwrap();
+    assert_eq!(after.submissions, before.submissions);
+    assert_eq!(after.champion, before.champion);
+    assert_eq!(after.payouts, before.payouts);
+    assert_eq!(after.members, 1);
+    let _ = addr;
+    // The worker continues without re-joining (it re-dials the owner by its announced address).
+    worker
+        .handle
+        .ask(|reply| Command::Dial(owner.dial_addr().unwrap(), reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = wait_for(T, "submission after restart", || async {
+        submit(&worker.handle, id, 2.0).await.ok()
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.seq, 4);
+    assert!(r.champion);
+}
