@@ -49,3 +49,154 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A `btd start` process with its own temporary home, killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The home directory.
+    pub home: PathBuf,
+    child: std::process::Child,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts a daemon on loopback with a fresh temporary home.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("temp home");
+        let home = tmp.path().join("home");
+        let mut d = Self::start_in(&home, extra);
+        d._tmp = Some(tmp);
+        d
+    }
+
+    /// Starts a daemon with `home`.
+    pub fn start_in(home: &std::path::Path, extra: &[&str]) -> Daemon {
+        let d = Daemon {
+            home: home.to_path_buf(),
+            child: spawn_daemon(home, extra),
+            _tmp: None,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let o = self.btd(&["id", "--json"]);
+            if o.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                if v["listen"].as_array().is_some_and(|a| !a.is_empty()) {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon in {} did not become ready: {}",
+                self.home.display(),
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Runs `btd ARGS --home HOME`.
+    pub fn btd(&self, args: &[&str]) -> Output {
+        Command::new(btd_bin())
+            .args(args)
+            .arg("--home")
+            .arg(&self.home)
+            .output()
+            .expect("spawn btd")
+    }
+
+    /// Runs a command that must succeed and returns its JSON output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.btd(&a);
+        assert!(
+            o.status.success(),
+            "btd {args:?} failed: {}\n--- daemon log ---\n{}",
+            stderr(&o),
+            self.log()
+        );
+        serde_json::from_slice(&o.stdout).expect("JSON output")
+    }
+
+    /// `/ip4/127.0.0.1/tcp/N/p2p/ID` for `--bootstrap`.
+    pub fn addr(&self) -> String {
+        let v = self.json(&["id"]);
+        format!(
+            "{}/p2p/{}",
+            v["listen"][0].as_str().expect("listen address"),
+            v["peer_id"].as_str().expect("peer id")
+        )
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> String {
+        self.json(&["id"])["peer_id"]
+            .as_str()
+            .expect("peer id")
+            .to_string()
+    }
+
+    /// SIGKILL, no clean shutdown.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again on the same home (after [`Daemon::kill9`]).
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.child = spawn_daemon(&self.home, extra);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `btd start` on loopback with `home`, logging to `HOME.log`.
+fn spawn_daemon(home: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    std::fs::create_dir_all(home).expect("home directory");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.with_extension("log"))
+        .expect("log file");
+    Command::new(btd_bin())
+        .args(["start", "--home"])
+        .arg(home)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn btd start")
+}
+
+/// Waits (bounded) until `f` returns `Some`, re-checking every 100 ms.
+pub fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

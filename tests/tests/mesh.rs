@@ -1,0 +1,172 @@
+//! End to end over real `btd` processes on loopback: publish → join → approve → submit → status,
+//! kill -9 of the owner with nothing lost, and gating of non-members and revoked members.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use btd_tests::{btd_bin, repo_root, stderr, stdout, wait_until, Daemon};
+
+fn publish(owner: &Daemon, membership: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("examples/program.toml"))
+        .unwrap()
+        .replace(
+            "membership = \"approval\"",
+            &format!("membership = \"{membership}\""),
+        );
+    let path = owner.home.with_extension("program.toml");
+    std::fs::write(&path, text).unwrap();
+    let o = owner.btd(&["publish", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+fn wait_known(d: &Daemon, id: &str) {
+    wait_until("program discovery", 30, || {
+        let v = d.json(&["programs"]);
+        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
+    });
+}
+
+/// `btd join` in the background; returns (user code, child) once the code is printed.
+fn join(worker: &Daemon, id: &str) -> (String, std::process::Child) {
+    let mut child = Command::new(btd_bin())
+        .args(["join", id, "--home"])
+        .arg(&worker.home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let code = loop {
+        let line = lines.next().expect("join printed a code").unwrap();
+        if let Some(c) = line.strip_prefix("user code: ") {
+            break c.trim().to_string();
+        }
+    };
+    // Keep reading the rest so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (code, child)
+}
+
+fn join_approved(owner: &Daemon, worker: &Daemon, id: &str) {
+    let (code, mut child) = join(worker, id);
+    let o = owner.btd(&["approve", &code]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "join failed:\n{}", worker.log());
+}
+
+#[test]
+fn publish_join_approve_submit_status_and_owner_kill_9() {
+    let mut owner = Daemon::start(&[]);
+    let worker = Daemon::start(&["--bootstrap", &owner.addr()]);
+    let id = publish(&owner, "approval");
+    assert_eq!(id.len(), 64, "publish prints the program id: {id}");
+    wait_known(&worker, &id);
+    join_approved(&owner, &worker, &id);
+
+    for v in ["4.2", "3.9", "4.0"] {
+        let o = worker.btd(&["submit", &id, "--value", v]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let s = worker.json(&["status", &id]);
+    assert_eq!(s["submissions"], 3);
+    assert_eq!(s["accepted"], 2);
+    assert_eq!(s["champion"]["value"], 3.9);
+    assert_eq!(s["payouts"][worker.peer_id()], "100.000000");
+
+    // kill -9 the owner and start it again on the same home: nothing lost.
+    let addr = owner.addr();
+    let port = addr.split('/').nth(4).unwrap().to_string();
+    owner.kill9();
+    owner.restart(&["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+    let s2 = owner.json(&["status", &id]);
+    assert_eq!(s2["submissions"], 3);
+    assert_eq!(s2["champion"], s["champion"]);
+    assert_eq!(s2["payouts"], s["payouts"]);
+    assert_eq!(s2["members"], 1);
+
+    // The member continues without re-joining.
+    let o = wait_until("a submission after the restart", 30, || {
+        let o = worker.btd(&["submit", &id, "--value", "3.1", "--json"]);
+        o.status.success().then_some(o)
+    });
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["seq"], 4);
+    assert_eq!(r["champion"], true);
+
+    // A second daemon on the same home is refused with a clear message.
+    let o = Command::new(btd_bin())
+        .args(["start", "--home"])
+        .arg(&owner.home)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already running"), "{}", stderr(&o));
+}
+
+#[test]
+fn non_members_and_revoked_members_are_refused_while_the_owner_keeps_serving() {
+    let owner = Daemon::start(&[]);
+    let member = Daemon::start(&["--bootstrap", &owner.addr()]);
+    let outsider = Daemon::start(&["--bootstrap", &owner.addr()]);
+    let id = publish(&owner, "approval");
+    wait_known(&member, &id);
+    wait_known(&outsider, &id);
+    join_approved(&owner, &member, &id);
+
+    let o = outsider.btd(&["submit", &id, "--value", "1.0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("membership required"), "{}", stderr(&o));
+    let o = outsider.btd(&["status", &id]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // A wrong user code is a clear error.
+    let o = owner.btd(&["approve", "ABCD-EFGH"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ABCD-EFGH"), "{}", stderr(&o));
+    let o = owner.btd(&["approve", "not-a-code!"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    let o = member.btd(&["submit", &id, "--value", "2.0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = owner.json(&["members", &id]);
+    assert_eq!(m["members"].as_array().unwrap().len(), 1);
+    let o = owner.btd(&["revoke", &id, &member.peer_id()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = member.btd(&["submit", &id, "--value", "1.5"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+
+    // The owner still serves.
+    let s = owner.json(&["status", &id]);
+    assert_eq!(s["submissions"], 1);
+    assert_eq!(s["members"], 0);
+}
+
+#[test]
+fn join_through_a_relay() {
+    let relay = Daemon::start(&["--relay-server"]);
+    let raddr = relay.addr();
+    // The owner announces a relay-circuit address; the worker only knows the relay.
+    let owner = Daemon::start(&["--bootstrap", &raddr]);
+    wait_until("relay reservation", 30, || {
+        let v = owner.json(&["id"]);
+        v["listen"]
+            .as_array()?
+            .iter()
+            .any(|a| a.as_str().is_some_and(|s| s.contains("p2p-circuit")))
+            .then_some(())
+    });
+    let worker = Daemon::start(&["--bootstrap", &raddr]);
+    let id = publish(&owner, "open");
+    wait_known(&worker, &id);
+    let o = worker.btd(&["join", &id]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), worker.log());
+    let o = worker.btd(&["submit", &id, "--value", "3.3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(owner.json(&["status", &id])["submissions"], 1);
+}
