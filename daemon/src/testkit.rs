@@ -22,6 +22,7 @@ pub fn test_params(relay_server: bool) -> NetParams {
         request_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(60),
         autonat: false,
+        ..NetParams::default()
     }
 }
 

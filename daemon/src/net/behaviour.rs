@@ -52,6 +52,10 @@ pub struct NetParams {
     pub idle_timeout: Duration,
     /// Ask peers whether we are publicly reachable (AutoNAT).
     pub autonat: bool,
+    /// Per-peer request budget: burst size.
+    pub rate_burst: f64,
+    /// Per-peer request budget: sustained requests per second.
+    pub rate_per_sec: f64,
 }
 
 impl Default for NetParams {
@@ -63,6 +67,10 @@ impl Default for NetParams {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             autonat: true,
+            // A worker submits after each training run and polls during joins: 20 requests/s
+            // sustained with bursts of 60 is far above honest use and bounds abuse.
+            rate_burst: 60.0,
+            rate_per_sec: 20.0,
         }
     }
 }

@@ -234,9 +234,6 @@ pub(crate) struct Bucket {
     last: Instant,
 }
 
-/// Requests a peer may make in a burst, and per second sustained.
-const RATE_BURST: f64 = 60.0;
-const RATE_PER_SEC: f64 = 20.0;
 /// Most peers tracked for rate limiting (oldest forgotten first).
 const MAX_BUCKETS: usize = 4096;
 
@@ -263,6 +260,8 @@ pub struct Node {
     pub(crate) announce_soon: bool,
     pub(crate) lookups: gossip::Lookups,
     pub(crate) relay_server: bool,
+    /// Per-peer request budget (burst, per second).
+    pub(crate) rate: (f64, f64),
 }
 
 impl std::fmt::Debug for Node {
@@ -315,6 +314,7 @@ pub async fn spawn(
         announce_soon: true,
         lookups: gossip::Lookups::default(),
         relay_server: cfg.net.relay_server,
+        rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
     };
     node.restore(snapshot)?;
     gossip::subscribe(&mut node)?;
@@ -571,12 +571,13 @@ impl Node {
                 self.buckets.remove(&oldest);
             }
         }
+        let (burst, per_sec) = self.rate;
         let b = self.buckets.entry(peer).or_insert(Bucket {
-            tokens: RATE_BURST,
+            tokens: burst,
             last: now,
         });
         let elapsed = now.duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        b.tokens = (b.tokens + elapsed * per_sec).min(burst);
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;

@@ -1,0 +1,228 @@
+//! Mesh benchmarks on loopback TCP: `cargo bench -p btd --bench mesh`.
+//!
+//! Two real nodes (production transport on 127.0.0.1, SQLite in WAL mode with full fsync in a temp
+//! dir) in one process. Prints: approval → credential latency, submission round trip until durable
+//! acknowledgement, sustained durable submissions per second, and the idle RSS of one `btd start`
+//! process. No timing assertions: the numbers go to docs/benchmarks.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use btd::net::{NetParams, TransportKind};
+use btd::node::types::JoinEvent;
+use btd::node::{self, Command, NodeConfig, NodeHandle};
+use btd::store::Store;
+use btd_protocol::program::ProgramId;
+use libp2p::identity::Keypair;
+use libp2p::Multiaddr;
+use tokio::sync::mpsc;
+
+fn manifest(i: usize) -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/program.toml"
+    ))
+    .unwrap()
+    .replace("name = \"tiny-gpt-bpb\"", &format!("name = \"bench-{i}\""))
+    .replace("max_submissions = 500", "max_submissions = 1000000")
+}
+
+async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> NodeHandle {
+    let store = Store::open(&dir.join(format!("{name}.sqlite"))).unwrap();
+    let net = NetParams {
+        autonat: false,
+        rate_burst: 1e9,
+        rate_per_sec: 1e9,
+        ..NetParams::default()
+    };
+    let (h, _task) = node::spawn(
+        NodeConfig {
+            key: Keypair::generate_ed25519(),
+            transport: TransportKind::Production,
+            net,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap,
+            rungs: btd::config::Config::default_rungs(),
+        },
+        store,
+    )
+    .await
+    .unwrap();
+    h
+}
+
+async fn addr(h: &NodeHandle) -> Multiaddr {
+    loop {
+        let info = h.ask(Command::Info).await.unwrap();
+        if let Some(a) = info.listen.first() {
+            return format!("{a}/p2p/{}", info.peer_id).parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn known(h: &NodeHandle, id: ProgramId) {
+    while !h
+        .ask(Command::Programs)
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.id == id)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = start(dir.path(), "owner", vec![]).await;
+    let worker = start(dir.path(), "worker", vec![addr(&owner).await]).await;
+
+    // Approval → credential in the worker's hands, one program per sample.
+    let joins = 30;
+    let mut lat = Vec::new();
+    let mut last = None;
+    for i in 0..joins {
+        let m = manifest(i);
+        let id = owner
+            .ask(|reply| Command::Publish { manifest: m, reply })
+            .await
+            .unwrap()
+            .unwrap();
+        known(&worker, id).await;
+        let (tx, mut rx) = mpsc::channel(8);
+        worker
+            .send(Command::Join {
+                program: id,
+                events: tx,
+            })
+            .await
+            .unwrap();
+        let Some(JoinEvent::Code { user_code, .. }) = rx.recv().await else {
+            panic!("no code")
+        };
+        let t0 = Instant::now();
+        owner
+            .ask(|reply| Command::Decide {
+                user_code,
+                approve: true,
+                reply,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(JoinEvent::Granted { .. }) = rx.recv().await else {
+            panic!("no grant")
+        };
+        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        last = Some(id);
+    }
+    println!(
+        "approval → credential (n={joins}):         p50 {:.2} ms   p99 {:.2} ms",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
+    let id = last.unwrap();
+
+    // Sequential submission round trips (signed, durable before the ack).
+    let n = 300;
+    let mut rt = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        worker
+            .ask(|reply| Command::Submit {
+                program: id,
+                value: 4.0 - i as f64 * 1e-4,
+                rung_id: "cpu".into(),
+                outputs: vec![],
+                reply,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        rt.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "submission round trip, durable (n={n}):    p50 {:.2} ms   p99 {:.2} ms",
+        pct(&mut rt, 0.5),
+        pct(&mut rt, 0.99)
+    );
+
+    // Sustained: 64 submissions in flight.
+    let total = 3000;
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = total / 64;
+    for t in 0..64 {
+        let w = worker.clone();
+        tasks.spawn(async move {
+            for i in 0..per {
+                w.ask(|reply| Command::Submit {
+                    program: id,
+                    value: 5.0 + (t * per + i) as f64,
+                    rung_id: "cpu".into(),
+                    outputs: vec![],
+                    reply,
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "sustained durable submissions (64 in flight): {:.0} /s ({} in {:.2} s)",
+        (per * 64) as f64 / secs,
+        per * 64,
+        secs
+    );
+}
+
+fn idle_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_btd"))
+        .args(["start", "--home"])
+        .arg(dir.path().join("h"))
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    match rss_kib(child.id()) {
+        Some(kib) => println!(
+            "idle RSS of one `btd start` after 3 s:      {:.1} MiB",
+            kib as f64 / 1024.0
+        ),
+        None => println!("idle RSS: /proc not readable"),
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+    idle_rss();
+}
