@@ -269,6 +269,9 @@ async fn deny_consumed_code_and_foreign_poll() {
     .await;
     let g = granted.unwrap();
     assert_eq!(g.device_code, auth.device_code);
+    // The credential is delivered once: the code is consumed, a replayed poll is not found.
+    let replay = raw_membership(&b.handle, owner.peer_id(), poll(auth.device_code)).await;
+    assert_eq!(replay, MembershipResponse::Poll(PollStatus::NotFound));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,6 +262,8 @@ pub struct Node {
     pub(crate) relay_server: bool,
     /// Per-peer request budget (burst, per second).
     pub(crate) rate: (f64, f64),
+    /// Open connections per peer, with their remote addresses (for `btd peers`).
+    pub(crate) connections: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -315,6 +317,7 @@ pub async fn spawn(
         lookups: gossip::Lookups::default(),
         relay_server: cfg.net.relay_server,
         rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
+        connections: HashMap::new(),
     };
     node.restore(snapshot)?;
     gossip::subscribe(&mut node)?;
@@ -527,12 +530,30 @@ impl Node {
                 self.announce_soon = true;
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let addr = endpoint.get_remote_address().clone();
+                tracing::debug!(peer = %peer_id, %addr, "connected");
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, addr));
             }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
                 tracing::debug!(peer = %peer_id, "connection closed");
+                if let Some(list) = self.connections.get_mut(&peer_id) {
+                    list.retain(|(c, _)| *c != connection_id);
+                    if list.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
                 if !self.swarm.is_connected(&peer_id) {
                     self.reserved.remove(&peer_id);
                 }
@@ -627,7 +648,11 @@ impl Node {
             .connected_peers()
             .map(|p| PeerView {
                 peer_id: p.to_string(),
-                addresses: Vec::new(),
+                addresses: self
+                    .connections
+                    .get(p)
+                    .map(|l| l.iter().map(|(_, a)| a.to_string()).collect())
+                    .unwrap_or_default(),
                 agent: self.agents.get(p).cloned(),
                 rungs: self
                     .peer_rungs

@@ -530,10 +530,12 @@ pub(super) fn on_membership_request(
                         )),
                     ),
                 },
+                // A pushed grant that was never acknowledged: delivered once, to the same peer.
                 Err(PollError::NotFound) => match owned.undelivered.get(&device_code) {
-                    Some((p, d, _)) if *p == peer => {
-                        (program, MembershipResponse::Granted(d.clone()))
-                    }
+                    Some((p, _, _)) if *p == peer => match owned.undelivered.remove(&device_code) {
+                        Some((_, d, _)) => (program, MembershipResponse::Granted(d)),
+                        None => (program, MembershipResponse::Poll(PollStatus::NotFound)),
+                    },
                     _ => (program, MembershipResponse::Poll(PollStatus::NotFound)),
                 },
                 Err(e) => (program, MembershipResponse::Poll(poll_status(&e))),
