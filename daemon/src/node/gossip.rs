@@ -17,6 +17,11 @@ use crate::store::{self, ProgramRow};
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 /// Most DHT lookups for joins in flight.
 const MAX_LOOKUPS: usize = 64;
+/// Most programs remembered from the mesh: announcements are cheap to forge with fresh keys, so
+/// memory for other people's programs is capped (own and joined programs are always kept).
+const MAX_KNOWN_PROGRAMS: usize = 10_000;
+/// Most peers whose rung adverts and agents are remembered.
+const MAX_PEER_INFO: usize = 10_000;
 
 fn programs_topic() -> IdentTopic {
     IdentTopic::new(protocols::TOPIC_PROGRAMS)
@@ -175,6 +180,10 @@ pub(super) fn accept_announcement(
         }
     }
     let is_new = !node.known.contains_key(&id);
+    if is_new && node.known.len() >= MAX_KNOWN_PROGRAMS {
+        tracing::debug!(program = %id, "known-program table full; ignoring a new program");
+        return MessageAcceptance::Ignore;
+    }
     if let Ok(bytes) = wire::encode(&signed) {
         let row = ProgramRow {
             id,
@@ -214,7 +223,8 @@ fn on_rungs_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> Mes
         .peer_rungs
         .get(&v.signer)
         .is_none_or(|(at, _)| *at < v.value.advertised_at);
-    if newer {
+    let room = node.peer_rungs.len() < MAX_PEER_INFO || node.peer_rungs.contains_key(&v.signer);
+    if newer && room {
         node.peer_rungs
             .insert(v.signer, (v.value.advertised_at, v.value.rungs));
     }
@@ -226,7 +236,11 @@ pub(super) fn on_identify(node: &mut Node, event: identify::Event) {
     let identify::Event::Received { peer_id, info, .. } = event else {
         return;
     };
-    node.agents.insert(peer_id, info.agent_version.clone());
+    if node.agents.len() < MAX_PEER_INFO || node.agents.contains_key(&peer_id) {
+        // Remote text: cut by characters (String::truncate would panic inside a UTF-8 sequence).
+        let agent: String = info.agent_version.chars().take(64).collect();
+        node.agents.insert(peer_id, agent);
+    }
     if info.protocol_version != super::super::net::behaviour::IDENTIFY_PROTOCOL {
         return;
     }
