@@ -91,6 +91,31 @@ enum Command {
         /// The program id (optional when this node has exactly one program).
         program: Option<String>,
     },
+    /// Owner: paid-compute requests from members (pending, granted, denied).
+    Approvals,
+    /// Owner: approve a member's paid compute for one packet (signs an approval receipt).
+    ApproveSpend {
+        /// The program id.
+        program: String,
+        /// The packet id (see `btd approvals`).
+        packet: String,
+        /// The requesting member id.
+        #[arg(long)]
+        member: String,
+        /// How long the receipt is valid.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
+    /// Owner: deny a member's paid compute for one packet.
+    DenySpend {
+        /// The program id.
+        program: String,
+        /// The packet id.
+        packet: String,
+        /// The requesting member id.
+        #[arg(long)]
+        member: String,
+    },
     /// Research-program manifests.
     #[command(subcommand)]
     Program(ProgramCmd),
@@ -231,5 +256,17 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
             rung,
         } => daemon_cmd::submit(home, &program, value, &outputs, rung, json),
         Command::Status { program } => daemon_cmd::status(home, program.as_deref(), json),
+        Command::Approvals => daemon_cmd::approvals(home, json),
+        Command::ApproveSpend {
+            program,
+            packet,
+            member,
+            minutes,
+        } => daemon_cmd::decide_spend(home, &program, packet, member, true, minutes, json),
+        Command::DenySpend {
+            program,
+            packet,
+            member,
+        } => daemon_cmd::decide_spend(home, &program, packet, member, false, 0, json),
     }
 }

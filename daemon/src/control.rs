@@ -82,6 +82,21 @@ pub enum Request {
         /// Program id (optional when there is only one).
         program: Option<ProgramId>,
     },
+    /// Owner: spend requests.
+    Approvals,
+    /// Owner: approve or deny a spend request.
+    DecideSpend {
+        /// Program id.
+        program: ProgramId,
+        /// Member id.
+        member: String,
+        /// Packet id.
+        packet_id: String,
+        /// Approve or deny.
+        approve: bool,
+        /// Receipt validity, minutes.
+        minutes: u64,
+    },
     /// Stop the daemon.
     Stop,
 }
@@ -252,6 +267,25 @@ async fn dispatch(node: &NodeHandle, req: Request) -> Result<serde_json::Value, 
             node.ask(|reply| Command::Status { program, reply })
                 .await
                 .map_err(stopped)??,
+        ),
+        Request::Approvals => json(node.ask(Command::SpendRequests).await.map_err(stopped)?),
+        Request::DecideSpend {
+            program,
+            member,
+            packet_id,
+            approve,
+            minutes,
+        } => json(
+            node.ask(|reply| Command::DecideSpend {
+                program,
+                member,
+                packet_id,
+                approve,
+                minutes,
+                reply,
+            })
+            .await
+            .map_err(stopped)??,
         ),
         Request::Join { .. } | Request::Stop => Err("unsupported here".into()),
     }

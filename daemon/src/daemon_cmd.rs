@@ -417,3 +417,59 @@ pub(crate) fn status(
     }
     Ok(())
 }
+
+pub(crate) fn approvals(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
+    let v = call(home_dir, Request::Approvals)?;
+    if json {
+        return print_json(&v);
+    }
+    let list: Vec<crate::node::spend::SpendRequestView> = parse(v)?;
+    if list.is_empty() {
+        out!("no paid-compute requests");
+    }
+    for r in list {
+        out!(
+            "{:<8} {}  packet {}  member {}  cap {}",
+            r.state,
+            r.program.short(),
+            r.packet.id,
+            r.member,
+            r.packet
+                .budget
+                .spend_cap
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn decide_spend(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    packet_id: String,
+    member: String,
+    approve: bool,
+    minutes: u64,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    if approve && minutes == 0 {
+        return Err(CmdError::Usage("--minutes must be at least 1".into()));
+    }
+    let v = call(
+        home_dir,
+        Request::DecideSpend {
+            program,
+            member,
+            packet_id,
+            approve,
+            minutes,
+        },
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    out!("{}", v.as_str().unwrap_or_default());
+    Ok(())
+}

@@ -479,3 +479,96 @@ async fn owner_crash_and_restart_loses_nothing() {
     assert_eq!(r.seq, 4);
     assert!(r.champion);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_compute_needs_the_owners_signed_receipt() {
+    use btd_protocol::dispatch::{evaluate_dispatch, Action, DispatchInput};
+    use btd_protocol::wire::ApprovalResponse;
+
+    let owner = node(TestNodeOptions::default()).await;
+    let worker = node_to(&owner).await;
+    let m = manifest("open").replace(
+        "[[rungs]]\nid = \"cpu\"",
+        "[policy.paid]\nmax_spend_per_packet = 3.0\n[[rungs]]\nid = \"h100\"\nspend_class = \"paid_metered\"\nhardware = \"h100\"\n[[rungs]]\nid = \"cpu\"",
+    );
+    let id = owner
+        .handle
+        .ask(|reply| Command::Publish {
+            manifest: m.clone(),
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    knows(&worker.handle, id).await;
+    let mut rx = start_join(&worker.handle, id).await;
+    let _ = next(&mut rx).await;
+    assert!(matches!(next(&mut rx).await, JoinEvent::Granted { .. }));
+
+    let program = btd_protocol::program::Program::from_toml(&m).unwrap();
+    let packet = program.packet_for_rung("h100").unwrap();
+    let ask = || {
+        let packet = packet.clone();
+        let h = worker.handle.clone();
+        async move {
+            h.ask(|reply| Command::RequestSpend {
+                program: id,
+                packet,
+                reply,
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    assert_eq!(ask().await, ApprovalResponse::Pending);
+    let pending = owner.handle.ask(Command::SpendRequests).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, "pending");
+    let msg = owner
+        .handle
+        .ask(|reply| Command::DecideSpend {
+            program: id,
+            member: worker.peer_id().to_string(),
+            packet_id: packet.id.clone(),
+            approve: true,
+            minutes: 10,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(msg.contains("approved"), "{msg}");
+    let ApprovalResponse::Granted(receipt) = ask().await else {
+        panic!("expected a receipt")
+    };
+    // The receipt makes dispatch say run_paid when the owner is the trusted approver.
+    let decision = program.decision();
+    let owner_id = owner.peer_id().to_base58();
+    let r = evaluate_dispatch(&DispatchInput {
+        decision: &decision,
+        rung: program.rung("h100").unwrap(),
+        policy: &program.policy,
+        packet: &packet,
+        point: None,
+        approval: Some(&receipt),
+        trusted_approvers: std::slice::from_ref(&owner_id),
+        spent_total: 0.0,
+        now: btd::now(),
+    });
+    assert_eq!(r.action, Action::RunPaid, "{}", r.detail);
+    // A tampered packet is refused.
+    let mut other = packet.clone();
+    other.budget.spend_cap = Some(1000.0);
+    let h = worker.handle.clone();
+    let resp = h
+        .ask(|reply| Command::RequestSpend {
+            program: id,
+            packet: other,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(resp, ApprovalResponse::Error(_)), "{resp:?}");
+}

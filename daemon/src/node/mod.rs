@@ -5,6 +5,7 @@
 
 mod gossip;
 mod owner;
+pub mod spend;
 pub mod types;
 mod worker;
 
@@ -158,6 +159,32 @@ pub enum Command {
         program: ProgramId,
         /// The owner and credential.
         reply: oneshot::Sender<Option<(PeerId, Credential)>>,
+    },
+    /// Member: ask the owner to approve paid compute for a packet.
+    RequestSpend {
+        /// The program.
+        program: ProgramId,
+        /// The packet.
+        packet: btd_protocol::dispatch::ComputePacket,
+        /// The owner's answer.
+        reply: oneshot::Sender<Result<btd_protocol::wire::ApprovalResponse, String>>,
+    },
+    /// Owner: open and decided spend requests.
+    SpendRequests(oneshot::Sender<Vec<spend::SpendRequestView>>),
+    /// Owner: approve or deny a spend request.
+    DecideSpend {
+        /// The program.
+        program: ProgramId,
+        /// The member.
+        member: String,
+        /// The packet id.
+        packet_id: String,
+        /// Approve (true) or deny.
+        approve: bool,
+        /// Receipt validity in minutes.
+        minutes: u64,
+        /// Result in words.
+        reply: oneshot::Sender<Result<String, String>>,
     },
     /// Stop the node (pending store writes finish first).
     Shutdown,
@@ -502,6 +529,26 @@ impl Node {
                         .map(|m| (m.owner, m.credential.clone())),
                 );
             }
+            Command::RequestSpend {
+                program,
+                packet,
+                reply,
+            } => spend::request(self, program, packet, reply),
+            Command::SpendRequests(reply) => {
+                let _ = reply.send(spend::list(self));
+            }
+            Command::DecideSpend {
+                program,
+                member,
+                packet_id,
+                approve,
+                minutes,
+                reply,
+            } => {
+                let _ = reply.send(spend::decide(
+                    self, program, &member, &packet_id, approve, minutes,
+                ));
+            }
             Command::Shutdown => {}
         }
     }
@@ -511,7 +558,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => gossip::on_gossip(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) => worker::on_membership(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Kb(e)) => worker::on_kb(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Approval(e)) => owner::on_approval(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Approval(e)) => spend::on_event(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => gossip::on_identify(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => gossip::on_kad(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => gossip::on_mdns(self, e),

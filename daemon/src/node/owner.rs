@@ -11,12 +11,12 @@ use btd_protocol::program::{Program, ProgramId};
 use btd_protocol::seal::{self, SealPublicKey};
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
-    grant_seal_context, ApprovalResponse, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest,
-    KbResponse, KbStatus, MembershipRequest, MembershipResponse, PollStatus, ProgramAnnouncement,
+    grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
+    KbStatus, MembershipRequest, MembershipResponse, PollStatus, ProgramAnnouncement,
     SubmitReceipt, VerifiedProgram,
 };
 use btd_protocol::Timestamp;
-use libp2p::request_response::{self, ResponseChannel};
+use libp2p::request_response::ResponseChannel;
 use libp2p::PeerId;
 use tokio::sync::oneshot;
 
@@ -40,6 +40,8 @@ pub struct Owned {
     undelivered: HashMap<DeviceCode, (PeerId, GrantDelivery, Timestamp)>,
     /// Seq of the last durable entry.
     durable_seq: u64,
+    /// Paid-compute approval requests (member, packet id) → state.
+    pub(crate) spend: super::spend::SpendBook,
 }
 
 impl std::fmt::Debug for Owned {
@@ -51,7 +53,7 @@ impl std::fmt::Debug for Owned {
     }
 }
 
-fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
         code,
         message: message.into(),
@@ -70,6 +72,7 @@ impl Owned {
             seal_keys: HashMap::new(),
             undelivered: HashMap::new(),
             durable_seq: 0,
+            spend: Default::default(),
         })
     }
 
@@ -795,28 +798,6 @@ fn reload(node: &mut Node, program: ProgramId) {
             }
         })
     });
-}
-
-/// Paid-approval requests: not served yet (the worker loop arrives with local compute).
-pub(super) fn on_approval(
-    node: &mut Node,
-    event: request_response::Event<
-        btd_protocol::wire::ApprovalRequest,
-        btd_protocol::wire::ApprovalResponse,
-    >,
-) {
-    if let request_response::Event::Message {
-        message: request_response::Message::Request { channel, .. },
-        ..
-    } = event
-    {
-        let _ = node.swarm.behaviour_mut().approval.send_response(
-            channel,
-            ApprovalResponse::Denied {
-                reason: "this owner does not grant paid approvals over the mesh yet".into(),
-            },
-        );
-    }
 }
 
 /// Drops expired state.

@@ -40,6 +40,9 @@ pub(crate) struct Outbound {
     /// Raw requests (tests, probes).
     pub(crate) raw_membership: HashMap<OutboundRequestId, RawReply<MembershipResponse>>,
     pub(crate) raw_kb: HashMap<OutboundRequestId, RawReply<KbResponse>>,
+    /// Paid-approval requests.
+    pub(crate) approvals:
+        HashMap<OutboundRequestId, RawReply<btd_protocol::wire::ApprovalResponse>>,
 }
 
 pub(crate) type RawReply<T> = oneshot::Sender<Result<T, String>>;
