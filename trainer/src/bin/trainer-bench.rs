@@ -1,0 +1,138 @@
+//! Training benchmark: tokens/s and val_bpb after a fixed budget, per preset.
+//!
+//! ```text
+//! cargo run --release -p btd-trainer --bin trainer-bench -- [--preset tiny|small|base|all]
+//!     [--steps N | --seconds S] [--data FILE] [--seed S] [--eval-tokens N] [--json]
+//! ```
+//! Without `--data` it trains on the built-in synthetic corpus (seed 0, 1 MB). Threads follow
+//! `RAYON_NUM_THREADS` (candle reads it at the first tensor operation).
+
+use std::ops::ControlFlow;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use btd_protocol::program::ModelPreset;
+use btd_trainer::data::unigram_entropy_bits;
+use btd_trainer::synth::DEFAULT_SYNTHETIC_BYTES;
+use btd_trainer::{train, Corpus, TrainSpec};
+use candle_core::Device;
+
+struct Args {
+    presets: Vec<ModelPreset>,
+    steps: Option<u64>,
+    seconds: Option<f64>,
+    data: Option<PathBuf>,
+    seed: u64,
+    eval_tokens: Option<u64>,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        presets: vec![ModelPreset::Tiny],
+        steps: None,
+        seconds: None,
+        data: None,
+        seed: 0,
+        eval_tokens: None,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--preset" => {
+                a.presets = match value()?.as_str() {
+                    "tiny" => vec![ModelPreset::Tiny],
+                    "small" => vec![ModelPreset::Small],
+                    "base" => vec![ModelPreset::Base],
+                    "all" => vec![ModelPreset::Tiny, ModelPreset::Small, ModelPreset::Base],
+                    other => return Err(format!("unknown preset {other:?}")),
+                }
+            }
+            "--steps" => a.steps = Some(value()?.parse().map_err(|e| format!("--steps: {e}"))?),
+            "--seconds" => {
+                a.seconds = Some(value()?.parse().map_err(|e| format!("--seconds: {e}"))?)
+            }
+            "--data" => a.data = Some(PathBuf::from(value()?)),
+            "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--eval-tokens" => {
+                a.eval_tokens = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--eval-tokens: {e}"))?,
+                )
+            }
+            "--json" => a.json = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.steps.is_none() && a.seconds.is_none() {
+        a.seconds = Some(30.0);
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trainer-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let corpus = match &args.data {
+        Some(path) => Corpus::from_file(path, None),
+        None => Corpus::synthetic(0, DEFAULT_SYNTHETIC_BYTES),
+    }
+    .map_err(|e| e.to_string())?;
+    let unigram = unigram_entropy_bits(corpus.val());
+    if !args.json {
+        println!(
+            "data: {} ({} bytes, val unigram entropy {unigram:.3} bits/byte)",
+            corpus.source().describe(),
+            corpus.len()
+        );
+        println!(
+            "{:<6} {:>9} {:>7} {:>8} {:>11} {:>9} {:>9} {:>8}",
+            "preset", "params", "steps", "train_s", "tokens/s", "loss", "val_bpb", "eval_s"
+        );
+    }
+    for preset in &args.presets {
+        let mut spec = TrainSpec::preset(*preset, args.seed);
+        spec.steps = args.steps;
+        spec.seconds = args.seconds;
+        if let Some(n) = args.eval_tokens {
+            spec.eval_tokens = n;
+        }
+        let t = train(&spec, &corpus, &Device::Cpu, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| e.to_string())?;
+        let r = &t.report;
+        if args.json {
+            let line = serde_json::json!({ "report": r, "unigram_bits": unigram });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<6} {:>9} {:>7} {:>8.1} {:>11.0} {:>9.4} {:>9.4} {:>8.2}",
+                format!("{preset:?}").to_lowercase(),
+                r.params,
+                r.steps,
+                r.train_secs,
+                r.tokens_per_sec,
+                r.final_train_loss,
+                r.val_bpb,
+                r.eval_secs
+            );
+        }
+    }
+    Ok(())
+}
