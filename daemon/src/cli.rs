@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::compute_cmd;
 use crate::offline;
 use crate::output::CmdError;
 
@@ -33,6 +34,18 @@ enum Command {
     Schema {
         /// Object name, e.g. `program-manifest` or `compute-packet`.
         name: Option<String>,
+    },
+    /// Train btd's byte-level GPT locally (no network) and write a checkpoint.
+    Train(compute_cmd::TrainArgs),
+    /// Recompute val_bpb from a checkpoint.
+    Eval(compute_cmd::EvalArgs),
+    /// Generate text from a checkpoint.
+    Sample(compute_cmd::SampleArgs),
+    /// Detect this machine's CPU and NVIDIA GPUs and the rungs they offer.
+    Rungs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -119,5 +132,9 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         }) => offline::replay::run(&manifest, &submissions, json),
         Command::Policy(PolicyCmd::Explain(args)) => offline::policy::explain(&args),
         Command::Schema { name } => offline::schema::run(name.as_deref()),
+        Command::Train(args) => compute_cmd::train(&args),
+        Command::Eval(args) => compute_cmd::eval(&args),
+        Command::Sample(args) => compute_cmd::sample(&args),
+        Command::Rungs { json } => compute_cmd::rungs(json),
     }
 }

@@ -1,6 +1,7 @@
 //! `btd`: the btd daemon and its command-line tool.
 
 mod cli;
+mod compute_cmd;
 mod offline;
 mod output;
 

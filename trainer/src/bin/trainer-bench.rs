@@ -4,8 +4,8 @@
 //! cargo run --release -p btd-trainer --bin trainer-bench -- [--preset tiny|small|base|all]
 //!     [--steps N | --seconds S] [--data FILE] [--seed S] [--eval-tokens N] [--json]
 //! ```
-//! Without `--data` it trains on the built-in synthetic corpus (seed 0, 1 MB). Threads follow
-//! `RAYON_NUM_THREADS` (candle reads it at the first tensor operation).
+//! Without `--data` it trains on the built-in synthetic corpus (seed 0, 1 MB). `--threads N` sets the
+//! CPU threads (default: `btd_trainer::device::recommended_cpu_threads` for the first preset).
 
 use std::ops::ControlFlow;
 
@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use btd_protocol::program::ModelPreset;
 use btd_trainer::data::unigram_entropy_bits;
+use btd_trainer::device::{cpu_threads, recommended_cpu_threads, set_cpu_threads};
 use btd_trainer::synth::DEFAULT_SYNTHETIC_BYTES;
 use btd_trainer::{train, Corpus, TrainSpec};
 use candle_core::Device;
@@ -27,6 +28,7 @@ struct Args {
     data: Option<PathBuf>,
     seed: u64,
     eval_tokens: Option<u64>,
+    threads: Option<usize>,
     json: bool,
 }
 
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         data: None,
         seed: 0,
         eval_tokens: None,
+        threads: None,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -66,6 +69,9 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--eval-tokens: {e}"))?,
                 )
             }
+            "--threads" => {
+                a.threads = Some(value()?.parse().map_err(|e| format!("--threads: {e}"))?)
+            }
             "--json" => a.json = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -88,6 +94,11 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
+    let first = TrainSpec::preset(args.presets[0], 0);
+    set_cpu_threads(
+        args.threads
+            .unwrap_or_else(|| recommended_cpu_threads(&first.model)),
+    );
     let corpus = match &args.data {
         Some(path) => Corpus::from_file(path, None),
         None => Corpus::synthetic(0, DEFAULT_SYNTHETIC_BYTES),
@@ -96,9 +107,10 @@ fn run() -> Result<(), String> {
     let unigram = unigram_entropy_bits(corpus.val());
     if !args.json {
         println!(
-            "data: {} ({} bytes, val unigram entropy {unigram:.3} bits/byte)",
+            "data: {} ({} bytes, val unigram entropy {unigram:.3} bits/byte); {} CPU thread(s)",
             corpus.source().describe(),
-            corpus.len()
+            corpus.len(),
+            cpu_threads()
         );
         println!(
             "{:<6} {:>9} {:>7} {:>8} {:>11} {:>9} {:>9} {:>8}",
