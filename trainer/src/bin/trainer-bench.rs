@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p btd-trainer --bin trainer-bench -- [--preset tiny|small|base|all]
-//!     [--steps N | --seconds S] [--data FILE] [--seed S] [--eval-tokens N] [--json]
+//!     [--steps N | --seconds S] [--data FILE] [--seed S] [--eval-tokens N] [--threads N] [--json]
+//!     [--dump-corpus FILE]
 //! ```
 //! Without `--data` it trains on the built-in synthetic corpus (seed 0, 1 MB). `--threads N` sets the
 //! CPU threads (default: `btd_trainer::device::recommended_cpu_threads` for the first preset).
@@ -30,6 +31,7 @@ struct Args {
     eval_tokens: Option<u64>,
     threads: Option<usize>,
     json: bool,
+    dump: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         eval_tokens: None,
         threads: None,
         json: false,
+        dump: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
                 a.threads = Some(value()?.parse().map_err(|e| format!("--threads: {e}"))?)
             }
             "--json" => a.json = true,
+            "--dump-corpus" => a.dump = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -80,6 +84,15 @@ fn parse_args() -> Result<Args, String> {
         a.seconds = Some(30.0);
     }
     Ok(a)
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_secs() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 * 1e-6;
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 fn main() -> ExitCode {
@@ -104,6 +117,12 @@ fn run() -> Result<(), String> {
         None => Corpus::synthetic(0, DEFAULT_SYNTHETIC_BYTES),
     }
     .map_err(|e| e.to_string())?;
+    if let Some(path) = &args.dump {
+        let bytes = [corpus.train(), corpus.val()].concat();
+        std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("wrote {} ({} bytes)", path.display(), corpus.len());
+        return Ok(());
+    }
     let unigram = unigram_entropy_bits(corpus.val());
     if !args.json {
         println!(
@@ -124,13 +143,24 @@ fn run() -> Result<(), String> {
         if let Some(n) = args.eval_tokens {
             spec.eval_tokens = n;
         }
+        let cpu_before = cpu_secs();
         let t = train(&spec, &corpus, &Device::Cpu, &mut |_| {
             ControlFlow::Continue(())
         })
         .map_err(|e| e.to_string())?;
         let r = &t.report;
+        // CPU time of the whole run (training and evaluation), so a rate per CPU-second is slightly
+        // pessimistic.
+        let cpu = cpu_secs() - cpu_before;
         if args.json {
-            let line = serde_json::json!({ "report": r, "unigram_bits": unigram });
+            let line = serde_json::json!({
+                "impl": "candle",
+                "report": r,
+                "unigram_bits": unigram,
+                "threads": cpu_threads(),
+                "cpu_secs": cpu,
+                "tokens_per_cpu_sec": r.tokens as f64 / cpu,
+            });
             println!("{line}");
         } else {
             println!(
