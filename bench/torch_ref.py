@@ -3,8 +3,8 @@
 
 Same architecture and hyperparameters as `trainer/src/{model,config,train,eval}.rs`:
 byte-level GPT (vocab 256), learned token + position embeddings, pre-norm blocks with a
-hand-written RMSNorm (eps 1e-5, learned gain), causal attention written out
-(q·kᵀ/√d + mask → softmax → ·v, no fused SDPA), ReLU² MLP (4×), untied LM head, no biases;
+hand-written RMSNorm (eps 1e-5, learned gain), separate q/k/v projections and causal attention
+written out (q·kᵀ/√d + mask → softmax → ·v, no fused SDPA), ReLU² MLP (4×), untied LM head, no biases;
 init N(0, 0.02) with residual projections scaled by 1/√(2·n_layer); AdamW (β 0.9/0.99, eps 1e-8,
 decay 0.1 on matrices only), linear warm-up over 5% then linear decay to 10%, global-norm
 clipping at 1.0; val_bpb on the same fixed split (last 10%) and windows as btd.
@@ -48,7 +48,9 @@ class Block(nn.Module):
         super().__init__()
         self.h = h
         self.ln1, self.ln2 = RMSNorm(d), RMSNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.q = nn.Linear(d, d, bias=False)
+        self.k = nn.Linear(d, d, bias=False)
+        self.v = nn.Linear(d, d, bias=False)
         self.attn_proj = nn.Linear(d, d, bias=False)
         self.fc = nn.Linear(d, 4 * d, bias=False)
         self.mlp_proj = nn.Linear(4 * d, d, bias=False)
@@ -58,8 +60,7 @@ class Block(nn.Module):
     def attn(self, x):
         b, t, d = x.shape
         hd = d // self.h
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.h, hd).transpose(1, 2) for z in (q, k, v))
+        q, k, v = (p(x).view(b, t, self.h, hd).transpose(1, 2) for p in (self.q, self.k, self.v))
         att = (q * (1.0 / math.sqrt(hd))) @ k.transpose(-2, -1) + self.mask[:t, :t]
         y = F.softmax(att, dim=-1) @ v
         return self.attn_proj(y.transpose(1, 2).reshape(b, t, d))

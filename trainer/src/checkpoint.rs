@@ -157,7 +157,7 @@ impl Checkpoint {
     pub fn model(&self, device: &Device) -> Result<Gpt, TrainError> {
         let tensors = candle_core::safetensors::load_buffer(&self.bytes, device)?;
         let cfg = self.meta.spec.model;
-        let expected = 2 + 6 * cfg.n_layer + 2;
+        let expected = 2 + 8 * cfg.n_layer + 2;
         if tensors.len() != expected {
             return Err(TrainError::Checkpoint(format!(
                 "{} tensors, but a model with {} layers has {expected}",

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{Corpus, DataSource};
-use crate::model::Gpt;
+use crate::model::{log_softmax_last_dim, Gpt};
 use crate::TrainError;
 
 /// Windows per forward pass during evaluation. Part of the definition of the computation: changing
@@ -68,7 +68,7 @@ pub fn token_losses(
         }
         let x = Tensor::from_vec(x, (n, t), device)?;
         let y = Tensor::from_vec(y, (n, t, 1), device)?;
-        let logp = candle_nn::ops::log_softmax(&model.forward(&x)?.detach(), D::Minus1)?;
+        let logp = log_softmax_last_dim(&model.forward(&x)?.detach())?;
         let nll = logp.gather(&y, D::Minus1)?.neg()?.flatten_all()?;
         losses.extend(nll.to_vec1::<f32>()?.into_iter().map(f64::from));
     }

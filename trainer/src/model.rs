@@ -3,7 +3,7 @@
 //! candle's fused fast paths (`softmax_last_dim`, `rms_norm`/`RmsNorm::forward`, `layer_norm`, `rope`,
 //! `sdpa`, flash-attn) compute no gradient, so a model built with them trains only its later layers
 //! while the loss still falls. This model uses a hand-written causal attention
-//! (`q·kᵀ/√d + mask → ops::softmax(·, D::Minus1) → ·v`), a hand-written RMSNorm, learned position
+//! (`q·kᵀ/√d + mask → softmax → ·v`, the softmax from plain differentiable ops), a hand-written RMSNorm, learned position
 //! embeddings (an `index_select`) and ReLU²; `tests::every_parameter_gets_a_gradient` checks that every
 //! parameter receives a non-zero gradient.
 //!
@@ -54,7 +54,9 @@ fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> candle_core::R
 /// Multi-head causal self-attention.
 #[derive(Debug, Clone)]
 struct Attention {
-    qkv: Linear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
     proj: Linear,
     n_head: usize,
     head_dim: usize,
@@ -65,7 +67,9 @@ impl Attention {
         let d = cfg.d_model;
         let proj_std = INIT_STD / (2.0 * cfg.n_layer as f64).sqrt();
         Ok(Self {
-            qkv: linear(d, 3 * d, INIT_STD, vb.pp("qkv"))?,
+            q: linear(d, d, INIT_STD, vb.pp("q"))?,
+            k: linear(d, d, INIT_STD, vb.pp("k"))?,
+            v: linear(d, d, INIT_STD, vb.pp("v"))?,
             proj: linear(d, d, proj_std, vb.pp("proj"))?,
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
@@ -76,18 +80,19 @@ impl Attention {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let (h, hd) = (self.n_head, self.head_dim);
-        let qkv = self.qkv.forward(x)?;
-        let head = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, i * d, d)?
+        // Three projections rather than one fused `qkv` and `narrow`: narrow's backward pads each
+        // slice's gradient back to full width with zeros, which cost more than the extra matmuls.
+        let heads = |proj: &Linear| -> candle_core::Result<Tensor> {
+            proj.forward(x)?
                 .reshape((b, t, h, hd))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = (head(0)? * (1.0 / (hd as f64).sqrt()))?;
-        let k = head(1)?;
-        let v = head(2)?;
+        let q = (heads(&self.q)? * (1.0 / (hd as f64).sqrt()))?;
+        let k = heads(&self.k)?;
+        let v = heads(&self.v)?;
         let att = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let att = softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.proj.forward(&y)
     }
@@ -212,6 +217,32 @@ impl Gpt {
     }
 }
 
+/// Softmax over the last dimension from differentiable ops. The row maximum is subtracted for
+/// numerical range only and is taken from a detached copy: softmax does not depend on the shift, so
+/// the gradient is the same, and the backward pass skips the `max` gradient (a compare and a
+/// scatter per element) that `candle_nn::ops::softmax` pays for.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.detach().max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over the last dimension, with the shift detached as in [`softmax_last_dim`].
+pub fn log_softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.detach().max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&max)?;
+    shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
+}
+
+/// Mean cross-entropy (nats) of `logits` `(n, 256)` against byte `targets` `(n,)` (`u32`).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let n = targets.dim(0)?;
+    let logp = log_softmax_last_dim(logits)?;
+    logp.gather(&targets.unsqueeze(1)?, 1)?
+        .sum_all()?
+        .affine(-1.0 / n as f64, 0.0)
+}
+
 /// `(t, t)`: 0 where a query may attend (key ≤ query), −∞ elsewhere.
 fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
     let values: Vec<f32> = (0..t)
@@ -248,12 +279,12 @@ mod tests {
             .unwrap()
             .reshape((16, VOCAB_SIZE))
             .unwrap();
-        let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+        let loss = cross_entropy(&logits, &y).unwrap();
         let grads = loss.backward().unwrap();
         let vars = store.vars();
         assert_eq!(
             vars.len(),
-            2 + 2 * 6 + 2,
+            2 + 2 * 8 + 2,
             "{:?}",
             vars.iter().map(|v| &v.0).collect::<Vec<_>>()
         );
@@ -275,6 +306,50 @@ mod tests {
                 "{name}: gradient norm² {norm}"
             );
         }
+    }
+
+    /// The detached-shift softmax, log-softmax and cross-entropy give candle-nn's values and
+    /// gradients.
+    #[test]
+    fn softmax_and_loss_match_candle_nn() {
+        let dev = Device::Cpu;
+        let vals: Vec<f32> = (0..6 * 256)
+            .map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0)
+            .collect();
+        let x = candle_core::Var::from_vec(vals, (6, 256), &dev).unwrap();
+        let y = Tensor::from_vec(vec![0u32, 5, 255, 17, 3, 99], 6, &dev).unwrap();
+        let close = |a: &Tensor, b: &Tensor, tol: f32| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d <= tol, "max difference {d}");
+        };
+        close(
+            &softmax_last_dim(&x).unwrap(),
+            &candle_nn::ops::softmax(&x, D::Minus1).unwrap(),
+            1e-7,
+        );
+        let ours = cross_entropy(&x, &y).unwrap();
+        let theirs = candle_nn::loss::cross_entropy(&x, &y).unwrap();
+        close(&ours, &theirs, 1e-5);
+        let g1 = ours.backward().unwrap();
+        let g2 = theirs.backward().unwrap();
+        close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), 1e-7);
+        // Through the softmax too: weight each probability differently.
+        let w = Tensor::arange(0f32, 256.0, &dev).unwrap();
+        let s1 = softmax_last_dim(&x)
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let s2 = candle_nn::ops::softmax(&x, D::Minus1)
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let (g1, g2) = (s1.backward().unwrap(), s2.backward().unwrap());
+        close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), 1e-4);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::config::{Hyper, TrainSpec, VOCAB_SIZE};
 use crate::data::{Batcher, Corpus, DataSource};
 use crate::eval::val_bpb_of;
 use crate::init::SeededVars;
-use crate::model::Gpt;
+use crate::model::{cross_entropy, Gpt};
 use crate::TrainError;
 
 /// Progress after one optimiser step, for progress bars and logs.
@@ -152,8 +152,7 @@ pub fn train(
         let (x, y) = batcher.next_batch(corpus.train(), device)?;
         let logits = model.forward(&x)?;
         let n = h.batch_size * cfg.block_size;
-        let loss =
-            candle_nn::loss::cross_entropy(&logits.reshape((n, VOCAB_SIZE))?, &y.reshape(n)?)?;
+        let loss = cross_entropy(&logits.reshape((n, VOCAB_SIZE))?, &y.reshape(n)?)?;
         let loss_value = loss.to_scalar::<f32>()?;
         step += 1;
         if !loss_value.is_finite() {
