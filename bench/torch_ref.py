@@ -16,6 +16,7 @@ bit for bit.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -173,6 +174,7 @@ def main():
         "impl": "torch-eager",
         "torch": torch.__version__,
         "preset": args.preset,
+        "data_sha256": hashlib.sha256(raw).hexdigest(),
         "threads": args.threads,
         "params": params,
         "steps": args.steps,

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use btd_protocol::Digest;
-use candle_core::{backprop::GradStore, Device, Var};
+use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
@@ -240,19 +240,25 @@ fn budget_progress(spec: &TrainSpec, steps_done: u64, elapsed: f64) -> f64 {
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm` (`0` = no clipping); returns
-/// the norm before clipping. Squares are summed per parameter in name order, in f64.
+/// the norm before clipping. The squares are summed on the device in name order (one host
+/// synchronisation per step, which matters on a GPU), then scaled there.
 fn clip_grad_norm(
     vars: &[(String, Var)],
     grads: &mut GradStore,
     max_norm: f64,
 ) -> Result<f64, TrainError> {
-    let mut sq = 0.0f64;
+    let mut total: Option<Tensor> = None;
     for (_, var) in vars {
         if let Some(g) = grads.get(var) {
-            sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            let sq = g.sqr()?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + sq)?,
+                None => sq,
+            });
         }
     }
-    let norm = sq.sqrt();
+    let Some(total) = total else { return Ok(0.0) };
+    let norm = f64::from(total.to_scalar::<f32>()?).sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / norm;
         for (_, var) in vars {
