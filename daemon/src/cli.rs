@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::output::CmdError;
-use crate::{daemon_cmd, offline};
+use crate::{compute_cmd, daemon_cmd, offline};
 
 /// btd: a peer-to-peer worker network for research programs.
 ///
@@ -130,6 +130,14 @@ enum Command {
         /// Object name, e.g. `program-manifest` or `compute-packet`.
         name: Option<String>,
     },
+    /// Train btd's byte-level GPT locally (no network) and write a checkpoint.
+    Train(compute_cmd::TrainArgs),
+    /// Recompute val_bpb from a checkpoint.
+    Eval(compute_cmd::EvalArgs),
+    /// Generate text from a checkpoint.
+    Sample(compute_cmd::SampleArgs),
+    /// Detect this machine's CPU and NVIDIA GPUs and the rungs they offer.
+    Rungs,
 }
 
 /// `btd start` flags.
@@ -268,5 +276,9 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
             packet,
             member,
         } => daemon_cmd::decide_spend(home, &program, packet, member, false, 0, json),
+        Command::Train(args) => compute_cmd::train(&args, json),
+        Command::Eval(args) => compute_cmd::eval(&args, json),
+        Command::Sample(args) => compute_cmd::sample(&args, json),
+        Command::Rungs => compute_cmd::rungs(json),
     }
 }

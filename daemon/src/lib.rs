@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod client;
+mod compute_cmd;
 pub mod config;
 pub mod control;
 mod daemon_cmd;
