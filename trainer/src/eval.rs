@@ -12,12 +12,14 @@
 
 use btd_protocol::metric::val_bpb_bytes;
 use btd_protocol::Digest;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
+use crate::config::VOCAB_SIZE;
 use crate::data::{Corpus, DataSource};
-use crate::model::{log_softmax_last_dim, Gpt};
+use crate::fused::cross_entropy_rows;
+use crate::model::Gpt;
 use crate::TrainError;
 
 /// Windows per forward pass during evaluation. Part of the definition of the computation: changing
@@ -67,9 +69,9 @@ pub fn token_losses(
             y.extend(val[s + 1..s + t + 1].iter().map(|&c| u32::from(c)));
         }
         let x = Tensor::from_vec(x, (n, t), device)?;
-        let y = Tensor::from_vec(y, (n, t, 1), device)?;
-        let logp = log_softmax_last_dim(&model.forward(&x)?.detach())?;
-        let nll = logp.gather(&y, D::Minus1)?.neg()?.flatten_all()?;
+        let y = Tensor::from_vec(y, n * t, device)?;
+        let logits = model.forward(&x)?.detach().reshape((n * t, VOCAB_SIZE))?;
+        let nll = cross_entropy_rows(&logits, &y)?;
         losses.extend(nll.to_vec1::<f32>()?.into_iter().map(f64::from));
     }
     losses.truncate(tokens);

@@ -20,6 +20,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod fused;
 pub mod init;
 pub mod model;
 pub mod rungs;

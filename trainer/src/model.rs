@@ -3,21 +3,24 @@
 //! candle's fused fast paths (`softmax_last_dim`, `rms_norm`/`RmsNorm::forward`, `layer_norm`, `rope`,
 //! `sdpa`, flash-attn) compute no gradient, so a model built with them trains only its later layers
 //! while the loss still falls. This model uses a hand-written causal attention
-//! (`q·kᵀ/√d + mask → softmax → ·v`, the softmax from plain differentiable ops), a hand-written RMSNorm, learned position
-//! embeddings (an `index_select`) and ReLU²; `tests::every_parameter_gets_a_gradient` checks that every
+//! (`q·kᵀ/√d + causal mask → softmax → ·v`), a hand-written RMSNorm, learned position embeddings (an
+//! `index_select`) and ReLU². On the CPU the norm, ReLU², causal softmax and loss are btd's own fused
+//! kernels with hand-written backward passes ([`crate::fused`]); elsewhere they are composed from
+//! differentiable candle ops. `tests::every_parameter_gets_a_gradient` checks that every
 //! parameter receives a non-zero gradient.
 //!
 //! Parameter names (`tok_emb.weight`, `h.0.attn.qkv.weight`, …) are the checkpoint's tensor names.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::config::{ModelConfig, VOCAB_SIZE};
+use crate::fused;
 
 /// Standard deviation of the initial weights (GPT-2's).
 const INIT_STD: f64 = 0.02;
 /// RMSNorm's ε.
-const NORM_EPS: f64 = 1e-5;
+const NORM_EPS: f32 = 1e-5;
 
 /// RMSNorm with a learned gain, from differentiable ops.
 #[derive(Debug, Clone)]
@@ -33,14 +36,33 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(ms + NORM_EPS)?.sqrt()?)?
-            .broadcast_mul(&self.weight)
+        fused::rms_normalize(x, NORM_EPS)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// A bias-free linear layer that flattens the leading dimensions into one matrix product.
+/// (`candle_nn::Linear` broadcasts the weight over the batch instead, so its backward pass computes
+/// one weight gradient per sequence and then sums them.)
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    /// `(.., d_in)` → `(.., d_out)`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let (lead, d_in) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let y = x.reshape((rows, d_in[0]))?.matmul(&self.weight.t()?)?;
+        let mut out = lead.to_vec();
+        out.push(self.weight.dim(0)?);
+        y.reshape(out)
     }
 }
 
 fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> candle_core::Result<Linear> {
-    let w = vb.get_with_hints(
+    let weight = vb.get_with_hints(
         (d_out, d_in),
         "weight",
         Init::Randn {
@@ -48,7 +70,7 @@ fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> candle_core::R
             stdev: std,
         },
     )?;
-    Ok(Linear::new(w, None))
+    Ok(Linear { weight })
 }
 
 /// Multi-head causal self-attention.
@@ -91,8 +113,7 @@ impl Attention {
         let q = (heads(&self.q)? * (1.0 / (hd as f64).sqrt()))?;
         let k = heads(&self.k)?;
         let v = heads(&self.v)?;
-        let att = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let att = softmax_last_dim(&att)?;
+        let att = fused::causal_softmax(&q.matmul(&k.t()?)?, mask)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.proj.forward(&y)
     }
@@ -117,7 +138,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.proj.forward(&self.fc.forward(x)?.relu()?.sqr()?)
+        self.proj
+            .forward(&fused::relu_squared(&self.fc.forward(x)?)?)
     }
 }
 
@@ -237,10 +259,9 @@ pub fn log_softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Mean cross-entropy (nats) of `logits` `(n, 256)` against byte `targets` `(n,)` (`u32`).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     let n = targets.dim(0)?;
-    let logp = log_softmax_last_dim(logits)?;
-    logp.gather(&targets.unsqueeze(1)?, 1)?
+    fused::cross_entropy_rows(logits, targets)?
         .sum_all()?
-        .affine(-1.0 / n as f64, 0.0)
+        .affine(1.0 / n as f64, 0.0)
 }
 
 /// `(t, t)`: 0 where a query may attend (key ≤ query), −∞ elsewhere.
