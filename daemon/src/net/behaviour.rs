@@ -1,6 +1,7 @@
 //! The composed libp2p behaviour and the swarm built on a transport seam.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -8,7 +9,8 @@ use btd_protocol::wire::{
     protocols, ApprovalRequest, ApprovalResponse, KbRequest, KbResponse, MembershipRequest,
     MembershipResponse, MAX_MESSAGE_BYTES,
 };
-use libp2p::core::transport::MemoryTransport;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, MemoryTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::core::Transport;
 use libp2p::identity::Keypair;
@@ -17,7 +19,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp,
-    yamux, StreamProtocol, Swarm, SwarmBuilder,
+    yamux, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
 
 use super::codec::WireCodec;
@@ -29,13 +31,51 @@ pub const KAD_PROTOCOL: &str = "/btd/kad/1.0.0";
 
 /// Which transports the swarm runs on. Production and tests run the same behaviour and event loop;
 /// only this seam differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportKind {
     /// TCP (+ Noise + Yamux), QUIC, DNS and relay circuits.
     Production,
-    /// In-process memory transport (+ Noise + Yamux) and relay circuits, for tests and netsim.
+    /// In-process memory transport (+ Noise + Yamux) and relay circuits, for tests.
     Memory,
+    /// A transport the caller builds (already authenticated and multiplexed) plus relay circuits:
+    /// netsim's in-memory transport behind its fault layer.
+    Custom(CustomTransport),
 }
+
+/// Builds an authenticated, multiplexed transport from the node's identity.
+type TransportFactory =
+    dyn Fn(&Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BoxError> + Send + Sync;
+
+/// A caller-supplied transport constructor for [`TransportKind::Custom`]. Two values are equal when
+/// they share the same constructor.
+#[derive(Clone)]
+pub struct CustomTransport(Arc<TransportFactory>);
+
+impl CustomTransport {
+    /// Wraps a constructor; it is called once per swarm with the node's identity.
+    pub fn new(
+        build: impl Fn(&Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>, BoxError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        Self(Arc::new(build))
+    }
+}
+
+impl std::fmt::Debug for CustomTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomTransport")
+    }
+}
+
+impl PartialEq for CustomTransport {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CustomTransport {}
 
 /// Tunables of the network stack.
 #[derive(Debug, Clone)]
@@ -224,7 +264,8 @@ impl Behaviour {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of transport and behaviour constructors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn boxed(b: Result<Behaviour>) -> Result<Behaviour, BoxError> {
     b.map_err(Into::into)
@@ -263,6 +304,15 @@ pub fn build_swarm(key: Keypair, kind: TransportKind, p: &NetParams) -> Result<S
                     .multiplex(yamux::Config::default()))
             })
             .map_err(|e| anyhow!("memory transport: {e}"))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, false)))
+            .map_err(|e| anyhow!("behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        TransportKind::Custom(custom) => SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|key| (custom.0)(key))
+            .map_err(|e| anyhow!("custom transport: {e}"))?
             .with_relay_client(noise::Config::new, yamux::Config::default)?
             .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, false)))
             .map_err(|e| anyhow!("behaviour: {e}"))?

@@ -1,0 +1,114 @@
+//! What a run observes, collected by the actors and read by the checks and the report.
+
+use std::time::Duration;
+
+use btd_protocol::wire::ErrorCode;
+use serde::Serialize;
+
+use crate::world::NodeIx;
+
+/// A join that completed.
+#[derive(Debug, Clone)]
+pub struct JoinRecord {
+    /// The member.
+    pub node: NodeIx,
+    /// Join request → credential stored, minus the simulated human's approval delay.
+    pub latency: Duration,
+    /// The approval delay that was excluded.
+    pub human: Duration,
+    /// Attempts used (a join restarts when the owner was unreachable or lost the code).
+    pub attempts: u32,
+}
+
+/// A submission the owner acknowledged.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// The worker node.
+    pub node: NodeIx,
+    /// Its member id.
+    pub member: String,
+    /// The value submitted.
+    pub value: f64,
+    /// The owner's sequence number.
+    pub seq: u64,
+    /// Accepted by the KEEP rule.
+    pub accepted: bool,
+    /// Became champion.
+    pub champion: bool,
+    /// Impact.
+    pub impact: f64,
+    /// The owner said it was a retry of an earlier one.
+    pub duplicate: bool,
+    /// Submit command → receipt.
+    pub rtt: Duration,
+    /// Sent after the member's revocation completed.
+    pub after_revoke: bool,
+}
+
+/// How a KB probe by a non-member or revoked member ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeOutcome {
+    /// The owner refused with this code.
+    Refused(ErrorCode),
+    /// The request did not get an answer (owner down, partition, timeout).
+    NoAnswer,
+    /// The owner answered with KB content: a violation.
+    Leak(String),
+}
+
+/// One KB probe.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The probing node.
+    pub node: NodeIx,
+    /// Which credential it used: `random`, `stolen` (another member's) or `own-revoked`.
+    pub credential: &'static str,
+    /// The outcome.
+    pub outcome: ProbeOutcome,
+}
+
+/// A convergence check (after a heal, and at the end).
+#[derive(Debug, Clone, Serialize)]
+pub struct Convergence {
+    /// What triggered it.
+    pub label: String,
+    /// Time until every live member saw the champion; `None` if some never did in time.
+    #[serde(rename = "within_ms", serialize_with = "opt_ms")]
+    pub within: Option<Duration>,
+    /// Members that had not converged at the deadline.
+    pub lagging: Vec<String>,
+    /// Members checked.
+    pub members: usize,
+}
+
+fn opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Everything observed during a run.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Time from the publish until each node knew the program (index = node).
+    pub discovered: Vec<Option<Duration>>,
+    /// Completed joins.
+    pub joins: Vec<JoinRecord>,
+    /// Joins that never completed (node, last reason).
+    pub join_failures: Vec<(NodeIx, String)>,
+    /// Non-member joins the owner denied.
+    pub denied: Vec<NodeIx>,
+    /// Submit commands issued (node, value).
+    pub issued: Vec<(NodeIx, f64)>,
+    /// Acknowledged submissions.
+    pub acks: Vec<Ack>,
+    /// Submissions that were not acknowledged (node, error).
+    pub submit_failures: Vec<(NodeIx, String)>,
+    /// KB probes by non-members and revoked members.
+    pub probes: Vec<Probe>,
+    /// Convergence checks.
+    pub convergence: Vec<Convergence>,
+    /// Timeline log: (ms after publish, what happened).
+    pub timeline: Vec<(u64, String)>,
+}

@@ -1,0 +1,264 @@
+//! One scenario run: boot the nodes, publish, let the actors and the timeline play, check the
+//! invariants, and build the report.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use btd::node::types::StatusView;
+use btd::node::Command;
+use btd::store::Store;
+use futures::future::join_all;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::actors::{self, Ctx};
+use crate::check::{self, Evidence};
+use crate::records::Records;
+use crate::report::{self, Durations, Memory, Probes, Report, Stats, Submissions, TrafficSummary};
+use crate::roles::Role;
+use crate::scenario::Scenario;
+use crate::sim::Sim;
+use crate::timeline;
+use crate::world::Shape;
+
+/// How often boot and propagation look at the nodes again. Propagation times are exact to this.
+fn poll_interval(nodes: usize) -> Duration {
+    Duration::from_millis(if nodes <= 120 { 10 } else { 25 })
+}
+
+/// The seed to use: `NETSIM_SEED` if set, else the scenario's.
+pub fn effective_seed(s: &Scenario) -> Result<u64> {
+    match std::env::var("NETSIM_SEED") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("NETSIM_SEED={v:?} is not an unsigned integer")),
+        Err(_) => Ok(s.seed),
+    }
+}
+
+/// Runs `s` with `seed` and returns its report (a failed invariant is a report with
+/// `passed == false`; an error means the run itself could not finish, e.g. past its deadline).
+pub async fn run(s: &Scenario, seed: u64) -> Result<Report> {
+    let limit = Duration::from_secs(s.deadline_s);
+    match tokio::time::timeout(limit, run_inner(s, seed)).await {
+        Ok(r) => r.with_context(|| format!("scenario {} (seed {seed})", s.name)),
+        Err(_) => Err(anyhow!(
+            "scenario {} did not finish within {} s (seed {seed}; replay with NETSIM_SEED={seed})",
+            s.name,
+            s.deadline_s
+        )),
+    }
+}
+
+async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
+    let wall = Instant::now();
+    let deadline = wall + Duration::from_secs(s.deadline_s);
+    let baseline = report::proc_status_mib("VmRSS:");
+    let sim = Arc::new(Sim::build(s, seed)?);
+    let n = sim.layout.len();
+    sim.world.set_default_shape(Shape {
+        latency: Duration::from_millis(s.net.latency_ms),
+        jitter: Duration::from_millis(s.net.jitter_ms),
+        bandwidth: (s.net.bandwidth_kib > 0).then(|| s.net.bandwidth_kib * 1024),
+    });
+    for ix in 0..n {
+        sim.start(ix).await?;
+    }
+    wait_connected(&sim, deadline).await?;
+    let boot = wall.elapsed();
+    tracing::info!(
+        nodes = n,
+        boot_ms = boot.as_millis() as u64,
+        "all nodes connected"
+    );
+    // The gossip mesh forms on heartbeats (GRAFT), which no command can observe: give it a fixed
+    // number of them, as the scenario says.
+    tokio::time::sleep(Duration::from_millis(s.net.warmup_ms)).await;
+
+    let owner = sim
+        .handle(0)
+        .ok_or_else(|| anyhow!("the owner is not running"))?;
+    let manifest = s.program.manifest(&s.name);
+    let program = owner
+        .ask(|reply| Command::Publish { manifest, reply })
+        .await?
+        .map_err(|e| anyhow!("publish failed: {e}"))?;
+    let t0 = Instant::now();
+    let ctx = Arc::new(Ctx {
+        sim: sim.clone(),
+        s: s.clone(),
+        seed,
+        program,
+        owner: sim.peer(0).ok_or_else(|| anyhow!("no owner"))?,
+        t0,
+        deadline,
+        rec: Mutex::new(Records {
+            discovered: vec![None; n],
+            ..Records::default()
+        }),
+        known: (0..n).map(|_| watch::channel(false).0).collect(),
+        revoked: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        done: watch::channel(false).0,
+    });
+
+    let tracker = tokio::spawn(timeline::track_propagation(ctx.clone(), poll_interval(n)));
+    let mut actors = JoinSet::new();
+    for ix in 0..n {
+        if matches!(
+            sim.layout.role(ix),
+            Role::Worker | Role::Revoked | Role::NonMember
+        ) {
+            actors.spawn(actors::actor(ctx.clone(), ix));
+        }
+    }
+    let mut checks = JoinSet::new();
+    timeline::run(ctx.clone(), &mut checks).await;
+    // Members finish their workload; probers run until `done`.
+    let workers: Vec<usize> = (0..n).filter(|&i| sim.layout.role(i).is_member()).collect();
+    wait_workers_done(&ctx, &workers).await;
+    tracing::info!(at_ms = ctx.ms(), "workload done");
+    while checks.join_next().await.is_some() {}
+    let last = timeline::converge(&ctx, "end".into(), true).await;
+    tracing::info!(at_ms = ctx.ms(), within = ?last.within, "final convergence");
+    ctx.rec().convergence.push(last);
+    actors::final_probes(&ctx).await;
+    ctx.done.send_replace(true);
+    while actors.join_next().await.is_some() {}
+    let _ = tracker.await;
+    let served = served_status(&ctx).await;
+    tracing::info!(at_ms = ctx.ms(), "checks done");
+    let run_ms = t0.elapsed();
+
+    // Teardown: crash every node, then read the owner's durable log from its file.
+    sim.crash_all().await;
+    let log = owner_log(&sim, program).await?;
+    let rules = btd_protocol::program::Program::from_toml(&s.program.manifest(&s.name))
+        .map_err(|e| anyhow!("manifest: {e}"))?
+        .rules();
+    let rec = std::mem::take(&mut *ctx.rec());
+    let invariants = check::all(&Evidence {
+        rec: &rec,
+        sim: &sim,
+        rules,
+        log: &log,
+        served: served.as_ref(),
+    });
+    let peak = report::proc_status_mib("VmHWM:");
+    let w = &s.workload;
+    Ok(Report {
+        scenario: s.name.clone(),
+        seed,
+        nodes: n,
+        workload: format!(
+            "declared synthetic metric source: seeded random walk of val_bpb from {} (step −{}, noise ±{}), {} results per member every {} ms; no training runs",
+            w.start, w.step, w.noise, w.submissions, w.interval_ms
+        ),
+        durations: Durations {
+            boot_ms: boot.as_millis() as u64,
+            run_ms: run_ms.as_millis() as u64,
+            total_ms: wall.elapsed().as_millis() as u64,
+        },
+        propagation: Stats::of(rec.discovered.iter().flatten().copied()),
+        join: Stats::of(rec.joins.iter().map(|j| j.latency)),
+        submit_rtt: Stats::of(rec.acks.iter().map(|a| a.rtt)),
+        submissions: Submissions {
+            issued: rec.issued.len(),
+            acked: rec.acks.len(),
+            failed: rec.submit_failures.len(),
+            duplicate_receipts: rec.acks.iter().filter(|a| a.duplicate).count(),
+            log_entries: log.len(),
+        },
+        traffic: TrafficSummary::of(&sim.world),
+        memory: Memory {
+            baseline_mib: baseline,
+            peak_mib: peak,
+            per_node_mib: (peak - baseline).max(0.0) / n as f64,
+        },
+        convergence: rec.convergence.clone(),
+        probes: Probes::of(&rec),
+        timeline: rec.timeline.clone(),
+        passed: invariants.iter().all(|i| i.ok),
+        invariants,
+    })
+}
+
+/// Waits until every node has at least one identified peer.
+async fn wait_connected(sim: &Sim, deadline: Instant) -> Result<()> {
+    let n = sim.layout.len();
+    let mut pending: Vec<usize> = (0..n).collect();
+    while !pending.is_empty() {
+        let asks = pending.iter().map(|&ix| async move {
+            let peers = sim.handle(ix)?.ask(btd::node::Command::Peers).await.ok()?;
+            peers.iter().any(|p| p.agent.is_some()).then_some(ix)
+        });
+        let ok: Vec<usize> = join_all(asks).await.into_iter().flatten().collect();
+        pending.retain(|ix| !ok.contains(ix));
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<String> = pending.iter().map(|&i| sim.layout.label(i)).collect();
+            return Err(anyhow!("nodes never connected: {}", names.join(", ")));
+        }
+        tokio::time::sleep(poll_interval(n)).await;
+    }
+    Ok(())
+}
+
+/// Waits until every member has issued its workload (or given up), or the deadline.
+async fn wait_workers_done(ctx: &Ctx, members: &[usize]) {
+    let expected = ctx.s.workload.submissions;
+    loop {
+        let finished = {
+            let rec = ctx.rec();
+            members.iter().all(|&ix| {
+                let failed_join = rec.join_failures.iter().any(|(i, _)| *i == ix);
+                let issued = rec.issued.iter().filter(|(i, _)| *i == ix).count();
+                let answered = rec.acks.iter().filter(|a| a.node == ix).count()
+                    + rec.submit_failures.iter().filter(|(i, _)| *i == ix).count();
+                failed_join || (issued >= expected && answered >= expected)
+            })
+        };
+        if finished || Instant::now() >= ctx.deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn served_status(ctx: &Ctx) -> Option<StatusView> {
+    let h = ctx.up(0).await?;
+    let program = ctx.program;
+    h.ask(|reply| Command::Status {
+        program: Some(program),
+        reply,
+    })
+    .await
+    .ok()?
+    .ok()
+}
+
+async fn owner_log(
+    sim: &Sim,
+    program: btd_protocol::program::ProgramId,
+) -> Result<Vec<btd::store::SubmissionRow>> {
+    let path = sim
+        .owner_db()
+        .ok_or_else(|| anyhow!("the owner has no database file"))?;
+    let store = Store::open(&path).map_err(|e| anyhow!("reopen {}: {e}", path.display()))?;
+    let snap = store
+        .read(btd::store::load_snapshot)
+        .await
+        .map_err(|e| anyhow!("read the owner's log: {e}"))?;
+    let mut rows: Vec<_> = snap
+        .submissions
+        .into_iter()
+        .filter(|r| r.program == program)
+        .collect();
+    rows.sort_by_key(|r| r.entry.seq);
+    Ok(rows)
+}

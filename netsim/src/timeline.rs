@@ -1,0 +1,272 @@
+//! The scenario's timeline (faults and owner actions at fixed times after the publish), the
+//! propagation tracker, and the convergence check that follows a heal.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use btd::node::Command;
+use btd_protocol::kb::Entry;
+use btd_protocol::wire::{KbCall, KbRequest, KbResponse};
+use futures::future::join_all;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::actors::Ctx;
+use crate::records::Convergence;
+use crate::roles::Role;
+use crate::scenario::Fault;
+use crate::world::{NodeIx, Shape};
+
+/// How often the convergence check asks the members again.
+const CONVERGE_POLL: Duration = Duration::from_millis(100);
+
+/// Runs the timeline; convergence checks started by heals go into `checks`.
+pub(crate) async fn run(ctx: Arc<Ctx>, checks: &mut JoinSet<()>) {
+    for ev in ctx.s.timeline.clone() {
+        tokio::time::sleep_until(ctx.t0 + Duration::from_millis(ev.at_ms)).await;
+        let what = apply(&ctx, &ev.fault, checks).await;
+        tracing::info!(at_ms = ctx.ms(), %what, "timeline");
+        ctx.rec().timeline.push((ctx.ms(), what));
+    }
+}
+
+fn select(ctx: &Ctx, sel: &str) -> Vec<NodeIx> {
+    // Selectors were validated with the scenario.
+    ctx.sim.layout.select(sel).unwrap_or_default()
+}
+
+fn pairs(ctx: &Ctx, a: &str, b: &str) -> Vec<(NodeIx, NodeIx)> {
+    let (a, b) = (select(ctx, a), select(ctx, b));
+    a.iter()
+        .flat_map(|&x| b.iter().filter(move |&&y| y != x).map(move |&y| (x, y)))
+        .collect()
+}
+
+async fn apply(ctx: &Arc<Ctx>, fault: &Fault, checks: &mut JoinSet<()>) -> String {
+    let world = &ctx.sim.world;
+    match fault {
+        Fault::Crash { nodes, silent } => {
+            for ix in select(ctx, nodes) {
+                ctx.sim.crash(ix, *silent).await;
+            }
+            format!(
+                "crash {nodes} ({})",
+                if *silent { "silent" } else { "loud" }
+            )
+        }
+        Fault::Restart { nodes } => {
+            let mut failed = Vec::new();
+            for ix in select(ctx, nodes) {
+                if let Err(e) = ctx.sim.start(ix).await {
+                    failed.push(format!("{e:#}"));
+                }
+            }
+            if failed.is_empty() {
+                format!("restart {nodes}")
+            } else {
+                format!("restart {nodes} FAILED: {}", failed.join("; "))
+            }
+        }
+        Fault::Partition { groups } => {
+            let g: Vec<Vec<NodeIx>> = groups.iter().map(|s| select(ctx, s)).collect();
+            world.partition(&g);
+            format!("partition {groups:?}")
+        }
+        Fault::Heal => {
+            world.heal();
+            let c = ctx.clone();
+            let label = format!("heal@{}ms", ctx.ms());
+            checks.spawn(async move {
+                let r = converge(&c, label, false).await;
+                c.rec().convergence.push(r);
+            });
+            "heal".into()
+        }
+        Fault::Blackhole { a, b } | Fault::Unblackhole { a, b } => {
+            let on = matches!(fault, Fault::Blackhole { .. });
+            for (x, y) in pairs(ctx, a, b) {
+                world.blackhole(x, y, on);
+            }
+            format!(
+                "{} {a} <-> {b}",
+                if on { "blackhole" } else { "unblackhole" }
+            )
+        }
+        Fault::Shape {
+            a,
+            b,
+            latency_ms,
+            jitter_ms,
+            bandwidth_kib,
+        } => {
+            let shape = Shape {
+                latency: Duration::from_millis(*latency_ms),
+                jitter: Duration::from_millis(*jitter_ms),
+                bandwidth: (*bandwidth_kib > 0).then(|| bandwidth_kib * 1024),
+            };
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    for (x, y) in pairs(ctx, a, b) {
+                        world.set_shape(x, y, Some(shape));
+                    }
+                }
+                _ => world.set_default_shape(shape),
+            }
+            format!("shape {latency_ms} ms ± {jitter_ms} ms, {bandwidth_kib} KiB/s")
+        }
+        Fault::Reset { a, b } => {
+            let bs = b.as_deref().map(|b| select(ctx, b)).unwrap_or_default();
+            let n = world.reset(&select(ctx, a), &bs);
+            format!("reset {n} connections")
+        }
+        Fault::Revoke { nodes } => {
+            let mut done = 0;
+            for ix in select(ctx, nodes) {
+                if revoke(ctx, ix).await {
+                    if let Some(r) = ctx.revoked.get(ix) {
+                        r.store(true, Ordering::SeqCst);
+                    }
+                    done += 1;
+                }
+            }
+            format!("revoke {nodes} ({done} revoked)")
+        }
+    }
+}
+
+async fn revoke(ctx: &Ctx, ix: NodeIx) -> bool {
+    let Some(member) = ctx.sim.peer(ix).map(|p| p.to_string()) else {
+        return false;
+    };
+    let Some(owner) = ctx.up(0).await else {
+        return false;
+    };
+    let program = ctx.program;
+    matches!(
+        owner
+            .ask(|reply| Command::Revoke {
+                program,
+                member,
+                reply
+            })
+            .await,
+        Ok(Ok(()))
+    )
+}
+
+/// Polls every node's program list until each knows the program; records the times.
+pub(crate) async fn track_propagation(ctx: Arc<Ctx>, poll: Duration) {
+    let n = ctx.sim.layout.len();
+    let limit = ctx.t0 + Duration::from_secs(ctx.s.checks.propagation_within_s);
+    let mut pending: Vec<NodeIx> = (0..n).collect();
+    let program = ctx.program;
+    while !pending.is_empty() && Instant::now() < limit.min(ctx.deadline) {
+        let asks = pending.iter().map(|&ix| {
+            let h = ctx.sim.handle(ix);
+            async move {
+                let list = h?.ask(Command::Programs).await.ok()?;
+                list.iter().any(|p| p.id == program).then_some(ix)
+            }
+        });
+        let seen: Vec<NodeIx> = join_all(asks).await.into_iter().flatten().collect();
+        let at = ctx.t0.elapsed();
+        for &ix in &seen {
+            if let Some(slot) = ctx.rec().discovered.get_mut(ix) {
+                *slot = Some(at);
+            }
+            if let Some(k) = ctx.known.get(ix) {
+                let _ = k.send(true);
+            }
+        }
+        pending.retain(|ix| !seen.contains(ix));
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn owner_champion(ctx: &Ctx) -> Option<Option<Entry>> {
+    let h = ctx.sim.handle(0)?;
+    let program = ctx.program;
+    let v = h
+        .ask(|reply| Command::Status {
+            program: Some(program),
+            reply,
+        })
+        .await
+        .ok()?
+        .ok()?;
+    Some(v.champion)
+}
+
+async fn member_champion(ctx: &Ctx, ix: NodeIx) -> Option<Option<Entry>> {
+    let h = ctx.sim.handle(ix)?;
+    let credential = ctx.credential(ix).await?;
+    let request = KbRequest {
+        program: ctx.program,
+        credential,
+        call: KbCall::Champion,
+    };
+    let peer = ctx.owner;
+    match h
+        .ask(|reply| Command::RawKb {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    {
+        Ok(Ok(KbResponse::Champion(c))) => Some(c),
+        _ => None,
+    }
+}
+
+/// Waits until every live worker sees the owner's champion over the mesh. `exact`: the same entry
+/// as the owner's current one (used at the end, when nothing changes any more); otherwise at least
+/// as recent as the owner's champion when the check started (used after a heal, while work goes on).
+pub(crate) async fn converge(ctx: &Ctx, label: String, exact: bool) -> Convergence {
+    let start = Instant::now();
+    let limit = (start + Duration::from_secs(ctx.s.checks.converge_within_s)).min(ctx.deadline);
+    let mut pending: Vec<NodeIx> = ctx
+        .sim
+        .layout
+        .with_role(Role::Worker)
+        .into_iter()
+        .filter(|&ix| ctx.sim.handle(ix).is_some())
+        .collect();
+    let members = pending.len();
+    let mut base: Option<Option<Entry>> = None;
+    while !pending.is_empty() && Instant::now() < limit {
+        let Some(owner) = owner_champion(ctx).await else {
+            tokio::time::sleep(CONVERGE_POLL).await;
+            continue;
+        };
+        let target = if exact {
+            owner
+        } else {
+            base.get_or_insert(owner).clone()
+        };
+        let views = join_all(pending.iter().map(|&ix| member_champion(ctx, ix))).await;
+        let ok = |v: &Option<Option<Entry>>| match (v, &target) {
+            (Some(seen), t) if exact => seen == t,
+            (Some(_), None) => true,
+            (Some(Some(seen)), Some(t)) => seen.seq >= t.seq,
+            _ => false,
+        };
+        let done: Vec<NodeIx> = pending
+            .iter()
+            .zip(&views)
+            .filter(|(_, v)| ok(v))
+            .map(|(ix, _)| *ix)
+            .collect();
+        pending.retain(|ix| !done.contains(ix) && ctx.sim.handle(*ix).is_some());
+        if !pending.is_empty() {
+            tokio::time::sleep(CONVERGE_POLL).await;
+        }
+    }
+    Convergence {
+        label,
+        within: pending.is_empty().then(|| start.elapsed()),
+        lagging: pending.iter().map(|&ix| ctx.sim.layout.label(ix)).collect(),
+        members,
+    }
+}
