@@ -33,9 +33,9 @@ const DEMO_CORPUS_SEED: u64 = 0;
 pub(crate) enum PresetArg {
     /// ~135 k parameters: learns within 30 s on 2 CPU cores.
     Tiny,
-    /// ~0.9 M parameters: minutes on a CPU.
+    /// ~0.87 M parameters: minutes on a CPU.
     Small,
-    /// ~10.7 M parameters: for a GPU.
+    /// ~10.9 M parameters: for a GPU.
     Base,
 }
 
