@@ -138,7 +138,7 @@ async fn join(ctx: &Ctx, ix: NodeIx, approve: bool) -> bool {
     for attempt in 1..=ctx.s.join.attempts.max(1) {
         let Some(h) = ctx.up(ix).await else { break };
         let start = Instant::now();
-        match join_once(ctx, &h, approve).await {
+        match join_once(ctx, ix, &h, approve).await {
             (Attempt::Granted, human) => {
                 let latency = start.elapsed().saturating_sub(human);
                 ctx.rec().joins.push(JoinRecord {
@@ -165,7 +165,7 @@ async fn join(ctx: &Ctx, ix: NodeIx, approve: bool) -> bool {
 }
 
 /// One `btd join`: returns the outcome and the simulated human's delay to exclude.
-async fn join_once(ctx: &Ctx, h: &NodeHandle, approve: bool) -> (Attempt, Duration) {
+async fn join_once(ctx: &Ctx, ix: NodeIx, h: &NodeHandle, approve: bool) -> (Attempt, Duration) {
     let (tx, mut rx) = mpsc::channel(JOIN_EVENTS);
     let program = ctx.program;
     if h.send(Command::Join {
@@ -188,6 +188,7 @@ async fn join_once(ctx: &Ctx, h: &NodeHandle, approve: bool) -> (Attempt, Durati
             Ok(None) => return (Attempt::Retry("the node stopped".into()), human),
             Err(_) => return (Attempt::Retry("timed out".into()), human),
         };
+        tracing::debug!(node = ix, event = ?ev, "join event");
         match ev {
             JoinEvent::Code { user_code, .. } => {
                 if ctx.s.program.membership == "open" && approve {
@@ -195,7 +196,9 @@ async fn join_once(ctx: &Ctx, h: &NodeHandle, approve: bool) -> (Attempt, Durati
                 }
                 let shown = Instant::now();
                 tokio::time::sleep(Duration::from_millis(ctx.s.join.approve_delay_ms)).await;
-                match decide(ctx, &user_code, approve, give_up).await {
+                let decision = decide(ctx, &user_code, approve, give_up).await;
+                tracing::debug!(node = ix, ?decision, "decided");
+                match decision {
                     Ok(issued) => human += issued.saturating_duration_since(shown),
                     Err(e) => return (Attempt::Retry(e), human),
                 }
@@ -334,8 +337,13 @@ async fn probe_loop(ctx: &Ctx, ix: NodeIx) {
 /// never rests on timing alone.
 pub(crate) async fn final_probes(ctx: &Ctx) {
     let stolen_from = ctx.sim.layout.with_role(Role::Worker).first().copied();
+    let revoked = |i: NodeIx| ctx.revoked.get(i).is_some_and(|r| r.load(Ordering::SeqCst));
     let probers: Vec<NodeIx> = (0..ctx.sim.layout.len())
-        .filter(|&i| matches!(ctx.sim.layout.role(i), Role::NonMember | Role::Revoked))
+        .filter(|&i| match ctx.sim.layout.role(i) {
+            Role::NonMember => true,
+            Role::Revoked => revoked(i),
+            _ => false,
+        })
         .collect();
     let rounds = probers.iter().map(|&ix| async move {
         let mut rng = ctx.rng(ix, 2);

@@ -65,6 +65,13 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         jitter: Duration::from_millis(s.net.jitter_ms),
         bandwidth: (s.net.bandwidth_kib > 0).then(|| s.net.bandwidth_kib * 1024),
     });
+    if s.net.max_connections > 0 {
+        let servers: Vec<usize> = (0..n)
+            .filter(|&i| matches!(sim.layout.role(i), Role::Owner | Role::Relay))
+            .collect();
+        sim.world
+            .limit_connections(Some(s.net.max_connections), &servers);
+    }
     for ix in 0..n {
         sim.start(ix).await?;
     }
@@ -105,6 +112,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         done: watch::channel(false).0,
     });
 
+    let monitor = tokio::spawn(monitor(sim.clone()));
     let tracker = tokio::spawn(timeline::track_propagation(ctx.clone(), poll_interval(n)));
     let mut actors = JoinSet::new();
     for ix in 0..n {
@@ -129,6 +137,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     ctx.done.send_replace(true);
     while actors.join_next().await.is_some() {}
     let _ = tracker.await;
+    monitor.abort();
     let served = served_status(&ctx).await;
     tracing::info!(at_ms = ctx.ms(), "checks done");
     let run_ms = t0.elapsed();
@@ -261,4 +270,34 @@ async fn owner_log(
         .collect();
     rows.sort_by_key(|r| r.entry.seq);
     Ok(rows)
+}
+
+/// Logs the state of the simulated network every second (at debug level).
+async fn monitor(sim: Arc<Sim>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (mut out, mut inn, mut opened) = (0u64, 0u64, 0u64);
+        for i in 0..sim.world.len() {
+            let t = sim.world.traffic(i);
+            out += t.bytes_out;
+            inn += t.bytes_in;
+            opened += t.connections;
+        }
+        let per = sim.world.open_connections_per_node();
+        let head: Vec<usize> = per.iter().take(8).copied().collect();
+        let max = per.iter().max().copied().unwrap_or(0);
+        let mean = per.iter().sum::<usize>() / per.len().max(1);
+        tracing::debug!(
+            ?head,
+            max,
+            mean,
+            connections = sim.world.open_connections(),
+            pairs = sim.world.connected_pairs(),
+            opened = opened / 2,
+            sent_mib = out >> 20,
+            undelivered_kib = out.saturating_sub(inn) >> 10,
+            rss_mib = report::proc_status_mib("VmRSS:") as u64,
+            "network"
+        );
+    }
 }

@@ -138,17 +138,21 @@ pub struct Net {
     pub bandwidth_kib: u64,
     /// How long to let the gossip mesh form after every node is connected.
     pub warmup_ms: u64,
+    /// Most open connections per node (0: unlimited); dials to the owner and relays are always
+    /// accepted. Models a host's connection table; see docs/netsim.md for why large runs set it.
+    pub max_connections: usize,
 }
 
 impl Default for Net {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 200,
+            heartbeat_ms: 500,
             request_timeout_ms: 5000,
             latency_ms: 0,
             jitter_ms: 0,
             bandwidth_kib: 0,
-            warmup_ms: 1000,
+            warmup_ms: 1500,
+            max_connections: 0,
         }
     }
 }
@@ -305,8 +309,7 @@ impl Default for Checks {
 }
 
 /// One timeline entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// When, in ms after the owner published the program.
     pub at_ms: u64,
@@ -383,6 +386,22 @@ pub enum Fault {
         /// Which members.
         nodes: String,
     },
+}
+
+// `at_ms` plus a strictly checked fault (serde's `flatten` cannot deny unknown fields).
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut t = toml::Table::deserialize(d)?;
+        let at_ms = t
+            .remove("at_ms")
+            .ok_or_else(|| D::Error::missing_field("at_ms"))?
+            .as_integer()
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| D::Error::custom("at_ms must be a non-negative integer"))?;
+        let fault = Fault::deserialize(toml::Value::Table(t)).map_err(D::Error::custom)?;
+        Ok(Event { at_ms, fault })
+    }
 }
 
 fn yes() -> bool {

@@ -92,6 +92,7 @@ impl Sim {
                     }
                 }
             }
+            tracing::debug!(node = ix, label = %layout.label(ix), %peer, "node identity");
             let file = s.nodes.store == StoreKind::File || layout.role(ix) == Role::Owner;
             nodes.push(SimNode {
                 key,

@@ -19,7 +19,7 @@ use crate::scenario::Fault;
 use crate::world::{NodeIx, Shape};
 
 /// How often the convergence check asks the members again.
-const CONVERGE_POLL: Duration = Duration::from_millis(100);
+const CONVERGE_POLL: Duration = Duration::from_millis(250);
 
 /// Runs the timeline; convergence checks started by heals go into `checks`.
 pub(crate) async fn run(ctx: Arc<Ctx>, checks: &mut JoinSet<()>) {
@@ -135,10 +135,18 @@ async fn apply(ctx: &Arc<Ctx>, fault: &Fault, checks: &mut JoinSet<()>) -> Strin
     }
 }
 
+/// Revokes member `ix` once it has joined (a revocation of a half-joined member would only test
+/// the join path).
 async fn revoke(ctx: &Ctx, ix: NodeIx) -> bool {
     let Some(member) = ctx.sim.peer(ix).map(|p| p.to_string()) else {
         return false;
     };
+    while !ctx.rec().joins.iter().any(|j| j.node == ix) {
+        if Instant::now() >= ctx.deadline || ctx.rec().join_failures.iter().any(|(i, _)| *i == ix) {
+            return false;
+        }
+        tokio::time::sleep(CONVERGE_POLL).await;
+    }
     let Some(owner) = ctx.up(0).await else {
         return false;
     };
@@ -160,18 +168,19 @@ pub(crate) async fn track_propagation(ctx: Arc<Ctx>, poll: Duration) {
     let n = ctx.sim.layout.len();
     let limit = ctx.t0 + Duration::from_secs(ctx.s.checks.propagation_within_s);
     let mut pending: Vec<NodeIx> = (0..n).collect();
-    let program = ctx.program;
+    let (program, t0) = (ctx.program, ctx.t0);
     while !pending.is_empty() && Instant::now() < limit.min(ctx.deadline) {
         let asks = pending.iter().map(|&ix| {
             let h = ctx.sim.handle(ix);
             async move {
                 let list = h?.ask(Command::Programs).await.ok()?;
-                list.iter().any(|p| p.id == program).then_some(ix)
+                // The node answered now: it learned the program at most this long after t0.
+                let at = t0.elapsed();
+                list.iter().any(|p| p.id == program).then_some((ix, at))
             }
         });
-        let seen: Vec<NodeIx> = join_all(asks).await.into_iter().flatten().collect();
-        let at = ctx.t0.elapsed();
-        for &ix in &seen {
+        let seen: Vec<(NodeIx, Duration)> = join_all(asks).await.into_iter().flatten().collect();
+        for &(ix, at) in &seen {
             if let Some(slot) = ctx.rec().discovered.get_mut(ix) {
                 *slot = Some(at);
             }
@@ -179,7 +188,7 @@ pub(crate) async fn track_propagation(ctx: Arc<Ctx>, poll: Duration) {
                 let _ = k.send(true);
             }
         }
-        pending.retain(|ix| !seen.contains(ix));
+        pending.retain(|ix| !seen.iter().any(|(s, _)| s == ix));
         tokio::time::sleep(poll).await;
     }
 }
@@ -216,57 +225,75 @@ async fn member_champion(ctx: &Ctx, ix: NodeIx) -> Option<Option<Entry>> {
         .await
     {
         Ok(Ok(KbResponse::Champion(c))) => Some(c),
-        _ => None,
+        other => {
+            tracing::debug!(node = ix, answer = ?other.map(|r| r.map(|_| ())), "no champion view");
+            None
+        }
     }
 }
 
-/// Waits until every live worker sees the owner's champion over the mesh. `exact`: the same entry
-/// as the owner's current one (used at the end, when nothing changes any more); otherwise at least
-/// as recent as the owner's champion when the check started (used after a heal, while work goes on).
+/// Waits until every live worker that has joined sees the owner's champion over the mesh, each
+/// member polled on its own. `exact`: the same entry as the owner's (used at the end, when nothing
+/// changes any more); otherwise at least as recent as the owner's champion when the check started
+/// (used after a heal, while work goes on).
 pub(crate) async fn converge(ctx: &Ctx, label: String, exact: bool) -> Convergence {
     let start = Instant::now();
     let limit = (start + Duration::from_secs(ctx.s.checks.converge_within_s)).min(ctx.deadline);
-    let mut pending: Vec<NodeIx> = ctx
+    let members: Vec<NodeIx> = ctx
         .sim
         .layout
         .with_role(Role::Worker)
         .into_iter()
-        .filter(|&ix| ctx.sim.handle(ix).is_some())
+        .filter(|&ix| ctx.sim.handle(ix).is_some() && ctx.rec().joins.iter().any(|j| j.node == ix))
         .collect();
-    let members = pending.len();
-    let mut base: Option<Option<Entry>> = None;
-    while !pending.is_empty() && Instant::now() < limit {
-        let Some(owner) = owner_champion(ctx).await else {
-            tokio::time::sleep(CONVERGE_POLL).await;
-            continue;
-        };
-        let target = if exact {
-            owner
-        } else {
-            base.get_or_insert(owner).clone()
-        };
-        let views = join_all(pending.iter().map(|&ix| member_champion(ctx, ix))).await;
-        let ok = |v: &Option<Option<Entry>>| match (v, &target) {
-            (Some(seen), t) if exact => seen == t,
-            (Some(_), None) => true,
-            (Some(Some(seen)), Some(t)) => seen.seq >= t.seq,
-            _ => false,
-        };
-        let done: Vec<NodeIx> = pending
-            .iter()
-            .zip(&views)
-            .filter(|(_, v)| ok(v))
-            .map(|(ix, _)| *ix)
-            .collect();
-        pending.retain(|ix| !done.contains(ix) && ctx.sim.handle(*ix).is_some());
-        if !pending.is_empty() {
-            tokio::time::sleep(CONVERGE_POLL).await;
+    let target = loop {
+        if let Some(t) = owner_champion(ctx).await {
+            break Some(t);
         }
-    }
+        if Instant::now() >= limit {
+            break None;
+        }
+        tokio::time::sleep(CONVERGE_POLL).await;
+    };
+    let sees = |seen: &Option<Entry>| match (seen, &target) {
+        (_, None) => false,
+        (seen, Some(t)) if exact => seen == t,
+        (_, Some(None)) => true,
+        (Some(seen), Some(Some(t))) => seen.seq >= t.seq,
+        (None, Some(Some(_))) => false,
+    };
+    let one = |ix: NodeIx| {
+        let sees = &sees;
+        async move {
+            let mut last = "no answer".to_string();
+            while Instant::now() < limit {
+                match member_champion(ctx, ix).await {
+                    Some(seen) if sees(&seen) => return Ok(start.elapsed()),
+                    Some(Some(e)) => last = format!("saw seq {}", e.seq),
+                    Some(None) => last = "saw no champion".into(),
+                    None => last = "no answer".into(),
+                }
+                if ctx.sim.handle(ix).is_none() {
+                    // Crashed during the check: not a live member any more.
+                    return Ok(Duration::ZERO);
+                }
+                tokio::time::sleep(CONVERGE_POLL).await;
+            }
+            Err(format!("{} ({last})", ctx.sim.layout.label(ix)))
+        }
+    };
+    let results = join_all(members.iter().map(|&ix| one(ix))).await;
+    let lagging: Vec<String> = results.iter().filter_map(|r| r.clone().err()).collect();
+    let within = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .max()
+        .unwrap_or(Duration::ZERO);
+    tracing::debug!(%label, members = members.len(), ?within, ?lagging, "convergence");
     Convergence {
         label,
-        within: pending.is_empty().then(|| start.elapsed()),
-        lagging: pending.iter().map(|&ix| ctx.sim.layout.label(ix)).collect(),
-        members,
+        within: lagging.is_empty().then_some(within),
+        lagging,
+        members: members.len(),
     }
 }

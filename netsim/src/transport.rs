@@ -249,9 +249,10 @@ impl Pipe {
     }
 }
 
-/// Opens a connection from `a` to `b` and returns (a's end, b's end).
-fn connect(world: &Arc<World>, a: NodeIx, b: NodeIx) -> (SimStream, SimStream) {
-    let (id, kill) = world.open_conn(a, b);
+/// Opens a connection from `a` to `b` and returns (a's end, b's end); `None` when a connection
+/// limit refuses it.
+fn connect(world: &Arc<World>, a: NodeIx, b: NodeIx) -> Option<(SimStream, SimStream)> {
+    let (id, kill) = world.open_conn(a, b)?;
     let guard = Arc::new(ConnGuard {
         world: world.clone(),
         id,
@@ -283,7 +284,7 @@ fn connect(world: &Arc<World>, a: NodeIx, b: NodeIx) -> (SimStream, SimStream) {
         buf: Vec::new(),
         pos: 0,
     };
-    (stream(a, a_tx, a_rx), stream(b, b_tx, b_rx))
+    Some((stream(a, a_tx, a_rx), stream(b, b_tx, b_rx)))
 }
 
 struct Listener {
@@ -368,7 +369,8 @@ async fn dial(world: Arc<World>, me: NodeIx, port: u64) -> io::Result<SimStream>
     tokio::time::timeout(DIAL_TIMEOUT, wait)
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?;
-    let (mine, theirs) = connect(&world, me, peer);
+    tracing::trace!(from = me, to = peer, "dial");
+    let (mine, theirs) = connect(&world, me, peer).ok_or_else(refused)?;
     let from = Multiaddr::empty().with(Protocol::Memory(EPHEMERAL_BASE + me as u64));
     incoming
         .try_send(Incoming {
@@ -473,3 +475,6 @@ impl Transport for SimTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -98,6 +98,11 @@ struct State {
     default_shape: Shape,
     shapes: HashMap<(NodeIx, NodeIx), Shape>,
     conns: HashMap<u64, ConnInfo>,
+    /// Open connections per node.
+    open: Vec<usize>,
+    /// Most open connections per node (`None`: unlimited); servers always accept.
+    max_conns: Option<usize>,
+    servers: HashSet<NodeIx>,
     next_conn: u64,
     next_token: u64,
     next_port: u64,
@@ -143,6 +148,9 @@ impl World {
                 default_shape: Shape::default(),
                 shapes: HashMap::new(),
                 conns: HashMap::new(),
+                open: vec![0; nodes],
+                max_conns: None,
+                servers: HashSet::new(),
                 next_conn: 1,
                 next_token: 1,
                 next_port: AUTO_PORT_BASE,
@@ -226,6 +234,14 @@ impl World {
         self.bump();
     }
 
+    /// Limits every node to `max` open connections (a host's connection table), except that dials
+    /// to `servers` (the owner, relays) are always accepted. `None` removes the limit.
+    pub fn limit_connections(&self, max: Option<usize>, servers: &[NodeIx]) {
+        let mut s = self.lock();
+        s.max_conns = max;
+        s.servers = servers.iter().copied().collect();
+    }
+
     /// Marks `node` as crashed. Silent: its peers are told nothing (a power cut); otherwise its
     /// connections are reset at once (the process died and its host closed the sockets). Bytes it
     /// writes from now on are dropped, so a dying swarm's close frames never leave it.
@@ -300,6 +316,21 @@ impl World {
     /// Connections currently open.
     pub fn open_connections(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Distinct node pairs with at least one open connection.
+    pub fn connected_pairs(&self) -> usize {
+        let s = self.lock();
+        s.conns
+            .values()
+            .map(|c| pair(c.a, c.b))
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Connections currently open per node.
+    pub fn open_connections_per_node(&self) -> Vec<usize> {
+        self.lock().open.clone()
     }
 
     // ---- used by the transport ----
@@ -391,19 +422,31 @@ impl World {
         }
     }
 
-    pub(crate) fn open_conn(&self, a: NodeIx, b: NodeIx) -> (u64, watch::Receiver<bool>) {
+    /// Opens a connection from `a` to `b`, unless the connection limit refuses it.
+    pub(crate) fn open_conn(&self, a: NodeIx, b: NodeIx) -> Option<(u64, watch::Receiver<bool>)> {
         let (kill, rx) = watch::channel(false);
         let mut s = self.lock();
+        if let Some(max) = s.max_conns {
+            let full = |n: NodeIx| s.open.get(n).is_some_and(|c| *c >= max);
+            if !s.servers.contains(&b) && (full(a) || full(b)) {
+                return None;
+            }
+        }
         let id = s.next_conn;
         s.next_conn += 1;
         s.conns.insert(id, ConnInfo { a, b, kill });
+        for n in [a, b] {
+            if let Some(c) = s.open.get_mut(n) {
+                *c += 1;
+            }
+        }
         drop(s);
         for n in [a, b] {
             if let Some(c) = self.counters.get(n) {
                 c.connections.fetch_add(1, Ordering::Relaxed);
             }
         }
-        (id, rx)
+        Some((id, rx))
     }
 
     pub(crate) fn kill_conn(&self, id: u64) {
@@ -413,7 +456,14 @@ impl World {
     }
 
     pub(crate) fn close_conn(&self, id: u64) {
-        self.lock().conns.remove(&id);
+        let mut s = self.lock();
+        if let Some(c) = s.conns.remove(&id) {
+            for n in [c.a, c.b] {
+                if let Some(x) = s.open.get_mut(n) {
+                    *x = x.saturating_sub(1);
+                }
+            }
+        }
     }
 
     pub(crate) fn count_out(&self, node: NodeIx, bytes: usize) {
