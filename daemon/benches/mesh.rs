@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use btd::net::{NetParams, TransportKind};
-use btd::node::types::JoinEvent;
+use btd::node::types::{JoinEvent, NewResult};
 use btd::node::{self, Command, NodeConfig, NodeHandle};
 use btd::store::Store;
 use btd_protocol::program::ProgramId;
@@ -148,9 +148,12 @@ async fn bench() {
         worker
             .ask(|reply| Command::Submit {
                 program: id,
-                value: 4.0 - i as f64 * 1e-4,
-                rung_id: "cpu".into(),
-                outputs: vec![],
+                result: NewResult {
+                    value: 4.0 - i as f64 * 1e-4,
+                    rung_id: "cpu".into(),
+                    outputs: vec![],
+                    ..Default::default()
+                },
                 reply,
             })
             .await
@@ -175,9 +178,12 @@ async fn bench() {
             for i in 0..per {
                 w.ask(|reply| Command::Submit {
                     program: id,
-                    value: 5.0 + (t * per + i) as f64,
-                    rung_id: "cpu".into(),
-                    outputs: vec![],
+                    result: NewResult {
+                        value: 5.0 + (t * per + i) as f64,
+                        rung_id: "cpu".into(),
+                        outputs: vec![],
+                        ..Default::default()
+                    },
                     reply,
                 })
                 .await

@@ -42,13 +42,13 @@ enum Command {
     },
     /// Programs known from the mesh.
     Programs,
-    /// Join a program: prints the user code for the owner to approve, then waits for the grant.
-    Join {
-        /// The program id (64 hex characters).
-        program: String,
-        /// Return after printing the code; the daemon keeps polling in the background.
-        #[arg(long)]
-        no_wait: bool,
+    /// Join a program: prints the user code for the owner to approve, then waits for the grant;
+    /// with --rounds, then runs that many rounds of the program's task and submits each result.
+    Join(JoinArgs),
+    /// The worker loop's rounds: state, value, verdict, traceability record, directory.
+    Runs {
+        /// The program id (default: every program).
+        program: Option<String>,
     },
     /// Owner: approve a join code.
     Approve {
@@ -232,6 +232,33 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `btd join` flags.
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// The program id (64 hex characters).
+    pub(crate) program: String,
+    /// Return after printing the code; the daemon keeps polling (and, with --rounds, works) in the
+    /// background.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// After joining, run this many rounds: dispatch, train (or run the shell task) on a hypothesis
+    /// near the champion's, submit, record.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::work::MAX_ROUNDS)))]
+    pub(crate) rounds: Option<u32>,
+    /// The program rung to run on (default: the first one this node's rungs fit).
+    #[arg(long, requires = "rounds")]
+    pub(crate) rung: Option<String>,
+    /// The data file of a program whose dataset is a file (checked against its SHA-256).
+    #[arg(long, requires = "rounds")]
+    pub(crate) data: Option<PathBuf>,
+    /// Let the daemon run the program's shell command (the owner's code) for each round.
+    #[arg(long, requires = "rounds")]
+    pub(crate) allow_shell: bool,
+    /// How long a round waits for the owner to approve paid compute, seconds.
+    #[arg(long, requires = "rounds", default_value_t = crate::work::DEFAULT_APPROVAL_WAIT_SECS)]
+    pub(crate) approval_wait: u64,
+}
+
 /// Runs the parsed command.
 pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
     let json = cli.json;
@@ -252,7 +279,8 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Peers => daemon_cmd::peers(home, json),
         Command::Publish { manifest } => daemon_cmd::publish(home, &manifest, json),
         Command::Programs => daemon_cmd::programs(home, json),
-        Command::Join { program, no_wait } => daemon_cmd::join(home, &program, !no_wait, json),
+        Command::Join(args) => daemon_cmd::join(home, &args, json),
+        Command::Runs { program } => daemon_cmd::runs(home, program.as_deref(), json),
         Command::Approve { code } => daemon_cmd::decide(home, code, true, json),
         Command::Deny { code } => daemon_cmd::decide(home, code, false, json),
         Command::Members { program } => daemon_cmd::members(home, &program, json),

@@ -6,15 +6,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::control::{Line, Request};
-use crate::node::types::JoinEvent;
+use crate::control::{Line, Progress, Request};
 
 /// Sends `req` to the daemon at `socket`; calls `on_event` for progress lines; returns the final
 /// value or the daemon's error.
 pub async fn call(
     socket: &Path,
     req: &Request,
-    mut on_event: impl FnMut(&JoinEvent),
+    mut on_event: impl FnMut(&Progress),
 ) -> Result<serde_json::Value> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         anyhow!(

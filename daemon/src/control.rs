@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use btd_protocol::program::ProgramId;
@@ -14,8 +15,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::node::types::JoinEvent;
+use crate::node::types::{JoinEvent, NewResult};
 use crate::node::{Command, NodeHandle};
+use crate::work::{WorkContext, WorkEvent, WorkOptions};
 
 /// Longest request line (a manifest is at most 64 KiB; JSON escaping can double it).
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
@@ -37,12 +39,20 @@ pub enum Request {
     },
     /// Known programs.
     Programs,
-    /// Join a program.
+    /// Join a program (and, with `work`, run rounds of its task once a member).
     Join {
         /// Program id.
         program: ProgramId,
         /// Wait for the outcome (else return after the code).
         wait: bool,
+        /// Rounds of work to run after joining.
+        #[serde(default)]
+        work: Option<WorkOptions>,
+    },
+    /// The worker loop's run records.
+    Runs {
+        /// Program id (all programs when absent).
+        program: Option<ProgramId>,
     },
     /// Approve a user code.
     Approve {
@@ -101,12 +111,22 @@ pub enum Request {
     Stop,
 }
 
+/// Progress of a long request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Progress {
+    /// Joining.
+    Join(JoinEvent),
+    /// The worker loop.
+    Work(WorkEvent),
+}
+
 /// One line of a reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Line {
     /// Progress.
-    Event(JoinEvent),
+    Event(Progress),
     /// Success, with the result.
     Ok(serde_json::Value),
     /// Failure, in words.
@@ -117,6 +137,7 @@ pub enum Line {
 pub async fn serve(
     path: PathBuf,
     node: NodeHandle,
+    work: Arc<WorkContext>,
     stop: mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -139,8 +160,9 @@ pub async fn serve(
                 };
                 let node = node.clone();
                 let stop = stop.clone();
+                let work = work.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, node, stop).await {
+                    if let Err(e) = handle(stream, node, work, stop).await {
                         tracing::debug!(error = %e, "control connection ended");
                     }
                     drop(permit);
@@ -173,7 +195,12 @@ async fn write_line(w: &mut (impl AsyncWriteExt + Unpin), line: &Line) -> Result
     Ok(())
 }
 
-async fn handle(stream: UnixStream, node: NodeHandle, stop: mpsc::Sender<()>) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    node: NodeHandle,
+    work: Arc<WorkContext>,
+    stop: mpsc::Sender<()>,
+) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r.take(MAX_REQUEST_BYTES as u64 + 1));
     let mut line = String::new();
@@ -186,7 +213,12 @@ async fn handle(stream: UnixStream, node: NodeHandle, stop: mpsc::Sender<()>) ->
         Err(e) => return write_line(&mut w, &Line::Error(format!("bad request: {e}"))).await,
     };
     let out = match req {
-        Request::Join { program, wait } => return join(&mut w, node, program, wait).await,
+        Request::Join {
+            program,
+            wait,
+            work: opts,
+        } => return join(&mut w, node, work, program, wait, opts).await,
+        Request::Runs { program } => work.runs(program).await.and_then(json),
         Request::Stop => {
             let _ = stop.try_send(());
             Ok(serde_json::json!("stopping"))
@@ -255,9 +287,12 @@ async fn dispatch(node: &NodeHandle, req: Request) -> Result<serde_json::Value, 
         } => json(
             node.ask(|reply| Command::Submit {
                 program,
-                value,
-                rung_id,
-                outputs,
+                result: NewResult {
+                    value,
+                    rung_id,
+                    outputs,
+                    ..Default::default()
+                },
                 reply,
             })
             .await
@@ -287,15 +322,19 @@ async fn dispatch(node: &NodeHandle, req: Request) -> Result<serde_json::Value, 
             .await
             .map_err(stopped)??,
         ),
-        Request::Join { .. } | Request::Stop => Err("unsupported here".into()),
+        Request::Join { .. } | Request::Runs { .. } | Request::Stop => {
+            Err("unsupported here".into())
+        }
     }
 }
 
 async fn join(
     w: &mut (impl AsyncWriteExt + Unpin),
     node: NodeHandle,
+    work: Arc<WorkContext>,
     program: ProgramId,
     wait: bool,
+    opts: Option<WorkOptions>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::channel(16);
     if let Err(e) = node
@@ -310,13 +349,37 @@ async fn join(
     while let Some(ev) = rx.recv().await {
         match &ev {
             JoinEvent::Code { .. } => {
-                write_line(w, &Line::Event(ev.clone())).await?;
+                write_line(w, &Line::Event(Progress::Join(ev.clone()))).await?;
                 if !wait {
+                    if let Some(opts) = opts {
+                        // The daemon finishes the join and runs the rounds on its own.
+                        tokio::spawn(async move {
+                            while let Some(ev) = rx.recv().await {
+                                match ev {
+                                    JoinEvent::Granted { .. } | JoinEvent::AlreadyMember { .. } => {
+                                        let (etx, _) = mpsc::channel(1);
+                                        if let Err(e) =
+                                            crate::work::run_rounds(work, program, opts, etx).await
+                                        {
+                                            tracing::warn!(program = %program, error = %e, "worker loop did not start");
+                                        }
+                                        return;
+                                    }
+                                    JoinEvent::Failed { .. } => return,
+                                    JoinEvent::Code { .. } => {}
+                                }
+                            }
+                        });
+                    }
                     return write_line(w, &Line::Ok(json(&ev).unwrap_or_default())).await;
                 }
             }
             JoinEvent::Granted { .. } | JoinEvent::AlreadyMember { .. } => {
-                return write_line(w, &Line::Ok(json(&ev).unwrap_or_default())).await;
+                let Some(opts) = opts else {
+                    return write_line(w, &Line::Ok(json(&ev).unwrap_or_default())).await;
+                };
+                write_line(w, &Line::Event(Progress::Join(ev.clone()))).await?;
+                return work_rounds(w, work, program, opts).await;
             }
             JoinEvent::Failed { reason } => {
                 return write_line(w, &Line::Error(reason.clone())).await;
@@ -324,4 +387,25 @@ async fn join(
         }
     }
     write_line(w, &Line::Error("the daemon stopped during the join".into())).await
+}
+
+/// Runs the rounds in a daemon-owned task (a client that goes away does not stop them) and
+/// forwards their progress while the client listens.
+async fn work_rounds(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    work: Arc<WorkContext>,
+    program: ProgramId,
+    opts: WorkOptions,
+) -> Result<()> {
+    let (etx, mut erx) = mpsc::channel(64);
+    let task = tokio::spawn(crate::work::run_rounds(work, program, opts, etx));
+    while let Some(ev) = erx.recv().await {
+        write_line(w, &Line::Event(Progress::Work(ev))).await?;
+    }
+    let line = match task.await {
+        Ok(Ok(summary)) => Line::Ok(json(&summary).unwrap_or_default()),
+        Ok(Err(e)) => Line::Error(e),
+        Err(e) => Line::Error(format!("the worker loop crashed: {e}")),
+    };
+    write_line(w, &line).await
 }

@@ -9,12 +9,13 @@ use btd_protocol::trace::Output;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::cli::StartArgs;
-use crate::control::Request;
+use crate::cli::{JoinArgs, StartArgs};
+use crate::control::{Progress, Request};
 use crate::home::Home;
 use crate::node::types::{JoinEvent, MembersView, NodeInfo, PeerView, ProgramView, StatusView};
 use crate::output::{name_of, print_json, CmdError};
 use crate::start::StartFlags;
+use crate::work::{RunRecord, RunState, WorkEvent, WorkOptions, WorkSummary};
 
 fn runtime() -> Result<tokio::runtime::Runtime, CmdError> {
     tokio::runtime::Builder::new_current_thread()
@@ -176,29 +177,50 @@ pub(crate) fn programs(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdE
     Ok(())
 }
 
-pub(crate) fn join(
-    home_dir: Option<PathBuf>,
-    program: &str,
-    wait: bool,
-    json: bool,
-) -> Result<(), CmdError> {
-    let program = program_id(program)?;
+pub(crate) fn join(home_dir: Option<PathBuf>, args: &JoinArgs, json: bool) -> Result<(), CmdError> {
+    let program = program_id(&args.program)?;
+    let wait = !args.no_wait;
+    let work = match args.rounds {
+        None => None,
+        Some(rounds) => Some(WorkOptions {
+            rounds,
+            rung: args.rung.clone(),
+            // The daemon runs elsewhere: give it an absolute path.
+            data: match &args.data {
+                None => None,
+                Some(p) => Some(
+                    std::fs::canonicalize(p)
+                        .map_err(|e| CmdError::Usage(format!("--data {}: {e}", p.display())))?,
+                ),
+            },
+            allow_shell: args.allow_shell,
+            approval_wait_secs: args.approval_wait,
+        }),
+    };
     let h = home(home_dir)?;
     let rt = runtime()?;
     let v = rt
         .block_on(crate::client::call(
             &h.socket_path(),
-            &Request::Join { program, wait },
-            |e| {
-                if let JoinEvent::Code {
-                    user_code, owner, expires_in, ..
-                } = e
-                {
-                    if json {
-                        if let Ok(s) = serde_json::to_string(e) {
-                            out!("{s}");
-                        }
-                    } else {
+            &Request::Join {
+                program,
+                wait,
+                work: work.clone(),
+            },
+            |p| {
+                if json {
+                    if let Ok(s) = serde_json::to_string(p) {
+                        out!("{s}");
+                    }
+                    return;
+                }
+                match p {
+                    Progress::Join(JoinEvent::Code {
+                        user_code,
+                        owner,
+                        expires_in,
+                        ..
+                    }) => {
                         out!("user code: {user_code}");
                         out!(
                             "ask the owner ({owner}) to run `btd approve {user_code}` within {} minutes",
@@ -208,10 +230,39 @@ pub(crate) fn join(
                             out!("waiting for approval...");
                         }
                     }
+                    Progress::Join(JoinEvent::Granted { program, member }) => {
+                        out!("joined program {program} as member {member}")
+                    }
+                    Progress::Join(JoinEvent::AlreadyMember { program }) => {
+                        out!("already a member of {program}")
+                    }
+                    Progress::Join(JoinEvent::Failed { .. }) => {}
+                    Progress::Work(e) => print_work_event(e),
                 }
             },
         ))
         .map_err(CmdError::Rejected)?;
+    if work.is_some() && wait {
+        let summary: WorkSummary = parse(v)?;
+        if json {
+            print_json(&summary)?;
+        } else {
+            out!(
+                "{} of {} rounds submitted; records: `btd runs {}`",
+                summary.submitted,
+                summary.asked,
+                summary.program
+            );
+        }
+        return match summary.stopped {
+            Some(why) => Err(CmdError::Rejected(anyhow!(
+                "the worker loop stopped after {} of {} rounds: {why}",
+                summary.runs.len(),
+                summary.asked
+            ))),
+            None => Ok(()),
+        };
+    }
     let ev: JoinEvent = parse(v)?;
     if json {
         return print_json(&ev);
@@ -222,9 +273,124 @@ pub(crate) fn join(
         }
         JoinEvent::AlreadyMember { program } => out!("already a member of {program}"),
         JoinEvent::Code { .. } => {
-            out!("the daemon keeps polling; check later with `btd programs`")
+            if work.is_some() {
+                out!("the daemon keeps polling and runs the rounds once approved; see `btd runs`")
+            } else {
+                out!("the daemon keeps polling; check later with `btd programs`")
+            }
         }
         JoinEvent::Failed { reason } => return Err(CmdError::Rejected(anyhow!(reason))),
+    }
+    Ok(())
+}
+
+fn print_work_event(e: &WorkEvent) {
+    match e {
+        WorkEvent::Dispatch {
+            round,
+            packet_id,
+            action,
+            detail,
+        } => out!("round {round}: dispatch {} for {packet_id}: {detail}", name_of(action)),
+        WorkEvent::AwaitingApproval {
+            round,
+            packet_id,
+            member,
+        } => out!(
+            "round {round}: waiting for the owner to approve paid compute: `btd approve-spend <program> {packet_id} --member {member}`"
+        ),
+        WorkEvent::Round {
+            round,
+            rung_id,
+            hypothesis,
+            parent_seq,
+        } => {
+            let h = if hypothesis.is_empty() {
+                "the task as written".to_string()
+            } else {
+                hypothesis
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.4e}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let from = match parent_seq {
+                Some(s) => format!("near champion seq {s}"),
+                None => "from the task's defaults".into(),
+            };
+            out!("round {round}: on {rung_id}: {h} ({from})");
+        }
+        WorkEvent::Ran {
+            round,
+            status,
+            metric,
+            value,
+            detail,
+        } => match value {
+            Some(v) => out!("round {round}: {metric} {v:.4}: {detail}"),
+            None => out!("round {round}: {}: {detail}", name_of(status)),
+        },
+        WorkEvent::Verdict { round, receipt } => {
+            let what = if receipt.champion {
+                "new champion"
+            } else if receipt.accepted {
+                "accepted"
+            } else {
+                "not accepted"
+            };
+            out!(
+                "round {round}: the owner recorded it as seq {}: {what} (impact {})",
+                receipt.seq, receipt.impact
+            );
+        }
+        WorkEvent::Recorded { round, record, dir } => match record {
+            Some(id) => out!(
+                "round {round}: traceability record {} in {}",
+                id.short(),
+                dir.display()
+            ),
+            None => out!("round {round}: recorded in {}", dir.display()),
+        },
+    }
+}
+
+pub(crate) fn runs(
+    home_dir: Option<PathBuf>,
+    program: Option<&str>,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program.map(program_id).transpose()?;
+    let v = call(home_dir, Request::Runs { program })?;
+    if json {
+        return print_json(&v);
+    }
+    let runs: Vec<RunRecord> = parse(v)?;
+    if runs.is_empty() {
+        out!("no rounds yet (`btd join PROGRAM --rounds N` runs some)");
+    }
+    for r in &runs {
+        let value = r.value;
+        let verdict = match &r.verdict {
+            Some(v) if v.champion => format!("seq {} champion", v.seq),
+            Some(v) if v.accepted => format!("seq {} accepted", v.seq),
+            Some(v) => format!("seq {} rejected", v.seq),
+            None => "-".into(),
+        };
+        out!(
+            "{} round {:>4}  {:<11} {:>10}  {:<18} record {}  {}",
+            r.program.short(),
+            r.round,
+            name_of(&r.state),
+            value.map_or_else(|| "-".to_string(), |v| format!("{v:.4}")),
+            verdict,
+            r.trace
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |t| t.id.short()),
+            r.dir.display()
+        );
+        if r.state != RunState::Submitted && !r.note.is_empty() {
+            out!("    {}", r.note);
+        }
     }
     Ok(())
 }

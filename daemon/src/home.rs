@@ -59,6 +59,11 @@ impl Home {
         self.dir.join("btd.sqlite")
     }
 
+    /// Where the worker loop keeps each round's outputs and records.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.dir.join("runs")
+    }
+
     /// The control socket (mode 0600).
     pub fn socket_path(&self) -> PathBuf {
         self.dir.join("control.sock")

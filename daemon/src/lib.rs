@@ -22,6 +22,7 @@ mod output;
 pub mod start;
 pub mod store;
 pub mod testkit;
+pub mod work;
 
 /// The current wall-clock time as a protocol [`btd_protocol::Timestamp`]. The daemon reads the clock
 /// here and nowhere else.

@@ -9,6 +9,7 @@ use crate::home::Home;
 use crate::net::{NetParams, TransportKind};
 use crate::node::{self, Command, NodeConfig};
 use crate::store::Store;
+use crate::work::WorkContext;
 
 /// Command-line overrides for `btd start`.
 #[derive(Debug, Clone, Default)]
@@ -49,16 +50,18 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
             net,
             listen: cfg.listen,
             bootstrap: cfg.bootstrap,
-            rungs: cfg.rungs,
+            rungs: cfg.rungs.clone(),
         },
-        store,
+        store.clone(),
     )
     .await?;
+    let work = WorkContext::new(handle.clone(), store, home.runs_dir(), cfg.rungs);
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = tokio::spawn(crate::control::serve(
         home.socket_path(),
         handle.clone(),
+        work.clone(),
         stop_tx,
         shutdown_rx,
     ));
@@ -75,6 +78,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         _ = stop_rx.recv() => eprintln!("btd: stop requested, stopping"),
     }
     let _ = shutdown_tx.send(true);
+    work.cancel_all();
     let _ = handle.send(Command::Shutdown).await;
     let _ = task.await;
     let _ = control.await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use btd::node::types::{JoinEvent, StatusView};
+use btd::node::types::{JoinEvent, NewResult, StatusView};
 use btd::node::{Command, NodeHandle};
 use btd::store::Store;
 use btd::testkit::{spawn_node, wait_for, TestNode, TestNodeOptions};
@@ -130,9 +130,12 @@ async fn submit(
     worker
         .ask(|reply| Command::Submit {
             program,
-            value,
-            rung_id: "cpu".into(),
-            outputs: vec![],
+            result: NewResult {
+                value,
+                rung_id: "cpu".into(),
+                outputs: vec![],
+                ..Default::default()
+            },
             reply,
         })
         .await
@@ -326,6 +329,7 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
         rung_id: "cpu".into(),
         outputs: vec![],
         metrics: Default::default(),
+        hypothesis: [("lr".to_string(), 2e-3)].into_iter().collect(),
         created_at: btd::now(),
     };
     let signed = Signed::sign(&member.key, &sub).unwrap();
@@ -344,6 +348,23 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
     assert_eq!(first.seq, second.seq);
     assert!(!first.duplicate && second.duplicate);
     assert_eq!(status(&owner.handle, id).await.unwrap().submissions, 1);
+
+    // The champion comes with the signed submission that made it: its hypothesis is where the
+    // next workers search.
+    assert!(first.champion, "{first:?}");
+    let champion = KbRequest {
+        program: id,
+        credential: cred.clone(),
+        call: KbCall::Champion,
+    };
+    match raw_kb(&member.handle, owner.peer_id(), champion).await {
+        KbResponse::Champion(Some(c)) => {
+            assert_eq!(c.entry.seq, first.seq);
+            let back = c.submission.verify_from(&member.peer_id()).unwrap();
+            assert_eq!(back, sub);
+        }
+        other => panic!("{other:?}"),
+    }
 
     // A submission signed by someone else is refused.
     let forged = Signed::sign(

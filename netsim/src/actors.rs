@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use btd::node::types::JoinEvent;
+use btd::node::types::{JoinEvent, NewResult};
 use btd::node::{Command, NodeHandle};
 use btd_protocol::membership::Credential;
 use btd_protocol::program::ProgramId;
@@ -281,9 +281,12 @@ async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
         let r = h
             .ask(|reply| Command::Submit {
                 program,
-                value: v,
-                rung_id: "cpu".into(),
-                outputs: vec![],
+                result: NewResult {
+                    value: v,
+                    rung_id: "cpu".into(),
+                    outputs: vec![],
+                    ..Default::default()
+                },
                 reply,
             })
             .await;

@@ -224,7 +224,7 @@ async fn member_champion(ctx: &Ctx, ix: NodeIx) -> Option<Option<Entry>> {
         })
         .await
     {
-        Ok(Ok(KbResponse::Champion(c))) => Some(c),
+        Ok(Ok(KbResponse::Champion(c))) => Some(c.map(|c| c.entry)),
         other => {
             tracing::debug!(node = ix, answer = ?other.map(|r| r.map(|_| ())), "no champion view");
             None

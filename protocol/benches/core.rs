@@ -106,6 +106,7 @@ fn main() {
             Output::of("metrics.json", b"{}"),
         ],
         metrics: BTreeMap::from([("tokens_per_s".to_string(), 50_000.0)]),
+        hypothesis: BTreeMap::from([("lr".to_string(), 3e-3), ("warmup_frac".to_string(), 0.05)]),
         created_at: Timestamp(1),
     };
     report(

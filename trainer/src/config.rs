@@ -4,6 +4,7 @@
 //! optimiser and schedule ([`Hyper`]), the seed, the budgets and the evaluation token budget. The
 //! spec is serde so a checkpoint can record it and a worker can draw a variation of it.
 
+use btd_protocol::program::search::Hypothesis;
 use btd_protocol::program::{CandleTask, ModelPreset};
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +142,57 @@ pub struct TrainSpec {
     pub seconds: Option<f64>,
     /// Validation targets scored for `val_bpb` (capped by the validation split).
     pub eval_tokens: u64,
+}
+
+impl TrainSpec {
+    /// The values of the searchable hyperparameters (`btd_protocol::program::search::CANDLE_PARAMS`).
+    pub fn hypothesis(&self) -> Hypothesis {
+        let h = &self.hyper;
+        [
+            ("lr", h.lr),
+            ("min_lr_frac", h.min_lr_frac),
+            ("warmup_frac", h.warmup_frac),
+            ("weight_decay", h.weight_decay),
+            ("beta1", h.beta1),
+            ("beta2", h.beta2),
+            ("grad_clip", h.grad_clip),
+            ("batch_size", h.batch_size as f64),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Sets the hyperparameters a hypothesis names, then validates the spec. An unknown name or an
+    /// unusable value is an error that names it.
+    pub fn apply_hypothesis(&mut self, hypothesis: &Hypothesis) -> Result<(), TrainError> {
+        for (name, &v) in hypothesis {
+            let h = &mut self.hyper;
+            match name.as_str() {
+                "lr" => h.lr = v,
+                "min_lr_frac" => h.min_lr_frac = v,
+                "warmup_frac" => h.warmup_frac = v,
+                "weight_decay" => h.weight_decay = v,
+                "beta1" => h.beta1 = v,
+                "beta2" => h.beta2 = v,
+                "grad_clip" => h.grad_clip = v,
+                "batch_size" => {
+                    if !(v.is_finite() && v >= 1.0 && v.fract() == 0.0) {
+                        return Err(TrainError::Config(format!(
+                            "batch_size must be a positive whole number, got {v}"
+                        )));
+                    }
+                    h.batch_size = v as usize;
+                }
+                other => {
+                    return Err(TrainError::Config(format!(
+                        "the hypothesis names {other:?}, which is not a trainer hyperparameter"
+                    )))
+                }
+            }
+        }
+        self.validate()
+    }
 }
 
 /// Default validation budget: enough targets for a stable estimate (±0.01 bpb) in a second or two
@@ -282,6 +334,40 @@ mod tests {
             spec.steps = Some(10);
             spec.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn hypotheses_cover_exactly_the_searchable_parameters() {
+        let mut spec = TrainSpec::preset(ModelPreset::Tiny, 1);
+        spec.steps = Some(5);
+        let h = spec.hypothesis();
+        let names: Vec<&str> = btd_protocol::program::search::CANDLE_PARAMS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .collect();
+        assert_eq!(
+            h.keys().map(String::as_str).collect::<Vec<_>>().len(),
+            names.len()
+        );
+        for n in &names {
+            assert!(h.contains_key(*n), "{n}");
+        }
+        let mut changed = h.clone();
+        changed.insert("lr".into(), 1e-3);
+        changed.insert("batch_size".into(), 8.0);
+        spec.apply_hypothesis(&changed).unwrap();
+        assert_eq!((spec.hyper.lr, spec.hyper.batch_size), (1e-3, 8));
+        assert_eq!(spec.hypothesis(), changed);
+        let mut bad = Hypothesis::new();
+        bad.insert("dropout".into(), 0.1);
+        assert!(spec
+            .apply_hypothesis(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("dropout"));
+        bad.clear();
+        bad.insert("batch_size".into(), 2.5);
+        assert!(spec.apply_hypothesis(&bad).is_err());
     }
 
     #[test]

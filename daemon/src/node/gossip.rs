@@ -46,14 +46,22 @@ pub(super) fn subscribe(node: &mut Node) -> anyhow::Result<()> {
 pub(super) fn announce_all(node: &mut Node) {
     let ids: Vec<ProgramId> = node.own.keys().copied().collect();
     for id in ids {
-        announce(node, id);
+        announce(node, id, true);
     }
     advertise_rungs(node);
 }
 
-/// Publishes one own program (fresh addresses and timestamp, same manifest and id) on gossip and
-/// stores it in the DHT.
-pub(super) fn announce(node: &mut Node, id: ProgramId) {
+/// Re-gossips own programs only (no DHT write, no rung advert): what a new subscriber needs.
+pub(super) fn regossip_programs(node: &mut Node) {
+    let ids: Vec<ProgramId> = node.own.keys().copied().collect();
+    for id in ids {
+        announce(node, id, false);
+    }
+}
+
+/// Publishes one own program (fresh addresses and timestamp, same manifest and id) on gossip and,
+/// with `dht`, stores it in the DHT.
+pub(super) fn announce(node: &mut Node, id: ProgramId, dht: bool) {
     let Some(k) = node.known.get(&id) else {
         return;
     };
@@ -84,6 +92,9 @@ pub(super) fn announce(node: &mut Node, id: ProgramId) {
     let b = node.swarm.behaviour_mut();
     if let Err(e) = b.gossipsub.publish(programs_topic(), bytes.clone()) {
         tracing::debug!(program = %id, error = %e, "announcement not published yet");
+    }
+    if !dht {
+        return;
     }
     let key = kad::RecordKey::new(&id.0.as_bytes());
     let record = kad::Record::new(key.clone(), bytes);
@@ -139,11 +150,13 @@ pub(super) fn on_gossip(node: &mut Node, event: gossipsub::Event) {
                 .gossipsub
                 .report_message_validation_result(&message_id, &propagation_source, verdict);
         }
-        // A new listener: announce soon (debounced by the tick).
+        // A new listener of the programs topic: an owner re-gossips its programs (rate limited by
+        // the tick) so the newcomer learns them without waiting for the periodic announcement.
+        // Nobody else re-announces: every re-announcement floods the whole mesh.
         gossipsub::Event::Subscribed { topic, .. }
-            if topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS) =>
+            if topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS) && !node.own.is_empty() =>
         {
-            node.announce_soon = true;
+            node.regossip_programs = true;
         }
         _ => {}
     }

@@ -20,7 +20,6 @@ use btd_protocol::membership::Credential;
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal::SealKey;
 use btd_protocol::signed::Signed;
-use btd_protocol::trace::Output;
 use btd_protocol::wire::{AdvertisedRung, ProgramAnnouncement, SubmitReceipt};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -33,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetParams, TransportKind};
 use crate::store::{Snapshot, Store};
-use types::{JoinEvent, MembersView, NodeInfo, PeerView, ProgramView, StatusView};
+use types::{JoinEvent, MembersView, NewResult, NodeInfo, PeerView, ProgramView, StatusView};
 
 pub use owner::Owned;
 
@@ -43,6 +42,9 @@ const COMMAND_QUEUE: usize = 256;
 const TICK: Duration = Duration::from_millis(250);
 /// Re-announce own programs and rungs this often (gossip has no memory for late joiners).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+/// Shortest gap between two subscription-triggered re-gossips of own programs: a burst of new
+/// subscribers costs the mesh one flood per gap, not one per subscriber (docs/netsim.md, finding 1).
+const REGOSSIP_GAP: Duration = Duration::from_secs(2);
 /// Most join flows in progress at once.
 const MAX_JOINS: usize = 64;
 /// Most outbound submissions awaiting an answer.
@@ -119,12 +121,8 @@ pub enum Command {
     Submit {
         /// The program.
         program: ProgramId,
-        /// Metric value.
-        value: f64,
-        /// Rung it ran on.
-        rung_id: String,
-        /// Outputs by digest.
-        outputs: Vec<Output>,
+        /// The result.
+        result: NewResult,
         /// The owner's verdict.
         reply: oneshot::Sender<Result<SubmitReceipt, String>>,
     },
@@ -152,6 +150,13 @@ pub enum Command {
         request: btd_protocol::wire::KbRequest,
         /// Its response, or the transport failure.
         reply: oneshot::Sender<Result<btd_protocol::wire::KbResponse, String>>,
+    },
+    /// A known program's verified announcement (the worker loop reads its task and owner).
+    Program {
+        /// The program.
+        program: ProgramId,
+        /// The verified program, if known.
+        reply: oneshot::Sender<Option<btd_protocol::wire::VerifiedProgram>>,
     },
     /// This node's membership credential for a program, if any (tests, netsim probes).
     Credential {
@@ -284,7 +289,11 @@ pub struct Node {
     pub(crate) bootstrap: HashMap<PeerId, Multiaddr>,
     pub(crate) reserved: HashSet<PeerId>,
     pub(crate) last_announce: Instant,
+    /// Announce everything (programs on gossip and in the DHT, the rung advert) at the next tick.
     pub(crate) announce_soon: bool,
+    /// A peer subscribed to the programs topic: re-gossip own programs (only), rate limited.
+    pub(crate) regossip_programs: bool,
+    pub(crate) last_program_gossip: Instant,
     pub(crate) lookups: gossip::Lookups,
     pub(crate) relay_server: bool,
     /// Per-peer request budget (burst, per second).
@@ -341,6 +350,8 @@ pub async fn spawn(
         reserved: HashSet::new(),
         last_announce: Instant::now(),
         announce_soon: true,
+        regossip_programs: false,
+        last_program_gossip: Instant::now(),
         lookups: gossip::Lookups::default(),
         relay_server: cfg.net.relay_server,
         rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
@@ -496,11 +507,9 @@ impl Node {
             } => owner::revoke(self, program, &member, reply),
             Command::Submit {
                 program,
-                value,
-                rung_id,
-                outputs,
+                result,
                 reply,
-            } => worker::submit(self, program, value, rung_id, outputs, reply),
+            } => worker::submit(self, program, result, reply),
             Command::Status { program, reply } => worker::status(self, program, reply),
             Command::RawMembership {
                 peer,
@@ -521,6 +530,9 @@ impl Node {
             } => {
                 let id = self.swarm.behaviour_mut().kb.send_request(&peer, request);
                 self.out.raw_kb.insert(id, reply);
+            }
+            Command::Program { program, reply } => {
+                let _ = reply.send(self.known.get(&program).map(|k| k.view.clone()));
             }
             Command::Credential { program, reply } => {
                 let _ = reply.send(
@@ -621,8 +633,16 @@ impl Node {
         owner::on_tick(self);
         if self.announce_soon || now.duration_since(self.last_announce) >= ANNOUNCE_EVERY {
             self.announce_soon = false;
+            self.regossip_programs = false;
             self.last_announce = now;
+            self.last_program_gossip = now;
             gossip::announce_all(self);
+        } else if self.regossip_programs
+            && now.duration_since(self.last_program_gossip) >= REGOSSIP_GAP
+        {
+            self.regossip_programs = false;
+            self.last_program_gossip = now;
+            gossip::regossip_programs(self);
         }
     }
 

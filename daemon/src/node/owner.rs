@@ -11,8 +11,8 @@ use btd_protocol::program::{Program, ProgramId};
 use btd_protocol::seal::{self, SealPublicKey};
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
-    grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
-    KbStatus, MembershipRequest, MembershipResponse, PollStatus, ProgramAnnouncement,
+    grant_seal_context, ChampionView, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest,
+    KbResponse, KbStatus, MembershipRequest, MembershipResponse, PollStatus, ProgramAnnouncement,
     SubmitReceipt, VerifiedProgram,
 };
 use btd_protocol::Timestamp;
@@ -42,6 +42,8 @@ pub struct Owned {
     durable_seq: u64,
     /// Paid-compute approval requests (member, packet id) → state.
     pub(crate) spend: super::spend::SpendBook,
+    /// The signed submission of the current champion (its hypothesis is where workers search).
+    champion: Option<Signed<btd_protocol::wire::Submission>>,
 }
 
 impl std::fmt::Debug for Owned {
@@ -73,6 +75,7 @@ impl Owned {
             undelivered: HashMap::new(),
             durable_seq: 0,
             spend: Default::default(),
+            champion: None,
         })
     }
 
@@ -101,6 +104,12 @@ impl Owned {
             }
             o.nonces
                 .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
+            if entry.champion {
+                o.champion =
+                    Some(btd_protocol::wire::decode(&row.signed).map_err(|e| {
+                        anyhow::anyhow!("stored submission {}: {e}", row.entry.seq)
+                    })?);
+            }
         }
         o.durable_seq = o.kb.next_seq().saturating_sub(1);
         Ok(o)
@@ -256,7 +265,7 @@ pub(super) fn publish(
             Ok(()) => {
                 node.own.insert(id, owned);
                 node.known.insert(id, Known { view, signed });
-                super::gossip::announce(node, id);
+                super::gossip::announce(node, id, true);
                 tracing::info!(program = %id, "published");
                 let _ = reply.send(Ok(id));
             }
@@ -659,7 +668,14 @@ pub(super) fn on_kb_request(
             Some(k) => KbResponse::Program(k.signed.clone()),
             None => KbResponse::Error(err(ErrorCode::Unavailable, "program not loaded")),
         },
-        KbCall::Champion => KbResponse::Champion(owned.kb.champion().cloned()),
+        KbCall::Champion => KbResponse::Champion(
+            owned
+                .kb
+                .champion()
+                .cloned()
+                .zip(owned.champion.clone())
+                .map(|(entry, submission)| Box::new(ChampionView { entry, submission })),
+        ),
         KbCall::Results { after_seq, limit } => {
             let (entries, more) = Node::page(
                 owned.kb.entries(),
@@ -738,6 +754,9 @@ fn submit(
         Err(e) => return respond_kb(node, channel, invalid(e.to_string())),
     };
     owned.nonces.insert(key, entry.seq);
+    if entry.champion {
+        owned.champion = Some(signed.clone());
+    }
     let receipt = owned.receipt(entry.seq, false);
     let bytes = btd_protocol::wire::encode(&signed).unwrap_or_default();
     let row = SubmissionRow {

@@ -23,6 +23,8 @@ use super::Node;
 
 /// Most open spend requests per program: bounds what members can make the owner remember.
 const MAX_SPEND_REQUESTS: usize = 256;
+/// Validity of a receipt issued for a rung the policy pre-approves.
+const PREAPPROVED_RECEIPT_SECS: u64 = 3600;
 
 /// One spend request as the owner sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +123,25 @@ fn answer(node: &mut Node, peer: PeerId, req: ApprovalRequest, now: Timestamp) -
         spent_total: 0.0,
         now,
     });
+    if verdict.action == Action::RunPaid {
+        // The policy approved this rung in advance; the receipt records that approval (a
+        // traceability record of paid compute always links one).
+        let cap = req.packet.budget.spend_cap.unwrap_or(0.0);
+        return match ApprovalReceipt::issue(
+            &node.key,
+            req.packet.id.clone(),
+            req.packet.rung_id.clone(),
+            now,
+            now.plus_secs(PREAPPROVED_RECEIPT_SECS),
+            cap,
+        ) {
+            Ok(r) => {
+                tracing::info!(program = %req.program, member = %member, packet = %req.packet.id, "paid compute pre-approved by policy; receipt issued");
+                ApprovalResponse::Granted(r)
+            }
+            Err(e) => ApprovalResponse::Error(err(ErrorCode::Invalid, e.to_string())),
+        };
+    }
     if verdict.action != Action::RequestPaidApproval {
         return ApprovalResponse::Denied {
             reason: format!("no approval applies: {}", verdict.detail),

@@ -3,6 +3,7 @@
 use btd_protocol::kb::{Amount, Entry, Payouts};
 use btd_protocol::membership::MemberRecord;
 use btd_protocol::program::ProgramId;
+use btd_protocol::trace::Output;
 use btd_protocol::wire::AdvertisedRung;
 use btd_protocol::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -158,4 +159,19 @@ pub struct StatusView {
     pub token: String,
     /// The most recent results (up to 1000), oldest first.
     pub results: Vec<Entry>,
+}
+
+/// A result to submit: what `btd submit` and the worker loop hand the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewResult {
+    /// The metric value.
+    pub value: f64,
+    /// The rung it ran on.
+    pub rung_id: String,
+    /// Outputs by digest.
+    pub outputs: Vec<Output>,
+    /// Other metrics (tokens/s, steps, …).
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The hypothesis it tested.
+    pub hypothesis: std::collections::BTreeMap<String, f64>,
 }

@@ -8,7 +8,6 @@ use btd_protocol::membership::{Credential, DeviceCode, MemberId};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal;
 use btd_protocol::signed::Signed;
-use btd_protocol::trace::Output;
 use btd_protocol::wire::{
     grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
     MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt,
@@ -18,7 +17,7 @@ use libp2p::PeerId;
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 
-use super::types::{JoinEvent, StatusView};
+use super::types::{JoinEvent, NewResult, StatusView};
 use super::{JoinState, Membership, Node, MAX_JOINS, MAX_PENDING_SUBMITS};
 use crate::store::{self, MembershipRow};
 
@@ -411,9 +410,7 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
 pub(super) fn submit(
     node: &mut Node,
     program: ProgramId,
-    value: f64,
-    rung_id: String,
-    outputs: Vec<Output>,
+    result: NewResult,
     reply: oneshot::Sender<Result<SubmitReceipt, String>>,
 ) {
     let Some(m) = node.memberships.get(&program).cloned() else {
@@ -434,10 +431,11 @@ pub(super) fn submit(
     let sub = Submission {
         program,
         nonce,
-        value,
-        rung_id,
-        outputs,
-        metrics: Default::default(),
+        value: result.value,
+        rung_id: result.rung_id,
+        outputs: result.outputs,
+        metrics: result.metrics,
+        hypothesis: result.hypothesis,
         created_at: crate::now(),
     };
     if let Err(e) = sub.check(crate::now()) {

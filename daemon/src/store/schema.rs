@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, Transaction};
 use super::StoreError;
 
 /// The schema version this build writes. Older databases are migrated forward in [`prepare`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE programs (
@@ -49,6 +49,17 @@ CREATE TABLE memberships (
 );
 ";
 
+/// Version 2: the worker loop's runs (one JSON record per round, see `crate::work`).
+const SCHEMA_V2: &str = "
+CREATE TABLE runs (
+    program TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (program, round)
+);
+";
+
 /// Opens the database in WAL mode with full fsync and migrates it.
 pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -64,6 +75,11 @@ pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     if version < 1 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
         ))?;
     }
     Ok(())
@@ -225,6 +241,51 @@ pub fn put_membership(tx: &Transaction<'_>, row: &MembershipRow) -> Result<(), S
         ],
     )?;
     Ok(())
+}
+
+/// Inserts or replaces one round of the worker loop (its record as JSON).
+pub fn put_run(
+    tx: &Transaction<'_>,
+    program: &ProgramId,
+    round: u64,
+    started_at: Timestamp,
+    record_json: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO runs (program, round, started_at, record) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (program, round) DO UPDATE SET record = excluded.record",
+        params![
+            program.to_string(),
+            i64::try_from(round).unwrap_or(i64::MAX),
+            ms(started_at),
+            record_json
+        ],
+    )?;
+    Ok(())
+}
+
+/// The run records (JSON) of one program, or of all, in (program, round) order.
+pub fn load_runs(
+    conn: &Connection,
+    program: Option<&ProgramId>,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT record FROM runs WHERE ?1 IS NULL OR program = ?1 ORDER BY program, round",
+    )?;
+    let rows = stmt.query_map(params![program.map(ToString::to_string)], |r| {
+        r.get::<_, String>(0)
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The number the next round of `program` gets (rounds count from 1 across `btd join` calls).
+pub fn next_round(conn: &Connection, program: &ProgramId) -> Result<u64, StoreError> {
+    let last: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(round), 0) FROM runs WHERE program = ?1",
+        params![program.to_string()],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(last).unwrap_or(0).saturating_add(1))
 }
 
 /// Loads everything.

@@ -8,6 +8,7 @@
 
 mod datetime;
 mod parse;
+pub mod search;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -44,6 +45,8 @@ pub struct Program {
     pub reward: Reward,
     /// What a worker runs.
     pub task: Task,
+    /// The hypothesis search space (`[task.search]`; empty: every worker runs the task as written).
+    pub search: search::SearchSpace,
     /// Compute rungs the program knows about.
     pub rungs: Vec<Rung>,
     /// Spend policy.

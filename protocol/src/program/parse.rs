@@ -1,6 +1,6 @@
 //! TOML manifest → [`Program`], collecting every problem with its field path and line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use toml::de::DeTable;
 use toml::{Table, Value};
@@ -11,6 +11,9 @@ use super::walk::{
     required, text, type_name, unknown_keys, Ctx, Path, TransposeNone,
 };
 
+use super::search::{
+    Scale, SearchParam, SearchSpace, CANDLE_INTEGER_PARAMS, CANDLE_PARAMS, MAX_SEARCH_PARAMS,
+};
 use super::{
     CandleTask, Criteria, Dataset, FieldError, ManifestErrors, ModelPreset, Program, Reward,
     ShellTask, StopConditions, Task, MANIFEST_VERSION,
@@ -176,9 +179,17 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
     let reward = required(ctx, &top, root, "reward")
         .and_then(|v| as_table(ctx, &top.key("reward"), v))
         .and_then(|t| reward(ctx, &top.key("reward"), t));
-    let task = required(ctx, &top, root, "task")
-        .and_then(|v| as_table(ctx, &top.key("task"), v))
-        .and_then(|t| task(ctx, &top.key("task"), t));
+    let task_table =
+        required(ctx, &top, root, "task").and_then(|v| as_table(ctx, &top.key("task"), v));
+    let task = task_table.and_then(|t| task(ctx, &top.key("task"), t));
+    let search = match (task_table, &task) {
+        (Some(t), Some(task)) => match t.get("search") {
+            None => Some(SearchSpace::default()),
+            Some(v) => as_table(ctx, &top.key("task").key("search"), v)
+                .and_then(|s| search(ctx, &top.key("task").key("search"), s, task)),
+        },
+        _ => None,
+    };
     let rungs = required(ctx, &top, root, "rungs").and_then(|v| rungs(ctx, &top.key("rungs"), v));
     let policy = match root.get("policy") {
         None => Some(default_policy()),
@@ -198,6 +209,7 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
         baseline,
         reward: reward?,
         task: task?,
+        search: search?,
         rungs: rungs?,
         policy: policy?,
         required_outputs: required_outputs?,
@@ -367,6 +379,7 @@ fn candle_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<CandleTask> 
             "steps",
             "seed",
             "eval_tokens",
+            "search",
         ],
     );
     let preset = match t.get("preset") {
@@ -464,7 +477,7 @@ fn dataset(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Dataset> {
 }
 
 fn shell_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<ShellTask> {
-    unknown_keys(ctx, path, t, &["kind", "command", "timeout_secs"]);
+    unknown_keys(ctx, path, t, &["kind", "command", "timeout_secs", "search"]);
     let command = required(ctx, path, t, "command").and_then(|v| {
         let p = path.key("command");
         let s = as_str(ctx, &p, v)?;
@@ -482,6 +495,147 @@ fn shell_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<ShellTask> {
     Some(ShellTask {
         command: command?,
         timeout_secs: timeout_secs?,
+    })
+}
+
+/// `[task.search]`: parameter name → `{ min, max, scale, integer, start }`. A candle task may
+/// search only the trainer's hyperparameters ([`CANDLE_PARAMS`]); a shell task names its own
+/// (they reach the command as `BTD_PARAM_<NAME>` environment variables).
+fn search(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<SearchSpace> {
+    if t.len() > MAX_SEARCH_PARAMS {
+        ctx.err(
+            path,
+            format!(
+                "declares {} parameters; the limit is {MAX_SEARCH_PARAMS}",
+                t.len()
+            ),
+        );
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    let mut ok = true;
+    for (name, v) in t {
+        let p = path.key(name);
+        let limits = match task {
+            Task::Candle(_) => match CANDLE_PARAMS.iter().find(|(n, _, _)| n == name) {
+                Some(&(_, lo, hi)) => Some((lo, hi)),
+                None => {
+                    let names: Vec<&str> = CANDLE_PARAMS.iter().map(|(n, _, _)| *n).collect();
+                    ctx.err(
+                        &p,
+                        format!(
+                            "a candle task cannot search {name:?}; searchable: {}",
+                            names.join(", ")
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            },
+            Task::Shell(_) => {
+                let valid = name.len() <= 32
+                    && name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    ctx.err(
+                        &p,
+                        format!(
+                            "{name:?} is not a parameter name: 1-32 characters of a-z 0-9 _, starting with a letter"
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                None
+            }
+        };
+        let integer_forced =
+            matches!(task, Task::Candle(_)) && CANDLE_INTEGER_PARAMS.contains(&name.as_str());
+        match as_table(ctx, &p, v).and_then(|pt| search_param(ctx, &p, pt, limits, integer_forced))
+        {
+            Some(sp) => {
+                params.insert(name.clone(), sp);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(SearchSpace { params })
+}
+
+fn search_param(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    t: &Table,
+    limits: Option<(f64, f64)>,
+    integer_forced: bool,
+) -> Option<SearchParam> {
+    unknown_keys(ctx, path, t, &["min", "max", "scale", "integer", "start"]);
+    let min = required(ctx, path, t, "min").and_then(|v| as_f64(ctx, &path.key("min"), v));
+    let max = required(ctx, path, t, "max").and_then(|v| as_f64(ctx, &path.key("max"), v));
+    let scale = match t.get("scale") {
+        None => Some(Scale::Linear),
+        Some(v) => as_enum(
+            ctx,
+            &path.key("scale"),
+            v,
+            &[("linear", Scale::Linear), ("log", Scale::Log)],
+        ),
+    };
+    let integer = match t.get("integer") {
+        None => Some(integer_forced),
+        Some(v) => as_bool(ctx, &path.key("integer"), v).and_then(|b| {
+            if integer_forced && !b {
+                ctx.err(&path.key("integer"), "this parameter is a whole number");
+                None
+            } else {
+                Some(b)
+            }
+        }),
+    };
+    let start = t.get("start").map(|v| as_f64(ctx, &path.key("start"), v));
+    let (min, max, scale, integer) = (min?, max?, scale?, integer?);
+    let start = start.transpose_none()?;
+    if min >= max {
+        ctx.err(
+            &path.key("max"),
+            format!("must be greater than min ({min}), got {max}"),
+        );
+        return None;
+    }
+    if let Some((lo, hi)) = limits {
+        if min < lo || max > hi {
+            ctx.err(
+                path,
+                format!("the range [{min}, {max}] must lie within [{lo}, {hi}]"),
+            );
+            return None;
+        }
+    }
+    if scale == Scale::Log && min <= 0.0 {
+        ctx.err(&path.key("min"), "a log-scale range needs min > 0");
+        return None;
+    }
+    if integer && min.ceil() > max.floor() {
+        ctx.err(path, format!("no whole number lies in [{min}, {max}]"));
+        return None;
+    }
+    if let Some(s) = start {
+        if !(min..=max).contains(&s) {
+            ctx.err(
+                &path.key("start"),
+                format!("must lie within [{min}, {max}], got {s}"),
+            );
+            return None;
+        }
+    }
+    Some(SearchParam {
+        min,
+        max,
+        scale,
+        integer,
+        start,
     })
 }
 

@@ -387,6 +387,9 @@ pub struct Submission {
     pub outputs: Vec<Output>,
     /// Other metrics (e.g. tokens/s).
     pub metrics: BTreeMap<String, f64>,
+    /// The hypothesis it tested: the values of the program's search parameters (empty when the
+    /// program declares no search space).
+    pub hypothesis: BTreeMap<String, f64>,
     /// When the worker made it.
     pub created_at: Timestamp,
 }
@@ -413,6 +416,19 @@ impl Submission {
             check_id("metrics.name", k)?;
             check_finite("metrics.value", *v)?;
         }
+        if self.hypothesis.len() > crate::program::search::MAX_SEARCH_PARAMS {
+            return Err(bad(
+                "hypothesis",
+                format!(
+                    "more than {} parameters",
+                    crate::program::search::MAX_SEARCH_PARAMS
+                ),
+            ));
+        }
+        for (k, v) in &self.hypothesis {
+            check_id("hypothesis.name", k)?;
+            check_finite("hypothesis.value", *v)?;
+        }
         check_not_future("created_at", self.created_at, now)
     }
 }
@@ -430,6 +446,15 @@ pub struct SubmitReceipt {
     pub impact: f64,
     /// True when this nonce was already recorded (the receipt is the original one).
     pub duplicate: bool,
+}
+
+/// The champion as the KB serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChampionView {
+    /// Its KB entry.
+    pub entry: Entry,
+    /// The worker's signed submission, as received.
+    pub submission: Signed<Submission>,
 }
 
 /// A program's status as the owner sees it.
@@ -460,8 +485,9 @@ pub struct KbStatus {
 pub enum KbResponse {
     /// The signed announcement of the program (manifest + owner signature).
     Program(Signed<ProgramAnnouncement>),
-    /// The champion, if any.
-    Champion(Option<Entry>),
+    /// The champion, if any, with the signed submission that made it (its hypothesis, outputs
+    /// and metrics).
+    Champion(Option<Box<ChampionView>>),
     /// A page of results.
     Results {
         /// Entries in seq order.

@@ -48,6 +48,7 @@ fn submission() -> Submission {
         rung_id: "cpu".into(),
         outputs: vec![Output::of("metrics.json", b"{}")],
         metrics: BTreeMap::from([("tokens_per_s".to_string(), 12345.0)]),
+        hypothesis: BTreeMap::from([("lr".to_string(), 3e-3)]),
         created_at: Timestamp(1_000),
     }
 }
@@ -197,7 +198,10 @@ fn every_message_round_trips() {
     let payouts: Payouts = kb.payouts();
     for resp in [
         KbResponse::Program(announcement(&kp, Timestamp(5))),
-        KbResponse::Champion(Some(entry(1))),
+        KbResponse::Champion(Some(Box::new(ChampionView {
+            entry: entry(1),
+            submission: Signed::sign(&kp, &submission()).unwrap(),
+        }))),
         KbResponse::Champion(None),
         KbResponse::Results {
             entries: vec![entry(1), entry(2)],
@@ -443,6 +447,7 @@ proptest! {
         nonce in any::<[u8; 16]>(),
         rung in "[a-z0-9-]{1,20}",
         metrics in proptest::collection::btree_map("[a-z_]{1,12}", any::<f64>(), 0..8),
+        hypothesis in proptest::collection::btree_map("[a-z_]{1,12}", any::<f64>(), 0..8),
         at in any::<u64>(),
     ) {
         let s = Submission {
@@ -452,6 +457,7 @@ proptest! {
             rung_id: rung,
             outputs: vec![Output::of("m", b"x")],
             metrics,
+            hypothesis,
             created_at: Timestamp(at),
         };
         let back: Submission = decode(&encode(&s).unwrap()).unwrap();

@@ -57,6 +57,8 @@ pub struct ShellOptions {
     pub cwd: Option<PathBuf>,
     /// Bytes of each stream to keep, at most [`MAX_CAPTURE_BYTES`].
     pub max_capture: usize,
+    /// Extra environment variables for the command (e.g. a hypothesis as `BTD_PARAM_<NAME>`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ShellOptions {
@@ -66,6 +68,7 @@ impl ShellOptions {
             metric: metric.into(),
             cwd: None,
             max_capture: MAX_CAPTURE_BYTES,
+            env: Vec::new(),
         }
     }
 }
@@ -151,6 +154,7 @@ pub fn run_shell(
     if let Some(dir) = &opts.cwd {
         cmd.current_dir(dir);
     }
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     let started_at = Timestamp::from_millis(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

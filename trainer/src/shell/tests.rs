@@ -160,3 +160,23 @@ fn background_jobs_do_not_outlive_a_clean_exit() {
     }
     assert!(dead(pid), "the background sleeper {pid} survived");
 }
+
+#[test]
+fn the_command_sees_its_environment_and_working_directory() {
+    let dir = std::env::temp_dir().join(format!("btd-shell-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = ShellOptions {
+        cwd: Some(dir.clone()),
+        env: vec![("BTD_PARAM_LR".into(), "0.25".into())],
+        ..ShellOptions::new("m")
+    };
+    let cmd = "echo \"m: $BTD_PARAM_LR\"; pwd > where.txt";
+    let r = run_shell(&task(cmd, 60), &admitted(Action::RunLocal), &opts).unwrap();
+    assert_eq!(r.value, Some(0.25), "{r:?}");
+    let wrote = std::fs::read_to_string(dir.join("where.txt")).unwrap();
+    assert_eq!(
+        std::path::Path::new(wrote.trim()).canonicalize().unwrap(),
+        dir.canonicalize().unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,410 @@
+//! Running one round's task: candle training or the program's shell command, in the round's
+//! directory, on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use btd_protocol::dispatch::{DispatchResult, HardwareClass};
+use btd_protocol::program::search::Hypothesis;
+use btd_protocol::program::{CandleTask, Program, ShellTask, Task};
+use btd_protocol::trace::{BundleStatus, Output};
+use btd_protocol::wire::AdvertisedRung;
+use btd_protocol::Digest;
+use btd_trainer::device::{self, DeviceChoice};
+use btd_trainer::shell::{run_shell, ShellOptions};
+use btd_trainer::train::StopReason;
+use btd_trainer::{Corpus, TrainSpec};
+use sha2::{Digest as _, Sha256};
+
+/// Most lines kept in a round's `train.log` (one per logged step).
+const MAX_LOG_LINES: usize = 20_000;
+
+/// What one run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// How it ended.
+    pub status: BundleStatus,
+    /// The objective metric, when the run produced a finite one.
+    pub value: Option<f64>,
+    /// Other measurements.
+    pub metrics: BTreeMap<String, f64>,
+    /// Its files, by digest.
+    pub outputs: Vec<Output>,
+    /// What happened, in words.
+    pub detail: String,
+    /// The daemon was stopping and interrupted it.
+    pub cancelled: bool,
+}
+
+impl RunOutcome {
+    fn failed(detail: String) -> Self {
+        Self {
+            status: BundleStatus::Failed,
+            value: None,
+            metrics: BTreeMap::new(),
+            outputs: Vec::new(),
+            detail,
+            cancelled: false,
+        }
+    }
+}
+
+/// A task ready to run rounds: the corpus is loaded and checked once.
+pub(super) enum Prepared {
+    Candle {
+        task: CandleTask,
+        corpus: Arc<Corpus>,
+        device: DeviceChoice,
+    },
+    Shell {
+        task: ShellTask,
+        metric: String,
+    },
+}
+
+impl Prepared {
+    pub(super) async fn new(
+        program: &Program,
+        rung: &AdvertisedRung,
+        data: Option<PathBuf>,
+    ) -> Result<Prepared, String> {
+        match &program.task {
+            Task::Candle(task) => {
+                let dataset = task.dataset.clone();
+                let corpus = tokio::task::spawn_blocking(move || {
+                    Corpus::for_dataset(&dataset, data.as_deref())
+                })
+                .await
+                .map_err(|e| format!("loading the corpus failed: {e}"))?
+                .map_err(|e| format!("cannot use the program's corpus: {e}"))?;
+                let spec = TrainSpec::from_task(task);
+                corpus
+                    .check_fits(spec.model.block_size)
+                    .map_err(|e| e.to_string())?;
+                let device = match rung.hardware {
+                    HardwareClass::Cpu => DeviceChoice::Cpu,
+                    _ => DeviceChoice::Cuda(0),
+                };
+                if device != DeviceChoice::Cpu && !device::CUDA_BUILT {
+                    return Err(format!(
+                        "rung {} is a GPU but this btd was built without CUDA (cargo build \
+                         --features cuda); run on a CPU rung with --rung",
+                        rung.id
+                    ));
+                }
+                Ok(Prepared::Candle {
+                    task: task.clone(),
+                    corpus: Arc::new(corpus),
+                    device,
+                })
+            }
+            Task::Shell(task) => Ok(Prepared::Shell {
+                task: task.clone(),
+                metric: program.criteria.metric.clone(),
+            }),
+        }
+    }
+
+    /// The task's own values of the searchable parameters (where the search starts).
+    pub(super) fn defaults(&self) -> Hypothesis {
+        match self {
+            Prepared::Candle { task, .. } => TrainSpec::from_task(task).hypothesis(),
+            Prepared::Shell { .. } => Hypothesis::new(),
+        }
+    }
+
+    /// Runs the task once in `dir`; never panics, never fails: every problem is in the outcome.
+    pub(super) async fn run(
+        &self,
+        dispatch: &DispatchResult,
+        hypothesis: &Hypothesis,
+        dir: &Path,
+        required: &[String],
+        cancel: Arc<AtomicBool>,
+    ) -> RunOutcome {
+        let dir = dir.to_path_buf();
+        let hypothesis = hypothesis.clone();
+        let joined = match self {
+            Prepared::Candle {
+                task,
+                corpus,
+                device,
+            } => {
+                let (task, corpus, device) = (task.clone(), corpus.clone(), *device);
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    train(&task, &corpus, device, &hypothesis, &dir, &cancel)
+                })
+                .await
+            }
+            Prepared::Shell { task, metric } => {
+                let (task, metric, dispatch) = (task.clone(), metric.clone(), dispatch.clone());
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    shell(&task, &metric, &dispatch, &hypothesis, &dir)
+                })
+                .await
+            }
+        };
+        let mut outcome =
+            joined.unwrap_or_else(|e| RunOutcome::failed(format!("the run crashed: {e}")));
+        collect_required(&mut outcome, &dir, required);
+        outcome
+    }
+}
+
+fn train(
+    task: &CandleTask,
+    corpus: &Corpus,
+    device: DeviceChoice,
+    hypothesis: &Hypothesis,
+    dir: &Path,
+    cancel: &AtomicBool,
+) -> RunOutcome {
+    let mut spec = TrainSpec::from_task(task);
+    if let Err(e) = spec.apply_hypothesis(hypothesis) {
+        return RunOutcome::failed(format!("the hypothesis is not a usable config: {e}"));
+    }
+    device::set_cpu_threads(device::recommended_cpu_threads(&spec.model));
+    let dev = match device::open(device) {
+        Ok(d) => d,
+        Err(e) => return RunOutcome::failed(e.to_string()),
+    };
+    let mut log = String::new();
+    let mut lines = 0usize;
+    let trained = btd_trainer::train(&spec, corpus, &dev, &mut |s| {
+        if lines < MAX_LOG_LINES && (s.step <= 10 || s.step % 10 == 0) {
+            lines += 1;
+            log.push_str(&format!(
+                "step {} loss {:.5} lr {:.6e} grad_norm {:.4} tokens/s {:.0}\n",
+                s.step, s.loss, s.lr, s.grad_norm, s.tokens_per_sec
+            ));
+        }
+        if cancel.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    let trained = match trained {
+        Ok(t) => t,
+        Err(e) => return RunOutcome::failed(format!("training failed: {e}")),
+    };
+    let r = &trained.report;
+    let mut outputs = Vec::new();
+    let ckpt = dir.join("checkpoint.safetensors");
+    if let Err(e) = trained.checkpoint.write(&ckpt) {
+        return RunOutcome::failed(format!("cannot write the checkpoint: {e}"));
+    }
+    outputs.push(Output {
+        name: "checkpoint.safetensors".into(),
+        sha256: r.checkpoint_sha256,
+    });
+    let report = match serde_json::to_vec_pretty(r) {
+        Ok(b) => b,
+        Err(e) => return RunOutcome::failed(format!("cannot encode the report: {e}")),
+    };
+    for (name, bytes) in [("metrics.json", &report[..]), ("train.log", log.as_bytes())] {
+        if let Err(e) = std::fs::write(dir.join(name), bytes) {
+            return RunOutcome::failed(format!("cannot write {name}: {e}"));
+        }
+        outputs.push(Output::of(name, bytes));
+    }
+    let metrics = BTreeMap::from([
+        ("steps".to_string(), r.steps as f64),
+        ("tokens".to_string(), r.tokens as f64),
+        ("tokens_per_sec".to_string(), r.tokens_per_sec),
+        ("train_secs".to_string(), r.train_secs),
+        ("params".to_string(), r.params as f64),
+        ("final_train_loss".to_string(), r.final_train_loss),
+    ]);
+    let finite = r.val_bpb.is_finite();
+    let detail = format!(
+        "{} steps in {:.1} s ({:.0} tokens/s) on {}, val_bpb {:.4}, checkpoint {}",
+        r.steps,
+        r.train_secs,
+        r.tokens_per_sec,
+        r.device,
+        r.val_bpb,
+        r.checkpoint_sha256.short()
+    );
+    RunOutcome {
+        status: if finite {
+            BundleStatus::Completed
+        } else {
+            BundleStatus::Failed
+        },
+        value: finite.then_some(r.val_bpb),
+        metrics: metrics.into_iter().filter(|(_, v)| v.is_finite()).collect(),
+        outputs,
+        detail,
+        cancelled: r.stopped_by == StopReason::Cancelled,
+    }
+}
+
+fn shell(
+    task: &ShellTask,
+    metric: &str,
+    dispatch: &DispatchResult,
+    hypothesis: &Hypothesis,
+    dir: &Path,
+) -> RunOutcome {
+    let mut env: Vec<(String, String)> = hypothesis
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("BTD_PARAM_{}", k.to_ascii_uppercase()),
+                v.to_string(),
+            )
+        })
+        .collect();
+    env.push(("BTD_RUN_DIR".into(), dir.display().to_string()));
+    let opts = ShellOptions {
+        cwd: Some(dir.to_path_buf()),
+        env,
+        ..ShellOptions::new(metric)
+    };
+    let receipt = match run_shell(task, dispatch, &opts) {
+        Ok(r) => r,
+        Err(e) => return RunOutcome::failed(e.to_string()),
+    };
+    let mut outputs = Vec::new();
+    let mut log = receipt.stdout.clone().into_bytes();
+    log.extend_from_slice(receipt.stderr.as_bytes());
+    let receipt_json = serde_json::to_vec_pretty(&receipt).unwrap_or_default();
+    for (name, bytes) in [
+        ("output.log", &log[..]),
+        ("shell-receipt.json", &receipt_json[..]),
+    ] {
+        if let Err(e) = std::fs::write(dir.join(name), bytes) {
+            return RunOutcome::failed(format!("cannot write {name}: {e}"));
+        }
+        outputs.push(Output::of(name, bytes));
+    }
+    let status = if receipt.timed_out {
+        BundleStatus::TimedOut
+    } else if receipt.succeeded() {
+        BundleStatus::Completed
+    } else {
+        BundleStatus::Failed
+    };
+    let detail = if receipt.timed_out {
+        format!("killed after the {} s timeout", task.timeout_secs)
+    } else if receipt.exit_code != Some(0) {
+        format!(
+            "exited with {} after {} ms",
+            receipt.exit_code.map_or_else(
+                || format!("signal {:?}", receipt.signal),
+                |c| format!("status {c}")
+            ),
+            receipt.duration_ms
+        )
+    } else if receipt.value.is_none() {
+        format!("printed no `{metric}: <number>` line")
+    } else {
+        format!(
+            "{metric} {} in {} ms",
+            receipt.value.unwrap_or(f64::NAN),
+            receipt.duration_ms
+        )
+    };
+    let mut metrics = BTreeMap::from([("duration_ms".to_string(), receipt.duration_ms as f64)]);
+    if let Some(c) = receipt.exit_code {
+        metrics.insert("exit_code".into(), f64::from(c));
+    }
+    RunOutcome {
+        status,
+        value: if status == BundleStatus::Completed {
+            receipt.value
+        } else {
+            None
+        },
+        metrics,
+        outputs,
+        detail,
+        cancelled: false,
+    }
+}
+
+/// Adds every required output the run left in `dir` that is not in the outcome yet; a completed
+/// run that lacks one becomes failed (a bundle without its required outputs does not count).
+fn collect_required(outcome: &mut RunOutcome, dir: &Path, required: &[String]) {
+    let mut missing = Vec::new();
+    for name in required {
+        if outcome.outputs.iter().any(|o| &o.name == name) {
+            continue;
+        }
+        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+        match plain.then(|| file_digest(&dir.join(name))).flatten() {
+            Some(sha256) => outcome.outputs.push(Output {
+                name: name.clone(),
+                sha256,
+            }),
+            None => missing.push(name.as_str()),
+        }
+    }
+    if !missing.is_empty() && outcome.status == BundleStatus::Completed {
+        outcome.status = BundleStatus::Failed;
+        outcome.value = None;
+        outcome.detail = format!(
+            "{}; missing required outputs: {}",
+            outcome.detail,
+            missing.join(", ")
+        );
+    }
+}
+
+/// SHA-256 of a regular file, streamed.
+fn file_digest(path: &Path) -> Option<Digest> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Some(Digest(h.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_outputs_are_collected_from_the_directory_or_fail_the_run() {
+        let dir = std::env::temp_dir().join(format!("btd-work-outputs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.bin"), b"weights").unwrap();
+        let mut o = RunOutcome {
+            status: BundleStatus::Completed,
+            value: Some(1.0),
+            metrics: BTreeMap::new(),
+            outputs: vec![Output::of("metrics.json", b"{}")],
+            detail: "ran".into(),
+            cancelled: false,
+        };
+        collect_required(&mut o, &dir, &["metrics.json".into(), "model.bin".into()]);
+        assert_eq!(o.status, BundleStatus::Completed);
+        assert_eq!(o.outputs[1], Output::of("model.bin", b"weights"));
+        collect_required(&mut o, &dir, &["report.md".into(), "..".into()]);
+        assert_eq!(o.status, BundleStatus::Failed);
+        assert_eq!(o.value, None);
+        assert!(
+            o.detail.contains("missing required outputs: report.md, .."),
+            "{}",
+            o.detail
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
