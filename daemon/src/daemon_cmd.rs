@@ -310,7 +310,7 @@ fn print_work_event(e: &WorkEvent) {
             } else {
                 hypothesis
                     .iter()
-                    .map(|(k, v)| format!("{k}={v:.4e}"))
+                    .map(|(k, v)| format!("{k}={}", short_num(*v)))
                     .collect::<Vec<_>>()
                     .join(" ")
             };
@@ -340,7 +340,8 @@ fn print_work_event(e: &WorkEvent) {
             };
             out!(
                 "round {round}: the owner recorded it as seq {}: {what} (impact {})",
-                receipt.seq, receipt.impact
+                receipt.seq,
+                short_num(receipt.impact)
             );
         }
         WorkEvent::Recorded { round, record, dir } => match record {
@@ -351,6 +352,18 @@ fn print_work_event(e: &WorkEvent) {
             ),
             None => out!("round {round}: recorded in {}", dir.display()),
         },
+    }
+}
+
+/// A number for a progress line: whole numbers plainly, small ones in scientific notation, the
+/// rest with four decimals.
+fn short_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v != 0.0 && v.abs() < 1e-2 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
     }
 }
 

@@ -55,7 +55,12 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         store.clone(),
     )
     .await?;
-    let work = WorkContext::new(handle.clone(), store, home.runs_dir(), cfg.rungs);
+    // Records name their directories absolutely: a relative --home must not make them ambiguous.
+    let runs_dir = home.runs_dir();
+    std::fs::create_dir_all(&runs_dir)
+        .with_context(|| format!("cannot create {}", runs_dir.display()))?;
+    let runs_dir = std::fs::canonicalize(&runs_dir).unwrap_or(runs_dir);
+    let work = WorkContext::new(handle.clone(), store, runs_dir, cfg.rungs);
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = tokio::spawn(crate::control::serve(

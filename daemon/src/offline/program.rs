@@ -79,6 +79,16 @@ fn print_summary(path: &Path, p: &Program) {
             t.timeout_secs
         ),
     }
+    for (name, sp) in &p.search.params {
+        out!(
+            "  search:     {name} in [{}, {}] ({}{}{})",
+            sp.min,
+            sp.max,
+            name_of(&sp.scale),
+            if sp.integer { ", whole numbers" } else { "" },
+            sp.start.map_or_else(String::new, |s| format!(", starts at {s}"))
+        );
+    }
     for r in &p.rungs {
         out!(
             "  rung:       {} \"{}\": {}, {}{}",

@@ -1,0 +1,82 @@
+//! End to end over real `btd` processes: a worker joins with `btd join --rounds`, trains the
+//! example program's task on hypotheses near the champion, submits, and leaves records that
+//! `btd runs` lists and `btd eval` verifies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use btd_tests::{btd_bin, repo_root, stderr, wait_until, Daemon};
+
+/// The example program with a step budget small enough for a test.
+fn quick_program(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("examples/program.toml"))
+        .unwrap()
+        .replace("seconds = 20 ", "# no wall-clock budget ")
+        .replace("steps = 400 ", "steps = 25 ")
+        .replace("eval_tokens = 65536", "eval_tokens = 4096");
+    assert!(text.contains("steps = 25 ") && !text.contains("seconds = 20 "));
+    let path = dir.join("quick.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn join_with_rounds_trains_submits_and_records_verifiable_results() {
+    let owner = Daemon::start(&[]);
+    let worker = Daemon::start(&["--bootstrap", &owner.addr()]);
+    let manifest = quick_program(owner.home.parent().unwrap());
+    let o = owner.btd(&["publish", manifest.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_until("program discovery", 30, || {
+        let v = worker.json(&["programs"]);
+        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
+    });
+
+    let mut child = Command::new(btd_bin())
+        .args(["join", &id, "--rounds", "2", "--home"])
+        .arg(&worker.home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = loop {
+        let line = lines.next().expect("join printed a code").unwrap();
+        if let Some(c) = line.strip_prefix("user code: ") {
+            break c.trim().to_string();
+        }
+    };
+    let o = owner.btd(&["approve", &code]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    let text = rest.join("\n");
+    assert!(status.success(), "join --rounds failed:\n{text}\n{}", worker.log());
+    assert!(text.contains("round 1: dispatch run_local"), "{text}");
+    assert!(text.contains("round 2: on cpu: batch_size="), "{text}");
+    assert!(text.contains("2 of 2 rounds submitted"), "{text}");
+
+    // The worker's records: submitted, linked, with a checkpoint `btd eval` reproduces exactly.
+    let runs = worker.json(&["runs", &id]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert_eq!(r["state"], "submitted", "{r}");
+        assert!(r["trace"]["id"].is_string(), "{r}");
+        let ckpt = std::path::Path::new(r["dir"].as_str().unwrap()).join("checkpoint.safetensors");
+        let e = worker.json(&["eval", ckpt.to_str().unwrap()]);
+        assert_eq!(e["val_bpb"], r["value"], "{e}");
+        assert_eq!(e["matches_claim"], true, "{e}");
+    }
+    // The owner's KB holds both, with the champion's hypothesis.
+    let s = owner.json(&["status", &id]);
+    assert_eq!(s["submissions"], 2, "{s}");
+    let best = runs
+        .iter()
+        .filter(|r| r["verdict"]["champion"] == true)
+        .last()
+        .unwrap();
+    assert_eq!(s["champion"]["value"], best["value"]);
+}
