@@ -53,7 +53,11 @@ fn join_with_rounds_trains_submits_and_records_verifiable_results() {
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = child.wait().unwrap();
     let text = rest.join("\n");
-    assert!(status.success(), "join --rounds failed:\n{text}\n{}", worker.log());
+    assert!(
+        status.success(),
+        "join --rounds failed:\n{text}\n{}",
+        worker.log()
+    );
     assert!(text.contains("round 1: dispatch run_local"), "{text}");
     assert!(text.contains("round 2: on cpu: batch_size="), "{text}");
     assert!(text.contains("2 of 2 rounds submitted"), "{text}");

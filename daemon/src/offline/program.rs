@@ -86,7 +86,8 @@ fn print_summary(path: &Path, p: &Program) {
             sp.max,
             name_of(&sp.scale),
             if sp.integer { ", whole numbers" } else { "" },
-            sp.start.map_or_else(String::new, |s| format!(", starts at {s}"))
+            sp.start
+                .map_or_else(String::new, |s| format!(", starts at {s}"))
         );
     }
     for r in &p.rungs {

@@ -169,7 +169,8 @@ fn train(
     if let Err(e) = spec.apply_hypothesis(hypothesis) {
         return RunOutcome::failed(format!("the hypothesis is not a usable config: {e}"));
     }
-    device::set_cpu_threads(device::recommended_cpu_threads(&spec.model));
+    // The thread count is fixed at daemon start (see `btd start`): the environment must not change
+    // while the daemon's threads run.
     let dev = match device::open(device) {
         Ok(d) => d,
         Err(e) => return RunOutcome::failed(e.to_string()),
