@@ -79,8 +79,7 @@ fn join_with_rounds_trains_submits_and_records_verifiable_results() {
     assert_eq!(s["submissions"], 2, "{s}");
     let best = runs
         .iter()
-        .filter(|r| r["verdict"]["champion"] == true)
-        .last()
+        .rfind(|r| r["verdict"]["champion"] == true)
         .unwrap();
     assert_eq!(s["champion"]["value"], best["value"]);
 }

@@ -48,8 +48,18 @@ pub(super) fn announce_all(node: &mut Node) {
     for id in ids {
         announce(node, id, true);
     }
-    advertise_rungs(node);
+    // Rung adverts reach every node, so N advertisers cost O(N²) deliveries per period: only
+    // members advertise (what they can run is what owners want to know), right after joining and
+    // then every RUNG_ADVERT_EVERY.
+    let now = std::time::Instant::now();
+    if !node.memberships.is_empty() && node.next_rung_advert.is_none_or(|t| now >= t) {
+        node.next_rung_advert = Some(now + RUNG_ADVERT_EVERY);
+        advertise_rungs(node);
+    }
 }
+
+/// Period of a member's rung advert.
+const RUNG_ADVERT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Re-gossips own programs only (no DHT write, no rung advert): what a new subscriber needs.
 pub(super) fn regossip_programs(node: &mut Node) {

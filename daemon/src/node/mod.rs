@@ -294,6 +294,8 @@ pub struct Node {
     /// A peer subscribed to the programs topic: re-gossip own programs (only), rate limited.
     pub(crate) regossip_programs: bool,
     pub(crate) last_program_gossip: Instant,
+    /// When the rung advert is next due (`None`: at the next announcement).
+    pub(crate) next_rung_advert: Option<Instant>,
     pub(crate) lookups: gossip::Lookups,
     pub(crate) relay_server: bool,
     /// Per-peer request budget (burst, per second).
@@ -352,6 +354,7 @@ pub async fn spawn(
         announce_soon: true,
         regossip_programs: false,
         last_program_gossip: Instant::now(),
+        next_rung_advert: None,
         lookups: gossip::Lookups::default(),
         relay_server: cfg.net.relay_server,
         rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),

@@ -197,6 +197,7 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
                 let member = MemberId::from_peer(node.swarm.local_peer_id()).to_string();
                 tracing::info!(program = %program, "joined");
                 node.announce_soon = true;
+                node.next_rung_advert = None;
                 event(&join.events, JoinEvent::Granted { program, member });
             }
             Err(e) => event(
