@@ -27,6 +27,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole idea on this machine: a relay, an owner and workers as real daemons; device-code
+    /// joins; candle training rounds; a live leaderboard; the payouts.
+    Demo(crate::demo::DemoArgs),
     /// Run the daemon in the foreground (SIGINT/SIGTERM or `btd stop` shut it down cleanly).
     Start(StartArgs),
     /// Stop the running daemon.
@@ -273,6 +276,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         }) => offline::replay::run(&manifest, &submissions, json),
         Command::Policy(PolicyCmd::Explain(args)) => offline::policy::explain(&args, json),
         Command::Schema { name } => offline::schema::run(name.as_deref()),
+        Command::Demo(args) => crate::demo::run(&args),
         Command::Start(args) => daemon_cmd::start(home, args),
         Command::Stop => daemon_cmd::stop(home, json),
         Command::Id => daemon_cmd::id(home, json),

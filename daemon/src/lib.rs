@@ -14,6 +14,7 @@ mod compute_cmd;
 pub mod config;
 pub mod control;
 mod daemon_cmd;
+mod demo;
 pub mod home;
 pub mod net;
 pub mod node;

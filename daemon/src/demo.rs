@@ -1,0 +1,482 @@
+//! `btd demo`: the whole idea on one machine, for real. A relay, an owner and N workers run as
+//! separate `btd start` processes (own homes, loopback addresses); the owner publishes a tiny candle
+//! program; the workers join with device codes the demo approves as the owner; they train rounds of
+//! hypotheses near the champion and submit; a live leaderboard follows the owner's KB; the payouts
+//! end it. Every daemon is stopped on exit or Ctrl-C; the homes stay for a look around.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use btd_protocol::program::ProgramId;
+use clap::Args;
+use serde::de::DeserializeOwned;
+
+use crate::control::{Progress, Request};
+use crate::node::types::{JoinEvent, NodeInfo, PeerView, ProgramView, StatusView};
+use crate::output::{out, CmdError};
+use crate::work::{RunRecord, WorkOptions};
+
+/// `btd demo` flags.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Where the homes go (default: a new directory under the system temp dir). Kept afterwards.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Workers (the last one knows only the relay).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
+    workers: u8,
+    /// Rounds per worker.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
+    /// Training steps per round (the tiny preset).
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    steps: u64,
+}
+
+/// The demo's program: the tiny preset on the built-in synthetic corpus, searching the learning
+/// rate, warm-up and batch size; beats-champion, pool split by impact.
+fn manifest(steps: u64) -> String {
+    format!(
+        r#"name = "demo-tiny-gpt"
+objective = "Lowest validation bits-per-byte of btd's tiny byte-level GPT on the synthetic corpus in {steps} steps."
+membership = "approval"
+baseline = 4.5
+required_outputs = ["checkpoint.safetensors", "metrics.json"]
+
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+
+[task]
+kind = "candle"
+preset = "tiny"
+steps = {steps}
+seed = 7
+eval_tokens = 16384
+
+[task.dataset]
+kind = "synthetic"
+seed = 1
+bytes = 262144
+
+[task.search]
+lr = {{ min = 5e-4, max = 1e-2, scale = "log" }}
+warmup_frac = {{ min = 0.0, max = 0.2 }}
+batch_size = {{ min = 8, max = 32, scale = "log" }}
+
+[[rungs]]
+id = "cpu"
+label = "Any CPU"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#
+    )
+}
+
+/// A daemon child process, stopped when dropped.
+struct Daemon {
+    name: String,
+    home: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    fn start(name: &str, dir: &Path, extra: &[String]) -> Result<Daemon> {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home)
+            .with_context(|| format!("cannot create {}", home.display()))?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))
+            .with_context(|| format!("cannot create the log of {name}"))?;
+        let exe = std::env::current_exe().context("cannot find the btd executable")?;
+        let child = Command::new(exe)
+            .arg("start")
+            .arg("--home")
+            .arg(&home)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start the {name} daemon"))?;
+        Ok(Daemon {
+            name: name.to_string(),
+            home,
+            child,
+        })
+    }
+
+    fn socket(&self) -> PathBuf {
+        crate::home::Home::at(self.home.clone()).socket_path()
+    }
+
+    async fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
+        let v = crate::client::call(&self.socket(), &req, |_| {}).await?;
+        serde_json::from_value(v).map_err(|e| anyhow!("unexpected reply from {}: {e}", self.name))
+    }
+
+    /// Waits until the control socket answers and the node listens.
+    async fn ready(&mut self) -> Result<NodeInfo> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(info) = self.call::<NodeInfo>(Request::Id).await {
+                if !info.listen.is_empty() {
+                    return Ok(info);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "the {} daemon exited ({status}); see {}.log",
+                    self.name,
+                    self.home.display()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("the {} daemon did not start within 30 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/ip4/127.0.0.1/tcp/N/p2p/ID`.
+    async fn addr(&self) -> Result<String> {
+        let info: NodeInfo = self.call(Request::Id).await?;
+        let a = info
+            .listen
+            .iter()
+            .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
+            .ok_or_else(|| anyhow!("{} has no TCP listen address", self.name))?;
+        Ok(if a.contains("/p2p/") {
+            a.clone()
+        } else {
+            format!("{a}/p2p/{}", info.peer_id)
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Ask politely (the daemon stops training and closes its database), then insist.
+        let _ = Command::new(std::env::current_exe().unwrap_or_else(|_| "btd".into()))
+            .arg("stop")
+            .arg("--home")
+            .arg(&self.home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `btd demo`.
+pub(crate) fn run(args: &DemoArgs) -> Result<(), CmdError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CmdError::Rejected(anyhow!("cannot start the async runtime: {e}")))?;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "btd-demo-{}-{}",
+            std::process::id(),
+            crate::now().as_millis()
+        )),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+        .map_err(CmdError::Rejected)?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let mut daemons = Vec::new();
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = demo(args, &dir, &mut daemons) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    out!("stopping the daemons...");
+    drop(daemons);
+    out!("homes and logs are in {}", dir.display());
+    outcome.map_err(CmdError::Rejected)
+}
+
+async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<()> {
+    let started = Instant::now();
+    out!("btd demo in {}", dir.display());
+
+    // The mesh: a relay, the owner (reserves a slot on the relay), the workers.
+    daemons.push(Daemon::start(
+        "relay",
+        dir,
+        &["--relay-server".to_string()],
+    )?);
+    daemons[0].ready().await?;
+    let relay_addr = daemons[0].addr().await?;
+    out!("relay     {relay_addr}");
+    daemons.push(Daemon::start(
+        "owner",
+        dir,
+        &["--bootstrap".to_string(), relay_addr.clone()],
+    )?);
+    daemons[1].ready().await?;
+    let owner_addr = daemons[1].addr().await?;
+    out!("owner     {owner_addr}");
+    for i in 1..=args.workers {
+        let name = format!("worker-{i}");
+        // The last worker knows only the relay: it finds the owner through the announcement,
+        // whose addresses include the owner's relay circuit.
+        let boot = if i == args.workers {
+            relay_addr.clone()
+        } else {
+            owner_addr.clone()
+        };
+        daemons.push(Daemon::start(
+            &name,
+            dir,
+            &["--bootstrap".to_string(), boot],
+        )?);
+        let d = daemons.len() - 1;
+        let info = daemons[d].ready().await?;
+        out!(
+            "{name:<9} {} (bootstrap: {})",
+            info.peer_id,
+            if i == args.workers {
+                "the relay only"
+            } else {
+                "the owner"
+            }
+        );
+    }
+
+    // Publish.
+    let text = manifest(args.steps);
+    let path = dir.join("program.toml");
+    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    let program: ProgramId = daemons[1].call(Request::Publish { manifest: text }).await?;
+    out!("owner published {} ({})", program, path.display());
+
+    // Join: each worker shows a user code; the demo approves it as the owner would.
+    let workers: Vec<usize> = (2..daemons.len()).collect();
+    let mut names = BTreeMap::new();
+    for &w in &workers {
+        let d = &daemons[w];
+        wait(
+            Duration::from_secs(30),
+            &format!("{} to learn the program", d.name),
+            || async {
+                let list: Vec<ProgramView> = d.call(Request::Programs).await.ok()?;
+                list.iter().any(|p| p.id == program).then_some(())
+            },
+        )
+        .await?;
+        let mut code = None;
+        crate::client::call(
+            &d.socket(),
+            &Request::Join {
+                program,
+                wait: false,
+                work: Some(WorkOptions {
+                    rounds: args.rounds,
+                    rung: None,
+                    data: None,
+                    allow_shell: false,
+                    approval_wait_secs: 60,
+                }),
+            },
+            |p| {
+                if let Progress::Join(JoinEvent::Code { user_code, .. }) = p {
+                    code = Some(user_code.clone());
+                }
+            },
+        )
+        .await?;
+        let code = code.ok_or_else(|| anyhow!("{} got no user code", d.name))?;
+        out!(
+            "{} shows user code {code}; the owner runs `btd approve {code}`",
+            d.name
+        );
+        let said: String = daemons[1].call(Request::Approve { code }).await?;
+        out!("  {said}");
+        let info: NodeInfo = d.call(Request::Id).await?;
+        names.insert(info.peer_id, d.name.clone());
+    }
+
+    // Work, with a live leaderboard from the owner's KB.
+    out!(
+        "workers train {} rounds each ({} steps of the tiny model per round) and submit...",
+        args.rounds,
+        args.steps
+    );
+    let total = u64::from(args.rounds) * workers.len() as u64;
+    let mut shown = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let s: StatusView = daemons[1]
+            .call(Request::Status {
+                program: Some(program),
+            })
+            .await?;
+        for e in s.results.iter().skip(shown) {
+            let who = names
+                .get(&e.worker)
+                .map_or(e.worker.as_str(), String::as_str);
+            out!(
+                "  #{:<3} {who:<9} val_bpb {:.4}  {}",
+                e.seq,
+                e.value,
+                if e.champion {
+                    format!("accepted, new champion (impact {:.4})", e.impact)
+                } else if e.accepted {
+                    "accepted".to_string()
+                } else {
+                    "rejected".to_string()
+                }
+            );
+        }
+        shown = s.results.len();
+        let mut finished = 0u64;
+        let mut stopped = Vec::new();
+        for &w in &workers {
+            let runs: Vec<RunRecord> = daemons[w]
+                .call(Request::Runs {
+                    program: Some(program),
+                })
+                .await?;
+            finished += runs.iter().filter(|r| r.finished_at.is_some()).count() as u64;
+            if let Some(r) = runs
+                .iter()
+                .find(|r| r.finished_at.is_some() && r.state != crate::work::RunState::Submitted)
+            {
+                stopped.push(format!("{}: {}", daemons[w].name, r.note));
+            }
+        }
+        if !stopped.is_empty() {
+            bail!("a worker stopped: {}", stopped.join("; "));
+        }
+        if finished >= total && s.submissions >= total {
+            leaderboard(&s, &names, &workers, daemons, program).await?;
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the workers did not finish within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    out!("done in {:.0} s", started.elapsed().as_secs_f64());
+    out!("to look around, start a daemon again on a home and ask it, e.g.:");
+    let owner_home = &daemons[1].home;
+    out!("  btd start --home {} &", owner_home.display());
+    out!("  btd status --home {} {program}", owner_home.display());
+    if let Some(&w) = workers.first() {
+        let h = &daemons[w].home;
+        out!(
+            "  btd runs --home {} {program}   (with its daemon started)",
+            h.display()
+        );
+        out!(
+            "  btd eval {}/runs/{}/round-00001/checkpoint.safetensors",
+            h.display(),
+            program.short()
+        );
+    }
+    Ok(())
+}
+
+async fn leaderboard(
+    s: &StatusView,
+    names: &BTreeMap<String, String>,
+    workers: &[usize],
+    daemons: &[Daemon],
+    program: ProgramId,
+) -> Result<()> {
+    out!("");
+    out!(
+        "{}: {} submissions, {} accepted",
+        s.name,
+        s.submissions,
+        s.accepted
+    );
+    if let Some(c) = &s.champion {
+        let who = names
+            .get(&c.worker)
+            .map_or(c.worker.as_str(), String::as_str);
+        out!("champion: #{} by {who}: val_bpb {:.4}", c.seq, c.value);
+    }
+    out!("per worker (rung cpu):");
+    for &w in workers {
+        let d = &daemons[w];
+        let runs: Vec<RunRecord> = d
+            .call(Request::Runs {
+                program: Some(program),
+            })
+            .await?;
+        let accepted = runs
+            .iter()
+            .filter(|r| r.verdict.as_ref().is_some_and(|v| v.accepted))
+            .count();
+        let best = runs
+            .iter()
+            .filter_map(|r| r.value)
+            .fold(f64::INFINITY, f64::min);
+        let traced = runs.iter().filter(|r| r.trace.is_some()).count();
+        out!(
+            "  {:<9} {} rounds, {accepted} accepted, {} rejected, best val_bpb {best:.4}, {traced} traceability records",
+            d.name,
+            runs.len(),
+            runs.len() - accepted
+        );
+    }
+    // How the relay-only worker reached the owner.
+    if let Some(&last) = workers.last() {
+        let peers: Vec<PeerView> = daemons[last].call(Request::Peers).await?;
+        if let Some(p) = peers.iter().find(|p| p.peer_id == s.owner) {
+            let via = if p.addresses.iter().any(|a| a.contains("p2p-circuit")) {
+                "through the relay"
+            } else {
+                "directly (hole punching or a dial to an announced address replaced the relay)"
+            };
+            out!("{} reaches the owner {via}", daemons[last].name);
+        }
+    }
+    out!("payouts (pool {} {}, split by impact):", s.pool, s.token);
+    for (w, a) in s.payouts.iter() {
+        let who = names.get(w).map_or(w, String::as_str);
+        out!("  {who:<9} {a} {}", s.token);
+    }
+    Ok(())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
+async fn wait<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
