@@ -170,3 +170,89 @@ fn join_through_a_relay() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(owner.json(&["status", &id])["submissions"], 1);
 }
+
+#[test]
+fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
+    let mut owner = Daemon::start(&[]);
+    let mut worker = Daemon::start(&["--bootstrap", &owner.addr()]);
+    let id = publish(&owner, "approval");
+    wait_known(&worker, &id);
+    join_approved(&owner, &worker, &id);
+    let addr = owner.addr();
+    let port = addr.split('/').nth(4).unwrap().to_string();
+
+    // Submissions stream from another thread while the owner is killed and restarted.
+    let home = worker.home.clone();
+    let id2 = id.clone();
+    let submitter = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..60u32 {
+            let value = format!("{}", 5.0 - f64::from(i) * 0.01);
+            let o = Command::new(btd_bin())
+                .args(["submit", &id2, "--value", &value, "--json", "--home"])
+                .arg(&home)
+                .output()
+                .unwrap();
+            if o.status.success() {
+                let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                acked.push((r["seq"].as_u64().unwrap(), value));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        acked
+    });
+    wait_until("a few acknowledged submissions", 30, || {
+        let s = owner.json(&["status", &id]);
+        (s["submissions"].as_u64()? >= 5).then_some(())
+    });
+    owner.kill9();
+    owner.restart(&["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+    let acked = submitter.join().unwrap();
+    assert!(
+        acked.len() >= 10,
+        "only {} submissions were acknowledged",
+        acked.len()
+    );
+
+    // Every acknowledged submission is in the owner's log at its seq; no value appears twice.
+    let s = owner.json(&["status", &id]);
+    let results = s["results"].as_array().unwrap();
+    let logged: Vec<(u64, String)> = results
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["value"].to_string()))
+        .collect();
+    for (seq, value) in &acked {
+        let at = logged.iter().find(|(s, _)| s == seq);
+        assert_eq!(
+            at.map(|(_, v)| v.parse::<f64>().unwrap()),
+            Some(value.parse::<f64>().unwrap()),
+            "acknowledged seq {seq} ({value}) is not in the owner's log"
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = logged.iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        distinct.len(),
+        logged.len(),
+        "a submission was counted twice: {logged:?}"
+    );
+    let seqs: Vec<u64> = logged.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=logged.len() as u64).collect::<Vec<_>>());
+
+    // The worker's daemon restarts (kill -9 too) and goes on without re-joining.
+    worker.kill9();
+    worker.restart(&["--bootstrap", &addr]);
+    let v = worker.json(&["programs"]);
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == id.as_str() && p["member"] == true),
+        "{v}"
+    );
+    let o = wait_until("a submission after the worker's restart", 30, || {
+        let o = worker.btd(&["submit", &id, "--value", "1.0", "--json"]);
+        o.status.success().then_some(o)
+    });
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["seq"].as_u64().unwrap(), logged.len() as u64 + 1);
+}
