@@ -124,6 +124,23 @@ fn non_members_and_revoked_members_are_refused_while_the_owner_keeps_serving() {
     let o = outsider.btd(&["status", &id]);
     assert_eq!(o.status.code(), Some(1));
 
+    // A bad manifest is refused by the daemon with the field and line.
+    let bad = owner.home.with_extension("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(repo_root().join("examples/program.toml"))
+            .unwrap()
+            .replace("direction = \"minimize\"", "direction = \"lower\""),
+    )
+    .unwrap();
+    let o = owner.btd(&["publish", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("criteria.direction") && stderr(&o).contains("minimize"),
+        "{}",
+        stderr(&o)
+    );
+
     // A wrong user code is a clear error.
     let o = owner.btd(&["approve", "ABCD-EFGH"]);
     assert_eq!(o.status.code(), Some(1));
