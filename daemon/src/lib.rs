@@ -32,5 +32,11 @@ pub fn now() -> btd_protocol::Timestamp {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    btd_protocol::Timestamp::from_millis(ms)
+    btd_protocol::Timestamp::from_millis(
+        ms.saturating_add(CLOCK_AHEAD_MS.load(std::sync::atomic::Ordering::Relaxed)),
+    )
 }
+
+/// How far [`now`] runs ahead of the wall clock: always 0 in the daemon; moved only by
+/// `testkit::advance_clock`, so in-process tests can reach a 15-minute expiry without waiting.
+static CLOCK_AHEAD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -108,6 +108,14 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
     })
 }
 
+/// Moves this process's protocol clock ([`crate::now`]) ahead by `by`, for every node in the
+/// process: expiries (join codes, receipts) can be reached without waiting. Use it only in a test
+/// binary of its own, since it affects every test running in that process.
+pub fn advance_clock(by: Duration) {
+    let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+    crate::CLOCK_AHEAD_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Waits until `check` returns `Some`, polling the node state every 20 ms, for at most `limit`.
 pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
 where

@@ -20,6 +20,10 @@ pub const MAX_PENDING_TOTAL: usize = 1024;
 /// restart and ask again without waiting out the 15-minute expiry.
 pub const MAX_PENDING_PER_PEER: usize = 4;
 
+/// How long an expired code is still remembered (answered as expired). With at most
+/// [`MAX_PENDING_TOTAL`] live codes, the remembered expired ones are bounded by the same number.
+pub const EXPIRED_GRACE_SECS: u64 = 300;
+
 /// Attempts at drawing an unused random code before giving up. With 31^8 user codes and at most
 /// [`MAX_PENDING_TOTAL`] live ones a second attempt is already rare; the bound only guards against
 /// a broken RNG looping forever.
@@ -342,7 +346,7 @@ impl Registry {
         if self.is_revoked(&member) {
             return Err(RequestError::Revoked);
         }
-        if self.codes.len() >= MAX_PENDING_TOTAL {
+        if self.codes.values().filter(|e| !e.is_expired(now)).count() >= MAX_PENDING_TOTAL {
             return Err(RequestError::TooManyPending {
                 limit: MAX_PENDING_TOTAL,
             });
@@ -587,12 +591,14 @@ impl Registry {
         out.into_iter()
     }
 
-    /// Drops codes that expired before `now`, with any undelivered credential. Call it now and
-    /// then; [`Registry::request`] also does.
+    /// Forgets codes that expired more than [`EXPIRED_GRACE_SECS`] before `now`, with any
+    /// undelivered credential. Until then an expired code is remembered, so a late poll is answered
+    /// `expired_token` and a late approval "expired" (semantics §3), not "not found". Call it now
+    /// and then; [`Registry::request`] also does.
     pub fn expire(&mut self, now: Timestamp) {
         let by_user_code = &mut self.by_user_code;
         self.codes.retain(|_, e| {
-            let keep = !e.is_expired(now);
+            let keep = now <= e.expires_at.plus_secs(EXPIRED_GRACE_SECS);
             if !keep {
                 by_user_code.remove(&e.user_code);
             }

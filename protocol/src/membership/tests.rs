@@ -571,18 +571,31 @@ fn expire_drops_dead_codes() {
     assert_eq!(listed[0].expires_at, T0.plus_secs(900));
     assert_eq!(listed[1].user_code, b.user_code);
 
+    // Just expired: still remembered, so the answers say "expired" (semantics §3), not "not found".
     reg.expire(T0.plus_secs(901));
-    assert_eq!(
+    assert!(matches!(
         reg.approve(&code(&a), T0.plus_secs(901), &mut r),
+        Err(DecisionError::Expired { .. })
+    ));
+    assert_eq!(
+        reg.poll(&a.device_code, &peer(1), T0.plus_secs(901)),
+        Err(PollError::ExpiredToken)
+    );
+    assert!(reg.approve(&code(&b), T0.plus_secs(901), &mut r).is_ok());
+
+    // After the grace period the code is forgotten and its memory released.
+    let gone = T0.plus_secs(900 + EXPIRED_GRACE_SECS).plus_millis(1);
+    reg.expire(gone);
+    assert_eq!(
+        reg.approve(&code(&a), gone, &mut r),
         Err(DecisionError::NotFound {
             user_code: a.user_code
         })
     );
     assert_eq!(
-        reg.poll(&a.device_code, &peer(1), T0.plus_secs(901)),
+        reg.poll(&a.device_code, &peer(1), gone),
         Err(PollError::NotFound)
     );
-    assert!(reg.approve(&code(&b), T0.plus_secs(901), &mut r).is_ok());
 }
 
 #[test]
