@@ -90,7 +90,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(name: &str, dir: &Path, extra: &[String]) -> Result<Daemon> {
+    /// Starts `btd start` with home `dir/name`, listening on `listen` (default: TCP on loopback).
+    fn start(name: &str, dir: &Path, listen: Option<&str>, extra: &[String]) -> Result<Daemon> {
         let home = dir.join(name);
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create {}", home.display()))?;
@@ -101,7 +102,7 @@ impl Daemon {
             .arg("start")
             .arg("--home")
             .arg(&home)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--listen", listen.unwrap_or("/ip4/127.0.0.1/tcp/0")])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -221,46 +222,48 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     let started = Instant::now();
     out!("btd demo in {}", dir.display());
 
-    // The mesh: a relay, the owner (reserves a slot on the relay), the workers.
+    // The mesh: a relay; the owner behind "NAT" (it listens only through a circuit on the relay,
+    // as an owner at home would); workers that know only the relay's address.
     daemons.push(Daemon::start(
         "relay",
         dir,
+        None,
         &["--relay-server".to_string()],
     )?);
     daemons[0].ready().await?;
     let relay_addr = daemons[0].addr().await?;
     out!("relay     {relay_addr}");
+    let circuit = format!("{relay_addr}/p2p-circuit");
     daemons.push(Daemon::start(
         "owner",
         dir,
+        Some(&circuit),
         &["--bootstrap".to_string(), relay_addr.clone()],
     )?);
-    daemons[1].ready().await?;
-    let owner_addr = daemons[1].addr().await?;
-    out!("owner     {owner_addr}");
+    let owner_info = daemons[1].ready().await?;
+    out!(
+        "owner     {} (no direct address: reachable through the relay)",
+        owner_info.peer_id
+    );
     for i in 1..=args.workers {
         let name = format!("worker-{i}");
-        // The last worker knows only the relay: it finds the owner through the announcement,
-        // whose addresses include the owner's relay circuit.
-        let boot = if i == args.workers {
-            relay_addr.clone()
-        } else {
-            owner_addr.clone()
-        };
+        // The last worker is behind "NAT" too; the others listen on loopback.
+        let natted = i == args.workers;
         daemons.push(Daemon::start(
             &name,
             dir,
-            &["--bootstrap".to_string(), boot],
+            natted.then_some(circuit.as_str()),
+            &["--bootstrap".to_string(), relay_addr.clone()],
         )?);
         let d = daemons.len() - 1;
         let info = daemons[d].ready().await?;
         out!(
-            "{name:<9} {} (bootstrap: {})",
+            "{name:<9} {} (knows only the relay{})",
             info.peer_id,
-            if i == args.workers {
-                "the relay only"
+            if natted {
+                "; no direct address either"
             } else {
-                "the owner"
+                ""
             }
         );
     }
@@ -443,16 +446,23 @@ async fn leaderboard(
             runs.len() - accepted
         );
     }
-    // How the relay-only worker reached the owner.
-    if let Some(&last) = workers.last() {
-        let peers: Vec<PeerView> = daemons[last].call(Request::Peers).await?;
+    // How each worker reached the owner.
+    for &w in workers {
+        let peers: Vec<PeerView> = daemons[w].call(Request::Peers).await?;
         if let Some(p) = peers.iter().find(|p| p.peer_id == s.owner) {
-            let via = if p.addresses.iter().any(|a| a.contains("p2p-circuit")) {
+            let relayed = p
+                .addresses
+                .iter()
+                .filter(|a| a.contains("p2p-circuit"))
+                .count();
+            let via = if relayed == p.addresses.len() {
                 "through the relay"
+            } else if relayed > 0 {
+                "through the relay and over a direct connection"
             } else {
-                "directly (hole punching or a dial to an announced address replaced the relay)"
+                "over a direct connection (opened after the relayed one)"
             };
-            out!("{} reaches the owner {via}", daemons[last].name);
+            out!("{} reaches the owner {via}", daemons[w].name);
         }
     }
     out!("payouts (pool {} {}, split by impact):", s.pool, s.token);

@@ -27,7 +27,9 @@ fn demo_runs_the_whole_mission_and_leaves_consistent_homes() {
     for want in [
         "worker-1 shows user code",
         "worker-2 shows user code",
-        "(bootstrap: the relay only)",
+        "(no direct address: reachable through the relay)",
+        // Owner and worker-2 both listen only through the relay: their traffic goes through it.
+        "worker-2 reaches the owner through the relay",
         "champion: #",
         "payouts (pool 100.000000 OBOL",
         "stopping the daemons",
