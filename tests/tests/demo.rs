@@ -18,7 +18,7 @@ fn demo_runs_the_whole_mission_and_leaves_consistent_homes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let o = Command::new(btd_bin())
-        .args(["demo", "--rounds", "2", "--steps", "40", "--dir"])
+        .args(["demo", "--rounds", "2", "--steps", "100", "--dir"])
         .arg(&dir)
         .output()
         .unwrap();

@@ -74,12 +74,12 @@ fn join_with_rounds_trains_submits_and_records_verifiable_results() {
         assert_eq!(e["val_bpb"], r["value"], "{e}");
         assert_eq!(e["matches_claim"], true, "{e}");
     }
-    // The owner's KB holds both, with the champion's hypothesis.
+    // The owner's KB holds both; its champion is the last round that became champion, if any
+    // (hypotheses depend on the worker's random key, so a short run may not beat the baseline).
     let s = owner.json(&["status", &id]);
     assert_eq!(s["submissions"], 2, "{s}");
-    let best = runs
-        .iter()
-        .rfind(|r| r["verdict"]["champion"] == true)
-        .unwrap();
-    assert_eq!(s["champion"]["value"], best["value"]);
+    match runs.iter().rfind(|r| r["verdict"]["champion"] == true) {
+        Some(best) => assert_eq!(s["champion"]["value"], best["value"], "{s}"),
+        None => assert!(s["champion"].is_null(), "{s}"),
+    }
 }
