@@ -280,7 +280,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     let mut names = BTreeMap::new();
     for &w in &workers {
         let d = &daemons[w];
-        wait(
+        crate::poll::wait_for(
             Duration::from_secs(30),
             &format!("{} to learn the program", d.name),
             || async {
@@ -471,22 +471,4 @@ async fn leaderboard(
         out!("  {who:<9} {a} {}", s.token);
     }
     Ok(())
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
-async fn wait<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

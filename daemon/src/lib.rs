@@ -20,6 +20,7 @@ pub mod net;
 pub mod node;
 mod offline;
 mod output;
+pub mod poll;
 pub mod start;
 pub mod store;
 pub mod testkit;

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+
+pub use crate::poll::wait_for;
 
 use crate::net::{NetParams, TransportKind};
 use crate::node::{self, Command, NodeConfig, NodeHandle};
@@ -114,22 +116,4 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
 pub fn advance_clock(by: Duration) {
     let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
     crate::CLOCK_AHEAD_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Waits until `check` returns `Some`, polling the node state every 20 ms, for at most `limit`.
-pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(anyhow!("timed out after {limit:?} waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -2,7 +2,6 @@
 //! directory, on a blocking thread.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,6 @@ use btd_trainer::device::{self, DeviceChoice};
 use btd_trainer::shell::{run_shell, ShellOptions};
 use btd_trainer::train::StopReason;
 use btd_trainer::{Corpus, TrainSpec};
-use sha2::{Digest as _, Sha256};
 
 /// Most lines kept in a round's `train.log` (one per logged step).
 const MAX_LOG_LINES: usize = 20_000;
@@ -359,23 +357,13 @@ fn collect_required(outcome: &mut RunOutcome, dir: &Path, required: &[String]) {
     }
 }
 
-/// SHA-256 of a regular file, streamed.
+/// SHA-256 of a regular file (not a link or a directory).
 fn file_digest(path: &Path) -> Option<Digest> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     if !meta.is_file() {
         return None;
     }
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Some(Digest(h.finalize().into()))
+    Digest::of_reader(std::fs::File::open(path).ok()?).ok()
 }
 
 #[cfg(test)]
