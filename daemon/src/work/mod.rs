@@ -741,11 +741,10 @@ impl Loop {
     }
 
     fn receipt_valid(&self, packet: &ComputePacket) -> bool {
-        let owner = self.owner.to_base58();
+        let trusted = [self.owner.to_base58()];
         self.approval.as_ref().is_some_and(|r| {
-            r.approver == owner
-                && r.is_valid_for(&packet.id, &self.rung.id, crate::now())
-                    .is_ok()
+            r.authorizes(&packet.id, &self.rung.id, &trusted, crate::now())
+                .is_ok()
         })
     }
 

@@ -222,14 +222,8 @@ fn paid(input: &DispatchInput<'_>) -> (Action, Reason, String) {
     } = *input;
     let pre_approved = policy.paid.approved_rungs.contains(&rung.id);
     let receipt: Option<Result<&ApprovalReceipt, ReceiptError>> = approval.map(|r| {
-        r.is_valid_for(&packet.id, &rung.id, now)?;
-        if trusted_approvers.contains(&r.approver) {
-            Ok(r)
-        } else {
-            Err(ReceiptError::UntrustedApprover {
-                approver: r.approver.clone(),
-            })
-        }
+        r.authorizes(&packet.id, &rung.id, trusted_approvers, now)
+            .map(|()| r)
     });
     let used = match receipt {
         Some(Ok(r)) if !pre_approved => Some(r),

@@ -228,6 +228,25 @@ impl ApprovalReceipt {
         Ok(())
     }
 
+    /// [`Self::is_valid_for`], and signed by one of `trusted_approvers`: whether dispatch may use
+    /// this receipt for `packet_id` on `rung_id` at `now`.
+    pub fn authorizes(
+        &self,
+        packet_id: &str,
+        rung_id: &str,
+        trusted_approvers: &[String],
+        now: Timestamp,
+    ) -> Result<(), ReceiptError> {
+        self.is_valid_for(packet_id, rung_id, now)?;
+        if trusted_approvers.contains(&self.approver) {
+            Ok(())
+        } else {
+            Err(ReceiptError::UntrustedApprover {
+                approver: self.approver.clone(),
+            })
+        }
+    }
+
     /// Content id: `content_id("btd/approval-receipt/v1", the whole receipt, signature included)`.
     pub fn id(&self) -> Digest {
         Digest::content_id(APPROVAL_RECEIPT_DOMAIN, self)
