@@ -12,6 +12,9 @@ use libp2p::{Multiaddr, PeerId};
 pub use crate::poll::wait_for;
 
 use crate::net::{NetParams, TransportKind};
+use btd_protocol::program::ProgramId;
+
+use crate::node::types::JoinEvent;
 use crate::node::{self, Command, NodeConfig, NodeHandle};
 use crate::store::Store;
 
@@ -116,4 +119,55 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
 pub fn advance_clock(by: Duration) {
     let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
     crate::CLOCK_AHEAD_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits (at most `limit`) until `node` knows `program`.
+pub async fn wait_known(node: &NodeHandle, program: ProgramId, limit: Duration) -> Result<()> {
+    wait_for(limit, "program discovery", || async {
+        let list = node.ask(Command::Programs).await.ok()?;
+        list.iter().any(|p| p.id == program).then_some(())
+    })
+    .await
+}
+
+/// Joins `worker` to `program`, the owner approving the code it shows; returns that user code.
+pub async fn join_approved(
+    owner: &NodeHandle,
+    worker: &NodeHandle,
+    program: ProgramId,
+    limit: Duration,
+) -> Result<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    worker
+        .send(Command::Join {
+            program,
+            events: tx,
+        })
+        .await?;
+    async fn next(
+        rx: &mut tokio::sync::mpsc::Receiver<JoinEvent>,
+        limit: Duration,
+    ) -> Result<JoinEvent> {
+        tokio::time::timeout(limit, rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no join event within {limit:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("the join stream closed"))
+    }
+    let user_code = match next(&mut rx, limit).await? {
+        JoinEvent::Code { user_code, .. } => user_code,
+        other => anyhow::bail!("expected a code, got {other:?}"),
+    };
+    let code = user_code.clone();
+    owner
+        .ask(|reply| Command::Decide {
+            user_code: code,
+            approve: true,
+            reply,
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    match next(&mut rx, limit).await? {
+        JoinEvent::Granted { .. } => Ok(user_code),
+        other => anyhow::bail!("expected a grant, got {other:?}"),
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use btd::node::types::JoinEvent;
 use btd::node::Command;
 use btd::store::Store;
-use btd::testkit::{advance_clock, spawn_node, wait_for, TestNodeOptions};
+use btd::testkit::{advance_clock, spawn_node, wait_known, TestNodeOptions};
 use tokio::sync::mpsc;
 
 const MANIFEST: &str = r#"name = "expiry-test"
@@ -53,12 +53,9 @@ async fn an_unapproved_code_expires_for_the_owner_and_the_worker() {
         .await
         .unwrap()
         .unwrap();
-    wait_for(Duration::from_secs(20), "discovery", || async {
-        let list = worker.handle.ask(Command::Programs).await.ok()?;
-        list.iter().any(|p| p.id == program).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_known(&worker.handle, program, Duration::from_secs(20))
+        .await
+        .unwrap();
     let (tx, mut rx) = mpsc::channel(16);
     worker
         .handle

@@ -70,12 +70,7 @@ async fn publish(owner: &NodeHandle, membership: &str) -> ProgramId {
 }
 
 async fn knows(h: &NodeHandle, id: ProgramId) {
-    wait_for(T, "program discovery", || async {
-        let list = h.ask(Command::Programs).await.ok()?;
-        list.iter().any(|p| p.id == id).then_some(())
-    })
-    .await
-    .unwrap();
+    btd::testkit::wait_known(h, id, T).await.unwrap();
 }
 
 /// Starts a join and returns the event stream.
@@ -111,15 +106,9 @@ async fn decide(owner: &NodeHandle, code: &str, approve: bool) -> Result<String,
 
 /// Joins `worker` to `program` with owner approval; returns the user code used.
 async fn join_approved(owner: &NodeHandle, worker: &NodeHandle, program: ProgramId) -> String {
-    let mut rx = start_join(worker, program).await;
-    let JoinEvent::Code { user_code, .. } = next(&mut rx).await else {
-        panic!("expected a code")
-    };
-    decide(owner, &user_code, true).await.unwrap();
-    match next(&mut rx).await {
-        JoinEvent::Granted { .. } => user_code,
-        other => panic!("expected a grant, got {other:?}"),
-    }
+    btd::testkit::join_approved(owner, worker, program, T)
+        .await
+        .unwrap()
 }
 
 async fn submit(

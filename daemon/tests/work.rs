@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use btd::node::types::JoinEvent;
-use btd::node::{Command, NodeHandle};
+use btd::node::Command;
 use btd::store::Store;
-use btd::testkit::{spawn_node, wait_for, TestNode, TestNodeOptions};
+use btd::testkit::{join_approved, spawn_node, wait_for, wait_known, TestNode, TestNodeOptions};
 use btd::work::{run_rounds, RunState, WorkContext, WorkEvent, WorkOptions, WorkSummary};
 use btd_protocol::dispatch::Action;
 use btd_protocol::program::ProgramId;
@@ -108,13 +107,10 @@ async fn pair(manifest: &str) -> Pair {
         .await
         .unwrap()
         .unwrap();
-    wait_for(T, "program discovery", || async {
-        let list = worker.handle.ask(Command::Programs).await.ok()?;
-        list.iter().any(|p| p.id == program).then_some(())
-    })
-    .await
-    .unwrap();
-    join(&owner.handle, &worker.handle, program).await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let work = WorkContext::new(
         worker.handle.clone(),
@@ -129,30 +125,6 @@ async fn pair(manifest: &str) -> Pair {
         program,
         _dir: dir,
     }
-}
-
-async fn join(owner: &NodeHandle, worker: &NodeHandle, program: ProgramId) {
-    let (tx, mut rx) = mpsc::channel(16);
-    worker
-        .send(Command::Join {
-            program,
-            events: tx,
-        })
-        .await
-        .unwrap();
-    let Some(JoinEvent::Code { user_code, .. }) = rx.recv().await else {
-        panic!("expected a code")
-    };
-    owner
-        .ask(|reply| Command::Decide {
-            user_code,
-            approve: true,
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(matches!(rx.recv().await, Some(JoinEvent::Granted { .. })));
 }
 
 fn opts(rounds: u32) -> WorkOptions {
