@@ -28,6 +28,7 @@ pub mod sample;
 pub mod shell;
 pub mod synth;
 pub mod train;
+pub mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use config::{Hyper, ModelConfig, TrainSpec};

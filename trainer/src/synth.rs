@@ -34,6 +34,17 @@ const CODAS: &[&str] = &["", "", "", "n", "r", "s", "t", "l", "m", "nd", "st", "
 
 /// Generates exactly `bytes` bytes of the synthetic corpus for `seed`.
 pub fn synthetic_corpus(seed: u64, bytes: u64) -> Result<Vec<u8>, TrainError> {
+    generate(seed, bytes, None)
+}
+
+/// `bytes` bytes of fresh text in the language of the corpus for `seed` (same lexicon and word
+/// transitions), drawn with the stream `secret`: an owner's holdout that no worker can generate
+/// without the secret.
+pub fn synthetic_holdout(seed: u64, secret: u64, bytes: u64) -> Result<Vec<u8>, TrainError> {
+    generate(seed, bytes, Some(secret))
+}
+
+fn generate(seed: u64, bytes: u64, stream: Option<u64>) -> Result<Vec<u8>, TrainError> {
     if bytes == 0 || bytes > MAX_SYNTHETIC_BYTES {
         return Err(TrainError::Config(format!(
             "synthetic corpus size is {bytes} bytes; use 1..={MAX_SYNTHETIC_BYTES}"
@@ -47,6 +58,9 @@ pub fn synthetic_corpus(seed: u64, bytes: u64) -> Result<Vec<u8>, TrainError> {
     let successors: Vec<[usize; SUCCESSORS]> = (0..LEXICON)
         .map(|_| std::array::from_fn(|_| zipf.sample(&mut rng)))
         .collect();
+    if let Some(secret) = stream {
+        rng = ChaCha20Rng::seed_from_u64(secret ^ 0x6274_645f_686f_6c64); // "btd_hold"
+    }
 
     let mut out = Vec::with_capacity(len + 128);
     let mut sentences_in_line = 0;

@@ -3,15 +3,22 @@
 //! A [`Kb`] processes submissions one at a time in arrival order, numbers them from 1, keeps every
 //! one in its log and tracks the champion. [`Kb::payouts`] splits the reward pool. The daemon stores
 //! the log and rebuilds the KB at restart with [`Kb::replay`].
+//!
+//! A KB made with [`Kb::verified`] holds every claim the KEEP rule would accept as
+//! [`Check::Pending`] until the owner checks it ([`Kb::resolve`]); only verified claims count for
+//! the champion and the payouts. Pending claims are resolved in arrival order, so the first claim
+//! that verifies takes the champion ("first-verified-wins").
 
 use serde::{Deserialize, Serialize};
 
 mod amount;
+mod judge;
 mod payout;
 #[cfg(test)]
 mod tests;
 
 pub use amount::{Amount, AmountError, MICROS_PER_TOKEN};
+pub use judge::{judge, Measurement};
 pub use payout::{compute_payouts, Payouts};
 
 /// Which way the metric improves.
@@ -77,6 +84,64 @@ pub struct Entry {
     pub champion: bool,
     /// Its impact (gain over the reference), 0 when rejected.
     pub impact: f64,
+    /// Where the owner's check of this claim stands.
+    pub check: Check,
+}
+
+/// Where the owner's check of a claim stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Not checked: the KEEP rule rejects it (so it can neither win nor earn), or the program does
+    /// not verify claims.
+    NotNeeded,
+    /// The KEEP rule would accept it; it counts once the owner has verified it.
+    Pending,
+    /// The owner reproduced it; the KEEP rule was applied at its place in the log.
+    Verified,
+    /// The owner's check failed; it is rejected and never counts.
+    Failed(String),
+}
+
+impl Check {
+    /// A short word for displays: `-`, `pending`, `verified` or `rejected`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Check::NotNeeded => "-",
+            Check::Pending => "pending",
+            Check::Verified => "verified",
+            Check::Failed(_) => "rejected",
+        }
+    }
+}
+
+/// The owner's verdict on a pending claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The claim reproduced.
+    Verified,
+    /// It did not, and why (e.g. "metric did not reproduce: claimed 2.84, measured 3.10").
+    Failed(String),
+}
+
+/// One event of a KB's history, as stored: a submission or the verdict on a pending one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogEvent<'a> {
+    /// A submission, in arrival order.
+    Submit {
+        /// The worker's member id.
+        worker: &'a str,
+        /// The claimed value.
+        value: f64,
+    },
+    /// The verdict on the pending claim `seq`.
+    Resolve {
+        /// The claim.
+        seq: u64,
+        /// The verdict.
+        verdict: &'a Verdict,
+    },
 }
 
 /// Whether `a` is strictly better than `b` in `direction`.
@@ -174,6 +239,19 @@ pub enum SubmitError {
     LogFull,
 }
 
+/// Why a verdict could not be applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResolveError {
+    /// The claim is not the oldest pending one (claims are resolved in arrival order).
+    #[error("claim {seq} is not the oldest pending claim ({oldest:?}); verdicts are applied in arrival order")]
+    NotNext {
+        /// The claim named.
+        seq: u64,
+        /// The oldest pending claim, if any.
+        oldest: Option<u64>,
+    },
+}
+
 /// Why a stored log could not be replayed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReplayError {
@@ -188,6 +266,9 @@ pub enum ReplayError {
         /// What is wrong with it.
         error: SubmitError,
     },
+    /// A stored verdict does not apply, so the log is corrupt.
+    #[error("stored verdict does not apply ({0}); the KB log is corrupt")]
+    Verdict(ResolveError),
 }
 
 fn join(errors: &[RulesError]) -> String {
@@ -205,22 +286,69 @@ pub struct Kb {
     entries: Vec<Entry>,
     /// Index into `entries` of the current champion.
     champion: Option<usize>,
+    /// Whether accepted claims wait for the owner's check.
+    verify: bool,
 }
 
 impl Kb {
-    /// An empty KB applying `rules`, or every problem with them.
+    /// An empty KB applying `rules` to every submission at once (no owner check), or every problem
+    /// with them.
     pub fn new(rules: Rules) -> Result<Kb, Vec<RulesError>> {
         rules.validate()?;
         Ok(Kb {
             rules,
             entries: Vec::new(),
             champion: None,
+            verify: false,
         })
+    }
+
+    /// An empty KB that holds every claim the KEEP rule would accept as pending until
+    /// [`Kb::resolve`] verifies it.
+    pub fn verified(rules: Rules) -> Result<Kb, Vec<RulesError>> {
+        let mut kb = Kb::new(rules)?;
+        kb.verify = true;
+        Ok(kb)
+    }
+
+    /// Whether accepted claims wait for the owner's check.
+    pub fn verifies(&self) -> bool {
+        self.verify
+    }
+
+    /// The KEEP rule's verdict on `value` against the current (verified) state:
+    /// `(accepted, champion, impact)`.
+    fn keep(&self, value: f64) -> (bool, bool, f64) {
+        let direction = self.rules.direction;
+        match self.rules.accept {
+            AcceptRule::BeatsChampion => match self.reference() {
+                None => (true, true, 0.0),
+                Some(r) if better(direction, value, r) => (true, true, gain(direction, r, value)),
+                Some(_) => (false, false, 0.0),
+            },
+            AcceptRule::Threshold { threshold } => {
+                let accepted = better(direction, value, threshold) || value == threshold;
+                let champion = accepted
+                    && self
+                        .champion()
+                        .map(|c| c.value)
+                        .is_none_or(|c| better(direction, value, c));
+                let impact = if accepted {
+                    gain(direction, threshold, value)
+                } else {
+                    0.0
+                };
+                (accepted, champion, impact)
+            }
+        }
     }
 
     /// Applies the KEEP rule to one submission in arrival order, logs it and returns its entry.
     /// Invalid input (empty or over-long worker id, non-finite value) is rejected with an error and
     /// consumes no sequence number.
+    ///
+    /// In a [`Kb::verified`] KB a claim the rule would accept is logged as [`Check::Pending`]
+    /// (not accepted, no impact) and counts only once [`Kb::resolve`] verifies it.
     pub fn submit(&mut self, worker: &str, value: f64) -> Result<&Entry, SubmitError> {
         if worker.is_empty() {
             return Err(SubmitError::EmptyWorker);
@@ -239,27 +367,19 @@ impl Kb {
             .and_then(|n| n.checked_add(1))
             .ok_or(SubmitError::LogFull)?;
 
-        let direction = self.rules.direction;
-        let champion_value = self.champion().map(|c| c.value);
-        let (accepted, champion, impact) = match self.rules.accept {
-            AcceptRule::BeatsChampion => match self.reference() {
-                None => (true, true, 0.0),
-                Some(r) if better(direction, value, r) => (true, true, gain(direction, r, value)),
-                Some(_) => (false, false, 0.0),
-            },
-            AcceptRule::Threshold { threshold } => {
-                let accepted = better(direction, value, threshold) || value == threshold;
-                let champion =
-                    accepted && champion_value.is_none_or(|c| better(direction, value, c));
-                let impact = if accepted {
-                    gain(direction, threshold, value)
-                } else {
-                    0.0
-                };
-                (accepted, champion, impact)
-            }
-        };
-
+        let (accepted, champion, impact) = self.keep(value);
+        if self.verify && accepted {
+            self.entries.push(Entry {
+                seq,
+                worker: worker.to_owned(),
+                value,
+                accepted: false,
+                champion: false,
+                impact: 0.0,
+                check: Check::Pending,
+            });
+            return self.entries.last().ok_or(SubmitError::LogFull);
+        }
         let index = self.entries.len();
         self.entries.push(Entry {
             seq,
@@ -268,6 +388,7 @@ impl Kb {
             accepted,
             champion,
             impact,
+            check: Check::NotNeeded,
         });
         if champion {
             self.champion = Some(index);
@@ -310,6 +431,62 @@ impl Kb {
         compute_payouts(&self.rules, &self.entries, self.champion())
     }
 
+    /// The oldest pending claim: the next one the owner must check.
+    pub fn next_pending(&self) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.check == Check::Pending)
+    }
+
+    /// Claims still waiting for the owner's check, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries.iter().filter(|e| e.check == Check::Pending)
+    }
+
+    /// Applies the owner's verdict on the oldest pending claim `seq`.
+    ///
+    /// Verified: the KEEP rule is applied to it against the verified state (it is accepted: a
+    /// claim the rule would no longer accept is never left pending). Failed: it is rejected with
+    /// the reason and never counts. Afterwards, pending claims the rule would now reject (an
+    /// earlier claim verified with a better value) are settled as rejected without a check.
+    pub fn resolve(&mut self, seq: u64, verdict: &Verdict) -> Result<&Entry, ResolveError> {
+        let oldest = self.next_pending().map(|e| e.seq);
+        if oldest != Some(seq) {
+            return Err(ResolveError::NotNext { seq, oldest });
+        }
+        let index = usize::try_from(seq - 1).map_err(|_| ResolveError::NotNext { seq, oldest })?;
+        let value = self.entries[index].value;
+        match verdict {
+            Verdict::Verified => {
+                let (accepted, champion, impact) = self.keep(value);
+                let e = &mut self.entries[index];
+                e.accepted = accepted;
+                e.champion = champion;
+                e.impact = impact;
+                e.check = Check::Verified;
+                if champion {
+                    self.champion = Some(index);
+                }
+            }
+            Verdict::Failed(reason) => {
+                self.entries[index].check = Check::Failed(reason.clone());
+            }
+        }
+        self.settle();
+        Ok(&self.entries[index])
+    }
+
+    /// Marks leading pending claims that the KEEP rule would now reject as not needing a check.
+    fn settle(&mut self) {
+        for i in 0..self.entries.len() {
+            if self.entries[i].check != Check::Pending {
+                continue;
+            }
+            if self.keep(self.entries[i].value).0 {
+                return;
+            }
+            self.entries[i].check = Check::NotNeeded;
+        }
+    }
+
     /// Rebuilds a KB from a stored log by re-applying `rules` to its `(worker, value)` pairs in
     /// sequence order. The daemon uses this at restart; a stored pair that is invalid means the log
     /// is corrupt and is reported with its position.
@@ -317,12 +494,31 @@ impl Kb {
         rules: Rules,
         log: impl IntoIterator<Item = (&'a str, f64)>,
     ) -> Result<Kb, ReplayError> {
-        let mut kb = Kb::new(rules).map_err(ReplayError::Rules)?;
-        for (worker, value) in log {
-            let seq = kb.next_seq();
-            kb.submit(worker, value)
-                .map_err(|error| ReplayError::Entry { seq, error })?;
+        let kb = Kb::new(rules).map_err(ReplayError::Rules)?;
+        kb.replay_events(
+            log.into_iter()
+                .map(|(worker, value)| LogEvent::Submit { worker, value }),
+        )
+    }
+
+    /// Rebuilds a KB (empty, made with [`Kb::new`] or [`Kb::verified`]) from its stored history:
+    /// submissions and verdicts in the order they happened.
+    pub fn replay_events<'a>(
+        mut self,
+        log: impl IntoIterator<Item = LogEvent<'a>>,
+    ) -> Result<Kb, ReplayError> {
+        for event in log {
+            match event {
+                LogEvent::Submit { worker, value } => {
+                    let seq = self.next_seq();
+                    self.submit(worker, value)
+                        .map_err(|error| ReplayError::Entry { seq, error })?;
+                }
+                LogEvent::Resolve { seq, verdict } => {
+                    self.resolve(seq, verdict).map_err(ReplayError::Verdict)?;
+                }
+            }
         }
-        Ok(kb)
+        Ok(self)
     }
 }

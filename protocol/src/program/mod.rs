@@ -55,7 +55,76 @@ pub struct Program {
     pub required_outputs: Vec<String>,
     /// When the program stops taking work.
     pub stop: StopConditions,
+    /// How the owner checks claims before they count (`[verify]`).
+    pub verify: Verify,
 }
+
+/// How the owner checks a claim before it counts (`[verify]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Verify {
+    /// What the owner does with a claim the KEEP rule would accept.
+    pub mode: VerifyMode,
+    /// Largest difference between the claimed and the re-measured value accepted when the owner's
+    /// evaluation runs on another device model or btd version (on the same, it must be bit-exact).
+    pub tolerance: f64,
+    /// Largest amount by which the metric on the owner-only holdout may be worse than on the
+    /// validation split; `None` (`holdout = false`) turns the holdout check off.
+    pub max_holdout_gap: Option<f64>,
+    /// Re-train (same config, seed and steps) claims that would give their worker at least this
+    /// share of the pool (0–1); `None`: never re-train.
+    pub retrain_share: Option<f64>,
+    /// Largest difference between the claimed value and the value of the owner's re-training.
+    pub retrain_tolerance: f64,
+    /// Largest artifact (checkpoint, dataset) moved for this program, bytes.
+    pub max_artifact_bytes: u64,
+    /// How long the owner keeps trying to fetch a claim's checkpoint before rejecting it, seconds.
+    pub fetch_timeout_secs: u64,
+}
+
+/// What the owner does with a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Fetch the checkpoint and re-evaluate it (candle tasks; the default for them).
+    Reevaluate,
+    /// No check: claims count when received (shell tasks, whose metric btd cannot recompute).
+    None,
+}
+
+impl Verify {
+    /// Defaults: re-evaluate with a 1e-4 tolerance and a 0.25 holdout gap for candle tasks; no
+    /// check for shell tasks.
+    pub fn default_for(task: &Task) -> Verify {
+        Verify {
+            mode: match task {
+                Task::Candle(_) => VerifyMode::Reevaluate,
+                Task::Shell(_) => VerifyMode::None,
+            },
+            tolerance: DEFAULT_VERIFY_TOLERANCE,
+            max_holdout_gap: Some(DEFAULT_HOLDOUT_GAP),
+            retrain_share: None,
+            retrain_tolerance: DEFAULT_RETRAIN_TOLERANCE,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            fetch_timeout_secs: DEFAULT_FETCH_TIMEOUT_SECS,
+        }
+    }
+
+    /// Whether claims wait for the owner's check.
+    pub fn checks(&self) -> bool {
+        self.mode != VerifyMode::None
+    }
+}
+
+/// Default `verify.tolerance` (bits per byte).
+pub const DEFAULT_VERIFY_TOLERANCE: f64 = 1e-4;
+/// Default `verify.max_holdout_gap` (bits per byte).
+pub const DEFAULT_HOLDOUT_GAP: f64 = 0.25;
+/// Default `verify.retrain_tolerance` (bits per byte).
+pub const DEFAULT_RETRAIN_TOLERANCE: f64 = 0.05;
+/// Default `verify.max_artifact_bytes` (256 MiB).
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 256 << 20;
+/// Default `verify.fetch_timeout_secs`.
+pub const DEFAULT_FETCH_TIMEOUT_SECS: u64 = 300;
 
 /// The objective metric and acceptance rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

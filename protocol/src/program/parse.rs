@@ -16,7 +16,7 @@ use super::search::{
 };
 use super::{
     CandleTask, Criteria, Dataset, FieldError, ManifestErrors, ModelPreset, Program, Reward,
-    ShellTask, StopConditions, Task, MANIFEST_VERSION,
+    ShellTask, StopConditions, Task, Verify, VerifyMode, MANIFEST_VERSION,
 };
 use crate::dispatch::{
     HardwareClass, LocalAction, LocalPolicy, PaidAction, PaidPolicy, Policy, Rung, SpendClass,
@@ -115,6 +115,7 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
             "rungs",
             "policy",
             "stop",
+            "verify",
         ],
     );
     let version = match root.get("version") {
@@ -200,6 +201,12 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
         None => Some(StopConditions::default()),
         Some(v) => as_table(ctx, &top.key("stop"), v).and_then(|t| stop(ctx, &top.key("stop"), t)),
     };
+    let verify = match (root.get("verify"), &task) {
+        (None, Some(task)) => Some(Verify::default_for(task)),
+        (Some(v), Some(task)) => as_table(ctx, &top.key("verify"), v)
+            .and_then(|t| verify(ctx, &top.key("verify"), t, task)),
+        (_, None) => None,
+    };
     Some(Program {
         version: version?,
         name: name?,
@@ -214,6 +221,7 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
         policy: policy?,
         required_outputs: required_outputs?,
         stop: stop?,
+        verify: verify?,
     })
 }
 
@@ -893,5 +901,102 @@ fn stop(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<StopConditions> {
         max_submissions: max_submissions.transpose_none()?,
         deadline: deadline.transpose_none()?,
         target: target.transpose_none()?,
+    })
+}
+
+/// Largest `verify.max_artifact_bytes` (4 GiB, the most btd loads as a checkpoint or corpus).
+const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+/// Smallest `verify.max_artifact_bytes` (64 KiB).
+const MIN_ARTIFACT_BYTES: u64 = 64 << 10;
+/// Longest `verify.fetch_timeout_secs`: one day.
+const MAX_FETCH_TIMEOUT_SECS: u64 = 24 * 3600;
+
+fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Verify> {
+    unknown_keys(
+        ctx,
+        path,
+        t,
+        &[
+            "mode",
+            "tolerance",
+            "holdout",
+            "max_holdout_gap",
+            "retrain_share",
+            "retrain_tolerance",
+            "max_artifact_bytes",
+            "fetch_timeout_secs",
+        ],
+    );
+    let d = Verify::default_for(task);
+    let mode = match t.get("mode") {
+        None => Some(d.mode),
+        Some(v) => as_enum(
+            ctx,
+            &path.key("mode"),
+            v,
+            &[("reevaluate", VerifyMode::Reevaluate), ("none", VerifyMode::None)],
+        ),
+    };
+    if let (Some(VerifyMode::Reevaluate), Task::Shell(_)) = (mode, task) {
+        ctx.err(
+            &path.key("mode"),
+            "btd cannot re-evaluate a shell task's metric; use mode = \"none\" (claims count when received)",
+        );
+    }
+    let non_negative = |ctx: &mut Ctx<'_>, key: &str, max: f64| -> Option<Option<f64>> {
+        let Some(v) = t.get(key) else {
+            return Some(None);
+        };
+        let p = path.key(key);
+        let x = as_f64(ctx, &p, v)?;
+        if !(0.0..=max).contains(&x) {
+            ctx.err(&p, format!("must be between 0 and {max}, got {x}"));
+            return None;
+        }
+        Some(Some(x))
+    };
+    let tolerance = non_negative(ctx, "tolerance", 1.0);
+    let gap = non_negative(ctx, "max_holdout_gap", 100.0);
+    let holdout = match t.get("holdout") {
+        None => Some(true),
+        Some(v) => as_bool(ctx, &path.key("holdout"), v),
+    };
+    let retrain_tolerance = non_negative(ctx, "retrain_tolerance", 100.0);
+    let retrain_share = non_negative(ctx, "retrain_share", 1.0);
+    let max_artifact_bytes = t.get("max_artifact_bytes").map(|v| {
+        as_u64(
+            ctx,
+            &path.key("max_artifact_bytes"),
+            v,
+            MIN_ARTIFACT_BYTES,
+            MAX_ARTIFACT_BYTES,
+        )
+    });
+    let fetch_timeout_secs = t.get("fetch_timeout_secs").map(|v| {
+        as_u64(
+            ctx,
+            &path.key("fetch_timeout_secs"),
+            v,
+            1,
+            MAX_FETCH_TIMEOUT_SECS,
+        )
+    });
+    Some(Verify {
+        mode: mode?,
+        tolerance: tolerance?.unwrap_or(d.tolerance),
+        // The holdout check is on unless `holdout = false`; the gap defaults.
+        max_holdout_gap: if holdout? {
+            gap?.or(d.max_holdout_gap)
+        } else {
+            None
+        },
+        retrain_share: retrain_share?,
+        retrain_tolerance: retrain_tolerance?.unwrap_or(d.retrain_tolerance),
+        max_artifact_bytes: max_artifact_bytes
+            .transpose_none()?
+            .unwrap_or(d.max_artifact_bytes),
+        fetch_timeout_secs: fetch_timeout_secs
+            .transpose_none()?
+            .unwrap_or(d.fetch_timeout_secs),
     })
 }

@@ -296,3 +296,41 @@ fn packets_follow_the_program() {
     let err = p.packet_for_rung("tpu").unwrap_err();
     assert!(err.to_string().contains("cpu, local-4090, paid-h100"));
 }
+
+#[test]
+fn verify_section_defaults_and_errors() {
+    // Shell tasks are not re-evaluated by default, and cannot be.
+    let shell = Program::from_toml(&minimal()).unwrap();
+    assert_eq!(shell.verify.mode, VerifyMode::None);
+    assert!(!shell.verify.checks());
+    let errs = errors(&format!("{}\n[verify]\nmode = \"reevaluate\"\n", minimal()));
+    assert!(has(&errs, "verify.mode", "cannot re-evaluate a shell task"), "{errs:?}");
+
+    // Candle tasks are re-evaluated with a holdout check by default.
+    let candle = Program::from_toml(EXAMPLE).unwrap();
+    assert_eq!(candle.verify.mode, VerifyMode::Reevaluate);
+    assert_eq!(candle.verify.max_holdout_gap, Some(DEFAULT_HOLDOUT_GAP));
+    assert_eq!(candle.verify.retrain_share, None);
+
+    let with = |extra: &str| format!("{EXAMPLE}\n[verify]\n{extra}\n");
+    let p = Program::from_toml(&with(
+        "tolerance = 0.001\nmax_holdout_gap = 0.5\nretrain_share = 0.5\nmax_artifact_bytes = 1048576\nfetch_timeout_secs = 60",
+    ))
+    .unwrap();
+    assert_eq!(p.verify.tolerance, 0.001);
+    assert_eq!(p.verify.max_holdout_gap, Some(0.5));
+    assert_eq!(p.verify.retrain_share, Some(0.5));
+    assert_eq!(p.verify.max_artifact_bytes, 1 << 20);
+    assert_eq!(p.verify.fetch_timeout_secs, 60);
+    let p = Program::from_toml(&with("holdout = false")).unwrap();
+    assert_eq!(p.verify.max_holdout_gap, None);
+
+    let errs = errors(&with(
+        "mode = \"trust\"\ntolerance = -1\nretrain_share = 2\nmax_artifact_bytes = 10\nextra = 1",
+    ));
+    assert!(has(&errs, "verify.mode", "reevaluate, none"), "{errs:?}");
+    assert!(has(&errs, "verify.tolerance", "between 0 and 1"), "{errs:?}");
+    assert!(has(&errs, "verify.retrain_share", "between 0 and 1"), "{errs:?}");
+    assert!(has(&errs, "verify.max_artifact_bytes", ""), "{errs:?}");
+    assert!(has(&errs, "verify.extra", ""), "{errs:?}");
+}

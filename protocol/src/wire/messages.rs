@@ -12,7 +12,7 @@ use crate::program::{Program, ProgramId};
 use crate::seal::{SealPublicKey, Sealed};
 use crate::signed::{Signed, SignedDomain};
 use crate::trace::{ApprovalReceipt, Output};
-use crate::Timestamp;
+use crate::{Digest, Timestamp};
 
 /// Most results one `Results` page may carry (keeps a page far below the message cap).
 pub const MAX_RESULTS_PAGE: u32 = 1000;
@@ -234,6 +234,8 @@ pub enum ErrorCode {
     ProgramStopped,
     /// The owner could not serve the request right now (e.g. storage failure); retry later.
     Unavailable,
+    /// The peer does not hold what was asked for (e.g. an artifact digest).
+    NotFound,
 }
 
 /// An error reply: a class plus words a user can act on.
@@ -392,6 +394,27 @@ pub struct Submission {
     pub hypothesis: BTreeMap<String, f64>,
     /// When the worker made it.
     pub created_at: Timestamp,
+    /// What the owner needs to check the value (candle tasks); `None` for shell tasks.
+    pub claim: Option<Claim>,
+}
+
+/// What a worker states about how it measured a value, so the owner can check it: the checkpoint
+/// to fetch and re-evaluate, and the config, seed and step count to re-train it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Claim {
+    /// SHA-256 of the checkpoint the value was measured on; the worker serves it over
+    /// `/btd/blob/1` to the program's owner.
+    pub checkpoint: Digest,
+    /// Its size in bytes.
+    pub checkpoint_bytes: u64,
+    /// The training seed.
+    pub seed: u64,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// The device it trained and evaluated on, e.g. `cpu: AMD EPYC 7B13` or `cuda: NVIDIA H100`.
+    pub device: String,
+    /// The btd version that measured it.
+    pub btd_version: String,
 }
 
 impl SignedDomain for Submission {
@@ -429,6 +452,16 @@ impl Submission {
             check_id("hypothesis.name", k)?;
             check_finite("hypothesis.value", *v)?;
         }
+        if let Some(c) = &self.claim {
+            check_text("claim.device", &c.device)?;
+            check_id("claim.btd_version", &c.btd_version)?;
+            if !self.outputs.iter().any(|o| o.sha256 == c.checkpoint) {
+                return Err(bad(
+                    "claim.checkpoint",
+                    "is not among the submission's outputs",
+                ));
+            }
+        }
         check_not_future("created_at", self.created_at, now)
     }
 }
@@ -444,6 +477,8 @@ pub struct SubmitReceipt {
     pub champion: bool,
     /// Its impact.
     pub impact: f64,
+    /// Where the owner's check stands (`pending` until the owner has verified it).
+    pub check: crate::kb::Check,
     /// True when this nonce was already recorded (the receipt is the original one).
     pub duplicate: bool,
 }
@@ -470,6 +505,12 @@ pub struct KbStatus {
     pub submissions: u64,
     /// Accepted submissions.
     pub accepted: u64,
+    /// Claims waiting for the owner's check.
+    pub pending: u64,
+    /// Claims the owner verified.
+    pub verified: u64,
+    /// Claims that failed the owner's check.
+    pub rejected: u64,
     /// The champion.
     pub champion: Option<Entry>,
     /// Current payouts.
@@ -528,6 +569,58 @@ pub enum ApprovalResponse {
     Denied {
         /// Why.
         reason: String,
+    },
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Artifacts: `/btd/blob/1`
+
+/// Largest chunk one blob reply carries (stays under the message cap with room for framing).
+pub const MAX_BLOB_CHUNK: u32 = 512 * 1024;
+
+/// A request for one chunk of a content-addressed artifact (a dataset from the owner, a checkpoint
+/// from a worker). Each program's artifacts are served only inside the program: a member fetches
+/// from the owner with its credential; the owner fetches from a member as itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// The program the artifact belongs to.
+    pub program: ProgramId,
+    /// The member credential (requests to the owner); `None` when the owner asks a member.
+    pub credential: Option<Credential>,
+    /// SHA-256 of the whole artifact.
+    pub digest: Digest,
+    /// First byte wanted.
+    pub offset: u64,
+    /// Most bytes wanted, at most [`MAX_BLOB_CHUNK`].
+    pub len: u32,
+}
+
+impl BlobRequest {
+    /// Enforces the request's bounds.
+    pub fn check(&self) -> Result<(), MessageError> {
+        if self.len == 0 || self.len > MAX_BLOB_CHUNK {
+            return Err(bad(
+                "len",
+                format!("must be 1 to {MAX_BLOB_CHUNK}, got {}", self.len),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A blob reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlobResponse {
+    /// Bytes `offset .. offset + data.len()` of an artifact of `size` bytes (empty at the end).
+    Chunk {
+        /// The artifact's total size.
+        size: u64,
+        /// Where `data` starts.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
     },
     /// The request failed.
     Error(ErrorReply),

@@ -21,6 +21,8 @@ pub mod protocols {
     pub const KB: &str = "/btd/kb/1";
     /// Paid-compute approval requests.
     pub const APPROVAL: &str = "/btd/approval/1";
+    /// Content-addressed artifacts (datasets, checkpoints) in bounded chunks.
+    pub const BLOB: &str = "/btd/blob/1";
     /// Gossip topic for signed program announcements.
     pub const TOPIC_PROGRAMS: &str = "btd/programs/1";
     /// Gossip topic for signed rung adverts.

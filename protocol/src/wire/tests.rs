@@ -7,7 +7,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 use crate::dispatch::{Budget, ComputePacket, HardwareClass, SpendClass};
-use crate::kb::{Amount, Entry, Payouts};
+use crate::kb::{Amount, Check, Entry, Payouts};
 use crate::membership::{Credential, DeviceAuthorization, DeviceCode, UserCode};
 use crate::program::{Program, ProgramId};
 use crate::seal::{self, SealKey};
@@ -37,6 +37,11 @@ fn entry(seq: u64) -> Entry {
         accepted: true,
         champion: seq == 1,
         impact: 0.5,
+        check: if seq == 2 {
+            Check::Failed("metric did not reproduce".into())
+        } else {
+            Check::Verified
+        },
     }
 }
 
@@ -50,6 +55,14 @@ fn submission() -> Submission {
         metrics: BTreeMap::from([("tokens_per_s".to_string(), 12345.0)]),
         hypothesis: BTreeMap::from([("lr".to_string(), 3e-3)]),
         created_at: Timestamp(1_000),
+        claim: Some(Claim {
+            checkpoint: Output::of("metrics.json", b"{}").sha256,
+            checkpoint_bytes: 2,
+            seed: 7,
+            steps: 150,
+            device: "cpu: AMD EPYC".into(),
+            btd_version: "0.1.0".into(),
+        }),
     }
 }
 
@@ -213,6 +226,9 @@ fn every_message_round_trips() {
             members: 2,
             submissions: 1,
             accepted: 1,
+            pending: 1,
+            verified: 1,
+            rejected: 1,
             champion: Some(entry(1)),
             payouts,
             pool: Amount(100_000_000),
@@ -223,6 +239,7 @@ fn every_message_round_trips() {
             accepted: false,
             champion: false,
             impact: 0.0,
+            check: Check::Pending,
             duplicate: true,
         }),
         KbResponse::Error(error()),
@@ -374,6 +391,12 @@ fn submissions_are_checked_and_signed() {
     let mut s = submission();
     s.created_at = now.plus_millis(MAX_CLOCK_SKEW_MS + 1);
     assert_eq!(s.check(now).unwrap_err().field, "created_at");
+    // A claim must name a checkpoint the submission lists among its outputs.
+    let mut s = submission();
+    if let Some(c) = s.claim.as_mut() {
+        c.checkpoint = Digest([1; 32]);
+    }
+    assert_eq!(s.check(now).unwrap_err().field, "claim.checkpoint");
 
     let kp = key(3);
     let signed = Signed::sign(&kp, &submission()).unwrap();
@@ -397,6 +420,32 @@ fn submissions_are_checked_and_signed() {
     }
     .check()
     .is_err());
+}
+
+#[test]
+fn blob_messages_round_trip_and_bound_the_chunk() {
+    let req = BlobRequest {
+        program: pid(),
+        credential: Some(Credential::from_bytes([4; 32])),
+        digest: Digest([3; 32]),
+        offset: 1 << 20,
+        len: MAX_BLOB_CHUNK,
+    };
+    round_trip(&req);
+    req.check().unwrap();
+    for len in [0, MAX_BLOB_CHUNK + 1] {
+        let bad = BlobRequest { len, ..req.clone() };
+        assert_eq!(bad.check().unwrap_err().field, "len");
+    }
+    // A full chunk fits in one message.
+    let full = BlobResponse::Chunk {
+        size: 10 << 20,
+        offset: 0,
+        data: vec![0xab; MAX_BLOB_CHUNK as usize],
+    };
+    assert!(encode(&full).unwrap().len() <= MAX_MESSAGE_BYTES);
+    round_trip(&full);
+    round_trip(&BlobResponse::Error(error()));
 }
 
 #[test]
@@ -459,6 +508,7 @@ proptest! {
             metrics,
             hypothesis,
             created_at: Timestamp(at),
+            claim: None,
         };
         let back: Submission = decode(&encode(&s).unwrap()).unwrap();
         // Compare encodings: NaN != NaN, but the bits must survive.

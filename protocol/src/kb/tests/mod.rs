@@ -4,6 +4,7 @@ use super::*;
 
 mod amount;
 mod prop;
+mod verify;
 
 fn rules(accept: AcceptRule, baseline: Option<f64>, split: Split) -> Rules {
     Rules {
@@ -360,6 +361,7 @@ fn compute_payouts_survives_hostile_entries() {
         accepted: true,
         champion: false,
         impact,
+        check: Check::NotNeeded,
     };
     let entries = [
         entry(1, "A", f64::NAN),

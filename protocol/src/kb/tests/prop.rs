@@ -166,6 +166,7 @@ proptest! {
                 accepted: *accepted,
                 champion: false,
                 impact: *impact,
+                check: Check::NotNeeded,
             })
             .collect();
         let p = compute_payouts(&rules, &entries, entries.last());

@@ -1,0 +1,217 @@
+//! Claims wait for the owner's check: pending, verified, failed, first-verified-wins.
+
+use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, proptest};
+
+use super::*;
+
+fn verified_kb(accept: AcceptRule, baseline: Option<f64>, split: Split) -> Kb {
+    Kb::verified(rules(accept, baseline, split)).unwrap()
+}
+
+fn failed(why: &str) -> Verdict {
+    Verdict::Failed(why.to_owned())
+}
+
+#[test]
+fn a_winning_claim_is_pending_and_counts_only_once_verified() {
+    let mut kb = verified_kb(AcceptRule::BeatsChampion, Some(1.20), Split::ByImpact);
+    let e = kb.submit("A", 1.10).unwrap().clone();
+    assert_eq!(e.check, Check::Pending);
+    assert!(!e.accepted && !e.champion && e.impact == 0.0);
+    assert!(kb.champion().is_none());
+    assert!(kb.payouts().is_empty());
+    // A claim the rule rejects needs no check.
+    let e = kb.submit("B", 1.30).unwrap().clone();
+    assert_eq!(e.check, Check::NotNeeded);
+    assert!(!e.accepted);
+    assert_eq!(kb.next_pending().map(|e| e.seq), Some(1));
+
+    let e = kb.resolve(1, &Verdict::Verified).unwrap().clone();
+    assert_eq!(e.check, Check::Verified);
+    assert!(e.accepted && e.champion);
+    assert!((e.impact - 0.10).abs() < EPS);
+    assert_eq!(kb.champion().map(|c| c.seq), Some(1));
+    assert_eq!(shown(&kb.payouts()), pairs(&[("A", "100.000000")]));
+    assert!(kb.next_pending().is_none());
+}
+
+#[test]
+fn a_failed_claim_never_wins_or_earns() {
+    let mut kb = verified_kb(AcceptRule::BeatsChampion, Some(1.20), Split::ByImpact);
+    kb.submit("cheat", 0.0).unwrap();
+    kb.submit("honest", 1.10).unwrap();
+    let why = "metric did not reproduce: claimed 0.0000, measured 3.1000";
+    let e = kb.resolve(1, &failed(why)).unwrap().clone();
+    assert_eq!(e.check, Check::Failed(why.to_owned()));
+    assert!(!e.accepted && !e.champion);
+    // The honest claim is still pending (it beats the baseline) and wins once verified.
+    assert_eq!(kb.next_pending().map(|e| e.seq), Some(2));
+    kb.resolve(2, &Verdict::Verified).unwrap();
+    assert_eq!(kb.champion().map(|c| c.worker.as_str()), Some("honest"));
+    assert_eq!(shown(&kb.payouts()), pairs(&[("honest", "100.000000")]));
+}
+
+#[test]
+fn first_verified_wins_and_superseded_claims_need_no_check() {
+    let mut kb = verified_kb(AcceptRule::BeatsChampion, Some(3.0), Split::ByImpact);
+    kb.submit("A", 2.0).unwrap();
+    kb.submit("B", 2.5).unwrap(); // beats the baseline, not A
+    kb.submit("C", 1.5).unwrap(); // beats both
+    kb.submit("D", 2.0).unwrap(); // equals A
+    assert_eq!(kb.pending().count(), 4);
+    // Resolving out of order is refused.
+    assert_eq!(
+        kb.resolve(3, &Verdict::Verified).unwrap_err(),
+        ResolveError::NotNext {
+            seq: 3,
+            oldest: Some(1)
+        }
+    );
+    kb.resolve(1, &Verdict::Verified).unwrap();
+    // B no longer beats the champion: settled without a check; C is next.
+    assert_eq!(kb.entries()[1].check, Check::NotNeeded);
+    assert!(!kb.entries()[1].accepted);
+    assert_eq!(kb.next_pending().map(|e| e.seq), Some(3));
+    kb.resolve(3, &Verdict::Verified).unwrap();
+    // D (2.0) cannot beat C (1.5): settled too.
+    assert!(kb.next_pending().is_none());
+    assert_eq!(kb.entries()[3].check, Check::NotNeeded);
+    assert_eq!(kb.champion().map(|c| c.seq), Some(3));
+    assert_eq!(
+        shown(&kb.payouts()),
+        pairs(&[("A", "66.666667"), ("C", "33.333333")])
+    );
+}
+
+#[test]
+fn threshold_claims_that_would_earn_are_checked_too() {
+    let mut kb = verified_kb(
+        AcceptRule::Threshold { threshold: 1.0 },
+        Some(1.0),
+        Split::ByImpact,
+    );
+    kb.submit("A", 0.5).unwrap();
+    kb.resolve(1, &Verdict::Verified).unwrap();
+    // 0.7 passes the threshold without beating the champion: it would earn, so it is checked.
+    assert_eq!(kb.submit("B", 0.7).unwrap().check, Check::Pending);
+    kb.resolve(2, &failed("holdout gap")).unwrap();
+    assert_eq!(shown(&kb.payouts()), pairs(&[("A", "100.000000")]));
+    assert_eq!(kb.submit("C", 1.5).unwrap().check, Check::NotNeeded);
+}
+
+#[test]
+fn replaying_events_rebuilds_the_same_kb() {
+    let r = rules(AcceptRule::BeatsChampion, Some(3.0), Split::ByImpact);
+    let v = Verdict::Verified;
+    let f = failed("no");
+    let events = [
+        LogEvent::Submit {
+            worker: "A",
+            value: 2.0,
+        },
+        LogEvent::Submit {
+            worker: "B",
+            value: 1.0,
+        },
+        LogEvent::Resolve {
+            seq: 1,
+            verdict: &v,
+        },
+        LogEvent::Submit {
+            worker: "C",
+            value: 2.5,
+        },
+        LogEvent::Resolve {
+            seq: 2,
+            verdict: &f,
+        },
+    ];
+    let mut live = Kb::verified(r.clone()).unwrap();
+    live.submit("A", 2.0).unwrap();
+    live.submit("B", 1.0).unwrap();
+    live.resolve(1, &v).unwrap();
+    live.submit("C", 2.5).unwrap();
+    live.resolve(2, &f).unwrap();
+    let replayed = Kb::verified(r.clone())
+        .unwrap()
+        .replay_events(events)
+        .unwrap();
+    assert_eq!(replayed, live);
+    assert_eq!(replayed.entries()[2].check, Check::NotNeeded);
+    // A verdict out of order in a stored log is corruption, reported as such.
+    let bad = [
+        LogEvent::Submit {
+            worker: "A",
+            value: 2.0,
+        },
+        LogEvent::Resolve {
+            seq: 2,
+            verdict: &v,
+        },
+    ];
+    let e = Kb::verified(r).unwrap().replay_events(bad).unwrap_err();
+    assert!(matches!(e, ReplayError::Verdict(_)), "{e}");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+}
+
+proptest! {
+    /// When every claim verifies as soon as it arrives, a verified KB ends exactly where the plain
+    /// KEEP rule does.
+    #[test]
+    fn verifying_everything_at_once_matches_the_plain_rule(
+        subs in prop::collection::vec((0usize..4, 0.0f64..5.0), 0..40),
+        threshold_mode in any::<bool>(),
+    ) {
+        let accept = if threshold_mode {
+            AcceptRule::Threshold { threshold: 2.5 }
+        } else {
+            AcceptRule::BeatsChampion
+        };
+        let r = rules(accept, Some(3.0), Split::ByImpact);
+        let mut plain = Kb::new(r.clone()).unwrap();
+        let mut checked = Kb::verified(r).unwrap();
+        for (w, v) in &subs {
+            let w = format!("w{w}");
+            plain.submit(&w, *v).unwrap();
+            let seq = checked.submit(&w, *v).unwrap().seq;
+            if checked.next_pending().is_some() {
+                checked.resolve(seq, &Verdict::Verified).unwrap();
+            }
+        }
+        prop_assert_eq!(plain.champion().map(|c| c.seq), checked.champion().map(|c| c.seq));
+        prop_assert_eq!(plain.payouts(), checked.payouts());
+        for (a, b) in plain.entries().iter().zip(checked.entries()) {
+            prop_assert_eq!((a.accepted, a.champion, a.impact), (b.accepted, b.champion, b.impact));
+        }
+    }
+
+    /// Whatever the verdicts, a failed claim never becomes champion or earns, every pending claim
+    /// is resolvable in order, and the champion is always a verified claim.
+    #[test]
+    fn failed_claims_never_count(
+        subs in prop::collection::vec((0usize..4, 0.0f64..5.0, any::<bool>()), 0..40),
+    ) {
+        let mut kb = verified_kb(AcceptRule::BeatsChampion, Some(3.0), Split::ByImpact);
+        let mut verdicts = Vec::new();
+        for (w, v, ok) in &subs {
+            kb.submit(&format!("w{w}"), *v).unwrap();
+            verdicts.push(*ok);
+        }
+        while let Some(seq) = kb.next_pending().map(|e| e.seq) {
+            let ok = verdicts[usize::try_from(seq - 1).unwrap()];
+            let verdict = if ok { Verdict::Verified } else { failed("x") };
+            kb.resolve(seq, &verdict).unwrap();
+        }
+        for e in kb.entries() {
+            if let Check::Failed(_) = e.check {
+                prop_assert!(!e.accepted && !e.champion && e.impact == 0.0);
+            }
+            if e.accepted {
+                prop_assert_eq!(&e.check, &Check::Verified);
+            }
+        }
+        if let Some(c) = kb.champion() {
+            prop_assert_eq!(&c.check, &Check::Verified);
+        }
+    }
+}
