@@ -43,6 +43,7 @@ async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> 
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap,
             rungs: btd::config::Config::default_rungs(),
+            home: None,
         },
         store,
     )

@@ -42,6 +42,14 @@ enum Command {
     Publish {
         /// The manifest (TOML).
         manifest: PathBuf,
+        /// The dataset file of a program whose dataset is a file: members fetch it from this node
+        /// by digest over the mesh (its SHA-256 must match the manifest's).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Owner-only holdout text (never served) that claims are also evaluated on; programs on
+        /// the synthetic corpus get a generated one.
+        #[arg(long)]
+        holdout: Option<PathBuf>,
     },
     /// Programs known from the mesh.
     Programs,
@@ -88,6 +96,10 @@ enum Command {
         /// The rung the result was computed on.
         #[arg(long, default_value = "cpu")]
         rung: String,
+        /// The checkpoint the value was measured on (from `btd train`): the owner fetches it and
+        /// re-evaluates it before the value counts.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Program status: members, results, champion, payouts (a member asks the owner).
     Status {
@@ -260,6 +272,10 @@ pub(crate) struct JoinArgs {
     /// How long a round waits for the owner to approve paid compute, seconds.
     #[arg(long, requires = "rounds", default_value_t = crate::work::DEFAULT_APPROVAL_WAIT_SECS)]
     pub(crate) approval_wait: u64,
+    /// After the last round, how long to wait for the owner's verdicts on pending claims, seconds
+    /// (0: return at once; `btd runs` shows them later).
+    #[arg(long, requires = "rounds", default_value_t = crate::work::DEFAULT_VERDICT_WAIT_SECS)]
+    pub(crate) verdict_wait: u64,
 }
 
 /// Runs the parsed command.
@@ -281,7 +297,11 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Stop => daemon_cmd::stop(home, json),
         Command::Id => daemon_cmd::id(home, json),
         Command::Peers => daemon_cmd::peers(home, json),
-        Command::Publish { manifest } => daemon_cmd::publish(home, &manifest, json),
+        Command::Publish {
+            manifest,
+            data,
+            holdout,
+        } => daemon_cmd::publish(home, &manifest, data, holdout, json),
         Command::Programs => daemon_cmd::programs(home, json),
         Command::Join(args) => daemon_cmd::join(home, &args, json),
         Command::Runs { program } => daemon_cmd::runs(home, program.as_deref(), json),
@@ -294,7 +314,8 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
             value,
             outputs,
             rung,
-        } => daemon_cmd::submit(home, &program, value, &outputs, rung, json),
+            checkpoint,
+        } => daemon_cmd::submit(home, &program, value, &outputs, rung, checkpoint, json),
         Command::Status { program } => daemon_cmd::status(home, program.as_deref(), json),
         Command::Approvals => daemon_cmd::approvals(home, json),
         Command::ApproveSpend {

@@ -36,6 +36,9 @@ pub enum Request {
     Publish {
         /// Manifest text.
         manifest: String,
+        /// The dataset and holdout files (absolute paths).
+        #[serde(default)]
+        files: crate::node::types::PublishFiles,
     },
     /// Known programs.
     Programs,
@@ -86,6 +89,9 @@ pub enum Request {
         rung_id: String,
         /// Outputs by digest.
         outputs: Vec<Output>,
+        /// A checkpoint to claim the value with (absolute path): the owner fetches and checks it.
+        #[serde(default)]
+        checkpoint: Option<std::path::PathBuf>,
     },
     /// Program status.
     Status {
@@ -223,7 +229,7 @@ async fn handle(
             let _ = stop.try_send(());
             Ok(serde_json::json!("stopping"))
         }
-        other => dispatch(&node, other).await,
+        other => dispatch(&node, &work, other).await,
     };
     let line = match out {
         Ok(v) => Line::Ok(v),
@@ -236,16 +242,24 @@ fn json<T: Serialize>(v: T) -> Result<serde_json::Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
-async fn dispatch(node: &NodeHandle, req: Request) -> Result<serde_json::Value, String> {
+async fn dispatch(
+    node: &NodeHandle,
+    work: &WorkContext,
+    req: Request,
+) -> Result<serde_json::Value, String> {
     let stopped = |e: anyhow::Error| e.to_string();
     match req {
         Request::Id => json(node.ask(Command::Info).await.map_err(stopped)?),
         Request::Peers => json(node.ask(Command::Peers).await.map_err(stopped)?),
         Request::Programs => json(node.ask(Command::Programs).await.map_err(stopped)?),
-        Request::Publish { manifest } => json(
-            node.ask(|reply| Command::Publish { manifest, reply })
-                .await
-                .map_err(stopped)??,
+        Request::Publish { manifest, files } => json(
+            node.ask(|reply| Command::PublishWith {
+                manifest,
+                files,
+                reply,
+            })
+            .await
+            .map_err(stopped)??,
         ),
         Request::Approve { code } => json(
             node.ask(|reply| Command::Decide {
@@ -283,21 +297,34 @@ async fn dispatch(node: &NodeHandle, req: Request) -> Result<serde_json::Value, 
             program,
             value,
             rung_id,
-            outputs,
-        } => json(
-            node.ask(|reply| Command::Submit {
-                program,
-                result: NewResult {
-                    value,
-                    rung_id,
-                    outputs,
-                    ..Default::default()
-                },
-                reply,
-            })
-            .await
-            .map_err(stopped)??,
-        ),
+            mut outputs,
+            checkpoint,
+        } => {
+            let claim = match checkpoint {
+                Some(path) => {
+                    let (output, claim) = work.claim_checkpoint(program, path).await?;
+                    outputs.retain(|o| o.sha256 != output.sha256);
+                    outputs.push(output);
+                    Some(claim)
+                }
+                None => None,
+            };
+            json(
+                node.ask(|reply| Command::Submit {
+                    program,
+                    result: NewResult {
+                        value,
+                        rung_id,
+                        outputs,
+                        claim,
+                        ..Default::default()
+                    },
+                    reply,
+                })
+                .await
+                .map_err(stopped)??,
+            )
+        }
         Request::Status { program } => json(
             node.ask(|reply| Command::Status { program, reply })
                 .await

@@ -4,6 +4,7 @@ use crate::output::out;
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+use btd_protocol::kb::Check;
 use btd_protocol::program::ProgramId;
 use btd_protocol::trace::Output;
 use serde::de::DeserializeOwned;
@@ -148,15 +149,32 @@ pub(crate) fn peers(home_dir: Option<PathBuf>, json: bool) -> Result<(), CmdErro
     Ok(())
 }
 
+/// An absolute path for the daemon (it runs elsewhere), or a usage error naming the flag.
+fn absolute(flag: &str, p: &Path) -> Result<PathBuf, CmdError> {
+    std::fs::canonicalize(p).map_err(|e| CmdError::Usage(format!("{flag} {}: {e}", p.display())))
+}
+
 pub(crate) fn publish(
     home_dir: Option<PathBuf>,
     manifest: &Path,
+    data: Option<PathBuf>,
+    holdout: Option<PathBuf>,
     json: bool,
 ) -> Result<(), CmdError> {
     let text = crate::output::read_text(manifest)?;
     // Validate locally first so errors carry the file name and lines.
     crate::offline::program::load(manifest)?;
-    let v = call(home_dir, Request::Publish { manifest: text })?;
+    let files = crate::node::types::PublishFiles {
+        data: data.map(|p| absolute("--data", &p)).transpose()?,
+        holdout: holdout.map(|p| absolute("--holdout", &p)).transpose()?,
+    };
+    let v = call(
+        home_dir,
+        Request::Publish {
+            manifest: text,
+            files,
+        },
+    )?;
     if json {
         return print_json(&serde_json::json!({ "program": v }));
     }
@@ -196,15 +214,14 @@ pub(crate) fn join(home_dir: Option<PathBuf>, args: &JoinArgs, json: bool) -> Re
             rounds,
             rung: args.rung.clone(),
             // The daemon runs elsewhere: give it an absolute path.
-            data: match &args.data {
-                None => None,
-                Some(p) => Some(
-                    std::fs::canonicalize(p)
-                        .map_err(|e| CmdError::Usage(format!("--data {}: {e}", p.display())))?,
-                ),
-            },
+            data: args
+                .data
+                .as_deref()
+                .map(|p| absolute("--data", p))
+                .transpose()?,
             allow_shell: args.allow_shell,
             approval_wait_secs: args.approval_wait,
+            verdict_wait_secs: args.verdict_wait,
         }),
     };
     let h = home(home_dir)?;
@@ -340,8 +357,38 @@ fn print_work_event(e: &WorkEvent) {
             Some(v) => out!("round {round}: {metric} {v:.4}: {detail}"),
             None => out!("round {round}: {}: {detail}", name_of(status)),
         },
+        WorkEvent::Dataset {
+            sha256,
+            bytes,
+            resumed_from,
+            secs,
+        } => {
+            let resumed = if *resumed_from > 0 {
+                format!(", resumed from {resumed_from} bytes")
+            } else {
+                String::new()
+            };
+            out!(
+                "fetched the dataset {} from the owner: {bytes} bytes in {secs:.1} s{resumed}",
+                sha256.short()
+            );
+        }
+        WorkEvent::Checked {
+            round,
+            seq,
+            check,
+            champion,
+        } => match check {
+            Check::Failed(why) => out!("round {round}: seq {seq} rejected by the owner's check: {why}"),
+            _ => out!(
+                "round {round}: seq {seq} verified by the owner{}",
+                if *champion { ": new champion" } else { "" }
+            ),
+        },
         WorkEvent::Verdict { round, receipt } => {
-            let what = if receipt.champion {
+            let what = if receipt.check == Check::Pending {
+                "pending until the owner checks it"
+            } else if receipt.champion {
                 "new champion"
             } else if receipt.accepted {
                 "accepted"
@@ -504,6 +551,7 @@ pub(crate) fn submit(
     value: f64,
     outputs: &[PathBuf],
     rung_id: String,
+    checkpoint: Option<PathBuf>,
     json: bool,
 ) -> Result<(), CmdError> {
     let program = program_id(program)?;
@@ -529,6 +577,9 @@ pub(crate) fn submit(
             value,
             rung_id,
             outputs: outs,
+            checkpoint: checkpoint
+                .map(|p| absolute("--checkpoint", &p))
+                .transpose()?,
         },
     )?;
     if json {
@@ -538,7 +589,12 @@ pub(crate) fn submit(
     out!(
         "submission #{}: {}{}, impact {:.6}{}",
         r.seq,
-        if r.accepted { "accepted" } else { "rejected" },
+        match &r.check {
+            Check::Pending => "pending (the owner checks it before it counts)",
+            Check::Failed(_) => "rejected by the owner's check",
+            _ if r.accepted => "accepted",
+            _ => "rejected",
+        },
         if r.champion { ", new champion" } else { "" },
         r.impact,
         if r.duplicate {

@@ -272,7 +272,12 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     let text = manifest(args.steps);
     let path = dir.join("program.toml");
     std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-    let program: ProgramId = daemons[1].call(Request::Publish { manifest: text }).await?;
+    let program: ProgramId = daemons[1]
+        .call(Request::Publish {
+            manifest: text,
+            files: Default::default(),
+        })
+        .await?;
     out!("owner published {} ({})", program, path.display());
 
     // Join: each worker shows a user code; the demo approves it as the owner would.
@@ -301,6 +306,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                     data: None,
                     allow_shell: false,
                     approval_wait_secs: 60,
+                    verdict_wait_secs: 0,
                 }),
             },
             |p| {

@@ -8,6 +8,7 @@
 //! - [`node`]: the daemon's core: one task owns the swarm and the program state.
 //! - [`control`]: the local control socket the CLI talks to.
 
+pub mod blobs;
 pub mod cli;
 pub mod client;
 mod compute_cmd;
@@ -24,6 +25,7 @@ pub mod poll;
 pub mod start;
 pub mod store;
 pub mod testkit;
+pub mod verify;
 pub mod work;
 
 /// The current wall-clock time as a protocol [`btd_protocol::Timestamp`]. The daemon reads the clock

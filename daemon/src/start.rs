@@ -36,6 +36,8 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     cfg.relay_server |= flags.relay_server;
     cfg.mdns |= flags.mdns;
     let key = home.load_or_create_identity()?;
+    // Records name their directories absolutely: a relative --home must not make them ambiguous.
+    let home_dir = std::fs::canonicalize(home.dir()).unwrap_or_else(|_| home.dir().to_path_buf());
     let store = Store::open(&home.db_path())
         .with_context(|| format!("cannot open the database {}", home.db_path().display()))?;
     let net = NetParams {
@@ -51,16 +53,14 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
             listen: cfg.listen,
             bootstrap: cfg.bootstrap,
             rungs: cfg.rungs.clone(),
+            home: Some(home_dir.clone()),
         },
         store.clone(),
     )
     .await?;
-    // Records name their directories absolutely: a relative --home must not make them ambiguous.
-    let runs_dir = home.runs_dir();
-    std::fs::create_dir_all(&runs_dir)
-        .with_context(|| format!("cannot create {}", runs_dir.display()))?;
-    let runs_dir = std::fs::canonicalize(&runs_dir).unwrap_or(runs_dir);
-    let work = WorkContext::new(handle.clone(), store, runs_dir, cfg.rungs);
+    // The owner's verifier: checks pending claims of owned programs, one at a time.
+    let verifier = tokio::spawn(crate::verify::run(handle.clone(), home_dir.clone()));
+    let work = WorkContext::new(handle.clone(), store, &home_dir, cfg.rungs);
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = tokio::spawn(crate::control::serve(
@@ -84,6 +84,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     }
     let _ = shutdown_tx.send(true);
     work.cancel_all();
+    verifier.abort();
     let _ = handle.send(Command::Shutdown).await;
     let _ = task.await;
     let _ = control.await;

@@ -61,6 +61,9 @@ pub struct TestNodeOptions {
     pub relay_server: bool,
     /// Bootstrap addresses (with /p2p/).
     pub bootstrap: Vec<Multiaddr>,
+    /// Home directory for artifacts and holdouts (a node with one also runs the owner's
+    /// verifier).
+    pub home: Option<std::path::PathBuf>,
 }
 
 impl TestNode {
@@ -101,10 +104,14 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
             listen: addr.clone().into_iter().collect(),
             bootstrap: opts.bootstrap,
             rungs: crate::config::Config::default_rungs(),
+            home: opts.home.clone(),
         },
         store,
     )
     .await?;
+    if let Some(home) = opts.home {
+        tokio::spawn(crate::verify::run(handle.clone(), home));
+    }
     Ok(TestNode {
         handle,
         task,

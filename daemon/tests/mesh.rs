@@ -320,6 +320,7 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
         metrics: Default::default(),
         hypothesis: [("lr".to_string(), 2e-3)].into_iter().collect(),
         created_at: btd::now(),
+        claim: None,
     };
     let signed = Signed::sign(&member.key, &sub).unwrap();
     let req = KbRequest {

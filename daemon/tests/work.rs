@@ -10,6 +10,7 @@ use btd::store::Store;
 use btd::testkit::{join_approved, spawn_node, wait_for, wait_known, TestNode, TestNodeOptions};
 use btd::work::{run_rounds, RunState, WorkContext, WorkEvent, WorkOptions, WorkSummary};
 use btd_protocol::dispatch::Action;
+use btd_protocol::kb::Check;
 use btd_protocol::program::ProgramId;
 use btd_protocol::trace::BundleStatus;
 use btd_protocol::wire::{KbCall, KbRequest, KbResponse};
@@ -83,18 +84,27 @@ struct Pair {
     worker: TestNode,
     work: Arc<WorkContext>,
     program: ProgramId,
-    _dir: tempfile::TempDir,
+    _dirs: [tempfile::TempDir; 2],
 }
 
 async fn pair(manifest: &str) -> Pair {
-    let owner = spawn_node(Store::open_in_memory().unwrap(), Default::default())
-        .await
-        .unwrap();
+    let owner_home = tempfile::tempdir().unwrap();
+    let worker_home = tempfile::tempdir().unwrap();
+    let owner = spawn_node(
+        Store::open_in_memory().unwrap(),
+        TestNodeOptions {
+            home: Some(owner_home.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let store = Store::open_in_memory().unwrap();
     let worker = spawn_node(
         store.clone(),
         TestNodeOptions {
             bootstrap: vec![owner.dial_addr().unwrap()],
+            home: Some(worker_home.path().to_path_buf()),
             ..Default::default()
         },
     )
@@ -111,11 +121,10 @@ async fn pair(manifest: &str) -> Pair {
     join_approved(&owner.handle, &worker.handle, program, T)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let work = WorkContext::new(
         worker.handle.clone(),
         store,
-        dir.path().join("runs"),
+        worker_home.path(),
         btd::config::Config::default_rungs(),
     );
     Pair {
@@ -123,7 +132,7 @@ async fn pair(manifest: &str) -> Pair {
         worker,
         work,
         program,
-        _dir: dir,
+        _dirs: [owner_home, worker_home],
     }
 }
 
@@ -134,6 +143,7 @@ fn opts(rounds: u32) -> WorkOptions {
         data: None,
         allow_shell: true,
         approval_wait_secs: 60,
+        verdict_wait_secs: 60,
     }
 }
 
@@ -249,12 +259,26 @@ async fn candle_rounds_search_near_the_champion_and_leave_verifiable_records() {
             WorkEvent::Ran { .. } => "ran",
             WorkEvent::Verdict { .. } => "verdict",
             WorkEvent::Recorded { .. } => "recorded",
+            WorkEvent::Dataset { .. } => "dataset",
+            WorkEvent::Checked { .. } => "checked",
         })
+        .filter(|k| *k != "checked")
         .collect();
     assert_eq!(
         kinds,
         ["dispatch", "round", "ran", "verdict", "recorded"].repeat(3)
     );
+    // Every claim the owner had to check was checked, and verified (the worker is honest).
+    let pending = events
+        .iter()
+        .filter(|e| matches!(e, WorkEvent::Verdict { receipt, .. } if receipt.check == Check::Pending))
+        .count();
+    let verified = events
+        .iter()
+        .filter(|e| matches!(e, WorkEvent::Checked { check: Check::Verified, .. }))
+        .count();
+    assert!(pending >= 1);
+    assert_eq!(pending, verified);
 
     // The records are durable, and a later call numbers its rounds after them.
     let stored = p.work.runs(Some(p.program)).await.unwrap();

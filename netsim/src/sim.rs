@@ -176,6 +176,7 @@ impl Sim {
             listen: node.listen.iter().cloned().collect(),
             bootstrap: node.bootstrap.clone(),
             rungs: btd::config::Config::default_rungs(),
+            home: None,
         };
         let (handle, task) = node::spawn(cfg, store)
             .await

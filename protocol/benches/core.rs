@@ -108,6 +108,7 @@ fn main() {
         metrics: BTreeMap::from([("tokens_per_s".to_string(), 50_000.0)]),
         hypothesis: BTreeMap::from([("lr".to_string(), 3e-3), ("warmup_frac".to_string(), 0.05)]),
         created_at: Timestamp(1),
+        claim: None,
     };
     report(
         "signed: sign a submission (ed25519)",

@@ -21,18 +21,44 @@ impl Digest {
 
     /// SHA-256 of everything `reader` yields, read in 64 KiB chunks (large files need not fit in
     /// memory).
-    pub fn of_reader(mut reader: impl std::io::Read) -> std::io::Result<Self> {
-        let mut h = Sha256::new();
+    pub fn of_reader(reader: impl std::io::Read) -> std::io::Result<Self> {
+        let mut h = Hasher::default();
+        h.read_from(reader)?;
+        Ok(h.finish())
+    }
+}
+
+/// An incremental SHA-256: feed bytes as they arrive, then [`Hasher::finish`].
+#[derive(Debug, Clone, Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Adds everything `reader` yields (64 KiB at a time); returns how many bytes that was.
+    pub fn read_from(&mut self, mut reader: impl std::io::Read) -> std::io::Result<u64> {
         let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
         loop {
             let n = reader.read(&mut buf)?;
             if n == 0 {
-                return Ok(Self(h.finalize().into()));
+                return Ok(total);
             }
-            h.update(&buf[..n]);
+            self.0.update(&buf[..n]);
+            total += n as u64;
         }
     }
 
+    /// The digest of everything added.
+    pub fn finish(self) -> Digest {
+        Digest(self.0.finalize().into())
+    }
+}
+
+impl Digest {
     /// The content id of `value`: SHA-256 over a domain tag, a zero byte, and the value's canonical
     /// encoding (the wire codec). The domain tag keeps ids of different object kinds apart even if
     /// their encodings coincide.

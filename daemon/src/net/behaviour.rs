@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use btd_protocol::wire::{
-    protocols, ApprovalRequest, ApprovalResponse, KbRequest, KbResponse, MembershipRequest,
-    MembershipResponse, MAX_MESSAGE_BYTES,
+    protocols, ApprovalRequest, ApprovalResponse, BlobRequest, BlobResponse, KbRequest, KbResponse,
+    MembershipRequest, MembershipResponse, MAX_MESSAGE_BYTES,
 };
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport};
@@ -96,6 +96,10 @@ pub struct NetParams {
     pub rate_burst: f64,
     /// Per-peer request budget: sustained requests per second.
     pub rate_per_sec: f64,
+    /// Per-peer artifact budget: burst, in chunks (of up to 512 KiB).
+    pub blob_burst: f64,
+    /// Per-peer artifact budget: sustained chunks per second.
+    pub blob_per_sec: f64,
 }
 
 impl Default for NetParams {
@@ -111,6 +115,10 @@ impl Default for NetParams {
             // sustained with bursts of 60 is far above honest use and bounds abuse.
             rate_burst: 60.0,
             rate_per_sec: 20.0,
+            // 64 chunks (32 MiB) at once, 32 chunks (16 MiB) per second sustained, per peer: a
+            // checkpoint or dataset moves at disk speed while one peer cannot hog the uplink.
+            blob_burst: 64.0,
+            blob_per_sec: 32.0,
         }
     }
 }
@@ -151,6 +159,8 @@ pub struct Behaviour {
     pub kb: RrBehaviour<KbRequest, KbResponse>,
     /// `/btd/approval/1`.
     pub approval: RrBehaviour<ApprovalRequest, ApprovalResponse>,
+    /// `/btd/blob/1`.
+    pub blob: RrBehaviour<BlobRequest, BlobResponse>,
     /// LAN discovery.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -259,6 +269,7 @@ impl Behaviour {
             membership: rr(protocols::MEMBERSHIP, p),
             kb: rr(protocols::KB, p),
             approval: rr(protocols::APPROVAL, p),
+            blob: rr(protocols::BLOB, p),
             mdns: mdns.into(),
         })
     }

@@ -3,11 +3,14 @@
 //! awaits inside an event handler: store writes run as futures the loop polls, and replies to the
 //! control API are sent with `try_send`/oneshot.
 
+mod blob;
 mod gossip;
 mod owner;
 pub mod spend;
 pub mod types;
 mod worker;
+
+pub(crate) use owner::holdout_path;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -65,6 +68,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Rungs to advertise.
     pub rungs: Vec<AdvertisedRung>,
+    /// The home directory: artifacts under `blobs/`, owner-only holdouts under `holdout/`. `None`
+    /// serves and stores no artifacts (netsim nodes without disks).
+    pub home: Option<std::path::PathBuf>,
 }
 
 /// What the control API can ask of the node.
@@ -81,6 +87,15 @@ pub enum Command {
         /// Manifest text.
         manifest: String,
         /// The program id once durable.
+        reply: oneshot::Sender<Result<ProgramId, String>>,
+    },
+    /// Publish a manifest with its files (dataset, holdout).
+    PublishWith {
+        /// Manifest text.
+        manifest: String,
+        /// The dataset and holdout files.
+        files: types::PublishFiles,
+        /// The program id, or why not.
         reply: oneshot::Sender<Result<ProgramId, String>>,
     },
     /// `btd programs`.
@@ -191,6 +206,28 @@ pub enum Command {
         /// Result in words.
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// Ask a peer for one chunk of an artifact.
+    Blob {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: btd_protocol::wire::BlobRequest,
+        /// Its response, or the transport failure.
+        reply: oneshot::Sender<Result<btd_protocol::wire::BlobResponse, String>>,
+    },
+    /// Owner: the oldest claim waiting for a check in each owned program.
+    NextClaims(oneshot::Sender<Vec<types::ClaimJob>>),
+    /// Owner: apply a verdict on a pending claim (durable before the reply).
+    Resolve {
+        /// The program.
+        program: ProgramId,
+        /// The claim.
+        seq: u64,
+        /// The verdict.
+        verdict: btd_protocol::kb::Verdict,
+        /// The entry after the verdict.
+        reply: oneshot::Sender<Result<Entry, String>>,
+    },
     /// Stop the node (pending store writes finish first).
     Shutdown,
 }
@@ -300,6 +337,14 @@ pub struct Node {
     pub(crate) relay_server: bool,
     /// Per-peer request budget (burst, per second).
     pub(crate) rate: (f64, f64),
+    /// Artifacts this node serves and fetches.
+    pub(crate) blobs: Option<crate::blobs::BlobStore>,
+    /// The home directory (holdouts live under it).
+    pub(crate) home: Option<std::path::PathBuf>,
+    /// Per-peer artifact budget.
+    pub(crate) blob_buckets: HashMap<PeerId, Bucket>,
+    /// Per-peer artifact budget (burst, chunks per second).
+    pub(crate) blob_rate: (f64, f64),
     /// Open connections per peer, with their remote addresses (for `btd peers`).
     pub(crate) connections: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
 }
@@ -358,6 +403,13 @@ pub async fn spawn(
         lookups: gossip::Lookups::default(),
         relay_server: cfg.net.relay_server,
         rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
+        blobs: cfg
+            .home
+            .as_ref()
+            .map(|h| crate::blobs::BlobStore::new(h.join("blobs"))),
+        home: cfg.home.clone(),
+        blob_buckets: HashMap::new(),
+        blob_rate: (cfg.net.blob_burst, cfg.net.blob_per_sec),
         connections: HashMap::new(),
     };
     node.restore(snapshot)?;
@@ -411,7 +463,8 @@ impl Node {
                     .filter(|(p, _)| *p == row.id)
                     .map(|(_, m)| m.clone());
                 let subs = snap.submissions.iter().filter(|s| s.program == row.id);
-                let owned = Owned::restore(&view, members, subs)?;
+                let verdicts = snap.verdicts.iter().filter(|v| v.program == row.id);
+                let owned = Owned::restore(&view, members, subs, verdicts)?;
                 self.own.insert(row.id, owned);
             }
             self.known.insert(row.id, Known { view, signed });
@@ -490,7 +543,14 @@ impl Node {
             Command::Dial(addr, reply) => {
                 let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
             }
-            Command::Publish { manifest, reply } => owner::publish(self, manifest, reply),
+            Command::Publish { manifest, reply } => {
+                owner::publish(self, manifest, Default::default(), reply)
+            }
+            Command::PublishWith {
+                manifest,
+                files,
+                reply,
+            } => owner::publish(self, manifest, files, reply),
             Command::Programs(reply) => {
                 let _ = reply.send(self.programs());
             }
@@ -564,6 +624,23 @@ impl Node {
                     self, program, &member, &packet_id, approve, minutes,
                 ));
             }
+            Command::Blob {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().blob.send_request(&peer, request);
+                self.out.blobs.insert(id, reply);
+            }
+            Command::NextClaims(reply) => {
+                let _ = reply.send(owner::next_claims(self));
+            }
+            Command::Resolve {
+                program,
+                seq,
+                verdict,
+                reply,
+            } => owner::resolve(self, program, seq, verdict, reply),
             Command::Shutdown => {}
         }
     }
@@ -574,6 +651,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) => worker::on_membership(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Kb(e)) => worker::on_kb(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Approval(e)) => spend::on_event(self, e),
+            SwarmEvent::Behaviour(BehaviourEvent::Blob(e)) => blob::on_event(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => gossip::on_identify(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => gossip::on_kad(self, e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => gossip::on_mdns(self, e),
@@ -651,31 +729,12 @@ impl Node {
 
     /// Takes one token from `peer`'s request budget; false means "rate limited".
     pub(crate) fn allow(&mut self, peer: PeerId) -> bool {
-        let now = Instant::now();
-        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&peer) {
-            if let Some(oldest) = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, b)| b.last)
-                .map(|(p, _)| *p)
-            {
-                self.buckets.remove(&oldest);
-            }
-        }
-        let (burst, per_sec) = self.rate;
-        let b = self.buckets.entry(peer).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        let elapsed = now.duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * per_sec).min(burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        take_token(&mut self.buckets, peer, self.rate)
+    }
+
+    /// Takes one token from `peer`'s artifact budget; false means "rate limited".
+    pub(crate) fn allow_blob(&mut self, peer: PeerId) -> bool {
+        take_token(&mut self.blob_buckets, peer, self.blob_rate)
     }
 
     /// Addresses to tell others: listeners and confirmed external addresses, without unspecified
@@ -766,5 +825,33 @@ impl Node {
                 .unwrap_or_default(),
             end < entries.len(),
         )
+    }
+}
+
+/// Takes one token from `peer`'s bucket (burst, refill per second), evicting the least recently
+/// used bucket when [`MAX_BUCKETS`] are tracked; false means "rate limited".
+fn take_token(
+    buckets: &mut HashMap<PeerId, Bucket>,
+    peer: PeerId,
+    (burst, per_sec): (f64, f64),
+) -> bool {
+    let now = Instant::now();
+    if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&peer) {
+        if let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.last).map(|(p, _)| *p) {
+            buckets.remove(&oldest);
+        }
+    }
+    let b = buckets.entry(peer).or_insert(Bucket {
+        tokens: burst,
+        last: now,
+    });
+    let elapsed = now.duration_since(b.last).as_secs_f64();
+    b.tokens = (b.tokens + elapsed * per_sec).min(burst);
+    b.last = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use btd_protocol::kb::Kb;
+use btd_protocol::kb::{Check, Entry, Kb, Verdict};
 use btd_protocol::membership::{
     DecisionError, DeviceCode, Grant, MemberId, MemberRecord, PollError, Registry,
 };
@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::types::{MembersView, PendingView, StatusView};
 use super::{Known, Node};
-use crate::store::{self, ProgramRow, StoreError, SubmissionRow};
+use crate::store::{self, ProgramRow, StoreError, SubmissionRow, VerdictRow};
 
 /// Most results returned in a status view.
 const STATUS_RESULTS: usize = 1000;
@@ -44,6 +44,8 @@ pub struct Owned {
     pub(crate) spend: super::spend::SpendBook,
     /// The signed submission of the current champion (its hypothesis is where workers search).
     champion: Option<Signed<btd_protocol::wire::Submission>>,
+    /// The signed submissions of claims waiting for the owner's check, by seq.
+    pub(crate) claims: std::collections::BTreeMap<u64, Signed<btd_protocol::wire::Submission>>,
 }
 
 impl std::fmt::Debug for Owned {
@@ -64,8 +66,12 @@ pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 
 impl Owned {
     fn new(program: Program) -> anyhow::Result<Owned> {
-        let kb =
-            Kb::new(program.rules()).map_err(|e| anyhow::anyhow!("invalid KB rules: {e:?}"))?;
+        let kb = if program.verify.checks() {
+            Kb::verified(program.rules())
+        } else {
+            Kb::new(program.rules())
+        }
+        .map_err(|e| anyhow::anyhow!("invalid KB rules: {e:?}"))?;
         Ok(Owned {
             registry: Registry::new(program.membership),
             program,
@@ -76,43 +82,109 @@ impl Owned {
             durable_seq: 0,
             spend: Default::default(),
             champion: None,
+            claims: Default::default(),
         })
     }
 
-    /// Rebuilds an owned program from the database, re-applying the KB rules to the stored log and
-    /// checking they give the stored verdicts.
+    /// Rebuilds an owned program from the database, replaying the stored submissions and the
+    /// owner's verdicts in the order they happened.
     pub(crate) fn restore<'a>(
         view: &VerifiedProgram,
         members: impl Iterator<Item = MemberRecord>,
         subs: impl Iterator<Item = &'a SubmissionRow>,
+        verdicts: impl Iterator<Item = &'a VerdictRow>,
     ) -> anyhow::Result<Owned> {
         let mut o = Owned::new(view.program.clone())?;
         o.registry = Registry::restore(view.program.membership, members)
             .map_err(|e| anyhow::anyhow!("members of {}: {e}", view.id))?;
+        let mut verdicts = verdicts.peekable();
+        let mut signed_by_seq = HashMap::new();
         for row in subs {
+            while let Some(v) = verdicts.next_if(|v| v.after < row.entry.seq) {
+                o.apply_stored_verdict(v, &mut signed_by_seq)?;
+            }
             let entry =
                 o.kb.submit(&row.entry.worker, row.entry.value)
                     .map_err(|e| anyhow::anyhow!("stored submission {}: {e}", row.entry.seq))?;
-            if *entry != row.entry {
+            if entry.seq != row.entry.seq {
                 anyhow::bail!(
-                    "stored submission {} of {} disagrees with the KB rules ({:?} vs {:?})",
+                    "stored submission {} of {} is out of sequence (the KB gave it {})",
                     row.entry.seq,
                     view.id,
-                    row.entry,
-                    entry
+                    entry.seq
                 );
             }
-            o.nonces
-                .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
-            if entry.champion {
-                o.champion =
-                    Some(btd_protocol::wire::decode(&row.signed).map_err(|e| {
-                        anyhow::anyhow!("stored submission {}: {e}", row.entry.seq)
-                    })?);
+            let (seq, champion, pending) =
+                (entry.seq, entry.champion, entry.check == Check::Pending);
+            o.nonces.insert((row.entry.worker.clone(), row.nonce), seq);
+            if champion || pending {
+                let signed: Signed<btd_protocol::wire::Submission> =
+                    btd_protocol::wire::decode(&row.signed)
+                        .map_err(|e| anyhow::anyhow!("stored submission {seq}: {e}"))?;
+                if champion {
+                    o.champion = Some(signed);
+                } else {
+                    signed_by_seq.insert(seq, signed);
+                }
             }
         }
+        for v in verdicts {
+            o.apply_stored_verdict(v, &mut signed_by_seq)?;
+        }
+        o.claims =
+            o.kb.pending()
+                .filter_map(|e| signed_by_seq.remove(&e.seq).map(|s| (e.seq, s)))
+                .collect();
         o.durable_seq = o.kb.next_seq().saturating_sub(1);
         Ok(o)
+    }
+
+    fn apply_stored_verdict(
+        &mut self,
+        v: &VerdictRow,
+        signed: &mut HashMap<u64, Signed<btd_protocol::wire::Submission>>,
+    ) -> anyhow::Result<()> {
+        let champion = self
+            .kb
+            .resolve(v.seq, &v.verdict)
+            .map_err(|e| anyhow::anyhow!("stored verdict on claim {}: {e}", v.seq))?
+            .champion;
+        if champion {
+            self.champion = signed.remove(&v.seq);
+        }
+        Ok(())
+    }
+
+    /// Applies the owner's verdict on the oldest pending claim; returns the entry and the row to
+    /// store.
+    pub(crate) fn resolve(
+        &mut self,
+        program: ProgramId,
+        seq: u64,
+        verdict: Verdict,
+        now: Timestamp,
+    ) -> Result<(Entry, VerdictRow), String> {
+        let after = self.kb.entries().len() as u64;
+        let entry = self
+            .kb
+            .resolve(seq, &verdict)
+            .map_err(|e| e.to_string())?
+            .clone();
+        if entry.champion {
+            self.champion = self.claims.get(&seq).cloned();
+        }
+        let still: std::collections::BTreeSet<u64> = self.kb.pending().map(|e| e.seq).collect();
+        self.claims.retain(|s, _| still.contains(s));
+        Ok((
+            entry,
+            VerdictRow {
+                program,
+                seq,
+                after,
+                verdict,
+                decided_at: now,
+            },
+        ))
     }
 
     fn receipt(&self, seq: u64, duplicate: bool) -> Option<SubmitReceipt> {
@@ -125,6 +197,7 @@ impl Owned {
             accepted: e.accepted,
             champion: e.champion,
             impact: e.impact,
+            check: e.check.clone(),
             duplicate,
         })
     }
@@ -155,6 +228,7 @@ impl Owned {
 
     pub(crate) fn status(&self, id: ProgramId, owner: &str, source: &str) -> StatusView {
         let entries = self.kb.entries();
+        let count = |f: fn(&Check) -> bool| entries.iter().filter(|e| f(&e.check)).count() as u64;
         let start = entries.len().saturating_sub(STATUS_RESULTS);
         StatusView {
             program: id,
@@ -169,6 +243,9 @@ impl Owned {
                 .count() as u64,
             submissions: entries.len() as u64,
             accepted: entries.iter().filter(|e| e.accepted).count() as u64,
+            pending: count(|c| *c == Check::Pending),
+            verified: count(|c| *c == Check::Verified),
+            rejected: count(|c| matches!(c, Check::Failed(_))),
             champion: self.kb.champion().cloned(),
             payouts: self.kb.payouts(),
             pool: self.program.reward.pool,
@@ -185,6 +262,9 @@ impl Owned {
             members: s.members,
             submissions: s.submissions,
             accepted: s.accepted,
+            pending: s.pending,
+            verified: s.verified,
+            rejected: s.rejected,
             champion: s.champion,
             payouts: s.payouts,
             pool: s.pool,
@@ -197,6 +277,7 @@ impl Owned {
 pub(super) fn publish(
     node: &mut Node,
     manifest: String,
+    files: super::types::PublishFiles,
     reply: oneshot::Sender<Result<ProgramId, String>>,
 ) {
     let program = match Program::from_toml(&manifest) {
@@ -259,8 +340,24 @@ pub(super) fn publish(
         own: true,
     };
     let store = node.store.clone();
+    let home = node.home.clone();
+    let program = owned.program.clone();
     node.after(async move {
-        let res = store.write(move |tx| store::put_program(tx, &row)).await;
+        // Artifacts first: a program is announced only once its dataset can be served and its
+        // holdout is in place.
+        let installed = tokio::task::spawn_blocking(move || {
+            install_artifacts(home.as_deref(), id, &program, &files)
+        })
+        .await
+        .map_err(|e| format!("installing the program's files failed: {e}"))
+        .and_then(|r| r);
+        let res = match installed {
+            Ok(()) => store
+                .write(move |tx| store::put_program(tx, &row))
+                .await
+                .map_err(|e| format!("cannot store the program: {e}")),
+            Err(e) => Err(e),
+        };
         Box::new(move |node: &mut Node| match res {
             Ok(()) => {
                 node.own.insert(id, owned);
@@ -270,10 +367,101 @@ pub(super) fn publish(
                 let _ = reply.send(Ok(id));
             }
             Err(e) => {
-                let _ = reply.send(Err(format!("cannot store the program: {e}")));
+                let _ = reply.send(Err(e));
             }
         })
     });
+}
+
+/// Where the owner-only holdout of `program` lives under `home`.
+pub(crate) fn holdout_path(home: &std::path::Path, program: &ProgramId) -> std::path::PathBuf {
+    home.join("holdout").join(format!("{program}.txt"))
+}
+
+/// Puts a new program's dataset where members can fetch it and its holdout where only the owner's
+/// verifier reads it. Blocking.
+fn install_artifacts(
+    home: Option<&std::path::Path>,
+    id: ProgramId,
+    program: &Program,
+    files: &super::types::PublishFiles,
+) -> Result<(), String> {
+    use btd_protocol::program::{Dataset, Task};
+    let task = match &program.task {
+        Task::Candle(t) => Some(t),
+        Task::Shell(_) => None,
+    };
+    let checks = program.verify.checks();
+    let file_digest = match task.map(|t| &t.dataset) {
+        Some(Dataset::File { sha256 }) => Some(*sha256),
+        _ => None,
+    };
+    if files.data.is_some() && file_digest.is_none() {
+        return Err(
+            "--data is only for programs whose [task.dataset] is a file (kind = \"file\")".into(),
+        );
+    }
+    let need_holdout = task.is_some() && checks && program.verify.max_holdout_gap.is_some();
+    if files.holdout.is_some() && !need_holdout {
+        return Err("--holdout is only for candle programs that check claims on a holdout".into());
+    }
+    if files.data.is_none()
+        && files.holdout.is_none()
+        && !need_holdout
+        && !(checks && file_digest.is_some())
+    {
+        return Ok(());
+    }
+    let home = home.ok_or("this node has no home directory to keep the program's files in")?;
+    if let Some(sha256) = file_digest {
+        match &files.data {
+            Some(path) => {
+                crate::blobs::BlobStore::new(home.join("blobs")).add_file(&id, path, Some(sha256))?;
+            }
+            None if checks => {
+                return Err(format!(
+                    "the program trains on the file with sha256 {sha256}: publish with --data FILE so                      members can fetch it over the mesh and this node can check claims"
+                ))
+            }
+            None => {}
+        }
+    }
+    if need_holdout {
+        let dest = holdout_path(home, &id);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let text = match (&files.holdout, task.map(|t| &t.dataset)) {
+            (Some(path), _) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("cannot read the holdout {}: {e}", path.display()))?;
+                if std::str::from_utf8(&bytes).is_err() {
+                    return Err(format!("the holdout {} is not UTF-8 text", path.display()));
+                }
+                bytes
+            }
+            (None, Some(Dataset::Synthetic { seed, bytes })) => {
+                // Fresh text in the corpus's language from a secret stream: no worker can train
+                // on it. As large as the validation split (at least 16 KiB).
+                let secret = rand::random::<u64>();
+                btd_trainer::synth::synthetic_holdout(*seed, secret, (*bytes / 10).max(16 << 10))
+                    .map_err(|e| e.to_string())?
+            }
+            _ => {
+                return Err(
+                    "the program checks claims on an owner-only holdout: publish with --holdout FILE                      (text from the same source that workers never see), or set holdout = false in                      [verify]"
+                        .into(),
+                )
+            }
+        };
+        let tmp = dest.with_extension("tmp");
+        std::fs::write(&tmp, &text)
+            .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &dest))
+            .map_err(|e| format!("cannot write the holdout {}: {e}", dest.display()))?;
+    }
+    Ok(())
 }
 
 /// Finds the owned program with a live code `user_code`.
@@ -757,6 +945,9 @@ fn submit(
     if entry.champion {
         owned.champion = Some(signed.clone());
     }
+    if entry.check == Check::Pending {
+        owned.claims.insert(entry.seq, signed.clone());
+    }
     let receipt = owned.receipt(entry.seq, false);
     let bytes = btd_protocol::wire::encode(&signed).unwrap_or_default();
     let row = SubmissionRow {
@@ -809,7 +1000,8 @@ fn reload(node: &mut Node, program: ProgramId) {
                 .filter(|(p, _)| *p == program)
                 .map(|(_, m)| m.clone());
             let subs = snap.submissions.iter().filter(|s| s.program == program);
-            match Owned::restore(&k.view, members, subs) {
+            let verdicts = snap.verdicts.iter().filter(|v| v.program == program);
+            match Owned::restore(&k.view, members, subs, verdicts) {
                 Ok(o) => {
                     node.own.insert(program, o);
                 }
@@ -827,4 +1019,87 @@ pub(super) fn on_tick(node: &mut Node) {
         o.seal_keys.retain(|_, (_, _, exp)| *exp >= now);
         o.undelivered.retain(|_, (_, _, exp)| *exp >= now);
     }
+}
+
+/// The oldest pending claim of each owned program, with what the verifier needs.
+pub(super) fn next_claims(node: &Node) -> Vec<super::types::ClaimJob> {
+    let mut jobs = Vec::new();
+    for (program, owned) in &node.own {
+        let Some(entry) = owned.kb.next_pending() else {
+            continue;
+        };
+        let Some(signed) = owned.claims.get(&entry.seq) else {
+            tracing::warn!(program = %program, seq = entry.seq, "a pending claim lost its submission");
+            continue;
+        };
+        let (Ok(worker), Ok(submission)) = (entry.worker.parse::<PeerId>(), signed.verify()) else {
+            continue;
+        };
+        // The share of the pool the worker would hold if the claim verified.
+        let mut what_if = owned.kb.clone();
+        let share = match what_if.resolve(entry.seq, &Verdict::Verified) {
+            Ok(_) => {
+                let p = what_if.payouts();
+                let total = p.total().micros();
+                if total == 0 {
+                    0.0
+                } else {
+                    p.get(&entry.worker).map_or(0, |a| a.micros()) as f64 / total as f64
+                }
+            }
+            Err(_) => 0.0,
+        };
+        jobs.push(super::types::ClaimJob {
+            program: *program,
+            seq: entry.seq,
+            worker,
+            submission: submission.value,
+            share_if_verified: share,
+        });
+    }
+    jobs
+}
+
+/// Applies the owner's verdict, stores it, then answers (durable before the reply).
+pub(super) fn resolve(
+    node: &mut Node,
+    program: ProgramId,
+    seq: u64,
+    verdict: Verdict,
+    reply: oneshot::Sender<Result<Entry, String>>,
+) {
+    let now = crate::now();
+    let Some(owned) = node.own.get_mut(&program) else {
+        let _ = reply.send(Err(format!("this node does not own {program}")));
+        return;
+    };
+    let (entry, row) = match owned.resolve(program, seq, verdict, now) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    match &entry.check {
+        Check::Failed(why) => {
+            tracing::info!(program = %program, seq, worker = %entry.worker, value = entry.value, reason = %why, "claim rejected")
+        }
+        _ => {
+            tracing::info!(program = %program, seq, worker = %entry.worker, value = entry.value, champion = entry.champion, "claim verified")
+        }
+    }
+    let store = node.store.clone();
+    node.after(async move {
+        let res = store.write(move |tx| store::put_verdict(tx, &row)).await;
+        Box::new(move |node: &mut Node| match res {
+            Ok(()) => {
+                let _ = reply.send(Ok(entry));
+            }
+            Err(e) => {
+                tracing::error!(program = %program, error = %e, "cannot store a verdict; reloading the KB");
+                let _ = reply.send(Err(format!("cannot store the verdict: {e}")));
+                reload(node, program);
+            }
+        })
+    });
 }

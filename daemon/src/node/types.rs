@@ -149,6 +149,15 @@ pub struct StatusView {
     pub submissions: u64,
     /// Accepted submissions.
     pub accepted: u64,
+    /// Claims waiting for the owner's check.
+    #[serde(default)]
+    pub pending: u64,
+    /// Claims the owner verified.
+    #[serde(default)]
+    pub verified: u64,
+    /// Claims that failed the owner's check.
+    #[serde(default)]
+    pub rejected: u64,
     /// The champion.
     pub champion: Option<Entry>,
     /// Payouts (micro-unit exact, 6 decimals).
@@ -174,4 +183,32 @@ pub struct NewResult {
     pub metrics: std::collections::BTreeMap<String, f64>,
     /// The hypothesis it tested.
     pub hypothesis: std::collections::BTreeMap<String, f64>,
+    /// What the owner needs to check it (candle results).
+    #[serde(default)]
+    pub claim: Option<btd_protocol::wire::Claim>,
+}
+
+/// A claim waiting for the owner's check: what the verifier needs to check it.
+#[derive(Debug, Clone)]
+pub struct ClaimJob {
+    /// The program.
+    pub program: ProgramId,
+    /// The claim's seq.
+    pub seq: u64,
+    /// The worker (serves the checkpoint).
+    pub worker: libp2p::PeerId,
+    /// The worker's submission as received (signature checked on receipt).
+    pub submission: btd_protocol::wire::Submission,
+    /// The share of the pool the worker would hold if this claim verified (0–1).
+    pub share_if_verified: f64,
+}
+
+/// Files published with a program: its dataset (served to members by digest) and the owner-only
+/// holdout (never served).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishFiles {
+    /// The dataset file, for a program whose dataset is a file.
+    pub data: Option<std::path::PathBuf>,
+    /// The holdout text (synthetic corpora get a generated one).
+    pub holdout: Option<std::path::PathBuf>,
 }

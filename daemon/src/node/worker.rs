@@ -39,6 +39,8 @@ pub(crate) struct Outbound {
     /// Raw requests (tests, probes).
     pub(crate) raw_membership: HashMap<OutboundRequestId, RawReply<MembershipResponse>>,
     pub(crate) raw_kb: HashMap<OutboundRequestId, RawReply<KbResponse>>,
+    /// Artifact chunk requests.
+    pub(crate) blobs: HashMap<OutboundRequestId, RawReply<btd_protocol::wire::BlobResponse>>,
     /// Paid-approval requests.
     pub(crate) approvals:
         HashMap<OutboundRequestId, RawReply<btd_protocol::wire::ApprovalResponse>>,
@@ -438,6 +440,7 @@ pub(super) fn submit(
         metrics: result.metrics,
         hypothesis: result.hypothesis,
         created_at: crate::now(),
+        claim: result.claim,
     };
     if let Err(e) = sub.check(crate::now()) {
         let _ = reply.send(Err(e.to_string()));
@@ -654,6 +657,9 @@ fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
                 members: st.members,
                 submissions: st.submissions,
                 accepted: st.accepted,
+                pending: st.pending,
+                verified: st.verified,
+                rejected: st.rejected,
                 champion: st.champion,
                 payouts: st.payouts,
                 pool: st.pool,

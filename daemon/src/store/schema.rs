@@ -1,6 +1,6 @@
 //! Tables, migrations and row types.
 
-use btd_protocol::kb::Entry;
+use btd_protocol::kb::{Check, Entry, Verdict};
 use btd_protocol::membership::{Credential, MemberId, MemberRecord};
 use btd_protocol::program::ProgramId;
 use btd_protocol::{Digest, Timestamp};
@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, Transaction};
 use super::StoreError;
 
 /// The schema version this build writes. Older databases are migrated forward in [`prepare`].
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE programs (
@@ -60,6 +60,20 @@ CREATE TABLE runs (
 );
 ";
 
+/// Version 3: the owner's verdicts on pending claims, each with the number of submissions the KB
+/// held when it was applied (so a restart replays submissions and verdicts in the order they
+/// happened).
+const SCHEMA_V3: &str = "
+CREATE TABLE verdicts (
+    program TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    after INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    decided_at INTEGER NOT NULL,
+    PRIMARY KEY (program, seq)
+);
+";
+
 /// Opens the database in WAL mode with full fsync and migrates it.
 pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -80,6 +94,11 @@ pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     if version < 2 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+        ))?;
+    }
+    if version < 3 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
         ))?;
     }
     Ok(())
@@ -115,6 +134,21 @@ pub struct SubmissionRow {
     pub received_at: Timestamp,
 }
 
+/// The owner's verdict on a pending claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRow {
+    /// The program.
+    pub program: ProgramId,
+    /// The claim's seq.
+    pub seq: u64,
+    /// How many submissions the KB held when the verdict was applied.
+    pub after: u64,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// When it was decided.
+    pub decided_at: Timestamp,
+}
+
 /// This node's membership in someone else's program.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MembershipRow {
@@ -135,8 +169,10 @@ pub struct Snapshot {
     pub programs: Vec<ProgramRow>,
     /// Members of own programs.
     pub members: Vec<(ProgramId, MemberRecord)>,
-    /// KB entries of own programs, by program then seq.
+    /// KB entries of own programs (as received), by program then seq.
     pub submissions: Vec<SubmissionRow>,
+    /// Verdicts on claims of own programs, by program then the order they were applied in.
+    pub verdicts: Vec<VerdictRow>,
     /// This node's memberships.
     pub memberships: Vec<MembershipRow>,
 }
@@ -222,6 +258,23 @@ pub fn put_submission(tx: &Transaction<'_>, row: &SubmissionRow) -> Result<(), S
             row.nonce.as_slice(),
             row.signed,
             ms(row.received_at)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records the verdict on a pending claim.
+pub fn put_verdict(tx: &Transaction<'_>, row: &VerdictRow) -> Result<(), StoreError> {
+    let json = serde_json::to_string(&row.verdict)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode a verdict: {e}")))?;
+    tx.execute(
+        "INSERT INTO verdicts (program, seq, after, verdict, decided_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            row.program.to_string(),
+            i64::try_from(row.seq).unwrap_or(i64::MAX),
+            i64::try_from(row.after).unwrap_or(i64::MAX),
+            json,
+            ms(row.decided_at)
         ],
     )?;
     Ok(())
@@ -376,10 +429,36 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
                 accepted,
                 champion,
                 impact,
+                // The check's state is rebuilt by replaying the verdicts.
+                check: Check::NotNeeded,
             },
             nonce,
             signed,
             received_at: ts(received_at),
+        });
+    }
+    let mut stmt = conn.prepare(
+        "SELECT program, seq, after, verdict, decided_at FROM verdicts ORDER BY program, after, seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    for row in rows {
+        let (program, seq, after, verdict, decided_at) = row?;
+        let verdict: Verdict = serde_json::from_str(&verdict)
+            .map_err(|e| StoreError::Corrupt(format!("verdict on claim {seq}: {e}")))?;
+        snap.verdicts.push(VerdictRow {
+            program: program_id(&program)?,
+            seq: u64::try_from(seq).unwrap_or(0),
+            after: u64::try_from(after).unwrap_or(0),
+            verdict,
+            decided_at: ts(decided_at),
         });
     }
     let mut stmt = conn.prepare("SELECT program, owner, credential, joined_at FROM memberships")?;

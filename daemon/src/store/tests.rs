@@ -1,4 +1,4 @@
-use btd_protocol::kb::Entry;
+use btd_protocol::kb::{Check, Entry, Verdict};
 use btd_protocol::program::ProgramId;
 use btd_protocol::{Digest, Timestamp};
 
@@ -15,6 +15,7 @@ fn row(seq: u64) -> SubmissionRow {
             accepted: true,
             champion: true,
             impact: 0.1,
+            check: Check::NotNeeded,
         },
         nonce: [seq as u8; 16],
         signed: vec![1, 2, 3],
@@ -60,4 +61,50 @@ async fn writes_are_durable_across_reopen_and_failed_jobs_roll_back_alone() {
     let seqs: Vec<u64> = snap.submissions.iter().map(|r| r.entry.seq).collect();
     assert_eq!(seqs, (1..=51).collect::<Vec<_>>());
     assert_eq!(snap.submissions[6], row(7));
+}
+
+#[tokio::test]
+async fn verdicts_are_stored_in_the_order_they_were_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let program = ProgramId(Digest([1; 32]));
+    {
+        let store = Store::open(&path).unwrap();
+        for (seq, after, verdict) in [
+            (2, 5, Verdict::Failed("metric did not reproduce".into())),
+            (1, 3, Verdict::Verified),
+        ] {
+            let r = VerdictRow {
+                program,
+                seq,
+                after,
+                verdict,
+                decided_at: Timestamp(after),
+            };
+            store.write(move |tx| put_verdict(tx, &r)).await.unwrap();
+        }
+        // A second verdict on the same claim is refused.
+        let again = VerdictRow {
+            program,
+            seq: 1,
+            after: 9,
+            verdict: Verdict::Verified,
+            decided_at: Timestamp(9),
+        };
+        assert!(store.write(move |tx| put_verdict(tx, &again)).await.is_err());
+    }
+    let store = Store::open(&path).unwrap();
+    let snap = store.read(load).await.unwrap();
+    let got: Vec<(u64, u64, Verdict)> = snap
+        .verdicts
+        .iter()
+        .map(|v| (v.seq, v.after, v.verdict.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, 3, Verdict::Verified),
+            (2, 5, Verdict::Failed("metric did not reproduce".into()))
+        ]
+    );
 }

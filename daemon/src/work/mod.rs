@@ -24,6 +24,7 @@ use std::time::Duration;
 use btd_protocol::dispatch::{
     evaluate_dispatch, Action, ComputePacket, DispatchInput, DispatchResult, Rung, SpendClass,
 };
+use btd_protocol::kb::Check;
 use btd_protocol::membership::MemberId;
 use btd_protocol::program::search::{hypothesis_seed, Hypothesis};
 use btd_protocol::program::{Program, ProgramId, Task};
@@ -52,12 +53,15 @@ const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 const APPROVAL_POLL: Duration = Duration::from_secs(2);
 /// Default wait for a person to approve paid compute.
 pub const DEFAULT_APPROVAL_WAIT_SECS: u64 = 3600;
+/// Default wait for the owner's verdicts after the last round, seconds.
+pub const DEFAULT_VERDICT_WAIT_SECS: u64 = 300;
 
 /// What the daemon gives the worker loop.
 pub struct WorkContext {
     node: NodeHandle,
     store: Store,
     runs_dir: PathBuf,
+    blobs: crate::blobs::BlobStore,
     rungs: Vec<AdvertisedRung>,
     running: Mutex<HashSet<ProgramId>>,
     cancel: Arc<AtomicBool>,
@@ -72,17 +76,20 @@ impl std::fmt::Debug for WorkContext {
 }
 
 impl WorkContext {
-    /// A context whose rounds write under `runs_dir` and run on one of `rungs`.
+    /// A context whose rounds write under `home/runs`, whose artifacts (claimed checkpoints,
+    /// fetched datasets) go to `home/blobs` (where the node serves them), and which runs on one of
+    /// `rungs`.
     pub fn new(
         node: NodeHandle,
         store: Store,
-        runs_dir: PathBuf,
+        home: &std::path::Path,
         rungs: Vec<AdvertisedRung>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
             store,
-            runs_dir,
+            runs_dir: home.join("runs"),
+            blobs: crate::blobs::BlobStore::new(home.join("blobs")),
             rungs,
             running: Mutex::new(HashSet::new()),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -97,6 +104,38 @@ impl WorkContext {
 
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Makes a checkpoint trained outside the loop (`btd train`) claimable in `program`: keeps it
+    /// where the node serves it to the owner and returns its output entry and the claim.
+    pub async fn claim_checkpoint(
+        &self,
+        program: ProgramId,
+        path: PathBuf,
+    ) -> Result<(btd_protocol::trace::Output, btd_protocol::wire::Claim), String> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let ckpt = btd_trainer::Checkpoint::read(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let (digest, size) = blobs.add_file(&program, &path, Some(ckpt.sha256()))?;
+            let meta = ckpt.meta();
+            Ok((
+                btd_protocol::trace::Output {
+                    name: "checkpoint.safetensors".into(),
+                    sha256: digest,
+                },
+                btd_protocol::wire::Claim {
+                    checkpoint: digest,
+                    checkpoint_bytes: size,
+                    seed: meta.spec.seed,
+                    steps: meta.steps,
+                    device: btd_trainer::verify::platform(&candle_core::Device::Cpu),
+                    btd_version: crate::verify::VERSION.to_string(),
+                },
+            ))
+        })
+        .await
+        .map_err(|e| format!("reading the checkpoint crashed: {e}"))?
     }
 
     /// The records of `program`'s rounds (all programs when `None`), oldest first.
@@ -128,7 +167,16 @@ pub struct WorkOptions {
     pub allow_shell: bool,
     /// How long to wait for a paid-compute approval, seconds.
     pub approval_wait_secs: u64,
+    /// After the last round, how long to wait for the owner's verdicts on pending claims, seconds
+    /// (0: do not wait; `btd runs` shows them once known).
+    #[serde(default)]
+    pub verdict_wait_secs: u64,
 }
+
+/// How often the loop asks the owner for verdicts on pending claims.
+const VERDICT_POLL: Duration = Duration::from_secs(1);
+/// How long fetching the program's dataset may take.
+const DATASET_FETCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Progress of the worker loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +232,28 @@ pub enum WorkEvent {
         round: u64,
         /// The receipt.
         receipt: SubmitReceipt,
+    },
+    /// The program's dataset was fetched from the owner over the mesh.
+    Dataset {
+        /// Its SHA-256.
+        sha256: btd_protocol::Digest,
+        /// Its size.
+        bytes: u64,
+        /// Bytes that were already on disk (a resumed fetch).
+        resumed_from: u64,
+        /// Seconds the fetch took.
+        secs: f64,
+    },
+    /// The owner checked a claim.
+    Checked {
+        /// Round.
+        round: u64,
+        /// The claim's seq.
+        seq: u64,
+        /// Where the check stands.
+        check: Check,
+        /// Whether it is now the champion.
+        champion: bool,
     },
     /// The round's traceability record is durable.
     Recorded {
@@ -305,7 +375,7 @@ pub async fn run_rounds(
             ));
         }
     }
-    let result = Loop::prepare(&ctx, program, &opts)
+    let result = Loop::prepare(&ctx, program, &opts, &events)
         .await
         .map(|l| (l, events));
     let out = match result {
@@ -338,6 +408,7 @@ impl Loop {
         ctx: &Arc<WorkContext>,
         id: ProgramId,
         opts: &WorkOptions,
+        events: &mpsc::Sender<WorkEvent>,
     ) -> Result<Loop, String> {
         let node = &ctx.node;
         let stopped = |e: anyhow::Error| e.to_string();
@@ -369,7 +440,16 @@ impl Loop {
                 ));
             }
         }
-        let task = run::Prepared::new(&program, &local, opts.data.clone()).await?;
+        let data = match (&program.task, &opts.data) {
+            (Task::Candle(t), None) => match t.dataset {
+                btd_protocol::program::Dataset::File { sha256 } => {
+                    Some(fetch_dataset(ctx, id, view.owner, sha256, &program, events).await?)
+                }
+                btd_protocol::program::Dataset::Synthetic { .. } => None,
+            },
+            _ => opts.data.clone(),
+        };
+        let task = run::Prepared::new(&program, &local, data).await?;
         let defaults = task.defaults();
         let member = MemberId::from_peer(&node.peer_id()).to_string();
         // Paid spend already committed by earlier rounds counts toward max_total_spend.
@@ -410,6 +490,10 @@ impl Loop {
                 summary.stopped = Some("the daemon is stopping".into());
                 break;
             }
+            // Search near the champion as verified: wait for the owner's check of the last claims.
+            if self.opts.verdict_wait_secs > 0 {
+                self.await_verdicts(&mut summary.runs, events).await;
+            }
             match self.round(events).await {
                 Round::Done(r) => {
                     if r.state == RunState::Submitted {
@@ -434,7 +518,68 @@ impl Loop {
                 }
             }
         }
+        if self.opts.verdict_wait_secs > 0 {
+            self.await_verdicts(&mut summary.runs, events).await;
+        }
         summary
+    }
+
+    /// Waits (up to `verdict_wait_secs`) for the owner's verdicts on this loop's pending claims,
+    /// updating and storing each record as its verdict arrives.
+    async fn await_verdicts(&self, runs: &mut [RunRecord], events: &mpsc::Sender<WorkEvent>) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.opts.verdict_wait_secs);
+        let pending = |r: &RunRecord| {
+            r.verdict
+                .as_ref()
+                .is_some_and(|v| v.check == Check::Pending)
+        };
+        while runs.iter().any(pending) && !self.ctx.cancelled() {
+            let program = self.id;
+            let status = self
+                .ctx
+                .node
+                .ask(|reply| Command::Status {
+                    program: Some(program),
+                    reply,
+                })
+                .await;
+            if let Ok(Ok(view)) = status {
+                for r in runs.iter_mut().filter(|r| pending(r)) {
+                    let Some(v) = r.verdict.as_mut() else {
+                        continue;
+                    };
+                    let Some(e) = view.results.iter().find(|e| e.seq == v.seq) else {
+                        continue;
+                    };
+                    if e.check == Check::Pending {
+                        continue;
+                    }
+                    v.check = e.check.clone();
+                    v.accepted = e.accepted;
+                    v.champion = e.champion;
+                    v.impact = e.impact;
+                    if let (Some(b), Some(value)) = (r.bundle.as_ref(), r.value) {
+                        r.impact = Some(impact_read(&self.program, b, v, value));
+                    }
+                    let _ = events
+                        .send(WorkEvent::Checked {
+                            round: r.round,
+                            seq: v.seq,
+                            check: e.check.clone(),
+                            champion: e.champion,
+                        })
+                        .await;
+                    if let Err(err) = self.persist(r).await {
+                        tracing::warn!(error = %err, "cannot store a verdict in the run record");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(VERDICT_POLL).await;
+        }
     }
 
     async fn round(&mut self, events: &mpsc::Sender<WorkEvent>) -> Round {
@@ -571,13 +716,34 @@ impl Loop {
             return Round::Stop(None, e);
         }
 
-        // Submit: value, hypothesis, outputs and metrics.
+        // The claimed checkpoint goes where the node serves it to the owner.
+        if let Some(claim) = &outcome.claim {
+            let (blobs, id, ckpt, digest) = (
+                self.ctx.blobs.clone(),
+                self.id,
+                dir.join("checkpoint.safetensors"),
+                claim.checkpoint,
+            );
+            let added =
+                tokio::task::spawn_blocking(move || blobs.add_file(&id, &ckpt, Some(digest)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+            if let Err(e) = added {
+                record.state = RunState::Failed;
+                record.note = format!("cannot keep the checkpoint for the owner's check: {e}");
+                return self.finish_stop(record, events).await;
+            }
+        }
+
+        // Submit: value, hypothesis, outputs, metrics and the claim the owner checks.
         let result = NewResult {
             value,
             rung_id: self.rung.id.clone(),
             outputs: bundle.outputs.clone(),
             metrics: outcome.metrics.clone(),
             hypothesis: record.hypothesis.clone(),
+            claim: outcome.claim.clone(),
         };
         let program = self.id;
         let receipt = match self
@@ -835,6 +1001,50 @@ impl Loop {
     }
 }
 
+/// Fetches the program's dataset from the owner by digest (resuming a partial fetch) and returns
+/// its path.
+async fn fetch_dataset(
+    ctx: &Arc<WorkContext>,
+    id: ProgramId,
+    owner: PeerId,
+    sha256: btd_protocol::Digest,
+    program: &Program,
+    events: &mpsc::Sender<WorkEvent>,
+) -> Result<PathBuf, String> {
+    let credential = ctx
+        .node
+        .ask(|reply| Command::Credential { program: id, reply })
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|(_, c)| c)
+        .ok_or_else(|| format!("this node is not a member of {id}"))?;
+    let started = std::time::Instant::now();
+    let spec = crate::blobs::FetchSpec {
+        peer: owner,
+        program: id,
+        credential: Some(credential),
+        digest: sha256,
+        max_bytes: program.verify.max_artifact_bytes,
+        deadline: tokio::time::Instant::now() + DATASET_FETCH_TIMEOUT,
+    };
+    let (path, progress) = crate::blobs::fetch(&ctx.node, &ctx.blobs, &spec)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot fetch the program's dataset (sha256 {sha256}) from the owner: {e}; or give                  the file with --data"
+            )
+        })?;
+    let _ = events
+        .send(WorkEvent::Dataset {
+            sha256,
+            bytes: progress.size,
+            resumed_from: progress.resumed_from,
+            secs: started.elapsed().as_secs_f64(),
+        })
+        .await;
+    Ok(path)
+}
+
 /// What the owner's verdict means for the next step.
 fn impact_read(
     program: &Program,
@@ -843,7 +1053,23 @@ fn impact_read(
     value: f64,
 ) -> ImpactRead {
     let metric = &program.criteria.metric;
-    let (action, summary) = if receipt.champion {
+    let (action, summary) = if receipt.check == Check::Pending {
+        (
+            NextAction::Keep,
+            format!(
+                "pending: {metric} {value} (seq {}) would count; the owner is checking it (fetching                  the checkpoint and re-evaluating it)",
+                receipt.seq
+            ),
+        )
+    } else if let Check::Failed(why) = &receipt.check {
+        (
+            NextAction::Discard,
+            format!(
+                "rejected by the owner's check: {metric} {value} (seq {}): {why}",
+                receipt.seq
+            ),
+        )
+    } else if receipt.champion {
         (
             NextAction::Keep,
             format!(

@@ -36,6 +36,8 @@ pub struct RunOutcome {
     pub detail: String,
     /// The daemon was stopping and interrupted it.
     pub cancelled: bool,
+    /// What the owner needs to check the value (candle runs).
+    pub claim: Option<btd_protocol::wire::Claim>,
 }
 
 impl RunOutcome {
@@ -47,6 +49,7 @@ impl RunOutcome {
             outputs: Vec::new(),
             detail,
             cancelled: false,
+            claim: None,
         }
     }
 }
@@ -242,6 +245,14 @@ fn train(
         outputs,
         detail,
         cancelled: r.stopped_by == StopReason::Cancelled,
+        claim: Some(btd_protocol::wire::Claim {
+            checkpoint: r.checkpoint_sha256,
+            checkpoint_bytes: trained.checkpoint.bytes().len() as u64,
+            seed: spec.seed,
+            steps: r.steps,
+            device: btd_trainer::verify::platform(&dev),
+            btd_version: crate::verify::VERSION.to_string(),
+        }),
     }
 }
 
@@ -326,6 +337,7 @@ fn shell(
         outputs,
         detail,
         cancelled: false,
+        claim: None,
     }
 }
 
@@ -382,6 +394,7 @@ mod tests {
             outputs: vec![Output::of("metrics.json", b"{}")],
             detail: "ran".into(),
             cancelled: false,
+            claim: None,
         };
         collect_required(&mut o, &dir, &["metrics.json".into(), "model.bin".into()]);
         assert_eq!(o.status, BundleStatus::Completed);

@@ -94,10 +94,19 @@ mod tests {
     fn honest_claims_verify() {
         let v = verify();
         let d = Direction::Minimize;
-        assert_eq!(judge(&v, d, 2.5, &m(2.5, Some(2.6), true)), Verdict::Verified);
-        assert_eq!(judge(&v, d, 2.5, &m(2.50005, None, false)), Verdict::Verified);
+        assert_eq!(
+            judge(&v, d, 2.5, &m(2.5, Some(2.6), true)),
+            Verdict::Verified
+        );
+        assert_eq!(
+            judge(&v, d, 2.5, &m(2.50005, None, false)),
+            Verdict::Verified
+        );
         // A holdout better than the validation value is no sign of overfitting.
-        assert_eq!(judge(&v, d, 2.5, &m(2.5, Some(1.0), true)), Verdict::Verified);
+        assert_eq!(
+            judge(&v, d, 2.5, &m(2.5, Some(1.0), true)),
+            Verdict::Verified
+        );
     }
 
     #[test]

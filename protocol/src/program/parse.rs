@@ -934,7 +934,10 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Veri
             ctx,
             &path.key("mode"),
             v,
-            &[("reevaluate", VerifyMode::Reevaluate), ("none", VerifyMode::None)],
+            &[
+                ("reevaluate", VerifyMode::Reevaluate),
+                ("none", VerifyMode::None),
+            ],
         ),
     };
     if let (Some(VerifyMode::Reevaluate), Task::Shell(_)) = (mode, task) {

@@ -304,7 +304,10 @@ fn verify_section_defaults_and_errors() {
     assert_eq!(shell.verify.mode, VerifyMode::None);
     assert!(!shell.verify.checks());
     let errs = errors(&format!("{}\n[verify]\nmode = \"reevaluate\"\n", minimal()));
-    assert!(has(&errs, "verify.mode", "cannot re-evaluate a shell task"), "{errs:?}");
+    assert!(
+        has(&errs, "verify.mode", "cannot re-evaluate a shell task"),
+        "{errs:?}"
+    );
 
     // Candle tasks are re-evaluated with a holdout check by default.
     let candle = Program::from_toml(EXAMPLE).unwrap();
@@ -329,8 +332,14 @@ fn verify_section_defaults_and_errors() {
         "mode = \"trust\"\ntolerance = -1\nretrain_share = 2\nmax_artifact_bytes = 10\nextra = 1",
     ));
     assert!(has(&errs, "verify.mode", "reevaluate, none"), "{errs:?}");
-    assert!(has(&errs, "verify.tolerance", "between 0 and 1"), "{errs:?}");
-    assert!(has(&errs, "verify.retrain_share", "between 0 and 1"), "{errs:?}");
+    assert!(
+        has(&errs, "verify.tolerance", "between 0 and 1"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "verify.retrain_share", "between 0 and 1"),
+        "{errs:?}"
+    );
     assert!(has(&errs, "verify.max_artifact_bytes", ""), "{errs:?}");
     assert!(has(&errs, "verify.extra", ""), "{errs:?}");
 }

@@ -1,0 +1,166 @@
+//! `/btd/blob/1`: serving artifact chunks inside a program, and routing replies to fetches.
+//!
+//! Who may fetch what:
+//! - from the owner of a program, a member (with its credential) may fetch the program's dataset;
+//! - from a member of a program, the program's owner may fetch what the member stored for that
+//!   program (its claimed checkpoints).
+//!
+//! Everything else is refused. Each peer has its own chunk budget ([`Node::allow_blob`]); chunks
+//! are read from disk off the event loop.
+
+use btd_protocol::program::{Dataset, ProgramId, Task};
+use btd_protocol::wire::{BlobRequest, BlobResponse, ErrorCode};
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::PeerId;
+
+use super::owner::err;
+use super::Node;
+
+fn respond(node: &mut Node, channel: ResponseChannel<BlobResponse>, resp: BlobResponse) {
+    if node
+        .swarm
+        .behaviour_mut()
+        .blob
+        .send_response(channel, resp)
+        .is_err()
+    {
+        tracing::debug!("blob response dropped: the requester went away");
+    }
+}
+
+fn refuse(node: &mut Node, channel: ResponseChannel<BlobResponse>, code: ErrorCode, msg: String) {
+    respond(node, channel, BlobResponse::Error(err(code, msg)));
+}
+
+/// Blob protocol events.
+pub(super) fn on_event(node: &mut Node, e: request_response::Event<BlobRequest, BlobResponse>) {
+    match e {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                if node.allow_blob(peer) {
+                    on_request(node, peer, request, channel);
+                } else {
+                    refuse(
+                        node,
+                        channel,
+                        ErrorCode::RateLimited,
+                        "too many artifact requests; slow down".into(),
+                    );
+                }
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => {
+                if let Some(tx) = node.out.blobs.remove(&request_id) {
+                    let _ = tx.send(Ok(response));
+                }
+            }
+        },
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => {
+            if let Some(tx) = node.out.blobs.remove(&request_id) {
+                let _ = tx.send(Err(error.to_string()));
+            }
+        }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(peer = %peer, error = %error, "inbound blob request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
+    }
+}
+
+/// Whether `peer` may fetch `req.digest` of `req.program` from this node, or why not.
+fn authorize(node: &Node, peer: &PeerId, req: &BlobRequest) -> Result<(), (ErrorCode, String)> {
+    let program: ProgramId = req.program;
+    if let Some(owned) = node.own.get(&program) {
+        let credential = req.credential.as_ref().ok_or((
+            ErrorCode::MembershipRequired,
+            "membership required: send the member credential".to_string(),
+        ))?;
+        owned.registry.verify(credential, peer).map_err(|_| {
+            (
+                ErrorCode::MembershipRequired,
+                "membership required: join the program with `btd join` first".to_string(),
+            )
+        })?;
+        let dataset = match &owned.program.task {
+            Task::Candle(t) => match t.dataset {
+                Dataset::File { sha256 } => Some(sha256),
+                Dataset::Synthetic { .. } => None,
+            },
+            Task::Shell(_) => None,
+        };
+        if dataset != Some(req.digest) {
+            return Err((
+                ErrorCode::NotFound,
+                format!(
+                    "the owner serves only the program's dataset, not {}",
+                    req.digest
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    match node.memberships.get(&program) {
+        Some(m) if m.owner == *peer => Ok(()),
+        Some(_) => Err((
+            ErrorCode::MembershipRequired,
+            "only the program's owner may fetch a member's artifacts".to_string(),
+        )),
+        None => Err((
+            ErrorCode::UnknownProgram,
+            format!("this peer has no artifacts of program {program}"),
+        )),
+    }
+}
+
+fn on_request(
+    node: &mut Node,
+    peer: PeerId,
+    req: BlobRequest,
+    channel: ResponseChannel<BlobResponse>,
+) {
+    if let Err(e) = req.check() {
+        return refuse(node, channel, ErrorCode::Invalid, e.to_string());
+    }
+    if let Err((code, msg)) = authorize(node, &peer, &req) {
+        tracing::debug!(peer = %peer, program = %req.program, "refused a blob request: {msg}");
+        return refuse(node, channel, code, msg);
+    }
+    let Some(store) = node.blobs.clone() else {
+        return refuse(
+            node,
+            channel,
+            ErrorCode::NotFound,
+            "this node keeps no artifacts".into(),
+        );
+    };
+    node.after(async move {
+        let (program, digest, offset, len) = (req.program, req.digest, req.offset, req.len);
+        let read =
+            tokio::task::spawn_blocking(move || store.read_chunk(&program, &digest, offset, len))
+                .await;
+        move |node: &mut Node| {
+            let resp = match read {
+                Ok(Ok(Some((size, data)))) => BlobResponse::Chunk { size, offset, data },
+                Ok(Ok(None)) => BlobResponse::Error(err(
+                    ErrorCode::NotFound,
+                    format!("this peer does not have {digest}"),
+                )),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, digest = %digest.short(), "cannot read an artifact");
+                    BlobResponse::Error(err(
+                        ErrorCode::Unavailable,
+                        "cannot read the artifact; retry later",
+                    ))
+                }
+                Err(_) => BlobResponse::Error(err(ErrorCode::Unavailable, "retry later")),
+            };
+            respond(node, channel, resp);
+        }
+    });
+}

@@ -1,0 +1,306 @@
+//! The owner's verifier: checks every pending claim of the programs this node owns, oldest first.
+//!
+//! For each claim it fetches the claimed checkpoint from the worker over `/btd/blob/1`, checks the
+//! checkpoint is the program's model and matches the claim (seed, steps), re-evaluates `val_bpb` on
+//! the program's validation split and on the owner-only holdout, re-trains when the program asks for
+//! a spot check of claims that large, and hands the numbers to [`btd_protocol::kb::judge`]. The
+//! verdict goes back to the node, which stores it before it counts.
+//!
+//! Evaluation runs on the CPU on a blocking thread; one claim is checked at a time, so a burst of
+//! claims queues instead of starving the daemon.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use btd_protocol::kb::{judge, Measurement, Verdict};
+use btd_protocol::program::{CandleTask, Dataset, ProgramId, Task};
+use btd_protocol::wire::Claim;
+use btd_trainer::{Checkpoint, Corpus, TrainSpec};
+use candle_core::Device;
+
+use crate::blobs::{fetch, BlobStore, FetchSpec};
+use crate::node::types::ClaimJob;
+use crate::node::{Command, NodeHandle};
+
+/// Pause between looks for new claims when there is nothing to check.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// Pause before retrying when the owner's own files are unusable.
+const OWNER_TROUBLE_PAUSE: Duration = Duration::from_secs(30);
+
+/// Why a claim could not be checked.
+enum Problem {
+    /// The claim's fault: it is rejected with this reason.
+    Claim(String),
+    /// The owner's: the claim stays pending.
+    Owner(String),
+}
+
+/// The btd version claims name.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What checking one claim cost, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckCost {
+    /// Seconds fetching the checkpoint.
+    pub fetch_secs: f64,
+    /// Seconds evaluating it (validation split and holdout).
+    pub eval_secs: f64,
+    /// Seconds re-training (spot checks only).
+    pub retrain_secs: f64,
+    /// Checkpoint bytes moved.
+    pub bytes: u64,
+}
+
+/// Runs until the node stops.
+pub async fn run(node: NodeHandle, home: PathBuf) {
+    let mut v = Verifier {
+        blobs: BlobStore::new(home.join("blobs")),
+        home,
+        corpora: HashMap::new(),
+    };
+    loop {
+        let Ok(jobs) = node.ask(Command::NextClaims).await else {
+            return;
+        };
+        if jobs.is_empty() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
+        for job in jobs {
+            let (program, seq) = (job.program, job.seq);
+            let (verdict, cost) = v.check(&node, job).await;
+            let Some(verdict) = verdict else {
+                tokio::time::sleep(OWNER_TROUBLE_PAUSE).await;
+                continue;
+            };
+            tracing::info!(
+                program = %program.short(),
+                seq,
+                fetch_secs = cost.fetch_secs,
+                eval_secs = cost.eval_secs,
+                retrain_secs = cost.retrain_secs,
+                bytes = cost.bytes,
+                "checked a claim"
+            );
+            match node
+                .ask(|reply| Command::Resolve {
+                    program,
+                    seq,
+                    verdict,
+                    reply,
+                })
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(program = %program.short(), seq, error = %e, "verdict not applied")
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+struct Verifier {
+    home: PathBuf,
+    blobs: BlobStore,
+    corpora: HashMap<ProgramId, Arc<Corpus>>,
+}
+
+impl Verifier {
+    /// The verdict, or `None` when the owner itself cannot check right now (its corpus or holdout
+    /// is unreadable): the claim then stays pending rather than be blamed on the worker.
+    async fn check(&mut self, node: &NodeHandle, job: ClaimJob) -> (Option<Verdict>, CheckCost) {
+        let mut cost = CheckCost::default();
+        match self.try_check(node, &job, &mut cost).await {
+            Ok(v) => (Some(v), cost),
+            Err(Problem::Claim(why)) => (Some(Verdict::Failed(why)), cost),
+            Err(Problem::Owner(why)) => {
+                tracing::error!(program = %job.program.short(), seq = job.seq, problem = %why, "cannot check a claim; it stays pending");
+                (None, cost)
+            }
+        }
+    }
+
+    async fn try_check(
+        &mut self,
+        node: &NodeHandle,
+        job: &ClaimJob,
+        cost: &mut CheckCost,
+    ) -> Result<Verdict, Problem> {
+        let view = node
+            .ask(|reply| Command::Program {
+                program: job.program,
+                reply,
+            })
+            .await
+            .map_err(|e| Problem::Owner(e.to_string()))?
+            .ok_or(Problem::Owner("the program is not loaded".into()))?;
+        let program = view.program;
+        let Task::Candle(task) = &program.task else {
+            return Err(Problem::Owner(
+                "btd cannot re-evaluate a shell task's metric".into(),
+            ));
+        };
+        let claim = job.submission.claim.clone().ok_or(Problem::Claim(
+            "the submission carries no claim (checkpoint, seed, steps), so it cannot be checked"
+                .into(),
+        ))?;
+        if claim.checkpoint_bytes > program.verify.max_artifact_bytes {
+            return Err(Problem::Claim(format!(
+                "the checkpoint is {} bytes, over the program's {}-byte artifact limit",
+                claim.checkpoint_bytes, program.verify.max_artifact_bytes
+            )));
+        }
+
+        // Fetch the checkpoint from the worker.
+        let started = Instant::now();
+        let spec = FetchSpec {
+            peer: job.worker,
+            program: job.program,
+            credential: None,
+            digest: claim.checkpoint,
+            max_bytes: program.verify.max_artifact_bytes,
+            deadline: tokio::time::Instant::now()
+                + Duration::from_secs(program.verify.fetch_timeout_secs),
+        };
+        let (path, progress) = fetch(node, &self.blobs, &spec).await.map_err(|e| {
+            Problem::Claim(format!(
+                "the checkpoint could not be fetched from the worker: {e}"
+            ))
+        })?;
+        cost.fetch_secs = started.elapsed().as_secs_f64();
+        cost.bytes = progress.size.saturating_sub(progress.resumed_from);
+
+        let corpus = self
+            .corpus(job.program, task)
+            .await
+            .map_err(Problem::Owner)?;
+        let holdout = match program.verify.max_holdout_gap {
+            Some(_) => {
+                let p = crate::node::holdout_path(&self.home, &job.program);
+                Some(tokio::fs::read(&p).await.map_err(|e| {
+                    Problem::Owner(format!("the holdout {} cannot be read: {e}", p.display()))
+                })?)
+            }
+            None => None,
+        };
+        let same_platform = claim.device == btd_trainer::verify::platform(&Device::Cpu)
+            && claim.btd_version == VERSION;
+        let retrain = program
+            .verify
+            .retrain_share
+            .is_some_and(|s| job.share_if_verified >= s);
+        let task = task.clone();
+        let hypothesis = job.submission.hypothesis.clone();
+        let claimed = job.submission.value;
+        let verify = program.verify.clone();
+        let direction = program.criteria.direction;
+        let (verdict, eval_secs, retrain_secs) = tokio::task::spawn_blocking(move || {
+            measure_and_judge(
+                &path,
+                &claim,
+                &task,
+                &corpus,
+                holdout.as_deref(),
+                retrain.then_some(&hypothesis),
+                same_platform,
+                |m| judge(&verify, direction, claimed, m),
+            )
+        })
+        .await
+        .map_err(|e| Problem::Owner(format!("the check crashed: {e}")))?
+        .map_err(Problem::Claim)?;
+        cost.eval_secs = eval_secs;
+        cost.retrain_secs = retrain_secs;
+        Ok(verdict)
+    }
+
+    /// The program's corpus, loaded once.
+    async fn corpus(&mut self, id: ProgramId, task: &CandleTask) -> Result<Arc<Corpus>, String> {
+        if let Some(c) = self.corpora.get(&id) {
+            return Ok(c.clone());
+        }
+        let dataset = task.dataset.clone();
+        let file = match dataset {
+            Dataset::File { sha256 } => Some(self.blobs.path(&id, &sha256)),
+            Dataset::Synthetic { .. } => None,
+        };
+        let corpus =
+            tokio::task::spawn_blocking(move || Corpus::for_dataset(&dataset, file.as_deref()))
+                .await
+                .map_err(|e| format!("loading the corpus crashed: {e}"))?
+                .map_err(|e| format!("the owner cannot load the program's corpus: {e}"))?;
+        let corpus = Arc::new(corpus);
+        self.corpora.insert(id, corpus.clone());
+        Ok(corpus)
+    }
+}
+
+/// Reads the checkpoint, checks it against the claim, evaluates it (and re-trains when asked), and
+/// judges. Returns the verdict with the evaluation and re-training seconds. Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_and_judge(
+    path: &std::path::Path,
+    claim: &Claim,
+    task: &CandleTask,
+    corpus: &Corpus,
+    holdout: Option<&[u8]>,
+    retrain: Option<&btd_protocol::program::search::Hypothesis>,
+    same_platform: bool,
+    judge: impl Fn(&Measurement) -> Verdict,
+) -> Result<(Verdict, f64, f64), String> {
+    let ckpt = Checkpoint::read(path).map_err(|e| format!("the checkpoint is unusable: {e}"))?;
+    if ckpt.sha256() != claim.checkpoint {
+        return Err("the checkpoint fetched does not hash to the claimed digest".into());
+    }
+    let meta = ckpt.meta();
+    if meta.spec.seed != claim.seed || meta.steps != claim.steps {
+        return Ok((
+            Verdict::Failed(format!(
+                "the claim says seed {} and {} steps, the checkpoint records seed {} and {} steps",
+                claim.seed, claim.steps, meta.spec.seed, meta.steps
+            )),
+            0.0,
+            0.0,
+        ));
+    }
+    let dev = Device::Cpu;
+    let m = match btd_trainer::verify::measure(&ckpt, task, corpus, holdout, &dev) {
+        Ok(m) => m,
+        Err(e) => {
+            return Ok((
+                Verdict::Failed(format!("the checkpoint does not fit the program: {e}")),
+                0.0,
+                0.0,
+            ))
+        }
+    };
+    let mut measurement = Measurement {
+        value: m.val_bpb,
+        holdout: m.holdout_bpb,
+        same_platform,
+        retrained: None,
+    };
+    let mut retrain_secs = 0.0;
+    // Re-train only when the claim reproduces otherwise: a failing claim is rejected without it.
+    if let (Some(h), Verdict::Verified) = (retrain, judge(&measurement)) {
+        let started = Instant::now();
+        let mut spec = TrainSpec::from_task(task);
+        spec.apply_hypothesis(h)
+            .map_err(|e| format!("the claim's hypothesis is not a usable config: {e}"))?;
+        spec.seed = claim.seed;
+        spec.steps = Some(claim.steps);
+        spec.seconds = None;
+        let trained = btd_trainer::train(&spec, corpus, &dev, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .map_err(|e| format!("the owner's re-training failed: {e}"))?;
+        measurement.retrained = Some(trained.report.val_bpb);
+        retrain_secs = started.elapsed().as_secs_f64();
+    }
+    Ok((judge(&measurement), m.eval_secs, retrain_secs))
+}
