@@ -621,6 +621,12 @@ pub(crate) fn status(
     out!("owner:       {} [{}]", s.owner, s.source);
     out!("members:     {}", s.members);
     out!("submissions: {} ({} accepted)", s.submissions, s.accepted);
+    out!(
+        "claims:      {} pending, {} verified, {} rejected by the owner's check",
+        s.pending,
+        s.verified,
+        s.rejected
+    );
     match &s.champion {
         Some(c) => out!(
             "champion:    #{} {} = {} by {}",
@@ -650,13 +656,19 @@ pub(crate) fn status(
             .into_iter()
             .rev()
         {
+            let state = match &e.check {
+                Check::Pending => "pending".to_string(),
+                Check::Failed(why) => format!("rejected: {why}"),
+                Check::Verified if e.accepted => "verified, accepted".to_string(),
+                _ if e.accepted => "accepted".to_string(),
+                _ => "not accepted".to_string(),
+            };
             out!(
-                "  #{:<4} {:<54} {:>12} {}{}",
+                "  #{:<4} {:<54} {:>12} {state}{}",
                 e.seq,
                 e.worker,
                 e.value,
-                if e.accepted { "accepted" } else { "rejected" },
-                if e.champion { " champion" } else { "" }
+                if e.champion { ", champion" } else { "" }
             );
         }
     }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use btd_protocol::kb::Check;
 use btd_protocol::program::ProgramId;
 use clap::Args;
 use serde::de::DeserializeOwned;
@@ -78,6 +79,12 @@ id = "cpu"
 label = "Any CPU"
 spend_class = "local_unmetered"
 hardware = "cpu"
+
+# Every claim that would count is checked first: the owner fetches the checkpoint over the mesh and
+# re-evaluates it on the validation split and on a holdout only the owner has.
+[verify]
+mode = "reevaluate"
+max_holdout_gap = 0.25
 "#
     )
 }
@@ -306,7 +313,9 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                     data: None,
                     allow_shell: false,
                     approval_wait_secs: 60,
-                    verdict_wait_secs: 0,
+                    // Wait for the owner's check, so each round searches near the verified
+                    // champion and the records carry the final verdicts.
+                    verdict_wait_secs: 120,
                 }),
             },
             |p| {
@@ -334,7 +343,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         args.steps
     );
     let total = u64::from(args.rounds) * workers.len() as u64;
-    let mut shown = 0usize;
+    let mut board = Board::default();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let s: StatusView = daemons[1]
@@ -342,24 +351,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                 program: Some(program),
             })
             .await?;
-        for e in s.results.iter().skip(shown) {
-            let who = names
-                .get(&e.worker)
-                .map_or(e.worker.as_str(), String::as_str);
-            out!(
-                "  #{:<3} {who:<9} val_bpb {:.4}  {}",
-                e.seq,
-                e.value,
-                if e.champion {
-                    format!("accepted, new champion (impact {:.4})", e.impact)
-                } else if e.accepted {
-                    "accepted".to_string()
-                } else {
-                    "rejected".to_string()
-                }
-            );
-        }
-        shown = s.results.len();
+        board.show(&s, &names);
         let mut finished = 0u64;
         let mut stopped = Vec::new();
         for &w in &workers {
@@ -379,15 +371,69 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         if !stopped.is_empty() {
             bail!("a worker stopped: {}", stopped.join("; "));
         }
-        if finished >= total && s.submissions >= total {
-            leaderboard(&s, &names, &workers, daemons, program).await?;
+        if finished >= total && s.submissions >= total && s.pending == 0 {
             break;
         }
         if Instant::now() >= deadline {
             bail!("the workers did not finish within 10 minutes");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // A doctored claim: worker-1 re-submits its first checkpoint claiming a far better value. The
+    // owner fetches the checkpoint, measures it, and rejects the claim; it never counts.
+    if let Some(&w) = workers.first() {
+        let d = &daemons[w];
+        let runs: Vec<RunRecord> = d
+            .call(Request::Runs {
+                program: Some(program),
+            })
+            .await?;
+        if let Some(r) = runs.iter().find(|r| r.value.is_some()) {
+            let fake = (r.value.unwrap_or(1.0) - 1.0).max(0.01);
+            out!(
+                "{} now submits a doctored claim: its round-{} checkpoint, claimed at val_bpb {fake:.4}",
+                d.name,
+                r.round
+            );
+            let receipt: btd_protocol::wire::SubmitReceipt = d
+                .call(Request::Submit {
+                    program,
+                    value: fake,
+                    rung_id: "cpu".into(),
+                    outputs: Vec::new(),
+                    checkpoint: Some(r.dir.join("checkpoint.safetensors")),
+                })
+                .await?;
+            let seq = receipt.seq;
+            let until = Instant::now() + Duration::from_secs(120);
+            loop {
+                let s: StatusView = daemons[1]
+                    .call(Request::Status {
+                        program: Some(program),
+                    })
+                    .await?;
+                board.show(&s, &names);
+                if s.results
+                    .iter()
+                    .any(|e| e.seq == seq && e.check != Check::Pending)
+                {
+                    break;
+                }
+                if Instant::now() >= until {
+                    bail!("the owner did not check the doctored claim within 2 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let s: StatusView = daemons[1]
+        .call(Request::Status {
+            program: Some(program),
+        })
+        .await?;
+    board.show(&s, &names);
+    leaderboard(&s, &names, &workers, daemons, program).await?;
     out!("done in {:.0} s", started.elapsed().as_secs_f64());
     out!("to look around, start a daemon again on a home and ask it, e.g.:");
     let owner_home = &daemons[1].home;
@@ -417,10 +463,12 @@ async fn leaderboard(
 ) -> Result<()> {
     out!("");
     out!(
-        "{}: {} submissions, {} accepted",
+        "{}: {} submissions, {} accepted; the owner verified {} claims and rejected {}",
         s.name,
         s.submissions,
-        s.accepted
+        s.accepted,
+        s.verified,
+        s.rejected
     );
     if let Some(c) = &s.champion {
         let who = names
@@ -446,7 +494,7 @@ async fn leaderboard(
             .fold(f64::INFINITY, f64::min);
         let traced = runs.iter().filter(|r| r.trace.is_some()).count();
         out!(
-            "  {:<9} {} rounds, {accepted} accepted, {} rejected, best val_bpb {best:.4}, {traced} traceability records",
+            "  {:<9} {} rounds, {accepted} accepted (verified), {} not, best val_bpb {best:.4}, {traced} traceability records",
             d.name,
             runs.len(),
             runs.len() - accepted
@@ -477,4 +525,41 @@ async fn leaderboard(
         out!("  {who:<9} {a} {}", s.token);
     }
     Ok(())
+}
+
+/// The live leaderboard: each result once when it arrives, and again when the owner's check
+/// settles it.
+#[derive(Default)]
+struct Board {
+    printed: BTreeMap<u64, Check>,
+}
+
+impl Board {
+    fn show(&mut self, s: &StatusView, names: &BTreeMap<String, String>) {
+        for e in &s.results {
+            let known = self.printed.get(&e.seq);
+            if known == Some(&e.check) {
+                continue;
+            }
+            let who = names
+                .get(&e.worker)
+                .map_or(e.worker.as_str(), String::as_str);
+            let verdict = match &e.check {
+                Check::Pending => "pending: the owner is checking it".to_string(),
+                Check::Failed(why) => format!("REJECTED by the owner's check: {why}"),
+                Check::Verified if e.champion => {
+                    format!("verified, new champion (impact {:.4})", e.impact)
+                }
+                Check::Verified => format!("verified, accepted (impact {:.4})", e.impact),
+                Check::NotNeeded if e.accepted => "accepted".to_string(),
+                Check::NotNeeded => "not better than the champion".to_string(),
+            };
+            if known.is_some() {
+                out!("  #{:<3} {who:<9} -> {verdict}", e.seq);
+            } else {
+                out!("  #{:<3} {who:<9} val_bpb {:.4}  {verdict}", e.seq, e.value);
+            }
+            self.printed.insert(e.seq, e.check.clone());
+        }
+    }
 }

@@ -271,11 +271,21 @@ async fn candle_rounds_search_near_the_champion_and_leave_verifiable_records() {
     // Every claim the owner had to check was checked, and verified (the worker is honest).
     let pending = events
         .iter()
-        .filter(|e| matches!(e, WorkEvent::Verdict { receipt, .. } if receipt.check == Check::Pending))
+        .filter(
+            |e| matches!(e, WorkEvent::Verdict { receipt, .. } if receipt.check == Check::Pending),
+        )
         .count();
     let verified = events
         .iter()
-        .filter(|e| matches!(e, WorkEvent::Checked { check: Check::Verified, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                WorkEvent::Checked {
+                    check: Check::Verified,
+                    ..
+                }
+            )
+        })
         .count();
     assert!(pending >= 1);
     assert_eq!(pending, verified);

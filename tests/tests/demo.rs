@@ -31,6 +31,11 @@ fn demo_runs_the_whole_mission_and_leaves_consistent_homes() {
         // Owner and worker-2 both listen only through the relay: their traffic goes through it.
         "worker-2 reaches the owner through the relay",
         "champion: #",
+        // Claims go pending -> verified; the doctored one is caught.
+        "pending: the owner is checking it",
+        "-> verified, new champion",
+        "now submits a doctored claim",
+        "-> REJECTED by the owner's check: metric did not reproduce",
         "payouts (pool 100.000000 OBOL",
         "stopping the daemons",
     ] {
@@ -46,7 +51,21 @@ fn demo_runs_the_whole_mission_and_leaves_consistent_homes() {
     // The owner's KB, read back from its home after the demo stopped every daemon.
     let owner = Daemon::start_in(&dir.join("owner"), &[]);
     let s = owner.json(&["status", &program]);
-    assert_eq!(s["submissions"], 4, "{s}");
+    // Four rounds plus the doctored claim.
+    assert_eq!(s["submissions"], 5, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["pending"], 0, "{s}");
+    let results = s["results"].as_array().unwrap();
+    let doctored = results
+        .iter()
+        .find(|e| e["check"].get("failed").is_some())
+        .unwrap();
+    assert_eq!(doctored["accepted"], false, "{s}");
+    assert_ne!(doctored["seq"], s["champion"]["seq"], "{s}");
+    // Every accepted result was verified by the owner.
+    for e in results.iter().filter(|e| e["accepted"] == true) {
+        assert_eq!(e["check"], "verified", "{s}");
+    }
     assert!(s["champion"]["value"].is_number(), "{s}");
     let total: u64 = s["payouts"]
         .as_object()

@@ -12,13 +12,18 @@ fn main() {
     spec.steps = Some(steps);
     spec.eval_tokens = 2048;
     spec.hyper.lr = lr;
-    let val_only = Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone()).unwrap();
+    let val_only =
+        Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone()).unwrap();
     for (name, c) in [("honest", &corpus), ("cheat", &val_only)] {
         let t0 = std::time::Instant::now();
         let t = train(&spec, c, &dev, &mut |_| std::ops::ControlFlow::Continue(())).unwrap();
         let m = t.checkpoint.model(&dev).unwrap();
         let (v, _) = eval::val_bpb_of(&m, corpus.val(), 2048, &dev).unwrap();
         let (h, _) = eval::val_bpb_of(&m, &hold, 2048, &dev).unwrap();
-        println!("{name}: val {v:.4} holdout {h:.4} gap {:.4} ({:.1}s)", h - v, t0.elapsed().as_secs_f64());
+        println!(
+            "{name}: val {v:.4} holdout {h:.4} gap {:.4} ({:.1}s)",
+            h - v,
+            t0.elapsed().as_secs_f64()
+        );
     }
 }

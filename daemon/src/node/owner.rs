@@ -930,6 +930,17 @@ fn submit(
         });
         return;
     }
+    if owned.kb.verifies() && sub.claim.is_none() {
+        return respond_kb(
+            node,
+            channel,
+            invalid(
+                "this program checks every claim before it counts: submit the checkpoint the \
+                 value was measured on (btd submit --checkpoint FILE)"
+                    .into(),
+            ),
+        );
+    }
     if let Some(why) = owned.stopped(now) {
         return respond_kb(
             node,

@@ -91,7 +91,10 @@ async fn verdicts_are_stored_in_the_order_they_were_applied() {
             verdict: Verdict::Verified,
             decided_at: Timestamp(9),
         };
-        assert!(store.write(move |tx| put_verdict(tx, &again)).await.is_err());
+        assert!(store
+            .write(move |tx| put_verdict(tx, &again))
+            .await
+            .is_err());
     }
     let store = Store::open(&path).unwrap();
     let snap = store.read(load).await.unwrap();

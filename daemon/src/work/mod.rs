@@ -560,7 +560,19 @@ impl Loop {
                     v.champion = e.champion;
                     v.impact = e.impact;
                     if let (Some(b), Some(value)) = (r.bundle.as_ref(), r.value) {
-                        r.impact = Some(impact_read(&self.program, b, v, value));
+                        let impact = impact_read(&self.program, b, v, value);
+                        // The traceability record links the impact read of the final verdict.
+                        if let Ok(t) = TraceabilityRecord::link(
+                            &self.program.decision(),
+                            &self.rung,
+                            &r.packet,
+                            r.approval.as_ref(),
+                            b,
+                            &impact,
+                        ) {
+                            r.trace = Some(t);
+                        }
+                        r.impact = Some(impact);
                     }
                     let _ = events
                         .send(WorkEvent::Checked {
