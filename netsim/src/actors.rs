@@ -266,6 +266,9 @@ fn next_value(ctx: &Ctx, v: f64, rng: &mut ChaCha8Rng) -> f64 {
 }
 
 async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
+    if ctx.s.workload.source == "train" {
+        return crate::train::workload(ctx, ix, rng).await;
+    }
     let member = ctx.sim.peer(ix).map(|p| p.to_string()).unwrap_or_default();
     let mut v = ctx.s.workload.start;
     for _ in 0..ctx.s.workload.submissions {

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use btd::node::types::StatusView;
-use btd::store::SubmissionRow;
-use btd_protocol::kb::{Kb, Rules};
+use btd::store::{SubmissionRow, VerdictRow};
+use btd_protocol::kb::{Check, Kb, LogEvent, Rules};
 use serde::Serialize;
 
-use crate::records::{ProbeOutcome, Records};
+use crate::records::{ClaimKind, ProbeOutcome, Records};
 use crate::roles::{Layout, Role};
 use crate::sim::Sim;
 
@@ -45,6 +45,10 @@ pub(crate) struct Evidence<'a> {
     pub(crate) rules: Rules,
     /// The owner's log (this program only), in seq order.
     pub(crate) log: &'a [SubmissionRow],
+    /// The owner's verdicts on claims (this program only), in the order applied.
+    pub(crate) verdicts: &'a [VerdictRow],
+    /// Whether the program checks claims before they count.
+    pub(crate) verifies: bool,
     /// The owner's status as served just before the end.
     pub(crate) served: Option<&'a StatusView>,
 }
@@ -61,6 +65,7 @@ pub(crate) fn all(e: &Evidence<'_>) -> Vec<Invariant> {
         joins(e),
         converged(e),
         propagated(e),
+        claims_checked(e),
     ]
 }
 
@@ -144,14 +149,35 @@ fn no_double_count(e: &Evidence<'_>) -> Invariant {
     verdict("no submission counted twice", bad, fine)
 }
 
+/// Rebuilds the KB from the owner's durable log: submissions and verdicts in the order they
+/// happened, by the KB rules alone.
 fn replay(e: &Evidence<'_>) -> Result<Kb, String> {
-    Kb::replay(
-        e.rules.clone(),
-        e.log
-            .iter()
-            .map(|r| (r.entry.worker.as_str(), r.entry.value)),
-    )
-    .map_err(|err| format!("the owner's log does not replay: {err:?}"))
+    let kb = if e.verifies {
+        Kb::verified(e.rules.clone())
+    } else {
+        Kb::new(e.rules.clone())
+    }
+    .map_err(|err| format!("the rules are invalid: {err:?}"))?;
+    let mut events = Vec::new();
+    let mut verdicts = e.verdicts.iter().peekable();
+    for r in e.log {
+        while let Some(v) = verdicts.next_if(|v| v.after < r.entry.seq) {
+            events.push(LogEvent::Resolve {
+                seq: v.seq,
+                verdict: &v.verdict,
+            });
+        }
+        events.push(LogEvent::Submit {
+            worker: r.entry.worker.as_str(),
+            value: r.entry.value,
+        });
+    }
+    events.extend(verdicts.map(|v| LogEvent::Resolve {
+        seq: v.seq,
+        verdict: &v.verdict,
+    }));
+    kb.replay_events(events)
+        .map_err(|err| format!("the owner's log does not replay: {err:?}"))
 }
 
 fn champion_rules(e: &Evidence<'_>) -> Invariant {
@@ -160,7 +186,19 @@ fn champion_rules(e: &Evidence<'_>) -> Invariant {
         Err(m) => bad.push(m),
         Ok(kb) => {
             for (mine, theirs) in kb.entries().iter().zip(e.log) {
-                if *mine != theirs.entry {
+                // With verification the stored row is the claim as received; its verdict is
+                // replayed, so compare what was claimed.
+                let differs = if e.verifies {
+                    (mine.seq, &mine.worker, mine.value.to_bits())
+                        != (
+                            theirs.entry.seq,
+                            &theirs.entry.worker,
+                            theirs.entry.value.to_bits(),
+                        )
+                } else {
+                    *mine != theirs.entry
+                };
+                if differs {
                     bad.push(format!(
                         "seq {}: rules give {mine:?}, owner stored {:?}",
                         mine.seq, theirs.entry
@@ -338,4 +376,82 @@ fn propagated(e: &Evidence<'_>) -> Invariant {
         .collect();
     let fine = format!("all {} nodes learned the program", e.rec.discovered.len());
     verdict("the announcement reaches every node", missing, fine)
+}
+
+/// `train` workloads: every adversary claim that the KEEP rule would have accepted was checked and
+/// rejected, none counts; every honest claim the owner checked was verified; none is left pending.
+fn claims_checked(e: &Evidence<'_>) -> Invariant {
+    let name = "fake and val-trained claims never count; honest ones verify";
+    if e.rec.claims.is_empty() {
+        return verdict(name, Vec::new(), "no training workload".into());
+    }
+    let mut bad = Vec::new();
+    let kb = match replay(e) {
+        Ok(kb) => kb,
+        Err(m) => return verdict(name, vec![m], String::new()),
+    };
+    let mut caught = 0;
+    let mut verified = 0;
+    for c in &e.rec.claims {
+        let label = e.sim.layout.label(c.node);
+        let Some(entry) = usize::try_from(c.seq)
+            .ok()
+            .and_then(|s| s.checked_sub(1))
+            .and_then(|i| kb.entries().get(i))
+        else {
+            bad.push(format!(
+                "{label}: claim {} is not in the owner's log",
+                c.seq
+            ));
+            continue;
+        };
+        if c.check.as_ref() != Some(&entry.check) {
+            bad.push(format!(
+                "{label}: claim {} settled as {:?} for the member, {:?} in the owner's log",
+                c.seq, c.check, entry.check
+            ));
+        }
+        match (c.kind, &entry.check) {
+            (_, Check::Pending) => bad.push(format!("{label}: claim {} still pending", c.seq)),
+            (ClaimKind::Honest, Check::Failed(why)) => {
+                bad.push(format!("{label}: honest claim {} rejected: {why}", c.seq))
+            }
+            (ClaimKind::Honest, Check::Verified) => verified += 1,
+            (ClaimKind::Honest, _) => {}
+            (_, Check::Verified) => {
+                bad.push(format!("{label}: {:?} claim {} verified", c.kind, c.seq))
+            }
+            (_, Check::Failed(_)) => caught += 1,
+            // Not better than the champion: never checked, and it counts for nothing.
+            (_, Check::NotNeeded) => {}
+        }
+        if c.kind != ClaimKind::Honest && (entry.accepted || entry.impact > 0.0) {
+            bad.push(format!("{label}: {:?} claim {} counts", c.kind, c.seq));
+        }
+    }
+    let adversaries: Vec<String> = e
+        .rec
+        .claims
+        .iter()
+        .filter(|c| c.kind != ClaimKind::Honest)
+        .map(|c| {
+            e.sim
+                .peer(c.node)
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    for w in &adversaries {
+        if kb.payouts().get(w).is_some() {
+            bad.push(format!("adversary {w} is paid"));
+        }
+    }
+    if caught == 0 && !adversaries.is_empty() {
+        bad.push("no adversary claim was ever checked: the scenario proves nothing".into());
+    }
+    let fine = format!(
+        "{} claims: {caught} adversary claims rejected by the owner's check, {verified} honest claims verified, none pending; no adversary paid",
+        e.rec.claims.len()
+    );
+    verdict(name, bad, fine)
 }

@@ -17,6 +17,7 @@ mod run;
 pub mod scenario;
 mod sim;
 mod timeline;
+mod train;
 pub mod transport;
 pub mod world;
 

@@ -88,6 +88,31 @@ fn opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::
     }
 }
 
+/// Who made a claim in a `train` workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// Trained on the training split and claimed what it measured.
+    Honest,
+    /// Claimed a value its checkpoint does not reach.
+    FakeMetric,
+    /// Trained on the validation split and claimed what it measured there.
+    ValTrainer,
+}
+
+/// A claim made in a `train` workload and how the owner's check ended.
+#[derive(Debug, Clone)]
+pub struct ClaimRecord {
+    /// The node.
+    pub node: NodeIx,
+    /// Who made it.
+    pub kind: ClaimKind,
+    /// Its seq in the owner's log.
+    pub seq: u64,
+    /// The check's end state as the owner served it (`None`: never seen settled).
+    pub check: Option<btd_protocol::kb::Check>,
+}
+
 /// Everything observed during a run.
 #[derive(Debug, Default)]
 pub struct Records {
@@ -111,4 +136,6 @@ pub struct Records {
     pub convergence: Vec<Convergence>,
     /// Timeline log: (ms after publish, what happened).
     pub timeline: Vec<(u64, String)>,
+    /// Claims of a `train` workload.
+    pub claims: Vec<ClaimRecord>,
 }

@@ -89,7 +89,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     let owner = sim
         .handle(0)
         .ok_or_else(|| anyhow!("the owner is not running"))?;
-    let manifest = s.program.manifest(&s.name);
+    let manifest = s.program.manifest(&s.name, &s.workload);
     let program = owner
         .ask(|reply| Command::Publish { manifest, reply })
         .await?
@@ -144,16 +144,19 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
 
     // Teardown: crash every node, then read the owner's durable log from its file.
     sim.crash_all().await;
-    let log = owner_log(&sim, program).await?;
-    let rules = btd_protocol::program::Program::from_toml(&s.program.manifest(&s.name))
-        .map_err(|e| anyhow!("manifest: {e}"))?
-        .rules();
+    let (log, verdicts) = owner_log(&sim, program).await?;
+    let parsed =
+        btd_protocol::program::Program::from_toml(&s.program.manifest(&s.name, &s.workload))
+            .map_err(|e| anyhow!("manifest: {e}"))?;
+    let rules = parsed.rules();
     let rec = std::mem::take(&mut *ctx.rec());
     let invariants = check::all(&Evidence {
         rec: &rec,
         sim: &sim,
         rules,
         log: &log,
+        verdicts: &verdicts,
+        verifies: parsed.verify.checks(),
         served: served.as_ref(),
     });
     let peak = report::proc_status_mib("VmHWM:");
@@ -162,10 +165,17 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         scenario: s.name.clone(),
         seed,
         nodes: n,
-        workload: format!(
-            "declared synthetic metric source: seeded random walk of val_bpb from {} (step −{}, noise ±{}), {} results per member every {} ms; no training runs",
-            w.start, w.step, w.noise, w.submissions, w.interval_ms
-        ),
+        workload: if w.source == "train" {
+            format!(
+                "real candle training of the tiny model ({} steps, {} results per member); {} fake-metric and {} val-trainer adversaries; the owner verifies every claim that would count",
+                w.steps, w.submissions, s.nodes.fake_metric, s.nodes.val_trainers
+            )
+        } else {
+            format!(
+                "declared synthetic metric source: seeded random walk of val_bpb from {} (step −{}, noise ±{}), {} results per member every {} ms; no training runs",
+                w.start, w.step, w.noise, w.submissions, w.interval_ms
+            )
+        },
         durations: Durations {
             boot_ms: boot.as_millis() as u64,
             run_ms: run_ms.as_millis() as u64,
@@ -254,7 +264,7 @@ async fn served_status(ctx: &Ctx) -> Option<StatusView> {
 async fn owner_log(
     sim: &Sim,
     program: btd_protocol::program::ProgramId,
-) -> Result<Vec<btd::store::SubmissionRow>> {
+) -> Result<(Vec<btd::store::SubmissionRow>, Vec<btd::store::VerdictRow>)> {
     let path = sim
         .owner_db()
         .ok_or_else(|| anyhow!("the owner has no database file"))?;
@@ -269,7 +279,12 @@ async fn owner_log(
         .filter(|r| r.program == program)
         .collect();
     rows.sort_by_key(|r| r.entry.seq);
-    Ok(rows)
+    let verdicts = snap
+        .verdicts
+        .into_iter()
+        .filter(|v| v.program == program)
+        .collect();
+    Ok((rows, verdicts))
 }
 
 /// Logs the state of the simulated network every second (at debug level).

@@ -105,6 +105,14 @@ pub struct Nodes {
     /// `memory`: only the owner does (cheaper for large runs).
     #[serde(default)]
     pub store: StoreKind,
+    /// The first this-many workers are adversaries that claim a value their checkpoint does not
+    /// reach (`workload.source = "train"` only).
+    #[serde(default)]
+    pub fake_metric: usize,
+    /// The next this-many workers are adversaries that train on the validation split and claim
+    /// the value their checkpoint really reaches there (`workload.source = "train"` only).
+    #[serde(default)]
+    pub val_trainers: usize,
 }
 
 fn default_degree() -> usize {
@@ -193,7 +201,7 @@ impl Default for ProgramSpec {
 
 impl ProgramSpec {
     /// The manifest text the owner publishes (validated by the daemon's own parser).
-    pub fn manifest(&self, scenario: &str) -> String {
+    pub fn manifest(&self, scenario: &str, workload: &Workload) -> String {
         let slug: String = scenario
             .chars()
             .map(|c| {
@@ -223,13 +231,35 @@ impl ProgramSpec {
             "[reward]\npool = {:?}\ntoken = \"OBOL\"\nsplit = \"{}\"\n",
             self.pool, self.split
         ));
+        if workload.source == "train" {
+            // A small corpus and a hot learning rate's worth of steps: a model trained on the
+            // validation split visibly overfits it within the budget.
+            m.push_str(&format!(
+                "[task]\nkind = \"candle\"\npreset = \"tiny\"\nsteps = {}\nseed = 3\neval_tokens = 2048\n\
+                 [task.dataset]\nkind = \"synthetic\"\nseed = 5\nbytes = {TRAIN_CORPUS_BYTES}\n\
+                 [verify]\nmode = \"reevaluate\"\nmax_holdout_gap = 0.25\n",
+                workload.steps
+            ));
+        } else {
+            m.push_str(
+                "[task]\nkind = \"shell\"\ncommand = \"echo val_bpb: 1\"\ntimeout_secs = 10\n",
+            );
+        }
         m.push_str(
-            "[task]\nkind = \"shell\"\ncommand = \"echo val_bpb: 1\"\ntimeout_secs = 10\n\
-             [[rungs]]\nid = \"cpu\"\nspend_class = \"local_unmetered\"\nhardware = \"cpu\"\n",
+            "[[rungs]]\nid = \"cpu\"\nspend_class = \"local_unmetered\"\nhardware = \"cpu\"\n",
         );
+        if workload.source == "train" {
+            m = m.replace(
+                "required_outputs = [\"metrics.json\"]",
+                "required_outputs = [\"checkpoint.safetensors\"]",
+            );
+        }
         m
     }
 }
+
+/// Size of the synthetic corpus of `train` workloads.
+pub const TRAIN_CORPUS_BYTES: u64 = 16_384;
 
 /// The join schedule.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,8 +284,9 @@ impl Default for Join {
     }
 }
 
-/// How members produce results. Only the declared synthetic source exists: a seeded random walk
-/// of `val_bpb` toward lower values (no training runs).
+/// How members produce results: `synthetic`, a seeded random walk of `val_bpb` toward lower values
+/// (no training runs), or `train`, real candle training of the tiny model whose claims the owner
+/// verifies (fetching each checkpoint over the mesh and re-evaluating it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Workload {
@@ -271,6 +302,8 @@ pub struct Workload {
     pub submissions: usize,
     /// Time between a member's results.
     pub interval_ms: u64,
+    /// `train` only: the program's step budget (honest workers and the val-trainer use all of it).
+    pub steps: u64,
 }
 
 impl Default for Workload {
@@ -282,6 +315,7 @@ impl Default for Workload {
             noise: 0.05,
             submissions: 5,
             interval_ms: 400,
+            steps: 120,
         }
     }
 }
@@ -454,11 +488,31 @@ impl Scenario {
         if n.degree == 0 {
             return Err(bad("nodes.degree must be at least 1".into()));
         }
-        if self.workload.source != "synthetic" {
-            return Err(bad(format!(
-                "workload.source = {:?}: only \"synthetic\" (a seeded random walk) is supported",
-                self.workload.source
-            )));
+        match self.workload.source.as_str() {
+            "synthetic" => {
+                if n.fake_metric + n.val_trainers > 0 {
+                    return Err(bad(
+                        "adversaries (nodes.fake_metric, nodes.val_trainers) need workload.source = \"train\""
+                            .into(),
+                    ));
+                }
+            }
+            "train" => {
+                if n.fake_metric + n.val_trainers >= n.workers {
+                    return Err(bad(
+                        "nodes.fake_metric + nodes.val_trainers must leave at least one honest worker"
+                            .into(),
+                    ));
+                }
+                if !(1..=2000).contains(&self.workload.steps) {
+                    return Err(bad("workload.steps must be 1 to 2000".into()));
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "workload.source = {other:?}: use \"synthetic\" (a seeded random walk) or \"train\" (real training, verified claims)"
+                )))
+            }
         }
         if !(self.workload.start.is_finite()
             && self.workload.step.is_finite()
@@ -486,13 +540,14 @@ impl Scenario {
                     .map_err(|m| bad(format!("timeline[{i}]: {m}")))?;
             }
         }
-        btd_protocol::program::Program::from_toml(&self.program.manifest(&self.name)).map_err(
-            |e| {
-                bad(format!(
-                    "the [program] section gives an invalid manifest: {e}"
-                ))
-            },
-        )?;
+        btd_protocol::program::Program::from_toml(
+            &self.program.manifest(&self.name, &self.workload),
+        )
+        .map_err(|e| {
+            bad(format!(
+                "the [program] section gives an invalid manifest: {e}"
+            ))
+        })?;
         Ok(())
     }
 }

@@ -33,6 +33,8 @@ const STORE_OPEN_WAIT: Duration = Duration::from_secs(10);
 struct Running {
     handle: NodeHandle,
     task: tokio::task::JoinHandle<()>,
+    /// The owner's verifier (train workloads).
+    verifier: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One simulated node: fixed identity and address, and its current incarnation (if running).
@@ -43,6 +45,8 @@ pub(crate) struct SimNode {
     pub(crate) bootstrap: Vec<Multiaddr>,
     pub(crate) relay: bool,
     db: Option<PathBuf>,
+    /// Artifacts and holdouts (train workloads: the owner and members).
+    pub(crate) home: Option<PathBuf>,
     running: Mutex<Option<Running>>,
 }
 
@@ -101,6 +105,9 @@ impl Sim {
                 bootstrap,
                 relay: layout.role(ix) == Role::Relay,
                 db: file.then(|| dir.path().join(format!("node-{ix}.sqlite"))),
+                home: (s.workload.source == "train"
+                    && (layout.role(ix) == Role::Owner || layout.role(ix).is_member()))
+                .then(|| dir.path().join(format!("home-{ix}"))),
                 running: Mutex::new(None),
             });
         }
@@ -176,12 +183,22 @@ impl Sim {
             listen: node.listen.iter().cloned().collect(),
             bootstrap: node.bootstrap.clone(),
             rungs: btd::config::Config::default_rungs(),
-            home: None,
+            home: node.home.clone(),
         };
         let (handle, task) = node::spawn(cfg, store)
             .await
             .with_context(|| format!("cannot start node {}", self.layout.label(ix)))?;
-        *node.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { handle, task });
+        let verifier = match (&node.home, self.layout.role(ix)) {
+            (Some(home), Role::Owner) => {
+                Some(tokio::spawn(btd::verify::run(handle.clone(), home.clone())))
+            }
+            _ => None,
+        };
+        *node.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running {
+            handle,
+            task,
+            verifier,
+        });
         Ok(())
     }
 
@@ -196,6 +213,9 @@ impl Sim {
             .take();
         let Some(r) = running else { return };
         self.world.crash(ix, silent);
+        if let Some(v) = r.verifier {
+            v.abort();
+        }
         r.task.abort();
         let _ = r.task.await;
     }

@@ -1,4 +1,4 @@
-//! The CI scenarios: each runs the real btd node core for 20–30 nodes with faults and must pass
+//! The CI scenarios: each runs the real btd node core for 9–30 nodes with faults and must pass
 //! every invariant. They run one at a time (the lock below; under nextest they are also in the
 //! `netsim` test group, see `.config/nextest.toml`) on a 2-worker runtime, like a 2-core machine.
 //! A failure prints the report and the seed; replay with `NETSIM_SEED=<seed>`.
@@ -45,4 +45,9 @@ fn partition_heals_and_members_converge() {
 #[test]
 fn non_members_and_revoked_members_get_no_kb_content() {
     run("kb-gating");
+}
+
+#[test]
+fn fake_and_val_trained_claims_are_caught_and_honest_ones_verify() {
+    run("adversaries");
 }

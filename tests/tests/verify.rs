@@ -23,7 +23,11 @@ fn text(seed: u64, n: usize) -> String {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         out.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
-        out.push(if (x >> 20) % 9 == 0 { '\n' } else { ' ' });
+        out.push(if (x >> 20).is_multiple_of(9) {
+            '\n'
+        } else {
+            ' '
+        });
     }
     out.truncate(n);
     out

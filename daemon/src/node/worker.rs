@@ -64,7 +64,7 @@ pub(crate) struct PendingStatus {
 
 enum StatusStep {
     Status,
-    Results(btd_protocol::wire::KbStatus),
+    Results(Box<btd_protocol::wire::KbStatus>),
 }
 
 fn event(events: &mpsc::Sender<JoinEvent>, e: JoinEvent) {
@@ -639,7 +639,7 @@ fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
                     },
                 },
             );
-            s.step = StatusStep::Results(st);
+            s.step = StatusStep::Results(Box::new(st));
             node.out.statuses.insert(id, s);
         }
         (StatusStep::Results(st), KbResponse::Results { entries, .. }) => {

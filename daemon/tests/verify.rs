@@ -1,0 +1,401 @@
+//! Verified results on real in-process nodes: artifacts move over `/btd/blob/1` in checked,
+//! resumable chunks only inside their program, and the owner's verifier catches a worker that
+//! trained on the validation split (its value reproduces; the owner-only holdout exposes it). The
+//! verdicts survive an owner restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use btd::blobs::{fetch, BlobStore, FetchError, FetchSpec};
+use btd::node::types::{NewResult, PublishFiles};
+use btd::node::{Command, NodeHandle};
+use btd::store::Store;
+use btd::testkit::{join_approved, spawn_node, wait_for, wait_known, TestNode, TestNodeOptions};
+use btd::work::{run_rounds, WorkContext, WorkOptions};
+use btd_protocol::kb::Check;
+use btd_protocol::program::ProgramId;
+use btd_protocol::Digest;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(60);
+
+fn file_program(sha256: &Digest) -> String {
+    format!(
+        r#"name = "blob-test"
+objective = "move a corpus"
+baseline = 8.0
+required_outputs = ["checkpoint.safetensors"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "candle"
+steps = 10
+[task.dataset]
+kind = "file"
+sha256 = "{sha256}"
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+[verify]
+holdout = false
+"#
+    )
+}
+
+async fn node_in(home: &Path, bootstrap: Option<&TestNode>, store: Store) -> TestNode {
+    spawn_node(
+        store,
+        TestNodeOptions {
+            home: Some(home.to_path_buf()),
+            bootstrap: bootstrap
+                .map(|b| b.dial_addr().unwrap())
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn publish(owner: &NodeHandle, manifest: String, files: PublishFiles) -> ProgramId {
+    owner
+        .ask(|reply| Command::PublishWith {
+            manifest,
+            files,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn spec(owner: &TestNode, program: ProgramId, digest: Digest) -> FetchSpec {
+    FetchSpec {
+        peer: owner.peer_id(),
+        program,
+        credential: None,
+        digest,
+        max_bytes: 256 << 20,
+        deadline: tokio::time::Instant::now() + T,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_move_in_resumable_checked_chunks_only_inside_their_program() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // 1.3 MB: three chunks.
+    let corpus: Vec<u8> = (0..1_300_000u32)
+        .map(|i| b"abcdefghij klmnop\n"[(i as usize * 7 + i as usize / 13) % 18])
+        .collect();
+    let data = dirs[0].path().join("corpus.txt");
+    std::fs::write(&data, &corpus).unwrap();
+    let digest = Digest::of(&corpus);
+
+    let owner = node_in(dirs[0].path(), None, Store::open_in_memory().unwrap()).await;
+    let worker = node_in(
+        dirs[1].path(),
+        Some(&owner),
+        Store::open_in_memory().unwrap(),
+    )
+    .await;
+    let outsider = node_in(
+        dirs[2].path(),
+        Some(&owner),
+        Store::open_in_memory().unwrap(),
+    )
+    .await;
+
+    // Publishing checks the file against the manifest's digest.
+    let wrong = dirs[0].path().join("wrong.txt");
+    std::fs::write(&wrong, b"not the corpus").unwrap();
+    let e = owner
+        .handle
+        .ask(|reply| Command::PublishWith {
+            manifest: file_program(&digest),
+            files: PublishFiles {
+                data: Some(wrong),
+                holdout: None,
+            },
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("not the"), "{e}");
+    let program = publish(
+        &owner.handle,
+        file_program(&digest),
+        PublishFiles {
+            data: Some(data.clone()),
+            holdout: None,
+        },
+    )
+    .await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+    let (_, credential) = worker
+        .handle
+        .ask(|reply| Command::Credential { program, reply })
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A non-member is refused, with words.
+    let store_out = BlobStore::new(dirs[2].path().join("blobs"));
+    let e = fetch(&outsider.handle, &store_out, &spec(&owner, program, digest))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, FetchError::Refused(m) if m.contains("membership required")),
+        "{e}"
+    );
+
+    // A member fetches it, resuming a partial file already on disk.
+    let store_w = BlobStore::new(dirs[1].path().join("blobs"));
+    let part = dirs[1]
+        .path()
+        .join("blobs")
+        .join(program.to_string())
+        .join(format!("{digest}.part"));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, &corpus[..600_000]).unwrap();
+    let mut s = spec(&owner, program, digest);
+    s.credential = Some(credential.clone());
+    let (path, progress) = fetch(&worker.handle, &store_w, &s).await.unwrap();
+    assert_eq!(progress.resumed_from, 600_000);
+    assert_eq!(progress.size, corpus.len() as u64);
+    assert_eq!(std::fs::read(&path).unwrap(), corpus);
+    assert!(!part.exists());
+
+    // A corrupted partial file is caught by the digest, deleted, and the next fetch succeeds.
+    std::fs::remove_file(&path).unwrap();
+    let mut bad = corpus[..700_000].to_vec();
+    bad[5] ^= 0xff;
+    std::fs::write(&part, &bad).unwrap();
+    let e = fetch(&worker.handle, &store_w, &s).await.unwrap_err();
+    assert!(matches!(e, FetchError::DigestMismatch { .. }), "{e}");
+    assert!(!part.exists());
+    let (path, progress) = fetch(&worker.handle, &store_w, &s).await.unwrap();
+    assert_eq!(progress.resumed_from, 0);
+    assert_eq!(std::fs::read(&path).unwrap(), corpus);
+
+    // The owner serves only the program's dataset; a program's cap on artifact size holds.
+    let mut other = s.clone();
+    other.digest = Digest([7; 32]);
+    let e = fetch(&worker.handle, &store_w, &other).await.unwrap_err();
+    assert!(
+        matches!(&e, FetchError::Refused(m) if m.contains("dataset")),
+        "{e}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let mut small = s.clone();
+    small.max_bytes = 1 << 20;
+    let e = fetch(&worker.handle, &store_w, &small).await.unwrap_err();
+    assert!(matches!(e, FetchError::TooLarge { .. }), "{e}");
+
+    // The owner may fetch a member's artifacts of the program; nothing the member lacks.
+    let store_o = BlobStore::new(dirs[0].path().join("blobs").join("fetched"));
+    let from_worker = FetchSpec {
+        peer: worker.peer_id(),
+        ..spec(&owner, program, Digest([9; 32]))
+    };
+    let e = fetch(&owner.handle, &store_o, &from_worker)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, FetchError::Refused(m) if m.contains("does not have")),
+        "{e}"
+    );
+    // ... and a member may not fetch another member's.
+    let e = fetch(
+        &outsider.handle,
+        &store_out,
+        &FetchSpec {
+            peer: worker.peer_id(),
+            ..spec(&owner, program, digest)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, FetchError::Refused(_)), "{e}");
+
+    for n in [outsider, worker, owner] {
+        n.stop().await;
+    }
+}
+
+const HOLDOUT_PROGRAM: &str = r#"name = "holdout-test"
+objective = "lowest val_bpb of the tiny model in 150 steps on a small corpus"
+baseline = 8.0
+required_outputs = ["checkpoint.safetensors"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "candle"
+preset = "tiny"
+steps = 150
+seed = 3
+eval_tokens = 2048
+[task.dataset]
+kind = "synthetic"
+seed = 5
+bytes = 16384
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
+    let owner_home = tempfile::tempdir().unwrap();
+    let worker_home = tempfile::tempdir().unwrap();
+    let db = owner_home.path().join("owner.sqlite");
+    let owner = node_in(owner_home.path(), None, Store::open(&db).unwrap()).await;
+    let wstore = Store::open_in_memory().unwrap();
+    let worker = node_in(worker_home.path(), Some(&owner), wstore.clone()).await;
+    let program = publish(
+        &owner.handle,
+        HOLDOUT_PROGRAM.into(),
+        PublishFiles::default(),
+    )
+    .await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+    let work = WorkContext::new(
+        worker.handle.clone(),
+        wstore,
+        worker_home.path(),
+        btd::config::Config::default_rungs(),
+    );
+
+    // An honest round: verified, champion.
+    let summary = run_rounds(
+        Arc::clone(&work),
+        program,
+        WorkOptions {
+            rounds: 1,
+            rung: None,
+            data: None,
+            allow_shell: false,
+            approval_wait_secs: 10,
+            verdict_wait_secs: 60,
+        },
+        mpsc::channel(64).0,
+    )
+    .await
+    .unwrap();
+    let honest = summary.runs[0].verdict.clone().unwrap();
+    assert_eq!(honest.check, Check::Verified, "{summary:?}");
+    assert!(honest.champion);
+
+    // The cheat: train on the validation split itself (it repeats ten times as "training data"),
+    // with a hot learning rate, then claim the value that checkpoint really reaches on the split.
+    let corpus = btd_trainer::Corpus::synthetic(5, 16384).unwrap();
+    let val_only =
+        btd_trainer::Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone())
+            .unwrap();
+    let mut spec = btd_trainer::TrainSpec::preset(btd_protocol::program::ModelPreset::Tiny, 3);
+    spec.steps = Some(150);
+    spec.eval_tokens = 2048;
+    spec.hyper.lr = 0.02;
+    let dev = candle_core::Device::Cpu;
+    let trained = btd_trainer::train(&spec, &val_only, &dev, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let ckpt_path = worker_home.path().join("cheat.safetensors");
+    trained.checkpoint.write(&ckpt_path).unwrap();
+    let on_val = btd_trainer::evaluate(&trained.checkpoint, &corpus, &dev)
+        .unwrap()
+        .val_bpb;
+    assert!(
+        on_val < summary.runs[0].value.unwrap(),
+        "training on the split must look better ({on_val})"
+    );
+    let (output, claim) = work.claim_checkpoint(program, ckpt_path).await.unwrap();
+    let receipt = worker
+        .handle
+        .ask(|reply| Command::Submit {
+            program,
+            result: NewResult {
+                value: on_val,
+                rung_id: "cpu".into(),
+                outputs: vec![output],
+                claim: Some(claim),
+                ..Default::default()
+            },
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.check, Check::Pending);
+    let seq = receipt.seq;
+    let status = |h: NodeHandle| async move {
+        h.ask(|reply| Command::Status {
+            program: Some(program),
+            reply,
+        })
+        .await
+        .ok()?
+        .ok()
+    };
+    let s = wait_for(T, "the owner's check of the cheat", || async {
+        let s = status(owner.handle.clone()).await?;
+        s.results
+            .iter()
+            .any(|e| e.seq == seq && e.check != Check::Pending)
+            .then_some(s)
+    })
+    .await
+    .unwrap();
+    let e = s.results.iter().find(|e| e.seq == seq).unwrap();
+    let Check::Failed(why) = &e.check else {
+        panic!("the val-trained claim was not rejected: {e:?}")
+    };
+    assert!(why.contains("holdout"), "{why}");
+    assert_eq!(s.champion.as_ref().unwrap().seq, honest.seq);
+    assert_eq!(s.payouts.len(), 1);
+
+    // The owner restarts on its database: the verdicts and the champion are as they were.
+    let key = owner.key.clone();
+    owner.stop().await;
+    let again = spawn_node(
+        Store::open(&db).unwrap(),
+        TestNodeOptions {
+            key: Some(key),
+            home: Some(owner_home.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s2 = status(again.handle.clone()).await.unwrap();
+    assert_eq!(s2.results, s.results);
+    assert_eq!(s2.champion, s.champion);
+    assert_eq!(s2.payouts, s.payouts);
+    assert_eq!((s2.verified, s2.rejected, s2.pending), (1, 1, 0));
+    worker.stop().await;
+    again.stop().await;
+}
