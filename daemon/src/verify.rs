@@ -24,8 +24,9 @@ use crate::blobs::{fetch, BlobStore, FetchSpec};
 use crate::node::types::ClaimJob;
 use crate::node::{Command, NodeHandle};
 
-/// Pause between looks for new claims when there is nothing to check.
-const IDLE: Duration = Duration::from_millis(500);
+/// Longest pause between looks for claims when nothing signals one (a claim restored at start or
+/// left pending after an owner-side problem is picked up by then).
+const IDLE: Duration = Duration::from_secs(5);
 
 /// Pause before retrying when the owner's own files are unusable.
 const OWNER_TROUBLE_PAUSE: Duration = Duration::from_secs(30);
@@ -66,7 +67,7 @@ pub async fn run(node: NodeHandle, home: PathBuf) {
             return;
         };
         if jobs.is_empty() {
-            tokio::time::sleep(IDLE).await;
+            let _ = tokio::time::timeout(IDLE, node.claims_ready().notified()).await;
             continue;
         }
         for job in jobs {

@@ -237,9 +237,16 @@ pub enum Command {
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    claims: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl NodeHandle {
+    /// Signalled when an owned program gets a claim to check (a permit is kept if nobody waits,
+    /// so no signal is lost).
+    pub fn claims_ready(&self) -> &tokio::sync::Notify {
+        &self.claims
+    }
+
     /// The node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
@@ -345,6 +352,8 @@ pub struct Node {
     pub(crate) blob_buckets: HashMap<PeerId, Bucket>,
     /// Per-peer artifact budget (burst, chunks per second).
     pub(crate) blob_rate: (f64, f64),
+    /// Wakes the verifier when a claim becomes pending.
+    pub(crate) claims_ready: std::sync::Arc<tokio::sync::Notify>,
     /// Open connections per peer, with their remote addresses (for `btd peers`).
     pub(crate) connections: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
 }
@@ -410,6 +419,7 @@ pub async fn spawn(
         home: cfg.home.clone(),
         blob_buckets: HashMap::new(),
         blob_rate: (cfg.net.blob_burst, cfg.net.blob_per_sec),
+        claims_ready: std::sync::Arc::new(tokio::sync::Notify::new()),
         connections: HashMap::new(),
     };
     node.restore(snapshot)?;
@@ -427,8 +437,16 @@ pub async fn spawn(
         }
     }
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let claims = node.claims_ready.clone();
     let task = tokio::spawn(node.run(rx));
-    Ok((NodeHandle { tx, peer_id }, task))
+    Ok((
+        NodeHandle {
+            tx,
+            peer_id,
+            claims,
+        },
+        task,
+    ))
 }
 
 impl Node {

@@ -958,6 +958,7 @@ fn submit(
     }
     if entry.check == Check::Pending {
         owned.claims.insert(entry.seq, signed.clone());
+        node.claims_ready.notify_one();
     }
     let receipt = owned.receipt(entry.seq, false);
     let bytes = btd_protocol::wire::encode(&signed).unwrap_or_default();
