@@ -164,7 +164,8 @@ async fn main() {
             &task,
             &corpus,
             Some(&holdout),
-            None,
+            &Default::default(),
+            false,
             true,
             |_| Verdict::Verified,
         )

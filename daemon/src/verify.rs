@@ -207,7 +207,8 @@ impl Verifier {
                 &task,
                 &corpus,
                 holdout.as_deref(),
-                retrain.then_some(&hypothesis),
+                &hypothesis,
+                retrain,
                 same_platform,
                 |m| judge(&verify, direction, claimed, m),
             )
@@ -241,8 +242,9 @@ impl Verifier {
     }
 }
 
-/// Reads the checkpoint, checks it against the claim, evaluates it (and re-trains when asked), and
-/// judges. Returns the verdict with the evaluation and re-training seconds. Blocking.
+/// Reads the checkpoint, checks it against the claim (digest, seed, steps, the hypothesis it was
+/// trained with), evaluates it (and re-trains with the claim's hypothesis, seed and steps when
+/// asked), and judges. Returns the verdict with the evaluation and re-training seconds. Blocking.
 #[allow(clippy::too_many_arguments)]
 pub fn measure_and_judge(
     path: &std::path::Path,
@@ -250,7 +252,8 @@ pub fn measure_and_judge(
     task: &CandleTask,
     corpus: &Corpus,
     holdout: Option<&[u8]>,
-    retrain: Option<&btd_protocol::program::search::Hypothesis>,
+    hypothesis: &btd_protocol::program::search::Hypothesis,
+    retrain: bool,
     same_platform: bool,
     judge: impl Fn(&Measurement) -> Verdict,
 ) -> Result<(Verdict, f64, f64), String> {
@@ -268,6 +271,26 @@ pub fn measure_and_judge(
             0.0,
             0.0,
         ));
+    }
+    // The checkpoint must have been trained with the hypothesis the claim names.
+    let trained_with = meta.spec.hypothesis();
+    for (name, v) in hypothesis {
+        match trained_with.get(name) {
+            Some(t) if t.to_bits() == v.to_bits() => {}
+            got => {
+                return Ok((
+                    Verdict::Failed(format!(
+                    "the claim's hypothesis says {name}={v}, the checkpoint was trained with {}",
+                    got.map_or_else(
+                        || "no such parameter".to_string(),
+                        |t| format!("{name}={t}")
+                    )
+                )),
+                    0.0,
+                    0.0,
+                ))
+            }
+        }
     }
     let dev = Device::Cpu;
     let m = match btd_trainer::verify::measure(&ckpt, task, corpus, holdout, &dev) {
@@ -288,10 +311,10 @@ pub fn measure_and_judge(
     };
     let mut retrain_secs = 0.0;
     // Re-train only when the claim reproduces otherwise: a failing claim is rejected without it.
-    if let (Some(h), Verdict::Verified) = (retrain, judge(&measurement)) {
+    if retrain && judge(&measurement) == Verdict::Verified {
         let started = Instant::now();
         let mut spec = TrainSpec::from_task(task);
-        spec.apply_hypothesis(h)
+        spec.apply_hypothesis(hypothesis)
             .map_err(|e| format!("the claim's hypothesis is not a usable config: {e}"))?;
         spec.seed = claim.seed;
         spec.steps = Some(claim.steps);

@@ -399,3 +399,164 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
     worker.stop().await;
     again.stop().await;
 }
+
+const RETRAIN_PROGRAM: &str = r#"name = "retrain-test"
+objective = "lowest val_bpb of the tiny model in 100 steps, re-trained by the owner"
+baseline = 8.0
+required_outputs = ["checkpoint.safetensors"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "candle"
+preset = "tiny"
+steps = 100
+seed = 3
+eval_tokens = 2048
+[task.dataset]
+kind = "synthetic"
+seed = 5
+bytes = 16384
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+[verify]
+holdout = false
+retrain_share = 0.0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
+    let owner_home = tempfile::tempdir().unwrap();
+    let worker_home = tempfile::tempdir().unwrap();
+    let owner = node_in(owner_home.path(), None, Store::open_in_memory().unwrap()).await;
+    let wstore = Store::open_in_memory().unwrap();
+    let worker = node_in(worker_home.path(), Some(&owner), wstore.clone()).await;
+    let program = publish(
+        &owner.handle,
+        RETRAIN_PROGRAM.into(),
+        PublishFiles::default(),
+    )
+    .await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+    let work = WorkContext::new(
+        worker.handle.clone(),
+        wstore,
+        worker_home.path(),
+        btd::config::Config::default_rungs(),
+    );
+    // An honest round: the owner re-trains it (same config, seed, steps) and lands on the same
+    // value, so it verifies.
+    let summary = run_rounds(
+        Arc::clone(&work),
+        program,
+        WorkOptions {
+            rounds: 1,
+            rung: None,
+            data: None,
+            allow_shell: false,
+            approval_wait_secs: 10,
+            verdict_wait_secs: 120,
+        },
+        mpsc::channel(64).0,
+    )
+    .await
+    .unwrap();
+    let honest = summary.runs[0].verdict.clone().unwrap();
+    assert_eq!(honest.check, Check::Verified, "{summary:?}");
+    let honest_value = summary.runs[0].value.unwrap();
+
+    // Two dishonest claims, both with values their checkpoints really reach on the validation
+    // split: one trained on the split itself (no holdout here: only re-training can tell), one
+    // that names a hypothesis its checkpoint was not trained with.
+    let corpus = btd_trainer::Corpus::synthetic(5, 16384).unwrap();
+    let val_only =
+        btd_trainer::Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone())
+            .unwrap();
+    let mut spec = btd_trainer::TrainSpec::preset(btd_protocol::program::ModelPreset::Tiny, 3);
+    spec.steps = Some(100);
+    spec.eval_tokens = 2048;
+    spec.hyper.lr = 0.02;
+    let dev = candle_core::Device::Cpu;
+    let trained = btd_trainer::train(&spec, &val_only, &dev, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let path = worker_home.path().join("cheat.safetensors");
+    trained.checkpoint.write(&path).unwrap();
+    let on_val = btd_trainer::evaluate(&trained.checkpoint, &corpus, &dev)
+        .unwrap()
+        .val_bpb;
+    assert!(on_val < honest_value, "{on_val} vs {honest_value}");
+    let status = |h: NodeHandle| async move {
+        h.ask(|reply| Command::Status {
+            program: Some(program),
+            reply,
+        })
+        .await
+        .ok()?
+        .ok()
+    };
+    let mut reasons = Vec::new();
+    for hypothesis in [
+        [("lr".to_string(), 0.02)].into_iter().collect(),
+        [("lr".to_string(), 0.005)].into_iter().collect(),
+    ] {
+        let (output, claim) = work.claim_checkpoint(program, path.clone()).await.unwrap();
+        let receipt = worker
+            .handle
+            .ask(|reply| Command::Submit {
+                program,
+                result: NewResult {
+                    value: on_val,
+                    rung_id: "cpu".into(),
+                    outputs: vec![output],
+                    claim: Some(claim),
+                    hypothesis,
+                    ..Default::default()
+                },
+                reply,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(receipt.check, Check::Pending);
+        let seq = receipt.seq;
+        let check = wait_for(T, "the owner's check", || async {
+            let s = status(owner.handle.clone()).await?;
+            s.results
+                .iter()
+                .find(|e| e.seq == seq && e.check != Check::Pending)
+                .map(|e| e.check.clone())
+        })
+        .await
+        .unwrap();
+        let Check::Failed(why) = check else {
+            panic!("a dishonest claim verified: {check:?}")
+        };
+        reasons.push(why);
+    }
+    assert!(
+        reasons[0].contains("re-training did not reproduce"),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("the claim's hypothesis says lr=0.005"),
+        "{}",
+        reasons[1]
+    );
+    let s = status(owner.handle.clone()).await.unwrap();
+    assert_eq!(s.champion.unwrap().seq, honest.seq);
+    worker.stop().await;
+    owner.stop().await;
+}

@@ -873,3 +873,26 @@ fn take_token(
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_allow_a_burst_then_refill_per_peer() {
+        let mut buckets = HashMap::new();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        // Burst 3, refill 1/s: three requests pass at once, the fourth is rate limited.
+        let rate = (3.0, 1.0);
+        assert!((0..3).all(|_| take_token(&mut buckets, a, rate)));
+        assert!(!take_token(&mut buckets, a, rate));
+        // Another peer has its own budget.
+        assert!(take_token(&mut buckets, b, rate));
+        // Time refills it: 1.5 s gives one and a half tokens.
+        if let Some(bucket) = buckets.get_mut(&a) {
+            bucket.last -= Duration::from_millis(1500);
+        }
+        assert!(take_token(&mut buckets, a, rate));
+        assert!(!take_token(&mut buckets, a, rate));
+    }
+}

@@ -315,7 +315,9 @@ fn verify_section_defaults_and_errors() {
     assert_eq!(candle.verify.max_holdout_gap, Some(DEFAULT_HOLDOUT_GAP));
     assert_eq!(candle.verify.retrain_share, None);
 
-    let with = |extra: &str| format!("{EXAMPLE}\n[verify]\n{extra}\n");
+    // The example's own [verify] section is replaced by each case's.
+    let base = EXAMPLE.split("\n[verify]").next().unwrap();
+    let with = |extra: &str| format!("{base}\n[verify]\n{extra}\n");
     let p = Program::from_toml(&with(
         "tolerance = 0.001\nmax_holdout_gap = 0.5\nretrain_share = 0.5\nmax_artifact_bytes = 1048576\nfetch_timeout_secs = 60",
     ))
