@@ -441,9 +441,13 @@ pub(crate) fn runs(
     for r in &runs {
         let value = r.value;
         let verdict = match &r.verdict {
+            Some(v) if v.check == Check::Pending => format!("seq {} pending", v.seq),
+            Some(v) if matches!(v.check, Check::Failed(_)) => {
+                format!("seq {} rejected by check", v.seq)
+            }
             Some(v) if v.champion => format!("seq {} champion", v.seq),
             Some(v) if v.accepted => format!("seq {} accepted", v.seq),
-            Some(v) => format!("seq {} rejected", v.seq),
+            Some(v) => format!("seq {} not accepted", v.seq),
             None => "-".into(),
         };
         out!(
@@ -460,6 +464,9 @@ pub(crate) fn runs(
         );
         if r.state != RunState::Submitted && !r.note.is_empty() {
             out!("    {}", r.note);
+        }
+        if let Some(Check::Failed(why)) = r.verdict.as_ref().map(|v| &v.check) {
+            out!("    the owner's check: {why}");
         }
     }
     Ok(())
