@@ -24,6 +24,10 @@ use super::types::{MembersView, PendingView, StatusView};
 use super::{Known, Node};
 use crate::store::{self, ProgramRow, StoreError, SubmissionRow, VerdictRow};
 
+/// Most claims one member may have waiting for the owner's check: checking costs the owner an
+/// evaluation each, so a member cannot queue unbounded work.
+const MAX_PENDING_PER_MEMBER: usize = 8;
+
 /// Most results returned in a status view.
 const STATUS_RESULTS: usize = 1000;
 
@@ -939,6 +943,24 @@ fn submit(
                  value was measured on (btd submit --checkpoint FILE)"
                     .into(),
             ),
+        );
+    }
+    let waiting = owned
+        .kb
+        .pending()
+        .filter(|e| e.worker == member.as_str())
+        .count();
+    if waiting >= MAX_PENDING_PER_MEMBER {
+        return respond_kb(
+            node,
+            channel,
+            KbResponse::Error(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "you have {waiting} claims waiting for the owner's check; submit more once they \
+                     are settled (btd status shows them)"
+                ),
+            )),
         );
     }
     if let Some(why) = owned.stopped(now) {
