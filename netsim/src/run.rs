@@ -228,7 +228,8 @@ async fn wait_connected(sim: &Sim, deadline: Instant) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every member has issued its workload (or given up), or the deadline.
+/// Waits until every member has issued its workload (or given up) and, in training workloads, the
+/// owner has settled its claims; or the deadline.
 async fn wait_workers_done(ctx: &Ctx, members: &[usize]) {
     let expected = ctx.s.workload.submissions;
     loop {
@@ -239,7 +240,13 @@ async fn wait_workers_done(ctx: &Ctx, members: &[usize]) {
                 let issued = rec.issued.iter().filter(|(i, _)| *i == ix).count();
                 let answered = rec.acks.iter().filter(|a| a.node == ix).count()
                     + rec.submit_failures.iter().filter(|(i, _)| *i == ix).count();
-                failed_join || (issued >= expected && answered >= expected)
+                // Training workloads: also every claim settled by the owner's check.
+                let settled = rec.claims.iter().filter(|c| c.node == ix).all(|c| {
+                    c.check
+                        .as_ref()
+                        .is_some_and(|k| *k != btd_protocol::kb::Check::Pending)
+                });
+                failed_join || (issued >= expected && answered >= expected && settled)
             })
         };
         if finished || Instant::now() >= ctx.deadline {

@@ -91,4 +91,13 @@ fn inconsistent_scenarios_are_refused() {
     assert!(err(&no_threshold).contains("manifest"));
     let source = format!("{MINIMAL}\n[workload]\nsource = \"candle\"\n");
     assert!(err(&source).contains("synthetic"));
+    // Adversaries need real training, and at least one honest worker.
+    let cheats = "name = \"t\"\nseed = 1\n[nodes]\nworkers = 2\nfake_metric = 1\n";
+    assert!(err(cheats).contains("train"));
+    let all_cheats = format!("{cheats}val_trainers = 1\n[workload]\nsource = \"train\"\n");
+    assert!(err(&all_cheats).contains("honest"));
+    let ok = format!("{cheats}[workload]\nsource = \"train\"\n");
+    let s = Scenario::parse(&ok, "x").unwrap();
+    let manifest = s.program.manifest(&s.name, &s.workload);
+    assert!(manifest.contains("kind = \"candle\"") && manifest.contains("[verify]"));
 }
