@@ -87,7 +87,6 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (owner, owner_addr) = start(&dir.path().join("owner"), vec![]).await;
     let (worker, _) = start(&dir.path().join("worker"), vec![owner_addr]).await;
-    tokio::spawn(btd::verify::run(owner.clone(), dir.path().join("owner")));
     let dev = Device::Cpu;
 
     println!(

@@ -58,8 +58,6 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         store.clone(),
     )
     .await?;
-    // The owner's verifier: checks pending claims of owned programs, one at a time.
-    let verifier = tokio::spawn(crate::verify::run(handle.clone(), home_dir.clone()));
     let work = WorkContext::new(handle.clone(), store, &home_dir, cfg.rungs);
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -84,7 +82,6 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     }
     let _ = shutdown_tx.send(true);
     work.cancel_all();
-    verifier.abort();
     let _ = handle.send(Command::Shutdown).await;
     let _ = task.await;
     let _ = control.await;

@@ -61,8 +61,7 @@ pub struct TestNodeOptions {
     pub relay_server: bool,
     /// Bootstrap addresses (with /p2p/).
     pub bootstrap: Vec<Multiaddr>,
-    /// Home directory for artifacts and holdouts (a node with one also runs the owner's
-    /// verifier).
+    /// Home directory for artifacts and holdouts (a node with one also runs the owner's verifier).
     pub home: Option<std::path::PathBuf>,
 }
 
@@ -109,9 +108,6 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
         store,
     )
     .await?;
-    if let Some(home) = opts.home {
-        tokio::spawn(crate::verify::run(handle.clone(), home));
-    }
     Ok(TestNode {
         handle,
         task,

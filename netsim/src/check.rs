@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use btd::node::types::StatusView;
 use btd::store::{SubmissionRow, VerdictRow};
-use btd_protocol::kb::{Check, Kb, LogEvent, Rules};
+use btd_protocol::kb::{Check, Kb};
+use btd_protocol::program::Program;
 use serde::Serialize;
 
 use crate::records::{ClaimKind, ProbeOutcome, Records};
@@ -42,13 +43,12 @@ fn verdict(name: &'static str, problems: Vec<String>, fine: String) -> Invariant
 pub(crate) struct Evidence<'a> {
     pub(crate) rec: &'a Records,
     pub(crate) sim: &'a Sim,
-    pub(crate) rules: Rules,
+    /// The program the owner published.
+    pub(crate) program: &'a Program,
     /// The owner's log (this program only), in seq order.
     pub(crate) log: &'a [SubmissionRow],
     /// The owner's verdicts on claims (this program only), in the order applied.
     pub(crate) verdicts: &'a [VerdictRow],
-    /// Whether the program checks claims before they count.
-    pub(crate) verifies: bool,
     /// The owner's status as served just before the end.
     pub(crate) served: Option<&'a StatusView>,
 }
@@ -152,31 +152,10 @@ fn no_double_count(e: &Evidence<'_>) -> Invariant {
 /// Rebuilds the KB from the owner's durable log: submissions and verdicts in the order they
 /// happened, by the KB rules alone.
 fn replay(e: &Evidence<'_>) -> Result<Kb, String> {
-    let kb = if e.verifies {
-        Kb::verified(e.rules.clone())
-    } else {
-        Kb::new(e.rules.clone())
-    }
-    .map_err(|err| format!("the rules are invalid: {err:?}"))?;
-    let mut events = Vec::new();
-    let mut verdicts = e.verdicts.iter().peekable();
-    for r in e.log {
-        while let Some(v) = verdicts.next_if(|v| v.after < r.entry.seq) {
-            events.push(LogEvent::Resolve {
-                seq: v.seq,
-                verdict: &v.verdict,
-            });
-        }
-        events.push(LogEvent::Submit {
-            worker: r.entry.worker.as_str(),
-            value: r.entry.value,
-        });
-    }
-    events.extend(verdicts.map(|v| LogEvent::Resolve {
-        seq: v.seq,
-        verdict: &v.verdict,
-    }));
-    kb.replay_events(events)
+    e.program
+        .kb()
+        .map_err(|err| format!("the rules are invalid: {err:?}"))?
+        .replay_events(btd::store::kb_history(e.log, e.verdicts))
         .map_err(|err| format!("the owner's log does not replay: {err:?}"))
 }
 
@@ -188,7 +167,7 @@ fn champion_rules(e: &Evidence<'_>) -> Invariant {
             for (mine, theirs) in kb.entries().iter().zip(e.log) {
                 // With verification the stored row is the claim as received; its verdict is
                 // replayed, so compare what was claimed.
-                let differs = if e.verifies {
+                let differs = if e.program.verify.checks() {
                     (mine.seq, &mine.worker, mine.value.to_bits())
                         != (
                             theirs.entry.seq,
@@ -241,10 +220,10 @@ fn payouts_exact(e: &Evidence<'_>) -> Invariant {
         Ok(kb) => {
             let p = kb.payouts();
             let total = p.total();
-            if !p.is_empty() && total != e.rules.pool {
+            if !p.is_empty() && total != e.program.reward.pool {
                 bad.push(format!(
                     "payouts sum to {total}, the pool is {}",
-                    e.rules.pool
+                    e.program.reward.pool
                 ));
             }
             if let Some(s) = e.served {
@@ -252,7 +231,11 @@ fn payouts_exact(e: &Evidence<'_>) -> Invariant {
                     bad.push("the owner serves other payouts than the rules give".into());
                 }
             }
-            fine = format!("{} payees, total {total} = pool {}", p.len(), e.rules.pool);
+            fine = format!(
+                "{} payees, total {total} = pool {}",
+                p.len(),
+                e.program.reward.pool
+            );
         }
     }
     verdict("payouts sum exactly to the pool", bad, fine)

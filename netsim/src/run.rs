@@ -148,15 +148,14 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     let parsed =
         btd_protocol::program::Program::from_toml(&s.program.manifest(&s.name, &s.workload))
             .map_err(|e| anyhow!("manifest: {e}"))?;
-    let rules = parsed.rules();
+
     let rec = std::mem::take(&mut *ctx.rec());
     let invariants = check::all(&Evidence {
         rec: &rec,
         sim: &sim,
-        rules,
+        program: &parsed,
         log: &log,
         verdicts: &verdicts,
-        verifies: parsed.verify.checks(),
         served: served.as_ref(),
     });
     let peak = report::proc_status_mib("VmHWM:");

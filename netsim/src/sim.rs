@@ -33,8 +33,6 @@ const STORE_OPEN_WAIT: Duration = Duration::from_secs(10);
 struct Running {
     handle: NodeHandle,
     task: tokio::task::JoinHandle<()>,
-    /// The owner's verifier (train workloads).
-    verifier: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// One simulated node: fixed identity and address, and its current incarnation (if running).
@@ -188,17 +186,7 @@ impl Sim {
         let (handle, task) = node::spawn(cfg, store)
             .await
             .with_context(|| format!("cannot start node {}", self.layout.label(ix)))?;
-        let verifier = match (&node.home, self.layout.role(ix)) {
-            (Some(home), Role::Owner) => {
-                Some(tokio::spawn(btd::verify::run(handle.clone(), home.clone())))
-            }
-            _ => None,
-        };
-        *node.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running {
-            handle,
-            task,
-            verifier,
-        });
+        *node.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(Running { handle, task });
         Ok(())
     }
 
@@ -213,9 +201,6 @@ impl Sim {
             .take();
         let Some(r) = running else { return };
         self.world.crash(ix, silent);
-        if let Some(v) = r.verifier {
-            v.abort();
-        }
         r.task.abort();
         let _ = r.task.await;
     }

@@ -68,8 +68,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Rungs to advertise.
     pub rungs: Vec<AdvertisedRung>,
-    /// The home directory: artifacts under `blobs/`, owner-only holdouts under `holdout/`. `None`
-    /// serves and stores no artifacts (netsim nodes without disks).
+    /// The home directory: artifacts under `blobs/`, owner-only holdouts under `holdout/`; a node
+    /// with one also runs the owner's verifier (`crate::verify`). `None` serves and stores no
+    /// artifacts and checks no claims (netsim nodes without disks).
     pub home: Option<std::path::PathBuf>,
 }
 
@@ -438,15 +439,19 @@ pub async fn spawn(
     }
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let claims = node.claims_ready.clone();
+    let home = node.home.clone();
     let task = tokio::spawn(node.run(rx));
-    Ok((
-        NodeHandle {
-            tx,
-            peer_id,
-            claims,
-        },
-        task,
-    ))
+    let handle = NodeHandle {
+        tx,
+        peer_id,
+        claims,
+    };
+    // A node with a home checks the claims of the programs it owns; the verifier ends when the
+    // node stops.
+    if let Some(home) = home {
+        tokio::spawn(crate::verify::run(handle.clone(), home));
+    }
+    Ok((handle, task))
 }
 
 impl Node {

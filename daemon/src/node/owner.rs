@@ -70,12 +70,9 @@ pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 
 impl Owned {
     fn new(program: Program) -> anyhow::Result<Owned> {
-        let kb = if program.verify.checks() {
-            Kb::verified(program.rules())
-        } else {
-            Kb::new(program.rules())
-        }
-        .map_err(|e| anyhow::anyhow!("invalid KB rules: {e:?}"))?;
+        let kb = program
+            .kb()
+            .map_err(|e| anyhow::anyhow!("invalid KB rules: {e:?}"))?;
         Ok(Owned {
             registry: Registry::new(program.membership),
             program,
@@ -101,62 +98,39 @@ impl Owned {
         let mut o = Owned::new(view.program.clone())?;
         o.registry = Registry::restore(view.program.membership, members)
             .map_err(|e| anyhow::anyhow!("members of {}: {e}", view.id))?;
-        let mut verdicts = verdicts.peekable();
-        let mut signed_by_seq = HashMap::new();
-        for row in subs {
-            while let Some(v) = verdicts.next_if(|v| v.after < row.entry.seq) {
-                o.apply_stored_verdict(v, &mut signed_by_seq)?;
-            }
-            let entry =
-                o.kb.submit(&row.entry.worker, row.entry.value)
-                    .map_err(|e| anyhow::anyhow!("stored submission {}: {e}", row.entry.seq))?;
-            if entry.seq != row.entry.seq {
+        let subs: Vec<&SubmissionRow> = subs.collect();
+        for (i, row) in subs.iter().enumerate() {
+            if row.entry.seq != i as u64 + 1 {
                 anyhow::bail!(
-                    "stored submission {} of {} is out of sequence (the KB gave it {})",
+                    "stored submission {} of {} is out of sequence (position {})",
                     row.entry.seq,
                     view.id,
-                    entry.seq
+                    i + 1
                 );
             }
-            let (seq, champion, pending) =
-                (entry.seq, entry.champion, entry.check == Check::Pending);
-            o.nonces.insert((row.entry.worker.clone(), row.nonce), seq);
-            if champion || pending {
-                let signed: Signed<btd_protocol::wire::Submission> =
-                    btd_protocol::wire::decode(&row.signed)
-                        .map_err(|e| anyhow::anyhow!("stored submission {seq}: {e}"))?;
-                if champion {
-                    o.champion = Some(signed);
-                } else {
-                    signed_by_seq.insert(seq, signed);
-                }
-            }
+            o.nonces
+                .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
         }
-        for v in verdicts {
-            o.apply_stored_verdict(v, &mut signed_by_seq)?;
-        }
+        o.kb =
+            o.kb.replay_events(store::kb_history(subs.iter().copied(), verdicts))
+                .map_err(|e| anyhow::anyhow!("the KB log of {}: {e}", view.id))?;
+        // The signed submissions the owner serves (champion) and checks (pending claims).
+        let signed = |seq: u64| -> anyhow::Result<Signed<btd_protocol::wire::Submission>> {
+            let row = usize::try_from(seq)
+                .ok()
+                .and_then(|s| s.checked_sub(1))
+                .and_then(|i| subs.get(i))
+                .ok_or_else(|| anyhow::anyhow!("stored submission {seq} is missing"))?;
+            btd_protocol::wire::decode(&row.signed)
+                .map_err(|e| anyhow::anyhow!("stored submission {seq}: {e}"))
+        };
+        o.champion = o.kb.champion().map(|c| signed(c.seq)).transpose()?;
         o.claims =
             o.kb.pending()
-                .filter_map(|e| signed_by_seq.remove(&e.seq).map(|s| (e.seq, s)))
-                .collect();
+                .map(|e| Ok((e.seq, signed(e.seq)?)))
+                .collect::<anyhow::Result<_>>()?;
         o.durable_seq = o.kb.next_seq().saturating_sub(1);
         Ok(o)
-    }
-
-    fn apply_stored_verdict(
-        &mut self,
-        v: &VerdictRow,
-        signed: &mut HashMap<u64, Signed<btd_protocol::wire::Submission>>,
-    ) -> anyhow::Result<()> {
-        let champion = self
-            .kb
-            .resolve(v.seq, &v.verdict)
-            .map_err(|e| anyhow::anyhow!("stored verdict on claim {}: {e}", v.seq))?
-            .champion;
-        if champion {
-            self.champion = signed.remove(&v.seq);
-        }
-        Ok(())
     }
 
     /// Applies the owner's verdict on the oldest pending claim; returns the entry and the row to

@@ -13,8 +13,9 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 pub use schema::{
-    load as load_snapshot, load_runs, next_round, put_member, put_membership, put_program, put_run,
-    put_submission, put_verdict, MembershipRow, ProgramRow, Snapshot, SubmissionRow, VerdictRow,
+    kb_history, load as load_snapshot, load_runs, next_round, put_member, put_membership,
+    put_program, put_run, put_submission, put_verdict, MembershipRow, ProgramRow, Snapshot,
+    SubmissionRow, VerdictRow,
 };
 
 /// Jobs waiting for the store thread. A full queue makes callers wait (backpressure), it never

@@ -1,6 +1,6 @@
 //! Tables, migrations and row types.
 
-use btd_protocol::kb::{Check, Entry, Verdict};
+use btd_protocol::kb::{Check, Entry, LogEvent, Verdict};
 use btd_protocol::membership::{Credential, MemberId, MemberRecord};
 use btd_protocol::program::ProgramId;
 use btd_protocol::{Digest, Timestamp};
@@ -261,6 +261,32 @@ pub fn put_submission(tx: &Transaction<'_>, row: &SubmissionRow) -> Result<(), S
         ],
     )?;
     Ok(())
+}
+
+/// A program's KB history as stored: its submissions (in seq order) and the owner's verdicts (in the
+/// order applied) interleaved as they happened, for `Kb::replay_events`. A verdict applied after `n`
+/// submissions comes before submission `n + 1`.
+pub fn kb_history<'a>(
+    subs: impl IntoIterator<Item = &'a SubmissionRow>,
+    verdicts: impl IntoIterator<Item = &'a VerdictRow>,
+) -> Vec<LogEvent<'a>> {
+    let resolve = |v: &'a VerdictRow| LogEvent::Resolve {
+        seq: v.seq,
+        verdict: &v.verdict,
+    };
+    let mut verdicts = verdicts.into_iter().peekable();
+    let mut events = Vec::new();
+    for r in subs {
+        while let Some(v) = verdicts.next_if(|v| v.after < r.entry.seq) {
+            events.push(resolve(v));
+        }
+        events.push(LogEvent::Submit {
+            worker: &r.entry.worker,
+            value: r.entry.value,
+        });
+    }
+    events.extend(verdicts.map(resolve));
+    events
 }
 
 /// Records the verdict on a pending claim.

@@ -350,6 +350,16 @@ impl Program {
         }
     }
 
+    /// An empty knowledge base for this program: its rules, holding claims for the owner's check
+    /// when `[verify]` checks them.
+    pub fn kb(&self) -> Result<crate::kb::Kb, Vec<crate::kb::RulesError>> {
+        if self.verify.checks() {
+            crate::kb::Kb::verified(self.rules())
+        } else {
+            crate::kb::Kb::new(self.rules())
+        }
+    }
+
     /// The decision every packet of this program serves: the objective, keyed by the program name.
     pub fn decision(&self) -> Decision {
         Decision {
