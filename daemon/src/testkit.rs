@@ -174,3 +174,66 @@ pub async fn join_approved(
         other => anyhow::bail!("expected a grant, got {other:?}"),
     }
 }
+
+/// An owner that published a program and a member of it, each with its own home (artifacts,
+/// holdouts, the owner's verifier), on the memory transport; plus the member's worker-loop context.
+#[derive(Debug)]
+pub struct OwnerAndMember {
+    /// The owner.
+    pub owner: TestNode,
+    /// The member.
+    pub worker: TestNode,
+    /// The member's worker loop.
+    pub work: std::sync::Arc<crate::work::WorkContext>,
+    /// The program.
+    pub program: ProgramId,
+}
+
+/// Starts an owner on `owner_store` in `owner_home`, publishes `manifest`, starts a member in
+/// `worker_home` (in-memory store) and joins it, approved.
+pub async fn owner_and_member(
+    owner_home: &std::path::Path,
+    owner_store: Store,
+    worker_home: &std::path::Path,
+    manifest: &str,
+    limit: Duration,
+) -> Result<OwnerAndMember> {
+    let owner = spawn_node(
+        owner_store,
+        TestNodeOptions {
+            home: Some(owner_home.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let store = Store::open_in_memory()?;
+    let worker = spawn_node(
+        store.clone(),
+        TestNodeOptions {
+            bootstrap: owner.dial_addr().into_iter().collect(),
+            home: Some(worker_home.to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let m = manifest.to_string();
+    let program = owner
+        .handle
+        .ask(|reply| Command::Publish { manifest: m, reply })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    wait_known(&worker.handle, program, limit).await?;
+    join_approved(&owner.handle, &worker.handle, program, limit).await?;
+    let work = crate::work::WorkContext::new(
+        worker.handle.clone(),
+        store,
+        worker_home,
+        crate::config::Config::default_rungs(),
+    );
+    Ok(OwnerAndMember {
+        owner,
+        worker,
+        work,
+        program,
+    })
+}

@@ -9,13 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use btd::blobs::{fetch, BlobStore, FetchError, FetchSpec};
-use btd::node::types::{NewResult, PublishFiles};
+use btd::node::types::{NewResult, PublishFiles, StatusView};
 use btd::node::{Command, NodeHandle};
 use btd::store::Store;
-use btd::testkit::{join_approved, spawn_node, wait_for, wait_known, TestNode, TestNodeOptions};
-use btd::work::{run_rounds, WorkContext, WorkOptions};
+use btd::testkit::{
+    join_approved, owner_and_member, spawn_node, wait_for, wait_known, OwnerAndMember, TestNode,
+    TestNodeOptions,
+};
+use btd::work::{run_rounds, RunRecord, WorkContext, WorkOptions};
 use btd_protocol::kb::Check;
+use btd_protocol::program::search::Hypothesis;
 use btd_protocol::program::ProgramId;
+use btd_protocol::wire::SubmitReceipt;
 use btd_protocol::Digest;
 use tokio::sync::mpsc;
 
@@ -264,34 +269,10 @@ spend_class = "local_unmetered"
 hardware = "cpu"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
-    let owner_home = tempfile::tempdir().unwrap();
-    let worker_home = tempfile::tempdir().unwrap();
-    let db = owner_home.path().join("owner.sqlite");
-    let owner = node_in(owner_home.path(), None, Store::open(&db).unwrap()).await;
-    let wstore = Store::open_in_memory().unwrap();
-    let worker = node_in(worker_home.path(), Some(&owner), wstore.clone()).await;
-    let program = publish(
-        &owner.handle,
-        HOLDOUT_PROGRAM.into(),
-        PublishFiles::default(),
-    )
-    .await;
-    wait_known(&worker.handle, program, T).await.unwrap();
-    join_approved(&owner.handle, &worker.handle, program, T)
-        .await
-        .unwrap();
-    let work = WorkContext::new(
-        worker.handle.clone(),
-        wstore,
-        worker_home.path(),
-        btd::config::Config::default_rungs(),
-    );
-
-    // An honest round: verified, champion.
+/// One round of the worker loop that waits for the owner's verdict.
+async fn honest_round(work: &Arc<WorkContext>, program: ProgramId) -> RunRecord {
     let summary = run_rounds(
-        Arc::clone(&work),
+        Arc::clone(work),
         program,
         WorkOptions {
             rounds: 1,
@@ -299,24 +280,25 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
             data: None,
             allow_shell: false,
             approval_wait_secs: 10,
-            verdict_wait_secs: 60,
+            verdict_wait_secs: 120,
         },
         mpsc::channel(64).0,
     )
     .await
     .unwrap();
-    let honest = summary.runs[0].verdict.clone().unwrap();
-    assert_eq!(honest.check, Check::Verified, "{summary:?}");
-    assert!(honest.champion);
+    summary.runs.into_iter().next().unwrap()
+}
 
-    // The cheat: train on the validation split itself (it repeats ten times as "training data"),
-    // with a hot learning rate, then claim the value that checkpoint really reaches on the split.
+/// The cheat: trains the tiny model on the validation split itself (ten copies of it as training
+/// data) with a hot learning rate; returns the checkpoint's path and the value it really reaches on
+/// the split.
+fn train_on_the_validation_split(steps: u64, dir: &Path) -> (std::path::PathBuf, f64) {
     let corpus = btd_trainer::Corpus::synthetic(5, 16384).unwrap();
     let val_only =
         btd_trainer::Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone())
             .unwrap();
     let mut spec = btd_trainer::TrainSpec::preset(btd_protocol::program::ModelPreset::Tiny, 3);
-    spec.steps = Some(150);
+    spec.steps = Some(steps);
     spec.eval_tokens = 2048;
     spec.hyper.lr = 0.02;
     let dev = candle_core::Device::Cpu;
@@ -324,45 +306,61 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
         std::ops::ControlFlow::Continue(())
     })
     .unwrap();
-    let ckpt_path = worker_home.path().join("cheat.safetensors");
-    trained.checkpoint.write(&ckpt_path).unwrap();
+    let path = dir.join("cheat.safetensors");
+    trained.checkpoint.write(&path).unwrap();
     let on_val = btd_trainer::evaluate(&trained.checkpoint, &corpus, &dev)
         .unwrap()
         .val_bpb;
-    assert!(
-        on_val < summary.runs[0].value.unwrap(),
-        "training on the split must look better ({on_val})"
-    );
-    let (output, claim) = work.claim_checkpoint(program, ckpt_path).await.unwrap();
-    let receipt = worker
+    (path, on_val)
+}
+
+/// Claims `value` for the checkpoint at `path` (with `hypothesis`); returns the receipt.
+async fn claim(
+    p: &OwnerAndMember,
+    path: &Path,
+    value: f64,
+    hypothesis: Hypothesis,
+) -> SubmitReceipt {
+    let (output, claim) = p
+        .work
+        .claim_checkpoint(p.program, path.to_path_buf())
+        .await
+        .unwrap();
+    let program = p.program;
+    p.worker
         .handle
         .ask(|reply| Command::Submit {
             program,
             result: NewResult {
-                value: on_val,
+                value,
                 rung_id: "cpu".into(),
                 outputs: vec![output],
                 claim: Some(claim),
+                hypothesis,
                 ..Default::default()
             },
             reply,
         })
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(receipt.check, Check::Pending);
-    let seq = receipt.seq;
-    let status = |h: NodeHandle| async move {
-        h.ask(|reply| Command::Status {
-            program: Some(program),
-            reply,
-        })
-        .await
-        .ok()?
-        .ok()
-    };
-    let s = wait_for(T, "the owner's check of the cheat", || async {
-        let s = status(owner.handle.clone()).await?;
+        .unwrap()
+}
+
+async fn status(h: &NodeHandle, program: ProgramId) -> Option<StatusView> {
+    h.ask(|reply| Command::Status {
+        program: Some(program),
+        reply,
+    })
+    .await
+    .ok()?
+    .ok()
+}
+
+/// Waits for the owner's verdict on claim `seq`; returns the owner's status at that moment and the
+/// rejection's reason (`None`: not rejected).
+async fn settled(owner: &NodeHandle, program: ProgramId, seq: u64) -> (StatusView, Option<String>) {
+    let s = wait_for(T, "the owner's check", || async {
+        let s = status(owner, program).await?;
         s.results
             .iter()
             .any(|e| e.seq == seq && e.check != Check::Pending)
@@ -370,17 +368,52 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
     })
     .await
     .unwrap();
-    let e = s.results.iter().find(|e| e.seq == seq).unwrap();
-    let Check::Failed(why) = &e.check else {
-        panic!("the val-trained claim was not rejected: {e:?}")
+    let why = match &s.results.iter().find(|e| e.seq == seq).unwrap().check {
+        Check::Failed(why) => Some(why.clone()),
+        _ => None,
     };
+    (s, why)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
+    let owner_home = tempfile::tempdir().unwrap();
+    let worker_home = tempfile::tempdir().unwrap();
+    let db = owner_home.path().join("owner.sqlite");
+    let p = owner_and_member(
+        owner_home.path(),
+        Store::open(&db).unwrap(),
+        worker_home.path(),
+        HOLDOUT_PROGRAM,
+        T,
+    )
+    .await
+    .unwrap();
+    let program = p.program;
+
+    // An honest round: verified, champion.
+    let round = honest_round(&p.work, program).await;
+    let honest = round.verdict.clone().unwrap();
+    assert_eq!(honest.check, Check::Verified, "{round:?}");
+    assert!(honest.champion);
+
+    // The cheat claims the value its checkpoint really reaches on the split.
+    let (path, on_val) = train_on_the_validation_split(150, worker_home.path());
+    assert!(
+        on_val < round.value.unwrap(),
+        "training on the split must look better ({on_val})"
+    );
+    let receipt = claim(&p, &path, on_val, Hypothesis::new()).await;
+    assert_eq!(receipt.check, Check::Pending);
+    let (s, why) = settled(&p.owner.handle, program, receipt.seq).await;
+    let why = why.expect("the val-trained claim was not rejected");
     assert!(why.contains("holdout"), "{why}");
     assert_eq!(s.champion.as_ref().unwrap().seq, honest.seq);
     assert_eq!(s.payouts.len(), 1);
 
     // The owner restarts on its database: the verdicts and the champion are as they were.
-    let key = owner.key.clone();
-    owner.stop().await;
+    let key = p.owner.key.clone();
+    p.owner.stop().await;
     let again = spawn_node(
         Store::open(&db).unwrap(),
         TestNodeOptions {
@@ -391,12 +424,12 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
     )
     .await
     .unwrap();
-    let s2 = status(again.handle.clone()).await.unwrap();
+    let s2 = status(&again.handle, program).await.unwrap();
     assert_eq!(s2.results, s.results);
     assert_eq!(s2.champion, s.champion);
     assert_eq!(s2.payouts, s.payouts);
     assert_eq!((s2.verified, s2.rejected, s2.pending), (1, 1, 0));
-    worker.stop().await;
+    p.worker.stop().await;
     again.stop().await;
 }
 
@@ -433,117 +466,39 @@ retrain_share = 0.0
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
-    let owner_home = tempfile::tempdir().unwrap();
-    let worker_home = tempfile::tempdir().unwrap();
-    let owner = node_in(owner_home.path(), None, Store::open_in_memory().unwrap()).await;
-    let wstore = Store::open_in_memory().unwrap();
-    let worker = node_in(worker_home.path(), Some(&owner), wstore.clone()).await;
-    let program = publish(
-        &owner.handle,
-        RETRAIN_PROGRAM.into(),
-        PublishFiles::default(),
-    )
-    .await;
-    wait_known(&worker.handle, program, T).await.unwrap();
-    join_approved(&owner.handle, &worker.handle, program, T)
-        .await
-        .unwrap();
-    let work = WorkContext::new(
-        worker.handle.clone(),
-        wstore,
-        worker_home.path(),
-        btd::config::Config::default_rungs(),
-    );
-    // An honest round: the owner re-trains it (same config, seed, steps) and lands on the same
-    // value, so it verifies.
-    let summary = run_rounds(
-        Arc::clone(&work),
-        program,
-        WorkOptions {
-            rounds: 1,
-            rung: None,
-            data: None,
-            allow_shell: false,
-            approval_wait_secs: 10,
-            verdict_wait_secs: 120,
-        },
-        mpsc::channel(64).0,
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let p = owner_and_member(
+        dirs[0].path(),
+        Store::open_in_memory().unwrap(),
+        dirs[1].path(),
+        RETRAIN_PROGRAM,
+        T,
     )
     .await
     .unwrap();
-    let honest = summary.runs[0].verdict.clone().unwrap();
-    assert_eq!(honest.check, Check::Verified, "{summary:?}");
-    let honest_value = summary.runs[0].value.unwrap();
+    let program = p.program;
+    // An honest round: the owner re-trains it (same config, seed, steps) and lands on the same
+    // value, so it verifies.
+    let round = honest_round(&p.work, program).await;
+    let honest = round.verdict.clone().unwrap();
+    assert_eq!(honest.check, Check::Verified, "{round:?}");
 
     // Two dishonest claims, both with values their checkpoints really reach on the validation
     // split: one trained on the split itself (no holdout here: only re-training can tell), one
     // that names a hypothesis its checkpoint was not trained with.
-    let corpus = btd_trainer::Corpus::synthetic(5, 16384).unwrap();
-    let val_only =
-        btd_trainer::Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone())
-            .unwrap();
-    let mut spec = btd_trainer::TrainSpec::preset(btd_protocol::program::ModelPreset::Tiny, 3);
-    spec.steps = Some(100);
-    spec.eval_tokens = 2048;
-    spec.hyper.lr = 0.02;
-    let dev = candle_core::Device::Cpu;
-    let trained = btd_trainer::train(&spec, &val_only, &dev, &mut |_| {
-        std::ops::ControlFlow::Continue(())
-    })
-    .unwrap();
-    let path = worker_home.path().join("cheat.safetensors");
-    trained.checkpoint.write(&path).unwrap();
-    let on_val = btd_trainer::evaluate(&trained.checkpoint, &corpus, &dev)
-        .unwrap()
-        .val_bpb;
-    assert!(on_val < honest_value, "{on_val} vs {honest_value}");
-    let status = |h: NodeHandle| async move {
-        h.ask(|reply| Command::Status {
-            program: Some(program),
-            reply,
-        })
-        .await
-        .ok()?
-        .ok()
-    };
+    let (path, on_val) = train_on_the_validation_split(100, dirs[1].path());
+    assert!(
+        on_val < round.value.unwrap(),
+        "{on_val} vs {:?}",
+        round.value
+    );
     let mut reasons = Vec::new();
-    for hypothesis in [
-        [("lr".to_string(), 0.02)].into_iter().collect(),
-        [("lr".to_string(), 0.005)].into_iter().collect(),
-    ] {
-        let (output, claim) = work.claim_checkpoint(program, path.clone()).await.unwrap();
-        let receipt = worker
-            .handle
-            .ask(|reply| Command::Submit {
-                program,
-                result: NewResult {
-                    value: on_val,
-                    rung_id: "cpu".into(),
-                    outputs: vec![output],
-                    claim: Some(claim),
-                    hypothesis,
-                    ..Default::default()
-                },
-                reply,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+    for lr in [0.02, 0.005] {
+        let hypothesis = [("lr".to_string(), lr)].into_iter().collect();
+        let receipt = claim(&p, &path, on_val, hypothesis).await;
         assert_eq!(receipt.check, Check::Pending);
-        let seq = receipt.seq;
-        let check = wait_for(T, "the owner's check", || async {
-            let s = status(owner.handle.clone()).await?;
-            s.results
-                .iter()
-                .find(|e| e.seq == seq && e.check != Check::Pending)
-                .map(|e| e.check.clone())
-        })
-        .await
-        .unwrap();
-        let Check::Failed(why) = check else {
-            panic!("a dishonest claim verified: {check:?}")
-        };
-        reasons.push(why);
+        let (_, why) = settled(&p.owner.handle, program, receipt.seq).await;
+        reasons.push(why.expect("a dishonest claim verified"));
     }
     assert!(
         reasons[0].contains("re-training did not reproduce"),
@@ -555,8 +510,8 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
         "{}",
         reasons[1]
     );
-    let s = status(owner.handle.clone()).await.unwrap();
+    let s = status(&p.owner.handle, program).await.unwrap();
     assert_eq!(s.champion.unwrap().seq, honest.seq);
-    worker.stop().await;
-    owner.stop().await;
+    p.worker.stop().await;
+    p.owner.stop().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use btd::node::Command;
 use btd::store::Store;
-use btd::testkit::{join_approved, spawn_node, wait_for, wait_known, TestNode, TestNodeOptions};
+use btd::testkit::{owner_and_member, wait_for, TestNode};
 use btd::work::{run_rounds, RunState, WorkContext, WorkEvent, WorkOptions, WorkSummary};
 use btd_protocol::dispatch::Action;
 use btd_protocol::kb::Check;
@@ -88,51 +88,22 @@ struct Pair {
 }
 
 async fn pair(manifest: &str) -> Pair {
-    let owner_home = tempfile::tempdir().unwrap();
-    let worker_home = tempfile::tempdir().unwrap();
-    let owner = spawn_node(
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let p = owner_and_member(
+        dirs[0].path(),
         Store::open_in_memory().unwrap(),
-        TestNodeOptions {
-            home: Some(owner_home.path().to_path_buf()),
-            ..Default::default()
-        },
+        dirs[1].path(),
+        manifest,
+        T,
     )
     .await
     .unwrap();
-    let store = Store::open_in_memory().unwrap();
-    let worker = spawn_node(
-        store.clone(),
-        TestNodeOptions {
-            bootstrap: vec![owner.dial_addr().unwrap()],
-            home: Some(worker_home.path().to_path_buf()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let m = manifest.to_string();
-    let program = owner
-        .handle
-        .ask(|reply| Command::Publish { manifest: m, reply })
-        .await
-        .unwrap()
-        .unwrap();
-    wait_known(&worker.handle, program, T).await.unwrap();
-    join_approved(&owner.handle, &worker.handle, program, T)
-        .await
-        .unwrap();
-    let work = WorkContext::new(
-        worker.handle.clone(),
-        store,
-        worker_home.path(),
-        btd::config::Config::default_rungs(),
-    );
     Pair {
-        owner,
-        worker,
-        work,
-        program,
-        _dirs: [owner_home, worker_home],
+        owner: p.owner,
+        worker: p.worker,
+        work: p.work,
+        program: p.program,
+        _dirs: dirs,
     }
 }
 

@@ -200,3 +200,39 @@ pub fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) ->
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Runs `btd join ID ARGS...` on `worker`'s home, has `owner` approve the user code it prints, and
+/// waits for the command. Returns its exit status and everything it printed after the code.
+pub fn join_approved(
+    owner: &Daemon,
+    worker: &Daemon,
+    id: &str,
+    args: &[&str],
+) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(btd_bin())
+        .args(["join", id])
+        .args(args)
+        .arg("--home")
+        .arg(&worker.home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("btd join starts");
+    let out = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(out).lines();
+    let code = loop {
+        let line = lines
+            .next()
+            .expect("join printed a code")
+            .expect("readable output");
+        if let Some(c) = line.strip_prefix("user code: ") {
+            break c.trim().to_string();
+        }
+    };
+    let o = owner.btd(&["approve", &code]);
+    assert!(o.status.success(), "approve failed: {}", stderr(&o));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("btd join ends");
+    (status, rest.join("\n"))
+}

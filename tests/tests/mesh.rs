@@ -2,8 +2,7 @@
 //! kill -9 of the owner with nothing lost, and gating of non-members and revoked members.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use btd_tests::{btd_bin, repo_root, stderr, stdout, wait_until, Daemon};
 
@@ -31,33 +30,8 @@ fn wait_known(d: &Daemon, id: &str) {
     });
 }
 
-/// `btd join` in the background; returns (user code, child) once the code is printed.
-fn join(worker: &Daemon, id: &str) -> (String, std::process::Child) {
-    let mut child = Command::new(btd_bin())
-        .args(["join", id, "--home"])
-        .arg(&worker.home)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let code = loop {
-        let line = lines.next().expect("join printed a code").unwrap();
-        if let Some(c) = line.strip_prefix("user code: ") {
-            break c.trim().to_string();
-        }
-    };
-    // Keep reading the rest so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (code, child)
-}
-
 fn join_approved(owner: &Daemon, worker: &Daemon, id: &str) {
-    let (code, mut child) = join(worker, id);
-    let o = owner.btd(&["approve", &code]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let status = child.wait().unwrap();
+    let (status, _) = btd_tests::join_approved(owner, worker, id, &[]);
     assert!(status.success(), "join failed:\n{}", worker.log());
 }
 

@@ -3,10 +3,7 @@
 //! real checkpoint is rejected with the numbers and never counts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use btd_tests::{btd_bin, stderr, stdout, wait_until, Daemon};
+use btd_tests::{stderr, stdout, wait_until, Daemon};
 
 /// Deterministic text with word structure (a tiny stand-in for a real corpus), `n` bytes.
 fn text(seed: u64, n: usize) -> String {
@@ -102,33 +99,12 @@ max_holdout_gap = 0.5
     });
 
     // The worker has no copy of the corpus: it fetches it from the owner by digest.
-    let mut child = Command::new(btd_bin())
-        .args([
-            "join",
-            &id,
-            "--rounds",
-            "2",
-            "--verdict-wait",
-            "120",
-            "--home",
-        ])
-        .arg(&worker.home)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let code = loop {
-        let line = lines.next().expect("join printed a code").unwrap();
-        if let Some(c) = line.strip_prefix("user code: ") {
-            break c.trim().to_string();
-        }
-    };
-    let o = owner.btd(&["approve", &code]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    let status = child.wait().unwrap();
-    let out = rest.join("\n");
+    let (status, out) = btd_tests::join_approved(
+        &owner,
+        &worker,
+        &id,
+        &["--rounds", "2", "--verdict-wait", "120"],
+    );
     assert!(status.success(), "join failed:\n{out}\n{}", worker.log());
     assert!(
         out.contains("fetched the dataset") && out.contains("49152 bytes"),

@@ -3,10 +3,7 @@
 //! `btd runs` lists and `btd eval` verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use btd_tests::{btd_bin, repo_root, stderr, wait_until, Daemon};
+use btd_tests::{repo_root, stderr, wait_until, Daemon};
 
 /// The example program with a step budget small enough for a test.
 fn quick_program(dir: &std::path::Path) -> std::path::PathBuf {
@@ -34,25 +31,7 @@ fn join_with_rounds_trains_submits_and_records_verifiable_results() {
         v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
     });
 
-    let mut child = Command::new(btd_bin())
-        .args(["join", &id, "--rounds", "2", "--home"])
-        .arg(&worker.home)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let code = loop {
-        let line = lines.next().expect("join printed a code").unwrap();
-        if let Some(c) = line.strip_prefix("user code: ") {
-            break c.trim().to_string();
-        }
-    };
-    let o = owner.btd(&["approve", &code]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    let status = child.wait().unwrap();
-    let text = rest.join("\n");
+    let (status, text) = btd_tests::join_approved(&owner, &worker, &id, &["--rounds", "2"]);
     assert!(
         status.success(),
         "join --rounds failed:\n{text}\n{}",
