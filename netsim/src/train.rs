@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use btd::blobs::BlobStore;
 use btd::node::types::NewResult;
 use btd::node::Command;
-use btd::store::Store;
-use btd::work::WorkContext;
+use btd::work::claim_checkpoint;
 use btd_protocol::kb::Check;
 use btd_protocol::program::{CandleTask, Program, Task};
 use btd_trainer::{Corpus, TrainSpec};
@@ -130,16 +130,8 @@ pub(crate) async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
             continue;
         };
         let Some(h) = ctx.up(ix).await else { break };
-        let Ok(store) = Store::open_in_memory() else {
-            break;
-        };
-        let work = WorkContext::new(
-            h.clone(),
-            store,
-            &home,
-            btd::config::Config::default_rungs(),
-        );
-        let (output, claim) = match work.claim_checkpoint(ctx.program, trained.path).await {
+        let blobs = BlobStore::new(home.join("blobs"));
+        let (output, claim) = match claim_checkpoint(blobs, ctx.program, trained.path).await {
             Ok(x) => x,
             Err(e) => {
                 ctx.rec().submit_failures.push((ix, e));

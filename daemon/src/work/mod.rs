@@ -106,36 +106,14 @@ impl WorkContext {
         self.cancel.load(Ordering::SeqCst)
     }
 
-    /// Makes a checkpoint trained outside the loop (`btd train`) claimable in `program`: keeps it
-    /// where the node serves it to the owner and returns its output entry and the claim.
+    /// Makes a checkpoint trained outside the loop (`btd train`) claimable in `program` (see
+    /// [`claim_checkpoint`]).
     pub async fn claim_checkpoint(
         &self,
         program: ProgramId,
         path: PathBuf,
     ) -> Result<(btd_protocol::trace::Output, btd_protocol::wire::Claim), String> {
-        let blobs = self.blobs.clone();
-        tokio::task::spawn_blocking(move || {
-            let ckpt = btd_trainer::Checkpoint::read(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let (digest, size) = blobs.add_file(&program, &path, Some(ckpt.sha256()))?;
-            let meta = ckpt.meta();
-            Ok((
-                btd_protocol::trace::Output {
-                    name: "checkpoint.safetensors".into(),
-                    sha256: digest,
-                },
-                btd_protocol::wire::Claim {
-                    checkpoint: digest,
-                    checkpoint_bytes: size,
-                    seed: meta.spec.seed,
-                    steps: meta.steps,
-                    device: btd_trainer::verify::platform(&candle_core::Device::Cpu),
-                    btd_version: crate::verify::VERSION.to_string(),
-                },
-            ))
-        })
-        .await
-        .map_err(|e| format!("reading the checkpoint crashed: {e}"))?
+        claim_checkpoint(self.blobs.clone(), program, path).await
     }
 
     /// The records of `program`'s rounds (all programs when `None`), oldest first.
@@ -152,6 +130,38 @@ impl WorkContext {
             })
             .collect()
     }
+}
+
+/// Makes the checkpoint at `path` claimable in `program`: keeps it in `blobs`, where the node
+/// serves it to the owner, and returns its output entry and the claim (seed and steps from the
+/// checkpoint, this machine's CPU as the platform).
+pub async fn claim_checkpoint(
+    blobs: crate::blobs::BlobStore,
+    program: ProgramId,
+    path: PathBuf,
+) -> Result<(btd_protocol::trace::Output, btd_protocol::wire::Claim), String> {
+    tokio::task::spawn_blocking(move || {
+        let ckpt =
+            btd_trainer::Checkpoint::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (digest, size) = blobs.add_file(&program, &path, Some(ckpt.sha256()))?;
+        let meta = ckpt.meta();
+        Ok((
+            btd_protocol::trace::Output {
+                name: "checkpoint.safetensors".into(),
+                sha256: digest,
+            },
+            btd_protocol::wire::Claim {
+                checkpoint: digest,
+                checkpoint_bytes: size,
+                seed: meta.spec.seed,
+                steps: meta.steps,
+                device: btd_trainer::verify::platform(&candle_core::Device::Cpu),
+                btd_version: crate::verify::VERSION.to_string(),
+            },
+        ))
+    })
+    .await
+    .map_err(|e| format!("reading the checkpoint crashed: {e}"))?
 }
 
 /// How `btd join --rounds` asks for work.
