@@ -1043,19 +1043,12 @@ pub(super) fn next_claims(node: &Node) -> Vec<super::types::ClaimJob> {
         let (Ok(worker), Ok(submission)) = (entry.worker.parse::<PeerId>(), signed.verify()) else {
             continue;
         };
-        // The share of the pool the worker would hold if the claim verified.
-        let mut what_if = owned.kb.clone();
-        let share = match what_if.resolve(entry.seq, &Verdict::Verified) {
-            Ok(_) => {
-                let p = what_if.payouts();
-                let total = p.total().micros();
-                if total == 0 {
-                    0.0
-                } else {
-                    p.get(&entry.worker).map_or(0, |a| a.micros()) as f64 / total as f64
-                }
-            }
-            Err(_) => 0.0,
+        // The share of the pool the worker would hold if the claim verified: only programs that
+        // re-train large claims need it (it costs a copy of the KB).
+        let share = if owned.program.verify.retrain_share.is_some() {
+            share_if_verified(&owned.kb, entry.seq, &entry.worker)
+        } else {
+            0.0
         };
         jobs.push(super::types::ClaimJob {
             program: *program,
@@ -1110,4 +1103,18 @@ pub(super) fn resolve(
             }
         })
     });
+}
+
+/// The share of the pool (0–1) `worker` would hold if the pending claim `seq` verified.
+fn share_if_verified(kb: &Kb, seq: u64, worker: &str) -> f64 {
+    let mut what_if = kb.clone();
+    if what_if.resolve(seq, &Verdict::Verified).is_err() {
+        return 0.0;
+    }
+    let p = what_if.payouts();
+    let total = p.total().micros();
+    if total == 0 {
+        return 0.0;
+    }
+    p.get(worker).map_or(0, |a| a.micros()) as f64 / total as f64
 }

@@ -199,7 +199,8 @@ pub struct ClaimJob {
     pub worker: libp2p::PeerId,
     /// The worker's submission as received (signature checked on receipt).
     pub submission: btd_protocol::wire::Submission,
-    /// The share of the pool the worker would hold if this claim verified (0–1).
+    /// The share of the pool the worker would hold if this claim verified (0–1); computed only
+    /// when the program re-trains large claims (`verify.retrain_share`), else 0.
     pub share_if_verified: f64,
 }
 
