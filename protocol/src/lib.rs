@@ -9,6 +9,7 @@
 //! | [`program`] | the research-program manifest, its validation and its content-addressed id |
 //! | [`kb`] | the knowledge base: KEEP rule, champion, impact, payouts |
 //! | [`membership`] | the device-code handshake (RFC 8628 semantics), credentials, revocation |
+//! | [`owner`] | the owner of a program as a state machine: every owner rule, effects to persist and send |
 //! | [`dispatch`] | compute governance: rungs, policy, packets, `evaluate_dispatch` |
 //! | [`trace`] | result bundles, impact reads, approval receipts, traceability records |
 //! | [`signed`] | `Signed<T>`: ed25519 envelopes readable only through verification |
@@ -22,6 +23,7 @@ mod hex32;
 pub mod kb;
 pub mod membership;
 pub mod metric;
+pub mod owner;
 pub mod program;
 pub mod seal;
 pub mod signed;

@@ -8,7 +8,7 @@
 //! Everything else is refused. Each peer has its own chunk budget ([`Node::allow_blob`]); chunks
 //! are read from disk off the event loop.
 
-use btd_protocol::program::{Dataset, ProgramId, Task};
+use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{BlobRequest, BlobResponse, ErrorCode};
 use libp2p::request_response::{self, ResponseChannel};
 use libp2p::PeerId;
@@ -76,34 +76,8 @@ pub(super) fn on_event(node: &mut Node, e: request_response::Event<BlobRequest, 
 /// Whether `peer` may fetch `req.digest` of `req.program` from this node, or why not.
 fn authorize(node: &Node, peer: &PeerId, req: &BlobRequest) -> Result<(), (ErrorCode, String)> {
     let program: ProgramId = req.program;
-    if let Some(owned) = node.own.get(&program) {
-        let credential = req.credential.as_ref().ok_or((
-            ErrorCode::MembershipRequired,
-            "membership required: send the member credential".to_string(),
-        ))?;
-        owned.registry.verify(credential, peer).map_err(|_| {
-            (
-                ErrorCode::MembershipRequired,
-                "membership required: join the program with `btd join` first".to_string(),
-            )
-        })?;
-        let dataset = match &owned.program.task {
-            Task::Candle(t) => match t.dataset {
-                Dataset::File { sha256 } => Some(sha256),
-                Dataset::Synthetic { .. } => None,
-            },
-            Task::Shell(_) => None,
-        };
-        if dataset != Some(req.digest) {
-            return Err((
-                ErrorCode::NotFound,
-                format!(
-                    "the owner serves only the program's dataset, not {}",
-                    req.digest
-                ),
-            ));
-        }
-        return Ok(());
+    if let Some(owned) = node.owners.get(&program) {
+        return owned.may_fetch(peer, req.credential.as_ref(), &req.digest);
     }
     match node.memberships.get(&program) {
         Some(m) if m.owner == *peer => Ok(()),

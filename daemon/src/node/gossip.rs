@@ -44,7 +44,7 @@ pub(super) fn subscribe(node: &mut Node) -> anyhow::Result<()> {
 /// subscribed peer fails (libp2p's `NoPeersSubscribedToTopic`); that is expected and retried on the
 /// next round.
 pub(super) fn announce_all(node: &mut Node) {
-    let ids: Vec<ProgramId> = node.own.keys().copied().collect();
+    let ids: Vec<ProgramId> = node.owners.ids().collect();
     for id in ids {
         announce(node, id, true);
     }
@@ -63,7 +63,7 @@ const RUNG_ADVERT_EVERY: std::time::Duration = std::time::Duration::from_secs(30
 
 /// Re-gossips own programs only (no DHT write, no rung advert): what a new subscriber needs.
 pub(super) fn regossip_programs(node: &mut Node) {
-    let ids: Vec<ProgramId> = node.own.keys().copied().collect();
+    let ids: Vec<ProgramId> = node.owners.ids().collect();
     for id in ids {
         announce(node, id, false);
     }
@@ -164,7 +164,8 @@ pub(super) fn on_gossip(node: &mut Node, event: gossipsub::Event) {
         // the tick) so the newcomer learns them without waiting for the periodic announcement.
         // Nobody else re-announces: every re-announcement floods the whole mesh.
         gossipsub::Event::Subscribed { topic, .. }
-            if topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS) && !node.own.is_empty() =>
+            if topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS)
+                && !node.owners.is_empty() =>
         {
             node.regossip_programs = true;
         }
@@ -198,7 +199,7 @@ pub(super) fn accept_announcement(
     }
     let id = view.id;
     if let Some(k) = node.known.get(&id) {
-        if k.view.published_at >= view.published_at || node.own.contains_key(&id) {
+        if k.view.published_at >= view.published_at || node.owners.contains(&id) {
             return MessageAcceptance::Accept;
         }
     }

@@ -6,11 +6,12 @@
 mod blob;
 mod gossip;
 mod owner;
+mod publish;
 pub mod spend;
 pub mod types;
 mod worker;
 
-pub(crate) use owner::holdout_path;
+pub(crate) use publish::holdout_path;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -36,8 +37,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetParams, TransportKind};
 use crate::store::{Snapshot, Store};
 use types::{JoinEvent, MembersView, NewResult, NodeInfo, PeerView, ProgramView, StatusView};
-
-pub use owner::Owned;
 
 /// Commands queued for the node task. A full queue makes callers wait.
 const COMMAND_QUEUE: usize = 256;
@@ -323,7 +322,8 @@ pub struct Node {
     pub(crate) rng: StdRng,
     pub(crate) rungs: Vec<AdvertisedRung>,
     pub(crate) known: HashMap<ProgramId, Known>,
-    pub(crate) own: HashMap<ProgramId, Owned>,
+    /// The programs this node owns: every owner rule (`btd_protocol::owner`).
+    pub(crate) owners: btd_protocol::owner::Owners,
     pub(crate) memberships: HashMap<ProgramId, Membership>,
     pub(crate) joins: HashMap<ProgramId, JoinState>,
     pub(crate) out: worker::Outbound,
@@ -389,13 +389,13 @@ pub async fn spawn(
     let peer_id = cfg.key.public().to_peer_id();
     let mut node = Node {
         swarm,
-        key: cfg.key,
+        key: cfg.key.clone(),
         seal_key,
         store,
         rng: StdRng::from_entropy(),
         rungs: cfg.rungs,
         known: HashMap::new(),
-        own: HashMap::new(),
+        owners: btd_protocol::owner::Owners::new(cfg.key.clone()),
         memberships: HashMap::new(),
         joins: HashMap::new(),
         out: worker::Outbound::default(),
@@ -480,15 +480,11 @@ impl Node {
                 }
             };
             if row.own {
-                let members = snap
-                    .members
-                    .iter()
-                    .filter(|(p, _)| *p == row.id)
-                    .map(|(_, m)| m.clone());
-                let subs = snap.submissions.iter().filter(|s| s.program == row.id);
-                let verdicts = snap.verdicts.iter().filter(|v| v.program == row.id);
-                let owned = Owned::restore(&view, members, subs, verdicts)?;
-                self.own.insert(row.id, owned);
+                let owned = self
+                    .owners
+                    .restore(&view, signed.clone(), snap.records_of(row.id))
+                    .map_err(|e| anyhow!("{e}"))?;
+                self.owners.insert(owned);
             }
             self.known.insert(row.id, Known { view, signed });
         }
@@ -507,7 +503,7 @@ impl Node {
         }
         tracing::info!(
             programs = self.known.len(),
-            owned = self.own.len(),
+            owned = self.owners.len(),
             memberships = self.memberships.len(),
             "state restored"
         );
@@ -567,13 +563,13 @@ impl Node {
                 let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
             }
             Command::Publish { manifest, reply } => {
-                owner::publish(self, manifest, Default::default(), reply)
+                publish::publish(self, manifest, Default::default(), reply)
             }
             Command::PublishWith {
                 manifest,
                 files,
                 reply,
-            } => owner::publish(self, manifest, files, reply),
+            } => publish::publish(self, manifest, files, reply),
             Command::Programs(reply) => {
                 let _ = reply.send(self.programs());
             }
@@ -656,7 +652,7 @@ impl Node {
                 self.out.blobs.insert(id, reply);
             }
             Command::NextClaims(reply) => {
-                let _ = reply.send(owner::next_claims(self));
+                let _ = reply.send(self.owners.next_claims());
             }
             Command::Resolve {
                 program,
@@ -826,28 +822,13 @@ impl Node {
                 name: k.view.program.name.clone(),
                 objective: k.view.program.objective.clone(),
                 owner: k.view.owner.to_string(),
-                own: self.own.contains_key(id),
+                own: self.owners.contains(id),
                 member: self.memberships.contains_key(id),
                 published_at: k.view.published_at,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         out
-    }
-
-    /// Results after `after_seq`, at most `limit`.
-    pub(crate) fn page(entries: &[Entry], after_seq: u64, limit: usize) -> (Vec<Entry>, bool) {
-        let start = usize::try_from(after_seq)
-            .unwrap_or(usize::MAX)
-            .min(entries.len());
-        let end = start.saturating_add(limit).min(entries.len());
-        (
-            entries
-                .get(start..end)
-                .map(<[Entry]>::to_vec)
-                .unwrap_or_default(),
-            end < entries.len(),
-        )
     }
 }
 

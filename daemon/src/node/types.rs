@@ -188,21 +188,8 @@ pub struct NewResult {
     pub claim: Option<btd_protocol::wire::Claim>,
 }
 
-/// A claim waiting for the owner's check: what the verifier needs to check it.
-#[derive(Debug, Clone)]
-pub struct ClaimJob {
-    /// The program.
-    pub program: ProgramId,
-    /// The claim's seq.
-    pub seq: u64,
-    /// The worker (serves the checkpoint).
-    pub worker: libp2p::PeerId,
-    /// The worker's submission as received (signature checked on receipt).
-    pub submission: btd_protocol::wire::Submission,
-    /// The share of the pool the worker would hold if this claim verified (0–1); computed only
-    /// when the program re-trains large claims (`verify.retrain_share`), else 0.
-    pub share_if_verified: f64,
-}
+/// A claim waiting for the owner's check (the owner core's view of it).
+pub type ClaimJob = btd_protocol::owner::ClaimToCheck;
 
 /// Files published with a program: its dataset (served to members by digest) and the owner-only
 /// holdout (never served).

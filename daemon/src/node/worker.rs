@@ -90,7 +90,7 @@ fn learn_owner_addresses(node: &mut Node, program: &ProgramId) -> Option<PeerId>
 
 /// `btd join`.
 pub(super) fn join(node: &mut Node, program: ProgramId, events: mpsc::Sender<JoinEvent>) {
-    if node.memberships.contains_key(&program) || node.own.contains_key(&program) {
+    if node.memberships.contains_key(&program) || node.owners.contains(&program) {
         return event(&events, JoinEvent::AlreadyMember { program });
     }
     if node.joins.len() >= MAX_JOINS && !node.joins.contains_key(&program) {
@@ -417,7 +417,7 @@ pub(super) fn submit(
     reply: oneshot::Sender<Result<SubmitReceipt, String>>,
 ) {
     let Some(m) = node.memberships.get(&program).cloned() else {
-        let msg = if node.own.contains_key(&program) {
+        let msg = if node.owners.contains(&program) {
             "this node owns the program; submit from a member's daemon".to_string()
         } else {
             format!("membership required: join program {program} with `btd join` first")
@@ -489,10 +489,9 @@ pub(super) fn status(
         Some(p) => p,
         None => {
             let mine: Vec<ProgramId> = node
-                .own
-                .keys()
-                .chain(node.memberships.keys())
-                .copied()
+                .owners
+                .ids()
+                .chain(node.memberships.keys().copied())
                 .collect();
             match mine.as_slice() {
                 [one] => *one,
@@ -512,9 +511,9 @@ pub(super) fn status(
             }
         }
     };
-    if let Some(o) = node.own.get(&program) {
+    if let Some(o) = node.owners.get(&program) {
         let me = node.swarm.local_peer_id().to_string();
-        let _ = reply.send(Ok(o.status(program, &me, "own store")));
+        let _ = reply.send(Ok(super::owner::status(o, &me)));
         return;
     }
     let Some(m) = node.memberships.get(&program).cloned() else {

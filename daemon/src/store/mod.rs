@@ -12,9 +12,10 @@ use std::path::Path;
 use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+pub use btd_protocol::owner::kb_history;
 pub use schema::{
-    kb_history, load as load_snapshot, load_runs, next_round, put_member, put_membership,
-    put_program, put_run, put_submission, put_verdict, MembershipRow, ProgramRow, Snapshot,
+    load as load_snapshot, load_runs, next_round, put_member, put_membership, put_program,
+    put_records, put_run, put_submission, put_verdict, MembershipRow, ProgramRow, Snapshot,
     SubmissionRow, VerdictRow,
 };
 

@@ -1,6 +1,6 @@
 //! Tables, migrations and row types.
 
-use btd_protocol::kb::{Check, Entry, LogEvent, Verdict};
+use btd_protocol::kb::{Check, Entry, Verdict};
 use btd_protocol::membership::{Credential, MemberId, MemberRecord};
 use btd_protocol::program::ProgramId;
 use btd_protocol::{Digest, Timestamp};
@@ -119,35 +119,10 @@ pub struct ProgramRow {
     pub own: bool,
 }
 
-/// One KB entry as the owner stored it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubmissionRow {
-    /// The program.
-    pub program: ProgramId,
-    /// The entry (seq, worker, value, verdict).
-    pub entry: Entry,
-    /// The worker's nonce (idempotency key).
-    pub nonce: [u8; 16],
-    /// The encoded `Signed<Submission>` as received.
-    pub signed: Vec<u8>,
-    /// When the owner received it.
-    pub received_at: Timestamp,
-}
-
-/// The owner's verdict on a pending claim.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VerdictRow {
-    /// The program.
-    pub program: ProgramId,
-    /// The claim's seq.
-    pub seq: u64,
-    /// How many submissions the KB held when the verdict was applied.
-    pub after: u64,
-    /// The verdict.
-    pub verdict: Verdict,
-    /// When it was decided.
-    pub decided_at: Timestamp,
-}
+/// One KB entry as the owner stored it (the owner core's record).
+pub use btd_protocol::owner::SubmissionRecord as SubmissionRow;
+/// The owner's verdict on a pending claim (the owner core's record).
+pub use btd_protocol::owner::VerdictRecord as VerdictRow;
 
 /// This node's membership in someone else's program.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +150,35 @@ pub struct Snapshot {
     pub verdicts: Vec<VerdictRow>,
     /// This node's memberships.
     pub memberships: Vec<MembershipRow>,
+}
+
+impl Snapshot {
+    /// The stored event log of the owned program `program`: its members, submissions and
+    /// verdicts, as the owner core restores from them.
+    pub fn records_of(&self, program: ProgramId) -> Vec<btd_protocol::owner::Record> {
+        use btd_protocol::owner::Record;
+        let members = self
+            .members
+            .iter()
+            .filter(|(p, _)| *p == program)
+            .map(|(p, m)| Record::Member {
+                program: *p,
+                record: m.clone(),
+            });
+        let subs = self
+            .submissions
+            .iter()
+            .filter(|s| s.program == program)
+            .cloned()
+            .map(Record::Submission);
+        let verdicts = self
+            .verdicts
+            .iter()
+            .filter(|v| v.program == program)
+            .cloned()
+            .map(Record::Verdict);
+        members.chain(subs).chain(verdicts).collect()
+    }
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -263,32 +267,6 @@ pub fn put_submission(tx: &Transaction<'_>, row: &SubmissionRow) -> Result<(), S
     Ok(())
 }
 
-/// A program's KB history as stored: its submissions (in seq order) and the owner's verdicts (in the
-/// order applied) interleaved as they happened, for `Kb::replay_events`. A verdict applied after `n`
-/// submissions comes before submission `n + 1`.
-pub fn kb_history<'a>(
-    subs: impl IntoIterator<Item = &'a SubmissionRow>,
-    verdicts: impl IntoIterator<Item = &'a VerdictRow>,
-) -> Vec<LogEvent<'a>> {
-    let resolve = |v: &'a VerdictRow| LogEvent::Resolve {
-        seq: v.seq,
-        verdict: &v.verdict,
-    };
-    let mut verdicts = verdicts.into_iter().peekable();
-    let mut events = Vec::new();
-    for r in subs {
-        while let Some(v) = verdicts.next_if(|v| v.after < r.entry.seq) {
-            events.push(resolve(v));
-        }
-        events.push(LogEvent::Submit {
-            worker: &r.entry.worker,
-            value: r.entry.value,
-        });
-    }
-    events.extend(verdicts.map(resolve));
-    events
-}
-
 /// Records the verdict on a pending claim.
 pub fn put_verdict(tx: &Transaction<'_>, row: &VerdictRow) -> Result<(), StoreError> {
     let json = serde_json::to_string(&row.verdict)
@@ -303,6 +281,22 @@ pub fn put_verdict(tx: &Transaction<'_>, row: &VerdictRow) -> Result<(), StoreEr
             ms(row.decided_at)
         ],
     )?;
+    Ok(())
+}
+
+/// Stores what the owner core asked to persist, in order.
+pub fn put_records(
+    tx: &Transaction<'_>,
+    records: &[btd_protocol::owner::Record],
+) -> Result<(), StoreError> {
+    use btd_protocol::owner::Record;
+    for r in records {
+        match r {
+            Record::Member { program, record } => put_member(tx, program, record)?,
+            Record::Submission(row) => put_submission(tx, row)?,
+            Record::Verdict(row) => put_verdict(tx, row)?,
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,337 @@
+//! The owner's KB: gated reads, submissions, claims waiting for the check, and the status views.
+
+use libp2p_identity::PeerId;
+
+use super::{err, Effects, ProgramOwner, Record, SubmissionRecord, MAX_PENDING_PER_MEMBER};
+use crate::kb::{Check, Direction, Entry, Kb, Verdict};
+use crate::membership::{AuthError, MemberId};
+use crate::signed::Signed;
+use crate::wire::{
+    ChampionView, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission, SubmitReceipt,
+};
+use crate::Timestamp;
+
+/// A claim waiting for the owner's check, with what the verifier needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimToCheck {
+    /// The program.
+    pub program: crate::program::ProgramId,
+    /// The claim's seq.
+    pub seq: u64,
+    /// The worker (serves the checkpoint).
+    pub worker: PeerId,
+    /// The worker's submission as received (signature checked on receipt).
+    pub submission: Submission,
+    /// The share of the pool the worker would hold if this claim verified (0–1); computed only
+    /// when the program re-trains large claims (`verify.retrain_share`), else 0.
+    pub share_if_verified: f64,
+}
+
+impl ProgramOwner {
+    /// Serves a KB request from `peer` (the Noise-authenticated sender): only members with a
+    /// credential valid from that peer are served; revoked members are told so.
+    pub fn on_kb(
+        &mut self,
+        peer: PeerId,
+        request: KbRequest,
+        now: Timestamp,
+    ) -> Effects<KbResponse> {
+        let KbRequest {
+            credential, call, ..
+        } = request;
+        let member = match self.registry.verify(&credential, &peer) {
+            Ok(m) => m,
+            Err(AuthError::Revoked) => {
+                return Effects::reply(KbResponse::Error(err(
+                    ErrorCode::Revoked,
+                    "revoked: the owner revoked this member; its requests are refused",
+                )))
+            }
+            Err(AuthError::MembershipRequired) => {
+                return Effects::reply(KbResponse::Error(err(
+                    ErrorCode::MembershipRequired,
+                    "membership required: join the program with `btd join` first",
+                )))
+            }
+        };
+        if let Err(e) = call.check() {
+            return Effects::reply(KbResponse::Error(err(ErrorCode::Invalid, e.to_string())));
+        }
+        Effects::reply(match call {
+            KbCall::Program => KbResponse::Program(self.announcement.clone()),
+            KbCall::Champion => KbResponse::Champion(
+                self.kb
+                    .champion()
+                    .cloned()
+                    .zip(self.champion.clone())
+                    .map(|(entry, submission)| Box::new(ChampionView { entry, submission })),
+            ),
+            KbCall::Results { after_seq, limit } => {
+                let (entries, more) = page(
+                    self.kb.entries(),
+                    after_seq,
+                    usize::try_from(limit).unwrap_or(0),
+                );
+                KbResponse::Results { entries, more }
+            }
+            KbCall::Status => KbResponse::Status(self.kb_status()),
+            KbCall::Submit(signed) => return self.submit(peer, &member, signed, now),
+        })
+    }
+
+    /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
+    /// receipt goes out; a retry with the same nonce gets the original receipt.
+    fn submit(
+        &mut self,
+        peer: PeerId,
+        member: &MemberId,
+        signed: Signed<Submission>,
+        now: Timestamp,
+    ) -> Effects<KbResponse> {
+        let invalid = |m: String| Effects::reply(KbResponse::Error(err(ErrorCode::Invalid, m)));
+        let sub = match signed.verify_from(&peer) {
+            Ok(s) => s,
+            Err(e) => {
+                return invalid(format!(
+                    "the submission must be signed by the submitting peer: {e}"
+                ))
+            }
+        };
+        if sub.program != self.id {
+            return invalid("the submission names another program".into());
+        }
+        if let Err(e) = sub.check(now) {
+            return invalid(e.to_string());
+        }
+        let key = (member.to_string(), sub.nonce);
+        if let Some(seq) = self.nonces.get(&key).copied() {
+            // A retry: the original receipt, once the original entry is durable.
+            return match self.receipt(seq, true) {
+                Some(r) => Effects {
+                    after_durable: true,
+                    ..Effects::reply(KbResponse::Submitted(r))
+                },
+                None => Effects::reply(KbResponse::Error(err(ErrorCode::Unavailable, "try again"))),
+            };
+        }
+        if self.kb.verifies() && sub.claim.is_none() {
+            return invalid(
+                "this program checks every claim before it counts: submit the checkpoint the \
+                 value was measured on (btd submit --checkpoint FILE)"
+                    .into(),
+            );
+        }
+        let waiting = self
+            .kb
+            .pending()
+            .filter(|e| e.worker == member.as_str())
+            .count();
+        if waiting >= MAX_PENDING_PER_MEMBER {
+            return Effects::reply(KbResponse::Error(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "you have {waiting} claims waiting for the owner's check; submit more once they \
+                     are settled (btd status shows them)"
+                ),
+            )));
+        }
+        if let Some(why) = self.stopped(now) {
+            return Effects::reply(KbResponse::Error(err(ErrorCode::ProgramStopped, why)));
+        }
+        let bytes = match crate::wire::encode(&signed) {
+            Ok(b) => b,
+            Err(e) => return invalid(format!("the submission cannot be stored: {e}")),
+        };
+        let entry = match self.kb.submit(member.as_str(), sub.value) {
+            Ok(e) => e.clone(),
+            Err(e) => return invalid(e.to_string()),
+        };
+        self.nonces.insert(key, entry.seq);
+        if entry.champion {
+            self.champion = Some(signed.clone());
+        }
+        let claims_ready = entry.check == Check::Pending;
+        if claims_ready {
+            self.claims.insert(entry.seq, signed);
+        }
+        let receipt = SubmitReceipt {
+            seq: entry.seq,
+            accepted: entry.accepted,
+            champion: entry.champion,
+            impact: entry.impact,
+            check: entry.check.clone(),
+            duplicate: false,
+        };
+        let record = Record::Submission(SubmissionRecord {
+            program: self.id,
+            entry,
+            nonce: sub.nonce,
+            signed: bytes,
+            received_at: now,
+        });
+        Effects {
+            claims_ready,
+            ..Effects::persist_then(vec![record], KbResponse::Submitted(receipt))
+        }
+    }
+
+    /// The receipt of the entry `seq`.
+    fn receipt(&self, seq: u64, duplicate: bool) -> Option<SubmitReceipt> {
+        let e = self
+            .kb
+            .entries()
+            .get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+        Some(SubmitReceipt {
+            seq: e.seq,
+            accepted: e.accepted,
+            champion: e.champion,
+            impact: e.impact,
+            check: e.check.clone(),
+            duplicate,
+        })
+    }
+
+    /// Why the program takes no more submissions, if it does not: the submission cap, the deadline
+    /// (strictly after it), or a champion at or past the target.
+    pub fn stopped(&self, now: Timestamp) -> Option<String> {
+        let s = &self.program.stop;
+        if let Some(max) = s.max_submissions {
+            if self.kb.entries().len() as u64 >= max {
+                return Some(format!("the program reached its {max} submissions"));
+            }
+        }
+        if let Some(d) = s.deadline {
+            if now > d {
+                return Some("the program's deadline has passed".into());
+            }
+        }
+        if let (Some(t), Some(c)) = (s.target, self.kb.champion()) {
+            let reached = match self.program.criteria.direction {
+                Direction::Minimize => c.value <= t,
+                Direction::Maximize => c.value >= t,
+            };
+            if reached {
+                return Some(format!("the champion reached the target {t}"));
+            }
+        }
+        None
+    }
+
+    /// The oldest claim waiting for the owner's check, with what the verifier needs. A claim whose
+    /// worker id or stored signature no longer reads is skipped (it stays pending).
+    pub fn next_claim(&self) -> Option<ClaimToCheck> {
+        let entry = self.kb.next_pending()?;
+        let signed = self.claims.get(&entry.seq)?;
+        let worker = entry.worker.parse::<PeerId>().ok()?;
+        let submission = signed.verify().ok()?.value;
+        // Only programs that re-train large claims need the share (it costs a copy of the KB).
+        let share_if_verified = if self.program.verify.retrain_share.is_some() {
+            share_if_verified(&self.kb, entry.seq, &entry.worker)
+        } else {
+            0.0
+        };
+        Some(ClaimToCheck {
+            program: self.id,
+            seq: entry.seq,
+            worker,
+            submission,
+            share_if_verified,
+        })
+    }
+
+    /// The program's status as members read it.
+    pub fn kb_status(&self) -> KbStatus {
+        let entries = self.kb.entries();
+        let count = |f: fn(&Check) -> bool| entries.iter().filter(|e| f(&e.check)).count() as u64;
+        KbStatus {
+            program: self.id,
+            name: self.program.name.clone(),
+            members: self
+                .registry
+                .members()
+                .filter(|m| m.revoked_at.is_none())
+                .count() as u64,
+            submissions: entries.len() as u64,
+            accepted: entries.iter().filter(|e| e.accepted).count() as u64,
+            pending: count(|c| *c == Check::Pending),
+            verified: count(|c| *c == Check::Verified),
+            rejected: count(|c| matches!(c, Check::Failed(_))),
+            champion: self.kb.champion().cloned(),
+            payouts: self.kb.payouts(),
+            pool: self.program.reward.pool,
+            token: self.program.reward.token.clone(),
+        }
+    }
+
+    /// The latest `limit` results, oldest first.
+    pub fn recent_results(&self, limit: usize) -> Vec<Entry> {
+        let entries = self.kb.entries();
+        let start = entries.len().saturating_sub(limit);
+        entries.get(start..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// Whether `peer`, presenting `credential`, may fetch the artifact `digest` from the owner: a
+    /// member may fetch the program's dataset and nothing else (never the holdout, never another
+    /// worker's checkpoint).
+    pub fn may_fetch(
+        &self,
+        peer: &PeerId,
+        credential: Option<&crate::membership::Credential>,
+        digest: &crate::Digest,
+    ) -> Result<(), (ErrorCode, String)> {
+        use crate::program::{Dataset, Task};
+        let credential = credential.ok_or((
+            ErrorCode::MembershipRequired,
+            "membership required: send the member credential".to_string(),
+        ))?;
+        self.registry.verify(credential, peer).map_err(|_| {
+            (
+                ErrorCode::MembershipRequired,
+                "membership required: join the program with `btd join` first".to_string(),
+            )
+        })?;
+        let dataset = match &self.program.task {
+            Task::Candle(t) => match t.dataset {
+                Dataset::File { sha256 } => Some(sha256),
+                Dataset::Synthetic { .. } => None,
+            },
+            Task::Shell(_) => None,
+        };
+        if dataset != Some(*digest) {
+            return Err((
+                ErrorCode::NotFound,
+                format!("the owner serves only the program's dataset, not {digest}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Results after `after_seq`, at most `limit`, and whether more follow.
+pub(crate) fn page(entries: &[Entry], after_seq: u64, limit: usize) -> (Vec<Entry>, bool) {
+    let start = usize::try_from(after_seq)
+        .unwrap_or(usize::MAX)
+        .min(entries.len());
+    let end = start.saturating_add(limit).min(entries.len());
+    (
+        entries
+            .get(start..end)
+            .map(<[Entry]>::to_vec)
+            .unwrap_or_default(),
+        end < entries.len(),
+    )
+}
+
+/// The share of the pool (0–1) `worker` would hold if the pending claim `seq` verified.
+fn share_if_verified(kb: &Kb, seq: u64, worker: &str) -> f64 {
+    let mut what_if = kb.clone();
+    if what_if.resolve(seq, &Verdict::Verified).is_err() {
+        return 0.0;
+    }
+    let p = what_if.payouts();
+    let total = p.total().micros();
+    if total == 0 {
+        return 0.0;
+    }
+    p.get(worker).map_or(0, |a| a.micros()) as f64 / total as f64
+}

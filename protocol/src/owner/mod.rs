@@ -1,0 +1,388 @@
+//! The owner of a research program as a sans-IO state machine.
+//!
+//! [`ProgramOwner`] holds everything the owner's daemon keeps for one program it published: the
+//! program and its signed announcement, the membership registry, the KB, the claims waiting for
+//! the owner's check, the nonce index that makes retried submissions idempotent, the grants still to
+//! deliver and the paid-compute requests. Every owner rule lives here:
+//!
+//! | rule | method |
+//! |---|---|
+//! | device flow: request, poll, seal the grant to the requester's key, push it, poll fallback | [`ProgramOwner::on_membership`], [`ProgramOwner::approve`], [`ProgramOwner::on_push_result`] |
+//! | KB gating: only members, revoked members refused, bounded calls | [`ProgramOwner::on_kb`] |
+//! | submissions: signed by the sender, for this program, fresh; a verifying program needs a claim; at most [`MAX_PENDING_PER_MEMBER`] waiting per member; stop conditions; nonce idempotency | [`ProgramOwner::on_kb`] (`KbCall::Submit`) |
+//! | claims: oldest first, share-if-verified for re-training, verdicts | [`ProgramOwner::next_claim`], [`ProgramOwner::on_verdict`] |
+//! | paid compute: approve only the program's own packets, pre-approved rungs, bounded book | [`ProgramOwner::on_approval`], [`ProgramOwner::decide_spend`] |
+//! | restart: the same state from the stored event log | [`ProgramOwner::restore`] |
+//!
+//! Methods take the input plus `now` (and an RNG where a rule draws randomness) and return
+//! [`Effects`]: the records to make durable, then the reply and the grants to push. The daemon
+//! persists the records **before** the reply goes out (an acknowledged write is durable), and after
+//! a failed write rebuilds the program with [`ProgramOwner::restore`] from what is durable. Nothing
+//! here reads a clock, touches a socket or a database.
+
+mod kb;
+mod membership;
+mod owners;
+mod records;
+mod spend;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use libp2p_identity::PeerId;
+
+use crate::kb::{Kb, Verdict};
+use crate::membership::{DeviceCode, MemberRecord, Registry, RestoreError};
+use crate::program::{Program, ProgramId};
+use crate::seal::SealPublicKey;
+use crate::signed::Signed;
+use crate::wire::{ErrorCode, ErrorReply, GrantDelivery, ProgramAnnouncement, Submission};
+use crate::Timestamp;
+
+pub use kb::ClaimToCheck;
+pub use owners::{Owners, Published};
+pub use records::{kb_history, Record, SubmissionRecord, VerdictRecord};
+pub use spend::{SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS};
+
+/// Most claims one member may have waiting for the owner's check: checking costs the owner an
+/// evaluation each, so a member cannot queue unbounded work.
+pub const MAX_PENDING_PER_MEMBER: usize = 8;
+
+/// What the daemon must do after the core applied an input, in this order: make `persist`
+/// durable (or, with `after_durable`, wait until every earlier write is), then send `reply`, then
+/// push `push`, then wake the verifier if `claims_ready`.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use = "effects carry the reply and the records that must be stored before it"]
+pub struct Effects<R> {
+    /// Records to store, in one transaction, before anything else goes out.
+    pub persist: Vec<Record>,
+    /// Reply only once every write queued earlier is durable (a retried submission's original
+    /// receipt, a grant that a push already carries).
+    pub after_durable: bool,
+    /// The answer to the requester.
+    pub reply: R,
+    /// Grants to push to their requesters once `persist` is durable.
+    pub push: Vec<Push>,
+    /// A claim became pending: the verifier has work.
+    pub claims_ready: bool,
+}
+
+impl<R> Effects<R> {
+    /// Just a reply: nothing to store, nothing to push.
+    pub fn reply(reply: R) -> Self {
+        Effects {
+            persist: Vec::new(),
+            after_durable: false,
+            reply,
+            push: Vec::new(),
+            claims_ready: false,
+        }
+    }
+
+    /// A reply that goes out once `records` are durable.
+    pub fn persist_then(records: Vec<Record>, reply: R) -> Self {
+        Effects {
+            persist: records,
+            ..Effects::reply(reply)
+        }
+    }
+
+    /// Whether the reply must wait for the store.
+    pub fn waits_for_store(&self) -> bool {
+        self.after_durable || !self.persist.is_empty()
+    }
+
+    /// The same effects with another reply.
+    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> Effects<S> {
+        Effects {
+            persist: self.persist,
+            after_durable: self.after_durable,
+            reply: f(self.reply),
+            push: self.push,
+            claims_ready: self.claims_ready,
+        }
+    }
+}
+
+/// A sealed grant to push to the worker that asked for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    /// The requesting peer.
+    pub peer: PeerId,
+    /// The sealed credential.
+    pub delivery: GrantDelivery,
+}
+
+/// Why the owner refused a local command (`btd approve`, `btd revoke`, a verdict, …). The text says
+/// what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerError {
+    /// The node does not own this program.
+    #[error("this node does not own program {0}")]
+    NotOwned(ProgramId),
+    /// The command broke a rule; the reason in words.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why a stored program could not be rebuilt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OwnerRestoreError {
+    /// The program's KB rules are invalid.
+    #[error("invalid KB rules of {program}: {detail}")]
+    Rules {
+        /// The program.
+        program: ProgramId,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The stored members do not restore.
+    #[error("members of {program}: {error}")]
+    Members {
+        /// The program.
+        program: ProgramId,
+        /// Why.
+        error: RestoreError,
+    },
+    /// The stored submissions are not a gap-free sequence.
+    #[error("stored submission {seq} of {program} is out of sequence (position {position})")]
+    OutOfSequence {
+        /// The program.
+        program: ProgramId,
+        /// The stored seq.
+        seq: u64,
+        /// Its position in the log.
+        position: u64,
+    },
+    /// Replaying the log through the KB rules failed.
+    #[error("the KB log of {program}: {detail}")]
+    Replay {
+        /// The program.
+        program: ProgramId,
+        /// Why.
+        detail: String,
+    },
+    /// A stored signed submission is missing or unreadable.
+    #[error("stored submission {seq} of {program}: {detail}")]
+    Submission {
+        /// The program.
+        program: ProgramId,
+        /// The seq.
+        seq: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The owner of one program: its rules and all the state they need.
+pub struct ProgramOwner {
+    id: ProgramId,
+    owner: PeerId,
+    program: Program,
+    announcement: Signed<ProgramAnnouncement>,
+    registry: Registry,
+    kb: Kb,
+    /// (member, nonce) → seq: a retried submission gets its original receipt.
+    nonces: HashMap<(String, [u8; 16]), u64>,
+    /// Device code → (requesting peer, its sealing key, expiry): to seal and push the grant.
+    seal_keys: HashMap<DeviceCode, (PeerId, SealPublicKey, Timestamp)>,
+    /// Grants pushed but not acknowledged: a later poll from the same peer still gets them.
+    undelivered: HashMap<DeviceCode, (PeerId, GrantDelivery, Timestamp)>,
+    /// Paid-compute requests.
+    spend: spend::SpendBook,
+    /// The signed submission of the current champion (its hypothesis is where workers search).
+    champion: Option<Signed<Submission>>,
+    /// The signed submissions of the claims waiting for the owner's check, by seq.
+    claims: BTreeMap<u64, Signed<Submission>>,
+}
+
+impl std::fmt::Debug for ProgramOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgramOwner")
+            .field("id", &self.id)
+            .field("program", &self.program.name)
+            .field("entries", &self.kb.entries().len())
+            .field("pending", &self.claims.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error reply with words a user can act on.
+pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        code,
+        message: message.into(),
+    }
+}
+
+impl ProgramOwner {
+    /// A freshly published program: no members, an empty KB. `announcement` must be the owner's
+    /// own signed announcement of `program` (its verification gave `id` and `owner`).
+    pub fn new(
+        id: ProgramId,
+        owner: PeerId,
+        program: Program,
+        announcement: Signed<ProgramAnnouncement>,
+    ) -> Result<ProgramOwner, OwnerRestoreError> {
+        let kb = program.kb().map_err(|e| OwnerRestoreError::Rules {
+            program: id,
+            detail: format!("{e:?}"),
+        })?;
+        Ok(ProgramOwner {
+            id,
+            owner,
+            registry: Registry::new(program.membership),
+            program,
+            announcement,
+            kb,
+            nonces: HashMap::new(),
+            seal_keys: HashMap::new(),
+            undelivered: HashMap::new(),
+            spend: spend::SpendBook::default(),
+            champion: None,
+            claims: BTreeMap::new(),
+        })
+    }
+
+    /// Rebuilds a program from its stored event log: member records (the latest per member wins),
+    /// submissions (in seq order, gap-free) and verdicts (in the order they were stored). The
+    /// submissions and verdicts are replayed through the KB rules in the order they happened, so the
+    /// result is the state the owner had when the last record became durable. In-flight join
+    /// flows and spend requests are not durable and start empty.
+    pub fn restore(
+        id: ProgramId,
+        owner: PeerId,
+        program: Program,
+        announcement: Signed<ProgramAnnouncement>,
+        log: impl IntoIterator<Item = Record>,
+    ) -> Result<ProgramOwner, OwnerRestoreError> {
+        let mut o = ProgramOwner::new(id, owner, program, announcement)?;
+        let mut members: BTreeMap<String, MemberRecord> = BTreeMap::new();
+        let mut subs: Vec<SubmissionRecord> = Vec::new();
+        let mut verdicts: Vec<VerdictRecord> = Vec::new();
+        for record in log {
+            match record {
+                Record::Member { program, record } if program == id => {
+                    members.insert(record.member.to_string(), record);
+                }
+                Record::Submission(s) if s.program == id => subs.push(s),
+                Record::Verdict(v) if v.program == id => verdicts.push(v),
+                _ => {}
+            }
+        }
+        o.registry = Registry::restore(o.program.membership, members.into_values())
+            .map_err(|error| OwnerRestoreError::Members { program: id, error })?;
+        subs.sort_by_key(|s| s.entry.seq);
+        for (i, row) in subs.iter().enumerate() {
+            let position = i as u64 + 1;
+            if row.entry.seq != position {
+                return Err(OwnerRestoreError::OutOfSequence {
+                    program: id,
+                    seq: row.entry.seq,
+                    position,
+                });
+            }
+            o.nonces
+                .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
+        }
+        o.kb =
+            o.kb.replay_events(kb_history(&subs, &verdicts))
+                .map_err(|e| OwnerRestoreError::Replay {
+                    program: id,
+                    detail: e.to_string(),
+                })?;
+        let signed = |seq: u64| -> Result<Signed<Submission>, OwnerRestoreError> {
+            let missing = |detail: String| OwnerRestoreError::Submission {
+                program: id,
+                seq,
+                detail,
+            };
+            let row = usize::try_from(seq)
+                .ok()
+                .and_then(|s| s.checked_sub(1))
+                .and_then(|i| subs.get(i))
+                .ok_or_else(|| missing("missing".into()))?;
+            crate::wire::decode(&row.signed).map_err(|e| missing(e.to_string()))
+        };
+        o.champion = o.kb.champion().map(|c| signed(c.seq)).transpose()?;
+        o.claims =
+            o.kb.pending()
+                .map(|e| Ok((e.seq, signed(e.seq)?)))
+                .collect::<Result<_, OwnerRestoreError>>()?;
+        Ok(o)
+    }
+
+    /// The program's id.
+    pub fn id(&self) -> ProgramId {
+        self.id
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The owner's signed announcement of the program.
+    pub fn announcement(&self) -> &Signed<ProgramAnnouncement> {
+        &self.announcement
+    }
+
+    /// The membership registry (read only: changes go through the owner's rules).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The KB (read only).
+    pub fn kb(&self) -> &Kb {
+        &self.kb
+    }
+
+    /// The signed submission of the current champion.
+    pub fn champion_submission(&self) -> Option<&Signed<Submission>> {
+        self.champion.as_ref()
+    }
+
+    /// Seqs of the claims waiting for the owner's check, oldest first.
+    pub fn pending_claims(&self) -> impl Iterator<Item = u64> + '_ {
+        self.claims.keys().copied()
+    }
+
+    /// Drops expired join state: codes past their grace period, sealing keys and undelivered
+    /// grants past their code's expiry.
+    pub fn tick(&mut self, now: Timestamp) {
+        self.registry.expire(now);
+        self.seal_keys.retain(|_, (_, _, exp)| *exp >= now);
+        self.undelivered.retain(|_, (_, _, exp)| *exp >= now);
+    }
+
+    /// Applies the owner's verdict on the pending claim `seq`; the verdict is stored before the
+    /// entry is reported.
+    pub fn on_verdict(
+        &mut self,
+        seq: u64,
+        verdict: Verdict,
+        now: Timestamp,
+    ) -> Result<Effects<crate::kb::Entry>, OwnerError> {
+        let after = self.kb.entries().len() as u64;
+        let entry = self
+            .kb
+            .resolve(seq, &verdict)
+            .map_err(|e| OwnerError::Refused(e.to_string()))?
+            .clone();
+        if entry.champion {
+            self.champion = self.claims.get(&seq).cloned();
+        }
+        let still: std::collections::BTreeSet<u64> = self.kb.pending().map(|e| e.seq).collect();
+        self.claims.retain(|s, _| still.contains(s));
+        let record = Record::Verdict(VerdictRecord {
+            program: self.id,
+            seq,
+            after,
+            verdict,
+            decided_at: now,
+        });
+        Ok(Effects::persist_then(vec![record], entry))
+    }
+}

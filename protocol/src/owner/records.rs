@@ -1,0 +1,91 @@
+//! What the owner stores: the event log its state is rebuilt from.
+
+use crate::kb::{Entry, LogEvent, Verdict};
+use crate::membership::MemberRecord;
+use crate::program::ProgramId;
+use crate::Timestamp;
+
+/// One durable record of an owned program. The store keeps members by (program, member) (a
+/// later record of a member replaces the earlier one), submissions by seq and verdicts in the order
+/// they were decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A member was approved or revoked.
+    Member {
+        /// The program.
+        program: ProgramId,
+        /// The member as it stands now (credential hash only).
+        record: MemberRecord,
+    },
+    /// A submission was recorded.
+    Submission(SubmissionRecord),
+    /// The owner decided on a pending claim.
+    Verdict(VerdictRecord),
+}
+
+impl Record {
+    /// The program the record belongs to.
+    pub fn program(&self) -> ProgramId {
+        match self {
+            Record::Member { program, .. } => *program,
+            Record::Submission(s) => s.program,
+            Record::Verdict(v) => v.program,
+        }
+    }
+}
+
+/// A submission as the owner stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmissionRecord {
+    /// The program.
+    pub program: ProgramId,
+    /// The entry (seq, worker, value, verdict).
+    pub entry: Entry,
+    /// The worker's nonce (idempotency key).
+    pub nonce: [u8; 16],
+    /// The encoded `Signed<Submission>` as received.
+    pub signed: Vec<u8>,
+    /// When the owner received it.
+    pub received_at: Timestamp,
+}
+
+/// The owner's verdict on a pending claim, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRecord {
+    /// The program.
+    pub program: ProgramId,
+    /// The claim's seq.
+    pub seq: u64,
+    /// How many submissions the KB held when the verdict was applied.
+    pub after: u64,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// When it was decided.
+    pub decided_at: Timestamp,
+}
+
+/// Interleaves stored submissions (in seq order) and verdicts (in decision order) into the KB's
+/// history: a verdict applied when the KB held `after` submissions comes right after submission
+/// `after`. Replaying it through [`crate::kb::Kb::replay_events`] gives the state the owner had.
+pub fn kb_history<'a>(
+    subs: impl IntoIterator<Item = &'a SubmissionRecord>,
+    verdicts: impl IntoIterator<Item = &'a VerdictRecord>,
+) -> Vec<LogEvent<'a>> {
+    let resolve = |v: &'a VerdictRecord| LogEvent::Resolve {
+        seq: v.seq,
+        verdict: &v.verdict,
+    };
+    let mut verdicts = verdicts.into_iter().peekable();
+    let mut events = Vec::new();
+    for r in subs {
+        while let Some(v) = verdicts.next_if(|v| v.after < r.entry.seq) {
+            events.push(resolve(v));
+        }
+        events.push(LogEvent::Submit {
+            worker: &r.entry.worker,
+            value: r.entry.value,
+        });
+    }
+    events.extend(verdicts.map(resolve));
+    events
+}

@@ -1,0 +1,389 @@
+//! Submissions and claims on the owner: durability before the receipt, nonce idempotency, the
+//! claim requirement, the pending cap, stop conditions, verdicts and the claim queue.
+
+use super::*;
+use crate::kb::Verdict;
+use crate::owner::MAX_PENDING_PER_MEMBER;
+use crate::wire::ErrorCode;
+
+fn joined(m: &Manifest) -> (World, Worker) {
+    let mut world = World::new(m);
+    let mut w = Worker::new();
+    world.join(&mut w, T0);
+    (world, w)
+}
+
+#[test]
+fn a_submission_is_stored_before_its_receipt_and_a_claim_wakes_the_verifier() {
+    let (mut world, w) = joined(&Manifest::default());
+    let fx = world.submit(&w, 3.0, 1, T0);
+    let r = receipt(&fx);
+    // A claim that would become champion waits for the check and counts for nothing until then.
+    assert_eq!(
+        (r.seq, r.accepted, r.champion, r.duplicate),
+        (1, false, false, false)
+    );
+    assert!(is_pending(&r));
+    assert!(fx.claims_ready);
+    match fx.persist.as_slice() {
+        [Record::Submission(s)] => {
+            assert_eq!(s.entry.seq, 1);
+            assert_eq!(s.nonce, [1; 16]);
+            assert_eq!(s.received_at, T0);
+            // The stored bytes are the signed submission as received.
+            let back: Signed<Submission> = crate::wire::decode(&s.signed).expect("decodes");
+            assert_eq!(back.verify().expect("valid").value.value, 3.0);
+        }
+        other => panic!("expected one submission record, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_retried_nonce_gets_the_original_receipt_once_durable_and_counts_once() {
+    let (mut world, w) = joined(&Manifest::default());
+    let first = receipt(&world.submit(&w, 3.0, 1, T0));
+    // The same nonce again (even with another value) is the same submission.
+    let fx = world.submit(&w, 2.0, 1, T0.plus_secs(1));
+    let again = receipt(&fx);
+    assert!(again.duplicate);
+    assert_eq!(again.seq, first.seq);
+    assert!(fx.persist.is_empty() && fx.after_durable && !fx.claims_ready);
+    let owner = world.owners.get(&world.id).expect("owned");
+    assert_eq!(owner.kb().entries().len(), 1);
+}
+
+#[test]
+fn a_program_that_checks_claims_refuses_a_bare_value() {
+    let (mut world, w) = joined(&Manifest::default());
+    let bare = w.submission(world.id, 3.0, 1, false, T0);
+    let fx = world.kb(&w, KbCall::Submit(bare), T0);
+    let (code, msg) = error(&fx);
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(msg.contains("--checkpoint"), "{msg}");
+    assert!(fx.persist.is_empty());
+    // A program that does not check (a shell task) takes it and counts it at once.
+    let (mut world, w) = joined(&Manifest {
+        checks: false,
+        ..Manifest::default()
+    });
+    let bare = w.submission(world.id, 3.0, 1, false, T0);
+    let fx = world.kb(&w, KbCall::Submit(bare), T0);
+    let r = receipt(&fx);
+    assert!(r.champion && r.check == Check::NotNeeded && !fx.claims_ready);
+}
+
+#[test]
+fn a_member_may_have_at_most_eight_claims_waiting() {
+    let (mut world, w) = joined(&Manifest::default());
+    for i in 0..MAX_PENDING_PER_MEMBER {
+        // Each strictly better than the champion so far would become champion: pending.
+        let r = receipt(&world.submit(&w, 3.0 - i as f64 * 0.1, i as u8 + 1, T0));
+        assert!(is_pending(&r));
+    }
+    let fx = world.submit(&w, 1.0, 100, T0);
+    let (code, msg) = error(&fx);
+    assert_eq!(code, ErrorCode::RateLimited);
+    assert!(msg.contains("8 claims waiting"), "{msg}");
+    // Another member is not held up by the first one's queue.
+    let mut other = Worker::new();
+    world.join(&mut other, T0);
+    assert!(is_pending(&receipt(&world.submit(&other, 1.0, 1, T0))));
+    // Once the check settles the first member's claims, it may submit again.
+    let jobs = world.owners.next_claims();
+    let seq = jobs[0].seq;
+    let fx = world
+        .owners
+        .on_verdict(
+            &world.id,
+            seq,
+            Verdict::Failed("metric did not reproduce".into()),
+            T0,
+        )
+        .expect("resolves");
+    let _ = world.apply(fx);
+    assert!(matches!(
+        world.submit(&w, 1.0, 101, T0).reply,
+        KbResponse::Submitted(_)
+    ));
+}
+
+#[test]
+fn submissions_signed_by_another_peer_or_for_another_program_are_refused() {
+    let (mut world, w) = joined(&Manifest::default());
+    // Signed by someone else, sent with the member's credential.
+    let forger = Worker::new();
+    let forged = forger.submission(world.id, 1.0, 1, true, T0);
+    let (code, msg) = error(&world.kb(&w, KbCall::Submit(forged), T0));
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(msg.contains("signed by the submitting peer"), "{msg}");
+    // Naming another program.
+    let elsewhere = w.submission(ProgramId(Digest::of(b"other")), 1.0, 2, true, T0);
+    let (_, msg) = error(&world.kb(&w, KbCall::Submit(elsewhere), T0));
+    assert!(msg.contains("another program"), "{msg}");
+    // From the future (beyond the allowed clock skew).
+    let future = w.submission(world.id, 1.0, 3, true, T0.plus_secs(3600));
+    let (code, _) = error(&world.kb(&w, KbCall::Submit(future), T0));
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(world
+        .log
+        .iter()
+        .all(|r| !matches!(r, Record::Submission(_))));
+}
+
+#[test]
+fn the_program_stops_at_its_submission_cap() {
+    let (mut world, w) = joined(&Manifest {
+        checks: false,
+        stop: "max_submissions = 2",
+        ..Manifest::default()
+    });
+    let bare = |world: &World, v: f64, n: u8| w.submission(world.id, v, n, false, T0);
+    for n in 1..=2 {
+        let s = bare(&world, 3.0, n);
+        assert!(matches!(
+            world.kb(&w, KbCall::Submit(s), T0).reply,
+            KbResponse::Submitted(_)
+        ));
+    }
+    let s = bare(&world, 1.0, 3);
+    let (code, msg) = error(&world.kb(&w, KbCall::Submit(s), T0));
+    assert_eq!(code, ErrorCode::ProgramStopped);
+    assert!(msg.contains("2 submissions"), "{msg}");
+}
+
+#[test]
+fn the_program_stops_strictly_after_its_deadline() {
+    // 2026-01-01T00:00:10Z = T0 + 10 s.
+    let (mut world, w) = joined(&Manifest {
+        checks: false,
+        stop: "deadline = 2026-01-01T00:00:10Z",
+        ..Manifest::default()
+    });
+    let at = T0.plus_secs(10);
+    let s = w.submission(world.id, 3.0, 1, false, at);
+    assert!(matches!(
+        world.kb(&w, KbCall::Submit(s), at).reply,
+        KbResponse::Submitted(_)
+    ));
+    let after = Timestamp(at.0 + 1);
+    let s = w.submission(world.id, 2.0, 2, false, after);
+    let (code, msg) = error(&world.kb(&w, KbCall::Submit(s), after));
+    assert_eq!(code, ErrorCode::ProgramStopped);
+    assert!(msg.contains("deadline"), "{msg}");
+}
+
+#[test]
+fn the_program_stops_once_a_verified_champion_reaches_the_target() {
+    let (mut world, w) = joined(&Manifest {
+        stop: "target = 2.0",
+        ..Manifest::default()
+    });
+    // A pending claim at the target does not stop the program: only a verified champion does.
+    assert!(is_pending(&receipt(&world.submit(&w, 2.0, 1, T0))));
+    assert!(world
+        .owners
+        .get(&world.id)
+        .expect("owned")
+        .stopped(T0)
+        .is_none());
+    let fx = world
+        .owners
+        .on_verdict(&world.id, 1, Verdict::Verified, T0)
+        .expect("resolves");
+    let _ = world.apply(fx);
+    let (code, msg) = error(&world.submit(&w, 1.0, 2, T0));
+    assert_eq!(code, ErrorCode::ProgramStopped);
+    assert!(msg.contains("target 2"), "{msg}");
+}
+
+#[test]
+fn claims_are_checked_oldest_first_and_the_first_verified_wins() {
+    let (mut world, a) = joined(&Manifest::default());
+    let mut b = Worker::new();
+    world.join(&mut b, T0);
+    assert!(is_pending(&receipt(&world.submit(&a, 3.0, 1, T0))));
+    assert!(is_pending(&receipt(&world.submit(&b, 2.5, 1, T0))));
+    let jobs = world.owners.next_claims();
+    assert_eq!(jobs.len(), 1, "one claim per program at a time");
+    assert_eq!((jobs[0].seq, jobs[0].worker), (1, a.peer));
+    assert_eq!(jobs[0].submission.value, 3.0);
+    let fx = world
+        .owners
+        .on_verdict(&world.id, 1, Verdict::Verified, T0.plus_secs(5))
+        .expect("resolves");
+    // The verdict is stored before the entry is reported.
+    match fx.persist.as_slice() {
+        [Record::Verdict(v)] => {
+            assert_eq!((v.seq, v.after, v.decided_at), (1, 2, T0.plus_secs(5)));
+            assert_eq!(v.verdict, Verdict::Verified);
+        }
+        other => panic!("expected one verdict record, got {other:?}"),
+    }
+    assert!(fx.reply.champion);
+    let _ = world.apply(fx);
+    let owner = world.owners.get(&world.id).expect("owned");
+    assert_eq!(owner.kb().champion().map(|c| c.seq), Some(1));
+    // The champion's signed submission is what members read (its hypothesis seeds their search).
+    let champion = owner.champion_submission().expect("a champion");
+    assert_eq!(champion.verify().expect("valid").signer, a.peer);
+    // b's claim still beats the new champion: next in line.
+    assert_eq!(world.owners.next_claims()[0].seq, 2);
+    // A verdict on a claim that is not pending is refused.
+    assert!(world
+        .owners
+        .on_verdict(&world.id, 1, Verdict::Verified, T0)
+        .is_err());
+}
+
+#[test]
+fn a_verified_champion_settles_the_pending_claims_it_supersedes() {
+    let (mut world, a) = joined(&Manifest::default());
+    let mut b = Worker::new();
+    world.join(&mut b, T0);
+    assert!(is_pending(&receipt(&world.submit(&a, 3.0, 1, T0))));
+    assert!(is_pending(&receipt(&world.submit(&b, 2.0, 1, T0))));
+    // b's better claim is checked after a's fails... here a's claim is rejected, b's verifies, and
+    // a later worse claim from a that was pending behind it no longer needs a check.
+    assert!(is_pending(&receipt(&world.submit(&a, 2.5, 2, T0))));
+    let fx = world
+        .owners
+        .on_verdict(
+            &world.id,
+            1,
+            Verdict::Failed("did not reproduce".into()),
+            T0,
+        )
+        .expect("resolves");
+    let _ = world.apply(fx);
+    let fx = world
+        .owners
+        .on_verdict(&world.id, 2, Verdict::Verified, T0)
+        .expect("resolves");
+    let _ = world.apply(fx);
+    let owner = world.owners.get(&world.id).expect("owned");
+    assert_eq!(owner.kb().champion().map(|c| c.seq), Some(2));
+    assert_eq!(
+        owner.pending_claims().count(),
+        0,
+        "claim 3 no longer beats the champion"
+    );
+    assert_eq!(owner.kb().entries()[2].check, Check::NotNeeded);
+    assert!(world.owners.next_claims().is_empty());
+    let status = owner.kb_status();
+    assert_eq!(
+        (status.pending, status.verified, status.rejected),
+        (0, 1, 1)
+    );
+}
+
+#[test]
+fn the_share_if_verified_is_computed_only_for_programs_that_retrain() {
+    let (mut world, a) = joined(&Manifest {
+        retrain_share: Some(0.5),
+        ..Manifest::default()
+    });
+    assert!(is_pending(&receipt(&world.submit(&a, 3.0, 1, T0))));
+    // The only claim would take the whole pool.
+    assert_eq!(world.owners.next_claims()[0].share_if_verified, 1.0);
+    let (mut world, a) = joined(&Manifest::default());
+    assert!(is_pending(&receipt(&world.submit(&a, 3.0, 1, T0))));
+    assert_eq!(world.owners.next_claims()[0].share_if_verified, 0.0);
+}
+
+#[test]
+fn members_read_the_champion_results_in_pages_and_status() {
+    let (mut world, a) = joined(&Manifest {
+        checks: false,
+        ..Manifest::default()
+    });
+    for (n, v) in [(1u8, 3.0), (2, 2.5), (3, 2.7)] {
+        let s = a.submission(world.id, v, n, false, T0);
+        let _ = world.kb(&a, KbCall::Submit(s), T0);
+    }
+    match world.kb(&a, KbCall::Champion, T0).reply {
+        KbResponse::Champion(Some(c)) => {
+            assert_eq!(c.entry.seq, 2);
+            assert_eq!(c.submission.verify().expect("valid").value.value, 2.5);
+        }
+        other => panic!("expected the champion, got {other:?}"),
+    }
+    match world
+        .kb(
+            &a,
+            KbCall::Results {
+                after_seq: 1,
+                limit: 1,
+            },
+            T0,
+        )
+        .reply
+    {
+        KbResponse::Results { entries, more } => {
+            assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+            assert!(more);
+        }
+        other => panic!("expected a page, got {other:?}"),
+    }
+    // A page size out of bounds is refused.
+    let (code, _) = error(&world.kb(
+        &a,
+        KbCall::Results {
+            after_seq: 0,
+            limit: 0,
+        },
+        T0,
+    ));
+    assert_eq!(code, ErrorCode::Invalid);
+    match world.kb(&a, KbCall::Status, T0).reply {
+        KbResponse::Status(s) => {
+            assert_eq!((s.members, s.submissions, s.accepted), (1, 3, 2));
+            assert_eq!(s.payouts.total().micros(), 100_000_000);
+        }
+        other => panic!("expected the status, got {other:?}"),
+    }
+    match world.kb(&a, KbCall::Program, T0).reply {
+        KbResponse::Program(p) => assert_eq!(p, world.announcement),
+        other => panic!("expected the announcement, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_member_may_fetch_the_programs_dataset_and_nothing_else() {
+    let digest = Digest::of(b"corpus");
+    let m = Manifest::default();
+    let toml = m.toml().replace(
+        "kind = \"synthetic\"\nseed = 1\nbytes = 65536",
+        &format!("kind = \"file\"\nsha256 = \"{digest}\""),
+    );
+    let mut owners = Owners::new(Keypair::generate_ed25519());
+    let p = owners.publish(toml, vec![], T0).expect("valid");
+    let id = p.view.id;
+    owners.insert(p.owner.expect("new"));
+    let mut world = World {
+        owners,
+        id,
+        rng: ChaCha20Rng::seed_from_u64(1),
+        log: vec![],
+        announcement: p.signed,
+        view: p.view,
+    };
+    let mut w = Worker::new();
+    world.join(&mut w, T0);
+    let owner = world.owners.get(&id).expect("owned");
+    assert!(owner
+        .may_fetch(&w.peer, w.credential.as_ref(), &digest)
+        .is_ok());
+    let (code, _) = owner
+        .may_fetch(&w.peer, w.credential.as_ref(), &Digest::of(b"holdout"))
+        .expect_err("only the dataset");
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = owner
+        .may_fetch(&w.peer, None, &digest)
+        .expect_err("no credential");
+    assert_eq!(code, ErrorCode::MembershipRequired);
+    let stranger = Worker::new();
+    let (code, _) = owner
+        .may_fetch(&stranger.peer, w.credential.as_ref(), &digest)
+        .expect_err("stolen credential");
+    assert_eq!(code, ErrorCode::MembershipRequired);
+}
