@@ -16,12 +16,13 @@ use btd_protocol::wire::{
     SubmitReceipt, VerifiedProgram,
 };
 use btd_protocol::Timestamp;
-use libp2p::request_response::ResponseChannel;
 use libp2p::PeerId;
 use tokio::sync::oneshot;
 
+use super::dispatch::MembershipTag;
 use super::types::{MembersView, PendingView, StatusView};
 use super::{Known, Node};
+use crate::net::Responder;
 use crate::store::{self, ProgramRow, StoreError, SubmissionRow, VerdictRow};
 
 /// Most claims one member may have waiting for the owner's check: checking costs the owner an
@@ -551,12 +552,11 @@ fn push_grant(node: &mut Node, program: ProgramId, device_code: DeviceCode) {
     owned
         .undelivered
         .insert(device_code, (peer, delivery.clone(), expires));
-    let id = node
-        .swarm
-        .behaviour_mut()
-        .membership
-        .send_request(&peer, MembershipRequest::PushGrant(delivery));
-    node.out.pushes.insert(id, (program, device_code));
+    node.net.request_membership(
+        peer,
+        MembershipRequest::PushGrant(delivery),
+        MembershipTag::Push(program, device_code),
+    );
 }
 
 fn seal_grant(
@@ -643,7 +643,7 @@ pub(super) fn on_membership_request(
     node: &mut Node,
     peer: PeerId,
     req: MembershipRequest,
-    channel: ResponseChannel<MembershipResponse>,
+    channel: Responder<MembershipResponse>,
 ) {
     let now = crate::now();
     let (program, reply) = match req {
@@ -746,30 +746,14 @@ fn unknown(program: &ProgramId) -> MembershipResponse {
     ))
 }
 
-fn respond(
-    node: &mut Node,
-    channel: ResponseChannel<MembershipResponse>,
-    resp: MembershipResponse,
-) {
-    if node
-        .swarm
-        .behaviour_mut()
-        .membership
-        .send_response(channel, resp)
-        .is_err()
-    {
+fn respond(node: &mut Node, channel: Responder<MembershipResponse>, resp: MembershipResponse) {
+    if !node.net.respond(channel, resp) {
         tracing::debug!("membership response dropped: the requester went away");
     }
 }
 
-fn respond_kb(node: &mut Node, channel: ResponseChannel<KbResponse>, resp: KbResponse) {
-    if node
-        .swarm
-        .behaviour_mut()
-        .kb
-        .send_response(channel, resp)
-        .is_err()
-    {
+fn respond_kb(node: &mut Node, channel: Responder<KbResponse>, resp: KbResponse) {
+    if !node.net.respond(channel, resp) {
         tracing::debug!("KB response dropped: the requester went away");
     }
 }
@@ -779,7 +763,7 @@ pub(super) fn on_kb_request(
     node: &mut Node,
     peer: PeerId,
     req: KbRequest,
-    channel: ResponseChannel<KbResponse>,
+    channel: Responder<KbResponse>,
 ) {
     let now = crate::now();
     let KbRequest {
@@ -862,7 +846,7 @@ fn submit(
     peer: PeerId,
     member: MemberId,
     signed: Signed<btd_protocol::wire::Submission>,
-    channel: ResponseChannel<KbResponse>,
+    channel: Responder<KbResponse>,
     now: Timestamp,
 ) {
     let invalid = |m: String| KbResponse::Error(err(ErrorCode::Invalid, m));

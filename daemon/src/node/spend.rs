@@ -13,13 +13,13 @@ use btd_protocol::program::ProgramId;
 use btd_protocol::trace::ApprovalReceipt;
 use btd_protocol::wire::{ApprovalRequest, ApprovalResponse, ErrorCode};
 use btd_protocol::Timestamp;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
+use super::handle::{NodeError, Reply};
 use super::owner::err;
 use super::Node;
+use crate::net::Responder;
 
 /// Most open spend requests per program: bounds what members can make the owner remember.
 const MAX_SPEND_REQUESTS: usize = 256;
@@ -62,23 +62,19 @@ pub(crate) struct SpendBook {
 }
 
 /// Serves an inbound approval request on the owner.
-fn on_request(
+pub(super) fn on_request(
     node: &mut Node,
     peer: PeerId,
     req: ApprovalRequest,
-    channel: ResponseChannel<ApprovalResponse>,
+    channel: Responder<ApprovalResponse>,
 ) {
     let now = crate::now();
     let resp = answer(node, peer, req, now);
-    let _ = node
-        .swarm
-        .behaviour_mut()
-        .approval
-        .send_response(channel, resp);
+    node.net.respond(channel, resp);
 }
 
 fn answer(node: &mut Node, peer: PeerId, req: ApprovalRequest, now: Timestamp) -> ApprovalResponse {
-    let me = node.swarm.local_peer_id().to_base58();
+    let me = node.net.local_peer_id().to_base58();
     let Some(owned) = node.own.get_mut(&req.program) else {
         return ApprovalResponse::Error(err(
             ErrorCode::UnknownProgram,
@@ -245,56 +241,18 @@ pub(super) fn request(
     node: &mut Node,
     program: ProgramId,
     packet: ComputePacket,
-    reply: oneshot::Sender<Result<ApprovalResponse, String>>,
+    reply: Reply<ApprovalResponse>,
 ) {
     let Some(m) = node.memberships.get(&program).cloned() else {
-        let _ = reply.send(Err(format!("membership required for {program}")));
+        let _ = reply.send(Err(NodeError::Refused(format!(
+            "membership required for {program}"
+        ))));
         return;
     };
-    let id = node.swarm.behaviour_mut().approval.send_request(
-        &m.owner,
-        ApprovalRequest {
-            program,
-            credential: m.credential,
-            packet,
-        },
-    );
-    node.out.approvals.insert(id, reply);
-}
-
-/// Approval protocol events.
-pub(super) fn on_event(
-    node: &mut Node,
-    e: request_response::Event<ApprovalRequest, ApprovalResponse>,
-) {
-    match e {
-        request_response::Event::Message { peer, message, .. } => match message {
-            request_response::Message::Request {
-                request, channel, ..
-            } => {
-                if node.allow(peer) {
-                    on_request(node, peer, request, channel);
-                } else {
-                    let _ = node.swarm.behaviour_mut().approval.send_response(
-                        channel,
-                        ApprovalResponse::Error(err(ErrorCode::RateLimited, "slow down")),
-                    );
-                }
-            }
-            request_response::Message::Response {
-                request_id,
-                response,
-            } => reply(node, request_id, Ok(response)),
-        },
-        request_response::Event::OutboundFailure {
-            request_id, error, ..
-        } => reply(node, request_id, Err(error.to_string())),
-        _ => {}
-    }
-}
-
-fn reply(node: &mut Node, id: OutboundRequestId, r: Result<ApprovalResponse, String>) {
-    if let Some(tx) = node.out.approvals.remove(&id) {
-        let _ = tx.send(r);
-    }
+    let request = ApprovalRequest {
+        program,
+        credential: m.credential,
+        packet,
+    };
+    node.net.request_approval(m.owner, request, reply);
 }
