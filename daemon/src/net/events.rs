@@ -189,3 +189,16 @@ impl Topic {
             .find(|t| *hash == TopicHash::from_raw(t.name()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btd_topics_are_recognised_by_their_hash_and_others_are_not() {
+        for t in [Topic::Programs, Topic::Rungs] {
+            assert_eq!(Topic::of(&TopicHash::from_raw(t.name())), Some(t));
+        }
+        assert_eq!(Topic::of(&TopicHash::from_raw("someone/else/1")), None);
+    }
+}

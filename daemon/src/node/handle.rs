@@ -234,13 +234,7 @@ impl NodeHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<R>) -> Command,
     ) -> anyhow::Result<R> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| anyhow::anyhow!("the node has stopped"))?;
-        rx.await
-            .map_err(|_| anyhow::anyhow!("the node stopped before answering"))
+        Ok(self.call(make).await?)
     }
 
     /// Sends a command and awaits its reply.

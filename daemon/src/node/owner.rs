@@ -719,6 +719,7 @@ pub(super) fn on_membership_request(
                 Err(e) => (program, MembershipResponse::Poll(poll_status(&e))),
             }
         }
+        // Worker-side traffic: `dispatch.rs` routes it to the worker before it gets here.
         MembershipRequest::PushGrant(delivery) => {
             return super::worker::on_push_grant(node, peer, delivery, channel);
         }
