@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use btd::net::{NetParams, TransportKind};
 use btd::node::types::{JoinEvent, NewResult};
-use btd::node::{self, Command, NodeConfig, NodeHandle};
+use btd::node::{self, NodeConfig, NodeHandle};
 use btd::store::Store;
 use btd_protocol::program::ProgramId;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
-use tokio::sync::mpsc;
 
 fn manifest(i: usize) -> String {
     std::fs::read_to_string(concat!(
@@ -57,7 +56,7 @@ async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> 
 
 async fn addr(h: &NodeHandle) -> Multiaddr {
     loop {
-        let info = h.ask(Command::Info).await.unwrap();
+        let info = h.info().await.unwrap();
         if let Some(a) = info.listen.first() {
             return format!("{a}/p2p/{}", info.peer_id).parse().unwrap();
         }
@@ -66,13 +65,7 @@ async fn addr(h: &NodeHandle) -> Multiaddr {
 }
 
 async fn known(h: &NodeHandle, id: ProgramId) {
-    while !h
-        .ask(Command::Programs)
-        .await
-        .unwrap()
-        .iter()
-        .any(|p| p.id == id)
-    {
+    while !h.programs().await.unwrap().iter().any(|p| p.id == id) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -103,34 +96,14 @@ async fn bench() {
     let mut lat = Vec::new();
     let mut last = None;
     for i in 0..joins {
-        let m = manifest(i);
-        let id = owner
-            .ask(|reply| Command::Publish { manifest: m, reply })
-            .await
-            .unwrap()
-            .unwrap();
+        let id = owner.publish(manifest(i)).await.unwrap();
         known(&worker, id).await;
-        let (tx, mut rx) = mpsc::channel(8);
-        worker
-            .send(Command::Join {
-                program: id,
-                events: tx,
-            })
-            .await
-            .unwrap();
+        let mut rx = worker.join(id).await.unwrap();
         let Some(JoinEvent::Code { user_code, .. }) = rx.recv().await else {
             panic!("no code")
         };
         let t0 = Instant::now();
-        owner
-            .ask(|reply| Command::Decide {
-                user_code,
-                approve: true,
-                reply,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        owner.approve(user_code).await.unwrap();
         let Some(JoinEvent::Granted { .. }) = rx.recv().await else {
             panic!("no grant")
         };
@@ -149,20 +122,13 @@ async fn bench() {
     let mut rt = Vec::new();
     for i in 0..n {
         let t0 = Instant::now();
-        worker
-            .ask(|reply| Command::Submit {
-                program: id,
-                result: NewResult {
-                    value: 4.0 - i as f64 * 1e-4,
-                    rung_id: "cpu".into(),
-                    outputs: vec![],
-                    ..Default::default()
-                },
-                reply,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let result = NewResult {
+            value: 4.0 - i as f64 * 1e-4,
+            rung_id: "cpu".into(),
+            outputs: vec![],
+            ..Default::default()
+        };
+        worker.submit(id, result).await.unwrap();
         rt.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     println!(
@@ -180,19 +146,13 @@ async fn bench() {
         let w = worker.clone();
         tasks.spawn(async move {
             for i in 0..per {
-                w.ask(|reply| Command::Submit {
-                    program: id,
-                    result: NewResult {
-                        value: 5.0 + (t * per + i) as f64,
-                        rung_id: "cpu".into(),
-                        outputs: vec![],
-                        ..Default::default()
-                    },
-                    reply,
-                })
-                .await
-                .unwrap()
-                .unwrap();
+                let result = NewResult {
+                    value: 5.0 + (t * per + i) as f64,
+                    rung_id: "cpu".into(),
+                    outputs: vec![],
+                    ..Default::default()
+                };
+                w.submit(id, result).await.unwrap();
             }
         });
     }

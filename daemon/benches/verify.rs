@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use btd::blobs::{fetch, BlobStore, FetchSpec};
 use btd::net::{NetParams, TransportKind};
 use btd::node::types::{NewResult, PublishFiles};
-use btd::node::{self, Command, NodeConfig, NodeHandle};
+use btd::node::{self, NodeConfig, NodeHandle};
 use btd::store::Store;
 use btd::testkit::{join_approved, wait_for, wait_known};
 use btd::work::WorkContext;
@@ -64,7 +64,7 @@ async fn start(home: &std::path::Path, bootstrap: Vec<Multiaddr>) -> (NodeHandle
     .await
     .unwrap();
     let addr = wait_for(T, "a listen address", || async {
-        let info = h.ask(Command::Info).await.ok()?;
+        let info = h.info().await.ok()?;
         info.listen
             .iter()
             .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
@@ -98,13 +98,8 @@ async fn main() {
     );
     for steps in [100u64, 400, 1600] {
         let program = owner
-            .ask(|reply| Command::PublishWith {
-                manifest: manifest(steps),
-                files: PublishFiles::default(),
-                reply,
-            })
+            .publish_with(manifest(steps), PublishFiles::default())
             .await
-            .unwrap()
             .unwrap();
         wait_known(&worker, program, T).await.unwrap();
         join_approved(&owner, &worker, program, T).await.unwrap();
@@ -174,30 +169,16 @@ async fn main() {
 
         // End to end through the running verifier.
         let t3 = Instant::now();
-        let receipt = worker
-            .ask(|reply| Command::Submit {
-                program,
-                result: NewResult {
-                    value: trained.report.val_bpb,
-                    rung_id: "cpu".into(),
-                    outputs: vec![output],
-                    claim: Some(claim),
-                    ..Default::default()
-                },
-                reply,
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let result = NewResult {
+            value: trained.report.val_bpb,
+            rung_id: "cpu".into(),
+            outputs: vec![output],
+            claim: Some(claim),
+            ..Default::default()
+        };
+        let receipt = worker.submit(program, result).await.unwrap();
         let check = wait_for(T, "the owner's verdict", || async {
-            let s = owner
-                .ask(|reply| Command::Status {
-                    program: Some(program),
-                    reply,
-                })
-                .await
-                .ok()?
-                .ok()?;
+            let s = owner.status(Some(program)).await.ok()?;
             s.results
                 .iter()
                 .find(|e| e.seq == receipt.seq && e.check != Check::Pending)

@@ -21,7 +21,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use libp2p::PeerId;
 use tokio::time::Instant;
 
-use crate::node::{Command, NodeHandle};
+use crate::node::{NodeError, NodeHandle};
 
 /// Chunk requests in flight during one fetch (pipelining hides the round trip).
 const WINDOW: usize = 4;
@@ -264,23 +264,16 @@ pub async fn fetch(
                 len: MAX_BLOB_CHUNK,
             };
             let peer = spec.peer;
-            inflight.push_back(async move {
-                node.ask(|reply| Command::Blob {
-                    peer,
-                    request: req,
-                    reply,
-                })
-                .await
-            });
+            inflight.push_back(node.blob(peer, req));
         }
         let mut progressed = false;
         let remaining = spec.deadline.saturating_duration_since(Instant::now());
         let mut transient: Option<String> = None;
         while let Ok(Some(answer)) = tokio::time::timeout(remaining, inflight.next()).await {
-            let answer = answer.map_err(|_| FetchError::Stopped)?;
             match answer {
+                Err(NodeError::Stopped) => return Err(FetchError::Stopped),
                 Err(e) => {
-                    transient = Some(e);
+                    transient = Some(e.to_string());
                     break;
                 }
                 Ok(BlobResponse::Error(e)) => match e.code {

@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::node::types::{JoinEvent, NewResult};
-use crate::node::{Command, NodeHandle};
+use crate::node::{NodeError, NodeHandle};
 use crate::work::{WorkContext, WorkEvent, WorkOptions};
 
 /// Longest request line (a manifest is at most 64 KiB; JSON escaping can double it).
@@ -242,57 +242,21 @@ fn json<T: Serialize>(v: T) -> Result<serde_json::Value, String> {
     serde_json::to_value(v).map_err(|e| e.to_string())
 }
 
+/// Maps a request onto the node's method; the answer as JSON, or the error in words.
 async fn dispatch(
     node: &NodeHandle,
     work: &WorkContext,
     req: Request,
 ) -> Result<serde_json::Value, String> {
-    let stopped = |e: anyhow::Error| e.to_string();
     match req {
-        Request::Id => json(node.ask(Command::Info).await.map_err(stopped)?),
-        Request::Peers => json(node.ask(Command::Peers).await.map_err(stopped)?),
-        Request::Programs => json(node.ask(Command::Programs).await.map_err(stopped)?),
-        Request::Publish { manifest, files } => json(
-            node.ask(|reply| Command::PublishWith {
-                manifest,
-                files,
-                reply,
-            })
-            .await
-            .map_err(stopped)??,
-        ),
-        Request::Approve { code } => json(
-            node.ask(|reply| Command::Decide {
-                user_code: code,
-                approve: true,
-                reply,
-            })
-            .await
-            .map_err(stopped)??,
-        ),
-        Request::Deny { code } => json(
-            node.ask(|reply| Command::Decide {
-                user_code: code,
-                approve: false,
-                reply,
-            })
-            .await
-            .map_err(stopped)??,
-        ),
-        Request::Members { program } => json(
-            node.ask(|reply| Command::Members { program, reply })
-                .await
-                .map_err(stopped)??,
-        ),
-        Request::Revoke { program, member } => json(
-            node.ask(|reply| Command::Revoke {
-                program,
-                member,
-                reply,
-            })
-            .await
-            .map_err(stopped)??,
-        ),
+        Request::Id => answer(node.info().await),
+        Request::Peers => answer(node.peers().await),
+        Request::Programs => answer(node.programs().await),
+        Request::Publish { manifest, files } => answer(node.publish_with(manifest, files).await),
+        Request::Approve { code } => answer(node.approve(code).await),
+        Request::Deny { code } => answer(node.deny(code).await),
+        Request::Members { program } => answer(node.members(program).await),
+        Request::Revoke { program, member } => answer(node.revoke(program, member).await),
         Request::Submit {
             program,
             value,
@@ -309,50 +273,36 @@ async fn dispatch(
                 }
                 None => None,
             };
-            json(
-                node.ask(|reply| Command::Submit {
-                    program,
-                    result: NewResult {
-                        value,
-                        rung_id,
-                        outputs,
-                        claim,
-                        ..Default::default()
-                    },
-                    reply,
-                })
-                .await
-                .map_err(stopped)??,
-            )
+            let result = NewResult {
+                value,
+                rung_id,
+                outputs,
+                claim,
+                ..Default::default()
+            };
+            answer(node.submit(program, result).await)
         }
-        Request::Status { program } => json(
-            node.ask(|reply| Command::Status { program, reply })
-                .await
-                .map_err(stopped)??,
-        ),
-        Request::Approvals => json(node.ask(Command::SpendRequests).await.map_err(stopped)?),
+        Request::Status { program } => answer(node.status(program).await),
+        Request::Approvals => answer(node.spend_requests().await),
         Request::DecideSpend {
             program,
             member,
             packet_id,
             approve,
             minutes,
-        } => json(
-            node.ask(|reply| Command::DecideSpend {
-                program,
-                member,
-                packet_id,
-                approve,
-                minutes,
-                reply,
-            })
-            .await
-            .map_err(stopped)??,
+        } => answer(
+            node.decide_spend(program, member, packet_id, approve, minutes)
+                .await,
         ),
         Request::Join { .. } | Request::Runs { .. } | Request::Stop => {
             Err("unsupported here".into())
         }
     }
+}
+
+/// A node's answer as JSON, or its error in words.
+fn answer<T: Serialize>(r: Result<T, NodeError>) -> Result<serde_json::Value, String> {
+    json(r.map_err(|e| e.to_string())?)
 }
 
 async fn join(
@@ -363,16 +313,10 @@ async fn join(
     wait: bool,
     opts: Option<WorkOptions>,
 ) -> Result<()> {
-    let (tx, mut rx) = mpsc::channel(16);
-    if let Err(e) = node
-        .send(Command::Join {
-            program,
-            events: tx,
-        })
-        .await
-    {
-        return write_line(w, &Line::Error(e.to_string())).await;
-    }
+    let mut rx = match node.join(program).await {
+        Ok(rx) => rx,
+        Err(e) => return write_line(w, &Line::Error(e.to_string())).await,
+    };
     while let Some(ev) = rx.recv().await {
         match &ev {
             JoinEvent::Code { .. } => {

@@ -7,6 +7,8 @@
 //! - [`net`]: the libp2p stack; the only module that sees libp2p's swarm events.
 //! - [`node`]: the daemon's core: one task owns the swarm and the program state.
 //! - [`control`]: the local control socket the CLI talks to.
+//! - `testkit` (feature `testkit`): in-process nodes and attacker probes for tests, benches and
+//!   netsim; not part of the product.
 
 pub mod blobs;
 pub mod cli;
@@ -24,6 +26,7 @@ mod output;
 pub mod poll;
 pub mod start;
 pub mod store;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod verify;
 pub mod work;
@@ -41,5 +44,6 @@ pub fn now() -> btd_protocol::Timestamp {
 }
 
 /// How far [`now`] runs ahead of the wall clock: always 0 in the daemon; moved only by
-/// `testkit::advance_clock`, so in-process tests can reach a 15-minute expiry without waiting.
+/// `testkit::advance_clock` (feature `testkit`), so in-process tests can reach a 15-minute expiry
+/// without waiting.
 static CLOCK_AHEAD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

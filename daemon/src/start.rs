@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::home::Home;
 use crate::net::{NetParams, TransportKind};
-use crate::node::{self, Command, NodeConfig};
+use crate::node::{self, NodeConfig};
 use crate::store::Store;
 use crate::work::WorkContext;
 
@@ -82,7 +82,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     }
     let _ = shutdown_tx.send(true);
     work.cancel_all();
-    let _ = handle.send(Command::Shutdown).await;
+    let _ = handle.shutdown().await;
     let _ = task.await;
     let _ = control.await;
     eprintln!("btd: stopped");

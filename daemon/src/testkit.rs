@@ -1,6 +1,6 @@
 //! Helpers to run real btd nodes in one process on the memory transport: used by the daemon's
-//! multi-node tests and by netsim. These are the production node core with a different transport,
-//! not a second implementation.
+//! multi-node tests, its benches and netsim (the `testkit` feature; not in the product). These are
+//! the production node core with a different transport, not a second implementation.
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::net::{NetParams, TransportKind};
 use btd_protocol::program::ProgramId;
 
 use crate::node::types::JoinEvent;
-use crate::node::{self, Command, NodeConfig, NodeHandle};
+use crate::node::{self, NodeConfig, NodeHandle};
 use crate::store::Store;
 
 /// Network tunables for in-process tests: fast gossip heartbeat, short timeouts, no AutoNAT.
@@ -80,7 +80,7 @@ impl TestNode {
 
     /// Stops the node and waits for it.
     pub async fn stop(self) {
-        let _ = self.handle.send(Command::Shutdown).await;
+        let _ = self.handle.shutdown().await;
         let _ = self.task.await;
     }
 
@@ -127,7 +127,7 @@ pub fn advance_clock(by: Duration) {
 /// Waits (at most `limit`) until `node` knows `program`.
 pub async fn wait_known(node: &NodeHandle, program: ProgramId, limit: Duration) -> Result<()> {
     wait_for(limit, "program discovery", || async {
-        let list = node.ask(Command::Programs).await.ok()?;
+        let list = node.programs().await.ok()?;
         list.iter().any(|p| p.id == program).then_some(())
     })
     .await
@@ -140,13 +140,7 @@ pub async fn join_approved(
     program: ProgramId,
     limit: Duration,
 ) -> Result<String> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    worker
-        .send(Command::Join {
-            program,
-            events: tx,
-        })
-        .await?;
+    let mut rx = worker.join(program).await?;
     async fn next(
         rx: &mut tokio::sync::mpsc::Receiver<JoinEvent>,
         limit: Duration,
@@ -160,15 +154,7 @@ pub async fn join_approved(
         JoinEvent::Code { user_code, .. } => user_code,
         other => anyhow::bail!("expected a code, got {other:?}"),
     };
-    let code = user_code.clone();
-    owner
-        .ask(|reply| Command::Decide {
-            user_code: code,
-            approve: true,
-            reply,
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    owner.approve(user_code.clone()).await?;
     match next(&mut rx, limit).await? {
         JoinEvent::Granted { .. } => Ok(user_code),
         other => anyhow::bail!("expected a grant, got {other:?}"),
@@ -216,12 +202,7 @@ pub async fn owner_and_member(
         },
     )
     .await?;
-    let m = manifest.to_string();
-    let program = owner
-        .handle
-        .ask(|reply| Command::Publish { manifest: m, reply })
-        .await?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let program = owner.handle.publish(manifest.to_string()).await?;
     wait_known(&worker.handle, program, limit).await?;
     join_approved(&owner.handle, &worker.handle, program, limit).await?;
     let work = crate::work::WorkContext::new(

@@ -22,7 +22,7 @@ use candle_core::Device;
 
 use crate::blobs::{fetch, BlobStore, FetchSpec};
 use crate::node::types::ClaimJob;
-use crate::node::{Command, NodeHandle};
+use crate::node::{NodeError, NodeHandle};
 
 /// Longest pause between looks for claims when nothing signals one (a claim restored at start or
 /// left pending after an owner-side problem is picked up by then).
@@ -63,7 +63,7 @@ pub async fn run(node: NodeHandle, home: PathBuf) {
         corpora: HashMap::new(),
     };
     loop {
-        let Ok(jobs) = node.ask(Command::NextClaims).await else {
+        let Ok(jobs) = node.next_claims().await else {
             return;
         };
         if jobs.is_empty() {
@@ -86,20 +86,12 @@ pub async fn run(node: NodeHandle, home: PathBuf) {
                 bytes = cost.bytes,
                 "checked a claim"
             );
-            match node
-                .ask(|reply| Command::Resolve {
-                    program,
-                    seq,
-                    verdict,
-                    reply,
-                })
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+            match node.resolve(program, seq, verdict).await {
+                Ok(_) => {}
+                Err(NodeError::Stopped) => return,
+                Err(e) => {
                     tracing::warn!(program = %program.short(), seq, error = %e, "verdict not applied")
                 }
-                Err(_) => return,
             }
         }
     }
@@ -133,10 +125,7 @@ impl Verifier {
         cost: &mut CheckCost,
     ) -> Result<Verdict, Problem> {
         let view = node
-            .ask(|reply| Command::Program {
-                program: job.program,
-                reply,
-            })
+            .program(job.program)
             .await
             .map_err(|e| Problem::Owner(e.to_string()))?
             .ok_or(Problem::Owner("the program is not loaded".into()))?;

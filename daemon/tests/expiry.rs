@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use btd::node::types::JoinEvent;
-use btd::node::Command;
 use btd::store::Store;
 use btd::testkit::{advance_clock, spawn_node, wait_known, TestNodeOptions};
-use tokio::sync::mpsc;
 
 const MANIFEST: &str = r#"name = "expiry-test"
 objective = "join codes expire"
@@ -44,27 +42,11 @@ async fn an_unapproved_code_expires_for_the_owner_and_the_worker() {
     )
     .await
     .unwrap();
-    let program = owner
-        .handle
-        .ask(|reply| Command::Publish {
-            manifest: MANIFEST.into(),
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let program = owner.handle.publish(MANIFEST.into()).await.unwrap();
     wait_known(&worker.handle, program, Duration::from_secs(20))
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(16);
-    worker
-        .handle
-        .send(Command::Join {
-            program,
-            events: tx,
-        })
-        .await
-        .unwrap();
+    let mut rx = worker.handle.join(program).await.unwrap();
     let Some(JoinEvent::Code {
         user_code,
         expires_in,
@@ -79,14 +61,10 @@ async fn an_unapproved_code_expires_for_the_owner_and_the_worker() {
     advance_clock(Duration::from_secs(901));
     let e = owner
         .handle
-        .ask(|reply| Command::Decide {
-            user_code: user_code.clone(),
-            approve: true,
-            reply,
-        })
+        .approve(user_code.clone())
         .await
-        .unwrap()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("expired"), "{e}");
     // ...and the worker's next poll is answered `expired_token`: the join fails and says so.
     let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -97,10 +75,5 @@ async fn an_unapproved_code_expires_for_the_owner_and_the_worker() {
         JoinEvent::Failed { reason } => assert!(reason.contains("expired"), "{reason}"),
         other => panic!("expected the join to fail, got {other:?}"),
     }
-    assert!(worker
-        .handle
-        .ask(|reply| Command::Credential { program, reply })
-        .await
-        .unwrap()
-        .is_none());
+    assert!(worker.handle.credential(program).await.unwrap().is_none());
 }

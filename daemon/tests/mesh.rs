@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use btd::node::types::{JoinEvent, NewResult, StatusView};
-use btd::node::{Command, NodeHandle};
+use btd::node::{NodeError, NodeHandle};
 use btd::store::Store;
 use btd::testkit::{spawn_node, wait_for, TestNode, TestNodeOptions};
 use btd_protocol::membership::{Credential, DeviceCode};
@@ -61,12 +61,15 @@ async fn node_to(peer: &TestNode) -> TestNode {
 }
 
 async fn publish(owner: &NodeHandle, membership: &str) -> ProgramId {
-    let m = manifest(membership);
-    owner
-        .ask(|reply| Command::Publish { manifest: m, reply })
-        .await
-        .unwrap()
-        .unwrap()
+    owner.publish(manifest(membership)).await.unwrap()
+}
+
+/// A node's answer, its refusal in words; panics if the node stopped.
+fn words<T>(r: Result<T, NodeError>) -> Result<T, String> {
+    match r {
+        Err(NodeError::Stopped) => panic!("the node stopped"),
+        r => r.map_err(|e| e.to_string()),
+    }
 }
 
 async fn knows(h: &NodeHandle, id: ProgramId) {
@@ -75,14 +78,7 @@ async fn knows(h: &NodeHandle, id: ProgramId) {
 
 /// Starts a join and returns the event stream.
 async fn start_join(h: &NodeHandle, program: ProgramId) -> mpsc::Receiver<JoinEvent> {
-    let (tx, rx) = mpsc::channel(16);
-    h.send(Command::Join {
-        program,
-        events: tx,
-    })
-    .await
-    .unwrap();
-    rx
+    h.join(program).await.unwrap()
 }
 
 async fn next(rx: &mut mpsc::Receiver<JoinEvent>) -> JoinEvent {
@@ -94,14 +90,11 @@ async fn next(rx: &mut mpsc::Receiver<JoinEvent>) -> JoinEvent {
 
 async fn decide(owner: &NodeHandle, code: &str, approve: bool) -> Result<String, String> {
     let code = code.to_string();
-    owner
-        .ask(|reply| Command::Decide {
-            user_code: code,
-            approve,
-            reply,
-        })
-        .await
-        .unwrap()
+    words(if approve {
+        owner.approve(code).await
+    } else {
+        owner.deny(code).await
+    })
 }
 
 /// Joins `worker` to `program` with owner approval; returns the user code used.
@@ -116,39 +109,21 @@ async fn submit(
     program: ProgramId,
     value: f64,
 ) -> Result<btd_protocol::wire::SubmitReceipt, String> {
-    worker
-        .ask(|reply| Command::Submit {
-            program,
-            result: NewResult {
-                value,
-                rung_id: "cpu".into(),
-                outputs: vec![],
-                ..Default::default()
-            },
-            reply,
-        })
-        .await
-        .unwrap()
+    let result = NewResult {
+        value,
+        rung_id: "cpu".into(),
+        outputs: vec![],
+        ..Default::default()
+    };
+    words(worker.submit(program, result).await)
 }
 
 async fn status(h: &NodeHandle, program: ProgramId) -> Result<StatusView, String> {
-    h.ask(|reply| Command::Status {
-        program: Some(program),
-        reply,
-    })
-    .await
-    .unwrap()
+    words(h.status(Some(program)).await)
 }
 
 async fn raw_kb(from: &NodeHandle, to: PeerId, request: KbRequest) -> KbResponse {
-    from.ask(|reply| Command::RawKb {
-        peer: to,
-        request,
-        reply,
-    })
-    .await
-    .unwrap()
-    .unwrap()
+    from.raw_kb(to, request).await.unwrap()
 }
 
 async fn raw_membership(
@@ -156,14 +131,7 @@ async fn raw_membership(
     to: PeerId,
     request: MembershipRequest,
 ) -> MembershipResponse {
-    from.ask(|reply| Command::RawMembership {
-        peer: to,
-        request,
-        reply,
-    })
-    .await
-    .unwrap()
-    .unwrap()
+    from.raw_membership(to, request).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,12 +262,7 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
     }
 
     // The member's own credential used from another peer is refused too (bound to the peer id).
-    let (_, cred) = member
-        .handle
-        .ask(|reply| Command::Credential { program: id, reply })
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, cred) = member.handle.credential(id).await.unwrap().unwrap();
     let stolen = KbRequest {
         program: id,
         credential: cred.clone(),
@@ -382,16 +345,7 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
 
     // Revocation takes effect on the next request.
     let member_id = member.peer_id().to_string();
-    owner
-        .handle
-        .ask(|reply| Command::Revoke {
-            program: id,
-            member: member_id,
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    owner.handle.revoke(id, member_id).await.unwrap();
     match raw_kb(
         &member.handle,
         owner.peer_id(),
@@ -425,7 +379,7 @@ async fn join_through_a_relay_when_the_owner_has_no_direct_address() {
     .await;
     // The owner listens only on a relay circuit: wait for it.
     wait_for(T, "relay reservation", || async {
-        let info = owner.handle.ask(Command::Info).await.ok()?;
+        let info = owner.handle.info().await.ok()?;
         info.listen
             .iter()
             .any(|a| a.contains("p2p-circuit"))
@@ -478,9 +432,8 @@ async fn owner_crash_and_restart_loses_nothing() {
     // The worker continues without re-joining (it re-dials the owner by its announced address).
     worker
         .handle
-        .ask(|reply| Command::Dial(owner.dial_addr().unwrap(), reply))
+        .dial(owner.dial_addr().unwrap())
         .await
-        .unwrap()
         .unwrap();
     let r = wait_for(T, "submission after restart", || async {
         submit(&worker.handle, id, 2.0).await.ok()
@@ -502,15 +455,7 @@ async fn paid_compute_needs_the_owners_signed_receipt() {
         "[[rungs]]\nid = \"cpu\"",
         "[policy.paid]\nmax_spend_per_packet = 3.0\n[[rungs]]\nid = \"h100\"\nspend_class = \"paid_metered\"\nhardware = \"h100\"\n[[rungs]]\nid = \"cpu\"",
     );
-    let id = owner
-        .handle
-        .ask(|reply| Command::Publish {
-            manifest: m.clone(),
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let id = owner.handle.publish(m.clone()).await.unwrap();
     knows(&worker.handle, id).await;
     let mut rx = start_join(&worker.handle, id).await;
     let _ = next(&mut rx).await;
@@ -521,33 +466,22 @@ async fn paid_compute_needs_the_owners_signed_receipt() {
     let ask = || {
         let packet = packet.clone();
         let h = worker.handle.clone();
-        async move {
-            h.ask(|reply| Command::RequestSpend {
-                program: id,
-                packet,
-                reply,
-            })
-            .await
-            .unwrap()
-            .unwrap()
-        }
+        async move { h.request_spend(id, packet).await.unwrap() }
     };
     assert_eq!(ask().await, ApprovalResponse::Pending);
-    let pending = owner.handle.ask(Command::SpendRequests).await.unwrap();
+    let pending = owner.handle.spend_requests().await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].state, "pending");
     let msg = owner
         .handle
-        .ask(|reply| Command::DecideSpend {
-            program: id,
-            member: worker.peer_id().to_string(),
-            packet_id: packet.id.clone(),
-            approve: true,
-            minutes: 10,
-            reply,
-        })
+        .decide_spend(
+            id,
+            worker.peer_id().to_string(),
+            packet.id.clone(),
+            true,
+            10,
+        )
         .await
-        .unwrap()
         .unwrap();
     assert!(msg.contains("approved"), "{msg}");
     let ApprovalResponse::Granted(receipt) = ask().await else {
@@ -572,14 +506,6 @@ async fn paid_compute_needs_the_owners_signed_receipt() {
     let mut other = packet.clone();
     other.budget.spend_cap = Some(1000.0);
     let h = worker.handle.clone();
-    let resp = h
-        .ask(|reply| Command::RequestSpend {
-            program: id,
-            packet: other,
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = h.request_spend(id, other).await.unwrap();
     assert!(matches!(resp, ApprovalResponse::Error(_)), "{resp:?}");
 }

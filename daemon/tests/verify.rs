@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use btd::blobs::{fetch, BlobStore, FetchError, FetchSpec};
 use btd::node::types::{NewResult, PublishFiles, StatusView};
-use btd::node::{Command, NodeHandle};
+use btd::node::NodeHandle;
 use btd::store::Store;
 use btd::testkit::{
     join_approved, owner_and_member, spawn_node, wait_for, wait_known, OwnerAndMember, TestNode,
@@ -73,15 +73,7 @@ async fn node_in(home: &Path, bootstrap: Option<&TestNode>, store: Store) -> Tes
 }
 
 async fn publish(owner: &NodeHandle, manifest: String, files: PublishFiles) -> ProgramId {
-    owner
-        .ask(|reply| Command::PublishWith {
-            manifest,
-            files,
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap()
+    owner.publish_with(manifest, files).await.unwrap()
 }
 
 fn spec(owner: &TestNode, program: ProgramId, digest: Digest) -> FetchSpec {
@@ -123,19 +115,16 @@ async fn artifacts_move_in_resumable_checked_chunks_only_inside_their_program() 
     // Publishing checks the file against the manifest's digest.
     let wrong = dirs[0].path().join("wrong.txt");
     std::fs::write(&wrong, b"not the corpus").unwrap();
+    let files = PublishFiles {
+        data: Some(wrong),
+        holdout: None,
+    };
     let e = owner
         .handle
-        .ask(|reply| Command::PublishWith {
-            manifest: file_program(&digest),
-            files: PublishFiles {
-                data: Some(wrong),
-                holdout: None,
-            },
-            reply,
-        })
+        .publish_with(file_program(&digest), files)
         .await
-        .unwrap()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not the"), "{e}");
     let program = publish(
         &owner.handle,
@@ -150,12 +139,7 @@ async fn artifacts_move_in_resumable_checked_chunks_only_inside_their_program() 
     join_approved(&owner.handle, &worker.handle, program, T)
         .await
         .unwrap();
-    let (_, credential) = worker
-        .handle
-        .ask(|reply| Command::Credential { program, reply })
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, credential) = worker.handle.credential(program).await.unwrap().unwrap();
 
     // A non-member is refused, with words.
     let store_out = BlobStore::new(dirs[2].path().join("blobs"));
@@ -326,34 +310,19 @@ async fn claim(
         .claim_checkpoint(p.program, path.to_path_buf())
         .await
         .unwrap();
-    let program = p.program;
-    p.worker
-        .handle
-        .ask(|reply| Command::Submit {
-            program,
-            result: NewResult {
-                value,
-                rung_id: "cpu".into(),
-                outputs: vec![output],
-                claim: Some(claim),
-                hypothesis,
-                ..Default::default()
-            },
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap()
+    let result = NewResult {
+        value,
+        rung_id: "cpu".into(),
+        outputs: vec![output],
+        claim: Some(claim),
+        hypothesis,
+        ..Default::default()
+    };
+    p.worker.handle.submit(p.program, result).await.unwrap()
 }
 
 async fn status(h: &NodeHandle, program: ProgramId) -> Option<StatusView> {
-    h.ask(|reply| Command::Status {
-        program: Some(program),
-        reply,
-    })
-    .await
-    .ok()?
-    .ok()
+    h.status(Some(program)).await.ok()
 }
 
 /// Waits for the owner's verdict on claim `seq`; returns the owner's status at that moment and the

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use btd::node::Command;
 use btd::store::Store;
 use btd::testkit::{owner_and_member, wait_for, TestNode};
 use btd::work::{run_rounds, RunState, WorkContext, WorkEvent, WorkOptions, WorkSummary};
@@ -186,28 +185,16 @@ async fn candle_rounds_search_near_the_champion_and_leave_verifiable_records() {
     let (owner_peer, credential) = p
         .worker
         .handle
-        .ask(|reply| Command::Credential {
-            program: p.program,
-            reply,
-        })
+        .credential(p.program)
         .await
         .unwrap()
         .unwrap();
-    let KbResponse::Champion(Some(c)) = p
-        .worker
-        .handle
-        .ask(|reply| Command::RawKb {
-            peer: owner_peer,
-            request: KbRequest {
-                program: p.program,
-                credential,
-                call: KbCall::Champion,
-            },
-            reply,
-        })
-        .await
-        .unwrap()
-        .unwrap()
+    let champion = KbRequest {
+        program: p.program,
+        credential,
+        call: KbCall::Champion,
+    };
+    let KbResponse::Champion(Some(c)) = p.worker.handle.raw_kb(owner_peer, champion).await.unwrap()
     else {
         panic!("no champion")
     };
@@ -279,22 +266,14 @@ async fn paid_rounds_wait_for_the_owners_receipt_and_link_it() {
     let owner = p.owner.handle.clone();
     let approver = tokio::spawn(async move {
         let req = wait_for(T, "a spend request", || async {
-            let list = owner.ask(Command::SpendRequests).await.ok()?;
+            let list = owner.spend_requests().await.ok()?;
             list.into_iter().find(|r| r.state == "pending")
         })
         .await
         .unwrap();
         owner
-            .ask(|reply| Command::DecideSpend {
-                program: req.program,
-                member: req.member,
-                packet_id: req.packet.id,
-                approve: true,
-                minutes: 10,
-                reply,
-            })
+            .decide_spend(req.program, req.member, req.packet.id, true, 10)
             .await
-            .unwrap()
             .unwrap();
     });
     let (summary, events) = rounds(&p, opts(2)).await;

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use btd::node::types::{JoinEvent, NewResult};
-use btd::node::{Command, NodeHandle};
+use btd::node::{NodeError, NodeHandle};
 use btd_protocol::membership::Credential;
 use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{KbCall, KbRequest, KbResponse};
 use libp2p::PeerId;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::records::{Ack, JoinRecord, Probe, ProbeOutcome, Records};
@@ -26,8 +26,6 @@ use crate::world::NodeIx;
 
 /// How often an actor looks again for a node that is down.
 const UP_POLL: Duration = Duration::from_millis(50);
-/// Progress events buffered per join.
-const JOIN_EVENTS: usize = 16;
 
 /// State shared by every actor of a run.
 pub(crate) struct Ctx {
@@ -82,11 +80,7 @@ impl Ctx {
     pub(crate) async fn credential(&self, ix: NodeIx) -> Option<Credential> {
         let h = self.sim.handle(ix)?;
         let program = self.program;
-        h.ask(|reply| Command::Credential { program, reply })
-            .await
-            .ok()
-            .flatten()
-            .map(|(_, c)| c)
+        h.credential(program).await.ok().flatten().map(|(_, c)| c)
     }
 }
 
@@ -166,17 +160,9 @@ async fn join(ctx: &Ctx, ix: NodeIx, approve: bool) -> bool {
 
 /// One `btd join`: returns the outcome and the simulated human's delay to exclude.
 async fn join_once(ctx: &Ctx, ix: NodeIx, h: &NodeHandle, approve: bool) -> (Attempt, Duration) {
-    let (tx, mut rx) = mpsc::channel(JOIN_EVENTS);
-    let program = ctx.program;
-    if h.send(Command::Join {
-        program,
-        events: tx,
-    })
-    .await
-    .is_err()
-    {
+    let Ok(mut rx) = h.join(ctx.program).await else {
         return (Attempt::Retry("the node stopped".into()), Duration::ZERO);
-    }
+    };
     let limit = Duration::from_millis(
         3 * ctx.s.net.request_timeout_ms + ctx.s.join.approve_delay_ms + 10_000,
     );
@@ -226,17 +212,15 @@ async fn decide(
         if let Some(owner) = ctx.sim.handle(0) {
             let issued = Instant::now();
             let code = user_code.to_string();
-            match owner
-                .ask(|reply| Command::Decide {
-                    user_code: code,
-                    approve,
-                    reply,
-                })
-                .await
-            {
-                Ok(Ok(_)) => return Ok(issued),
-                Ok(Err(e)) => return Err(format!("decision refused: {e}")),
-                Err(_) => {}
+            let decided = if approve {
+                owner.approve(code).await
+            } else {
+                owner.deny(code).await
+            };
+            match decided {
+                Ok(_) => return Ok(issued),
+                Err(NodeError::Stopped) => {}
+                Err(e) => return Err(format!("decision refused: {e}")),
             }
         }
         if Instant::now() >= give_up {
@@ -281,20 +265,14 @@ async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
         ctx.rec().issued.push((ix, v));
         let program = ctx.program;
         let t = Instant::now();
-        let r = h
-            .ask(|reply| Command::Submit {
-                program,
-                result: NewResult {
-                    value: v,
-                    rung_id: "cpu".into(),
-                    outputs: vec![],
-                    ..Default::default()
-                },
-                reply,
-            })
-            .await;
-        match r {
-            Ok(Ok(rc)) => ctx.rec().acks.push(Ack {
+        let result = NewResult {
+            value: v,
+            rung_id: "cpu".into(),
+            outputs: vec![],
+            ..Default::default()
+        };
+        match h.submit(program, result).await {
+            Ok(rc) => ctx.rec().acks.push(Ack {
                 node: ix,
                 member: member.clone(),
                 value: v,
@@ -306,7 +284,6 @@ async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
                 rtt: t.elapsed(),
                 after_revoke,
             }),
-            Ok(Err(e)) => ctx.rec().submit_failures.push((ix, e)),
             Err(e) => ctx.rec().submit_failures.push((ix, e.to_string())),
         }
         tokio::time::sleep(Duration::from_millis(ctx.s.workload.interval_ms)).await;
@@ -402,20 +379,13 @@ async fn probe_once(
         call,
     };
     let peer = ctx.owner;
-    let outcome = match h
-        .ask(|reply| Command::RawKb {
-            peer,
-            request,
-            reply,
-        })
-        .await
-    {
-        Ok(Ok(KbResponse::Error(e))) => ProbeOutcome::Refused(e.code),
-        Ok(Ok(other)) => {
+    let outcome = match h.raw_kb(peer, request).await {
+        Ok(KbResponse::Error(e)) => ProbeOutcome::Refused(e.code),
+        Ok(other) => {
             let text = format!("{other:?}");
             ProbeOutcome::Leak(text.chars().take(200).collect())
         }
-        Ok(Err(_)) | Err(_) => ProbeOutcome::NoAnswer,
+        Err(_) => ProbeOutcome::NoAnswer,
     };
     ctx.rec().probes.push(Probe {
         node: ix,

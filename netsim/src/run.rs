@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use btd::node::types::StatusView;
-use btd::node::Command;
 use btd::store::Store;
 use futures::future::join_all;
 use tokio::sync::watch;
@@ -91,8 +90,8 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         .ok_or_else(|| anyhow!("the owner is not running"))?;
     let manifest = s.program.manifest(&s.name, &s.workload);
     let program = owner
-        .ask(|reply| Command::Publish { manifest, reply })
-        .await?
+        .publish(manifest)
+        .await
         .map_err(|e| anyhow!("publish failed: {e}"))?;
     let t0 = Instant::now();
     let ctx = Arc::new(Ctx {
@@ -210,7 +209,7 @@ async fn wait_connected(sim: &Sim, deadline: Instant) -> Result<()> {
     let mut pending: Vec<usize> = (0..n).collect();
     while !pending.is_empty() {
         let asks = pending.iter().map(|&ix| async move {
-            let peers = sim.handle(ix)?.ask(btd::node::Command::Peers).await.ok()?;
+            let peers = sim.handle(ix)?.peers().await.ok()?;
             peers.iter().any(|p| p.agent.is_some()).then_some(ix)
         });
         let ok: Vec<usize> = join_all(asks).await.into_iter().flatten().collect();
@@ -258,13 +257,7 @@ async fn wait_workers_done(ctx: &Ctx, members: &[usize]) {
 async fn served_status(ctx: &Ctx) -> Option<StatusView> {
     let h = ctx.up(0).await?;
     let program = ctx.program;
-    h.ask(|reply| Command::Status {
-        program: Some(program),
-        reply,
-    })
-    .await
-    .ok()?
-    .ok()
+    h.status(Some(program)).await.ok()
 }
 
 async fn owner_log(

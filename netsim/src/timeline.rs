@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use btd::node::Command;
 use btd_protocol::kb::Entry;
 use btd_protocol::wire::{KbCall, KbRequest, KbResponse};
 use futures::future::join_all;
@@ -151,16 +150,7 @@ async fn revoke(ctx: &Ctx, ix: NodeIx) -> bool {
         return false;
     };
     let program = ctx.program;
-    matches!(
-        owner
-            .ask(|reply| Command::Revoke {
-                program,
-                member,
-                reply
-            })
-            .await,
-        Ok(Ok(()))
-    )
+    owner.revoke(program, member).await.is_ok()
 }
 
 /// Polls every node's program list until each knows the program; records the times.
@@ -173,7 +163,7 @@ pub(crate) async fn track_propagation(ctx: Arc<Ctx>, poll: Duration) {
         let asks = pending.iter().map(|&ix| {
             let h = ctx.sim.handle(ix);
             async move {
-                let list = h?.ask(Command::Programs).await.ok()?;
+                let list = h?.programs().await.ok()?;
                 // The node answered now: it learned the program at most this long after t0.
                 let at = t0.elapsed();
                 list.iter().any(|p| p.id == program).then_some((ix, at))
@@ -196,14 +186,7 @@ pub(crate) async fn track_propagation(ctx: Arc<Ctx>, poll: Duration) {
 async fn owner_champion(ctx: &Ctx) -> Option<Option<Entry>> {
     let h = ctx.sim.handle(0)?;
     let program = ctx.program;
-    let v = h
-        .ask(|reply| Command::Status {
-            program: Some(program),
-            reply,
-        })
-        .await
-        .ok()?
-        .ok()?;
+    let v = h.status(Some(program)).await.ok()?;
     Some(v.champion)
 }
 
@@ -216,17 +199,10 @@ async fn member_champion(ctx: &Ctx, ix: NodeIx) -> Option<Option<Entry>> {
         call: KbCall::Champion,
     };
     let peer = ctx.owner;
-    match h
-        .ask(|reply| Command::RawKb {
-            peer,
-            request,
-            reply,
-        })
-        .await
-    {
-        Ok(Ok(KbResponse::Champion(c))) => Some(c.map(|c| c.entry)),
+    match h.raw_kb(peer, request).await {
+        Ok(KbResponse::Champion(c)) => Some(c.map(|c| c.entry)),
         other => {
-            tracing::debug!(node = ix, answer = ?other.map(|r| r.map(|_| ())), "no champion view");
+            tracing::debug!(node = ix, answer = ?other.map(|_| ()), "no champion view");
             None
         }
     }

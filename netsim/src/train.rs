@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use btd::blobs::BlobStore;
 use btd::node::types::NewResult;
-use btd::node::Command;
 use btd::work::claim_checkpoint;
 use btd_protocol::kb::Check;
 use btd_protocol::program::{CandleTask, Program, Task};
@@ -141,21 +140,15 @@ pub(crate) async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
         ctx.rec().issued.push((ix, trained.claimed));
         let program = ctx.program;
         let started = Instant::now();
-        let r = h
-            .ask(|reply| Command::Submit {
-                program,
-                result: NewResult {
-                    value: trained.claimed,
-                    rung_id: "cpu".into(),
-                    outputs: vec![output],
-                    claim: Some(claim),
-                    ..Default::default()
-                },
-                reply,
-            })
-            .await;
-        match r {
-            Ok(Ok(rc)) => {
+        let result = NewResult {
+            value: trained.claimed,
+            rung_id: "cpu".into(),
+            outputs: vec![output],
+            claim: Some(claim),
+            ..Default::default()
+        };
+        match h.submit(program, result).await {
+            Ok(rc) => {
                 seqs.push(rc.seq);
                 let mut rec = ctx.rec();
                 rec.acks.push(Ack {
@@ -177,7 +170,6 @@ pub(crate) async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
                     check: Some(rc.check),
                 });
             }
-            Ok(Err(e)) => ctx.rec().submit_failures.push((ix, e)),
             Err(e) => ctx.rec().submit_failures.push((ix, e.to_string())),
         }
         tokio::time::sleep(Duration::from_millis(ctx.s.workload.interval_ms)).await;
@@ -186,13 +178,7 @@ pub(crate) async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
     while Instant::now() < ctx.deadline {
         let Some(h) = ctx.up(ix).await else { return };
         let program = ctx.program;
-        if let Ok(Ok(s)) = h
-            .ask(|reply| Command::Status {
-                program: Some(program),
-                reply,
-            })
-            .await
-        {
+        if let Ok(s) = h.status(Some(program)).await {
             let settled: Vec<(u64, Check)> = s
                 .results
                 .iter()

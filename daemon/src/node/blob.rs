@@ -1,4 +1,4 @@
-//! `/btd/blob/1`: serving artifact chunks inside a program, and routing replies to fetches.
+//! `/btd/blob/1`: serving artifact chunks inside a program (fetches are `NodeHandle::blob`).
 //!
 //! Who may fetch what:
 //! - from the owner of a program, a member (with its credential) may fetch the program's dataset;
@@ -10,67 +10,26 @@
 
 use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{BlobRequest, BlobResponse, ErrorCode};
-use libp2p::request_response::{self, ResponseChannel};
 use libp2p::PeerId;
 
 use super::owner::err;
 use super::Node;
+use crate::net::Responder;
 
-fn respond(node: &mut Node, channel: ResponseChannel<BlobResponse>, resp: BlobResponse) {
-    if node
-        .swarm
-        .behaviour_mut()
-        .blob
-        .send_response(channel, resp)
-        .is_err()
-    {
+fn respond(node: &mut Node, channel: Responder<BlobResponse>, resp: BlobResponse) {
+    if !node.net.respond(channel, resp) {
         tracing::debug!("blob response dropped: the requester went away");
     }
 }
 
-fn refuse(node: &mut Node, channel: ResponseChannel<BlobResponse>, code: ErrorCode, msg: String) {
+/// Answers a blob request with an error.
+pub(super) fn refuse(
+    node: &mut Node,
+    channel: Responder<BlobResponse>,
+    code: ErrorCode,
+    msg: String,
+) {
     respond(node, channel, BlobResponse::Error(err(code, msg)));
-}
-
-/// Blob protocol events.
-pub(super) fn on_event(node: &mut Node, e: request_response::Event<BlobRequest, BlobResponse>) {
-    match e {
-        request_response::Event::Message { peer, message, .. } => match message {
-            request_response::Message::Request {
-                request, channel, ..
-            } => {
-                if node.allow_blob(peer) {
-                    on_request(node, peer, request, channel);
-                } else {
-                    refuse(
-                        node,
-                        channel,
-                        ErrorCode::RateLimited,
-                        "too many artifact requests; slow down".into(),
-                    );
-                }
-            }
-            request_response::Message::Response {
-                request_id,
-                response,
-            } => {
-                if let Some(tx) = node.out.blobs.remove(&request_id) {
-                    let _ = tx.send(Ok(response));
-                }
-            }
-        },
-        request_response::Event::OutboundFailure {
-            request_id, error, ..
-        } => {
-            if let Some(tx) = node.out.blobs.remove(&request_id) {
-                let _ = tx.send(Err(error.to_string()));
-            }
-        }
-        request_response::Event::InboundFailure { peer, error, .. } => {
-            tracing::debug!(peer = %peer, error = %error, "inbound blob request failed");
-        }
-        request_response::Event::ResponseSent { .. } => {}
-    }
 }
 
 /// Whether `peer` may fetch `req.digest` of `req.program` from this node, or why not.
@@ -92,11 +51,12 @@ fn authorize(node: &Node, peer: &PeerId, req: &BlobRequest) -> Result<(), (Error
     }
 }
 
-fn on_request(
+/// Serves an inbound blob request (the peer's budget was already checked).
+pub(super) fn on_request(
     node: &mut Node,
     peer: PeerId,
     req: BlobRequest,
-    channel: ResponseChannel<BlobResponse>,
+    channel: Responder<BlobResponse>,
 ) {
     if let Err(e) = req.check() {
         return refuse(node, channel, ErrorCode::Invalid, e.to_string());

@@ -3,18 +3,15 @@
 
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
-use btd_protocol::wire::{self, protocols, ProgramAnnouncement, RungAdvert};
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use btd_protocol::wire::{self, ProgramAnnouncement, RungAdvert};
 use libp2p::multiaddr::Protocol;
-use libp2p::{identify, kad, mdns, PeerId};
+use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
 use super::types::JoinEvent;
 use super::{Known, Node};
+use crate::net::{GossipMessage, Lookup, MessageAcceptance, PeerInfo, QueryId, Topic};
 use crate::store::{self, ProgramRow};
-
-/// The relay v2 hop protocol: a peer that speaks it can relay for us.
-const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
 /// Most DHT lookups for joins in flight.
 const MAX_LOOKUPS: usize = 64;
 /// Most programs remembered from the mesh: announcements are cheap to forge with fresh keys, so
@@ -23,20 +20,12 @@ const MAX_KNOWN_PROGRAMS: usize = 10_000;
 /// Most peers whose rung adverts and agents are remembered.
 const MAX_PEER_INFO: usize = 10_000;
 
-fn programs_topic() -> IdentTopic {
-    IdentTopic::new(protocols::TOPIC_PROGRAMS)
-}
-
-fn rungs_topic() -> IdentTopic {
-    IdentTopic::new(protocols::TOPIC_RUNGS)
-}
-
 pub(super) fn subscribe(node: &mut Node) -> anyhow::Result<()> {
-    let g = &mut node.swarm.behaviour_mut().gossipsub;
-    g.subscribe(&programs_topic())
-        .map_err(|e| anyhow::anyhow!("gossipsub subscribe: {e}"))?;
-    g.subscribe(&rungs_topic())
-        .map_err(|e| anyhow::anyhow!("gossipsub subscribe: {e}"))?;
+    for topic in [Topic::Programs, Topic::Rungs] {
+        node.net
+            .subscribe(topic)
+            .map_err(|e| anyhow::anyhow!("gossipsub subscribe: {e}"))?;
+    }
     Ok(())
 }
 
@@ -99,19 +88,15 @@ pub(super) fn announce(node: &mut Node, id: ProgramId, dht: bool) {
             },
         );
     }
-    let b = node.swarm.behaviour_mut();
-    if let Err(e) = b.gossipsub.publish(programs_topic(), bytes.clone()) {
+    if let Err(e) = node.net.publish(Topic::Programs, bytes.clone()) {
         tracing::debug!(program = %id, error = %e, "announcement not published yet");
     }
     if !dht {
         return;
     }
-    let key = kad::RecordKey::new(&id.0.as_bytes());
-    let record = kad::Record::new(key.clone(), bytes);
-    if let Err(e) = b.kad.put_record(record, kad::Quorum::One) {
+    if let Err(e) = node.net.put_record(id.0.as_bytes(), bytes) {
         tracing::debug!(program = %id, error = %e, "cannot store the program record");
     }
-    let _ = b.kad.start_providing(key);
 }
 
 fn advertise_rungs(node: &mut Node) {
@@ -126,50 +111,31 @@ fn advertise_rungs(node: &mut Node) {
     let Ok(bytes) = wire::encode(&signed) else {
         return;
     };
-    if let Err(e) = node
-        .swarm
-        .behaviour_mut()
-        .gossipsub
-        .publish(rungs_topic(), bytes)
-    {
+    if let Err(e) = node.net.publish(Topic::Rungs, bytes) {
         tracing::debug!(error = %e, "rung advert not published yet");
     }
 }
 
 /// Gossip: application-level validation of every message before it is forwarded.
-pub(super) fn on_gossip(node: &mut Node, event: gossipsub::Event) {
-    match event {
-        gossipsub::Event::Message {
-            propagation_source,
-            message_id,
-            message,
-        } => {
-            let verdict = if message.topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS) {
-                on_program_message(node, message.source, &message.data)
-            } else if message.topic == TopicHash::from_raw(protocols::TOPIC_RUNGS) {
-                on_rungs_message(node, message.source, &message.data)
-            } else {
-                MessageAcceptance::Ignore
-            };
-            if verdict == MessageAcceptance::Reject {
-                tracing::debug!(from = %propagation_source, "rejected a gossip message");
-            }
-            let _ = node
-                .swarm
-                .behaviour_mut()
-                .gossipsub
-                .report_message_validation_result(&message_id, &propagation_source, verdict);
-        }
-        // A new listener of the programs topic: an owner re-gossips its programs (rate limited by
-        // the tick) so the newcomer learns them without waiting for the periodic announcement.
-        // Nobody else re-announces: every re-announcement floods the whole mesh.
-        gossipsub::Event::Subscribed { topic, .. }
-            if topic == TopicHash::from_raw(protocols::TOPIC_PROGRAMS)
-                && !node.owners.is_empty() =>
-        {
-            node.regossip_programs = true;
-        }
-        _ => {}
+pub(super) fn on_message(node: &mut Node, message: GossipMessage) {
+    let verdict = match message.topic {
+        Some(Topic::Programs) => on_program_message(node, message.source, &message.data),
+        Some(Topic::Rungs) => on_rungs_message(node, message.source, &message.data),
+        None => MessageAcceptance::Ignore,
+    };
+    if verdict == MessageAcceptance::Reject {
+        tracing::debug!(from = %message.propagation_source, "rejected a gossip message");
+    }
+    node.net
+        .validate(&message.id, &message.propagation_source, verdict);
+}
+
+/// A new listener of the programs topic: an owner re-gossips its programs (rate limited by the
+/// tick) so the newcomer learns them without waiting for the periodic announcement. Nobody else
+/// re-announces: every re-announcement floods the whole mesh.
+pub(super) fn on_subscribed(node: &mut Node, topic: Topic) {
+    if topic == Topic::Programs && !node.owners.is_empty() {
+        node.regossip_programs = true;
     }
 }
 
@@ -256,34 +222,28 @@ fn on_rungs_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> Mes
 }
 
 /// identify: learn addresses for the DHT, and reserve a relay slot on bootstrap peers that relay.
-pub(super) fn on_identify(node: &mut Node, event: identify::Event) {
-    let identify::Event::Received { peer_id, info, .. } = event else {
-        return;
-    };
+pub(super) fn on_identify(node: &mut Node, info: PeerInfo) {
+    let peer_id = info.peer;
     if node.agents.len() < MAX_PEER_INFO || node.agents.contains_key(&peer_id) {
         // Remote text: cut by characters (String::truncate would panic inside a UTF-8 sequence).
         let agent: String = info.agent_version.chars().take(64).collect();
         node.agents.insert(peer_id, agent);
     }
-    if info.protocol_version != super::super::net::behaviour::IDENTIFY_PROTOCOL {
+    if info.protocol_version != crate::net::behaviour::IDENTIFY_PROTOCOL {
         return;
     }
     for addr in &info.listen_addrs {
-        node.swarm
-            .behaviour_mut()
-            .kad
-            .add_address(&peer_id, addr.clone());
+        node.net.add_dht_address(peer_id, addr.clone());
     }
-    let relays = info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP);
-    if relays && !node.reserved.contains(&peer_id) {
+    if info.relay && !node.reserved.contains(&peer_id) {
         if let Some(addr) = node.bootstrap.get(&peer_id).cloned() {
-            let base: libp2p::Multiaddr = addr
+            let base: Multiaddr = addr
                 .iter()
                 .filter(|p| !matches!(p, Protocol::P2p(_)))
                 .collect();
             let circuit = base.with(Protocol::P2p(peer_id)).with(Protocol::P2pCircuit);
-            match node.swarm.listen_on(circuit.clone()) {
-                Ok(_) => {
+            match node.net.listen_on(circuit.clone()) {
+                Ok(()) => {
                     tracing::info!(relay = %peer_id, "reserving a relay slot");
                     node.reserved.insert(peer_id);
                 }
@@ -296,7 +256,7 @@ pub(super) fn on_identify(node: &mut Node, event: identify::Event) {
 /// Joins waiting for a DHT lookup.
 #[derive(Default)]
 pub(crate) struct Lookups {
-    pending: std::collections::HashMap<kad::QueryId, (ProgramId, mpsc::Sender<JoinEvent>)>,
+    pending: std::collections::HashMap<QueryId, (ProgramId, mpsc::Sender<JoinEvent>)>,
 }
 
 /// Looks a program id up in the DHT for `btd join`.
@@ -307,27 +267,18 @@ pub(super) fn lookup(node: &mut Node, program: ProgramId, events: mpsc::Sender<J
         });
         return;
     }
-    let key = kad::RecordKey::new(&program.0.as_bytes());
-    let q = node.swarm.behaviour_mut().kad.get_record(key);
+    let q = node.net.get_record(program.0.as_bytes());
     node.lookups.pending.insert(q, (program, events));
 }
 
-pub(super) fn on_kad(node: &mut Node, event: kad::Event) {
-    let kad::Event::OutboundQueryProgressed {
-        id, result, step, ..
-    } = event
-    else {
-        return;
-    };
-    let kad::QueryResult::GetRecord(result) = result else {
-        return;
-    };
+/// A step of a join's DHT lookup.
+pub(super) fn on_lookup(node: &mut Node, id: QueryId, step: Lookup) {
     let Some((program, events)) = node.lookups.pending.remove(&id) else {
         return;
     };
-    match result {
-        Ok(kad::GetRecordOk::FoundRecord(peer_record)) => {
-            let ok = wire::decode::<Signed<ProgramAnnouncement>>(&peer_record.record.value)
+    match step {
+        Lookup::Found { value, last } => {
+            let ok = wire::decode::<Signed<ProgramAnnouncement>>(&value)
                 .ok()
                 .filter(|s| {
                     wire::verify_announcement(s, crate::now())
@@ -337,12 +288,10 @@ pub(super) fn on_kad(node: &mut Node, event: kad::Event) {
             match ok {
                 Some(signed) => {
                     accept_announcement(node, None, signed);
-                    if let Some(mut q) = node.swarm.behaviour_mut().kad.query_mut(&id) {
-                        q.finish();
-                    }
+                    node.net.finish_query(id);
                     super::worker::start_authorize(node, program, events);
                 }
-                None if !step.last => {
+                None if !last => {
                     // A bad record from one peer: keep waiting for others.
                     node.lookups.pending.insert(id, (program, events));
                 }
@@ -355,7 +304,7 @@ pub(super) fn on_kad(node: &mut Node, event: kad::Event) {
                 }
             }
         }
-        Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {
+        Lookup::NotFound => {
             if node.known.contains_key(&program) {
                 super::worker::start_authorize(node, program, events);
             } else {
@@ -366,7 +315,7 @@ pub(super) fn on_kad(node: &mut Node, event: kad::Event) {
                 });
             }
         }
-        Err(e) => {
+        Lookup::Failed(e) => {
             if node.known.contains_key(&program) {
                 super::worker::start_authorize(node, program, events);
             } else {
@@ -380,14 +329,10 @@ pub(super) fn on_kad(node: &mut Node, event: kad::Event) {
     }
 }
 
-pub(super) fn on_mdns(node: &mut Node, event: mdns::Event) {
-    if let mdns::Event::Discovered(list) = event {
-        for (peer, addr) in list {
-            node.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
-            let _ = node.swarm.dial(addr);
-        }
+/// LAN discovery: dial what mDNS found.
+pub(super) fn on_discovered(node: &mut Node, list: Vec<(PeerId, Multiaddr)>) {
+    for (peer, addr) in list {
+        node.net.add_dht_address(peer, addr.clone());
+        let _ = node.net.dial(addr);
     }
 }

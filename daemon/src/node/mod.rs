@@ -1,15 +1,22 @@
-//! The daemon's core. One task owns the swarm and the program state; everything else talks to it
-//! through a cloneable [`NodeHandle`] (bounded command channel, oneshot replies). The task never
-//! awaits inside an event handler: store writes run as futures the loop polls, and replies to the
-//! control API are sent with `try_send`/oneshot.
+//! The daemon's core. One task owns the network ([`crate::net::Net`]) and the program state;
+//! everything else talks to it through a cloneable [`NodeHandle`] (one async method per operation,
+//! bounded command channel, oneshot replies, typed [`NodeError`]s). The task handles btd's network
+//! events (`dispatch.rs` routes them), never libp2p's. It never awaits inside a handler: store
+//! writes run as futures the loop polls, and replies to the control API are sent with
+//! `try_send`/oneshot.
 
 mod blob;
+mod dispatch;
 mod gossip;
+mod handle;
 mod owner;
 mod publish;
 pub mod spend;
 pub mod types;
 mod worker;
+
+pub(crate) use handle::Command;
+pub use handle::{NodeError, NodeHandle};
 
 pub(crate) use publish::holdout_path;
 
@@ -19,24 +26,23 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use btd_protocol::kb::Entry;
 use btd_protocol::membership::Credential;
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal::SealKey;
 use btd_protocol::signed::Signed;
-use btd_protocol::wire::{AdvertisedRung, ProgramAnnouncement, SubmitReceipt};
+use btd_protocol::wire::{AdvertisedRung, ProgramAnnouncement};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetParams, TransportKind};
+use crate::net::{build_swarm, ConnectionId, Net, NetParams, TransportKind};
 use crate::store::{Snapshot, Store};
-use types::{JoinEvent, MembersView, NewResult, NodeInfo, PeerView, ProgramView, StatusView};
+use dispatch::NodeTags;
+use types::{JoinEvent, NodeInfo, PeerView, ProgramView};
 
 /// Commands queued for the node task. A full queue makes callers wait.
 const COMMAND_QUEUE: usize = 256;
@@ -71,205 +77,6 @@ pub struct NodeConfig {
     /// with one also runs the owner's verifier (`crate::verify`). `None` serves and stores no
     /// artifacts and checks no claims (netsim nodes without disks).
     pub home: Option<std::path::PathBuf>,
-}
-
-/// What the control API can ask of the node.
-#[derive(Debug)]
-pub enum Command {
-    /// `btd id`.
-    Info(oneshot::Sender<NodeInfo>),
-    /// `btd peers`.
-    Peers(oneshot::Sender<Vec<PeerView>>),
-    /// Dial an address.
-    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
-    /// `btd publish`.
-    Publish {
-        /// Manifest text.
-        manifest: String,
-        /// The program id once durable.
-        reply: oneshot::Sender<Result<ProgramId, String>>,
-    },
-    /// Publish a manifest with its files (dataset, holdout).
-    PublishWith {
-        /// Manifest text.
-        manifest: String,
-        /// The dataset and holdout files.
-        files: types::PublishFiles,
-        /// The program id, or why not.
-        reply: oneshot::Sender<Result<ProgramId, String>>,
-    },
-    /// `btd programs`.
-    Programs(oneshot::Sender<Vec<ProgramView>>),
-    /// `btd join`.
-    Join {
-        /// The program.
-        program: ProgramId,
-        /// Progress events (bounded; dropped events never block the node).
-        events: mpsc::Sender<JoinEvent>,
-    },
-    /// `btd approve` / `btd deny`.
-    Decide {
-        /// The user code as typed.
-        user_code: String,
-        /// Approve (true) or deny.
-        approve: bool,
-        /// Result in words.
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// `btd members`.
-    Members {
-        /// The program.
-        program: ProgramId,
-        /// Members and pending codes.
-        reply: oneshot::Sender<Result<MembersView, String>>,
-    },
-    /// `btd revoke`.
-    Revoke {
-        /// The program.
-        program: ProgramId,
-        /// The member id.
-        member: String,
-        /// Done.
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// `btd submit`.
-    Submit {
-        /// The program.
-        program: ProgramId,
-        /// The result.
-        result: NewResult,
-        /// The owner's verdict.
-        reply: oneshot::Sender<Result<SubmitReceipt, String>>,
-    },
-    /// `btd status`.
-    Status {
-        /// The program (None: the only program this node owns or belongs to).
-        program: Option<ProgramId>,
-        /// The view.
-        reply: oneshot::Sender<Result<StatusView, String>>,
-    },
-    /// Send a raw membership request to a peer and return its raw response (tests, netsim probes).
-    RawMembership {
-        /// The peer.
-        peer: PeerId,
-        /// The request.
-        request: btd_protocol::wire::MembershipRequest,
-        /// Its response, or the transport failure.
-        reply: oneshot::Sender<Result<btd_protocol::wire::MembershipResponse, String>>,
-    },
-    /// Send a raw KB request to a peer and return its raw response (tests, netsim probes).
-    RawKb {
-        /// The peer.
-        peer: PeerId,
-        /// The request.
-        request: btd_protocol::wire::KbRequest,
-        /// Its response, or the transport failure.
-        reply: oneshot::Sender<Result<btd_protocol::wire::KbResponse, String>>,
-    },
-    /// A known program's verified announcement (the worker loop reads its task and owner).
-    Program {
-        /// The program.
-        program: ProgramId,
-        /// The verified program, if known.
-        reply: oneshot::Sender<Option<btd_protocol::wire::VerifiedProgram>>,
-    },
-    /// This node's membership credential for a program, if any (tests, netsim probes).
-    Credential {
-        /// The program.
-        program: ProgramId,
-        /// The owner and credential.
-        reply: oneshot::Sender<Option<(PeerId, Credential)>>,
-    },
-    /// Member: ask the owner to approve paid compute for a packet.
-    RequestSpend {
-        /// The program.
-        program: ProgramId,
-        /// The packet.
-        packet: btd_protocol::dispatch::ComputePacket,
-        /// The owner's answer.
-        reply: oneshot::Sender<Result<btd_protocol::wire::ApprovalResponse, String>>,
-    },
-    /// Owner: open and decided spend requests.
-    SpendRequests(oneshot::Sender<Vec<spend::SpendRequestView>>),
-    /// Owner: approve or deny a spend request.
-    DecideSpend {
-        /// The program.
-        program: ProgramId,
-        /// The member.
-        member: String,
-        /// The packet id.
-        packet_id: String,
-        /// Approve (true) or deny.
-        approve: bool,
-        /// Receipt validity in minutes.
-        minutes: u64,
-        /// Result in words.
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// Ask a peer for one chunk of an artifact.
-    Blob {
-        /// The peer.
-        peer: PeerId,
-        /// The request.
-        request: btd_protocol::wire::BlobRequest,
-        /// Its response, or the transport failure.
-        reply: oneshot::Sender<Result<btd_protocol::wire::BlobResponse, String>>,
-    },
-    /// Owner: the oldest claim waiting for a check in each owned program.
-    NextClaims(oneshot::Sender<Vec<types::ClaimJob>>),
-    /// Owner: apply a verdict on a pending claim (durable before the reply).
-    Resolve {
-        /// The program.
-        program: ProgramId,
-        /// The claim.
-        seq: u64,
-        /// The verdict.
-        verdict: btd_protocol::kb::Verdict,
-        /// The entry after the verdict.
-        reply: oneshot::Sender<Result<Entry, String>>,
-    },
-    /// Stop the node (pending store writes finish first).
-    Shutdown,
-}
-
-/// Handle to a running node.
-#[derive(Debug, Clone)]
-pub struct NodeHandle {
-    tx: mpsc::Sender<Command>,
-    peer_id: PeerId,
-    claims: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl NodeHandle {
-    /// Signalled when an owned program gets a claim to check (a permit is kept if nobody waits,
-    /// so no signal is lost).
-    pub fn claims_ready(&self) -> &tokio::sync::Notify {
-        &self.claims
-    }
-
-    /// The node's peer id.
-    pub fn peer_id(&self) -> PeerId {
-        self.peer_id
-    }
-
-    /// Sends a command built around a oneshot and awaits the reply.
-    pub async fn ask<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| anyhow!("the node has stopped"))?;
-        rx.await
-            .map_err(|_| anyhow!("the node stopped before answering"))
-    }
-
-    /// Sends a command without a reply.
-    pub async fn send(&self, cmd: Command) -> Result<()> {
-        self.tx
-            .send(cmd)
-            .await
-            .map_err(|_| anyhow!("the node has stopped"))
-    }
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -315,7 +122,7 @@ const MAX_BUCKETS: usize = 4096;
 
 /// The node task's state.
 pub struct Node {
-    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) net: Net<NodeTags>,
     pub(crate) key: Keypair,
     pub(crate) seal_key: SealKey,
     pub(crate) store: Store,
@@ -326,7 +133,8 @@ pub struct Node {
     pub(crate) owners: btd_protocol::owner::Owners,
     pub(crate) memberships: HashMap<ProgramId, Membership>,
     pub(crate) joins: HashMap<ProgramId, JoinState>,
-    pub(crate) out: worker::Outbound,
+    /// Submissions waiting to be retried.
+    pub(crate) retries: Vec<(Instant, worker::PendingSubmit)>,
     pub(crate) pending: FuturesUnordered<BoxFut>,
     pub(crate) buckets: HashMap<PeerId, Bucket>,
     pub(crate) peer_rungs: HashMap<PeerId, (btd_protocol::Timestamp, Vec<AdvertisedRung>)>,
@@ -356,13 +164,13 @@ pub struct Node {
     /// Wakes the verifier when a claim becomes pending.
     pub(crate) claims_ready: std::sync::Arc<tokio::sync::Notify>,
     /// Open connections per peer, with their remote addresses (for `btd peers`).
-    pub(crate) connections: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
+    pub(crate) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
-            .field("peer_id", self.swarm.local_peer_id())
+            .field("peer_id", &self.net.local_peer_id())
             .field("programs", &self.known.len())
             .finish()
     }
@@ -378,17 +186,16 @@ pub async fn spawn(
         .read(crate::store::load_snapshot)
         .await
         .map_err(|e| anyhow!("cannot load the database: {e}"))?;
-    let mut swarm = build_swarm(cfg.key.clone(), cfg.transport, &cfg.net)?;
+    let mut net = Net::new(build_swarm(cfg.key.clone(), cfg.transport, &cfg.net)?);
     for addr in &cfg.listen {
-        swarm
-            .listen_on(addr.clone())
+        net.listen_on(addr.clone())
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
     }
     let seal_key = SealKey::from_identity(&cfg.key)
         .map_err(|e| anyhow!("cannot derive the sealing key: {e}"))?;
     let peer_id = cfg.key.public().to_peer_id();
     let mut node = Node {
-        swarm,
+        net,
         key: cfg.key.clone(),
         seal_key,
         store,
@@ -398,7 +205,7 @@ pub async fn spawn(
         owners: btd_protocol::owner::Owners::new(cfg.key.clone()),
         memberships: HashMap::new(),
         joins: HashMap::new(),
-        out: worker::Outbound::default(),
+        retries: Vec::new(),
         pending: FuturesUnordered::new(),
         buckets: HashMap::new(),
         peer_rungs: HashMap::new(),
@@ -428,12 +235,9 @@ pub async fn spawn(
     for addr in cfg.bootstrap {
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
             node.bootstrap.insert(peer, addr.clone());
-            node.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
+            node.net.add_dht_address(peer, addr.clone());
         }
-        if let Err(e) = node.swarm.dial(addr.clone()) {
+        if let Err(e) = node.net.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
@@ -441,11 +245,7 @@ pub async fn spawn(
     let claims = node.claims_ready.clone();
     let home = node.home.clone();
     let task = tokio::spawn(node.run(rx));
-    let handle = NodeHandle {
-        tx,
-        peer_id,
-        claims,
-    };
+    let handle = NodeHandle::new(tx, peer_id, claims);
     // A node with a home checks the claims of the programs it owns; the verifier ends when the
     // node stops.
     if let Some(home) = home {
@@ -521,7 +321,7 @@ impl Node {
                     Some(cmd) => self.on_command(cmd),
                 },
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => self.on_done(done),
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.net.next_event() => self.on_net_event(event),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -548,182 +348,6 @@ impl Node {
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Then(f) => f(self),
-        }
-    }
-
-    fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Info(reply) => {
-                let _ = reply.send(self.info());
-            }
-            Command::Peers(reply) => {
-                let _ = reply.send(self.peers());
-            }
-            Command::Dial(addr, reply) => {
-                let _ = reply.send(self.swarm.dial(addr).map_err(|e| e.to_string()));
-            }
-            Command::Publish { manifest, reply } => {
-                publish::publish(self, manifest, Default::default(), reply)
-            }
-            Command::PublishWith {
-                manifest,
-                files,
-                reply,
-            } => publish::publish(self, manifest, files, reply),
-            Command::Programs(reply) => {
-                let _ = reply.send(self.programs());
-            }
-            Command::Join { program, events } => worker::join(self, program, events),
-            Command::Decide {
-                user_code,
-                approve,
-                reply,
-            } => owner::decide(self, &user_code, approve, reply),
-            Command::Members { program, reply } => {
-                let _ = reply.send(owner::members(self, &program));
-            }
-            Command::Revoke {
-                program,
-                member,
-                reply,
-            } => owner::revoke(self, program, &member, reply),
-            Command::Submit {
-                program,
-                result,
-                reply,
-            } => worker::submit(self, program, result, reply),
-            Command::Status { program, reply } => worker::status(self, program, reply),
-            Command::RawMembership {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .membership
-                    .send_request(&peer, request);
-                self.out.raw_membership.insert(id, reply);
-            }
-            Command::RawKb {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self.swarm.behaviour_mut().kb.send_request(&peer, request);
-                self.out.raw_kb.insert(id, reply);
-            }
-            Command::Program { program, reply } => {
-                let _ = reply.send(self.known.get(&program).map(|k| k.view.clone()));
-            }
-            Command::Credential { program, reply } => {
-                let _ = reply.send(
-                    self.memberships
-                        .get(&program)
-                        .map(|m| (m.owner, m.credential.clone())),
-                );
-            }
-            Command::RequestSpend {
-                program,
-                packet,
-                reply,
-            } => spend::request(self, program, packet, reply),
-            Command::SpendRequests(reply) => {
-                let _ = reply.send(spend::list(self));
-            }
-            Command::DecideSpend {
-                program,
-                member,
-                packet_id,
-                approve,
-                minutes,
-                reply,
-            } => {
-                let _ = reply.send(spend::decide(
-                    self, program, &member, &packet_id, approve, minutes,
-                ));
-            }
-            Command::Blob {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self.swarm.behaviour_mut().blob.send_request(&peer, request);
-                self.out.blobs.insert(id, reply);
-            }
-            Command::NextClaims(reply) => {
-                let _ = reply.send(self.owners.next_claims());
-            }
-            Command::Resolve {
-                program,
-                seq,
-                verdict,
-                reply,
-            } => owner::resolve(self, program, seq, verdict, reply),
-            Command::Shutdown => {}
-        }
-    }
-
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        match event {
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => gossip::on_gossip(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Membership(e)) => worker::on_membership(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Kb(e)) => worker::on_kb(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Approval(e)) => spend::on_event(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Blob(e)) => blob::on_event(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => gossip::on_identify(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => gossip::on_kad(self, e),
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => gossip::on_mdns(self, e),
-            SwarmEvent::Behaviour(_) => {}
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
-                // A relay server is run on a machine its operator says is reachable: its listen
-                // addresses are its external addresses (libp2p's relay only serves once it has
-                // confirmed external addresses).
-                let circuit = address
-                    .iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
-                if self.relay_server && !circuit {
-                    self.swarm.add_external_address(address);
-                }
-                self.announce_soon = true;
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => {
-                let addr = endpoint.get_remote_address().clone();
-                tracing::debug!(peer = %peer_id, %addr, "connected");
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .push((connection_id, addr));
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                ..
-            } => {
-                tracing::debug!(peer = %peer_id, "connection closed");
-                if let Some(list) = self.connections.get_mut(&peer_id) {
-                    list.retain(|(c, _)| *c != connection_id);
-                    if list.is_empty() {
-                        self.connections.remove(&peer_id);
-                    }
-                }
-                if !self.swarm.is_connected(&peer_id) {
-                    self.reserved.remove(&peer_id);
-                }
-            }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
-            }
-            SwarmEvent::ListenerClosed { addresses, .. } => {
-                tracing::debug!(?addresses, "listener closed");
-            }
-            _ => {}
         }
     }
 
@@ -760,9 +384,9 @@ impl Node {
     /// ones.
     pub(crate) fn my_addresses(&self) -> Vec<Multiaddr> {
         let mut out: Vec<Multiaddr> = self
-            .swarm
+            .net
             .listeners()
-            .chain(self.swarm.external_addresses())
+            .chain(self.net.external_addresses())
             .filter(|a| {
                 !a.iter().any(|p| {
                     matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified())
@@ -779,10 +403,10 @@ impl Node {
 
     fn info(&self) -> NodeInfo {
         NodeInfo {
-            peer_id: self.swarm.local_peer_id().to_string(),
-            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            peer_id: self.net.local_peer_id().to_string(),
+            listen: self.net.listeners().map(ToString::to_string).collect(),
             external: self
-                .swarm
+                .net
                 .external_addresses()
                 .map(ToString::to_string)
                 .collect(),
@@ -792,7 +416,7 @@ impl Node {
 
     fn peers(&self) -> Vec<PeerView> {
         let mut out: Vec<PeerView> = self
-            .swarm
+            .net
             .connected_peers()
             .map(|p| PeerView {
                 peer_id: p.to_string(),

@@ -13,12 +13,13 @@ use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{
     ErrorCode, ErrorReply, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
 };
-use libp2p::request_response::ResponseChannel;
 use libp2p::PeerId;
 use tokio::sync::oneshot;
 
+use super::dispatch::MembershipTag;
 use super::types::{MembersView, PendingView, StatusView};
 use super::Node;
+use crate::net::Responder;
 use crate::store;
 
 /// Most results returned in an owner's status view.
@@ -88,55 +89,32 @@ fn execute<R: Send + 'static>(
 /// Pushes sealed grants to their requesters.
 fn deliver(node: &mut Node, push: Vec<Push>) {
     for Push { peer, delivery } in push {
-        let key = (delivery.program, delivery.device_code);
-        let id = node
-            .swarm
-            .behaviour_mut()
-            .membership
-            .send_request(&peer, MembershipRequest::PushGrant(delivery));
-        node.out.pushes.insert(id, key);
+        let tag = MembershipTag::Push(delivery.program, delivery.device_code);
+        node.net
+            .request_membership(peer, MembershipRequest::PushGrant(delivery), tag);
     }
 }
 
-fn respond(
-    node: &mut Node,
-    channel: ResponseChannel<MembershipResponse>,
-    resp: MembershipResponse,
-) {
-    if node
-        .swarm
-        .behaviour_mut()
-        .membership
-        .send_response(channel, resp)
-        .is_err()
-    {
+fn respond(node: &mut Node, channel: Responder<MembershipResponse>, resp: MembershipResponse) {
+    if !node.net.respond(channel, resp) {
         tracing::debug!("membership response dropped: the requester went away");
     }
 }
 
-fn respond_kb(node: &mut Node, channel: ResponseChannel<KbResponse>, resp: KbResponse) {
-    if node
-        .swarm
-        .behaviour_mut()
-        .kb
-        .send_response(channel, resp)
-        .is_err()
-    {
+fn respond_kb(node: &mut Node, channel: Responder<KbResponse>, resp: KbResponse) {
+    if !node.net.respond(channel, resp) {
         tracing::debug!("KB response dropped: the requester went away");
     }
 }
 
-/// Inbound membership request for a program this node may own.
+/// Inbound membership request for a program this node may own (a grant pushed to this node as
+/// a worker goes to `worker.rs` instead).
 pub(super) fn on_membership_request(
     node: &mut Node,
     peer: PeerId,
     req: MembershipRequest,
-    channel: ResponseChannel<MembershipResponse>,
+    channel: Responder<MembershipResponse>,
 ) {
-    if let MembershipRequest::PushGrant(delivery) = req {
-        // A grant pushed to this node as a worker.
-        return super::worker::on_push_grant(node, peer, delivery, channel);
-    }
     let now = crate::now();
     let fx = node.owners.on_membership(peer, req, now, &mut node.rng);
     if let MembershipResponse::Authorization(a) = &fx.reply {
@@ -160,7 +138,7 @@ pub(super) fn on_kb_request(
     node: &mut Node,
     peer: PeerId,
     req: KbRequest,
-    channel: ResponseChannel<KbResponse>,
+    channel: Responder<KbResponse>,
 ) {
     let now = crate::now();
     let program = req.program;

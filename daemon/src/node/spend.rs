@@ -7,22 +7,21 @@
 
 use btd_protocol::dispatch::ComputePacket;
 use btd_protocol::program::ProgramId;
-use btd_protocol::wire::{ApprovalRequest, ApprovalResponse, ErrorCode};
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use btd_protocol::wire::{ApprovalRequest, ApprovalResponse};
 use libp2p::PeerId;
-use tokio::sync::oneshot;
 
-use super::owner::err;
+use super::handle::{NodeError, Reply};
 use super::Node;
+use crate::net::Responder;
 
 pub use btd_protocol::owner::SpendRequestView;
 
 /// Serves an inbound approval request on the owner (the rules: `btd_protocol::owner`).
-fn on_request(
+pub(super) fn on_request(
     node: &mut Node,
     peer: PeerId,
     req: ApprovalRequest,
-    channel: ResponseChannel<ApprovalResponse>,
+    channel: Responder<ApprovalResponse>,
 ) {
     let resp = node.owners.on_approval(peer, &req, crate::now());
     match &resp {
@@ -34,11 +33,7 @@ fn on_request(
         }
         _ => {}
     }
-    let _ = node
-        .swarm
-        .behaviour_mut()
-        .approval
-        .send_response(channel, resp);
+    node.net.respond(channel, resp);
 }
 
 /// `btd approvals`: open and decided spend requests of own programs.
@@ -66,56 +61,18 @@ pub(super) fn request(
     node: &mut Node,
     program: ProgramId,
     packet: ComputePacket,
-    reply: oneshot::Sender<Result<ApprovalResponse, String>>,
+    reply: Reply<ApprovalResponse>,
 ) {
     let Some(m) = node.memberships.get(&program).cloned() else {
-        let _ = reply.send(Err(format!("membership required for {program}")));
+        let _ = reply.send(Err(NodeError::Refused(format!(
+            "membership required for {program}"
+        ))));
         return;
     };
-    let id = node.swarm.behaviour_mut().approval.send_request(
-        &m.owner,
-        ApprovalRequest {
-            program,
-            credential: m.credential,
-            packet,
-        },
-    );
-    node.out.approvals.insert(id, reply);
-}
-
-/// Approval protocol events.
-pub(super) fn on_event(
-    node: &mut Node,
-    e: request_response::Event<ApprovalRequest, ApprovalResponse>,
-) {
-    match e {
-        request_response::Event::Message { peer, message, .. } => match message {
-            request_response::Message::Request {
-                request, channel, ..
-            } => {
-                if node.allow(peer) {
-                    on_request(node, peer, request, channel);
-                } else {
-                    let _ = node.swarm.behaviour_mut().approval.send_response(
-                        channel,
-                        ApprovalResponse::Error(err(ErrorCode::RateLimited, "slow down")),
-                    );
-                }
-            }
-            request_response::Message::Response {
-                request_id,
-                response,
-            } => reply(node, request_id, Ok(response)),
-        },
-        request_response::Event::OutboundFailure {
-            request_id, error, ..
-        } => reply(node, request_id, Err(error.to_string())),
-        _ => {}
-    }
-}
-
-fn reply(node: &mut Node, id: OutboundRequestId, r: Result<ApprovalResponse, String>) {
-    if let Some(tx) = node.out.approvals.remove(&id) {
-        let _ = tx.send(r);
-    }
+    let request = ApprovalRequest {
+        program,
+        credential: m.credential,
+        packet,
+    };
+    node.net.request_approval(m.owner, request, reply);
 }

@@ -1,10 +1,10 @@
 //! The worker's side: joining a program (device flow over the mesh), receiving the grant, submitting
-//! results and reading status from the owner. Also routes request-response events.
+//! results and reading status from the owner. Answers to these requests come back here through
+//! `dispatch.rs` with the tag they were sent with.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use btd_protocol::membership::{Credential, DeviceCode, MemberId};
+use btd_protocol::membership::{Credential, MemberId};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal;
 use btd_protocol::signed::Signed;
@@ -12,13 +12,15 @@ use btd_protocol::wire::{
     grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
     MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt,
 };
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::PeerId;
 use rand::RngCore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::dispatch::{KbTag, MembershipTag};
+use super::handle::{NodeError, Reply};
 use super::types::{JoinEvent, NewResult, StatusView};
 use super::{JoinState, Membership, Node, MAX_JOINS, MAX_PENDING_SUBMITS};
+use crate::net::Responder;
 use crate::store::{self, MembershipRow};
 
 /// How often a failed submission is retried (same nonce: the owner counts it once).
@@ -26,42 +28,25 @@ const SUBMIT_ATTEMPTS: u32 = 4;
 /// Pause between submission attempts.
 const SUBMIT_RETRY: Duration = Duration::from_secs(2);
 
-/// What an outbound request was for.
-#[derive(Default)]
-pub(crate) struct Outbound {
-    pub(crate) authorize: HashMap<OutboundRequestId, ProgramId>,
-    pub(crate) polls: HashMap<OutboundRequestId, ProgramId>,
-    pub(crate) pushes: HashMap<OutboundRequestId, (ProgramId, DeviceCode)>,
-    pub(crate) submits: HashMap<OutboundRequestId, PendingSubmit>,
-    pub(crate) statuses: HashMap<OutboundRequestId, PendingStatus>,
-    /// Submissions waiting to be retried.
-    pub(crate) retry: Vec<(Instant, PendingSubmit)>,
-    /// Raw requests (tests, probes).
-    pub(crate) raw_membership: HashMap<OutboundRequestId, RawReply<MembershipResponse>>,
-    pub(crate) raw_kb: HashMap<OutboundRequestId, RawReply<KbResponse>>,
-    /// Artifact chunk requests.
-    pub(crate) blobs: HashMap<OutboundRequestId, RawReply<btd_protocol::wire::BlobResponse>>,
-    /// Paid-approval requests.
-    pub(crate) approvals:
-        HashMap<OutboundRequestId, RawReply<btd_protocol::wire::ApprovalResponse>>,
-}
-
-pub(crate) type RawReply<T> = oneshot::Sender<Result<T, String>>;
-
+/// A submission on its way to the owner.
+#[derive(Debug)]
 pub(crate) struct PendingSubmit {
     owner: PeerId,
     request: KbRequest,
     attempts: u32,
-    reply: oneshot::Sender<Result<SubmitReceipt, String>>,
+    reply: Reply<SubmitReceipt>,
 }
 
+/// A member's `btd status` on its way to the owner.
+#[derive(Debug)]
 pub(crate) struct PendingStatus {
     program: ProgramId,
     owner: PeerId,
-    reply: oneshot::Sender<Result<StatusView, String>>,
+    reply: Reply<StatusView>,
     step: StatusStep,
 }
 
+#[derive(Debug)]
 enum StatusStep {
     Status,
     Results(Box<btd_protocol::wire::KbStatus>),
@@ -83,7 +68,7 @@ fn learn_owner_addresses(node: &mut Node, program: &ProgramId) -> Option<PeerId>
         .filter_map(|a| a.parse().ok())
         .collect();
     for a in addrs {
-        node.swarm.add_peer_address(owner, a);
+        node.net.add_peer_address(owner, a);
     }
     Some(owner)
 }
@@ -127,12 +112,8 @@ pub(super) fn start_authorize(
         program,
         seal_key: node.seal_key.public(),
     };
-    let id = node
-        .swarm
-        .behaviour_mut()
-        .membership
-        .send_request(&owner, req);
-    node.out.authorize.insert(id, program);
+    node.net
+        .request_membership(owner, req, MembershipTag::Authorize(program));
     let now = Instant::now();
     node.joins.insert(
         program,
@@ -196,7 +177,7 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
                         credential,
                     },
                 );
-                let member = MemberId::from_peer(node.swarm.local_peer_id()).to_string();
+                let member = MemberId::from_peer(&node.net.local_peer_id()).to_string();
                 tracing::info!(program = %program, "joined");
                 node.announce_soon = true;
                 node.next_rung_advert = None;
@@ -218,7 +199,7 @@ pub(super) fn on_push_grant(
     node: &mut Node,
     peer: PeerId,
     delivery: GrantDelivery,
-    channel: ResponseChannel<MembershipResponse>,
+    channel: Responder<MembershipResponse>,
 ) {
     let resp = match accept_grant(node, peer, &delivery) {
         Ok(()) => MembershipResponse::Ack,
@@ -227,86 +208,34 @@ pub(super) fn on_push_grant(
             message: e,
         }),
     };
-    let _ = node
-        .swarm
-        .behaviour_mut()
-        .membership
-        .send_response(channel, resp);
+    node.net.respond(channel, resp);
 }
 
-/// Membership protocol events: inbound requests go to the owner side, responses to the join flow.
-pub(super) fn on_membership(
-    node: &mut Node,
-    e: request_response::Event<MembershipRequest, MembershipResponse>,
-) {
-    match e {
-        request_response::Event::Message { peer, message, .. } => match message {
-            request_response::Message::Request {
-                request, channel, ..
-            } => {
-                if !node.allow(peer) {
-                    let _ = node.swarm.behaviour_mut().membership.send_response(
-                        channel,
-                        MembershipResponse::Error(ErrorReply {
-                            code: ErrorCode::RateLimited,
-                            message: "too many requests; slow down".into(),
-                        }),
-                    );
-                    return;
-                }
-                super::owner::on_membership_request(node, peer, request, channel)
-            }
-            request_response::Message::Response {
-                request_id,
-                response,
-            } => on_membership_response(node, peer, request_id, response),
-        },
-        request_response::Event::OutboundFailure {
-            request_id, error, ..
-        } => {
-            if let Some(r) = node.out.raw_membership.remove(&request_id) {
-                let _ = r.send(Err(error.to_string()));
-            } else if let Some(program) = node.out.authorize.remove(&request_id) {
-                fail_join(
-                    node,
-                    program,
-                    format!("cannot reach the program's owner: {error}"),
-                );
-            } else if let Some(program) = node.out.polls.remove(&request_id) {
-                // Polling retries on the next interval.
-                if let Some(j) = node.joins.get_mut(&program) {
-                    j.poll_in_flight = false;
-                    j.next_poll = Instant::now() + j.interval;
-                }
-            } else if let Some((program, code)) = node.out.pushes.remove(&request_id) {
-                tracing::debug!(program = %program, error = %error, "grant push failed; the worker's poll will fetch it");
-                super::owner::on_push_result(node, program, code, false);
-            }
-        }
-        request_response::Event::InboundFailure { peer, error, .. } => {
-            tracing::debug!(peer = %peer, error = %error, "inbound membership request failed");
-        }
-        request_response::Event::ResponseSent { .. } => {}
-    }
-}
-
-fn on_membership_response(
+/// The owner answered a join's authorization or poll (or the request failed).
+pub(super) fn on_membership_answer(
     node: &mut Node,
     peer: PeerId,
-    id: OutboundRequestId,
-    resp: MembershipResponse,
+    program: ProgramId,
+    poll: bool,
+    result: Result<MembershipResponse, String>,
 ) {
-    if let Some(r) = node.out.raw_membership.remove(&id) {
-        let _ = r.send(Ok(resp));
-        return;
-    }
-    if let Some((program, code)) = node.out.pushes.remove(&id) {
-        let ok = matches!(resp, MembershipResponse::Ack);
-        return super::owner::on_push_result(node, program, code, ok);
-    }
-    let program = match (node.out.authorize.remove(&id), node.out.polls.remove(&id)) {
-        (Some(p), _) | (None, Some(p)) => p,
-        _ => return,
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(_) if poll => {
+            // Polling retries on the next interval.
+            if let Some(j) = node.joins.get_mut(&program) {
+                j.poll_in_flight = false;
+                j.next_poll = Instant::now() + j.interval;
+            }
+            return;
+        }
+        Err(error) => {
+            return fail_join(
+                node,
+                program,
+                format!("cannot reach the program's owner: {error}"),
+            )
+        }
     };
     match resp {
         MembershipResponse::Authorization(auth) => {
@@ -388,22 +317,20 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
         );
     }
     for (program, owner, device_code) in due {
-        let id = node.swarm.behaviour_mut().membership.send_request(
-            &owner,
-            MembershipRequest::Poll {
-                program,
-                device_code,
-            },
-        );
-        node.out.polls.insert(id, program);
+        let poll = MembershipRequest::Poll {
+            program,
+            device_code,
+        };
+        node.net
+            .request_membership(owner, poll, MembershipTag::Poll(program));
         if let Some(j) = node.joins.get_mut(&program) {
             j.poll_in_flight = true;
         }
     }
-    let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut node.out.retry)
+    let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut node.retries)
         .into_iter()
         .partition(|(at, _)| *at <= now);
-    node.out.retry = later;
+    node.retries = later;
     for (_, p) in ready {
         send_submit(node, p);
     }
@@ -414,7 +341,7 @@ pub(super) fn submit(
     node: &mut Node,
     program: ProgramId,
     result: NewResult,
-    reply: oneshot::Sender<Result<SubmitReceipt, String>>,
+    reply: Reply<SubmitReceipt>,
 ) {
     let Some(m) = node.memberships.get(&program).cloned() else {
         let msg = if node.owners.contains(&program) {
@@ -422,11 +349,18 @@ pub(super) fn submit(
         } else {
             format!("membership required: join program {program} with `btd join` first")
         };
-        let _ = reply.send(Err(msg));
+        let _ = reply.send(Err(NodeError::Refused(msg)));
         return;
     };
-    if node.out.submits.len() + node.out.retry.len() >= MAX_PENDING_SUBMITS {
-        let _ = reply.send(Err("too many submissions in flight; retry shortly".into()));
+    let in_flight = node
+        .net
+        .outstanding_kb()
+        .filter(|t| matches!(t, KbTag::Submit(_)))
+        .count();
+    if in_flight + node.retries.len() >= MAX_PENDING_SUBMITS {
+        let _ = reply.send(Err(NodeError::Refused(
+            "too many submissions in flight; retry shortly".into(),
+        )));
         return;
     }
     let mut nonce = [0u8; 16];
@@ -443,13 +377,15 @@ pub(super) fn submit(
         claim: result.claim,
     };
     if let Err(e) = sub.check(crate::now()) {
-        let _ = reply.send(Err(e.to_string()));
+        let _ = reply.send(Err(NodeError::Refused(e.to_string())));
         return;
     }
     let signed = match Signed::sign(&node.key, &sub) {
         Ok(s) => s,
         Err(e) => {
-            let _ = reply.send(Err(format!("cannot sign the submission: {e}")));
+            let _ = reply.send(Err(NodeError::Refused(format!(
+                "cannot sign the submission: {e}"
+            ))));
             return;
         }
     };
@@ -471,20 +407,12 @@ pub(super) fn submit(
 
 fn send_submit(node: &mut Node, mut p: PendingSubmit) {
     p.attempts += 1;
-    let id = node
-        .swarm
-        .behaviour_mut()
-        .kb
-        .send_request(&p.owner, p.request.clone());
-    node.out.submits.insert(id, p);
+    let (owner, request) = (p.owner, p.request.clone());
+    node.net.request_kb(owner, request, KbTag::Submit(p));
 }
 
 /// `btd status`: the owner reads its store; a member asks the owner.
-pub(super) fn status(
-    node: &mut Node,
-    program: Option<ProgramId>,
-    reply: oneshot::Sender<Result<StatusView, String>>,
-) {
+pub(super) fn status(node: &mut Node, program: Option<ProgramId>, reply: Reply<StatusView>) {
     let program = match program {
         Some(p) => p,
         None => {
@@ -496,126 +424,93 @@ pub(super) fn status(
             match mine.as_slice() {
                 [one] => *one,
                 [] => {
-                    let _ = reply.send(Err(
+                    let _ = reply.send(Err(NodeError::Refused(
                         "this node owns no program and is a member of none; name a program id"
                             .into(),
-                    ));
+                    )));
                     return;
                 }
                 _ => {
-                    let _ = reply.send(Err(
+                    let _ = reply.send(Err(NodeError::Refused(
                         "this node has several programs; name one (see `btd programs`)".into(),
-                    ));
+                    )));
                     return;
                 }
             }
         }
     };
     if let Some(o) = node.owners.get(&program) {
-        let me = node.swarm.local_peer_id().to_string();
+        let me = node.net.local_peer_id().to_string();
         let _ = reply.send(Ok(super::owner::status(o, &me)));
         return;
     }
     let Some(m) = node.memberships.get(&program).cloned() else {
-        let _ = reply.send(Err(format!(
+        let _ = reply.send(Err(NodeError::Refused(format!(
             "membership required: this node is not a member of {program} (`btd join {program}`)"
-        )));
+        ))));
         return;
     };
     learn_owner_addresses(node, &program);
-    let id = node.swarm.behaviour_mut().kb.send_request(
-        &m.owner,
-        KbRequest {
-            program,
-            credential: m.credential,
-            call: KbCall::Status,
-        },
-    );
-    node.out.statuses.insert(
-        id,
-        PendingStatus {
-            program,
-            owner: m.owner,
-            reply,
-            step: StatusStep::Status,
-        },
-    );
+    let request = KbRequest {
+        program,
+        credential: m.credential,
+        call: KbCall::Status,
+    };
+    let pending = PendingStatus {
+        program,
+        owner: m.owner,
+        reply,
+        step: StatusStep::Status,
+    };
+    node.net
+        .request_kb(m.owner, request, KbTag::Status(pending));
 }
 
-/// KB protocol events: inbound requests go to the owner side, responses to submit/status.
-pub(super) fn on_kb(node: &mut Node, e: request_response::Event<KbRequest, KbResponse>) {
-    match e {
-        request_response::Event::Message { peer, message, .. } => match message {
-            request_response::Message::Request {
-                request, channel, ..
-            } => {
-                if !node.allow(peer) {
-                    let _ = node.swarm.behaviour_mut().kb.send_response(
-                        channel,
-                        KbResponse::Error(ErrorReply {
-                            code: ErrorCode::RateLimited,
-                            message: "too many requests; slow down".into(),
-                        }),
-                    );
-                    return;
-                }
-                super::owner::on_kb_request(node, peer, request, channel)
-            }
-            request_response::Message::Response {
-                request_id,
-                response,
-            } => on_kb_response(node, request_id, response),
-        },
-        request_response::Event::OutboundFailure {
-            request_id, error, ..
-        } => {
-            if let Some(r) = node.out.raw_kb.remove(&request_id) {
-                let _ = r.send(Err(error.to_string()));
-            } else if let Some(p) = node.out.submits.remove(&request_id) {
-                if p.attempts < SUBMIT_ATTEMPTS {
-                    tracing::debug!(error = %error, attempt = p.attempts, "submission failed; retrying");
-                    node.out.retry.push((Instant::now() + SUBMIT_RETRY, p));
-                } else {
-                    let _ = p.reply.send(Err(format!(
-                        "cannot reach the program's owner after {} attempts: {error}",
-                        p.attempts
-                    )));
-                }
-            } else if let Some(s) = node.out.statuses.remove(&request_id) {
-                let _ = s
-                    .reply
-                    .send(Err(format!("cannot reach the program's owner: {error}")));
-            }
+/// The owner answered a submission (or the request failed): retry, or answer the caller.
+pub(super) fn on_submit_answer(
+    node: &mut Node,
+    p: PendingSubmit,
+    result: Result<KbResponse, String>,
+) {
+    let r = match result {
+        Ok(KbResponse::Submitted(r)) => Ok(r),
+        Ok(KbResponse::Error(e))
+            if e.code == ErrorCode::Unavailable && p.attempts < SUBMIT_ATTEMPTS =>
+        {
+            node.retries.push((Instant::now() + SUBMIT_RETRY, p));
+            return;
         }
-        request_response::Event::InboundFailure { peer, error, .. } => {
-            tracing::debug!(peer = %peer, error = %error, "inbound KB request failed");
+        Ok(KbResponse::Error(e)) => Err(NodeError::Refused(e.message)),
+        Ok(other) => Err(NodeError::Refused(format!(
+            "unexpected reply from the owner: {other:?}"
+        ))),
+        Err(error) if p.attempts < SUBMIT_ATTEMPTS => {
+            tracing::debug!(error = %error, attempt = p.attempts, "submission failed; retrying");
+            node.retries.push((Instant::now() + SUBMIT_RETRY, p));
+            return;
         }
-        request_response::Event::ResponseSent { .. } => {}
-    }
+        Err(error) => Err(NodeError::Unreachable(format!(
+            "cannot reach the program's owner after {} attempts: {error}",
+            p.attempts
+        ))),
+    };
+    let _ = p.reply.send(r);
 }
 
-fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
-    if let Some(r) = node.out.raw_kb.remove(&id) {
-        let _ = r.send(Ok(resp));
-        return;
-    }
-    if let Some(p) = node.out.submits.remove(&id) {
-        let r = match resp {
-            KbResponse::Submitted(r) => Ok(r),
-            KbResponse::Error(e)
-                if e.code == ErrorCode::Unavailable && p.attempts < SUBMIT_ATTEMPTS =>
-            {
-                node.out.retry.push((Instant::now() + SUBMIT_RETRY, p));
-                return;
-            }
-            KbResponse::Error(e) => Err(e.message),
-            other => Err(format!("unexpected reply from the owner: {other:?}")),
-        };
-        let _ = p.reply.send(r);
-        return;
-    }
-    let Some(mut s) = node.out.statuses.remove(&id) else {
-        return;
+/// The owner answered a step of a member's `btd status` (or the request failed).
+pub(super) fn on_status_answer(
+    node: &mut Node,
+    mut s: PendingStatus,
+    result: Result<KbResponse, String>,
+) {
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(error) => {
+            let _ = s.reply.send(Err(NodeError::Unreachable(format!(
+                "cannot reach the program's owner: {error}"
+            ))));
+            return;
+        }
     };
     match (s.step, resp) {
         (StatusStep::Status, KbResponse::Status(st)) => {
@@ -624,22 +519,22 @@ fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
                 .submissions
                 .saturating_sub(btd_protocol::wire::MAX_RESULTS_PAGE as u64);
             let Some(m) = node.memberships.get(&s.program).cloned() else {
-                let _ = s.reply.send(Err("membership lost".into()));
+                let _ = s
+                    .reply
+                    .send(Err(NodeError::Refused("membership lost".into())));
                 return;
             };
-            let id = node.swarm.behaviour_mut().kb.send_request(
-                &s.owner,
-                KbRequest {
-                    program: s.program,
-                    credential: m.credential,
-                    call: KbCall::Results {
-                        after_seq: after,
-                        limit: btd_protocol::wire::MAX_RESULTS_PAGE,
-                    },
+            let request = KbRequest {
+                program: s.program,
+                credential: m.credential,
+                call: KbCall::Results {
+                    after_seq: after,
+                    limit: btd_protocol::wire::MAX_RESULTS_PAGE,
                 },
-            );
+            };
+            let owner = s.owner;
             s.step = StatusStep::Results(Box::new(st));
-            node.out.statuses.insert(id, s);
+            node.net.request_kb(owner, request, KbTag::Status(s));
         }
         (StatusStep::Results(st), KbResponse::Results { entries, .. }) => {
             let metric = node
@@ -667,12 +562,12 @@ fn on_kb_response(node: &mut Node, id: OutboundRequestId, resp: KbResponse) {
             }));
         }
         (_, KbResponse::Error(e)) => {
-            let _ = s.reply.send(Err(e.message));
+            let _ = s.reply.send(Err(NodeError::Refused(e.message)));
         }
         (_, other) => {
-            let _ = s
-                .reply
-                .send(Err(format!("unexpected reply from the owner: {other:?}")));
+            let _ = s.reply.send(Err(NodeError::Refused(format!(
+                "unexpected reply from the owner: {other:?}"
+            ))));
         }
     }
 }

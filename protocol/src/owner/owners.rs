@@ -269,7 +269,7 @@ impl Owners {
             .values()
             .flat_map(ProgramOwner::spend_requests)
             .collect();
-        out.sort_by(|a, b| a.program.cmp(&b.program));
+        out.sort_by_key(|a| a.program);
         out
     }
 
@@ -280,7 +280,7 @@ impl Owners {
             .values()
             .filter_map(ProgramOwner::next_claim)
             .collect();
-        out.sort_by(|a, b| a.program.cmp(&b.program));
+        out.sort_by_key(|a| a.program);
         out
     }
 

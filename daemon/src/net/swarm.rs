@@ -1,0 +1,414 @@
+//! [`Net`]: the swarm, the outstanding requests, and the translation of libp2p's events into
+//! [`NetEvent`]s.
+
+use std::collections::HashMap;
+
+use btd_protocol::wire::{
+    ApprovalRequest, ApprovalResponse, BlobRequest, BlobResponse, KbRequest, KbResponse,
+    MembershipRequest, MembershipResponse,
+};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::events::{
+    Answer, GossipMessage, Inbound, Lookup, NetEvent, PeerInfo, Responder, Tags, Topic,
+};
+
+/// The relay v2 hop protocol: a peer that speaks it can relay for us.
+const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+/// The swarm and what our outstanding requests were for. Owned by the node task: the node calls
+/// its methods to act on the network and awaits [`Net::next_event`] for what happened.
+pub struct Net<T: Tags> {
+    swarm: Swarm<Behaviour>,
+    membership: HashMap<OutboundRequestId, T::Membership>,
+    kb: HashMap<OutboundRequestId, T::Kb>,
+    approval: HashMap<OutboundRequestId, T::Approval>,
+    blob: HashMap<OutboundRequestId, T::Blob>,
+}
+
+impl<T: Tags> std::fmt::Debug for Net<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field(
+                "outstanding",
+                &(self.membership.len() + self.kb.len() + self.approval.len() + self.blob.len()),
+            )
+            .finish()
+    }
+}
+
+/// A response type of one of btd's request-response protocols.
+pub trait WireResponse: Sized {
+    /// Sends `resp` on `channel` through the matching behaviour; gives it back if the requester
+    /// went away.
+    fn send(b: &mut Behaviour, channel: Responder<Self>, resp: Self) -> Result<(), Self>;
+}
+
+macro_rules! wire_response {
+    ($resp:ty, $field:ident) => {
+        impl WireResponse for $resp {
+            fn send(b: &mut Behaviour, channel: Responder<Self>, resp: Self) -> Result<(), Self> {
+                b.$field.send_response(channel.0, resp)
+            }
+        }
+    };
+}
+
+wire_response!(MembershipResponse, membership);
+wire_response!(KbResponse, kb);
+wire_response!(ApprovalResponse, approval);
+wire_response!(BlobResponse, blob);
+
+fn ident(topic: Topic) -> IdentTopic {
+    IdentTopic::new(topic.name())
+}
+
+impl<T: Tags> Net<T> {
+    /// Wraps a built swarm ([`super::build_swarm`]).
+    pub fn new(swarm: Swarm<Behaviour>) -> Self {
+        Self {
+            swarm,
+            membership: HashMap::new(),
+            kb: HashMap::new(),
+            approval: HashMap::new(),
+            blob: HashMap::new(),
+        }
+    }
+
+    /// The next event the node cares about. Cancel-safe: an event is translated and returned in the
+    /// same poll that takes it from the swarm.
+    pub async fn next_event(&mut self) -> NetEvent<T> {
+        loop {
+            let event = self.swarm.select_next_some().await;
+            if let Some(event) = self.translate(event) {
+                return event;
+            }
+        }
+    }
+
+    // --- requests ---
+
+    /// Sends a membership request; its outcome comes back as [`NetEvent::Membership`] with `tag`.
+    pub fn request_membership(&mut self, peer: PeerId, req: MembershipRequest, tag: T::Membership) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .membership
+            .send_request(&peer, req);
+        self.membership.insert(id, tag);
+    }
+
+    /// Sends a KB request; its outcome comes back as [`NetEvent::Kb`] with `tag`.
+    pub fn request_kb(&mut self, peer: PeerId, req: KbRequest, tag: T::Kb) {
+        let id = self.swarm.behaviour_mut().kb.send_request(&peer, req);
+        self.kb.insert(id, tag);
+    }
+
+    /// Sends an approval request; its outcome comes back as [`NetEvent::Approval`] with `tag`.
+    pub fn request_approval(&mut self, peer: PeerId, req: ApprovalRequest, tag: T::Approval) {
+        let id = self.swarm.behaviour_mut().approval.send_request(&peer, req);
+        self.approval.insert(id, tag);
+    }
+
+    /// Sends a blob request; its outcome comes back as [`NetEvent::Blob`] with `tag`.
+    pub fn request_blob(&mut self, peer: PeerId, req: BlobRequest, tag: T::Blob) {
+        let id = self.swarm.behaviour_mut().blob.send_request(&peer, req);
+        self.blob.insert(id, tag);
+    }
+
+    /// The tags of the KB requests still waiting for an outcome.
+    pub fn outstanding_kb(&self) -> impl Iterator<Item = &T::Kb> {
+        self.kb.values()
+    }
+
+    /// Answers an inbound request. False if the requester went away (the answer is dropped).
+    pub fn respond<R: WireResponse>(&mut self, to: Responder<R>, resp: R) -> bool {
+        R::send(self.swarm.behaviour_mut(), to, resp).is_ok()
+    }
+
+    // --- gossip and the DHT ---
+
+    /// Subscribes to a gossip topic.
+    pub fn subscribe(&mut self, topic: Topic) -> Result<(), gossipsub::SubscriptionError> {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&ident(topic))
+            .map(|_| ())
+    }
+
+    /// Publishes on a gossip topic (fails with no subscribed peer; callers retry later).
+    pub fn publish(&mut self, topic: Topic, data: Vec<u8>) -> Result<(), gossipsub::PublishError> {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(ident(topic), data)
+            .map(|_| ())
+    }
+
+    /// Reports the node's verdict on a gossip message: only accepted messages are forwarded.
+    pub fn validate(&mut self, id: &MessageId, source: &PeerId, verdict: MessageAcceptance) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, verdict);
+    }
+
+    /// Stores a record in the DHT and announces this node as a provider of its key.
+    pub fn put_record(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), kad::store::Error> {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let key = kad::RecordKey::new(&key);
+        let stored = kad
+            .put_record(kad::Record::new(key.clone(), value), kad::Quorum::One)
+            .map(|_| ());
+        let _ = kad.start_providing(key);
+        stored
+    }
+
+    /// Looks a record up in the DHT; its steps come back as [`NetEvent::Lookup`].
+    pub fn get_record(&mut self, key: &[u8]) -> kad::QueryId {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_record(kad::RecordKey::new(&key))
+    }
+
+    /// Ends a DHT query early (a good record was found).
+    pub fn finish_query(&mut self, query: kad::QueryId) {
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+            q.finish();
+        }
+    }
+
+    /// Tells the DHT where `peer` can be reached.
+    pub fn add_dht_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+    }
+
+    // --- connections and addresses ---
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Dials an address.
+    pub fn dial(&mut self, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
+        self.swarm.dial(addr)
+    }
+
+    /// Starts listening on an address (or through a relay circuit).
+    pub fn listen_on(
+        &mut self,
+        addr: Multiaddr,
+    ) -> Result<(), libp2p::TransportError<std::io::Error>> {
+        self.swarm.listen_on(addr).map(|_| ())
+    }
+
+    /// Tells the swarm where `peer` can be reached (for requests that must dial it).
+    pub fn add_peer_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        self.swarm.add_peer_address(peer, addr);
+    }
+
+    /// Declares an address of ours as reachable by others.
+    pub fn add_external_address(&mut self, addr: Multiaddr) {
+        self.swarm.add_external_address(addr);
+    }
+
+    /// Whether any connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.swarm.is_connected(peer)
+    }
+
+    /// Peers with an open connection.
+    pub fn connected_peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.swarm.connected_peers()
+    }
+
+    /// Addresses we listen on.
+    pub fn listeners(&self) -> impl Iterator<Item = &Multiaddr> {
+        self.swarm.listeners()
+    }
+
+    /// Our confirmed external addresses.
+    pub fn external_addresses(&self) -> impl Iterator<Item = &Multiaddr> {
+        self.swarm.external_addresses()
+    }
+
+    // --- translation ---
+
+    fn translate(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent<T>> {
+        match event {
+            SwarmEvent::Behaviour(e) => self.behaviour_event(e),
+            SwarmEvent::NewListenAddr { address, .. } => Some(NetEvent::ListenAddr(address)),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => Some(NetEvent::Connected {
+                peer: peer_id,
+                connection: connection_id,
+                addr: endpoint.get_remote_address().clone(),
+            }),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => Some(NetEvent::Disconnected {
+                peer: peer_id,
+                connection: connection_id,
+            }),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "dial failed");
+                None
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                tracing::debug!(?addresses, "listener closed");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn behaviour_event(&mut self, event: BehaviourEvent) -> Option<NetEvent<T>> {
+        match event {
+            BehaviourEvent::Membership(e) => exchange(
+                &mut self.membership,
+                e,
+                "membership",
+                Inbound::Membership,
+                NetEvent::Membership,
+            ),
+            BehaviourEvent::Kb(e) => exchange(&mut self.kb, e, "KB", Inbound::Kb, NetEvent::Kb),
+            BehaviourEvent::Approval(e) => exchange(
+                &mut self.approval,
+                e,
+                "approval",
+                Inbound::Approval,
+                NetEvent::Approval,
+            ),
+            BehaviourEvent::Blob(e) => {
+                exchange(&mut self.blob, e, "blob", Inbound::Blob, NetEvent::Blob)
+            }
+            BehaviourEvent::Gossipsub(e) => gossip(e),
+            BehaviourEvent::Identify(e) => identified(e),
+            BehaviourEvent::Kad(e) => lookup(e),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => Some(NetEvent::Discovered(list)),
+            _ => None,
+        }
+    }
+}
+
+/// One request-response event, translated: a peer's request (wrapped by `inbound`), or the
+/// outcome of one of ours with its tag (wrapped by `answer`).
+fn exchange<T: Tags, Req, Resp, Tag>(
+    pending: &mut HashMap<OutboundRequestId, Tag>,
+    event: request_response::Event<Req, Resp>,
+    protocol: &'static str,
+    inbound: fn(Req, Responder<Resp>) -> Inbound,
+    answer: fn(Answer<Tag, Resp>) -> NetEvent<T>,
+) -> Option<NetEvent<T>> {
+    use request_response::{Event, Message};
+    match event {
+        Event::Message { peer, message, .. } => match message {
+            Message::Request {
+                request, channel, ..
+            } => Some(NetEvent::Inbound {
+                peer,
+                request: inbound(request, Responder(channel)),
+            }),
+            Message::Response {
+                request_id,
+                response,
+            } => pending.remove(&request_id).map(|tag| {
+                answer(Answer {
+                    peer,
+                    tag,
+                    result: Ok(response),
+                })
+            }),
+        },
+        Event::OutboundFailure {
+            peer,
+            request_id,
+            error,
+            ..
+        } => pending.remove(&request_id).map(|tag| {
+            answer(Answer {
+                peer,
+                tag,
+                result: Err(error.to_string()),
+            })
+        }),
+        Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(peer = %peer, error = %error, protocol, "inbound request failed");
+            None
+        }
+        Event::ResponseSent { .. } => None,
+    }
+}
+
+fn gossip<T: Tags>(event: gossipsub::Event) -> Option<NetEvent<T>> {
+    match event {
+        gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } => Some(NetEvent::Gossip(GossipMessage {
+            id: message_id,
+            propagation_source,
+            source: message.source,
+            topic: Topic::of(&message.topic),
+            data: message.data,
+        })),
+        gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+            Topic::of(&topic).map(|topic| NetEvent::Subscribed {
+                peer: peer_id,
+                topic,
+            })
+        }
+        _ => None,
+    }
+}
+
+fn identified<T: Tags>(event: identify::Event) -> Option<NetEvent<T>> {
+    let identify::Event::Received { peer_id, info, .. } = event else {
+        return None;
+    };
+    Some(NetEvent::Identified(PeerInfo {
+        peer: peer_id,
+        relay: info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP),
+        agent_version: info.agent_version,
+        protocol_version: info.protocol_version,
+        listen_addrs: info.listen_addrs,
+    }))
+}
+
+fn lookup<T: Tags>(event: kad::Event) -> Option<NetEvent<T>> {
+    let kad::Event::OutboundQueryProgressed {
+        id, result, step, ..
+    } = event
+    else {
+        return None;
+    };
+    let kad::QueryResult::GetRecord(result) = result else {
+        return None;
+    };
+    let step = match result {
+        Ok(kad::GetRecordOk::FoundRecord(peer_record)) => Lookup::Found {
+            value: peer_record.record.value,
+            last: step.last,
+        },
+        Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => Lookup::NotFound,
+        Err(e) => Lookup::Failed(e.to_string()),
+    };
+    Some(NetEvent::Lookup { query: id, step })
+}

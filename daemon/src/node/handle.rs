@@ -1,0 +1,496 @@
+//! [`NodeHandle`]: how everything outside the node task talks to it. One async method per
+//! operation; each sends a [`Command`] on the bounded queue and awaits the oneshot reply.
+
+use std::sync::Arc;
+
+use btd_protocol::dispatch::ComputePacket;
+use btd_protocol::kb::{Entry, Verdict};
+use btd_protocol::membership::Credential;
+use btd_protocol::program::ProgramId;
+use btd_protocol::wire::{
+    ApprovalResponse, BlobRequest, BlobResponse, KbRequest, KbResponse, SubmitReceipt,
+    VerifiedProgram,
+};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::spend::SpendRequestView;
+use super::types::{
+    ClaimJob, JoinEvent, MembersView, NewResult, NodeInfo, PeerView, ProgramView, PublishFiles,
+    StatusView,
+};
+
+/// Progress events of one `join` buffered for its caller (a join sends at most three; the node
+/// drops events rather than wait for a slow reader).
+const JOIN_EVENTS: usize = 16;
+
+/// Why the node did not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The node task has ended (the daemon is stopping); nothing more will be answered.
+    #[error("the node has stopped")]
+    Stopped,
+    /// The node, or the program's owner, refused; the reason says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+    /// A peer could not be reached (dial failure, timeout, closed connection), in words.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// A reply to the caller.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+/// A reply from the owner's side (`owner.rs`, `spend.rs`), whose refusals are words; the handle
+/// returns them as [`NodeError::Refused`].
+pub(crate) type OwnerReply<T> = oneshot::Sender<Result<T, String>>;
+
+/// What the node task can be asked. Built only by [`NodeHandle`] (and the worker loop, through
+/// `ask`).
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// `btd id`.
+    Info(oneshot::Sender<NodeInfo>),
+    /// `btd peers`.
+    Peers(oneshot::Sender<Vec<PeerView>>),
+    /// Dial an address.
+    Dial(Multiaddr, Reply<()>),
+    /// Publish a manifest with its files (dataset, holdout).
+    PublishWith {
+        /// Manifest text.
+        manifest: String,
+        /// The dataset and holdout files.
+        files: PublishFiles,
+        /// The program id once durable.
+        reply: OwnerReply<ProgramId>,
+    },
+    /// `btd programs`.
+    Programs(oneshot::Sender<Vec<ProgramView>>),
+    /// `btd join`.
+    Join {
+        /// The program.
+        program: ProgramId,
+        /// Progress events (bounded; dropped events never block the node).
+        events: mpsc::Sender<JoinEvent>,
+    },
+    /// `btd approve` / `btd deny`.
+    Decide {
+        /// The user code as typed.
+        user_code: String,
+        /// Approve (true) or deny.
+        approve: bool,
+        /// Result in words.
+        reply: OwnerReply<String>,
+    },
+    /// `btd members`.
+    Members {
+        /// The program.
+        program: ProgramId,
+        /// Members and pending codes.
+        reply: OwnerReply<MembersView>,
+    },
+    /// `btd revoke`.
+    Revoke {
+        /// The program.
+        program: ProgramId,
+        /// The member id.
+        member: String,
+        /// Done.
+        reply: OwnerReply<()>,
+    },
+    /// `btd submit`.
+    Submit {
+        /// The program.
+        program: ProgramId,
+        /// The result.
+        result: NewResult,
+        /// The owner's verdict.
+        reply: Reply<SubmitReceipt>,
+    },
+    /// `btd status`.
+    Status {
+        /// The program (None: the only program this node owns or belongs to).
+        program: Option<ProgramId>,
+        /// The view.
+        reply: Reply<StatusView>,
+    },
+    /// Send a raw membership request to a peer and return its raw response (tests, netsim probes).
+    #[cfg(feature = "testkit")]
+    RawMembership {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: btd_protocol::wire::MembershipRequest,
+        /// Its response, or the transport failure.
+        reply: Reply<btd_protocol::wire::MembershipResponse>,
+    },
+    /// Send a KB request to a peer and return its raw response (the worker loop reads the
+    /// champion with it; tests and netsim probe with it).
+    RawKb {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: KbRequest,
+        /// Its response, or the transport failure.
+        reply: Reply<KbResponse>,
+    },
+    /// A known program's verified announcement (the worker loop reads its task and owner).
+    Program {
+        /// The program.
+        program: ProgramId,
+        /// The verified program, if known.
+        reply: oneshot::Sender<Option<VerifiedProgram>>,
+    },
+    /// This node's membership credential for a program, if any.
+    Credential {
+        /// The program.
+        program: ProgramId,
+        /// The owner and credential.
+        reply: oneshot::Sender<Option<(PeerId, Credential)>>,
+    },
+    /// Member: ask the owner to approve paid compute for a packet.
+    RequestSpend {
+        /// The program.
+        program: ProgramId,
+        /// The packet.
+        packet: ComputePacket,
+        /// The owner's answer.
+        reply: Reply<ApprovalResponse>,
+    },
+    /// Owner: open and decided spend requests.
+    SpendRequests(oneshot::Sender<Vec<SpendRequestView>>),
+    /// Owner: approve or deny a spend request.
+    DecideSpend {
+        /// The program.
+        program: ProgramId,
+        /// The member.
+        member: String,
+        /// The packet id.
+        packet_id: String,
+        /// Approve (true) or deny.
+        approve: bool,
+        /// Receipt validity in minutes.
+        minutes: u64,
+        /// Result in words.
+        reply: OwnerReply<String>,
+    },
+    /// Ask a peer for one chunk of an artifact.
+    Blob {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: BlobRequest,
+        /// Its response, or the transport failure.
+        reply: Reply<BlobResponse>,
+    },
+    /// Owner: the oldest claim waiting for a check in each owned program.
+    NextClaims(oneshot::Sender<Vec<ClaimJob>>),
+    /// Owner: apply a verdict on a pending claim (durable before the reply).
+    Resolve {
+        /// The program.
+        program: ProgramId,
+        /// The claim.
+        seq: u64,
+        /// The verdict.
+        verdict: Verdict,
+        /// The entry after the verdict.
+        reply: OwnerReply<Entry>,
+    },
+    /// Stop the node (pending store writes finish first).
+    Shutdown,
+}
+
+/// Handle to a running node: cheap to clone; the node stops when asked to or when every handle is
+/// gone.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    claims: Arc<Notify>,
+}
+
+impl NodeHandle {
+    pub(super) fn new(tx: mpsc::Sender<Command>, peer_id: PeerId, claims: Arc<Notify>) -> Self {
+        Self {
+            tx,
+            peer_id,
+            claims,
+        }
+    }
+
+    /// Signalled when an owned program gets a claim to check (a permit is kept if nobody waits,
+    /// so no signal is lost).
+    pub fn claims_ready(&self) -> &Notify {
+        &self.claims
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Sends a command built around a oneshot and awaits the reply (the worker loop's interface;
+    /// everything else uses the typed methods).
+    pub(crate) async fn ask<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> anyhow::Result<R> {
+        Ok(self.call(make).await?)
+    }
+
+    /// Sends a command and awaits its reply.
+    async fn call<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Sends a command whose reply may be a refusal.
+    async fn try_call<R>(&self, make: impl FnOnce(Reply<R>) -> Command) -> Result<R, NodeError> {
+        self.call(make).await?
+    }
+
+    /// Sends an owner-side command, whose refusals are words.
+    async fn owner_call<R>(
+        &self,
+        make: impl FnOnce(OwnerReply<R>) -> Command,
+    ) -> Result<R, NodeError> {
+        self.call(make).await?.map_err(NodeError::Refused)
+    }
+
+    /// `btd id`: peer id, addresses, rungs.
+    pub async fn info(&self) -> Result<NodeInfo, NodeError> {
+        self.call(Command::Info).await
+    }
+
+    /// `btd peers`: connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerView>, NodeError> {
+        self.call(Command::Peers).await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::Dial(addr, reply)).await
+    }
+
+    /// `btd publish`: validates, stores and announces a manifest; returns the program id.
+    pub async fn publish(&self, manifest: String) -> Result<ProgramId, NodeError> {
+        self.publish_with(manifest, PublishFiles::default()).await
+    }
+
+    /// Publishes a manifest with its files (dataset, holdout).
+    pub async fn publish_with(
+        &self,
+        manifest: String,
+        files: PublishFiles,
+    ) -> Result<ProgramId, NodeError> {
+        self.owner_call(|reply| Command::PublishWith {
+            manifest,
+            files,
+            reply,
+        })
+        .await
+    }
+
+    /// `btd programs`: the programs this node knows.
+    pub async fn programs(&self) -> Result<Vec<ProgramView>, NodeError> {
+        self.call(Command::Programs).await
+    }
+
+    /// A known program's verified announcement.
+    pub async fn program(&self, program: ProgramId) -> Result<Option<VerifiedProgram>, NodeError> {
+        self.call(|reply| Command::Program { program, reply }).await
+    }
+
+    /// `btd join`: starts joining; the join's progress arrives on the returned channel (a code,
+    /// then the grant or the failure).
+    pub async fn join(&self, program: ProgramId) -> Result<mpsc::Receiver<JoinEvent>, NodeError> {
+        let (events, rx) = mpsc::channel(JOIN_EVENTS);
+        self.tx
+            .send(Command::Join { program, events })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// `btd approve`: approves a join code; says whom for which program.
+    pub async fn approve(&self, user_code: String) -> Result<String, NodeError> {
+        self.decide(user_code, true).await
+    }
+
+    /// `btd deny`: denies a join code.
+    pub async fn deny(&self, user_code: String) -> Result<String, NodeError> {
+        self.decide(user_code, false).await
+    }
+
+    async fn decide(&self, user_code: String, approve: bool) -> Result<String, NodeError> {
+        self.owner_call(|reply| Command::Decide {
+            user_code,
+            approve,
+            reply,
+        })
+        .await
+    }
+
+    /// `btd members`: members and pending codes of an own program.
+    pub async fn members(&self, program: ProgramId) -> Result<MembersView, NodeError> {
+        self.owner_call(|reply| Command::Members { program, reply })
+            .await
+    }
+
+    /// `btd revoke`: revokes a member of an own program (durable before the reply).
+    pub async fn revoke(&self, program: ProgramId, member: String) -> Result<(), NodeError> {
+        self.owner_call(|reply| Command::Revoke {
+            program,
+            member,
+            reply,
+        })
+        .await
+    }
+
+    /// `btd submit`: signs a result and sends it to the program's owner; returns its receipt.
+    pub async fn submit(
+        &self,
+        program: ProgramId,
+        result: NewResult,
+    ) -> Result<SubmitReceipt, NodeError> {
+        self.try_call(|reply| Command::Submit {
+            program,
+            result,
+            reply,
+        })
+        .await
+    }
+
+    /// `btd status`: an own program from the store, a joined one from its owner (`None`: the only
+    /// program this node owns or belongs to).
+    pub async fn status(&self, program: Option<ProgramId>) -> Result<StatusView, NodeError> {
+        self.try_call(|reply| Command::Status { program, reply })
+            .await
+    }
+
+    /// This node's owner and credential for a joined program (`None`: not a member).
+    pub async fn credential(
+        &self,
+        program: ProgramId,
+    ) -> Result<Option<(PeerId, Credential)>, NodeError> {
+        self.call(|reply| Command::Credential { program, reply })
+            .await
+    }
+
+    /// Member: asks the owner to approve paid compute for a packet.
+    pub async fn request_spend(
+        &self,
+        program: ProgramId,
+        packet: ComputePacket,
+    ) -> Result<ApprovalResponse, NodeError> {
+        self.try_call(|reply| Command::RequestSpend {
+            program,
+            packet,
+            reply,
+        })
+        .await
+    }
+
+    /// Owner: open and decided spend requests.
+    pub async fn spend_requests(&self) -> Result<Vec<SpendRequestView>, NodeError> {
+        self.call(Command::SpendRequests).await
+    }
+
+    /// Owner: approves (a receipt valid for `minutes`) or denies a spend request; says what was
+    /// decided.
+    pub async fn decide_spend(
+        &self,
+        program: ProgramId,
+        member: String,
+        packet_id: String,
+        approve: bool,
+        minutes: u64,
+    ) -> Result<String, NodeError> {
+        self.owner_call(|reply| Command::DecideSpend {
+            program,
+            member,
+            packet_id,
+            approve,
+            minutes,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks a peer for one chunk of an artifact.
+    pub async fn blob(
+        &self,
+        peer: PeerId,
+        request: BlobRequest,
+    ) -> Result<BlobResponse, NodeError> {
+        self.try_call(|reply| Command::Blob {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Owner: the oldest claim waiting for a check in each owned program.
+    pub async fn next_claims(&self) -> Result<Vec<ClaimJob>, NodeError> {
+        self.call(Command::NextClaims).await
+    }
+
+    /// Owner: applies a verdict on a pending claim; returns the entry once the verdict is durable.
+    pub async fn resolve(
+        &self,
+        program: ProgramId,
+        seq: u64,
+        verdict: Verdict,
+    ) -> Result<Entry, NodeError> {
+        self.owner_call(|reply| Command::Resolve {
+            program,
+            seq,
+            verdict,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the node; pending store writes finish first. Returns once the stop is queued.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::Shutdown)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// Attacker probes for tests and netsim (`testkit` feature): raw requests to any peer.
+#[cfg(feature = "testkit")]
+impl NodeHandle {
+    /// Sends a raw membership request to `peer`; returns its raw response.
+    pub async fn raw_membership(
+        &self,
+        peer: PeerId,
+        request: btd_protocol::wire::MembershipRequest,
+    ) -> Result<btd_protocol::wire::MembershipResponse, NodeError> {
+        self.try_call(|reply| Command::RawMembership {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a raw KB request to `peer`; returns its raw response.
+    pub async fn raw_kb(&self, peer: PeerId, request: KbRequest) -> Result<KbResponse, NodeError> {
+        self.try_call(|reply| Command::RawKb {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+}
