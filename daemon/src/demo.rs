@@ -6,16 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use btd_protocol::kb::Check;
 use btd_protocol::program::ProgramId;
 use clap::Args;
-use serde::de::DeserializeOwned;
 
 use crate::control::{Progress, Request};
+use crate::harness::{Daemon, Launch, OnDrop, LOOPBACK_TCP, READY_WITHIN};
 use crate::node::types::{JoinEvent, NodeInfo, PeerView, ProgramView, StatusView};
 use crate::output::{out, CmdError};
 use crate::work::{RunRecord, WorkOptions};
@@ -89,108 +88,20 @@ max_holdout_gap = 0.25
     )
 }
 
-/// A daemon child process, stopped when dropped.
-struct Daemon {
-    name: String,
-    home: PathBuf,
-    child: Child,
-}
-
-impl Daemon {
-    /// Starts `btd start` with home `dir/name`, listening on `listen` (default: TCP on loopback).
-    fn start(name: &str, dir: &Path, listen: Option<&str>, extra: &[String]) -> Result<Daemon> {
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home)
-            .with_context(|| format!("cannot create {}", home.display()))?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))
-            .with_context(|| format!("cannot create the log of {name}"))?;
-        let exe = std::env::current_exe().context("cannot find the btd executable")?;
-        let child = Command::new(exe)
-            .arg("start")
-            .arg("--home")
-            .arg(&home)
-            .args(["--listen", listen.unwrap_or("/ip4/127.0.0.1/tcp/0")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start the {name} daemon"))?;
-        Ok(Daemon {
-            name: name.to_string(),
-            home,
-            child,
-        })
-    }
-
-    fn socket(&self) -> PathBuf {
-        crate::home::Home::at(self.home.clone()).socket_path()
-    }
-
-    async fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
-        let v = crate::client::call(&self.socket(), &req, |_| {}).await?;
-        serde_json::from_value(v).map_err(|e| anyhow!("unexpected reply from {}: {e}", self.name))
-    }
-
-    /// Waits until the control socket answers and the node listens.
-    async fn ready(&mut self) -> Result<NodeInfo> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(info) = self.call::<NodeInfo>(Request::Id).await {
-                if !info.listen.is_empty() {
-                    return Ok(info);
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "the {} daemon exited ({status}); see {}.log",
-                    self.name,
-                    self.home.display()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!("the {} daemon did not start within 30 s", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `/ip4/127.0.0.1/tcp/N/p2p/ID`.
-    async fn addr(&self) -> Result<String> {
-        let info: NodeInfo = self.call(Request::Id).await?;
-        let a = info
-            .listen
-            .iter()
-            .find(|a| a.contains("/tcp/") && !a.contains("p2p-circuit"))
-            .ok_or_else(|| anyhow!("{} has no TCP listen address", self.name))?;
-        Ok(if a.contains("/p2p/") {
-            a.clone()
-        } else {
-            format!("{a}/p2p/{}", info.peer_id)
-        })
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Ask politely (the daemon stops training and closes its database), then insist.
-        let _ = Command::new(std::env::current_exe().unwrap_or_else(|_| "btd".into()))
-            .arg("stop")
-            .arg("--home")
-            .arg(&self.home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `btd start` (this executable) with home `dir/name`, listening on `listen` (default: TCP on
+/// loopback); asked to stop when dropped.
+fn start(name: &str, dir: &Path, listen: Option<&str>, extra: &[String]) -> Result<Daemon> {
+    let exe = std::env::current_exe().context("cannot find the btd executable")?;
+    Daemon::spawn(
+        &dir.join(name),
+        Launch {
+            listen: listen.unwrap_or(LOOPBACK_TCP).to_string(),
+            extra: extra.to_vec(),
+            fresh_log: true,
+            on_drop: OnDrop::Stop,
+            ..Launch::new(exe)
+        },
+    )
 }
 
 /// `btd demo`.
@@ -231,23 +142,18 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
 
     // The mesh: a relay; the owner behind "NAT" (it listens only through a circuit on the relay,
     // as an owner at home would); workers that know only the relay's address.
-    daemons.push(Daemon::start(
-        "relay",
-        dir,
-        None,
-        &["--relay-server".to_string()],
-    )?);
-    daemons[0].ready().await?;
-    let relay_addr = daemons[0].addr().await?;
+    daemons.push(start("relay", dir, None, &["--relay-server".to_string()])?);
+    daemons[0].ready(READY_WITHIN).await?;
+    let relay_addr = daemons[0].tcp_addr().await?;
     out!("relay     {relay_addr}");
     let circuit = format!("{relay_addr}/p2p-circuit");
-    daemons.push(Daemon::start(
+    daemons.push(start(
         "owner",
         dir,
         Some(&circuit),
         &["--bootstrap".to_string(), relay_addr.clone()],
     )?);
-    let owner_info = daemons[1].ready().await?;
+    let owner_info = daemons[1].ready(READY_WITHIN).await?;
     out!(
         "owner     {} (no direct address: reachable through the relay)",
         owner_info.peer_id
@@ -256,14 +162,14 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         let name = format!("worker-{i}");
         // The last worker is behind "NAT" too; the others listen on loopback.
         let natted = i == args.workers;
-        daemons.push(Daemon::start(
+        daemons.push(start(
             &name,
             dir,
             natted.then_some(circuit.as_str()),
             &["--bootstrap".to_string(), relay_addr.clone()],
         )?);
         let d = daemons.len() - 1;
-        let info = daemons[d].ready().await?;
+        let info = daemons[d].ready(READY_WITHIN).await?;
         out!(
             "{name:<9} {} (knows only the relay{})",
             info.peer_id,
@@ -294,7 +200,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         let d = &daemons[w];
         crate::poll::wait_for(
             Duration::from_secs(30),
-            &format!("{} to learn the program", d.name),
+            &format!("{} to learn the program", d.name()),
             || async {
                 let list: Vec<ProgramView> = d.call(Request::Programs).await.ok()?;
                 list.iter().any(|p| p.id == program).then_some(())
@@ -325,15 +231,15 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             },
         )
         .await?;
-        let code = code.ok_or_else(|| anyhow!("{} got no user code", d.name))?;
+        let code = code.ok_or_else(|| anyhow!("{} got no user code", d.name()))?;
         out!(
             "{} shows user code {code}; the owner runs `btd approve {code}`",
-            d.name
+            d.name()
         );
         let said: String = daemons[1].call(Request::Approve { code }).await?;
         out!("  {said}");
         let info: NodeInfo = d.call(Request::Id).await?;
-        names.insert(info.peer_id, d.name.clone());
+        names.insert(info.peer_id, d.name().to_string());
     }
 
     // Work, with a live leaderboard from the owner's KB.
@@ -365,7 +271,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                 .iter()
                 .find(|r| r.finished_at.is_some() && r.state != crate::work::RunState::Submitted)
             {
-                stopped.push(format!("{}: {}", daemons[w].name, r.note));
+                stopped.push(format!("{}: {}", daemons[w].name(), r.note));
             }
         }
         if !stopped.is_empty() {
@@ -393,7 +299,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             let fake = (r.value.unwrap_or(1.0) - 1.0).max(0.01);
             out!(
                 "{} now submits a doctored claim: its round-{} checkpoint, claimed at val_bpb {fake:.4}",
-                d.name,
+                d.name(),
                 r.round
             );
             let receipt: btd_protocol::wire::SubmitReceipt = d
@@ -436,11 +342,11 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     leaderboard(&s, &names, &workers, daemons, program).await?;
     out!("done in {:.0} s", started.elapsed().as_secs_f64());
     out!("to look around, start a daemon again on a home and ask it, e.g.:");
-    let owner_home = &daemons[1].home;
+    let owner_home = daemons[1].home();
     out!("  btd start --home {} &", owner_home.display());
     out!("  btd status --home {} {program}", owner_home.display());
     if let Some(&w) = workers.first() {
-        let h = &daemons[w].home;
+        let h = daemons[w].home();
         out!(
             "  btd runs --home {} {program}   (with its daemon started)",
             h.display()
@@ -495,7 +401,7 @@ async fn leaderboard(
         let traced = runs.iter().filter(|r| r.trace.is_some()).count();
         out!(
             "  {:<9} {} rounds, {accepted} accepted (verified), {} not, best val_bpb {best:.4}, {traced} traceability records",
-            d.name,
+            d.name(),
             runs.len(),
             runs.len() - accepted
         );
@@ -516,7 +422,7 @@ async fn leaderboard(
             } else {
                 "over a direct connection (opened after the relayed one)"
             };
-            out!("{} reaches the owner {via}", daemons[w].name);
+            out!("{} reaches the owner {via}", daemons[w].name());
         }
     }
     out!("payouts (pool {} {}, split by impact):", s.pool, s.token);

@@ -7,6 +7,7 @@
 //! - [`net`]: the libp2p stack; the only module that sees libp2p's swarm events.
 //! - [`node`]: the daemon's core: one task owns the swarm and the program state.
 //! - [`control`]: the local control socket the CLI talks to.
+//! - [`harness`]: child `btd start` processes (for `btd demo` and the end-to-end tests).
 //! - `testkit` (feature `testkit`): in-process nodes and attacker probes for tests, benches and
 //!   netsim; not part of the product.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 mod daemon_cmd;
 mod demo;
+pub mod harness;
 pub mod home;
 pub mod net;
 pub mod node;

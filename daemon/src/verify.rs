@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use btd_protocol::kb::{judge, Measurement, Verdict};
 use btd_protocol::program::{CandleTask, Dataset, ProgramId, Task};
 use btd_protocol::wire::Claim;
+use btd_trainer::claim::{check_claim, ClaimMismatch};
 use btd_trainer::{Checkpoint, Corpus, TrainSpec};
 use candle_core::Device;
 
@@ -178,8 +179,7 @@ impl Verifier {
             }
             None => None,
         };
-        let same_platform = claim.device == btd_trainer::verify::platform(&Device::Cpu)
-            && claim.btd_version == VERSION;
+        let same_platform = btd_trainer::claim::same_platform(&claim, &Device::Cpu, VERSION);
         let retrain = program
             .verify
             .retrain_share
@@ -247,39 +247,11 @@ pub fn measure_and_judge(
     judge: impl Fn(&Measurement) -> Verdict,
 ) -> Result<(Verdict, f64, f64), String> {
     let ckpt = Checkpoint::read(path).map_err(|e| format!("the checkpoint is unusable: {e}"))?;
-    if ckpt.sha256() != claim.checkpoint {
-        return Err("the checkpoint fetched does not hash to the claimed digest".into());
-    }
-    let meta = ckpt.meta();
-    if meta.spec.seed != claim.seed || meta.steps != claim.steps {
-        return Ok((
-            Verdict::Failed(format!(
-                "the claim says seed {} and {} steps, the checkpoint records seed {} and {} steps",
-                claim.seed, claim.steps, meta.spec.seed, meta.steps
-            )),
-            0.0,
-            0.0,
-        ));
-    }
-    // The checkpoint must have been trained with the hypothesis the claim names.
-    let trained_with = meta.spec.hypothesis();
-    for (name, v) in hypothesis {
-        match trained_with.get(name) {
-            Some(t) if t.to_bits() == v.to_bits() => {}
-            got => {
-                return Ok((
-                    Verdict::Failed(format!(
-                    "the claim's hypothesis says {name}={v}, the checkpoint was trained with {}",
-                    got.map_or_else(
-                        || "no such parameter".to_string(),
-                        |t| format!("{name}={t}")
-                    )
-                )),
-                    0.0,
-                    0.0,
-                ))
-            }
-        }
+    match check_claim(&ckpt, claim, hypothesis) {
+        Ok(()) => {}
+        // Other bytes than the claimed ones: the fetch failed (the caller rejects the claim).
+        Err(e @ ClaimMismatch::Digest) => return Err(e.to_string()),
+        Err(e) => return Ok((Verdict::Failed(e.to_string()), 0.0, 0.0)),
     }
     let dev = Device::Cpu;
     let m = match btd_trainer::verify::measure(&ckpt, task, corpus, holdout, &dev) {

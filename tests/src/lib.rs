@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use btd::harness;
+
 /// Path of the `btd` binary built by this `cargo test` run.
 ///
 /// `cargo test --workspace` builds the `btd` binary (the `btd` package has integration tests of its
@@ -50,12 +52,15 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A `btd start` process with its own temporary home, killed when dropped.
+/// A `btd start` process with its own temporary home, killed when dropped: the daemon harness of
+/// the `btd` library ([`btd::harness`], shared with `btd demo`) plus the CLI helpers these tests
+/// drive it with.
 #[derive(Debug)]
 pub struct Daemon {
     /// The home directory.
     pub home: PathBuf,
-    child: std::process::Child,
+    // Dropped (killed) before the temporary home is removed.
+    process: harness::Daemon,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -69,40 +74,34 @@ impl Daemon {
         d
     }
 
-    /// Starts a daemon with `home`.
+    /// Starts a daemon with `home`, logging to `HOME.log`.
     pub fn start_in(home: &std::path::Path, extra: &[&str]) -> Daemon {
-        let d = Daemon {
+        let launch = harness::Launch {
+            extra: strings(extra),
+            ..harness::Launch::new(btd_bin())
+        };
+        let mut d = Daemon {
             home: home.to_path_buf(),
-            child: spawn_daemon(home, extra),
+            process: harness::Daemon::spawn(home, launch).expect("spawn btd start"),
             _tmp: None,
         };
         d.wait_ready();
         d
     }
 
-    fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let o = self.btd(&["id", "--json"]);
-            if o.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-                if v["listen"].as_array().is_some_and(|a| !a.is_empty()) {
-                    return;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "daemon in {} did not become ready: {}",
+    fn wait_ready(&mut self) {
+        if let Err(e) = self.process.ready_blocking(harness::READY_WITHIN) {
+            panic!(
+                "daemon in {} did not become ready: {e:#}\n{}",
                 self.home.display(),
                 self.log()
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
     /// The daemon's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.home.with_extension("log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// Runs `btd ARGS --home HOME`.
@@ -149,41 +148,20 @@ impl Daemon {
 
     /// SIGKILL, no clean shutdown.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Starts the daemon again on the same home (after [`Daemon::kill9`]).
     pub fn restart(&mut self, extra: &[&str]) {
-        self.child = spawn_daemon(&self.home, extra);
+        self.process
+            .respawn(&strings(extra))
+            .expect("spawn btd start");
         self.wait_ready();
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `btd start` on loopback with `home`, logging to `HOME.log`.
-fn spawn_daemon(home: &std::path::Path, extra: &[&str]) -> std::process::Child {
-    std::fs::create_dir_all(home).expect("home directory");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.with_extension("log"))
-        .expect("log file");
-    Command::new(btd_bin())
-        .args(["start", "--home"])
-        .arg(home)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn btd start")
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
 }
 
 /// Waits (bounded) until `f` returns `Some`, re-checking every 100 ms.

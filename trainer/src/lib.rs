@@ -7,6 +7,8 @@
 //!   itself is `btd_protocol::metric::val_bpb_bytes` (semantics §5).
 //! * [`data`] / [`synth`] — corpora: a UTF-8 file identified by its SHA-256, or the built-in
 //!   synthetic corpus; the fixed train/validation split.
+//! * [`claim`] — the claim a worker makes for a checkpoint, and the owner's check of a fetched
+//!   checkpoint against it.
 //! * [`sample`] — generate text from a checkpoint.
 //! * [`rungs`] — detect the local CPU and NVIDIA GPUs and map them to rung hardware classes.
 //! * [`shell`] — run one bounded shell command after dispatch admitted it, and parse its metric.
@@ -16,6 +18,7 @@
 //! `docs/training.md` for what is deterministic there.
 
 pub mod checkpoint;
+pub mod claim;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -119,3 +119,55 @@ fn cancel_stops_early_and_still_checkpoints() {
     assert_eq!(t.report.steps, 3);
     assert_eq!(t.checkpoint.meta().steps, 3);
 }
+
+#[test]
+fn a_claim_names_its_checkpoint_and_the_owner_check_finds_every_disagreement() {
+    use btd_trainer::claim::{check_claim, claim, same_platform, ClaimMismatch};
+    let corpus = Corpus::synthetic(5, 20_000).unwrap();
+    let spec = test_spec(11, 3);
+    let trained = run(&spec, &corpus);
+    let ckpt = &trained.checkpoint;
+    let c = claim(ckpt, &Device::Cpu, "9.9.9");
+    assert_eq!(c.checkpoint, trained.report.checkpoint_sha256);
+    assert_eq!(c.checkpoint_bytes, ckpt.bytes().len() as u64);
+    assert_eq!((c.seed, c.steps), (11, 3));
+    assert!(c.device.starts_with("cpu: "), "{}", c.device);
+    assert_eq!(c.btd_version, "9.9.9");
+    assert!(same_platform(&c, &Device::Cpu, "9.9.9"));
+    assert!(!same_platform(&c, &Device::Cpu, "9.9.10"));
+
+    // The hypothesis it was trained with checks; so does any part of it, and none.
+    let trained_with = spec.hypothesis();
+    assert!(!trained_with.is_empty());
+    assert_eq!(check_claim(ckpt, &c, &trained_with), Ok(()));
+    assert_eq!(check_claim(ckpt, &c, &Default::default()), Ok(()));
+
+    let mut other = c.clone();
+    other.checkpoint = btd_protocol::Digest::of(b"other bytes");
+    assert_eq!(
+        check_claim(ckpt, &other, &trained_with),
+        Err(ClaimMismatch::Digest)
+    );
+    let mut other = c.clone();
+    other.steps = 4;
+    let e = check_claim(ckpt, &other, &trained_with).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the claim says seed 11 and 4 steps, the checkpoint records seed 11 and 3 steps"
+    );
+    let (name, v) = trained_with.iter().next().unwrap();
+    let mut h = trained_with.clone();
+    h.insert(name.clone(), v * 2.0);
+    assert_eq!(
+        check_claim(ckpt, &c, &h).unwrap_err().to_string(),
+        format!(
+            "the claim's hypothesis says {name}={}, the checkpoint was trained with {name}={v}",
+            v * 2.0
+        )
+    );
+    let h = std::collections::BTreeMap::from([("dropout".to_string(), 0.5)]);
+    assert_eq!(
+        check_claim(ckpt, &c, &h).unwrap_err().to_string(),
+        "the claim's hypothesis says dropout=0.5, the checkpoint was trained with no such parameter"
+    );
+}

@@ -245,14 +245,11 @@ fn train(
         outputs,
         detail,
         cancelled: r.stopped_by == StopReason::Cancelled,
-        claim: Some(btd_protocol::wire::Claim {
-            checkpoint: r.checkpoint_sha256,
-            checkpoint_bytes: trained.checkpoint.bytes().len() as u64,
-            seed: spec.seed,
-            steps: r.steps,
-            device: btd_trainer::verify::platform(&dev),
-            btd_version: crate::verify::VERSION.to_string(),
-        }),
+        claim: Some(btd_trainer::claim::claim(
+            &trained.checkpoint,
+            &dev,
+            crate::verify::VERSION,
+        )),
     }
 }
 

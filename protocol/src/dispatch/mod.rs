@@ -3,6 +3,7 @@
 //! Every object has a `validate()` that returns every [`Problem`] it finds (empty = valid).
 //! [`evaluate_dispatch`] applies semantics §4's precedence, first match wins; see its docs.
 //! [`ProjectComputeMap::packet_for_point`] builds the objects to dispatch from a compute map.
+//! [`choose_rung`] picks the program rung a worker runs on from the rungs it advertises.
 //!
 //! Content digests ([`Decision::content_digest`] etc.) are what a
 //! [`crate::trace::TraceabilityRecord`] links by.
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Digest;
 
+mod choose;
 mod evaluate;
 mod map;
 mod validate;
@@ -21,6 +23,7 @@ mod validate;
 mod tests;
 
 pub use crate::trace::{Problem, Problems, MAX_ID_BYTES};
+pub use choose::{choose_rung, RungChoiceError};
 pub use evaluate::{evaluate_dispatch, DispatchInput};
 pub use map::{MapError, PointDispatch};
 

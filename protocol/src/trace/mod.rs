@@ -7,6 +7,8 @@
 //! [`ApprovalReceipt`] has no id field; its [`ApprovalReceipt::id`] hashes the whole receipt,
 //! signature included. Changing an object's encoding changes its ids: that is a protocol change.
 //!
+//! [`ImpactRead::from_receipt`] is the rule that reads the owner's verdict on a result.
+//!
 //! Validators return every [`Problem`] they find (empty = valid), with paths rooted at `bundle`,
 //! `impact`, `receipt` and `record`.
 
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Digest;
 
+mod impact;
 pub(crate) mod problem;
 mod receipt;
 mod record;

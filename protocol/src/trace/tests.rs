@@ -135,6 +135,99 @@ fn impact_read_id_tracks_every_field() {
     assert_eq!(paths(&c.validate()), ["impact.summary"]);
 }
 
+/// The owner's receipt for seq 7 with impact 0.25.
+fn submit_receipt(
+    check: crate::kb::Check,
+    accepted: bool,
+    champion: bool,
+) -> crate::wire::SubmitReceipt {
+    crate::wire::SubmitReceipt {
+        seq: 7,
+        accepted,
+        champion,
+        impact: 0.25,
+        check,
+        duplicate: false,
+    }
+}
+
+#[test]
+fn impact_read_from_receipt_keeps_champions_and_accepted_results_and_discards_the_rest() {
+    use crate::kb::Check;
+    let b = fixed_bundle();
+    let read = |check, accepted, champion| {
+        let r = ImpactRead::from_receipt(
+            &b,
+            "val_bpb",
+            1.05,
+            &submit_receipt(check, accepted, champion),
+        );
+        assert_eq!(r.bundle_id, b.id);
+        assert_eq!(r.id, r.compute_id());
+        assert_eq!(r.validate(), vec![]);
+        (r.next_action, r.summary)
+    };
+    assert_eq!(
+        read(Check::Verified, true, true),
+        (
+            NextAction::Keep,
+            "new champion: val_bpb 1.05 (seq 7, impact 0.25); the next rounds search around it"
+                .into()
+        )
+    );
+    assert_eq!(
+        read(Check::NotNeeded, true, false),
+        (
+            NextAction::Keep,
+            "accepted: val_bpb 1.05 (seq 7, impact 0.25) meets the acceptance rule".into()
+        )
+    );
+    assert_eq!(
+        read(Check::NotNeeded, false, false),
+        (
+            NextAction::Discard,
+            "not accepted: val_bpb 1.05 (seq 7) does not beat the reference; the search stays \
+             around the champion"
+                .into()
+        )
+    );
+}
+
+#[test]
+fn impact_read_from_receipt_puts_the_owners_check_before_the_keep_rule() {
+    use crate::kb::Check;
+    let b = fixed_bundle();
+    // Pending: the KEEP rule would accept it (and may already call it champion), but nothing counts
+    // until the owner has checked it; the worker keeps it meanwhile.
+    let pending = ImpactRead::from_receipt(
+        &b,
+        "val_bpb",
+        1.05,
+        &submit_receipt(Check::Pending, true, true),
+    );
+    assert_eq!(pending.next_action, NextAction::Keep);
+    assert!(
+        pending
+            .summary
+            .starts_with("pending: val_bpb 1.05 (seq 7) would count; the owner is checking it"),
+        "{}",
+        pending.summary
+    );
+    // Rejected by the check: discarded even if the KEEP rule had accepted it.
+    let failed = ImpactRead::from_receipt(
+        &b,
+        "val_bpb",
+        1.05,
+        &submit_receipt(Check::Failed("the holdout gap is 0.4".into()), true, true),
+    );
+    assert_eq!(failed.next_action, NextAction::Discard);
+    assert_eq!(
+        failed.summary,
+        "rejected by the owner's check: val_bpb 1.05 (seq 7): the holdout gap is 0.4"
+    );
+    assert_ne!(pending.id, failed.id);
+}
+
 #[test]
 fn bundle_validator_lists_every_problem() {
     let mut b = fixed_bundle();

@@ -8,6 +8,7 @@ use super::*;
 use crate::trace::ApprovalReceipt;
 use crate::Timestamp;
 
+mod choose;
 mod evaluate;
 mod map;
 mod validate;

@@ -1,0 +1,143 @@
+//! What the worker loop reads back from the owner: the champion's hypothesis (from the KB's
+//! `Champion` reply, whose signed submission is verified before its hypothesis is used) and the
+//! verdicts on this loop's pending claims (from the program's status).
+
+use std::time::Duration;
+
+use btd_protocol::kb::Check;
+use btd_protocol::program::search::Hypothesis;
+use btd_protocol::trace::{ImpactRead, TraceabilityRecord};
+use btd_protocol::wire::{KbCall, KbRequest, KbResponse};
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use crate::node::Command;
+
+use super::{Loop, RunRecord, WorkEvent};
+
+/// How often the loop asks the owner for verdicts on pending claims.
+const VERDICT_POLL: Duration = Duration::from_secs(1);
+
+impl Loop {
+    /// Waits (up to `verdict_wait_secs`) for the owner's verdicts on this loop's pending claims,
+    /// updating and storing each record as its verdict arrives.
+    pub(super) async fn await_verdicts(
+        &self,
+        runs: &mut [RunRecord],
+        events: &mpsc::Sender<WorkEvent>,
+    ) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.opts.verdict_wait_secs);
+        let pending = |r: &RunRecord| {
+            r.verdict
+                .as_ref()
+                .is_some_and(|v| v.check == Check::Pending)
+        };
+        while runs.iter().any(pending) && !self.ctx.cancelled() {
+            let program = self.id;
+            let status = self
+                .ctx
+                .node
+                .ask(|reply| Command::Status {
+                    program: Some(program),
+                    reply,
+                })
+                .await;
+            if let Ok(Ok(view)) = status {
+                for r in runs.iter_mut().filter(|r| pending(r)) {
+                    let Some(v) = r.verdict.as_mut() else {
+                        continue;
+                    };
+                    let Some(e) = view.results.iter().find(|e| e.seq == v.seq) else {
+                        continue;
+                    };
+                    if e.check == Check::Pending {
+                        continue;
+                    }
+                    v.check = e.check.clone();
+                    v.accepted = e.accepted;
+                    v.champion = e.champion;
+                    v.impact = e.impact;
+                    if let (Some(b), Some(value)) = (r.bundle.as_ref(), r.value) {
+                        let impact =
+                            ImpactRead::from_receipt(b, &self.program.criteria.metric, value, v);
+                        // The traceability record links the impact read of the final verdict.
+                        if let Ok(t) = TraceabilityRecord::link(
+                            &self.program.decision(),
+                            &self.rung,
+                            &r.packet,
+                            r.approval.as_ref(),
+                            b,
+                            &impact,
+                        ) {
+                            r.trace = Some(t);
+                        }
+                        r.impact = Some(impact);
+                    }
+                    let _ = events
+                        .send(WorkEvent::Checked {
+                            round: r.round,
+                            seq: v.seq,
+                            check: e.check.clone(),
+                            champion: e.champion,
+                        })
+                        .await;
+                    if let Err(err) = self.persist(r).await {
+                        tracing::warn!(error = %err, "cannot store a verdict in the run record");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(VERDICT_POLL).await;
+        }
+    }
+
+    /// The champion's hypothesis and seq, or the defaults when there is none (or it cannot be read
+    /// or verified: then the search restarts from the defaults, which is safe).
+    pub(super) async fn champion_hypothesis(&self) -> (Hypothesis, Option<u64>) {
+        let none = (self.defaults.clone(), None);
+        if self.program.search.is_empty() {
+            return none;
+        }
+        let program = self.id;
+        let Ok(Some((owner, credential))) = self
+            .ctx
+            .node
+            .ask(|reply| Command::Credential { program, reply })
+            .await
+        else {
+            return none;
+        };
+        let request = KbRequest {
+            program,
+            credential,
+            call: KbCall::Champion,
+        };
+        let answer = self
+            .ctx
+            .node
+            .ask(|reply| Command::RawKb {
+                peer: owner,
+                request,
+                reply,
+            })
+            .await;
+        let Ok(Ok(KbResponse::Champion(Some(c)))) = answer else {
+            return none;
+        };
+        let Ok(worker) = c.entry.worker.parse::<PeerId>() else {
+            return none;
+        };
+        match c.submission.verify_from(&worker) {
+            Ok(sub) if sub.program == program && sub.value == c.entry.value => {
+                (sub.hypothesis, Some(c.entry.seq))
+            }
+            _ => {
+                tracing::warn!(program = %program, "the champion's submission does not verify; searching from the defaults");
+                none
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! What a round leaves behind: the [`RunRecord`] (stored as JSON in the SQLite `runs` table, durable
+//! before the CLI hears of it, and as `run.json` next to the round's outputs) and the
+//! [`WorkSummary`] of one `btd join --rounds`.
+
+use std::path::PathBuf;
+
+use btd_protocol::dispatch::{ComputePacket, DispatchResult};
+use btd_protocol::program::search::Hypothesis;
+use btd_protocol::program::ProgramId;
+use btd_protocol::trace::{ApprovalReceipt, ImpactRead, ResultBundle, TraceabilityRecord};
+use btd_protocol::wire::SubmitReceipt;
+use btd_protocol::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::store;
+
+use super::{Loop, Round, WorkContext, WorkEvent};
+
+/// How a round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Running (or the daemon stopped while it ran).
+    Running,
+    /// Dispatch held the packet.
+    Held,
+    /// The task failed or produced no value.
+    Failed,
+    /// The daemon was stopping; nothing was submitted.
+    Cancelled,
+    /// The result ran but the owner did not record it.
+    Unsubmitted,
+    /// The owner recorded it.
+    Submitted,
+}
+
+/// Everything one round leaves behind (stored as JSON in the `runs` table and as `run.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The program.
+    pub program: ProgramId,
+    /// Round number (per program, from 1).
+    pub round: u64,
+    /// This node's member id.
+    pub member: String,
+    /// How the round ended.
+    pub state: RunState,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+    /// The packet.
+    pub packet: ComputePacket,
+    /// Dispatch's verdict.
+    pub dispatch: DispatchResult,
+    /// The approval receipt the run was admitted with (paid rungs).
+    pub approval: Option<ApprovalReceipt>,
+    /// The hypothesis tested.
+    pub hypothesis: Hypothesis,
+    /// The champion's seq the hypothesis started from.
+    pub parent_seq: Option<u64>,
+    /// The objective metric's name.
+    pub metric: String,
+    /// Its value, when the run produced one.
+    pub value: Option<f64>,
+    /// The round's directory (outputs, `run.json`).
+    pub dir: PathBuf,
+    /// What the run produced.
+    pub bundle: Option<ResultBundle>,
+    /// The owner's verdict.
+    pub verdict: Option<SubmitReceipt>,
+    /// What the verdict means for the next step.
+    pub impact: Option<ImpactRead>,
+    /// The record linking decision, rung, packet, receipt, bundle and impact.
+    pub trace: Option<TraceabilityRecord>,
+    /// What happened, in words.
+    pub note: String,
+}
+
+/// What `btd join --rounds` returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkSummary {
+    /// The program.
+    pub program: ProgramId,
+    /// Rounds asked for.
+    pub asked: u32,
+    /// Rounds whose result the owner recorded.
+    pub submitted: u32,
+    /// Every round run this time.
+    pub runs: Vec<RunRecord>,
+    /// Why the loop stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+impl WorkContext {
+    /// The records of `program`'s rounds (all programs when `None`), oldest first.
+    pub async fn runs(&self, program: Option<ProgramId>) -> Result<Vec<RunRecord>, String> {
+        let rows = self
+            .store
+            .read(move |c| store::load_runs(c, program.as_ref()))
+            .await
+            .map_err(|e| e.to_string())?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r)
+                    .map_err(|e| format!("unreadable run record in the database: {e}"))
+            })
+            .collect()
+    }
+}
+
+impl Loop {
+    /// Stores `record` (replacing the round's earlier state) and writes its `run.json`.
+    pub(super) async fn persist(&self, record: &RunRecord) -> Result<(), String> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| format!("cannot encode the run record: {e}"))?;
+        let (program, round, started) = (record.program, record.round, record.started_at);
+        self.ctx
+            .store
+            .write(move |tx| store::put_run(tx, &program, round, started, &json))
+            .await
+            .map_err(|e| format!("cannot store the run record: {e}"))?;
+        // A human-readable copy next to the outputs (best effort: the database is the record).
+        if let Ok(text) = serde_json::to_string_pretty(record) {
+            let _ = std::fs::write(record.dir.join("run.json"), text + "\n");
+        }
+        Ok(())
+    }
+
+    /// Stamps the end time, stores the record and reports it: the round is done.
+    pub(super) async fn finish(
+        &self,
+        mut record: RunRecord,
+        events: &mpsc::Sender<WorkEvent>,
+    ) -> Round {
+        record.finished_at = Some(crate::now());
+        if let Err(e) = self.persist(&record).await {
+            return Round::Stop(Some(Box::new(record)), e);
+        }
+        let _ = events
+            .send(WorkEvent::Recorded {
+                round: record.round,
+                record: record.trace.as_ref().map(|t| t.id),
+                dir: record.dir.clone(),
+            })
+            .await;
+        Round::Done(Box::new(record))
+    }
+
+    /// Like [`Loop::finish`], then stops the loop with the record's note as the reason.
+    pub(super) async fn finish_stop(
+        &self,
+        record: RunRecord,
+        events: &mpsc::Sender<WorkEvent>,
+    ) -> Round {
+        let why = record.note.clone();
+        match self.finish(record, events).await {
+            Round::Done(r) => Round::Stop(Some(r), why),
+            stop => stop,
+        }
+    }
+}

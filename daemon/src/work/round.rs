@@ -1,0 +1,378 @@
+//! One worker loop over its rounds: [`Loop::prepare`] checks membership, chooses the rung and loads
+//! the task; [`Loop::run`] runs the rounds; each round admits its packet, draws a hypothesis near
+//! the champion's, runs it, submits it and links the traceability record.
+
+use std::sync::Arc;
+
+use btd_protocol::dispatch::{choose_rung, Action, SpendClass};
+use btd_protocol::membership::MemberId;
+use btd_protocol::program::search::{hypothesis_seed, Hypothesis};
+use btd_protocol::program::{ProgramId, Task};
+use btd_protocol::trace::{BundleStatus, ImpactRead, NextAction, ResultBundle, TraceabilityRecord};
+use tokio::sync::mpsc;
+
+use crate::node::types::NewResult;
+use crate::node::Command;
+use crate::store;
+
+use super::dataset::fetch_dataset;
+use super::{
+    run, Loop, Round, RunRecord, RunState, WorkContext, WorkEvent, WorkOptions, WorkSummary,
+};
+
+/// Consecutive failed rounds after which the loop stops (a broken task should not spin).
+const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+
+impl Loop {
+    /// Checks that this node may run `id` (known, a member, shell allowed when the task is one),
+    /// chooses the rung, fetches the dataset when needed, and loads the task.
+    pub(super) async fn prepare(
+        ctx: &Arc<WorkContext>,
+        id: ProgramId,
+        opts: &WorkOptions,
+        events: &mpsc::Sender<WorkEvent>,
+    ) -> Result<Loop, String> {
+        let node = &ctx.node;
+        let stopped = |e: anyhow::Error| e.to_string();
+        let view = node
+            .ask(|reply| Command::Program { program: id, reply })
+            .await
+            .map_err(stopped)?
+            .ok_or_else(|| {
+                format!("program {id} is not known to this daemon (see `btd programs`)")
+            })?;
+        if node
+            .ask(|reply| Command::Credential { program: id, reply })
+            .await
+            .map_err(stopped)?
+            .is_none()
+        {
+            return Err(format!(
+                "this node is not a member of {id}; `btd join {id}` first"
+            ));
+        }
+        let program = view.program;
+        let (rung, local) =
+            choose_rung(&program, &ctx.rungs, opts.rung.as_deref()).map_err(|e| e.to_string())?;
+        if let Task::Shell(t) = &program.task {
+            if !opts.allow_shell {
+                return Err(format!(
+                    "the program's task is a shell command the owner wrote ({:?}); rerun with \
+                     --allow-shell to let this daemon run it",
+                    t.command
+                ));
+            }
+        }
+        let data = match (&program.task, &opts.data) {
+            (Task::Candle(t), None) => match t.dataset {
+                btd_protocol::program::Dataset::File { sha256 } => {
+                    Some(fetch_dataset(ctx, id, view.owner, sha256, &program, events).await?)
+                }
+                btd_protocol::program::Dataset::Synthetic { .. } => None,
+            },
+            _ => opts.data.clone(),
+        };
+        let task = run::Prepared::new(&program, &local, data).await?;
+        let defaults = task.defaults();
+        let member = MemberId::from_peer(&node.peer_id()).to_string();
+        // Paid spend already committed by earlier rounds counts toward max_total_spend.
+        let spent_total = ctx
+            .runs(Some(id))
+            .await?
+            .iter()
+            .filter(|r| r.approval.is_some() && r.state != RunState::Held)
+            .filter_map(|r| r.packet.budget.spend_cap)
+            .sum();
+        Ok(Loop {
+            ctx: ctx.clone(),
+            id,
+            owner: view.owner,
+            program,
+            member,
+            rung,
+
+            opts: opts.clone(),
+            task,
+            defaults,
+            approval: None,
+            spent_total,
+        })
+    }
+
+    /// Runs the rounds asked for, stopping early when the daemon stops, a round says stop, or
+    /// [`MAX_CONSECUTIVE_FAILURES`] rounds in a row fail.
+    pub(super) async fn run(&mut self, events: &mpsc::Sender<WorkEvent>) -> WorkSummary {
+        let mut summary = WorkSummary {
+            program: self.id,
+            asked: self.opts.rounds,
+            submitted: 0,
+            runs: Vec::new(),
+            stopped: None,
+        };
+        let mut failures = 0;
+        for _ in 0..self.opts.rounds {
+            if self.ctx.cancelled() {
+                summary.stopped = Some("the daemon is stopping".into());
+                break;
+            }
+            // Search near the champion as verified: wait for the owner's check of the last claims.
+            if self.opts.verdict_wait_secs > 0 {
+                self.await_verdicts(&mut summary.runs, events).await;
+            }
+            match self.round(events).await {
+                Round::Done(r) => {
+                    if r.state == RunState::Submitted {
+                        summary.submitted += 1;
+                        failures = 0;
+                    } else {
+                        failures += 1;
+                    }
+                    summary.runs.push(*r);
+                    if failures >= MAX_CONSECUTIVE_FAILURES {
+                        summary.stopped = Some(format!(
+                            "{failures} rounds in a row failed; the last: {}",
+                            summary.runs.last().map_or("", |r| r.note.as_str())
+                        ));
+                        break;
+                    }
+                }
+                Round::Stop(r, why) => {
+                    summary.runs.extend(r.map(|r| *r));
+                    summary.stopped = Some(why);
+                    break;
+                }
+            }
+        }
+        if self.opts.verdict_wait_secs > 0 {
+            self.await_verdicts(&mut summary.runs, events).await;
+        }
+        summary
+    }
+
+    /// One round: admit the packet, draw the hypothesis, run it, keep the checkpoint for the
+    /// owner, submit, and record the verdict's impact and the traceability record.
+    async fn round(&mut self, events: &mpsc::Sender<WorkEvent>) -> Round {
+        let id = self.id;
+        let round = match self
+            .ctx
+            .store
+            .read(move |c| store::next_round(c, &id))
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => return Round::Stop(None, format!("cannot read the run log: {e}")),
+        };
+        let packet = match self.program.packet_for_rung(&self.rung.id) {
+            Ok(p) => p,
+            Err(e) => return Round::Stop(None, e.to_string()),
+        };
+        let dispatch = match self.admit(round, &packet, events).await {
+            Ok(d) => d,
+            Err(why) => return Round::Stop(None, why),
+        };
+        let dir = self
+            .ctx
+            .runs_dir
+            .join(self.id.short())
+            .join(format!("round-{round:05}"));
+        let mut record = RunRecord {
+            program: self.id,
+            round,
+            member: self.member.clone(),
+            state: RunState::Running,
+            started_at: crate::now(),
+            finished_at: None,
+            packet: packet.clone(),
+            dispatch: dispatch.clone(),
+            approval: None,
+            hypothesis: Hypothesis::new(),
+            parent_seq: None,
+            metric: self.program.criteria.metric.clone(),
+            value: None,
+            dir: dir.clone(),
+            bundle: None,
+            verdict: None,
+            impact: None,
+            trace: None,
+            note: String::new(),
+        };
+        if dispatch.action == Action::HoldPacket {
+            record.state = RunState::Held;
+            record.note = format!("dispatch held the packet: {}", dispatch.detail);
+            return self.finish_stop(record, events).await;
+        }
+        if self.rung.spend_class == SpendClass::PaidMetered {
+            record.approval = self.approval.clone();
+        }
+
+        // The hypothesis: near the champion's (or the defaults), seeded by program, member, round.
+        let (base, parent_seq) = self.champion_hypothesis().await;
+        record.parent_seq = parent_seq;
+        record.hypothesis = if self.program.search.is_empty() {
+            Hypothesis::new()
+        } else {
+            let seed = hypothesis_seed(&self.id.0, &self.member, round);
+            self.program.search.propose(&base, &self.defaults, seed)
+        };
+        let _ = events
+            .send(WorkEvent::Round {
+                round,
+                rung_id: self.rung.id.clone(),
+                hypothesis: record.hypothesis.clone(),
+                parent_seq,
+            })
+            .await;
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            record.state = RunState::Failed;
+            record.note = format!("cannot create {}: {e}", dir.display());
+            return self.finish_stop(record, events).await;
+        }
+        if let Err(e) = self.persist(&record).await {
+            return Round::Stop(None, e);
+        }
+
+        // Run it.
+        let outcome = self
+            .task
+            .run(
+                &dispatch,
+                &record.hypothesis,
+                &dir,
+                &self.program.required_outputs,
+                self.ctx.cancel.clone(),
+            )
+            .await;
+        let metric = self.program.criteria.metric.clone();
+        let _ = events
+            .send(WorkEvent::Ran {
+                round,
+                status: outcome.status,
+                metric: metric.clone(),
+                value: outcome.value,
+                detail: outcome.detail.clone(),
+            })
+            .await;
+        let mut metrics = outcome.metrics.clone();
+        if let Some(v) = outcome.value {
+            metrics.insert(metric.clone(), v);
+        }
+        let bundle = ResultBundle::new(
+            packet.id.clone(),
+            outcome.outputs.clone(),
+            outcome.status,
+            metrics.clone(),
+        );
+        record.bundle = Some(bundle.clone());
+        record.value = outcome.value;
+        record.note = outcome.detail.clone();
+        if outcome.cancelled {
+            record.state = RunState::Cancelled;
+            return self.finish_stop(record, events).await;
+        }
+        let value = match (outcome.status, outcome.value) {
+            (BundleStatus::Completed, Some(v)) => v,
+            _ => {
+                record.state = RunState::Failed;
+                record.impact = Some(ImpactRead::new(
+                    bundle.id,
+                    NextAction::Rerun,
+                    format!("the run produced no {metric}: {}", outcome.detail),
+                ));
+                return self.finish(record, events).await;
+            }
+        };
+        if let Err(e) = self.persist(&record).await {
+            return Round::Stop(None, e);
+        }
+
+        // The claimed checkpoint goes where the node serves it to the owner.
+        if let Some(claim) = &outcome.claim {
+            let (blobs, id, ckpt, digest) = (
+                self.ctx.blobs.clone(),
+                self.id,
+                dir.join("checkpoint.safetensors"),
+                claim.checkpoint,
+            );
+            let added =
+                tokio::task::spawn_blocking(move || blobs.add_file(&id, &ckpt, Some(digest)))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+            if let Err(e) = added {
+                record.state = RunState::Failed;
+                record.note = format!("cannot keep the checkpoint for the owner's check: {e}");
+                return self.finish_stop(record, events).await;
+            }
+        }
+
+        // Submit: value, hypothesis, outputs, metrics and the claim the owner checks.
+        let result = NewResult {
+            value,
+            rung_id: self.rung.id.clone(),
+            outputs: bundle.outputs.clone(),
+            metrics: outcome.metrics.clone(),
+            hypothesis: record.hypothesis.clone(),
+            claim: outcome.claim.clone(),
+        };
+        let program = self.id;
+        let receipt = match self
+            .ctx
+            .node
+            .ask(|reply| Command::Submit {
+                program,
+                result,
+                reply,
+            })
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                record.state = RunState::Unsubmitted;
+                record.note = format!("the owner did not record the result: {e}");
+                return self.finish_stop(record, events).await;
+            }
+            Err(e) => {
+                record.state = RunState::Unsubmitted;
+                record.note = format!("the daemon is stopping: {e}");
+                return self.finish_stop(record, events).await;
+            }
+        };
+        if self.rung.spend_class == SpendClass::PaidMetered {
+            self.spent_total += packet.budget.spend_cap.unwrap_or(0.0);
+        }
+        let _ = events
+            .send(WorkEvent::Verdict {
+                round,
+                receipt: receipt.clone(),
+            })
+            .await;
+        record.state = RunState::Submitted;
+        record.verdict = Some(receipt.clone());
+        let impact =
+            ImpactRead::from_receipt(&bundle, &self.program.criteria.metric, value, &receipt);
+        record.trace = match TraceabilityRecord::link(
+            &self.program.decision(),
+            &self.rung,
+            &packet,
+            record.approval.as_ref(),
+            &bundle,
+            &impact,
+        ) {
+            Ok(t) => Some(t),
+            Err(problems) => {
+                record.note = format!(
+                    "{}; the traceability record could not be linked: {}",
+                    record.note,
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                None
+            }
+        };
+        record.impact = Some(impact);
+        self.finish(record, events).await
+    }
+}
