@@ -46,6 +46,8 @@ async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> 
             bootstrap,
             rungs: btd::config::Config::default_rungs(),
             home: None,
+            clock: btd::clock::Clock::system(),
+            rng_seed: None,
         },
         store,
     )

@@ -58,6 +58,8 @@ async fn start(home: &std::path::Path, bootstrap: Vec<Multiaddr>) -> (NodeHandle
             bootstrap,
             rungs: btd::config::Config::default_rungs(),
             home: Some(home.to_path_buf()),
+            clock: btd::clock::Clock::system(),
+            rng_seed: None,
         },
         store,
     )

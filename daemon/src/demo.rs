@@ -116,7 +116,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CmdError> {
         None => std::env::temp_dir().join(format!(
             "btd-demo-{}-{}",
             std::process::id(),
-            crate::now().as_millis()
+            crate::clock::system_now().as_millis()
         )),
     };
     std::fs::create_dir_all(&dir)

@@ -14,6 +14,7 @@
 pub mod blobs;
 pub mod cli;
 pub mod client;
+pub mod clock;
 mod compute_cmd;
 pub mod config;
 pub mod control;
@@ -32,20 +33,3 @@ pub mod store;
 pub mod testkit;
 pub mod verify;
 pub mod work;
-
-/// The current wall-clock time as a protocol [`btd_protocol::Timestamp`]. The daemon reads the clock
-/// here and nowhere else.
-pub fn now() -> btd_protocol::Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    btd_protocol::Timestamp::from_millis(
-        ms.saturating_add(CLOCK_AHEAD_MS.load(std::sync::atomic::Ordering::Relaxed)),
-    )
-}
-
-/// How far [`now`] runs ahead of the wall clock: always 0 in the daemon; moved only by
-/// `testkit::advance_clock` (feature `testkit`), so in-process tests can reach a 15-minute expiry
-/// without waiting.
-static CLOCK_AHEAD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -54,6 +54,8 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
             bootstrap: cfg.bootstrap,
             rungs: cfg.rungs.clone(),
             home: Some(home_dir.clone()),
+            clock: crate::clock::Clock::system(),
+            rng_seed: None,
         },
         store.clone(),
     )

@@ -63,6 +63,8 @@ pub struct TestNodeOptions {
     pub bootstrap: Vec<Multiaddr>,
     /// Home directory for artifacts and holdouts (a node with one also runs the owner's verifier).
     pub home: Option<std::path::PathBuf>,
+    /// The node's clock (default: the system clock); an [`OffsetClock`] lets a test move it.
+    pub clock: Option<crate::clock::Clock>,
 }
 
 impl TestNode {
@@ -104,6 +106,8 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
             bootstrap: opts.bootstrap,
             rungs: crate::config::Config::default_rungs(),
             home: opts.home.clone(),
+            clock: opts.clock.clone().unwrap_or_default(),
+            rng_seed: None,
         },
         store,
     )
@@ -116,12 +120,39 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
     })
 }
 
-/// Moves this process's protocol clock ([`crate::now`]) ahead by `by`, for every node in the
-/// process: expiries (join codes, receipts) can be reached without waiting. Use it only in a test
-/// binary of its own, since it affects every test running in that process.
-pub fn advance_clock(by: Duration) {
-    let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-    crate::CLOCK_AHEAD_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+/// A clock that runs with the system clock, ahead by an offset the test moves: expiries (join
+/// codes, receipts) can be reached without waiting. It moves only the nodes it was handed to.
+#[derive(Debug, Clone, Default)]
+pub struct OffsetClock {
+    ahead_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl OffsetClock {
+    /// A clock in step with the system clock.
+    pub fn new() -> OffsetClock {
+        OffsetClock::default()
+    }
+
+    /// Moves the clock ahead by `by`.
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.ahead_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The node clock reading this one.
+    pub fn clock(&self) -> crate::clock::Clock {
+        crate::clock::Clock::new(self.clone())
+    }
+}
+
+impl crate::clock::TimeSource for OffsetClock {
+    fn now(&self) -> btd_protocol::Timestamp {
+        let ahead = self.ahead_ms.load(std::sync::atomic::Ordering::Relaxed);
+        btd_protocol::Timestamp::from_millis(
+            crate::clock::system_now().as_millis().saturating_add(ahead),
+        )
+    }
 }
 
 /// Waits (at most `limit`) until `node` knows `program`.

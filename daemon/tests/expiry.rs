@@ -1,11 +1,11 @@
-//! Join-code expiry over the mesh (its own test binary: it moves the process's protocol clock).
+//! Join-code expiry over the mesh: the owner's clock is moved past the code's lifetime.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use btd::node::types::JoinEvent;
 use btd::store::Store;
-use btd::testkit::{advance_clock, spawn_node, wait_known, TestNodeOptions};
+use btd::testkit::{spawn_node, wait_known, OffsetClock, TestNodeOptions};
 
 const MANIFEST: &str = r#"name = "expiry-test"
 objective = "join codes expire"
@@ -30,9 +30,16 @@ hardware = "cpu"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unapproved_code_expires_for_the_owner_and_the_worker() {
-    let owner = spawn_node(Store::open_in_memory().unwrap(), Default::default())
-        .await
-        .unwrap();
+    let clock = OffsetClock::new();
+    let owner = spawn_node(
+        Store::open_in_memory().unwrap(),
+        TestNodeOptions {
+            clock: Some(clock.clock()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let worker = spawn_node(
         Store::open_in_memory().unwrap(),
         TestNodeOptions {
@@ -58,7 +65,7 @@ async fn an_unapproved_code_expires_for_the_owner_and_the_worker() {
     assert_eq!(expires_in, 900);
 
     // 15 minutes and a second later, the owner can no longer approve the code...
-    advance_clock(Duration::from_secs(901));
+    clock.advance(Duration::from_secs(901));
     let e = owner
         .handle
         .approve(user_code.clone())

@@ -282,7 +282,7 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
         outputs: vec![],
         metrics: Default::default(),
         hypothesis: [("lr".to_string(), 2e-3)].into_iter().collect(),
-        created_at: btd::now(),
+        created_at: owner.handle.now(),
         claim: None,
     };
     let signed = Signed::sign(&member.key, &sub).unwrap();
@@ -499,7 +499,7 @@ async fn paid_compute_needs_the_owners_signed_receipt() {
         approval: Some(&receipt),
         trusted_approvers: std::slice::from_ref(&owner_id),
         spent_total: 0.0,
-        now: btd::now(),
+        now: owner.handle.now(),
     });
     assert_eq!(r.action, Action::RunPaid, "{}", r.detail);
     // A tampered packet is refused.

@@ -54,6 +54,8 @@ pub(crate) struct Sim {
     pub(crate) layout: Layout,
     pub(crate) nodes: Vec<SimNode>,
     net: NetParams,
+    /// The run's seed (node RNGs derive from it).
+    seed: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -123,6 +125,7 @@ impl Sim {
             layout,
             nodes,
             net,
+            seed,
             _dir: dir,
         })
     }
@@ -182,6 +185,9 @@ impl Sim {
             bootstrap: node.bootstrap.clone(),
             rungs: btd::config::Config::default_rungs(),
             home: node.home.clone(),
+            clock: btd::clock::Clock::system(),
+            // Each node's RNG from the run's seed, so codes and nonces replay with it.
+            rng_seed: Some(self.seed ^ (ix as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         };
         let (handle, task) = node::spawn(cfg, store)
             .await

@@ -71,7 +71,7 @@ pub(super) fn announce(node: &mut Node, id: ProgramId, dht: bool) {
             .iter()
             .map(ToString::to_string)
             .collect(),
-        published_at: crate::now(),
+        published_at: node.clock.now(),
     };
     let Ok(signed) = Signed::sign(&node.key, &announcement) else {
         return;
@@ -79,7 +79,7 @@ pub(super) fn announce(node: &mut Node, id: ProgramId, dht: bool) {
     let Ok(bytes) = wire::encode(&signed) else {
         return;
     };
-    if let Ok(view) = wire::verify_announcement(&signed, crate::now()) {
+    if let Ok(view) = wire::verify_announcement(&signed, node.clock.now()) {
         node.known.insert(
             id,
             Known {
@@ -103,7 +103,7 @@ fn advertise_rungs(node: &mut Node) {
     let advert = RungAdvert {
         rungs: node.rungs.clone(),
         programs: node.memberships.keys().copied().collect(),
-        advertised_at: crate::now(),
+        advertised_at: node.clock.now(),
     };
     let Ok(signed) = Signed::sign(&node.key, &advert) else {
         return;
@@ -152,7 +152,7 @@ pub(super) fn accept_announcement(
     source: Option<PeerId>,
     signed: Signed<ProgramAnnouncement>,
 ) -> MessageAcceptance {
-    let view = match wire::verify_announcement(&signed, crate::now()) {
+    let view = match wire::verify_announcement(&signed, node.clock.now()) {
         Ok(v) => v,
         Err(e) => {
             tracing::debug!(error = %e, "invalid program announcement");
@@ -206,7 +206,7 @@ fn on_rungs_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> Mes
     let Ok(v) = signed.verify() else {
         return MessageAcceptance::Reject;
     };
-    if source != Some(v.signer) || v.value.check(crate::now()).is_err() {
+    if source != Some(v.signer) || v.value.check(node.clock.now()).is_err() {
         return MessageAcceptance::Reject;
     }
     let newer = node
@@ -281,7 +281,7 @@ pub(super) fn on_lookup(node: &mut Node, id: QueryId, step: Lookup) {
             let ok = wire::decode::<Signed<ProgramAnnouncement>>(&value)
                 .ok()
                 .filter(|s| {
-                    wire::verify_announcement(s, crate::now())
+                    wire::verify_announcement(s, node.clock.now())
                         .map(|v| v.id == program)
                         .unwrap_or(false)
                 });

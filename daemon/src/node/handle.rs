@@ -36,13 +36,19 @@ pub enum NodeError {
     /// A peer could not be reached (dial failure, timeout, closed connection), in words.
     #[error("{0}")]
     Unreachable(String),
+    /// The node could not do it right now (e.g. its store failed to write); retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<btd_protocol::owner::OwnerError> for NodeError {
+    fn from(e: btd_protocol::owner::OwnerError) -> Self {
+        NodeError::Refused(e.to_string())
+    }
 }
 
 /// A reply to the caller.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
-/// A reply from the owner's side (`owner.rs`, `spend.rs`), whose refusals are words; the handle
-/// returns them as [`NodeError::Refused`].
-pub(crate) type OwnerReply<T> = oneshot::Sender<Result<T, String>>;
 
 /// What the node task can be asked. Built only by [`NodeHandle`] (and the worker loop, through
 /// `ask`).
@@ -61,7 +67,7 @@ pub(crate) enum Command {
         /// The dataset and holdout files.
         files: PublishFiles,
         /// The program id once durable.
-        reply: OwnerReply<ProgramId>,
+        reply: Reply<ProgramId>,
     },
     /// `btd programs`.
     Programs(oneshot::Sender<Vec<ProgramView>>),
@@ -79,14 +85,14 @@ pub(crate) enum Command {
         /// Approve (true) or deny.
         approve: bool,
         /// Result in words.
-        reply: OwnerReply<String>,
+        reply: Reply<String>,
     },
     /// `btd members`.
     Members {
         /// The program.
         program: ProgramId,
         /// Members and pending codes.
-        reply: OwnerReply<MembersView>,
+        reply: Reply<MembersView>,
     },
     /// `btd revoke`.
     Revoke {
@@ -95,7 +101,7 @@ pub(crate) enum Command {
         /// The member id.
         member: String,
         /// Done.
-        reply: OwnerReply<()>,
+        reply: Reply<()>,
     },
     /// `btd submit`.
     Submit {
@@ -171,7 +177,7 @@ pub(crate) enum Command {
         /// Receipt validity in minutes.
         minutes: u64,
         /// Result in words.
-        reply: OwnerReply<String>,
+        reply: Reply<String>,
     },
     /// Ask a peer for one chunk of an artifact.
     Blob {
@@ -193,7 +199,7 @@ pub(crate) enum Command {
         /// The verdict.
         verdict: Verdict,
         /// The entry after the verdict.
-        reply: OwnerReply<Entry>,
+        reply: Reply<Entry>,
     },
     /// Stop the node (pending store writes finish first).
     Shutdown,
@@ -206,15 +212,27 @@ pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     claims: Arc<Notify>,
+    clock: crate::clock::Clock,
 }
 
 impl NodeHandle {
-    pub(super) fn new(tx: mpsc::Sender<Command>, peer_id: PeerId, claims: Arc<Notify>) -> Self {
+    pub(super) fn new(
+        tx: mpsc::Sender<Command>,
+        peer_id: PeerId,
+        claims: Arc<Notify>,
+        clock: crate::clock::Clock,
+    ) -> Self {
         Self {
             tx,
             peer_id,
             claims,
+            clock,
         }
+    }
+
+    /// The node's protocol time (its clock, shared with the worker loop).
+    pub fn now(&self) -> btd_protocol::Timestamp {
+        self.clock.now()
     }
 
     /// Signalled when an owned program gets a claim to check (a permit is kept if nobody waits,
@@ -226,15 +244,6 @@ impl NodeHandle {
     /// The node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
-    }
-
-    /// Sends a command built around a oneshot and awaits the reply (the worker loop's interface;
-    /// everything else uses the typed methods).
-    pub(crate) async fn ask<R>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<R>) -> Command,
-    ) -> anyhow::Result<R> {
-        Ok(self.call(make).await?)
     }
 
     /// Sends a command and awaits its reply.
@@ -253,14 +262,6 @@ impl NodeHandle {
     /// Sends a command whose reply may be a refusal.
     async fn try_call<R>(&self, make: impl FnOnce(Reply<R>) -> Command) -> Result<R, NodeError> {
         self.call(make).await?
-    }
-
-    /// Sends an owner-side command, whose refusals are words.
-    async fn owner_call<R>(
-        &self,
-        make: impl FnOnce(OwnerReply<R>) -> Command,
-    ) -> Result<R, NodeError> {
-        self.call(make).await?.map_err(NodeError::Refused)
     }
 
     /// `btd id`: peer id, addresses, rungs.
@@ -289,7 +290,7 @@ impl NodeHandle {
         manifest: String,
         files: PublishFiles,
     ) -> Result<ProgramId, NodeError> {
-        self.owner_call(|reply| Command::PublishWith {
+        self.try_call(|reply| Command::PublishWith {
             manifest,
             files,
             reply,
@@ -329,7 +330,7 @@ impl NodeHandle {
     }
 
     async fn decide(&self, user_code: String, approve: bool) -> Result<String, NodeError> {
-        self.owner_call(|reply| Command::Decide {
+        self.try_call(|reply| Command::Decide {
             user_code,
             approve,
             reply,
@@ -339,13 +340,13 @@ impl NodeHandle {
 
     /// `btd members`: members and pending codes of an own program.
     pub async fn members(&self, program: ProgramId) -> Result<MembersView, NodeError> {
-        self.owner_call(|reply| Command::Members { program, reply })
+        self.try_call(|reply| Command::Members { program, reply })
             .await
     }
 
     /// `btd revoke`: revokes a member of an own program (durable before the reply).
     pub async fn revoke(&self, program: ProgramId, member: String) -> Result<(), NodeError> {
-        self.owner_call(|reply| Command::Revoke {
+        self.try_call(|reply| Command::Revoke {
             program,
             member,
             reply,
@@ -383,6 +384,38 @@ impl NodeHandle {
             .await
     }
 
+    /// Member: the program's champion as its owner serves it (entry and signed submission), or
+    /// `None` when there is none yet.
+    pub async fn champion(
+        &self,
+        program: ProgramId,
+    ) -> Result<Option<btd_protocol::wire::ChampionView>, NodeError> {
+        let (owner, credential) = self.credential(program).await?.ok_or_else(|| {
+            NodeError::Refused(format!(
+                "this node is not a member of {program}; `btd join {program}` first"
+            ))
+        })?;
+        let request = KbRequest {
+            program,
+            credential,
+            call: btd_protocol::wire::KbCall::Champion,
+        };
+        match self
+            .try_call(|reply| Command::RawKb {
+                peer: owner,
+                request,
+                reply,
+            })
+            .await?
+        {
+            KbResponse::Champion(c) => Ok(c.map(|c| *c)),
+            KbResponse::Error(e) => Err(NodeError::Refused(e.message)),
+            other => Err(NodeError::Refused(format!(
+                "unexpected reply from the owner: {other:?}"
+            ))),
+        }
+    }
+
     /// Member: asks the owner to approve paid compute for a packet.
     pub async fn request_spend(
         &self,
@@ -412,7 +445,7 @@ impl NodeHandle {
         approve: bool,
         minutes: u64,
     ) -> Result<String, NodeError> {
-        self.owner_call(|reply| Command::DecideSpend {
+        self.try_call(|reply| Command::DecideSpend {
             program,
             member,
             packet_id,
@@ -449,7 +482,7 @@ impl NodeHandle {
         seq: u64,
         verdict: Verdict,
     ) -> Result<Entry, NodeError> {
-        self.owner_call(|reply| Command::Resolve {
+        self.try_call(|reply| Command::Resolve {
             program,
             seq,
             verdict,

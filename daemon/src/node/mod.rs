@@ -77,6 +77,12 @@ pub struct NodeConfig {
     /// with one also runs the owner's verifier (`crate::verify`). `None` serves and stores no
     /// artifacts and checks no claims (netsim nodes without disks).
     pub home: Option<std::path::PathBuf>,
+    /// The node's clock: protocol time for every rule it applies (the system clock in the
+    /// daemon; tests and netsim hand in one they move).
+    pub clock: crate::clock::Clock,
+    /// Seed of the node's RNG (device and user codes, nonces, sealing): `None` draws one from the
+    /// operating system (the daemon); netsim passes one so a run replays.
+    pub rng_seed: Option<u64>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -127,6 +133,8 @@ pub struct Node {
     pub(crate) seal_key: SealKey,
     pub(crate) store: Store,
     pub(crate) rng: StdRng,
+    /// Protocol time (see [`crate::clock`]).
+    pub(crate) clock: crate::clock::Clock,
     pub(crate) rungs: Vec<AdvertisedRung>,
     pub(crate) known: HashMap<ProgramId, Known>,
     /// The programs this node owns: every owner rule (`btd_protocol::owner`).
@@ -199,7 +207,11 @@ pub async fn spawn(
         key: cfg.key.clone(),
         seal_key,
         store,
-        rng: StdRng::from_entropy(),
+        rng: match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        },
+        clock: cfg.clock.clone(),
         rungs: cfg.rungs,
         known: HashMap::new(),
         owners: btd_protocol::owner::Owners::new(cfg.key.clone()),
@@ -245,7 +257,7 @@ pub async fn spawn(
     let claims = node.claims_ready.clone();
     let home = node.home.clone();
     let task = tokio::spawn(node.run(rx));
-    let handle = NodeHandle::new(tx, peer_id, claims);
+    let handle = NodeHandle::new(tx, peer_id, claims, cfg.clock.clone());
     // A node with a home checks the claims of the programs it owns; the verifier ends when the
     // node stops.
     if let Some(home) = home {
@@ -256,7 +268,7 @@ pub async fn spawn(
 
 impl Node {
     fn restore(&mut self, snap: Snapshot) -> Result<()> {
-        let now = crate::now();
+        let now = self.clock.now();
         for row in &snap.programs {
             let signed: Signed<ProgramAnnouncement> = match btd_protocol::wire::decode(
                 &row.announcement,

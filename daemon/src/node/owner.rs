@@ -14,9 +14,9 @@ use btd_protocol::wire::{
     ErrorCode, ErrorReply, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
 };
 use libp2p::PeerId;
-use tokio::sync::oneshot;
 
 use super::dispatch::MembershipTag;
+use super::handle::{NodeError, Reply};
 use super::types::{MembersView, PendingView, StatusView};
 use super::Node;
 use crate::net::Responder;
@@ -115,7 +115,7 @@ pub(super) fn on_membership_request(
     req: MembershipRequest,
     channel: Responder<MembershipResponse>,
 ) {
-    let now = crate::now();
+    let now = node.clock.now();
     let fx = node.owners.on_membership(peer, req, now, &mut node.rng);
     if let MembershipResponse::Authorization(a) = &fx.reply {
         tracing::info!(peer = %peer, user_code = %a.user_code, "join requested");
@@ -140,7 +140,7 @@ pub(super) fn on_kb_request(
     req: KbRequest,
     channel: Responder<KbResponse>,
 ) {
-    let now = crate::now();
+    let now = node.clock.now();
     let program = req.program;
     let submitting = matches!(req.call, KbCall::Submit(_));
     let fx = node.owners.on_kb(peer, req, now);
@@ -188,51 +188,49 @@ fn reload(node: &mut Node, program: ProgramId) {
 
 /// Drops expired join state.
 pub(super) fn on_tick(node: &mut Node) {
-    node.owners.tick(crate::now());
+    node.owners.tick(node.clock.now());
 }
 
 /// `btd approve` / `btd deny`: the member is stored before the owner hears it is done and before
 /// the grant is pushed.
-pub(super) fn decide(
-    node: &mut Node,
-    user_code: &str,
-    approve: bool,
-    reply: oneshot::Sender<Result<String, String>>,
-) {
-    let now = crate::now();
+pub(super) fn decide(node: &mut Node, user_code: &str, approve: bool, reply: Reply<String>) {
+    let now = node.clock.now();
     match node.owners.decide(user_code, approve, now, &mut node.rng) {
         Ok(fx) => execute(
             node,
             fx.map(Ok),
-            |e| Err(format!("cannot store the member: {e}")),
+            |e| {
+                Err(NodeError::Unavailable(format!(
+                    "cannot store the member: {e}"
+                )))
+            },
             move |_, r| {
                 let _ = reply.send(r);
             },
         ),
         Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
+            let _ = reply.send(Err(e.into()));
         }
     }
 }
 
 /// `btd revoke`: permanent, durable before the reply.
-pub(super) fn revoke(
-    node: &mut Node,
-    program: ProgramId,
-    member: &str,
-    reply: oneshot::Sender<Result<(), String>>,
-) {
-    match node.owners.revoke(&program, member, crate::now()) {
+pub(super) fn revoke(node: &mut Node, program: ProgramId, member: &str, reply: Reply<()>) {
+    match node.owners.revoke(&program, member, node.clock.now()) {
         Ok(fx) => execute(
             node,
             fx.map(Ok),
-            |e| Err(format!("cannot store the revocation: {e}")),
+            |e| {
+                Err(NodeError::Unavailable(format!(
+                    "cannot store the revocation: {e}"
+                )))
+            },
             move |_, r| {
                 let _ = reply.send(r);
             },
         ),
         Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
+            let _ = reply.send(Err(e.into()));
         }
     }
 }
@@ -243,12 +241,12 @@ pub(super) fn on_push_result(node: &mut Node, program: ProgramId, code: DeviceCo
 }
 
 /// `btd members`: members and the codes waiting for approval.
-pub(super) fn members(node: &Node, program: &ProgramId) -> Result<MembersView, String> {
+pub(super) fn members(node: &Node, program: &ProgramId) -> Result<MembersView, NodeError> {
     let owned = node
         .owners
         .get(program)
-        .ok_or_else(|| format!("this node does not own program {program}"))?;
-    let now = crate::now();
+        .ok_or(btd_protocol::owner::OwnerError::NotOwned(*program))?;
+    let now = node.clock.now();
     Ok(MembersView {
         program: *program,
         members: owned.registry().members().map(Into::into).collect(),
@@ -293,12 +291,15 @@ pub(super) fn resolve(
     program: ProgramId,
     seq: u64,
     verdict: Verdict,
-    reply: oneshot::Sender<Result<Entry, String>>,
+    reply: Reply<Entry>,
 ) {
-    let fx = match node.owners.on_verdict(&program, seq, verdict, crate::now()) {
+    let fx = match node
+        .owners
+        .on_verdict(&program, seq, verdict, node.clock.now())
+    {
         Ok(fx) => fx,
         Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
+            let _ = reply.send(Err(e.into()));
             return;
         }
     };
@@ -314,7 +315,11 @@ pub(super) fn resolve(
     execute(
         node,
         fx.map(Ok),
-        |e| Err(format!("cannot store the verdict: {e}")),
+        |e| {
+            Err(NodeError::Unavailable(format!(
+                "cannot store the verdict: {e}"
+            )))
+        },
         move |_, r| {
             let _ = reply.send(r);
         },

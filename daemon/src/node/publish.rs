@@ -4,6 +4,7 @@
 
 use btd_protocol::program::{Program, ProgramId};
 
+use super::handle::{NodeError, Reply};
 use super::types::PublishFiles;
 use super::{Known, Node};
 use crate::store::{self, ProgramRow};
@@ -13,9 +14,9 @@ pub(super) fn publish(
     node: &mut Node,
     manifest: String,
     files: PublishFiles,
-    reply: tokio::sync::oneshot::Sender<Result<ProgramId, String>>,
+    reply: Reply<ProgramId>,
 ) {
-    let now = crate::now();
+    let now = node.clock.now();
     let addresses = node
         .my_addresses()
         .iter()
@@ -24,7 +25,7 @@ pub(super) fn publish(
     let published = match node.owners.publish(manifest, addresses, now) {
         Ok(p) => p,
         Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
+            let _ = reply.send(Err(e.into()));
             return;
         }
     };
@@ -46,20 +47,23 @@ pub(super) fn publish(
     let store = node.store.clone();
     let home = node.home.clone();
     let program = owner.program().clone();
+    // The secret stream of a synthetic holdout comes from the node's RNG.
+    let holdout_secret = rand::RngCore::next_u64(&mut node.rng);
     node.after(async move {
         // Artifacts first: a program is announced only once its dataset can be served and its
         // holdout is in place.
         let installed = tokio::task::spawn_blocking(move || {
-            install_artifacts(home.as_deref(), id, &program, &files)
+            install_artifacts(home.as_deref(), id, &program, &files, holdout_secret)
         })
         .await
         .map_err(|e| format!("installing the program's files failed: {e}"))
-        .and_then(|r| r);
+        .and_then(|r| r)
+        .map_err(NodeError::Refused);
         let res = match installed {
             Ok(()) => store
                 .write(move |tx| store::put_program(tx, &row))
                 .await
-                .map_err(|e| format!("cannot store the program: {e}")),
+                .map_err(|e| NodeError::Unavailable(format!("cannot store the program: {e}"))),
             Err(e) => Err(e),
         };
         Box::new(move |node: &mut Node| match res {
@@ -89,6 +93,7 @@ fn install_artifacts(
     id: ProgramId,
     program: &Program,
     files: &PublishFiles,
+    holdout_secret: u64,
 ) -> Result<(), String> {
     use btd_protocol::program::{Dataset, Task};
     let task = match &program.task {
@@ -148,8 +153,7 @@ fn install_artifacts(
             (None, Some(Dataset::Synthetic { seed, bytes })) => {
                 // Fresh text in the corpus's language from a secret stream: no worker can train
                 // on it. As large as the validation split (at least 16 KiB).
-                let secret = rand::random::<u64>();
-                btd_trainer::synth::synthetic_holdout(*seed, secret, (*bytes / 10).max(16 << 10))
+                btd_trainer::synth::synthetic_holdout(*seed, holdout_secret, (*bytes / 10).max(16 << 10))
                     .map_err(|e| e.to_string())?
             }
             _ => {

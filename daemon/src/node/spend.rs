@@ -23,7 +23,7 @@ pub(super) fn on_request(
     req: ApprovalRequest,
     channel: Responder<ApprovalResponse>,
 ) {
-    let resp = node.owners.on_approval(peer, &req, crate::now());
+    let resp = node.owners.on_approval(peer, &req, node.clock.now());
     match &resp {
         ApprovalResponse::Granted(_) => {
             tracing::info!(program = %req.program, peer = %peer, packet = %req.packet.id, "paid compute receipt handed out")
@@ -50,10 +50,15 @@ pub(super) fn decide(
     packet_id: &str,
     approve: bool,
     minutes: u64,
-) -> Result<String, String> {
-    node.owners
-        .decide_spend(&program, member, packet_id, approve, minutes, crate::now())
-        .map_err(|e| e.to_string())
+) -> Result<String, NodeError> {
+    Ok(node.owners.decide_spend(
+        &program,
+        member,
+        packet_id,
+        approve,
+        minutes,
+        node.clock.now(),
+    )?)
 }
 
 /// Worker side: asks the owner for a receipt.

@@ -163,7 +163,7 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
         program,
         owner: from.to_string(),
         credential: credential.clone(),
-        joined_at: crate::now(),
+        joined_at: node.clock.now(),
     };
     let store = node.store.clone();
     node.after(async move {
@@ -373,10 +373,10 @@ pub(super) fn submit(
         outputs: result.outputs,
         metrics: result.metrics,
         hypothesis: result.hypothesis,
-        created_at: crate::now(),
+        created_at: node.clock.now(),
         claim: result.claim,
     };
-    if let Err(e) = sub.check(crate::now()) {
+    if let Err(e) = sub.check(node.clock.now()) {
         let _ = reply.send(Err(NodeError::Refused(e.to_string())));
         return;
     }

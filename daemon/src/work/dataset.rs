@@ -9,8 +9,6 @@ use btd_protocol::program::{Program, ProgramId};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
-use crate::node::Command;
-
 use super::{WorkContext, WorkEvent};
 
 /// How long fetching the program's dataset may take.
@@ -28,7 +26,7 @@ pub(super) async fn fetch_dataset(
 ) -> Result<PathBuf, String> {
     let credential = ctx
         .node
-        .ask(|reply| Command::Credential { program: id, reply })
+        .credential(id)
         .await
         .map_err(|e| e.to_string())?
         .map(|(_, c)| c)

@@ -10,7 +10,7 @@ use btd_protocol::dispatch::{
 use btd_protocol::wire::ApprovalResponse;
 use tokio::sync::mpsc;
 
-use crate::node::Command;
+use crate::node::NodeError;
 
 use super::{Loop, WorkEvent};
 
@@ -40,7 +40,7 @@ impl Loop {
                 approval: self.approval.as_ref(),
                 trusted_approvers: &trusted,
                 spent_total: self.spent_total,
-                now: crate::now(),
+                now: self.ctx.node.now(),
             });
             // A paid run always links a receipt: a pre-approved rung gets one from the owner too.
             let need_receipt = match verdict.action {
@@ -64,16 +64,10 @@ impl Loop {
             }
             let program = self.id;
             let p = packet.clone();
-            let answer = self
-                .ctx
-                .node
-                .ask(|reply| Command::RequestSpend {
-                    program,
-                    packet: p,
-                    reply,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            let answer = match self.ctx.node.request_spend(program, p).await {
+                Err(NodeError::Stopped) => return Err("the daemon is stopping".into()),
+                other => other,
+            };
             asked_owner = true;
             match answer {
                 Ok(ApprovalResponse::Granted(r)) => {
@@ -122,7 +116,7 @@ impl Loop {
     fn receipt_valid(&self, packet: &ComputePacket) -> bool {
         let trusted = [self.owner.to_base58()];
         self.approval.as_ref().is_some_and(|r| {
-            r.authorizes(&packet.id, &self.rung.id, &trusted, crate::now())
+            r.authorizes(&packet.id, &self.rung.id, &trusted, self.ctx.node.now())
                 .is_ok()
         })
     }

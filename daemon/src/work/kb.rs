@@ -7,11 +7,8 @@ use std::time::Duration;
 use btd_protocol::kb::Check;
 use btd_protocol::program::search::Hypothesis;
 use btd_protocol::trace::{ImpactRead, TraceabilityRecord};
-use btd_protocol::wire::{KbCall, KbRequest, KbResponse};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-
-use crate::node::Command;
 
 use super::{Loop, RunRecord, WorkEvent};
 
@@ -35,15 +32,7 @@ impl Loop {
         };
         while runs.iter().any(pending) && !self.ctx.cancelled() {
             let program = self.id;
-            let status = self
-                .ctx
-                .node
-                .ask(|reply| Command::Status {
-                    program: Some(program),
-                    reply,
-                })
-                .await;
-            if let Ok(Ok(view)) = status {
+            if let Ok(view) = self.ctx.node.status(Some(program)).await {
                 for r in runs.iter_mut().filter(|r| pending(r)) {
                     let Some(v) = r.verdict.as_mut() else {
                         continue;
@@ -102,29 +91,7 @@ impl Loop {
             return none;
         }
         let program = self.id;
-        let Ok(Some((owner, credential))) = self
-            .ctx
-            .node
-            .ask(|reply| Command::Credential { program, reply })
-            .await
-        else {
-            return none;
-        };
-        let request = KbRequest {
-            program,
-            credential,
-            call: KbCall::Champion,
-        };
-        let answer = self
-            .ctx
-            .node
-            .ask(|reply| Command::RawKb {
-                peer: owner,
-                request,
-                reply,
-            })
-            .await;
-        let Ok(Ok(KbResponse::Champion(Some(c)))) = answer else {
+        let Ok(Some(c)) = self.ctx.node.champion(program).await else {
             return none;
         };
         let Ok(worker) = c.entry.worker.parse::<PeerId>() else {

@@ -134,7 +134,7 @@ impl Loop {
         mut record: RunRecord,
         events: &mpsc::Sender<WorkEvent>,
     ) -> Round {
-        record.finished_at = Some(crate::now());
+        record.finished_at = Some(self.ctx.node.now());
         if let Err(e) = self.persist(&record).await {
             return Round::Stop(Some(Box::new(record)), e);
         }

@@ -12,7 +12,7 @@ use btd_protocol::trace::{BundleStatus, ImpactRead, NextAction, ResultBundle, Tr
 use tokio::sync::mpsc;
 
 use crate::node::types::NewResult;
-use crate::node::Command;
+use crate::node::NodeError;
 use crate::store;
 
 use super::dataset::fetch_dataset;
@@ -33,20 +33,11 @@ impl Loop {
         events: &mpsc::Sender<WorkEvent>,
     ) -> Result<Loop, String> {
         let node = &ctx.node;
-        let stopped = |e: anyhow::Error| e.to_string();
-        let view = node
-            .ask(|reply| Command::Program { program: id, reply })
-            .await
-            .map_err(stopped)?
-            .ok_or_else(|| {
-                format!("program {id} is not known to this daemon (see `btd programs`)")
-            })?;
-        if node
-            .ask(|reply| Command::Credential { program: id, reply })
-            .await
-            .map_err(stopped)?
-            .is_none()
-        {
+        let stopped = |e: crate::node::NodeError| e.to_string();
+        let view = node.program(id).await.map_err(stopped)?.ok_or_else(|| {
+            format!("program {id} is not known to this daemon (see `btd programs`)")
+        })?;
+        if node.credential(id).await.map_err(stopped)?.is_none() {
             return Err(format!(
                 "this node is not a member of {id}; `btd join {id}` first"
             ));
@@ -180,7 +171,7 @@ impl Loop {
             round,
             member: self.member.clone(),
             state: RunState::Running,
-            started_at: crate::now(),
+            started_at: self.ctx.node.now(),
             finished_at: None,
             packet: packet.clone(),
             dispatch: dispatch.clone(),
@@ -315,23 +306,16 @@ impl Loop {
             claim: outcome.claim.clone(),
         };
         let program = self.id;
-        let receipt = match self
-            .ctx
-            .node
-            .ask(|reply| Command::Submit {
-                program,
-                result,
-                reply,
-            })
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
+        let receipt = match self.ctx.node.submit(program, result).await {
+            Ok(r) => r,
+            Err(
+                e @ (NodeError::Refused(_) | NodeError::Unreachable(_) | NodeError::Unavailable(_)),
+            ) => {
                 record.state = RunState::Unsubmitted;
                 record.note = format!("the owner did not record the result: {e}");
                 return self.finish_stop(record, events).await;
             }
-            Err(e) => {
+            Err(e @ NodeError::Stopped) => {
                 record.state = RunState::Unsubmitted;
                 record.note = format!("the daemon is stopping: {e}");
                 return self.finish_stop(record, events).await;
