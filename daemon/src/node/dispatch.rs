@@ -48,7 +48,7 @@ pub(crate) enum KbTag {
     Submit(PendingSubmit),
     /// A member's `btd status` (status, then the latest results).
     Status(PendingStatus),
-    /// A raw request (the worker loop's champion read; tests, netsim).
+    /// A request whose response goes back as it is (the champion read; testkit probes).
     Raw(Reply<KbResponse>),
 }
 
@@ -101,7 +101,7 @@ impl Node {
             } => self
                 .net
                 .request_membership(peer, request, MembershipTag::Raw(reply)),
-            Command::RawKb {
+            Command::Kb {
                 peer,
                 request,
                 reply,

@@ -14,11 +14,11 @@ use btd_protocol::wire::{
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::spend::SpendRequestView;
 use super::types::{
     ClaimJob, JoinEvent, MembersView, NewResult, NodeInfo, PeerView, ProgramView, PublishFiles,
     StatusView,
 };
+use btd_protocol::owner::SpendRequestView;
 
 /// Progress events of one `join` buffered for its caller (a join sends at most three; the node
 /// drops events rather than wait for a slow reader).
@@ -129,9 +129,9 @@ pub(crate) enum Command {
         /// Its response, or the transport failure.
         reply: Reply<btd_protocol::wire::MembershipResponse>,
     },
-    /// Send a KB request to a peer and return its raw response (the worker loop reads the
-    /// champion with it; tests and netsim probe with it).
-    RawKb {
+    /// Send a KB request to a peer and return its response (`NodeHandle::champion` reads the
+    /// champion with it; the `testkit` probe `raw_kb` sends any request).
+    Kb {
         /// The peer.
         peer: PeerId,
         /// The request.
@@ -401,7 +401,7 @@ impl NodeHandle {
             call: btd_protocol::wire::KbCall::Champion,
         };
         match self
-            .try_call(|reply| Command::RawKb {
+            .try_call(|reply| Command::Kb {
                 peer: owner,
                 request,
                 reply,
@@ -519,7 +519,7 @@ impl NodeHandle {
 
     /// Sends a raw KB request to `peer`; returns its raw response.
     pub async fn raw_kb(&self, peer: PeerId, request: KbRequest) -> Result<KbResponse, NodeError> {
-        self.try_call(|reply| Command::RawKb {
+        self.try_call(|reply| Command::Kb {
             peer,
             request,
             reply,
