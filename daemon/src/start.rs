@@ -1,8 +1,10 @@
-//! `btd start`: run the daemon in the foreground until SIGINT, SIGTERM or `btd stop`.
+//! `btd start`: run the daemon in the foreground until SIGINT, SIGTERM or `btd stop`, or until the
+//! node task dies (then it exits non-zero with the reason).
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use libp2p::Multiaddr;
 use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::config::Config;
 use crate::home::Home;
@@ -45,7 +47,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         mdns: cfg.mdns,
         ..NetParams::default()
     };
-    let (handle, task) = node::spawn(
+    let (handle, mut task) = node::spawn(
         NodeConfig {
             key,
             transport: TransportKind::Production,
@@ -77,18 +79,62 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => eprintln!("btd: interrupted, stopping"),
-        _ = term.recv() => eprintln!("btd: terminated, stopping"),
-        _ = stop_rx.recv() => eprintln!("btd: stop requested, stopping"),
-    }
+    let stop = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+            _ = stop_rx.recv() => "stop requested",
+        }
+    };
+    let outcome = supervise(&mut task, stop).await;
     let _ = shutdown_tx.send(true);
     work.cancel_all();
-    let _ = handle.shutdown().await;
-    let _ = task.await;
+    match outcome {
+        Ok(why) => {
+            eprintln!("btd: {why}, stopping");
+            let _ = handle.shutdown().await;
+            let _ = task.await;
+        }
+        Err(e) => {
+            // No zombie: the control socket closes and the home lock is released on return.
+            let _ = control.await;
+            return Err(e);
+        }
+    }
     let _ = control.await;
     eprintln!("btd: stopped");
     Ok(())
+}
+
+/// Serves until `stop` says why (`Ok`), unless the node task ends first: then the daemon cannot
+/// serve anything, so it returns the reason as an error (`btd start` exits non-zero) instead of
+/// answering "node has stopped" to every command.
+async fn supervise<S>(task: &mut JoinHandle<()>, stop: S) -> Result<&'static str>
+where
+    S: std::future::Future<Output = &'static str>,
+{
+    tokio::select! {
+        biased;
+        ended = &mut *task => Err(node_death(ended)),
+        why = stop => Ok(why),
+    }
+}
+
+/// The node task's end, in words.
+fn node_death(ended: Result<(), JoinError>) -> anyhow::Error {
+    match ended {
+        Ok(()) => anyhow!("the node task stopped unexpectedly; restart with `btd start`"),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            anyhow!("the node task panicked: {msg}; this is a bug in btd (please report it), restart with `btd start`")
+        }
+        Err(e) => anyhow!("the node task was cancelled: {e}"),
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default (`info` for btd, `warn` for libraries).
@@ -101,4 +147,39 @@ pub fn init_tracing() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_node_task_ends_start_with_the_panic_message() {
+        let mut task: JoinHandle<()> = tokio::spawn(async { panic!("overflow when adding") });
+        let never = std::future::pending::<&'static str>();
+        let err = supervise(&mut task, never).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("the node task panicked: overflow when adding"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_task_that_returns_early_ends_start_with_an_error() {
+        let mut task: JoinHandle<()> = tokio::spawn(async {});
+        let never = std::future::pending::<&'static str>();
+        let err = supervise(&mut task, never).await.unwrap_err();
+        assert!(format!("{err:#}").contains("stopped unexpectedly"));
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_while_the_node_serves_is_a_clean_stop() {
+        let mut task: JoinHandle<()> = tokio::spawn(std::future::pending());
+        let why = supervise(&mut task, async { "stop requested" })
+            .await
+            .unwrap();
+        assert_eq!(why, "stop requested");
+        task.abort();
+    }
 }

@@ -65,6 +65,9 @@ pub struct TestNodeOptions {
     pub home: Option<std::path::PathBuf>,
     /// The node's clock (default: the system clock); an [`OffsetClock`] lets a test move it.
     pub clock: Option<crate::clock::Clock>,
+    /// Run no verifier even with a home: claims stay pending until the test resolves them itself
+    /// (`NodeHandle::resolve`), playing the verifier.
+    pub no_verifier: bool,
 }
 
 impl TestNode {
@@ -97,21 +100,22 @@ impl TestNode {
 pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode> {
     let key = opts.key.unwrap_or_else(Keypair::generate_ed25519);
     let addr = (!opts.no_listen).then(memory_addr);
-    let (handle, task) = node::spawn(
-        NodeConfig {
-            key: key.clone(),
-            transport: TransportKind::Memory,
-            net: test_params(opts.relay_server),
-            listen: addr.clone().into_iter().collect(),
-            bootstrap: opts.bootstrap,
-            rungs: crate::config::Config::default_rungs(),
-            home: opts.home.clone(),
-            clock: opts.clock.clone().unwrap_or_default(),
-            rng_seed: None,
-        },
-        store,
-    )
-    .await?;
+    let cfg = NodeConfig {
+        key: key.clone(),
+        transport: TransportKind::Memory,
+        net: test_params(opts.relay_server),
+        listen: addr.clone().into_iter().collect(),
+        bootstrap: opts.bootstrap,
+        rungs: crate::config::Config::default_rungs(),
+        home: opts.home.clone(),
+        clock: opts.clock.clone().unwrap_or_default(),
+        rng_seed: None,
+    };
+    let (handle, task) = if opts.no_verifier {
+        node::spawn_without_verifier(cfg, store).await?
+    } else {
+        node::spawn(cfg, store).await?
+    };
     Ok(TestNode {
         handle,
         task,

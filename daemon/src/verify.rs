@@ -111,7 +111,7 @@ impl Verifier {
         let mut cost = CheckCost::default();
         match self.try_check(node, &job, &mut cost).await {
             Ok(v) => (Some(v), cost),
-            Err(Problem::Claim(why)) => (Some(Verdict::Failed(why)), cost),
+            Err(Problem::Claim(why)) => (Some(Verdict::failed(why)), cost),
             Err(Problem::Owner(why)) => {
                 tracing::error!(program = %job.program.short(), seq = job.seq, problem = %why, "cannot check a claim; it stays pending");
                 (None, cost)
@@ -251,14 +251,14 @@ pub fn measure_and_judge(
         Ok(()) => {}
         // Other bytes than the claimed ones: the fetch failed (the caller rejects the claim).
         Err(e @ ClaimMismatch::Digest) => return Err(e.to_string()),
-        Err(e) => return Ok((Verdict::Failed(e.to_string()), 0.0, 0.0)),
+        Err(e) => return Ok((Verdict::failed(e.to_string()), 0.0, 0.0)),
     }
     let dev = Device::Cpu;
     let m = match btd_trainer::verify::measure(&ckpt, task, corpus, holdout, &dev) {
         Ok(m) => m,
         Err(e) => {
             return Ok((
-                Verdict::Failed(format!("the checkpoint does not fit the program: {e}")),
+                Verdict::failed(format!("the checkpoint does not fit the program: {e}")),
                 0.0,
                 0.0,
             ))

@@ -168,7 +168,11 @@ pub struct Behaviour {
 fn rr<Req, Resp>(name: &'static str, p: &NetParams) -> RrBehaviour<Req, Resp>
 where
     Req: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    Resp: serde::Serialize
+        + serde::de::DeserializeOwned
+        + btd_protocol::wire::Sanitize
+        + Send
+        + 'static,
 {
     request_response::Behaviour::with_codec(
         WireCodec::default(),

@@ -1,5 +1,6 @@
 //! request-response codec: a u32 big-endian length prefix, then one message in btd's wire codec.
-//! The length is checked against the cap before anything is allocated.
+//! The length is checked against the cap before anything is allocated. Every decoded reply is
+//! sanitised ([`wire::Sanitize`]): a peer's free text is bounded and cleaned before the node sees it.
 
 use std::io;
 use std::marker::PhantomData;
@@ -78,7 +79,7 @@ where
 impl<Req, Resp> libp2p::request_response::Codec for WireCodec<Req, Resp>
 where
     Req: Serialize + DeserializeOwned + Send + 'static,
-    Resp: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + wire::Sanitize + Send + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Req;
@@ -95,7 +96,9 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        let mut resp: Resp = read_frame(io).await?;
+        resp.sanitize();
+        Ok(resp)
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
@@ -119,5 +122,42 @@ where
         let bytes = frame(&res)?;
         drop(res);
         write_frame(io, bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btd_protocol::wire::{BlobRequest, BlobResponse, ErrorCode, ErrorReply, MAX_TEXT_BYTES};
+    use libp2p::request_response::Codec as _;
+
+    #[tokio::test]
+    async fn a_peers_reply_is_sanitised_as_it_is_decoded() {
+        // A member answering the owner's checkpoint fetch with an error of nearly a whole message.
+        let message = format!("\x1b[2J{}", "A".repeat(MAX_MESSAGE_BYTES - 64));
+        let reply = BlobResponse::Error(ErrorReply {
+            code: ErrorCode::NotFound,
+            message,
+        });
+        let mut bytes = Vec::new();
+        let mut codec = WireCodec::<BlobRequest, BlobResponse>::default();
+        let proto = StreamProtocol::new(btd_protocol::wire::protocols::BLOB);
+        codec
+            .write_response(&proto, &mut bytes, reply)
+            .await
+            .unwrap();
+        let got = codec
+            .read_response(&proto, &mut futures::io::Cursor::new(bytes))
+            .await
+            .unwrap();
+        let BlobResponse::Error(e) = got else {
+            panic!("{got:?}")
+        };
+        assert!(
+            e.message.len() <= MAX_TEXT_BYTES,
+            "{} bytes",
+            e.message.len()
+        );
+        assert!(!e.message.contains('\x1b'));
     }
 }

@@ -101,6 +101,17 @@ impl Node {
             } => self
                 .net
                 .request_membership(peer, request, MembershipTag::Raw(reply)),
+            #[cfg(feature = "testkit")]
+            Command::InjectMembershipAnswer {
+                peer,
+                program,
+                poll,
+                response,
+                reply,
+            } => {
+                worker::on_membership_answer(self, peer, program, poll, Ok(response));
+                let _ = reply.send(Ok(()));
+            }
             Command::Kb {
                 peer,
                 request,

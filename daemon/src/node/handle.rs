@@ -129,6 +129,21 @@ pub(crate) enum Command {
         /// Its response, or the transport failure.
         reply: Reply<btd_protocol::wire::MembershipResponse>,
     },
+    /// Hand the node's join flow a membership reply as if `peer` had sent it (tests play a hostile
+    /// owner with it: the reply goes through the worker's real handler, not the network).
+    #[cfg(feature = "testkit")]
+    InjectMembershipAnswer {
+        /// The peer the reply claims to come from.
+        peer: PeerId,
+        /// The program whose join it answers.
+        program: ProgramId,
+        /// True: it answers a poll; false: the authorization request.
+        poll: bool,
+        /// The reply.
+        response: btd_protocol::wire::MembershipResponse,
+        /// Answered once the node has handled it.
+        reply: Reply<()>,
+    },
     /// Send a KB request to a peer and return its response (`NodeHandle::champion` reads the
     /// champion with it; the `testkit` probe `raw_kb` sends any request).
     Kb {
@@ -512,6 +527,25 @@ impl NodeHandle {
         self.try_call(|reply| Command::RawMembership {
             peer,
             request,
+            reply,
+        })
+        .await
+    }
+
+    /// Feeds the join flow for `program` a membership reply as if `peer` had sent it (`poll`: it
+    /// answers a poll rather than the authorization request). Returns once the node handled it.
+    pub async fn inject_membership_answer(
+        &self,
+        peer: PeerId,
+        program: ProgramId,
+        poll: bool,
+        response: btd_protocol::wire::MembershipResponse,
+    ) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::InjectMembershipAnswer {
+            peer,
+            program,
+            poll,
+            response,
             reply,
         })
         .await

@@ -190,6 +190,22 @@ pub async fn spawn(
     cfg: NodeConfig,
     store: Store,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
+    let home = cfg.home.clone();
+    let (handle, task) = spawn_without_verifier(cfg, store).await?;
+    // A node with a home checks the claims of the programs it owns; the verifier ends when the
+    // node stops.
+    if let Some(home) = home {
+        tokio::spawn(crate::verify::run(handle.clone(), home));
+    }
+    Ok((handle, task))
+}
+
+/// [`spawn`] without the owner's verifier: claims stay pending until someone calls
+/// [`NodeHandle::resolve`] (tests play the verifier with it).
+pub(crate) async fn spawn_without_verifier(
+    cfg: NodeConfig,
+    store: Store,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>)> {
     let snapshot = store
         .read(crate::store::load_snapshot)
         .await
@@ -255,14 +271,8 @@ pub async fn spawn(
     }
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let claims = node.claims_ready.clone();
-    let home = node.home.clone();
     let task = tokio::spawn(node.run(rx));
     let handle = NodeHandle::new(tx, peer_id, claims, cfg.clock.clone());
-    // A node with a home checks the claims of the programs it owns; the verifier ends when the
-    // node stops.
-    if let Some(home) = home {
-        tokio::spawn(crate::verify::run(handle.clone(), home));
-    }
     Ok((handle, task))
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use btd_protocol::membership::{Credential, MemberId};
+use btd_protocol::membership::{self, Credential, MemberId};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal;
 use btd_protocol::signed::Signed;
@@ -50,6 +50,12 @@ pub(crate) struct PendingStatus {
 enum StatusStep {
     Status,
     Results(Box<btd_protocol::wire::KbStatus>),
+}
+
+/// `at` plus `secs`, or `None` when the sum leaves the clock's range. The seconds may come from a
+/// remote peer: a number is bounded before it meets a clock, and the sum is checked anyway.
+fn after_secs(at: Instant, secs: u64) -> Option<Instant> {
+    at.checked_add(Duration::from_secs(secs))
 }
 
 fn event(events: &mpsc::Sender<JoinEvent>, e: JoinEvent) {
@@ -120,9 +126,8 @@ pub(super) fn start_authorize(
         JoinState {
             owner,
             device_code: None,
-            interval: Duration::from_secs(btd_protocol::membership::POLL_INTERVAL_SECS),
-            expires_at: now
-                + Duration::from_secs(btd_protocol::membership::DEVICE_CODE_EXPIRES_IN_SECS),
+            interval: Duration::from_secs(membership::POLL_INTERVAL_SECS),
+            expires_at: now + Duration::from_secs(membership::DEVICE_CODE_EXPIRES_IN_SECS),
             next_poll: now,
             poll_in_flight: false,
             events,
@@ -225,7 +230,9 @@ pub(super) fn on_membership_answer(
             // Polling retries on the next interval.
             if let Some(j) = node.joins.get_mut(&program) {
                 j.poll_in_flight = false;
-                j.next_poll = Instant::now() + j.interval;
+                j.next_poll = Instant::now()
+                    .checked_add(j.interval)
+                    .unwrap_or(j.expires_at);
             }
             return;
         }
@@ -239,14 +246,29 @@ pub(super) fn on_membership_answer(
     };
     match resp {
         MembershipResponse::Authorization(auth) => {
+            if !node.joins.contains_key(&program) {
+                return;
+            }
+            let now = Instant::now();
+            let interval = Duration::from_secs(membership::poll_interval_secs(auth.interval));
+            let times = membership::check_authorization(&auth).and_then(|()| {
+                let expires_at = after_secs(now, auth.expires_in);
+                let next_poll = now.checked_add(interval);
+                expires_at.zip(next_poll).ok_or_else(|| {
+                    "the owner's join code outlives this machine's clock".to_string()
+                })
+            });
+            let (expires_at, next_poll) = match times {
+                Ok(t) => t,
+                Err(why) => return fail_join(node, program, why),
+            };
             let Some(j) = node.joins.get_mut(&program) else {
                 return;
             };
-            let now = Instant::now();
             j.device_code = Some(auth.device_code);
-            j.interval = Duration::from_secs(auth.interval.max(1));
-            j.expires_at = now + Duration::from_secs(auth.expires_in);
-            j.next_poll = now + j.interval;
+            j.interval = interval;
+            j.expires_at = expires_at;
+            j.next_poll = next_poll;
             let e = JoinEvent::Code {
                 program,
                 user_code: auth.user_code.to_string(),
@@ -268,7 +290,7 @@ pub(super) fn on_membership_answer(
             match status {
                 PollStatus::AuthorizationPending => {}
                 PollStatus::SlowDown { interval } => {
-                    j.interval = Duration::from_secs(interval);
+                    j.interval = Duration::from_secs(membership::poll_interval_secs(interval));
                 }
                 PollStatus::AccessDenied => {
                     return fail_join(node, program, "the owner denied the join request".into())
@@ -289,7 +311,9 @@ pub(super) fn on_membership_answer(
                     )
                 }
             }
-            j.next_poll = Instant::now() + j.interval;
+            j.next_poll = Instant::now()
+                .checked_add(j.interval)
+                .unwrap_or(j.expires_at);
         }
         MembershipResponse::Error(e) => fail_join(node, program, e.message),
         MembershipResponse::Ack => {}

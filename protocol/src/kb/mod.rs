@@ -115,6 +115,17 @@ impl Check {
     }
 }
 
+/// Longest reason a failed verdict keeps (bytes). A reason can quote a worker's words (a fetch
+/// error carries the member's error message), and every stored verdict is served again in status
+/// and results pages: at this bound a full page of [`crate::wire::MAX_RESULTS_PAGE`] entries with
+/// maximal worker ids and reasons still fits the message cap (a test computes the worst case).
+pub const MAX_VERDICT_REASON_BYTES: usize = 512;
+
+/// A verdict reason cut to [`MAX_VERDICT_REASON_BYTES`] with control characters replaced.
+pub fn bound_reason(reason: &str) -> String {
+    crate::wire::sanitize_text(reason, MAX_VERDICT_REASON_BYTES)
+}
+
 /// The owner's verdict on a pending claim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +134,21 @@ pub enum Verdict {
     Verified,
     /// It did not, and why (e.g. "metric did not reproduce: claimed 2.84, measured 3.10").
     Failed(String),
+}
+
+impl Verdict {
+    /// A failed verdict whose reason is bounded and cleaned ([`bound_reason`]).
+    pub fn failed(reason: impl AsRef<str>) -> Verdict {
+        Verdict::Failed(bound_reason(reason.as_ref()))
+    }
+
+    /// The same verdict with its reason bounded; the owner core applies it to every verdict.
+    pub fn bounded(self) -> Verdict {
+        match self {
+            Verdict::Failed(why) => Verdict::failed(why),
+            v => v,
+        }
+    }
 }
 
 /// One event of a KB's history, as stored: a submission or the verdict on a pending one.
@@ -467,7 +493,8 @@ impl Kb {
                 }
             }
             Verdict::Failed(reason) => {
-                self.entries[index].check = Check::Failed(reason.clone());
+                // Bounded here too, so a verdict stored before the bound existed is cut on replay.
+                self.entries[index].check = Check::Failed(bound_reason(reason));
             }
         }
         self.settle();

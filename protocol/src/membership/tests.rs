@@ -675,3 +675,21 @@ fn value_types_serialise_as_documented() {
         "\"authorization_pending\""
     );
 }
+
+#[test]
+fn a_worker_bounds_the_owners_poll_interval_and_refuses_absurd_code_lifetimes() {
+    assert_eq!(poll_interval_secs(0), 1);
+    assert_eq!(poll_interval_secs(POLL_INTERVAL_SECS), POLL_INTERVAL_SECS);
+    assert_eq!(poll_interval_secs(u64::MAX), MAX_POLL_INTERVAL_SECS);
+    let auth = |expires_in| DeviceAuthorization {
+        device_code: DeviceCode([1; 32]),
+        user_code: "ABCD-EFGH".parse().expect("valid user code"),
+        expires_in,
+        interval: POLL_INTERVAL_SECS,
+    };
+    assert!(check_authorization(&auth(DEVICE_CODE_EXPIRES_IN_SECS)).is_ok());
+    for bad in [0, MAX_DEVICE_CODE_EXPIRES_IN_SECS + 1, u64::MAX] {
+        let why = check_authorization(&auth(bad)).expect_err("refused");
+        assert!(why.contains("broken or hostile"), "{why}");
+    }
+}

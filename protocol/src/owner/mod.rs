@@ -365,6 +365,8 @@ impl ProgramOwner {
         verdict: Verdict,
         now: Timestamp,
     ) -> Result<Effects<crate::kb::Entry>, OwnerError> {
+        // A reason may quote a peer (a fetch error); what is stored and served is bounded.
+        let verdict = verdict.bounded();
         let after = self.kb.entries().len() as u64;
         let entry = self
             .kb

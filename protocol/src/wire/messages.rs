@@ -60,6 +60,106 @@ fn check_text(field: &'static str, s: &str) -> Result<(), MessageError> {
     Ok(())
 }
 
+/// Makes remote text safe to store and show: control characters (newlines, escapes, NULs) become
+/// spaces and the text is cut at a character boundary to at most `max` bytes, ending in `…` when it
+/// was cut. Every string a peer sends that a node keeps or prints goes through this (see
+/// [`Sanitize`]), so a hostile peer can neither grow a stored record past its bound nor rewrite a
+/// terminal.
+pub fn sanitize_text(s: &str, max: usize) -> String {
+    const CUT: char = '…';
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    if s.len() <= max {
+        return s.chars().map(clean).collect();
+    }
+    let room = max.saturating_sub(CUT.len_utf8());
+    let mut out = String::with_capacity(max);
+    for c in s.chars().map(clean) {
+        if out.len() + c.len_utf8() > room {
+            break;
+        }
+        out.push(c);
+    }
+    if CUT.len_utf8() <= max {
+        out.push(CUT);
+    }
+    out
+}
+
+/// Bounds the free text in a reply received from a peer, before anything stores or shows it.
+///
+/// Requests are bounded by their `check`s, which refuse; a reply cannot be refused usefully (the
+/// request was ours), so its text is cut to [`MAX_TEXT_BYTES`] (verdict reasons to
+/// [`crate::kb::MAX_VERDICT_REASON_BYTES`]) and stripped of control characters instead. The
+/// daemon's codec applies it to every reply it decodes.
+pub trait Sanitize {
+    /// Cuts and cleans every remote string in `self`.
+    fn sanitize(&mut self);
+}
+
+impl Sanitize for ErrorReply {
+    fn sanitize(&mut self) {
+        self.message = sanitize_text(&self.message, MAX_TEXT_BYTES);
+    }
+}
+
+impl Sanitize for Entry {
+    fn sanitize(&mut self) {
+        self.worker = sanitize_text(&self.worker, crate::kb::MAX_WORKER_ID_LEN);
+        if let crate::kb::Check::Failed(why) = &mut self.check {
+            *why = crate::kb::bound_reason(why);
+        }
+    }
+}
+
+impl Sanitize for MembershipResponse {
+    fn sanitize(&mut self) {
+        if let MembershipResponse::Error(e) = self {
+            e.sanitize();
+        }
+    }
+}
+
+impl Sanitize for KbResponse {
+    fn sanitize(&mut self) {
+        match self {
+            KbResponse::Champion(Some(c)) => c.entry.sanitize(),
+            KbResponse::Results { entries, .. } => entries.iter_mut().for_each(Entry::sanitize),
+            KbResponse::Status(s) => {
+                s.name = sanitize_text(&s.name, MAX_TEXT_BYTES);
+                s.token = sanitize_text(&s.token, MAX_ID_BYTES);
+                if let Some(c) = &mut s.champion {
+                    c.sanitize();
+                }
+            }
+            KbResponse::Submitted(r) => {
+                if let crate::kb::Check::Failed(why) = &mut r.check {
+                    *why = crate::kb::bound_reason(why);
+                }
+            }
+            KbResponse::Error(e) => e.sanitize(),
+            KbResponse::Program(_) | KbResponse::Champion(None) => {}
+        }
+    }
+}
+
+impl Sanitize for ApprovalResponse {
+    fn sanitize(&mut self) {
+        match self {
+            ApprovalResponse::Denied { reason } => *reason = sanitize_text(reason, MAX_TEXT_BYTES),
+            ApprovalResponse::Error(e) => e.sanitize(),
+            ApprovalResponse::Granted(_) | ApprovalResponse::Pending => {}
+        }
+    }
+}
+
+impl Sanitize for BlobResponse {
+    fn sanitize(&mut self) {
+        if let BlobResponse::Error(e) = self {
+            e.sanitize();
+        }
+    }
+}
+
 fn check_finite(field: &'static str, v: f64) -> Result<(), MessageError> {
     if !v.is_finite() {
         return Err(bad(field, format!("{v} is not a finite number")));

@@ -515,3 +515,108 @@ proptest! {
         prop_assert_eq!(encode(&back).unwrap(), encode(&s).unwrap());
     }
 }
+
+#[test]
+fn remote_text_is_cut_at_a_char_boundary_and_stripped_of_control_characters() {
+    assert_eq!(sanitize_text("short and clean", 64), "short and clean");
+    assert_eq!(sanitize_text("a\nb\x1b[2Jc\0", 64), "a b [2Jc ");
+    let long = "é".repeat(1000);
+    let cut = sanitize_text(&long, 101);
+    assert!(cut.len() <= 101, "{}", cut.len());
+    assert!(cut.ends_with('…'));
+    assert!(cut.starts_with("éé"));
+    // Degenerate bounds never panic and never exceed the bound.
+    assert_eq!(sanitize_text("abcdef", 0), "");
+    assert!(sanitize_text("abcdef", 2).len() <= 2);
+}
+
+#[test]
+fn replies_received_from_peers_have_their_text_bounded() {
+    let huge = format!("\x1b[31m{}", "x".repeat(MAX_MESSAGE_BYTES - 100));
+    let mut reply = KbResponse::Error(ErrorReply {
+        code: ErrorCode::NotFound,
+        message: huge.clone(),
+    });
+    reply.sanitize();
+    let KbResponse::Error(e) = &reply else {
+        panic!()
+    };
+    assert!(e.message.len() <= MAX_TEXT_BYTES && !e.message.contains('\x1b'));
+
+    let mut page = KbResponse::Results {
+        entries: vec![Entry {
+            seq: 1,
+            worker: "w".repeat(10_000),
+            value: 1.0,
+            accepted: false,
+            champion: false,
+            impact: 0.0,
+            check: Check::Failed(huge.clone()),
+        }],
+        more: false,
+    };
+    page.sanitize();
+    let KbResponse::Results { entries, .. } = &page else {
+        panic!()
+    };
+    let Check::Failed(why) = &entries[0].check else {
+        panic!()
+    };
+    assert!(why.len() <= crate::kb::MAX_VERDICT_REASON_BYTES);
+    assert!(entries[0].worker.len() <= crate::kb::MAX_WORKER_ID_LEN);
+
+    let mut r = BlobResponse::Error(ErrorReply {
+        code: ErrorCode::NotFound,
+        message: huge.clone(),
+    });
+    r.sanitize();
+    let BlobResponse::Error(e) = r else { panic!() };
+    assert!(e.message.len() <= MAX_TEXT_BYTES);
+    let mut denied = ApprovalResponse::Denied {
+        reason: huge.clone(),
+    };
+    denied.sanitize();
+    let ApprovalResponse::Denied { reason } = denied else {
+        panic!()
+    };
+    assert!(reason.len() <= MAX_TEXT_BYTES);
+    let mut m = MembershipResponse::Error(ErrorReply {
+        code: ErrorCode::Invalid,
+        message: huge,
+    });
+    m.sanitize();
+    let MembershipResponse::Error(e) = m else {
+        panic!()
+    };
+    assert!(e.message.len() <= MAX_TEXT_BYTES);
+}
+
+/// The worst results page the owner can serve: [`MAX_RESULTS_PAGE`] entries, each with the
+/// longest worker id, the largest numbers and a maximal verdict reason of multi-byte characters.
+/// It must encode under the message cap, or status pages break once such verdicts exist.
+#[test]
+fn a_full_results_page_of_maximal_rejections_fits_the_message_cap() {
+    let reason = crate::kb::bound_reason(&"€".repeat(10_000));
+    assert!(reason.len() <= crate::kb::MAX_VERDICT_REASON_BYTES);
+    let entry = Entry {
+        seq: u64::MAX,
+        worker: "w".repeat(crate::kb::MAX_WORKER_ID_LEN),
+        value: f64::MAX,
+        accepted: true,
+        champion: true,
+        impact: f64::MAX,
+        check: Check::Failed(reason),
+    };
+    let page = KbResponse::Results {
+        entries: vec![entry; MAX_RESULTS_PAGE as usize],
+        more: true,
+    };
+    let bytes = encode(&page).expect("a full page of maximal entries encodes under the cap");
+    assert!(bytes.len() <= MAX_MESSAGE_BYTES);
+    // And with room to spare for framing: not a near miss.
+    assert!(
+        bytes.len() < MAX_MESSAGE_BYTES * 9 / 10,
+        "{} bytes",
+        bytes.len()
+    );
+}

@@ -387,3 +387,31 @@ fn a_member_may_fetch_the_programs_dataset_and_nothing_else() {
         .expect_err("stolen credential");
     assert_eq!(code, ErrorCode::MembershipRequired);
 }
+
+#[test]
+fn a_failed_verdict_is_stored_and_served_with_a_bounded_clean_reason() {
+    use crate::kb::MAX_VERDICT_REASON_BYTES;
+    use crate::owner::Record;
+    let (mut world, w) = joined(&Manifest::default());
+    assert!(is_pending(&receipt(&world.submit(&w, 3.0, 1, T0))));
+    // What the verifier makes of a hostile member's (nearly 1 MiB) fetch error, escapes and all.
+    let poisoned = format!("cannot fetch: \x1b[2J{}", "A".repeat(1_000_000));
+    let fx = world
+        .owners
+        .on_verdict(&world.id, 1, Verdict::Failed(poisoned), T0)
+        .expect("resolves");
+    let clean = |why: &str| why.len() <= MAX_VERDICT_REASON_BYTES && !why.contains('\x1b');
+    let Check::Failed(served) = &fx.reply.check else {
+        panic!("{:?}", fx.reply.check)
+    };
+    assert!(clean(served), "served {} bytes", served.len());
+    let stored = fx.persist.iter().find_map(|r| match r {
+        Record::Verdict(v) => Some(v.verdict.clone()),
+        _ => None,
+    });
+    let Some(Verdict::Failed(stored)) = stored else {
+        panic!("no failed verdict stored: {:?}", fx.persist)
+    };
+    assert!(clean(&stored), "stored {} bytes", stored.len());
+    assert!(stored.starts_with("cannot fetch:"));
+}

@@ -1,0 +1,305 @@
+//! Hostile peers on real in-process nodes: the test plays the attacker and checks that the honest
+//! node keeps serving, with every remote string and number bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use btd::node::types::{JoinEvent, StatusView};
+use btd::node::NodeHandle;
+use btd::store::Store;
+use btd::testkit::{join_approved, spawn_node, wait_known, TestNode, TestNodeOptions};
+use btd_protocol::kb::{Check, Verdict, MAX_VERDICT_REASON_BYTES};
+use btd_protocol::membership::{DeviceAuthorization, DeviceCode, UserCode};
+use btd_protocol::program::ProgramId;
+use btd_protocol::signed::Signed;
+use btd_protocol::trace::Output;
+use btd_protocol::wire::{
+    Claim, KbCall, KbRequest, KbResponse, MembershipResponse, PollStatus, Submission,
+    MAX_RESULTS_PAGE,
+};
+use btd_protocol::Digest;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A program whose claims wait for the owner's check (a candle task re-evaluates them).
+const CHECKED_PROGRAM: &str = r#"name = "hostile-test"
+objective = "claims wait for the owner's check"
+baseline = 8.0
+required_outputs = ["checkpoint.safetensors"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "candle"
+preset = "tiny"
+steps = 10
+seed = 3
+eval_tokens = 2048
+[task.dataset]
+kind = "synthetic"
+seed = 5
+bytes = 16384
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#;
+
+/// A program that needs no files on the owner.
+const SHELL_PROGRAM: &str = r#"name = "hostile-owner-test"
+objective = "join it"
+baseline = 5.0
+required_outputs = ["metrics.json"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "shell"
+command = "echo val_bpb: 1"
+timeout_secs = 10
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#;
+
+async fn node(bootstrap: Option<&TestNode>) -> TestNode {
+    node_with(bootstrap, TestNodeOptions::default()).await
+}
+
+async fn node_with(bootstrap: Option<&TestNode>, opts: TestNodeOptions) -> TestNode {
+    spawn_node(
+        Store::open_in_memory().unwrap(),
+        TestNodeOptions {
+            bootstrap: bootstrap
+                .map(|b| b.dial_addr().unwrap())
+                .into_iter()
+                .collect(),
+            ..opts
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<JoinEvent>) -> JoinEvent {
+    tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("a join event in time")
+        .expect("the join stream stays open")
+}
+
+/// What a huge remote error message looks like once it became a verdict reason: a member that
+/// serves its checkpoint with an error of (nearly) a whole message, with terminal escapes in it.
+fn poisoned_reason() -> String {
+    let mut why = "cannot fetch the checkpoint: \x1b[2J\x1b[31mowned\n".to_string();
+    why.push_str(&"A".repeat(1_000_000));
+    why
+}
+
+fn bounded(why: &str) -> bool {
+    why.len() <= MAX_VERDICT_REASON_BYTES && !why.chars().any(char::is_control)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_verdict_reason_is_bounded_and_status_pages_still_fit() {
+    // The owner runs no verifier: the test plays it, applying the verdict the verifier makes of a
+    // hostile member's fetch error (the error message quoted in the reason).
+    let home = tempfile::tempdir().unwrap();
+    let owner = node_with(
+        None,
+        TestNodeOptions {
+            home: Some(home.path().to_path_buf()),
+            no_verifier: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let member = node(Some(&owner)).await;
+    let program = owner
+        .handle
+        .publish(CHECKED_PROGRAM.to_string())
+        .await
+        .unwrap();
+    wait_known(&member.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &member.handle, program, T)
+        .await
+        .unwrap();
+    let (_, credential) = member.handle.credential(program).await.unwrap().unwrap();
+
+    let checkpoint = Digest::of(b"a checkpoint the member will not serve");
+    let sub = Submission {
+        program,
+        nonce: [9; 16],
+        value: 1.0,
+        rung_id: "cpu".into(),
+        outputs: vec![Output {
+            name: "checkpoint.safetensors".into(),
+            sha256: checkpoint,
+        }],
+        metrics: Default::default(),
+        hypothesis: Default::default(),
+        created_at: owner.handle.now(),
+        claim: Some(Claim {
+            checkpoint,
+            checkpoint_bytes: 1024,
+            seed: 3,
+            steps: 10,
+            device: "cpu: test".into(),
+            btd_version: "0.1.0".into(),
+        }),
+    };
+    let call = KbCall::Submit(Signed::sign(&member.key, &sub).unwrap());
+    let req = |call| KbRequest {
+        program,
+        credential: credential.clone(),
+        call,
+    };
+    let receipt = match member
+        .handle
+        .raw_kb(owner.peer_id(), req(call))
+        .await
+        .unwrap()
+    {
+        KbResponse::Submitted(r) => r,
+        other => panic!("expected a receipt, got {other:?}"),
+    };
+    assert_eq!(receipt.check, Check::Pending);
+
+    let entry = owner
+        .handle
+        .resolve(program, receipt.seq, Verdict::Failed(poisoned_reason()))
+        .await
+        .unwrap();
+    let Check::Failed(stored) = &entry.check else {
+        panic!("expected a rejection, got {:?}", entry.check)
+    };
+    assert!(bounded(stored), "stored reason of {} bytes", stored.len());
+    assert!(stored.starts_with("cannot fetch the checkpoint:"));
+
+    // A full results page and the member's status still travel, with the bounded reason.
+    let page = KbCall::Results {
+        after_seq: 0,
+        limit: MAX_RESULTS_PAGE,
+    };
+    match member
+        .handle
+        .raw_kb(owner.peer_id(), req(page))
+        .await
+        .unwrap()
+    {
+        KbResponse::Results { entries, .. } => {
+            let Check::Failed(why) = &entries[0].check else {
+                panic!("{:?}", entries[0].check)
+            };
+            assert!(bounded(why));
+        }
+        other => panic!("expected a results page, got {other:?}"),
+    }
+    let rejected = |s: &StatusView| {
+        s.results
+            .iter()
+            .any(|e| matches!(&e.check, Check::Failed(why) if bounded(why)))
+    };
+    let seen_by_member = member.handle.status(Some(program)).await.unwrap();
+    assert!(rejected(&seen_by_member), "{seen_by_member:?}");
+    let seen_by_owner = owner.handle.status(Some(program)).await.unwrap();
+    assert!(rejected(&seen_by_owner), "{seen_by_owner:?}");
+}
+
+/// Starts a join of `worker` to `program` and waits for the honest owner's code.
+async fn join_until_code(worker: &NodeHandle, program: ProgramId) -> mpsc::Receiver<JoinEvent> {
+    let mut rx = worker.join(program).await.unwrap();
+    match next_event(&mut rx).await {
+        JoinEvent::Code { .. } => rx,
+        other => panic!("expected a code, got {other:?}"),
+    }
+}
+
+fn hostile_authorization(expires_in: u64, interval: u64) -> MembershipResponse {
+    MembershipResponse::Authorization(DeviceAuthorization {
+        device_code: DeviceCode([7; 32]),
+        user_code: "ABCD-EFGH".parse::<UserCode>().unwrap(),
+        expires_in,
+        interval,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_owners_huge_numbers_fail_the_join_in_words_and_the_worker_keeps_serving() {
+    let owner = node(None).await;
+    let worker = node(Some(&owner)).await;
+    let program = owner
+        .handle
+        .publish(SHELL_PROGRAM.to_string())
+        .await
+        .unwrap();
+    wait_known(&worker.handle, program, T).await.unwrap();
+    let from = owner.peer_id();
+
+    // An authorization whose code "lives" u64::MAX seconds, polled every u64::MAX seconds.
+    let mut rx = join_until_code(&worker.handle, program).await;
+    worker
+        .handle
+        .inject_membership_answer(
+            from,
+            program,
+            false,
+            hostile_authorization(u64::MAX, u64::MAX),
+        )
+        .await
+        .unwrap();
+    match next_event(&mut rx).await {
+        JoinEvent::Failed { reason } => {
+            assert!(reason.contains("broken or hostile"), "{reason}")
+        }
+        other => panic!("expected the join to fail, got {other:?}"),
+    }
+    worker.handle.info().await.unwrap();
+
+    // A sane lifetime with an absurd interval is cut to the bound; the join goes on.
+    let _rx = join_until_code(&worker.handle, program).await;
+    worker
+        .handle
+        .inject_membership_answer(from, program, false, hostile_authorization(60, u64::MAX))
+        .await
+        .unwrap();
+    worker.handle.info().await.unwrap();
+
+    // `slow_down` to u64::MAX seconds: the worker slows to its bound and keeps serving; the
+    // pushed grant still completes the join.
+    let worker2 = node(Some(&owner)).await;
+    wait_known(&worker2.handle, program, T).await.unwrap();
+    let mut rx = worker2.handle.join(program).await.unwrap();
+    let JoinEvent::Code { user_code, .. } = next_event(&mut rx).await else {
+        panic!("expected a code")
+    };
+    worker2
+        .handle
+        .inject_membership_answer(
+            from,
+            program,
+            true,
+            MembershipResponse::Poll(PollStatus::SlowDown { interval: u64::MAX }),
+        )
+        .await
+        .unwrap();
+    worker2.handle.info().await.unwrap();
+    owner.handle.approve(user_code).await.unwrap();
+    match next_event(&mut rx).await {
+        JoinEvent::Granted { .. } => {}
+        other => panic!("expected the grant, got {other:?}"),
+    }
+    worker2.handle.info().await.unwrap();
+}
