@@ -46,6 +46,9 @@ pub(crate) struct SimNode {
     /// Artifacts and holdouts (train workloads: the owner and members).
     pub(crate) home: Option<PathBuf>,
     running: Mutex<Option<Running>>,
+    /// How often the node was started: each start seeds its RNG afresh (a restarted node that
+    /// replayed its RNG would reuse its nonces, and the owner would answer them as retries).
+    starts: std::sync::atomic::AtomicU64,
 }
 
 /// All nodes of a run, on one [`World`].
@@ -109,6 +112,7 @@ impl Sim {
                     && (layout.role(ix) == Role::Owner || layout.role(ix).is_member()))
                 .then(|| dir.path().join(format!("home-{ix}"))),
                 running: Mutex::new(None),
+                starts: std::sync::atomic::AtomicU64::new(0),
             });
         }
         let net = NetParams {
@@ -186,8 +190,14 @@ impl Sim {
             rungs: btd::config::Config::default_rungs(),
             home: node.home.clone(),
             clock: btd::clock::Clock::system(),
-            // Each node's RNG from the run's seed, so codes and nonces replay with it.
-            rng_seed: Some(self.seed ^ (ix as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            // Each start of each node draws from its own stream of the run's seed: codes and nonces
+            // replay with the seed, and a restart never repeats a nonce.
+            rng_seed: Some(node_seed(
+                self.seed,
+                ix,
+                node.starts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            )),
         };
         let (handle, task) = node::spawn(cfg, store)
             .await
@@ -231,4 +241,15 @@ impl SimNode {
             .clone()
             .map(|a| a.with(Protocol::P2p(self.peer)))
     }
+}
+
+/// The RNG seed of start number `start` of node `ix` in a run seeded with `seed` (SplitMix64
+/// finaliser over the three, so neighbouring inputs give unrelated streams).
+fn node_seed(seed: u64, ix: NodeIx, start: u64) -> u64 {
+    let mut z = seed
+        ^ (ix as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ start.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

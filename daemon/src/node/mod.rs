@@ -81,7 +81,9 @@ pub struct NodeConfig {
     /// daemon; tests and netsim hand in one they move).
     pub clock: crate::clock::Clock,
     /// Seed of the node's RNG (device and user codes, nonces, sealing): `None` draws one from the
-    /// operating system (the daemon); netsim passes one so a run replays.
+    /// operating system (the daemon); netsim passes one so a run replays. Never start the same
+    /// identity twice with the same seed: its nonces would repeat, and an owner answers a repeated
+    /// nonce with the earlier submission's receipt.
     pub rng_seed: Option<u64>,
 }
 
