@@ -130,8 +130,9 @@ impl ProgramOwner {
                 .is_some_and(|first| first != member.as_str())
             {
                 return invalid(format!(
-                    "checkpoint {} was already claimed by another member; claim only a checkpoint \
-                     you trained yourself (btd submit --checkpoint FILE)",
+                    "checkpoint {} was already claimed by another member: the same bytes count \
+                     once, for their first claimant; submit a checkpoint of your own (btd submit \
+                     --checkpoint FILE)",
                     c.checkpoint
                 ));
             }
