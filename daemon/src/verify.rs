@@ -1,6 +1,8 @@
 //! The owner's verifier: checks every pending claim of the programs this node owns, oldest first.
 //!
-//! For each claim it fetches the claimed checkpoint from the worker over `/btd/blob/1`, checks the
+//! For each claim it fetches the claimed checkpoint from the worker over `/btd/blob/1` (always from
+//! the claimant, into a directory of that claim's own: a file the owner holds under the same digest
+//! from anyone else is never used), checks the
 //! checkpoint is the program's model and matches the claim (seed, steps), re-evaluates `val_bpb` on
 //! the program's validation split and on the owner-only holdout, re-trains when the program asks for
 //! a spot check of claims that large, and hands the numbers to [`btd_protocol::kb::judge`]. The
@@ -56,6 +58,10 @@ pub struct CheckCost {
     pub bytes: u64,
 }
 
+/// Where the verifier fetches claims to, under the home:
+/// `claims/<program>/<seq>/<program>/<digest>` (a [`BlobStore`] per claim).
+const CLAIMS_DIR: &str = "claims";
+
 /// Runs until the node stops.
 pub async fn run(node: NodeHandle, home: PathBuf) {
     let mut v = Verifier {
@@ -109,14 +115,30 @@ impl Verifier {
     /// is unreadable): the claim then stays pending rather than be blamed on the worker.
     async fn check(&mut self, node: &NodeHandle, job: ClaimJob) -> (Option<Verdict>, CheckCost) {
         let mut cost = CheckCost::default();
-        match self.try_check(node, &job, &mut cost).await {
-            Ok(v) => (Some(v), cost),
-            Err(Problem::Claim(why)) => (Some(Verdict::failed(why)), cost),
+        let verdict = match self.try_check(node, &job, &mut cost).await {
+            Ok(v) => Some(v),
+            Err(Problem::Claim(why)) => Some(Verdict::failed(why)),
             Err(Problem::Owner(why)) => {
                 tracing::error!(program = %job.program.short(), seq = job.seq, problem = %why, "cannot check a claim; it stays pending");
-                (None, cost)
+                None
             }
+        };
+        if verdict.is_some() {
+            // Checked: the claim's copy has served its purpose (a pending claim keeps it, so a
+            // later try resumes the fetch).
+            let _ = tokio::fs::remove_dir_all(self.claim_dir(&job)).await;
         }
+        (verdict, cost)
+    }
+
+    /// Where claim `job`'s checkpoint is fetched to: a store of its own, so the bytes checked are
+    /// the ones fetched from the claimant and nothing the owner holds under that digest from
+    /// another source (the program's dataset, another member's checkpoint).
+    fn claim_dir(&self, job: &ClaimJob) -> PathBuf {
+        self.home
+            .join(CLAIMS_DIR)
+            .join(job.program.to_string())
+            .join(job.seq.to_string())
     }
 
     async fn try_check(
@@ -158,11 +180,13 @@ impl Verifier {
             deadline: tokio::time::Instant::now()
                 + Duration::from_secs(program.verify.fetch_timeout_secs),
         };
-        let (path, progress) = fetch(node, &self.blobs, &spec).await.map_err(|e| {
-            Problem::Claim(format!(
-                "the checkpoint could not be fetched from the worker: {e}"
-            ))
-        })?;
+        let (path, progress) = fetch(node, &BlobStore::new(self.claim_dir(job)), &spec)
+            .await
+            .map_err(|e| {
+                Problem::Claim(format!(
+                    "the checkpoint could not be fetched from the worker: {e}"
+                ))
+            })?;
         cost.fetch_secs = started.elapsed().as_secs_f64();
         cost.bytes = progress.size.saturating_sub(progress.resumed_from);
 
@@ -272,7 +296,7 @@ pub fn measure_and_judge(
     };
     let mut retrain_secs = 0.0;
     // Re-train only when the claim reproduces otherwise: a failing claim is rejected without it.
-    if retrain && judge(&measurement) == Verdict::Verified {
+    if retrain && matches!(judge(&measurement), Verdict::Measured { .. }) {
         let started = Instant::now();
         let mut spec = TrainSpec::from_task(task);
         spec.apply_hypothesis(hypothesis)

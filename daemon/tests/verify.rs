@@ -1,7 +1,8 @@
 //! Verified results on real in-process nodes: artifacts move over `/btd/blob/1` in checked,
 //! resumable chunks only inside their program, and the owner's verifier catches a worker that
 //! trained on the validation split (its value reproduces; the owner-only holdout exposes it). The
-//! verdicts survive an owner restart.
+//! verdicts survive an owner restart. A member that claims checkpoints it did not train (the
+//! champion's, or one the owner holds from elsewhere) earns nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -481,6 +482,135 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
     );
     let s = status(&p.owner.handle, program).await.unwrap();
     assert_eq!(s.champion.unwrap().seq, honest.seq);
+    p.worker.stop().await;
+    p.owner.stop().await;
+}
+
+/// Trains the program's tiny model for `steps` on the training split (honestly); returns the
+/// checkpoint's path and the value it reaches on the validation split.
+fn train_honestly(steps: u64, dir: &Path) -> (std::path::PathBuf, f64) {
+    let corpus = btd_trainer::Corpus::synthetic(5, 16384).unwrap();
+    let mut spec = btd_trainer::TrainSpec::preset(btd_protocol::program::ModelPreset::Tiny, 3);
+    spec.steps = Some(steps);
+    spec.eval_tokens = 2048;
+    let dev = candle_core::Device::Cpu;
+    let trained = btd_trainer::train(&spec, &corpus, &dev, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let path = dir.join("planted.safetensors");
+    trained.checkpoint.write(&path).unwrap();
+    let on_val = btd_trainer::evaluate(&trained.checkpoint, &corpus, &dev)
+        .unwrap()
+        .val_bpb;
+    (path, on_val)
+}
+
+/// The "hostile peers" attacker: a second member that claims checkpoints it never trained. It
+/// claims the champion's checkpoint (every member reads its digest, seed and steps) with a slightly
+/// better value and another platform, so that a tolerance instead of bit-exactness would apply; and
+/// it claims a checkpoint the owner already holds from elsewhere without having the bytes itself.
+/// Neither earns it anything; the honest champion keeps its credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_claiming_checkpoints_it_did_not_train_gets_no_credit() {
+    let dirs = [
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    ];
+    let p = owner_and_member(
+        dirs[0].path(),
+        Store::open_in_memory().unwrap(),
+        dirs[1].path(),
+        HOLDOUT_PROGRAM,
+        T,
+    )
+    .await
+    .unwrap();
+    let program = p.program;
+    let thief = node_in(
+        dirs[2].path(),
+        Some(&p.owner),
+        Store::open_in_memory().unwrap(),
+    )
+    .await;
+    wait_known(&thief.handle, program, T).await.unwrap();
+    join_approved(&p.owner.handle, &thief.handle, program, T)
+        .await
+        .unwrap();
+    let submit = |result: NewResult| {
+        let h = thief.handle.clone();
+        async move { h.submit(program, result).await }
+    };
+
+    // 1. A checkpoint the owner holds under its digest (here planted in its artifact store), that
+    //    the thief claims without serving: the owner checks only bytes fetched from the claimant.
+    let (planted, on_val) = train_honestly(20, dirs[0].path());
+    let (output, claim) = btd::work::claim_checkpoint(
+        BlobStore::new(dirs[0].path().join("blobs")),
+        program,
+        planted,
+    )
+    .await
+    .unwrap();
+    let receipt = submit(NewResult {
+        value: on_val,
+        rung_id: "cpu".into(),
+        outputs: vec![output],
+        claim: Some(claim),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(receipt.check, Check::Pending);
+    let (_, why) = settled(&p.owner.handle, program, receipt.seq).await;
+    let why = why.expect("a claim checked on the owner's own copy verified");
+    assert!(why.contains("could not be fetched"), "{why}");
+
+    // 2. An honest round: verified, champion.
+    let round = honest_round(&p.work, program).await;
+    let honest = round.verdict.clone().unwrap();
+    assert_eq!(honest.check, Check::Verified, "{round:?}");
+    assert!(honest.champion);
+
+    // 3. The thief claims the champion's checkpoint, a little better, from "another platform".
+    let view = thief.handle.champion(program).await.unwrap().unwrap();
+    let champion = view.submission.verify().unwrap().value;
+    let mut claim = champion.claim.clone().unwrap();
+    claim.device = "cuda: a faster card".into();
+    let refused = submit(NewResult {
+        value: champion.value - 5e-5,
+        rung_id: "cpu".into(),
+        outputs: champion.outputs.clone(),
+        hypothesis: champion.hypothesis.clone(),
+        claim: Some(claim),
+        ..Default::default()
+    })
+    .await;
+    match refused {
+        Err(e) => assert!(
+            e.to_string().contains("already claimed by another member"),
+            "{e}"
+        ),
+        Ok(r) => panic!("the stolen claim was taken: {r:?}"),
+    }
+
+    // The honest champion keeps the champion and the whole pool.
+    let s = status(&p.owner.handle, program).await.unwrap();
+    assert_eq!(s.champion.as_ref().unwrap().seq, honest.seq);
+    assert_eq!(
+        s.champion.as_ref().unwrap().worker,
+        p.worker.peer_id().to_string()
+    );
+    assert_eq!(s.payouts.len(), 1);
+    assert_eq!(
+        s.payouts
+            .get(&p.worker.peer_id().to_string())
+            .map(|a| a.to_string()),
+        Some("100.000000".to_string())
+    );
+    assert_eq!((s.verified, s.rejected, s.pending), (1, 1, 0));
+    thief.stop().await;
     p.worker.stop().await;
     p.owner.stop().await;
 }

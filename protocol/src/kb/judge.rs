@@ -18,10 +18,14 @@ pub struct Measurement {
     pub retrained: Option<f64>,
 }
 
-/// Verified when the re-evaluated value matches the claim (bit-exact on the same platform, within
-/// `verify.tolerance` otherwise), the holdout is not worse than the validation value by more than
-/// `verify.max_holdout_gap`, and a re-training (when done) lands within `verify.retrain_tolerance`.
-/// The reason of a failure quotes the numbers.
+/// [`Verdict::Measured`] with the owner's re-evaluated value when it matches the claim (bit-exact on
+/// the same platform, within `verify.tolerance` otherwise), the holdout is not worse than the
+/// validation value by more than `verify.max_holdout_gap`, and a re-training (when done) lands
+/// within `verify.retrain_tolerance`. The reason of a failure quotes the numbers.
+///
+/// The value that counts is the measurement, never the claimed number: the platform a claim names
+/// is the worker's word, and naming another one buys a tolerance to be *checked* within, not a
+/// better score.
 pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measurement) -> Verdict {
     let reproduced = if m.same_platform {
         claimed.to_bits() == m.value.to_bits()
@@ -62,7 +66,7 @@ pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measuremen
             ));
         }
     }
-    Verdict::Verified
+    Verdict::Measured { value: m.value }
 }
 
 #[cfg(test)]
@@ -96,16 +100,16 @@ mod tests {
         let d = Direction::Minimize;
         assert_eq!(
             judge(&v, d, 2.5, &m(2.5, Some(2.6), true)),
-            Verdict::Verified
+            Verdict::Measured { value: 2.5 }
         );
         assert_eq!(
             judge(&v, d, 2.5, &m(2.50005, None, false)),
-            Verdict::Verified
+            Verdict::Measured { value: 2.50005 }
         );
         // A holdout better than the validation value is no sign of overfitting.
         assert_eq!(
             judge(&v, d, 2.5, &m(2.5, Some(1.0), true)),
-            Verdict::Verified
+            Verdict::Measured { value: 2.5 }
         );
     }
 
@@ -122,6 +126,22 @@ mod tests {
             panic!("a one-ulp difference passed on the same platform");
         };
         assert!(why.contains("bit-exact"), "{why}");
+    }
+
+    #[test]
+    fn another_platform_buys_a_tolerance_to_be_checked_within_never_a_better_score() {
+        let v = verify();
+        // The claim names another platform and a value a little better than the checkpoint
+        // reaches: within the tolerance it verifies, but what counts is the measurement.
+        assert_eq!(
+            judge(&v, Direction::Minimize, 2.49995, &m(2.5, None, false)),
+            Verdict::Measured { value: 2.5 }
+        );
+        // Better than the measurement by more than the tolerance: rejected, whatever the platform.
+        let Verdict::Failed(why) = judge(&v, Direction::Minimize, 2.4, &m(2.5, None, false)) else {
+            panic!("a claim far better than measured verified");
+        };
+        assert!(why.contains("claimed 2.400000, measured 2.500000"), "{why}");
     }
 
     #[test]
@@ -149,7 +169,10 @@ mod tests {
         let v = verify();
         let mut x = m(2.0, None, true);
         x.retrained = Some(2.01);
-        assert_eq!(judge(&v, Direction::Minimize, 2.0, &x), Verdict::Verified);
+        assert_eq!(
+            judge(&v, Direction::Minimize, 2.0, &x),
+            Verdict::Measured { value: 2.0 }
+        );
         x.retrained = Some(2.5);
         let Verdict::Failed(why) = judge(&v, Direction::Minimize, 2.0, &x) else {
             panic!("a claim that re-trains far off verified");

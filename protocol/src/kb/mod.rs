@@ -130,8 +130,15 @@ pub fn bound_reason(reason: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// The claim reproduced.
+    /// The claim reproduced and the claimed value counts. Verdicts stored by earlier btd versions
+    /// read as this; the verifier now gives [`Verdict::Measured`].
     Verified,
+    /// The claim reproduced, and `value` is what the owner measured on the checkpoint fetched from
+    /// the claimant: the KEEP rule, the impact and the payouts use it, never the claimed number.
+    Measured {
+        /// The owner's own measurement.
+        value: f64,
+    },
     /// It did not, and why (e.g. "metric did not reproduce: claimed 2.84, measured 3.10").
     Failed(String),
 }
@@ -275,6 +282,16 @@ pub enum ResolveError {
         seq: u64,
         /// The oldest pending claim, if any.
         oldest: Option<u64>,
+    },
+    /// The owner's measurement is NaN or infinite, so it cannot count.
+    #[error(
+        "the measurement {value} of claim {seq} is not a finite number; reject the claim instead"
+    )]
+    NonFiniteMeasurement {
+        /// The claim named.
+        seq: u64,
+        /// The measurement.
+        value: f64,
     },
 }
 
@@ -469,8 +486,9 @@ impl Kb {
 
     /// Applies the owner's verdict on the oldest pending claim `seq`.
     ///
-    /// Verified: the KEEP rule is applied to it against the verified state (it is accepted: a
-    /// claim the rule would no longer accept is never left pending). Failed: it is rejected with
+    /// Measured: the entry's value becomes the owner's measurement and the KEEP rule is applied to
+    /// that value against the verified state (a measurement worse than the claim may be rejected).
+    /// Verified (older stored verdicts): the same with the claimed value. Failed: it is rejected with
     /// the reason and never counts. Afterwards, pending claims the rule would now reject (an
     /// earlier claim verified with a better value) are settled as rejected without a check.
     pub fn resolve(&mut self, seq: u64, verdict: &Verdict) -> Result<&Entry, ResolveError> {
@@ -479,23 +497,28 @@ impl Kb {
             return Err(ResolveError::NotNext { seq, oldest });
         }
         let index = usize::try_from(seq - 1).map_err(|_| ResolveError::NotNext { seq, oldest })?;
-        let value = self.entries[index].value;
-        match verdict {
-            Verdict::Verified => {
-                let (accepted, champion, impact) = self.keep(value);
-                let e = &mut self.entries[index];
-                e.accepted = accepted;
-                e.champion = champion;
-                e.impact = impact;
-                e.check = Check::Verified;
-                if champion {
-                    self.champion = Some(index);
-                }
+        let value = match verdict {
+            Verdict::Verified => self.entries[index].value,
+            Verdict::Measured { value } if value.is_finite() => *value,
+            Verdict::Measured { value } => {
+                return Err(ResolveError::NonFiniteMeasurement { seq, value: *value })
             }
             Verdict::Failed(reason) => {
                 // Bounded here too, so a verdict stored before the bound existed is cut on replay.
                 self.entries[index].check = Check::Failed(bound_reason(reason));
+                self.settle();
+                return Ok(&self.entries[index]);
             }
+        };
+        let (accepted, champion, impact) = self.keep(value);
+        let e = &mut self.entries[index];
+        e.value = value;
+        e.accepted = accepted;
+        e.champion = champion;
+        e.impact = impact;
+        e.check = Check::Verified;
+        if champion {
+            self.champion = Some(index);
         }
         self.settle();
         Ok(&self.entries[index])

@@ -80,7 +80,9 @@ impl ProgramOwner {
     }
 
     /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
-    /// receipt goes out; a retry with the same nonce gets the original receipt.
+    /// receipt goes out; a retry with the same nonce gets the original receipt. A claim of a
+    /// checkpoint another member claimed first is refused (every member reads the champion's claim,
+    /// so its digest is no proof of work).
     fn submit(
         &mut self,
         peer: PeerId,
@@ -121,6 +123,20 @@ impl ProgramOwner {
                     .into(),
             );
         }
+        if let Some(c) = &sub.claim {
+            if self
+                .claimed
+                .get(&c.checkpoint)
+                .is_some_and(|first| first != member.as_str())
+            {
+                return invalid(format!(
+                    "checkpoint {} was already claimed by another member: the same bytes count \
+                     once, for their first claimant; submit a checkpoint of your own (btd submit \
+                     --checkpoint FILE)",
+                    c.checkpoint
+                ));
+            }
+        }
         let waiting = self
             .kb
             .pending()
@@ -147,6 +163,11 @@ impl ProgramOwner {
             Err(e) => return invalid(e.to_string()),
         };
         self.nonces.insert(key, entry.seq);
+        if let Some(c) = &sub.claim {
+            self.claimed
+                .entry(c.checkpoint)
+                .or_insert_with(|| member.to_string());
+        }
         if entry.champion {
             self.champion = Some(signed.clone());
         }

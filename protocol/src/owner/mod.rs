@@ -9,7 +9,7 @@
 //! |---|---|
 //! | device flow: request, poll, seal the grant to the requester's key, push it, poll fallback | [`ProgramOwner::on_membership`], [`ProgramOwner::approve`], [`ProgramOwner::on_push_result`] |
 //! | KB gating: only members, revoked members refused, bounded calls | [`ProgramOwner::on_kb`] |
-//! | submissions: signed by the sender, for this program, fresh; a verifying program needs a claim; at most [`MAX_PENDING_PER_MEMBER`] waiting per member; stop conditions; nonce idempotency | [`ProgramOwner::on_kb`] (`KbCall::Submit`) |
+//! | submissions: signed by the sender, for this program, fresh; a verifying program needs a claim; a checkpoint another member claimed first is refused; at most [`MAX_PENDING_PER_MEMBER`] waiting per member; stop conditions; nonce idempotency | [`ProgramOwner::on_kb`] (`KbCall::Submit`) |
 //! | claims: oldest first, share-if-verified for re-training, verdicts | [`ProgramOwner::next_claim`], [`ProgramOwner::on_verdict`] |
 //! | paid compute: approve only the program's own packets, pre-approved rungs, bounded book | [`ProgramOwner::on_approval`], [`ProgramOwner::decide_spend`] |
 //! | restart: the same state from the stored event log | [`ProgramOwner::restore`] |
@@ -39,7 +39,7 @@ use crate::program::{Program, ProgramId};
 use crate::seal::SealPublicKey;
 use crate::signed::Signed;
 use crate::wire::{ErrorCode, ErrorReply, GrantDelivery, ProgramAnnouncement, Submission};
-use crate::Timestamp;
+use crate::{Digest, Timestamp};
 
 pub use kb::ClaimToCheck;
 pub use owners::{Owners, Published};
@@ -196,6 +196,9 @@ pub struct ProgramOwner {
     champion: Option<Signed<Submission>>,
     /// The signed submissions of the claims waiting for the owner's check, by seq.
     claims: BTreeMap<u64, Signed<Submission>>,
+    /// Checkpoint digest → the member that first claimed it: every member can read the champion's
+    /// claim, so a digest is one member's to claim.
+    claimed: HashMap<Digest, String>,
 }
 
 impl std::fmt::Debug for ProgramOwner {
@@ -243,13 +246,15 @@ impl ProgramOwner {
             spend: spend::SpendBook::default(),
             champion: None,
             claims: BTreeMap::new(),
+            claimed: HashMap::new(),
         })
     }
 
     /// Rebuilds a program from its stored event log: member records (the latest per member wins),
     /// submissions (in seq order, gap-free) and verdicts (in the order they were stored). The
     /// submissions and verdicts are replayed through the KB rules in the order they happened, so the
-    /// result is the state the owner had when the last record became durable. In-flight join
+    /// result is the state the owner had when the last record became durable; the index of claimed
+    /// checkpoints comes back from the stored signed submissions. In-flight join
     /// flows and spend requests are not durable and start empty.
     pub fn restore(
         id: ProgramId,
@@ -286,6 +291,19 @@ impl ProgramOwner {
             }
             o.nonces
                 .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
+            let sub = crate::wire::decode::<Signed<Submission>>(&row.signed)
+                .map_err(|e| e.to_string())
+                .and_then(|s| s.verify().map_err(|e| e.to_string()))
+                .map_err(|detail| OwnerRestoreError::Submission {
+                    program: id,
+                    seq: row.entry.seq,
+                    detail,
+                })?;
+            if let Some(c) = &sub.value.claim {
+                o.claimed
+                    .entry(c.checkpoint)
+                    .or_insert_with(|| row.entry.worker.clone());
+            }
         }
         o.kb =
             o.kb.replay_events(kb_history(&subs, &verdicts))

@@ -84,6 +84,38 @@ fn first_verified_wins_and_superseded_claims_need_no_check() {
 }
 
 #[test]
+fn the_owners_measurement_counts_never_the_claimed_value() {
+    let mut kb = verified_kb(AcceptRule::BeatsChampion, Some(3.0), Split::ByImpact);
+    kb.submit("honest", 2.0).unwrap();
+    kb.resolve(1, &Verdict::Measured { value: 2.0 }).unwrap();
+    // Claimed a hair better than the champion; the owner measured the champion's own value.
+    kb.submit("thief", 1.99995).unwrap();
+    let e = kb
+        .resolve(2, &Verdict::Measured { value: 2.0 })
+        .unwrap()
+        .clone();
+    assert_eq!(e.check, Check::Verified);
+    assert_eq!(e.value, 2.0, "the entry records the measurement");
+    assert!(!e.accepted && !e.champion && e.impact == 0.0);
+    assert_eq!(kb.champion().map(|c| c.worker.as_str()), Some("honest"));
+    assert_eq!(shown(&kb.payouts()), pairs(&[("honest", "100.000000")]));
+    // A measurement better than the claim counts as measured too, impact included.
+    kb.submit("modest", 1.9).unwrap();
+    let e = kb
+        .resolve(3, &Verdict::Measured { value: 1.5 })
+        .unwrap()
+        .clone();
+    assert!(e.champion && e.value == 1.5 && (e.impact - 0.5).abs() < EPS);
+    // A non-finite measurement cannot count: the verdict is refused, the claim stays pending.
+    kb.submit("x", 1.0).unwrap();
+    assert!(matches!(
+        kb.resolve(4, &Verdict::Measured { value: f64::NAN }),
+        Err(ResolveError::NonFiniteMeasurement { seq: 4, .. })
+    ));
+    assert_eq!(kb.next_pending().map(|e| e.seq), Some(4));
+}
+
+#[test]
 fn threshold_claims_that_would_earn_are_checked_too() {
     let mut kb = verified_kb(
         AcceptRule::Threshold { threshold: 1.0 },
@@ -102,7 +134,7 @@ fn threshold_claims_that_would_earn_are_checked_too() {
 #[test]
 fn replaying_events_rebuilds_the_same_kb() {
     let r = rules(AcceptRule::BeatsChampion, Some(3.0), Split::ByImpact);
-    let v = Verdict::Verified;
+    let v = Verdict::Measured { value: 2.1 };
     let f = failed("no");
     let events = [
         LogEvent::Submit {
@@ -137,6 +169,7 @@ fn replaying_events_rebuilds_the_same_kb() {
         .replay_events(events)
         .unwrap();
     assert_eq!(replayed, live);
+    assert_eq!(replayed.entries()[0].value, 2.1);
     assert_eq!(replayed.entries()[2].check, Check::NotNeeded);
     // A verdict out of order in a stored log is corruption, reported as such.
     let bad = [
@@ -152,6 +185,18 @@ fn replaying_events_rebuilds_the_same_kb() {
     let e = Kb::verified(r).unwrap().replay_events(bad).unwrap_err();
     assert!(matches!(e, ReplayError::Verdict(_)), "{e}");
     assert!(e.to_string().contains("corrupt"), "{e}");
+}
+
+#[test]
+fn verdicts_stored_by_earlier_versions_still_read() {
+    // The owner stores verdicts as JSON: the old unit variant keeps its spelling, the new one
+    // carries the measurement.
+    let old: Verdict = serde_json::from_str("\"verified\"").unwrap();
+    assert_eq!(old, Verdict::Verified);
+    let m = Verdict::Measured { value: 2.5 };
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(json, r#"{"measured":{"value":2.5}}"#);
+    assert_eq!(serde_json::from_str::<Verdict>(&json).unwrap(), m);
 }
 
 proptest! {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::kb::Verdict;
+use crate::membership::MemberId;
 use crate::owner::MAX_PENDING_PER_MEMBER;
 use crate::wire::ErrorCode;
 
@@ -233,6 +234,92 @@ fn claims_are_checked_oldest_first_and_the_first_verified_wins() {
         .owners
         .on_verdict(&world.id, 1, Verdict::Verified, T0)
         .is_err());
+}
+
+#[test]
+fn a_checkpoint_another_member_claimed_is_refused_and_the_champion_keeps_its_credit() {
+    let (mut world, honest) = joined(&Manifest::default());
+    let mut thief = Worker::new();
+    world.join(&mut thief, T0);
+    assert!(is_pending(&receipt(&world.submit(&honest, 3.0, 1, T0))));
+    let fx = world
+        .owners
+        .on_verdict(&world.id, 1, Verdict::Measured { value: 3.0 }, T0)
+        .expect("resolves");
+    let _ = world.apply(fx);
+    // The thief reads the champion's claim and claims its checkpoint with a better value.
+    let champion = match &world.kb(&thief, KbCall::Champion, T0).reply {
+        KbResponse::Champion(Some(c)) => c.submission.verify().expect("valid").value,
+        other => panic!("expected the champion, got {other:?}"),
+    };
+    let digest = champion.claim.expect("a claim").checkpoint;
+    let stolen = thief.claiming(world.id, 2.9, 1, Some(digest), T0);
+    let fx = world.kb(&thief, KbCall::Submit(stolen), T0);
+    let (code, msg) = error(&fx);
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(msg.contains("already claimed by another member"), "{msg}");
+    assert!(msg.contains("btd submit --checkpoint"), "{msg}");
+    assert!(fx.persist.is_empty() && !fx.claims_ready);
+    // Refused before the KB: no sequence number, the champion and its credit are the honest one's.
+    let owner = world.owners.get(&world.id).expect("owned");
+    assert_eq!(owner.kb().entries().len(), 1);
+    assert_eq!(owner.kb().champion().map(|c| c.seq), Some(1));
+    let payouts = owner.kb().payouts();
+    let honest_id = MemberId::from_peer(&honest.peer).to_string();
+    assert_eq!(
+        payouts.get(&honest_id).map(|a| a.to_string()),
+        Some("100.000000".into())
+    );
+    // The member that claimed it first may claim it again (a resubmission of its own work).
+    let again = honest.claiming(world.id, 2.9, 2, Some(digest), T0);
+    assert!(is_pending(&receipt(&world.kb(
+        &honest,
+        KbCall::Submit(again),
+        T0
+    ))));
+}
+
+#[test]
+fn a_claimed_checkpoint_stays_its_first_claimants_after_a_restart() {
+    let (mut world, honest) = joined(&Manifest::default());
+    let mut thief = Worker::new();
+    world.join(&mut thief, T0);
+    // A claim the KEEP rule rejects (worse than the baseline) still reserves its checkpoint.
+    assert_eq!(
+        receipt(&world.submit(&honest, 9.0, 1, T0)).check,
+        Check::NotNeeded
+    );
+    let digest = honest.checkpoint(1);
+    let again = world
+        .owners
+        .restore(&world.view, world.announcement.clone(), world.log.clone())
+        .expect("the log restores");
+    world.owners.insert(again);
+    let stolen = thief.claiming(world.id, 2.0, 1, Some(digest), T0);
+    let (code, msg) = error(&world.kb(&thief, KbCall::Submit(stolen), T0));
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(msg.contains("already claimed"), "{msg}");
+    let own = honest.claiming(world.id, 2.0, 2, Some(digest), T0);
+    assert!(is_pending(&receipt(&world.kb(
+        &honest,
+        KbCall::Submit(own),
+        T0
+    ))));
+}
+
+#[test]
+fn a_verified_claim_counts_with_the_owners_measurement() {
+    let (mut world, a) = joined(&Manifest::default());
+    assert!(is_pending(&receipt(&world.submit(&a, 2.0, 1, T0))));
+    let fx = world
+        .owners
+        .on_verdict(&world.id, 1, Verdict::Measured { value: 2.5 }, T0)
+        .expect("resolves");
+    assert_eq!(fx.reply.value, 2.5);
+    assert!(fx.reply.champion && (fx.reply.impact - 1.5).abs() < 1e-12);
+    let _ = world.apply(fx);
+    let owner = world.owners.get(&world.id).expect("owned");
+    assert_eq!(owner.kb().champion().map(|c| c.value), Some(2.5));
 }
 
 #[test]

@@ -114,7 +114,12 @@ impl Worker {
         c
     }
 
-    /// A signed submission with a fresh nonce (and a claim when `claim`).
+    /// The digest of the checkpoint this worker trained for `nonce` (distinct per worker).
+    pub(super) fn checkpoint(&self, nonce: u8) -> Digest {
+        Digest::of(&[&[nonce, 1, 2, 3][..], &self.peer.to_bytes()].concat())
+    }
+
+    /// A signed submission with a fresh nonce (and a claim of its own checkpoint when `claim`).
     pub(super) fn submission(
         &self,
         program: ProgramId,
@@ -123,7 +128,20 @@ impl Worker {
         claim: bool,
         now: Timestamp,
     ) -> Signed<Submission> {
-        let checkpoint = Digest::of(&[nonce, 1, 2, 3]);
+        let claim = claim.then(|| self.checkpoint(nonce));
+        self.claiming(program, value, nonce, claim, now)
+    }
+
+    /// A signed submission with a fresh nonce claiming the checkpoint `checkpoint`, if any.
+    pub(super) fn claiming(
+        &self,
+        program: ProgramId,
+        value: f64,
+        nonce: u8,
+        checkpoint: Option<Digest>,
+        now: Timestamp,
+    ) -> Signed<Submission> {
+        let digest = checkpoint.unwrap_or_else(|| self.checkpoint(nonce));
         let sub = Submission {
             program,
             nonce: [nonce; 16],
@@ -131,12 +149,12 @@ impl Worker {
             rung_id: "cpu".into(),
             outputs: vec![Output {
                 name: "checkpoint.safetensors".into(),
-                sha256: checkpoint,
+                sha256: digest,
             }],
             metrics: BTreeMap::new(),
             hypothesis: BTreeMap::from([("lr".to_string(), 1e-3)]),
             created_at: now,
-            claim: claim.then(|| Claim {
+            claim: checkpoint.map(|checkpoint| Claim {
                 checkpoint,
                 checkpoint_bytes: 4,
                 seed: 7,

@@ -17,7 +17,14 @@ fn restored(world: &World) -> ProgramOwner {
 /// What restart must preserve, read through the owner's public face.
 fn state(o: &ProgramOwner) -> impl PartialEq + std::fmt::Debug {
     let members: Vec<_> = o.registry().members().cloned().collect();
+    let mut claimed: Vec<_> = o
+        .claimed
+        .iter()
+        .map(|(digest, member)| (digest.to_string(), member.clone()))
+        .collect();
+    claimed.sort();
     (
+        claimed,
         o.kb().entries().to_vec(),
         o.kb().champion().cloned(),
         o.champion_submission().cloned(),
@@ -115,9 +122,16 @@ enum Step {
         value: f64,
         nonce: u8,
     },
-    Verdict {
-        ok: bool,
+    /// `worker` claims the checkpoint `from` trained for `nonce` (refused unless it was unclaimed
+    /// or `worker` claimed it first).
+    Steal {
+        worker: usize,
+        from: usize,
+        value: f64,
+        nonce: u8,
     },
+    /// The verdict on the oldest claim: measured `off` from the claimed value, or failed.
+    Verdict { ok: bool, off: f64 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -127,7 +141,15 @@ fn step() -> impl Strategy<Value = Step> {
             value,
             nonce
         }),
-        any::<bool>().prop_map(|ok| Step::Verdict { ok }),
+        (0usize..3, 0usize..3, 1.0f64..4.0, 0u8..6).prop_map(|(worker, from, value, nonce)| {
+            Step::Steal {
+                worker,
+                from,
+                value,
+                nonce,
+            }
+        }),
+        (any::<bool>(), -0.5f64..0.5).prop_map(|(ok, off)| Step::Verdict { ok, off }),
     ]
 }
 
@@ -148,9 +170,18 @@ proptest! {
                 Step::Submit { worker, value, nonce } => {
                     let _ = world.submit(&workers[worker], value, nonce, T0);
                 }
-                Step::Verdict { ok } => {
+                Step::Steal { worker, from, value, nonce } => {
+                    let digest = workers[from].checkpoint(nonce);
+                    let s = workers[worker].claiming(world.id, value, nonce.wrapping_add(100), Some(digest), T0);
+                    let _ = world.kb(&workers[worker], KbCall::Submit(s), T0);
+                }
+                Step::Verdict { ok, off } => {
                     if let Some(job) = world.owners.next_claims().first() {
-                        let v = if ok { Verdict::Verified } else { Verdict::Failed("no".into()) };
+                        let v = if ok {
+                            Verdict::Measured { value: job.submission.value + off }
+                        } else {
+                            Verdict::Failed("no".into())
+                        };
                         let fx = world.owners.on_verdict(&world.id, job.seq, v, T0).expect("pending");
                         let _ = world.apply(fx);
                     }
