@@ -24,7 +24,7 @@ pub use codes::{
 pub use registry::{
     ApprovedInfo, AuthError, DecisionError, DeviceAuthorization, Grant, MemberRecord,
     PendingRequest, PollError, Registry, RequestError, RestoreError, RevokeError,
-    EXPIRED_GRACE_SECS, MAX_PENDING_PER_PEER, MAX_PENDING_TOTAL,
+    EXPIRED_GRACE_SECS, MAX_CLOSED_TOTAL, MAX_PENDING_PER_PEER, MAX_PENDING_TOTAL,
 };
 
 /// How long a device code lives: 15 minutes, the usual RFC 8628 value, long enough for the owner

@@ -161,6 +161,9 @@ proptest! {
                 }),
             }
             prop_assert!(reg.pending(now).count() <= MAX_PENDING_TOTAL);
+            let (open, closed) = reg.code_counts(now);
+            prop_assert!(open <= MAX_PENDING_TOTAL);
+            prop_assert!(open + closed <= MAX_PENDING_TOTAL + MAX_CLOSED_TOTAL);
             prop_assert!(reg.members().count() <= peers.len());
         }
         for (credential, owner) in &delivered {

@@ -10,18 +10,26 @@ use super::codes::{Credential, DeviceCode, MemberId, UserCode, UserCodeError};
 use super::{MembershipMode, DEVICE_CODE_EXPIRES_IN_SECS, POLL_INTERVAL_SECS, SLOW_DOWN_STEP_SECS};
 use crate::{Digest, Timestamp};
 
-/// Most device codes held at once, live or awaiting expiry. Any peer that can reach the owner may
-/// ask for a code, and each one is kept for up to 15 minutes, so without a cap a flood of requests
-/// (peer ids are free to make) could exhaust the owner's memory. 1024 is far above any real join
-/// rate; when it is reached, new requests are refused until old codes expire.
+/// Most open codes (undecided, or approved and not yet delivered, and not expired) held at once.
+/// Any peer that can reach the owner may ask for a code and peer ids are free to make, so the table
+/// is bounded; but a full table never refuses a newcomer: the new code evicts the oldest open code
+/// of the peer holding the most open codes (see [`Registry::request`]). Consumed, denied and
+/// expired codes do not count here; they are bounded by [`MAX_CLOSED_TOTAL`].
 pub const MAX_PENDING_TOTAL: usize = 1024;
 
-/// Most undecided or undelivered codes one peer may hold. A worker needs one; a few more let it
-/// restart and ask again without waiting out the 15-minute expiry.
+/// Most closed codes (delivered, denied or expired) remembered, so late polls and approvals get
+/// their precise answer (`expired_token`, `access_denied`, "already used"). [`Registry::request`]
+/// and [`Registry::expire`] forget the oldest closed codes past it; a forgotten code answers "not
+/// found". With [`MAX_PENDING_TOTAL`] this bounds the whole table at
+/// `MAX_PENDING_TOTAL + MAX_CLOSED_TOTAL` codes at every moment.
+pub const MAX_CLOSED_TOTAL: usize = 1024;
+
+/// Most open codes one peer may hold. A worker needs one; a few more let it restart and ask again
+/// without waiting out the 15-minute expiry.
 pub const MAX_PENDING_PER_PEER: usize = 4;
 
-/// How long an expired code is still remembered (answered as expired). With at most
-/// [`MAX_PENDING_TOTAL`] live codes, the remembered expired ones are bounded by the same number.
+/// How long an expired code is still remembered (answered as expired), unless
+/// [`MAX_CLOSED_TOTAL`] forgets it sooner.
 pub const EXPIRED_GRACE_SECS: u64 = 300;
 
 /// Attempts at drawing an unused random code before giving up. With 31^8 user codes and at most
@@ -100,7 +108,9 @@ pub enum RequestError {
     /// The owner revoked this peer; it cannot join again.
     #[error("the owner revoked this peer's membership; it cannot join this program again")]
     Revoked,
-    /// The owner holds too many codes right now.
+    /// The owner holds too many codes right now. This registry no longer refuses a request for
+    /// that (a full table evicts instead, see [`MAX_PENDING_TOTAL`]); the variant stays so that
+    /// answers of older owners still decode.
     #[error("the owner has too many join requests waiting ({limit}); try again in a few minutes")]
     TooManyPending {
         /// The limit.
@@ -256,9 +266,14 @@ impl Entry {
         now > self.expires_at
     }
 
-    /// Still holds a slot of its peer: undecided, or approved but not yet delivered.
+    /// Undecided, or approved but not yet delivered (expired or not).
     fn is_open(&self) -> bool {
         matches!(self.state, State::Pending | State::Approved(_))
+    }
+
+    /// Holds a slot of its peer and of the global open table: open and not expired.
+    fn holds_slot(&self, now: Timestamp) -> bool {
+        self.is_open() && !self.is_expired(now)
     }
 }
 
@@ -335,6 +350,12 @@ impl Registry {
 
     /// A worker (`peer`) asks to join. In open mode the request is approved at once and the grant
     /// waits for the first poll (or [`Registry::take_grant`]).
+    ///
+    /// Refused only for a revoked peer or one already holding [`MAX_PENDING_PER_PEER`] open codes.
+    /// When [`MAX_PENDING_TOTAL`] open codes are held, the oldest open code of the peer holding the
+    /// most open codes is forgotten to make room, so throwaway identities cannot lock honest
+    /// joiners out: they can only push each other out (and, by sheer volume, shorten how long any
+    /// code waits).
     pub fn request(
         &mut self,
         peer: PeerId,
@@ -346,20 +367,17 @@ impl Registry {
         if self.is_revoked(&member) {
             return Err(RequestError::Revoked);
         }
-        if self.codes.values().filter(|e| !e.is_expired(now)).count() >= MAX_PENDING_TOTAL {
-            return Err(RequestError::TooManyPending {
-                limit: MAX_PENDING_TOTAL,
-            });
+        let mut open_by_peer: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for e in self.codes.values().filter(|e| e.holds_slot(now)) {
+            *open_by_peer.entry(e.peer).or_default() += 1;
         }
-        let open_for_peer = self
-            .codes
-            .values()
-            .filter(|e| e.peer == peer && e.is_open())
-            .count();
-        if open_for_peer >= MAX_PENDING_PER_PEER {
+        if open_by_peer.get(&peer).copied().unwrap_or(0) >= MAX_PENDING_PER_PEER {
             return Err(RequestError::TooManyPendingForPeer {
                 limit: MAX_PENDING_PER_PEER,
             });
+        }
+        if open_by_peer.values().sum::<usize>() >= MAX_PENDING_TOTAL {
+            self.evict_open(&open_by_peer, now);
         }
         let device_code = (0..MAX_CODE_ATTEMPTS)
             .map(|_| DeviceCode::generate(rng))
@@ -386,6 +404,7 @@ impl Registry {
         if self.mode == MembershipMode::Open {
             self.issue(&device_code, now, rng);
         }
+        self.trim_closed(now, MAX_CLOSED_TOTAL);
         Ok(DeviceAuthorization {
             device_code,
             user_code,
@@ -591,10 +610,61 @@ impl Registry {
         out.into_iter()
     }
 
+    /// Forgets the oldest open code (then the smallest device code) among the peers holding the
+    /// most open codes. `open_by_peer` counts the open codes per peer at `now`.
+    fn evict_open(&mut self, open_by_peer: &BTreeMap<PeerId, usize>, now: Timestamp) {
+        let Some(most) = open_by_peer.values().copied().max() else {
+            return;
+        };
+        let victim = self
+            .codes
+            .iter()
+            .filter(|(_, e)| e.holds_slot(now) && open_by_peer.get(&e.peer) == Some(&most))
+            .min_by_key(|(dc, e)| (e.issued_at, **dc))
+            .map(|(dc, _)| *dc);
+        if let Some(dc) = victim {
+            self.forget(&dc);
+        }
+    }
+
+    /// Forgets the oldest closed codes (delivered, denied or expired) until at most `keep` remain.
+    fn trim_closed(&mut self, now: Timestamp, keep: usize) {
+        let mut closed: Vec<(Timestamp, DeviceCode)> = self
+            .codes
+            .iter()
+            .filter(|(_, e)| !e.holds_slot(now))
+            .map(|(dc, e)| (e.issued_at, *dc))
+            .collect();
+        if closed.len() <= keep {
+            return;
+        }
+        closed.sort_unstable();
+        let excess = closed.len() - keep;
+        for (_, dc) in closed.into_iter().take(excess) {
+            self.forget(&dc);
+        }
+    }
+
+    /// Removes one code and its user code.
+    fn forget(&mut self, device_code: &DeviceCode) {
+        if let Some(e) = self.codes.remove(device_code) {
+            self.by_user_code.remove(&e.user_code);
+        }
+    }
+
+    /// How many codes the registry holds: (open, closed) at `now`. Open ones are at most
+    /// [`MAX_PENDING_TOTAL`]; after [`Registry::expire`] closed ones are at most
+    /// [`MAX_CLOSED_TOTAL`], and between calls all together at most the sum of the two.
+    pub fn code_counts(&self, now: Timestamp) -> (usize, usize) {
+        let open = self.codes.values().filter(|e| e.holds_slot(now)).count();
+        (open, self.codes.len() - open)
+    }
+
     /// Forgets codes that expired more than [`EXPIRED_GRACE_SECS`] before `now`, with any
     /// undelivered credential. Until then an expired code is remembered, so a late poll is answered
-    /// `expired_token` and a late approval "expired" (semantics §3), not "not found". Call it now
-    /// and then; [`Registry::request`] also does.
+    /// `expired_token` and a late approval "expired" (semantics §3), not "not found". Also keeps at
+    /// most [`MAX_CLOSED_TOTAL`] closed codes, forgetting the oldest. Call it now and then;
+    /// [`Registry::request`] also does.
     pub fn expire(&mut self, now: Timestamp) {
         let by_user_code = &mut self.by_user_code;
         self.codes.retain(|_, e| {
@@ -604,6 +674,7 @@ impl Registry {
             }
             keep
         });
+        self.trim_closed(now, MAX_CLOSED_TOTAL);
     }
 }
 

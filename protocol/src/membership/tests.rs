@@ -544,18 +544,136 @@ fn pending_codes_are_capped_per_peer_and_in_total() {
     reg.deny(&first.user_code.to_string(), T0).unwrap();
     assert!(reg.request(p, T0, &mut r).is_ok());
 
-    while reg.request(PeerId::random(), T0, &mut r).is_ok() {}
-    assert_eq!(
-        reg.request(PeerId::random(), T0, &mut r),
-        Err(RequestError::TooManyPending {
-            limit: MAX_PENDING_TOTAL
-        })
-    );
-    assert_eq!(reg.pending(T0).count(), MAX_PENDING_TOTAL - 1);
-    // Once they expire, requests are accepted again and memory is released.
+    // A full table of open codes does not refuse a newcomer; it stays at its bound.
+    while reg.code_counts(T0).0 < MAX_PENDING_TOTAL {
+        reg.request(PeerId::random(), T0, &mut r).unwrap();
+    }
+    assert!(reg.request(PeerId::random(), T0, &mut r).is_ok());
+    assert_eq!(reg.pending(T0).count(), MAX_PENDING_TOTAL);
+    // Once they expire, memory is released.
     let later = T0.plus_secs(900).plus_millis(1);
     assert!(reg.request(PeerId::random(), later, &mut r).is_ok());
     assert_eq!(reg.pending(later).count(), 1);
+    let gone = later.plus_secs(EXPIRED_GRACE_SECS).plus_millis(1);
+    reg.expire(gone);
+    assert_eq!(reg.code_counts(gone), (1, 0));
+}
+
+/// Hostile peers item 7: throwaway identities filling the join table must not lock out an honest
+/// joiner. On the old registry (1024 codes, consumed ones counted) the honest request was refused.
+#[test]
+fn throwaway_identities_cannot_lock_out_an_honest_joiner() {
+    let mut r = rng();
+    let mut reg = Registry::new(MembershipMode::Approval);
+    // 256 throwaway ids with 4 codes each fill the table, and 100 more keep pushing.
+    for _ in 0..(MAX_PENDING_TOTAL / MAX_PENDING_PER_PEER + 100) {
+        let p = PeerId::random();
+        for _ in 0..MAX_PENDING_PER_PEER {
+            reg.request(p, T0, &mut r).unwrap();
+        }
+    }
+    assert_eq!(reg.code_counts(T0), (MAX_PENDING_TOTAL, 0));
+    let honest = peer(7);
+    let t = T0.plus_secs(1);
+    let auth = reg.request(honest, t, &mut r).unwrap();
+    // The attackers keep flooding, from ids holding 1..=4 codes; the honest peer holds one, so
+    // the evictions hit attackers as long as any of them holds more than one.
+    for _ in 0..MAX_PENDING_TOTAL / 2 {
+        let p = PeerId::random();
+        for _ in 0..2 {
+            reg.request(p, t, &mut r).unwrap();
+        }
+    }
+    assert_eq!(reg.code_counts(t), (MAX_PENDING_TOTAL, 0));
+    assert!(reg
+        .pending(t)
+        .any(|req| req.user_code == auth.user_code && req.member == MemberId::from_peer(&honest)));
+    // The owner approves the honest code and the worker gets its credential.
+    reg.approve(&code(&auth), t, &mut r).unwrap();
+    let grant = reg
+        .poll(&auth.device_code, &honest, t.plus_secs(5))
+        .unwrap();
+    assert!(reg.verify(&grant.credential, &honest).is_ok());
+
+    // 1024+ ids with one code each: a newcomer still gets a code, the oldest single code goes.
+    let mut reg = Registry::new(MembershipMode::Approval);
+    let first_peer = PeerId::random();
+    let first = reg.request(first_peer, T0, &mut r).unwrap();
+    for _ in 0..MAX_PENDING_TOTAL + 50 {
+        reg.request(PeerId::random(), T0.plus_secs(1), &mut r)
+            .unwrap();
+    }
+    let t = T0.plus_secs(2);
+    let auth = reg.request(honest, t, &mut r).unwrap();
+    assert!(reg.pending(t).any(|req| req.user_code == auth.user_code));
+    assert!(!reg.pending(t).any(|req| req.user_code == first.user_code));
+    assert_eq!(
+        reg.poll(&first.device_code, &first_peer, t),
+        Err(PollError::NotFound)
+    );
+    assert_eq!(reg.code_counts(t), (MAX_PENDING_TOTAL, 0));
+}
+
+/// Hostile peers item 7: one peer in open mode re-joining over and over, or a peer whose requests
+/// the owner keeps denying, leaves only consumed or denied codes behind; those neither count toward
+/// the open table nor grow without bound.
+#[test]
+fn consumed_and_denied_codes_neither_lock_out_nor_grow() {
+    let mut r = rng();
+    let mut reg = Registry::new(MembershipMode::Open);
+    let rejoiner = peer(3);
+    for i in 0..(2 * MAX_PENDING_TOTAL + 100) as u64 {
+        let now = T0.plus_millis(i);
+        let auth = reg.request(rejoiner, now, &mut r).unwrap();
+        let (open, closed) = reg.code_counts(now);
+        assert_eq!(open, 1);
+        assert!(closed <= MAX_CLOSED_TOTAL, "{closed}");
+        // Every other time it picks up its grant; otherwise the next join supersedes it.
+        if i % 2 == 0 {
+            assert!(reg.poll(&auth.device_code, &rejoiner, now).is_ok());
+        }
+    }
+    let now = T0.plus_secs(10);
+    let honest = peer(7);
+    let auth = reg.request(honest, now, &mut r).unwrap();
+    assert!(reg.poll(&auth.device_code, &honest, now).is_ok());
+
+    reg.set_mode(MembershipMode::Approval);
+    let denied = peer(4);
+    for _ in 0..(2 * MAX_PENDING_TOTAL) {
+        let auth = reg.request(denied, now, &mut r).unwrap();
+        reg.deny(&code(&auth), now).unwrap();
+    }
+    // Each request trims the closed codes; the deny after the last one adds one more.
+    let (open, closed) = reg.code_counts(now);
+    assert!(open + closed <= MAX_PENDING_TOTAL + MAX_CLOSED_TOTAL);
+    reg.expire(now);
+    let (open, closed) = reg.code_counts(now);
+    assert_eq!(
+        open, 1,
+        "only the rejoiner's last, undelivered grant is open"
+    );
+    assert!(closed <= MAX_CLOSED_TOTAL, "{closed}");
+    assert!(reg.request(peer(8), now, &mut r).is_ok());
+
+    // Open codes that expire become closed ones; `expire` brings them back under the bound.
+    let mut reg = Registry::new(MembershipMode::Approval);
+    let mut last = None;
+    for i in 0..(MAX_PENDING_TOTAL + MAX_CLOSED_TOTAL) as u64 {
+        let now = T0.plus_millis(i);
+        last = Some(reg.request(PeerId::random(), now, &mut r).unwrap());
+        let (open, closed) = reg.code_counts(now);
+        assert!(open + closed <= MAX_PENDING_TOTAL + MAX_CLOSED_TOTAL);
+    }
+    let t = T0.plus_secs(905);
+    reg.expire(t);
+    assert_eq!(reg.code_counts(t), (0, MAX_CLOSED_TOTAL));
+    // The newest expired codes are the ones still remembered (and answered as expired).
+    let last = last.unwrap();
+    assert!(matches!(
+        reg.approve(&code(&last), t, &mut r),
+        Err(DecisionError::Expired { .. })
+    ));
 }
 
 #[test]
