@@ -425,6 +425,8 @@ eval_tokens = 2048
 kind = "synthetic"
 seed = 5
 bytes = 16384
+[task.search]
+lr = { min = 1e-3, max = 5e-2, scale = "log" }
 [[rungs]]
 id = "cpu"
 spend_class = "local_unmetered"
@@ -463,7 +465,10 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
         round.value
     );
     let mut reasons = Vec::new();
-    for lr in [0.02, 0.005] {
+    // The third plays the attacker of the verifier: a hypothesis outside the program's search
+    // space (on the old main it reached the fetch and the checkpoint checks; now it is rejected by
+    // the pure bounds check before anything is fetched or re-trained).
+    for lr in [0.02, 0.005, 0.5] {
         let hypothesis = [("lr".to_string(), lr)].into_iter().collect();
         let receipt = claim(&p, &path, on_val, hypothesis).await;
         assert_eq!(receipt.check, Check::Pending);
@@ -479,6 +484,11 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
         reasons[1].contains("the claim's hypothesis says lr=0.005"),
         "{}",
         reasons[1]
+    );
+    assert!(
+        reasons[2].contains("lr=0.5, outside the program's range"),
+        "{}",
+        reasons[2]
     );
     let s = status(&p.owner.handle, program).await.unwrap();
     assert_eq!(s.champion.unwrap().seq, honest.seq);
