@@ -161,7 +161,7 @@ async fn main() {
             &corpus,
             Some(&holdout),
             &Default::default(),
-            false,
+            None,
             true,
             |_| Verdict::Verified,
         )

@@ -9,17 +9,21 @@
 //! verdict goes back to the node, which stores it before it counts.
 //!
 //! Evaluation runs on the CPU on a blocking thread; one claim is checked at a time, so a burst of
-//! claims queues instead of starving the daemon.
+//! claims queues instead of starving the daemon. Every check is bounded (docs/protocol.md, "Limits
+//! and defences against hostile peers"): the claim is first held to the program's step budget and
+//! search space ([`check_bounds`]), the fetch has a deadline, and a re-training stops after
+//! [`RETRAIN_SLACK`] times the program's training seconds or when the node stops.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use btd_protocol::kb::{judge, Measurement, Verdict};
 use btd_protocol::program::{CandleTask, Dataset, ProgramId, Task};
 use btd_protocol::wire::Claim;
-use btd_trainer::claim::{check_claim, ClaimMismatch};
+use btd_trainer::claim::{check_bounds, check_claim, ClaimMismatch};
 use btd_trainer::{Checkpoint, Corpus, TrainSpec};
 use candle_core::Device;
 
@@ -58,16 +62,31 @@ pub struct CheckCost {
     pub bytes: u64,
 }
 
+/// How many times the program's training seconds (`[task] seconds`) the owner's re-training of a
+/// claim may take before the check gives up and rejects the claim: a re-training that has not
+/// reached the claimed steps by then cannot confirm it, and the verifier moves on.
+pub const RETRAIN_SLACK: u64 = 4;
+
 /// Where the verifier fetches claims to, under the home:
 /// `claims/<program>/<seq>/<program>/<digest>` (a [`BlobStore`] per claim).
 const CLAIMS_DIR: &str = "claims";
 
 /// Runs until the node stops.
 pub async fn run(node: NodeHandle, home: PathBuf) {
+    // Set when the node stops (`btd stop`): a running re-training checks it every step.
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (node, stop) = (node.clone(), stop.clone());
+        tokio::spawn(async move {
+            node.stopped().await;
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
     let mut v = Verifier {
         blobs: BlobStore::new(home.join("blobs")),
         home,
         corpora: HashMap::new(),
+        stop,
     };
     loop {
         let Ok(jobs) = node.next_claims().await else {
@@ -81,6 +100,9 @@ pub async fn run(node: NodeHandle, home: PathBuf) {
             let (program, seq) = (job.program, job.seq);
             let (verdict, cost) = v.check(&node, job).await;
             let Some(verdict) = verdict else {
+                if v.stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 tokio::time::sleep(OWNER_TROUBLE_PAUSE).await;
                 continue;
             };
@@ -108,6 +130,8 @@ struct Verifier {
     home: PathBuf,
     blobs: BlobStore,
     corpora: HashMap<ProgramId, Arc<Corpus>>,
+    /// Set when the node stops.
+    stop: Arc<AtomicBool>,
 }
 
 impl Verifier {
@@ -169,6 +193,16 @@ impl Verifier {
             )));
         }
 
+        // The pure check against the program's budget and search space, before anything is
+        // fetched, evaluated or re-trained.
+        check_bounds(
+            &claim,
+            &job.submission.hypothesis,
+            task.steps,
+            &program.search,
+        )
+        .map_err(|e| Problem::Claim(e.to_string()))?;
+
         // Fetch the checkpoint from the worker.
         let started = Instant::now();
         let spec = FetchSpec {
@@ -213,6 +247,12 @@ impl Verifier {
         let claimed = job.submission.value;
         let verify = program.verify.clone();
         let direction = program.criteria.direction;
+        let limits = RetrainLimits {
+            seconds: task
+                .seconds
+                .map(|s| Duration::from_secs(s.saturating_mul(RETRAIN_SLACK))),
+            stop: self.stop.clone(),
+        };
         let (verdict, eval_secs, retrain_secs) = tokio::task::spawn_blocking(move || {
             measure_and_judge(
                 &path,
@@ -221,14 +261,17 @@ impl Verifier {
                 &corpus,
                 holdout.as_deref(),
                 &hypothesis,
-                retrain,
+                retrain.then_some(&limits),
                 same_platform,
                 |m| judge(&verify, direction, claimed, m),
             )
         })
         .await
         .map_err(|e| Problem::Owner(format!("the check crashed: {e}")))?
-        .map_err(Problem::Claim)?;
+        .map_err(|e| match e {
+            CheckError::Claim(why) => Problem::Claim(why),
+            CheckError::Stopped => Problem::Owner("the node is stopping".into()),
+        })?;
         cost.eval_secs = eval_secs;
         cost.retrain_secs = retrain_secs;
         Ok(verdict)
@@ -255,9 +298,36 @@ impl Verifier {
     }
 }
 
+/// What bounds the owner's re-training of a claim.
+#[derive(Debug, Clone, Default)]
+pub struct RetrainLimits {
+    /// Longest it may run ([`RETRAIN_SLACK`] × the program's training seconds; `None` when the
+    /// program has only a step budget, which [`check_bounds`] already holds the claim to).
+    pub seconds: Option<Duration>,
+    /// Set when the node stops; checked every step.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Why [`measure_and_judge`] returned no verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckError {
+    /// The claim's fault: reject it with this reason.
+    Claim(String),
+    /// The node is stopping: the claim stays pending and is checked after a restart.
+    Stopped,
+}
+
+impl From<String> for CheckError {
+    fn from(why: String) -> Self {
+        Self::Claim(why)
+    }
+}
+
 /// Reads the checkpoint, checks it against the claim (digest, seed, steps, the hypothesis it was
-/// trained with), evaluates it (and re-trains with the claim's hypothesis, seed and steps when
-/// asked), and judges. Returns the verdict with the evaluation and re-training seconds. Blocking.
+/// trained with), evaluates it (and, when `retrain` bounds are given, re-trains with the program's
+/// task, the claim's hypothesis and seed, for the claimed steps — which [`check_bounds`] holds to
+/// the program's step budget — under those bounds), and judges. Returns the verdict with the
+/// evaluation and re-training seconds. Blocking.
 #[allow(clippy::too_many_arguments)]
 pub fn measure_and_judge(
     path: &std::path::Path,
@@ -266,15 +336,15 @@ pub fn measure_and_judge(
     corpus: &Corpus,
     holdout: Option<&[u8]>,
     hypothesis: &btd_protocol::program::search::Hypothesis,
-    retrain: bool,
+    retrain: Option<&RetrainLimits>,
     same_platform: bool,
     judge: impl Fn(&Measurement) -> Verdict,
-) -> Result<(Verdict, f64, f64), String> {
+) -> Result<(Verdict, f64, f64), CheckError> {
     let ckpt = Checkpoint::read(path).map_err(|e| format!("the checkpoint is unusable: {e}"))?;
     match check_claim(&ckpt, claim, hypothesis) {
         Ok(()) => {}
         // Other bytes than the claimed ones: the fetch failed (the caller rejects the claim).
-        Err(e @ ClaimMismatch::Digest) => return Err(e.to_string()),
+        Err(e @ ClaimMismatch::Digest) => return Err(CheckError::Claim(e.to_string())),
         Err(e) => return Ok((Verdict::failed(e.to_string()), 0.0, 0.0)),
     }
     let dev = Device::Cpu;
@@ -296,18 +366,41 @@ pub fn measure_and_judge(
     };
     let mut retrain_secs = 0.0;
     // Re-train only when the claim reproduces otherwise: a failing claim is rejected without it.
-    if retrain && matches!(judge(&measurement), Verdict::Measured { .. }) {
+    let retrain = retrain.filter(|_| matches!(judge(&measurement), Verdict::Measured { .. }));
+    if let Some(limits) = retrain {
         let started = Instant::now();
         let mut spec = TrainSpec::from_task(task);
         spec.apply_hypothesis(hypothesis)
             .map_err(|e| format!("the claim's hypothesis is not a usable config: {e}"))?;
         spec.seed = claim.seed;
-        spec.steps = Some(claim.steps);
+        spec.steps = Some(task.steps.map_or(claim.steps, |b| b.min(claim.steps)));
         spec.seconds = None;
+        let mut timed_out = false;
         let trained = btd_trainer::train(&spec, corpus, &dev, &mut |_| {
+            if limits.stop.load(Ordering::SeqCst) {
+                return std::ops::ControlFlow::Break(());
+            }
+            if limits.seconds.is_some_and(|s| started.elapsed() > s) {
+                timed_out = true;
+                return std::ops::ControlFlow::Break(());
+            }
             std::ops::ControlFlow::Continue(())
         })
         .map_err(|e| format!("the owner's re-training failed: {e}"))?;
+        if limits.stop.load(Ordering::SeqCst) && !timed_out && trained.report.steps < claim.steps {
+            return Err(CheckError::Stopped);
+        }
+        if trained.report.steps < claim.steps {
+            return Ok((
+                Verdict::failed(format!(
+                    "the owner's re-training reached {} of the claimed {} steps within {RETRAIN_SLACK} \
+                     times the program's training seconds",
+                    trained.report.steps, claim.steps
+                )),
+                m.eval_secs,
+                started.elapsed().as_secs_f64(),
+            ));
+        }
         measurement.retrained = Some(trained.report.val_bpb);
         retrain_secs = started.elapsed().as_secs_f64();
     }

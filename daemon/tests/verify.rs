@@ -453,9 +453,12 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
     let honest = round.verdict.clone().unwrap();
     assert_eq!(honest.check, Check::Verified, "{round:?}");
 
-    // Two dishonest claims, both with values their checkpoints really reach on the validation
-    // split: one trained on the split itself (no holdout here: only re-training can tell), one
-    // that names a hypothesis its checkpoint was not trained with.
+    // Dishonest claims, all with the value their checkpoint really reaches on the validation
+    // split: one trained on the split itself and naming no hypothesis (no holdout here: only
+    // re-training can tell), then two that play the attacker of the verifier with hypotheses the
+    // program never offered (it searches nothing): a plausible rate and an absurd one. On the old
+    // main those reached the fetch, the checkpoint checks and (for a matching hypothesis) the
+    // re-training; now the pure bounds check rejects them before anything is fetched.
     let (path, on_val) = train_on_the_validation_split(100, dirs[1].path());
     assert!(
         on_val < round.value.unwrap(),
@@ -463,8 +466,8 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
         round.value
     );
     let mut reasons = Vec::new();
-    for lr in [0.02, 0.005] {
-        let hypothesis = [("lr".to_string(), lr)].into_iter().collect();
+    for lr in [None, Some(0.02), Some(0.5)] {
+        let hypothesis = lr.map(|lr| ("lr".to_string(), lr)).into_iter().collect();
         let receipt = claim(&p, &path, on_val, hypothesis).await;
         assert_eq!(receipt.check, Check::Pending);
         let (_, why) = settled(&p.owner.handle, program, receipt.seq).await;
@@ -475,11 +478,12 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
         "{}",
         reasons[0]
     );
-    assert!(
-        reasons[1].contains("the claim's hypothesis says lr=0.005"),
-        "{}",
-        reasons[1]
-    );
+    for (r, lr) in reasons[1..].iter().zip(["0.02", "0.5"]) {
+        assert!(
+            r.contains(&format!("lr={lr}, a parameter the program does not search")),
+            "{r}"
+        );
+    }
     let s = status(&p.owner.handle, program).await.unwrap();
     assert_eq!(s.champion.unwrap().seq, honest.seq);
     p.worker.stop().await;

@@ -506,6 +506,11 @@ impl NodeHandle {
         .await
     }
 
+    /// Completes once the node has stopped (its command loop is gone).
+    pub async fn stopped(&self) {
+        self.tx.closed().await
+    }
+
     /// Stops the node; pending store writes finish first. Returns once the stop is queued.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         self.tx
