@@ -63,9 +63,10 @@ pub struct CheckCost {
     pub bytes: u64,
 }
 
-/// How many times the program's training seconds (`[task] seconds`) the owner's re-training of a
-/// claim may take before the check gives up and rejects the claim: a re-training that has not
-/// reached the claimed steps by then cannot confirm it, and the verifier moves on.
+/// How many times the program's training seconds (`[task] seconds`) each of the owner's re-training
+/// runs of a claim (one per seed of `verify.retrain_seeds`) may take before the check gives up and
+/// rejects the claim: a run that has not reached the claimed steps by then cannot confirm it, and
+/// the verifier moves on.
 pub const RETRAIN_SLACK: u64 = 4;
 
 /// Where the verifier fetches claims to, under the home:
