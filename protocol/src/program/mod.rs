@@ -178,7 +178,7 @@ pub struct Criteria {
 /// Default `criteria.min_improvement` for candle tasks (bits per byte): about twice the run-to-run
 /// standard deviation of `val_bpb` across seeds measured for the presets (docs/benchmarks.md,
 /// "Run-to-run noise"), so a different seed alone does not take the champion.
-pub const DEFAULT_MIN_IMPROVEMENT_BPB: f64 = 0.03;
+pub const DEFAULT_MIN_IMPROVEMENT_BPB: f64 = 0.035;
 
 impl Criteria {
     /// The default minimum improvement for `task`: [`DEFAULT_MIN_IMPROVEMENT_BPB`] for candle tasks

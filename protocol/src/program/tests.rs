@@ -350,7 +350,7 @@ fn verify_section_defaults_and_errors() {
 fn minimum_improvement_defaults_declarations_and_errors() {
     // Candle tasks get the default margin (about twice the measured run-to-run noise); shell tasks,
     // whose metric's scale btd cannot know, none unless declared.
-    let candle = Program::from_toml(&EXAMPLE.replace("min_improvement = 0.03", "")).unwrap();
+    let candle = Program::from_toml(&EXAMPLE.replace("min_improvement = 0.035", "")).unwrap();
     assert_eq!(
         candle.criteria.min_improvement,
         MinImprovement {
@@ -391,7 +391,7 @@ fn minimum_improvement_defaults_declarations_and_errors() {
             relative: 0.002
         }
     );
-    let base = EXAMPLE.replace("min_improvement = 0.03", "min_improvement = 0");
+    let base = EXAMPLE.replace("min_improvement = 0.035", "min_improvement = 0");
     assert_eq!(
         Program::from_toml(&base).unwrap().criteria.min_improvement,
         MinImprovement::NONE
