@@ -100,7 +100,10 @@ fn a_retraining_check_trains_every_seed_and_the_mean_counts() {
     let last = seen.last().unwrap();
     // Three runs, with three seeds: three different values; the claim's own seed reproduces it.
     assert_eq!(last.retrained.len(), 3, "{last:?}");
-    assert!((last.retrained[0] - value).abs() < 1e-6, "{last:?} vs {value}");
+    assert!(
+        (last.retrained[0] - value).abs() < 1e-6,
+        "{last:?} vs {value}"
+    );
     assert!(
         last.retrained[0] != last.retrained[1]
             && last.retrained[1] != last.retrained[2]
