@@ -11,8 +11,9 @@
 //! Evaluation runs on the CPU on a blocking thread; one claim is checked at a time, so a burst of
 //! claims queues instead of starving the daemon. Every check is bounded (docs/protocol.md, "Limits
 //! and defences against hostile peers"): the claim is first held to the program's step budget and
-//! search space ([`check_bounds`]), the fetch has a deadline, and a re-training stops after
-//! [`RETRAIN_SLACK`] times the program's training seconds or when the node stops.
+//! search space ([`check_bounds`]), the fetch has a deadline, and each re-training run (one per seed
+//! of `verify.retrain_seeds`) stops after [`RETRAIN_SLACK`] times the program's training seconds or
+//! when the node stops.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,9 +63,10 @@ pub struct CheckCost {
     pub bytes: u64,
 }
 
-/// How many times the program's training seconds (`[task] seconds`) the owner's re-training of a
-/// claim may take before the check gives up and rejects the claim: a re-training that has not
-/// reached the claimed steps by then cannot confirm it, and the verifier moves on.
+/// How many times the program's training seconds (`[task] seconds`) each of the owner's re-training
+/// runs of a claim (one per seed of `verify.retrain_seeds`) may take before the check gives up and
+/// rejects the claim: a run that has not reached the claimed steps by then cannot confirm it, and
+/// the verifier moves on.
 pub const RETRAIN_SLACK: u64 = 4;
 
 /// Where the verifier fetches claims to, under the home:
@@ -248,6 +250,7 @@ impl Verifier {
         let verify = program.verify.clone();
         let direction = program.criteria.direction;
         let limits = RetrainLimits {
+            seeds: verify.retrain_seed_list(claim.seed),
             seconds: task
                 .seconds
                 .map(|s| Duration::from_secs(s.saturating_mul(RETRAIN_SLACK))),
@@ -298,11 +301,15 @@ impl Verifier {
     }
 }
 
-/// What bounds the owner's re-training of a claim.
+/// What the owner's re-training of a claim runs and what bounds it.
 #[derive(Debug, Clone, Default)]
 pub struct RetrainLimits {
-    /// Longest it may run ([`RETRAIN_SLACK`] × the program's training seconds; `None` when the
-    /// program has only a step budget, which [`check_bounds`] already holds the claim to).
+    /// The seeds to re-train with, one run each ([`btd_protocol::program::Verify::retrain_seed_list`]:
+    /// the claim's first); empty: the claim's seed alone. The judge compares their mean.
+    pub seeds: Vec<u64>,
+    /// Longest each run may take ([`RETRAIN_SLACK`] × the program's training seconds, so all of
+    /// them together at most `verify.retrain_seeds` times that; `None` when the program has only a
+    /// step budget, which [`check_bounds`] already holds the claim to).
     pub seconds: Option<Duration>,
     /// Set when the node stops; checked every step.
     pub stop: Arc<AtomicBool>,
@@ -324,9 +331,10 @@ impl From<String> for CheckError {
 }
 
 /// Reads the checkpoint, checks it against the claim (digest, seed, steps, the hypothesis it was
-/// trained with), evaluates it (and, when `retrain` bounds are given, re-trains with the program's
-/// task, the claim's hypothesis and seed, for the claimed steps — which [`check_bounds`] holds to
-/// the program's step budget — under those bounds), and judges. Returns the verdict with the
+/// trained with), evaluates it (and, when `retrain` is given, re-trains with the program's task and
+/// the claim's hypothesis, once per seed of `retrain.seeds`, for the claimed steps — which
+/// [`check_bounds`] holds to the program's step budget — each run under `retrain.seconds`), and
+/// judges. Returns the verdict with the
 /// evaluation and re-training seconds. Blocking.
 #[allow(clippy::too_many_arguments)]
 pub fn measure_and_judge(
@@ -362,7 +370,7 @@ pub fn measure_and_judge(
         value: m.val_bpb,
         holdout: m.holdout_bpb,
         same_platform,
-        retrained: None,
+        retrained: Vec::new(),
     };
     let mut retrain_secs = 0.0;
     // Re-train only when the claim reproduces otherwise: a failing claim is rejected without it.
@@ -372,36 +380,48 @@ pub fn measure_and_judge(
         let mut spec = TrainSpec::from_task(task);
         spec.apply_hypothesis(hypothesis)
             .map_err(|e| format!("the claim's hypothesis is not a usable config: {e}"))?;
-        spec.seed = claim.seed;
         spec.steps = Some(task.steps.map_or(claim.steps, |b| b.min(claim.steps)));
         spec.seconds = None;
-        let mut timed_out = false;
-        let trained = btd_trainer::train(&spec, corpus, &dev, &mut |_| {
-            if limits.stop.load(Ordering::SeqCst) {
-                return std::ops::ControlFlow::Break(());
+        let seeds = if limits.seeds.is_empty() {
+            vec![claim.seed]
+        } else {
+            limits.seeds.clone()
+        };
+        for seed in seeds {
+            // Each run has its own deadline, so k runs take at most k times it.
+            let run_started = Instant::now();
+            spec.seed = seed;
+            let mut timed_out = false;
+            let trained = btd_trainer::train(&spec, corpus, &dev, &mut |_| {
+                if limits.stop.load(Ordering::SeqCst) {
+                    return std::ops::ControlFlow::Break(());
+                }
+                if limits.seconds.is_some_and(|s| run_started.elapsed() > s) {
+                    timed_out = true;
+                    return std::ops::ControlFlow::Break(());
+                }
+                std::ops::ControlFlow::Continue(())
+            })
+            .map_err(|e| format!("the owner's re-training failed: {e}"))?;
+            if limits.stop.load(Ordering::SeqCst)
+                && !timed_out
+                && trained.report.steps < claim.steps
+            {
+                return Err(CheckError::Stopped);
             }
-            if limits.seconds.is_some_and(|s| started.elapsed() > s) {
-                timed_out = true;
-                return std::ops::ControlFlow::Break(());
+            if trained.report.steps < claim.steps {
+                return Ok((
+                    Verdict::failed(format!(
+                        "the owner's re-training (seed {seed}) reached {} of the claimed {} steps \
+                         within {RETRAIN_SLACK} times the program's training seconds",
+                        trained.report.steps, claim.steps
+                    )),
+                    m.eval_secs,
+                    started.elapsed().as_secs_f64(),
+                ));
             }
-            std::ops::ControlFlow::Continue(())
-        })
-        .map_err(|e| format!("the owner's re-training failed: {e}"))?;
-        if limits.stop.load(Ordering::SeqCst) && !timed_out && trained.report.steps < claim.steps {
-            return Err(CheckError::Stopped);
+            measurement.retrained.push(trained.report.val_bpb);
         }
-        if trained.report.steps < claim.steps {
-            return Ok((
-                Verdict::failed(format!(
-                    "the owner's re-training reached {} of the claimed {} steps within {RETRAIN_SLACK} \
-                     times the program's training seconds",
-                    trained.report.steps, claim.steps
-                )),
-                m.eval_secs,
-                started.elapsed().as_secs_f64(),
-            ));
-        }
-        measurement.retrained = Some(trained.report.val_bpb);
         retrain_secs = started.elapsed().as_secs_f64();
     }
     Ok((judge(&measurement), m.eval_secs, retrain_secs))

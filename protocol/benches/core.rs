@@ -70,6 +70,7 @@ fn main() {
         baseline: Some(4.0),
         pool: Amount(100_000_000),
         split: Split::ByImpact,
+        min_improvement: btd_protocol::kb::MinImprovement::NONE,
     };
     let workers: Vec<String> = (0..1000).map(|i| format!("worker-{i:04}")).collect();
     let values: Vec<f64> = (0..100_000)

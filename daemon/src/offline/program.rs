@@ -42,8 +42,15 @@ fn print_summary(path: &Path, p: &Program) {
         AcceptRule::BeatsChampion => "beats-champion".to_string(),
         AcceptRule::Threshold { threshold } => format!("threshold {threshold}"),
     };
+    let m = p.criteria.min_improvement;
+    let margin = match (m.absolute > 0.0, m.relative > 0.0) {
+        (false, false) => "none".to_string(),
+        (true, false) => format!("{}", m.absolute),
+        (false, true) => format!("{} relative", m.relative),
+        (true, true) => format!("max({}, {} relative)", m.absolute, m.relative),
+    };
     out!(
-        "  criteria:   {} ({}), accept {accept}",
+        "  criteria:   {} ({}), accept {accept}, min improvement {margin}",
         p.criteria.metric,
         name_of(&p.criteria.direction)
     );

@@ -14,18 +14,33 @@ pub struct Measurement {
     /// Whether the owner measured on the platform and btd version the claim names (then the value
     /// must reproduce bit for bit).
     pub same_platform: bool,
-    /// The metric a re-training reached, for a re-training spot check.
-    pub retrained: Option<f64>,
+    /// The metric each of the owner's re-trainings reached, one per seed
+    /// ([`Verify::retrain_seed_list`]), for a re-training spot check; empty when none ran.
+    pub retrained: Vec<f64>,
 }
 
-/// [`Verdict::Measured`] with the owner's re-evaluated value when it matches the claim (bit-exact on
-/// the same platform, within `verify.tolerance` otherwise), the holdout is not worse than the
-/// validation value by more than `verify.max_holdout_gap`, and a re-training (when done) lands
-/// within `verify.retrain_tolerance`. The reason of a failure quotes the numbers.
+impl Measurement {
+    /// The mean of the re-trainings, `None` when none ran. NaN when one of them is.
+    pub fn retrained_mean(&self) -> Option<f64> {
+        if self.retrained.is_empty() {
+            return None;
+        }
+        let sum: f64 = self.retrained.iter().sum();
+        Some(sum / self.retrained.len() as f64)
+    }
+}
+
+/// [`Verdict::Measured`] with the owner's value when the re-evaluation matches the claim (bit-exact
+/// on the same platform, within `verify.tolerance` otherwise), the holdout is not worse than the
+/// validation value by more than `verify.max_holdout_gap`, and the mean of the re-trainings (when
+/// done) lands within `verify.retrain_tolerance` of the claim. The reason of a failure quotes the
+/// numbers.
 ///
-/// The value that counts is the measurement, never the claimed number: the platform a claim names
-/// is the worker's word, and naming another one buys a tolerance to be *checked* within, not a
-/// better score.
+/// The value that counts is the owner's measurement, never the claimed number: the platform a claim
+/// names is the worker's word, and naming another one buys a tolerance to be *checked* within, not
+/// a better score. After a re-training check it is the mean of the `verify.retrain_seeds`
+/// re-trainings, so the KEEP rule sees what the configuration reaches on average, not what one
+/// lucky seed reached.
 pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measurement) -> Verdict {
     let reproduced = if m.same_platform {
         claimed.to_bits() == m.value.to_bits()
@@ -56,15 +71,18 @@ pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measuremen
             ));
         }
     }
-    if let Some(r) = m.retrained {
-        let off = (claimed - r).abs();
-        if off.is_nan() || off > verify.retrain_tolerance {
+    if let Some(mean) = m.retrained_mean() {
+        let off = (claimed - mean).abs();
+        if !mean.is_finite() || off.is_nan() || off > verify.retrain_tolerance {
+            let runs = m.retrained.len();
             return Verdict::Failed(format!(
-                "re-training did not reproduce: claimed {claimed:.6}, the owner's re-training \
-                 reached {r:.6} (tolerance {})",
+                "re-training did not reproduce: claimed {claimed:.6}, the owner's {runs} \
+                 re-training{} reached {mean:.6} on average (tolerance {})",
+                if runs == 1 { "" } else { "s" },
                 verify.retrain_tolerance
             ));
         }
+        return Verdict::Measured { value: mean };
     }
     Verdict::Measured { value: m.value }
 }
@@ -90,7 +108,7 @@ mod tests {
             value,
             holdout,
             same_platform,
-            retrained: None,
+            retrained: Vec::new(),
         }
     }
 
@@ -168,15 +186,45 @@ mod tests {
     fn retraining_must_land_close() {
         let v = verify();
         let mut x = m(2.0, None, true);
-        x.retrained = Some(2.01);
+        x.retrained = vec![2.01];
         assert_eq!(
             judge(&v, Direction::Minimize, 2.0, &x),
-            Verdict::Measured { value: 2.0 }
+            Verdict::Measured { value: 2.01 }
         );
-        x.retrained = Some(2.5);
+        x.retrained = vec![2.5];
         let Verdict::Failed(why) = judge(&v, Direction::Minimize, 2.0, &x) else {
             panic!("a claim that re-trains far off verified");
         };
         assert!(why.contains("re-training"), "{why}");
+    }
+
+    /// The noise attacker: a worker tries seeds until one lands lucky and claims it. The owner
+    /// re-trains k seeds and what counts is their mean, which the lucky run does not move far.
+    #[test]
+    fn a_lucky_seed_counts_only_as_part_of_the_k_seed_mean() {
+        let v = verify();
+        // The claim's own seed reproduces exactly (2.00); two other seeds land at 2.03 and 2.04.
+        let mut x = m(2.0, None, true);
+        x.retrained = vec![2.0, 2.03, 2.04];
+        let Verdict::Measured { value } = judge(&v, Direction::Minimize, 2.0, &x) else {
+            panic!("an honest claim within tolerance of the mean failed");
+        };
+        assert!((value - 2.0233333333333334).abs() < 1e-12, "{value}");
+        // The mean, not the best run nor the claim's run, is compared: one matching seed out of
+        // three does not save a claim whose configuration does not reach it.
+        x.retrained = vec![2.0, 2.2, 2.2];
+        let Verdict::Failed(why) = judge(&v, Direction::Minimize, 2.0, &x) else {
+            panic!("a claim far from the k-seed mean verified");
+        };
+        assert!(
+            why.contains("3 re-trainings reached 2.133333 on average"),
+            "{why}"
+        );
+        // A NaN run never passes.
+        x.retrained = vec![2.0, f64::NAN, 2.0];
+        assert!(matches!(
+            judge(&v, Direction::Minimize, 2.0, &x),
+            Verdict::Failed(_)
+        ));
     }
 }

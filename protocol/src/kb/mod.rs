@@ -67,6 +67,58 @@ pub struct Rules {
     pub pool: Amount,
     /// How the pool is split.
     pub split: Split,
+    /// How much a new champion must improve on the reference (`criteria.min_improvement`; none
+    /// when absent from a serialized form, as before margins existed).
+    #[serde(default)]
+    pub min_improvement: MinImprovement,
+}
+
+/// The smallest improvement that takes the champion (`criteria.min_improvement` and
+/// `criteria.min_improvement_relative`): a value must beat the reference by at least
+/// `max(absolute, relative × |reference|)`. Zero on both: any strictly better value wins, as in the
+/// seed. It keeps run-to-run noise from taking the champion: without it, a value better by 1e-9
+/// (one lucky seed) wins.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MinImprovement {
+    /// In the metric's units (e.g. bits per byte).
+    pub absolute: f64,
+    /// As a fraction of the reference's magnitude (0.002 = 0.2 %).
+    pub relative: f64,
+}
+
+/// Largest `criteria.min_improvement` accepted (a larger margin is surely a mistake).
+pub const MAX_MIN_IMPROVEMENT: f64 = 1e6;
+/// Largest `criteria.min_improvement_relative` accepted (the whole reference).
+pub const MAX_MIN_IMPROVEMENT_RELATIVE: f64 = 1.0;
+
+impl MinImprovement {
+    /// No margin: any strictly better value wins.
+    pub const NONE: MinImprovement = MinImprovement {
+        absolute: 0.0,
+        relative: 0.0,
+    };
+
+    /// The margin a value must beat `reference` by: the larger of the absolute margin and the
+    /// relative one times `|reference|`.
+    pub fn margin(&self, reference: f64) -> f64 {
+        let rel = self.relative * reference.abs();
+        if rel.is_finite() {
+            self.absolute.max(rel)
+        } else {
+            self.absolute
+        }
+    }
+
+    /// Whether `value` beats `reference` in `direction` by the margin: strictly better, and at least
+    /// as good as the bar `reference ∓ margin`. With no margin this is [`better`].
+    pub fn beats(&self, direction: Direction, value: f64, reference: f64) -> bool {
+        let m = self.margin(reference);
+        better(direction, value, reference)
+            && match direction {
+                Direction::Minimize => value <= reference - m,
+                Direction::Maximize => value >= reference + m,
+            }
+    }
 }
 
 /// One processed submission, accepted or not. Every submission stays in the log.
@@ -216,11 +268,23 @@ pub enum RulesError {
         /// The rejected threshold.
         value: f64,
     },
+    /// A minimum improvement is NaN, negative or over its bound.
+    #[error(
+        "the minimum improvement {value} ({which}) must be a finite number between 0 and {max}"
+    )]
+    BadMinImprovement {
+        /// `absolute` or `relative`.
+        which: &'static str,
+        /// The rejected margin.
+        value: f64,
+        /// Its bound.
+        max: f64,
+    },
 }
 
 impl Rules {
-    /// Checks that the rules can be applied: baseline and threshold must be finite. Returns every
-    /// problem found, not just the first.
+    /// Checks that the rules can be applied: baseline and threshold must be finite, the minimum
+    /// improvement finite, ≥ 0 and bounded. Returns every problem found, not just the first.
     pub fn validate(&self) -> Result<(), Vec<RulesError>> {
         let mut errors = Vec::new();
         if let Some(b) = self.baseline {
@@ -231,6 +295,15 @@ impl Rules {
         if let AcceptRule::Threshold { threshold } = self.accept {
             if !threshold.is_finite() {
                 errors.push(RulesError::NonFiniteThreshold { value: threshold });
+            }
+        }
+        let m = self.min_improvement;
+        for (which, value, max) in [
+            ("absolute", m.absolute, MAX_MIN_IMPROVEMENT),
+            ("relative", m.relative, MAX_MIN_IMPROVEMENT_RELATIVE),
+        ] {
+            if !(0.0..=max).contains(&value) {
+                errors.push(RulesError::BadMinImprovement { which, value, max });
             }
         }
         if errors.is_empty() {
@@ -360,13 +433,18 @@ impl Kb {
     }
 
     /// The KEEP rule's verdict on `value` against the current (verified) state:
-    /// `(accepted, champion, impact)`.
+    /// `(accepted, champion, impact)`. A champion change needs the program's minimum improvement
+    /// over the reference (beats-champion: the champion, else the baseline; threshold: the
+    /// champion); the impact stays the whole gain.
     fn keep(&self, value: f64) -> (bool, bool, f64) {
         let direction = self.rules.direction;
+        let margin = self.rules.min_improvement;
         match self.rules.accept {
             AcceptRule::BeatsChampion => match self.reference() {
                 None => (true, true, 0.0),
-                Some(r) if better(direction, value, r) => (true, true, gain(direction, r, value)),
+                Some(r) if margin.beats(direction, value, r) => {
+                    (true, true, gain(direction, r, value))
+                }
                 Some(_) => (false, false, 0.0),
             },
             AcceptRule::Threshold { threshold } => {
@@ -375,7 +453,7 @@ impl Kb {
                     && self
                         .champion()
                         .map(|c| c.value)
-                        .is_none_or(|c| better(direction, value, c));
+                        .is_none_or(|c| margin.beats(direction, value, c));
                 let impact = if accepted {
                     gain(direction, threshold, value)
                 } else {
@@ -455,9 +533,9 @@ impl Kb {
         self.champion.and_then(|i| self.entries.get(i))
     }
 
-    /// The value a beats-champion submission must strictly beat: the champion's value, else the
-    /// baseline, else none (then the next submission is accepted). Threshold mode does not use it
-    /// for acceptance.
+    /// The value a beats-champion submission must strictly beat (by the minimum improvement): the
+    /// champion's value, else the baseline, else none (then the next submission is accepted).
+    /// Threshold mode does not use it for acceptance.
     pub fn reference(&self) -> Option<f64> {
         self.champion().map(|c| c.value).or(self.rules.baseline)
     }

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::dispatch::{Budget, ComputePacket, Decision, Policy, Rung, SpendClass};
-use crate::kb::{AcceptRule, Amount, Direction, Rules, Split};
+use crate::kb::{AcceptRule, Amount, Direction, MinImprovement, Rules, Split};
 use crate::membership::MembershipMode;
 use crate::{Digest, Timestamp};
 
@@ -73,8 +73,12 @@ pub struct Verify {
     /// Re-train (same config, seed and steps) claims that would give their worker at least this
     /// share of the pool (0–1); `None`: never re-train.
     pub retrain_share: Option<f64>,
-    /// Largest difference between the claimed value and the value of the owner's re-training.
+    /// Largest difference between the claimed value and the mean of the owner's re-trainings.
     pub retrain_tolerance: f64,
+    /// How many seeds a re-training check trains with (1 to [`MAX_RETRAIN_SEEDS`]): the claim's seed
+    /// and `retrain_seeds − 1` derived from it ([`Verify::retrain_seed_list`]). The mean of the runs
+    /// is compared with the claim and is the value that counts, so a lucky seed cannot win.
+    pub retrain_seeds: u32,
     /// Largest artifact (checkpoint, dataset) moved for this program, bytes.
     pub max_artifact_bytes: u64,
     /// How long the owner keeps trying to fetch a claim's checkpoint before rejecting it, seconds.
@@ -104,6 +108,7 @@ impl Verify {
             max_holdout_gap: Some(DEFAULT_HOLDOUT_GAP),
             retrain_share: None,
             retrain_tolerance: DEFAULT_RETRAIN_TOLERANCE,
+            retrain_seeds: DEFAULT_RETRAIN_SEEDS,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             fetch_timeout_secs: DEFAULT_FETCH_TIMEOUT_SECS,
         }
@@ -113,6 +118,31 @@ impl Verify {
     pub fn checks(&self) -> bool {
         self.mode != VerifyMode::None
     }
+
+    /// The seeds a re-training check of a claim trained with `claim_seed` uses: the claim's seed
+    /// first, then `retrain_seeds − 1` others derived from it (SplitMix64 of the seed and the run's
+    /// index), all distinct. Deterministic, so anyone can repeat the owner's check.
+    pub fn retrain_seed_list(&self, claim_seed: u64) -> Vec<u64> {
+        let k = self.retrain_seeds.clamp(1, MAX_RETRAIN_SEEDS) as usize;
+        let mut seeds = vec![claim_seed];
+        let mut i: u64 = 0;
+        while seeds.len() < k {
+            i += 1;
+            let s = splitmix64(claim_seed ^ i.wrapping_mul(0xA076_1D64_78BD_642F));
+            if !seeds.contains(&s) {
+                seeds.push(s);
+            }
+        }
+        seeds
+    }
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit value from `x`.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Default `verify.tolerance` (bits per byte).
@@ -121,6 +151,11 @@ pub const DEFAULT_VERIFY_TOLERANCE: f64 = 1e-4;
 pub const DEFAULT_HOLDOUT_GAP: f64 = 0.25;
 /// Default `verify.retrain_tolerance` (bits per byte).
 pub const DEFAULT_RETRAIN_TOLERANCE: f64 = 0.05;
+/// Default `verify.retrain_seeds`: three runs, so the value that counts is a mean and one lucky seed
+/// cannot carry a claim (docs/program.md, "Noise").
+pub const DEFAULT_RETRAIN_SEEDS: u32 = 3;
+/// Largest `verify.retrain_seeds`: each seed is a full re-training by the owner.
+pub const MAX_RETRAIN_SEEDS: u32 = 8;
 /// Default `verify.max_artifact_bytes` (256 MiB).
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 /// Default `verify.fetch_timeout_secs`.
@@ -135,6 +170,29 @@ pub struct Criteria {
     pub direction: Direction,
     /// The acceptance rule (with its threshold in threshold mode).
     pub accept: AcceptRule,
+    /// How much a new champion must improve on the reference (`min_improvement`,
+    /// `min_improvement_relative`; defaults from [`Criteria::default_min_improvement`]).
+    pub min_improvement: MinImprovement,
+}
+
+/// Default `criteria.min_improvement` for candle tasks (bits per byte): about twice the run-to-run
+/// standard deviation of `val_bpb` across seeds measured for the presets (docs/benchmarks.md,
+/// "Run-to-run noise"), so a different seed alone does not take the champion.
+pub const DEFAULT_MIN_IMPROVEMENT_BPB: f64 = 0.035;
+
+impl Criteria {
+    /// The default minimum improvement for `task`: [`DEFAULT_MIN_IMPROVEMENT_BPB`] for candle tasks
+    /// (whose metric, `val_bpb`, btd knows the noise of); none for shell tasks, whose metric's scale
+    /// btd cannot know (declare one).
+    pub fn default_min_improvement(task: &Task) -> MinImprovement {
+        match task {
+            Task::Candle(_) => MinImprovement {
+                absolute: DEFAULT_MIN_IMPROVEMENT_BPB,
+                relative: 0.0,
+            },
+            Task::Shell(_) => MinImprovement::NONE,
+        }
+    }
 }
 
 /// The reward pool. Nothing transfers funds: btd computes the split.
@@ -347,6 +405,7 @@ impl Program {
             baseline: self.baseline,
             pool: self.reward.pool,
             split: self.reward.split,
+            min_improvement: self.criteria.min_improvement,
         }
     }
 

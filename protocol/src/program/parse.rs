@@ -16,12 +16,15 @@ use super::search::{
 };
 use super::{
     CandleTask, Criteria, Dataset, FieldError, ManifestErrors, ModelPreset, Program, Reward,
-    ShellTask, StopConditions, Task, Verify, VerifyMode, MANIFEST_VERSION,
+    ShellTask, StopConditions, Task, Verify, VerifyMode, MANIFEST_VERSION, MAX_RETRAIN_SEEDS,
 };
 use crate::dispatch::{
     HardwareClass, LocalAction, LocalPolicy, PaidAction, PaidPolicy, Policy, Rung, SpendClass,
 };
-use crate::kb::{AcceptRule, Amount, Direction, Split};
+use crate::kb::{
+    AcceptRule, Amount, Direction, MinImprovement, Split, MAX_MIN_IMPROVEMENT,
+    MAX_MIN_IMPROVEMENT_RELATIVE,
+};
 use crate::membership::MembershipMode;
 use crate::Digest;
 
@@ -207,12 +210,22 @@ fn program(ctx: &mut Ctx<'_>, root: &Table) -> Option<Program> {
             .and_then(|t| verify(ctx, &top.key("verify"), t, task)),
         (_, None) => None,
     };
+    let criteria = criteria?;
+    let criteria = Criteria {
+        metric: criteria.metric,
+        direction: criteria.direction,
+        accept: criteria.accept,
+        min_improvement: match criteria.min_improvement {
+            Some(m) => m,
+            None => Criteria::default_min_improvement(task.as_ref()?),
+        },
+    };
     Some(Program {
         version: version?,
         name: name?,
         objective: objective?,
         membership: membership?,
-        criteria: criteria?,
+        criteria,
         baseline,
         reward: reward?,
         task: task?,
@@ -229,12 +242,19 @@ fn optional_f64(ctx: &mut Ctx<'_>, path: &Path, table: &Table, key: &str) -> Opt
     table.get(key).and_then(|v| as_f64(ctx, &path.key(key), v))
 }
 
-fn criteria(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Criteria> {
+fn criteria(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<DeclaredCriteria> {
     unknown_keys(
         ctx,
         path,
         t,
-        &["metric", "direction", "accept", "threshold"],
+        &[
+            "metric",
+            "direction",
+            "accept",
+            "threshold",
+            "min_improvement",
+            "min_improvement_relative",
+        ],
     );
     let metric = required(ctx, path, t, "metric").and_then(|v| {
         let p = path.key("metric");
@@ -300,11 +320,44 @@ fn criteria(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Criteria> {
             threshold: threshold?,
         },
     };
-    Some(Criteria {
+    let margin = |ctx: &mut Ctx<'_>, key: &str, max: f64| -> Option<Option<f64>> {
+        let Some(v) = t.get(key) else {
+            return Some(None);
+        };
+        let p = path.key(key);
+        let x = as_f64(ctx, &p, v)?;
+        if !(0.0..=max).contains(&x) {
+            ctx.err(&p, format!("must be between 0 and {max}, got {x}"));
+            return None;
+        }
+        Some(Some(x))
+    };
+    let absolute = margin(ctx, "min_improvement", MAX_MIN_IMPROVEMENT);
+    let relative = margin(
+        ctx,
+        "min_improvement_relative",
+        MAX_MIN_IMPROVEMENT_RELATIVE,
+    );
+    let (absolute, relative) = (absolute?, relative?);
+    Some(DeclaredCriteria {
         metric: metric?,
         direction: direction?,
         accept,
+        // Declared: what the manifest says (an absent half is 0). Neither key: `None`, and the
+        // caller fills in the task's default.
+        min_improvement: (absolute.is_some() || relative.is_some()).then(|| MinImprovement {
+            absolute: absolute.unwrap_or(0.0),
+            relative: relative.unwrap_or(0.0),
+        }),
     })
+}
+
+/// `[criteria]` as declared: the minimum improvement is `None` when the manifest gives none.
+struct DeclaredCriteria {
+    metric: String,
+    direction: Direction,
+    accept: AcceptRule,
+    min_improvement: Option<MinImprovement>,
 }
 
 fn reward(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Reward> {
@@ -923,6 +976,7 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Veri
             "max_holdout_gap",
             "retrain_share",
             "retrain_tolerance",
+            "retrain_seeds",
             "max_artifact_bytes",
             "fetch_timeout_secs",
         ],
@@ -966,6 +1020,16 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Veri
     };
     let retrain_tolerance = non_negative(ctx, "retrain_tolerance", 100.0);
     let retrain_share = non_negative(ctx, "retrain_share", 1.0);
+    let retrain_seeds = t.get("retrain_seeds").map(|v| {
+        as_u64(
+            ctx,
+            &path.key("retrain_seeds"),
+            v,
+            1,
+            u64::from(MAX_RETRAIN_SEEDS),
+        )
+        .and_then(|n| u32::try_from(n).ok())
+    });
     let max_artifact_bytes = t.get("max_artifact_bytes").map(|v| {
         as_u64(
             ctx,
@@ -995,6 +1059,7 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Veri
         },
         retrain_share: retrain_share?,
         retrain_tolerance: retrain_tolerance?.unwrap_or(d.retrain_tolerance),
+        retrain_seeds: retrain_seeds.transpose_none()?.unwrap_or(d.retrain_seeds),
         max_artifact_bytes: max_artifact_bytes
             .transpose_none()?
             .unwrap_or(d.max_artifact_bytes),

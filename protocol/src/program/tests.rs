@@ -345,3 +345,108 @@ fn verify_section_defaults_and_errors() {
     assert!(has(&errs, "verify.max_artifact_bytes", ""), "{errs:?}");
     assert!(has(&errs, "verify.extra", ""), "{errs:?}");
 }
+
+#[test]
+fn minimum_improvement_defaults_declarations_and_errors() {
+    // Candle tasks get the default margin (about twice the measured run-to-run noise); shell tasks,
+    // whose metric's scale btd cannot know, none unless declared.
+    let candle = Program::from_toml(&EXAMPLE.replace("min_improvement = 0.035", "")).unwrap();
+    assert_eq!(
+        candle.criteria.min_improvement,
+        MinImprovement {
+            absolute: DEFAULT_MIN_IMPROVEMENT_BPB,
+            relative: 0.0
+        }
+    );
+    assert_eq!(
+        candle.rules().min_improvement,
+        candle.criteria.min_improvement
+    );
+    let shell = Program::from_toml(&minimal()).unwrap();
+    assert_eq!(shell.criteria.min_improvement, MinImprovement::NONE);
+
+    // Declared: either half or both; an absent half is 0. Declaring 0 turns the margin off.
+    let with = |extra: &str| {
+        minimal().replace(
+            "accept = \"beats-champion\"\n",
+            &format!("accept = \"beats-champion\"\n{extra}\n"),
+        )
+    };
+    let p = Program::from_toml(&with("min_improvement = 0.05")).unwrap();
+    assert_eq!(
+        p.criteria.min_improvement,
+        MinImprovement {
+            absolute: 0.05,
+            relative: 0.0
+        }
+    );
+    let p = Program::from_toml(&with(
+        "min_improvement = 0.01\nmin_improvement_relative = 0.002",
+    ))
+    .unwrap();
+    assert_eq!(
+        p.criteria.min_improvement,
+        MinImprovement {
+            absolute: 0.01,
+            relative: 0.002
+        }
+    );
+    let base = EXAMPLE.replace("min_improvement = 0.035", "min_improvement = 0");
+    assert_eq!(
+        Program::from_toml(&base).unwrap().criteria.min_improvement,
+        MinImprovement::NONE
+    );
+    // The margin is part of the program, so of its id.
+    let key = Keypair::generate_ed25519().public();
+    assert_ne!(candle.id(&key), Program::from_toml(&base).unwrap().id(&key));
+
+    // Negative, too large, the wrong type: every problem named with its field and line.
+    let errs = errors(&with(
+        "min_improvement = -0.1\nmin_improvement_relative = 1.5",
+    ));
+    assert!(
+        has(&errs, "criteria.min_improvement", "between 0 and 1000000"),
+        "{errs:?}"
+    );
+    assert!(
+        has(
+            &errs,
+            "criteria.min_improvement_relative",
+            "between 0 and 1"
+        ),
+        "{errs:?}"
+    );
+    assert!(errs.iter().all(|e| e.line.is_some()), "{errs:?}");
+    let errs = errors(&with(
+        "min_improvement = \"a lot\"\nmin_improvement_relative = nan",
+    ));
+    assert!(has(&errs, "criteria.min_improvement", ""), "{errs:?}");
+    assert!(
+        has(&errs, "criteria.min_improvement_relative", ""),
+        "{errs:?}"
+    );
+    let errs = errors(&with("min_improvement = 1e7"));
+    assert!(has(&errs, "criteria.min_improvement", ""), "{errs:?}");
+}
+
+#[test]
+fn retrain_seeds_default_bounds_and_derivation() {
+    let candle = Program::from_toml(EXAMPLE).unwrap();
+    assert_eq!(candle.verify.retrain_seeds, DEFAULT_RETRAIN_SEEDS);
+    let base = EXAMPLE.split("\n[verify]").next().unwrap();
+    let with = |extra: &str| format!("{base}\n[verify]\n{extra}\n");
+    let p = Program::from_toml(&with("retrain_share = 0.5\nretrain_seeds = 5")).unwrap();
+    assert_eq!(p.verify.retrain_seeds, 5);
+    // The claim's seed first, then distinct derived ones; the same every time.
+    let seeds = p.verify.retrain_seed_list(42);
+    assert_eq!(seeds.len(), 5);
+    assert_eq!(seeds[0], 42);
+    let distinct: std::collections::BTreeSet<_> = seeds.iter().collect();
+    assert_eq!(distinct.len(), 5, "{seeds:?}");
+    assert_eq!(seeds, p.verify.retrain_seed_list(42));
+    assert_ne!(seeds[1..], p.verify.retrain_seed_list(43)[1..]);
+    for bad in ["0", "9", "-1", "2.5"] {
+        let errs = errors(&with(&format!("retrain_seeds = {bad}")));
+        assert!(has(&errs, "verify.retrain_seeds", ""), "{bad}: {errs:?}");
+    }
+}

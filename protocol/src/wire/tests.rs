@@ -205,6 +205,7 @@ fn every_message_round_trips() {
         baseline: Some(2.0),
         pool: Amount(100_000_000),
         split: crate::kb::Split::ByImpact,
+        min_improvement: crate::kb::MinImprovement::NONE,
     })
     .unwrap();
     kb.submit("a", 1.5).unwrap();

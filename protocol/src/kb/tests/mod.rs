@@ -13,6 +13,7 @@ fn rules(accept: AcceptRule, baseline: Option<f64>, split: Split) -> Rules {
         baseline,
         pool: Amount::from_whole_tokens(100).unwrap(),
         split,
+        min_improvement: MinImprovement::NONE,
     }
 }
 
@@ -442,4 +443,147 @@ fn rules_and_entries_round_trip() {
     let e = run(r, &[("A", 1.0)]).entries()[0].clone();
     let bytes = crate::wire::codec::encode(&e).unwrap();
     assert_eq!(crate::wire::codec::decode::<Entry>(&bytes).unwrap(), e);
+}
+
+fn with_margin(r: Rules, absolute: f64, relative: f64) -> Rules {
+    Rules {
+        min_improvement: MinImprovement { absolute, relative },
+        ..r
+    }
+}
+
+/// The noise attacker: a value better than the champion by 1e-9 (another seed, a re-run) took the
+/// champion and a share of the pool. Under a declared margin it is rejected and earns nothing.
+#[test]
+fn a_noise_sized_improvement_does_not_take_the_champion() {
+    let r = rules(AcceptRule::BeatsChampion, Some(1.20), Split::ByImpact);
+    let noisy = [("A", 1.10), ("B", 1.10 - 1e-9)];
+    // Without a margin (the seed's rule) it wins.
+    let kb = run(r.clone(), &noisy);
+    assert_eq!(kb.champion().map(|c| c.worker.as_str()), Some("B"));
+    // Under the default candle margin it does not, and A keeps the whole pool.
+    let m = crate::program::DEFAULT_MIN_IMPROVEMENT_BPB;
+    let kb = run(with_margin(r.clone(), m, 0.0), &noisy);
+    let e = kb.entries();
+    assert!(!e[1].accepted && !e[1].champion && e[1].impact == 0.0);
+    assert_eq!(kb.champion().map(|c| c.worker.as_str()), Some("A"));
+    assert_eq!(shown(&kb.payouts()), pairs(&[("A", "100.000000")]));
+    // A verified KB holds it for no check: the rule rejects it on the claimed value already.
+    let mut kb = Kb::verified(with_margin(r, m, 0.0)).unwrap();
+    kb.submit("A", 1.10).unwrap();
+    kb.resolve(1, &Verdict::Measured { value: 1.10 }).unwrap();
+    assert_eq!(kb.submit("B", 1.10 - 1e-9).unwrap().check, Check::NotNeeded);
+}
+
+#[test]
+fn absolute_margin_is_measured_from_the_champion_else_the_baseline() {
+    let r = with_margin(
+        rules(AcceptRule::BeatsChampion, Some(1.20), Split::ByImpact),
+        0.05,
+        0.0,
+    );
+    // Against the baseline: 1.16 is not 0.05 better than 1.20, 1.14 is; then against the
+    // champion 1.14: 1.10 is not, 1.08 is.
+    let kb = run(
+        r.clone(),
+        &[("A", 1.16), ("A", 1.14), ("B", 1.10), ("B", 1.08)],
+    );
+    let e = kb.entries();
+    let flags: Vec<_> = e.iter().map(|e| (e.accepted, e.champion)).collect();
+    assert_eq!(
+        flags,
+        [(false, false), (true, true), (false, false), (true, true)]
+    );
+    // The impact is the whole gain over the reference, not the gain beyond the margin.
+    assert!((e[3].impact - 0.06).abs() < EPS);
+    // Maximising: the bar is above the reference.
+    let up = Rules {
+        direction: Direction::Maximize,
+        ..with_margin(
+            rules(AcceptRule::BeatsChampion, Some(0.5), Split::ByImpact),
+            0.1,
+            0.0,
+        )
+    };
+    let kb = run(up, &[("A", 0.59), ("A", 0.61), ("B", 0.65), ("B", 0.72)]);
+    let accepted: Vec<_> = kb.entries().iter().map(|e| e.accepted).collect();
+    assert_eq!(accepted, [false, true, false, true]);
+    // No reference at all: the first value is accepted, margin or not.
+    let first = with_margin(
+        rules(AcceptRule::BeatsChampion, None, Split::ByImpact),
+        0.05,
+        0.0,
+    );
+    assert!(run(first, &[("A", 9.0)]).entries()[0].champion);
+}
+
+#[test]
+fn relative_margin_scales_with_the_reference_and_the_larger_margin_applies() {
+    // 1 % of 2.0 is 0.02.
+    let r = with_margin(
+        rules(AcceptRule::BeatsChampion, Some(2.0), Split::ByImpact),
+        0.0,
+        0.01,
+    );
+    let kb = run(r, &[("A", 1.985), ("A", 1.975)]);
+    let accepted: Vec<_> = kb.entries().iter().map(|e| e.accepted).collect();
+    assert_eq!(accepted, [false, true]);
+    // Both declared: the larger of 0.005 and 1 % × 1.0 = 0.01 applies...
+    let m = MinImprovement {
+        absolute: 0.005,
+        relative: 0.01,
+    };
+    assert!((m.margin(1.0) - 0.01).abs() < EPS);
+    // ...and of 0.005 and 1 % × 0.1 = 0.001.
+    assert!((m.margin(0.1) - 0.005).abs() < EPS);
+    assert!((m.margin(-1.0) - 0.01).abs() < EPS);
+    assert!(!m.beats(Direction::Minimize, 0.995, 1.0));
+    assert!(m.beats(Direction::Minimize, 0.99, 1.0));
+    // No margin is the seed's strictly-better rule.
+    assert!(MinImprovement::NONE.beats(Direction::Minimize, 1.0 - 1e-12, 1.0));
+    assert!(!MinImprovement::NONE.beats(Direction::Minimize, 1.0, 1.0));
+}
+
+#[test]
+fn threshold_mode_passes_at_the_threshold_but_changes_champion_only_by_the_margin() {
+    let r = with_margin(
+        rules(
+            AcceptRule::Threshold { threshold: 1.0 },
+            Some(1.0),
+            Split::ByImpact,
+        ),
+        0.05,
+        0.0,
+    );
+    let kb = run(r, &[("A", 0.9), ("B", 0.87), ("B", 0.84)]);
+    let e = kb.entries();
+    // All pass the threshold and earn their gain over it; only a 0.05 improvement is champion.
+    assert!(e.iter().all(|e| e.accepted));
+    let champions: Vec<_> = e.iter().map(|e| e.champion).collect();
+    assert_eq!(champions, [true, false, true]);
+    assert!((e[1].impact - 0.13).abs() < EPS);
+    assert_eq!(kb.champion().map(|c| c.seq), Some(3));
+}
+
+#[test]
+fn invalid_margins_are_refused_by_the_rules() {
+    for (a, rel) in [
+        (f64::NAN, 0.0),
+        (-0.1, 0.0),
+        (f64::INFINITY, 0.0),
+        (0.0, 2.0),
+        (0.0, -1e-9),
+        (MAX_MIN_IMPROVEMENT * 2.0, 0.0),
+    ] {
+        let r = with_margin(
+            rules(AcceptRule::BeatsChampion, None, Split::ByImpact),
+            a,
+            rel,
+        );
+        let errs = Kb::new(r).unwrap_err();
+        assert!(
+            matches!(errs[..], [RulesError::BadMinImprovement { .. }]),
+            "{a} {rel}: {errs:?}"
+        );
+    }
 }

@@ -47,6 +47,7 @@ fn rules() -> impl Strategy<Value = Rules> {
             baseline,
             pool,
             split,
+            min_improvement: MinImprovement::NONE,
         })
 }
 

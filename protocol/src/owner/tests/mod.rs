@@ -1,5 +1,6 @@
 //! Unit tests of the owner core: every owner rule driven directly, without a swarm or a store.
 
+mod fairness;
 mod kb;
 mod membership;
 mod restore;
