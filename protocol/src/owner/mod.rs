@@ -29,7 +29,7 @@ mod spend;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use libp2p_identity::PeerId;
 
@@ -49,6 +49,17 @@ pub use spend::{SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RE
 /// Most claims one member may have waiting for the owner's check: checking costs the owner an
 /// evaluation each, so a member cannot queue unbounded work.
 pub const MAX_PENDING_PER_MEMBER: usize = 8;
+
+/// Most submissions the owner stores from one member in any [`SUBMISSION_WINDOW_SECS`]: one a
+/// second on average. A worker submits once per round and a round trains for at least a second
+/// (`[task] seconds` ≥ 1) and evaluates, so an honest worker never reaches it; a member that does is
+/// told `rate_limited` with when to try again. It bounds how fast one member grows the program's
+/// log (in memory and on disk). Counted from the stored submissions' receipt times, so a restart
+/// does not reset it.
+pub const MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW: usize = 3600;
+
+/// The window of [`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`]: one hour.
+pub const SUBMISSION_WINDOW_SECS: u64 = 3600;
 
 /// What the daemon must do after the core applied an input, in this order: make `persist`
 /// durable (or, with `after_durable`, wait until every earlier write is), then send `reply`, then
@@ -199,6 +210,9 @@ pub struct ProgramOwner {
     /// Checkpoint digest → the member that first claimed it: every member can read the champion's
     /// claim, so a digest is one member's to claim.
     claimed: HashMap<Digest, String>,
+    /// Member → receipt times of its latest stored submissions (at most
+    /// [`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`], oldest first): the per-member quota.
+    recent: HashMap<String, VecDeque<Timestamp>>,
 }
 
 impl std::fmt::Debug for ProgramOwner {
@@ -247,6 +261,7 @@ impl ProgramOwner {
             champion: None,
             claims: BTreeMap::new(),
             claimed: HashMap::new(),
+            recent: HashMap::new(),
         })
     }
 
@@ -291,6 +306,7 @@ impl ProgramOwner {
             }
             o.nonces
                 .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
+            o.note_submission(&row.entry.worker, row.received_at);
             let sub = crate::wire::decode::<Signed<Submission>>(&row.signed)
                 .map_err(|e| e.to_string())
                 .and_then(|s| s.verify().map_err(|e| e.to_string()))
@@ -365,6 +381,15 @@ impl ProgramOwner {
     /// Seqs of the claims waiting for the owner's check, oldest first.
     pub fn pending_claims(&self) -> impl Iterator<Item = u64> + '_ {
         self.claims.keys().copied()
+    }
+
+    /// Remembers that a submission of `member` was stored at `at` (for the per-member quota).
+    fn note_submission(&mut self, member: &str, at: Timestamp) {
+        let times = self.recent.entry(member.to_string()).or_default();
+        if times.len() >= MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW {
+            times.pop_front();
+        }
+        times.push_back(at);
     }
 
     /// Drops expired join state: codes past their grace period, sealing keys and undelivered
