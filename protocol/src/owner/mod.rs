@@ -199,7 +199,8 @@ pub struct ProgramOwner {
     nonces: HashMap<(String, [u8; 16]), u64>,
     /// Device code → (requesting peer, its sealing key, expiry): to seal and push the grant.
     seal_keys: HashMap<DeviceCode, (PeerId, SealPublicKey, Timestamp)>,
-    /// Grants pushed but not acknowledged: a later poll from the same peer still gets them.
+    /// Grants handed out (pushed and not acknowledged, or answered to a poll) until their code's
+    /// grace period ends: a later poll from the same peer gets the same grant again.
     undelivered: HashMap<DeviceCode, (PeerId, GrantDelivery, Timestamp)>,
     /// Paid-compute requests.
     spend: spend::SpendBook,

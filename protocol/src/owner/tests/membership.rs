@@ -2,7 +2,9 @@
 //! revocation, open membership, expiry.
 
 use super::*;
-use crate::membership::{MemberId, DEVICE_CODE_EXPIRES_IN_SECS, POLL_INTERVAL_SECS};
+use crate::membership::{
+    MemberId, DEVICE_CODE_EXPIRES_IN_SECS, EXPIRED_GRACE_SECS, POLL_INTERVAL_SECS,
+};
 use crate::owner::OwnerError;
 use crate::wire::{ErrorCode, PollStatus};
 
@@ -73,8 +75,10 @@ fn approval_stores_the_member_before_the_sealed_grant_is_pushed_to_the_requester
     assert!(owner.registry().verify(&credential, &other.peer).is_err());
 }
 
+/// Hostile peers item 9 (a grant delivered by poll was lost with a lost reply): a repeat poll of the
+/// same peer gets the same sealed grant until the code's grace period ends, never another peer.
 #[test]
-fn a_lost_push_is_delivered_by_the_next_poll_of_the_same_peer_once_durable_and_only_once() {
+fn a_lost_push_is_delivered_by_every_poll_of_the_same_peer_once_durable_and_to_no_one_else() {
     let mut world = World::new(&Manifest::default());
     let w = Worker::new();
     let (code, user_code, _) = world.authorize(&w, T0);
@@ -92,11 +96,21 @@ fn a_lost_push_is_delivered_by_the_next_poll_of_the_same_peer_once_durable_and_o
     // The push failed: the requester's poll gets the same grant, after the member write is durable.
     world.owners.on_push_result(&world.id, &code, false);
     let fx = poll(&mut world, &w, code, T0.plus_secs(6));
-    assert_eq!(fx.reply, MembershipResponse::Granted(pushed));
+    assert_eq!(fx.reply, MembershipResponse::Granted(pushed.clone()));
     assert!(fx.after_durable && fx.persist.is_empty());
-    // Delivered once.
+    // That reply may be lost too: a repeat poll of the same peer gets the same grant again,
+    // another peer still nothing, and after the code's grace period nobody.
+    let fx = poll(&mut world, &w, code, T0.plus_secs(12));
+    assert_eq!(fx.reply, MembershipResponse::Granted(pushed));
+    assert!(fx.after_durable);
     assert_eq!(
-        poll(&mut world, &w, code, T0.plus_secs(12)).reply,
+        poll(&mut world, &thief, code, T0.plus_secs(12)).reply,
+        MembershipResponse::Poll(PollStatus::NotFound)
+    );
+    let gone = T0.plus_secs(DEVICE_CODE_EXPIRES_IN_SECS + EXPIRED_GRACE_SECS + 1);
+    world.owners.tick(gone);
+    assert_eq!(
+        poll(&mut world, &w, code, gone).reply,
         MembershipResponse::Poll(PollStatus::NotFound)
     );
 }
