@@ -44,7 +44,9 @@ use crate::{Digest, Timestamp};
 pub use kb::ClaimToCheck;
 pub use owners::{Owners, Published};
 pub use records::{kb_history, Record, SubmissionRecord, VerdictRecord};
-pub use spend::{SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS};
+pub use spend::{
+    SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS, SPEND_IDLE_SECS,
+};
 
 /// Most claims one member may have waiting for the owner's check: checking costs the owner an
 /// evaluation each, so a member cannot queue unbounded work.
@@ -393,12 +395,14 @@ impl ProgramOwner {
         times.push_back(at);
     }
 
-    /// Drops expired join state: codes past their grace period, sealing keys and undelivered
-    /// grants past their code's expiry.
+    /// Drops expired join state (codes past their grace period, sealing keys past their code's
+    /// expiry, handed-out grants past the code's grace period) and spend requests idle for
+    /// [`SPEND_IDLE_SECS`].
     pub fn tick(&mut self, now: Timestamp) {
         self.registry.expire(now);
         self.seal_keys.retain(|_, (_, _, exp)| *exp >= now);
         self.undelivered.retain(|_, (_, _, exp)| *exp >= now);
+        self.spend.prune(now);
     }
 
     /// Applies the owner's verdict on the pending claim `seq`; the verdict is stored before the
