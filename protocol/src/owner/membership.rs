@@ -42,6 +42,8 @@ impl ProgramOwner {
                 self.seal_keys
                     .insert(auth.device_code, (peer, seal_key, expires));
                 let mut fx = Effects::reply(MembershipResponse::Authorization(auth.clone()));
+                // The code is stored before the worker sees it, so an owner restart keeps it.
+                fx.persist.extend(self.code_records());
                 if self.registry.mode() == MembershipMode::Open {
                     // Approved at once: store the member, then push its grant.
                     fx.persist
@@ -99,14 +101,22 @@ impl ProgramOwner {
             self.member_record(&info.member).into_iter().collect(),
             format!("approved {} for {}", info.member, self.program.name),
         );
+        fx.persist.extend(self.code_records());
         fx.push.extend(self.take_and_seal(&info.device_code, rng));
         Ok(fx)
     }
 
-    /// `btd deny CODE`: the worker's next poll says `access_denied`.
-    pub fn deny(&mut self, user_code: &str, now: Timestamp) -> Result<String, DecisionError> {
+    /// `btd deny CODE`: the worker's next poll says `access_denied`; the stored code is deleted.
+    pub fn deny(
+        &mut self,
+        user_code: &str,
+        now: Timestamp,
+    ) -> Result<Effects<String>, DecisionError> {
         self.registry.deny(user_code, now)?;
-        Ok(format!("denied {user_code} for {}", self.program.name))
+        Ok(Effects::persist_then(
+            self.code_records(),
+            format!("denied {user_code} for {}", self.program.name),
+        ))
     }
 
     /// `btd revoke`: permanent; the record is stored before the owner hears it is done.
@@ -117,10 +127,9 @@ impl ProgramOwner {
         self.registry
             .revoke(&member, now)
             .map_err(|e| OwnerError::Refused(e.to_string()))?;
-        Ok(Effects::persist_then(
-            self.member_record(&member).into_iter().collect(),
-            (),
-        ))
+        let mut records: Vec<Record> = self.member_record(&member).into_iter().collect();
+        records.extend(self.code_records());
+        Ok(Effects::persist_then(records, ()))
     }
 
     /// A pushed grant was acknowledged (`ok`) or failed (then the poll fallback delivers it).

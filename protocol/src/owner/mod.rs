@@ -29,7 +29,7 @@ mod spend;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use libp2p_identity::PeerId;
 
@@ -216,6 +216,8 @@ pub struct ProgramOwner {
     /// Member → receipt times of its latest stored submissions (at most
     /// [`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`], oldest first): the per-member quota.
     recent: HashMap<String, VecDeque<Timestamp>>,
+    /// Device codes of the undecided join requests the store holds (see [`Record::JoinCode`]).
+    stored_codes: BTreeSet<DeviceCode>,
 }
 
 impl std::fmt::Debug for ProgramOwner {
@@ -265,6 +267,7 @@ impl ProgramOwner {
             claims: BTreeMap::new(),
             claimed: HashMap::new(),
             recent: HashMap::new(),
+            stored_codes: BTreeSet::new(),
         })
     }
 
@@ -272,8 +275,9 @@ impl ProgramOwner {
     /// submissions (in seq order, gap-free) and verdicts (in the order they were stored). The
     /// submissions and verdicts are replayed through the KB rules in the order they happened, so the
     /// result is the state the owner had when the last record became durable; the index of claimed
-    /// checkpoints comes back from the stored signed submissions. In-flight join
-    /// flows and spend requests are not durable and start empty.
+    /// checkpoints comes back from the stored signed submissions; undecided join requests come
+    /// back from their [`Record::JoinCode`]s. Approved grants not yet delivered and spend requests
+    /// are not durable and start empty.
     pub fn restore(
         id: ProgramId,
         owner: PeerId,
@@ -285,6 +289,8 @@ impl ProgramOwner {
         let mut members: BTreeMap<String, MemberRecord> = BTreeMap::new();
         let mut subs: Vec<SubmissionRecord> = Vec::new();
         let mut verdicts: Vec<VerdictRecord> = Vec::new();
+        let mut codes: BTreeMap<DeviceCode, (crate::membership::UndecidedCode, SealPublicKey)> =
+            BTreeMap::new();
         for record in log {
             match record {
                 Record::Member { program, record } if program == id => {
@@ -292,11 +298,40 @@ impl ProgramOwner {
                 }
                 Record::Submission(s) if s.program == id => subs.push(s),
                 Record::Verdict(v) if v.program == id => verdicts.push(v),
+                Record::JoinCode {
+                    program,
+                    code,
+                    seal_key,
+                } if program == id => {
+                    codes.insert(code.device_code, (code, seal_key));
+                }
+                Record::JoinCodeClosed {
+                    program,
+                    device_code,
+                } if program == id => {
+                    codes.remove(&device_code);
+                }
                 _ => {}
             }
         }
         o.registry = Registry::restore(o.program.membership, members.into_values())
             .map_err(|error| OwnerRestoreError::Members { program: id, error })?;
+        // Undecided join requests come back with their sealing keys; every stored one is tracked,
+        // so one the bounds left out is deleted from the store with the next membership write.
+        o.stored_codes = codes.keys().copied().collect();
+        let keys: BTreeMap<DeviceCode, SealPublicKey> =
+            codes.iter().map(|(dc, (_, k))| (*dc, *k)).collect();
+        for dc in o
+            .registry
+            .restore_codes(codes.into_values().map(|(c, _)| c))
+        {
+            let Some(key) = keys.get(&dc) else { continue };
+            if let Some(p) = o.registry.undecided_codes().find(|c| c.device_code == dc) {
+                if let Ok(peer) = p.peer.parse::<PeerId>() {
+                    o.seal_keys.insert(dc, (peer, *key, p.expires_at));
+                }
+            }
+        }
         subs.sort_by_key(|s| s.entry.seq);
         for (i, row) in subs.iter().enumerate() {
             let position = i as u64 + 1;
@@ -384,6 +419,45 @@ impl ProgramOwner {
     /// Seqs of the claims waiting for the owner's check, oldest first.
     pub fn pending_claims(&self) -> impl Iterator<Item = u64> + '_ {
         self.claims.keys().copied()
+    }
+
+    /// The records that bring the store's undecided join codes in line with the registry: a new
+    /// undecided code is stored (with its sealing key), one decided, expired past its grace or
+    /// evicted is deleted.
+    fn code_records(&mut self) -> Vec<Record> {
+        let now: BTreeMap<DeviceCode, crate::membership::UndecidedCode> = self
+            .registry
+            .undecided_codes()
+            .map(|c| (c.device_code, c))
+            .collect();
+        let mut out = Vec::new();
+        let closed: Vec<DeviceCode> = self
+            .stored_codes
+            .iter()
+            .filter(|dc| !now.contains_key(dc))
+            .copied()
+            .collect();
+        for device_code in closed {
+            self.stored_codes.remove(&device_code);
+            out.push(Record::JoinCodeClosed {
+                program: self.id,
+                device_code,
+            });
+        }
+        for (dc, code) in now {
+            if self.stored_codes.contains(&dc) {
+                continue;
+            }
+            if let Some((_, seal_key, _)) = self.seal_keys.get(&dc) {
+                self.stored_codes.insert(dc);
+                out.push(Record::JoinCode {
+                    program: self.id,
+                    code,
+                    seal_key: *seal_key,
+                });
+            }
+        }
+        out
     }
 
     /// Remembers that a submission of `member` was stored at `at` (for the per-member quota).

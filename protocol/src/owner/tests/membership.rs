@@ -22,11 +22,13 @@ fn poll(
 }
 
 #[test]
-fn a_join_request_gets_codes_and_stores_nothing_until_approved() {
+fn a_join_request_gets_codes_and_stores_no_member_until_approved() {
     let mut world = World::new(&Manifest::default());
     let w = Worker::new();
     let (code, _, fx) = world.authorize(&w, T0);
-    assert!(fx.persist.is_empty() && fx.push.is_empty());
+    // Only the undecided code is stored (so an owner restart keeps it).
+    assert!(matches!(fx.persist.as_slice(), [Record::JoinCode { .. }]));
+    assert!(fx.push.is_empty());
     let later = T0.plus_secs(POLL_INTERVAL_SECS);
     assert_eq!(
         poll(&mut world, &w, code, later).reply,
@@ -53,7 +55,9 @@ fn approval_stores_the_member_before_the_sealed_grant_is_pushed_to_the_requester
     // The member record is in the effects' persist list; the push is delivered only after it.
     assert!(fx.waits_for_store());
     match fx.persist.as_slice() {
-        [Record::Member { program, record }] => {
+        [Record::Member { program, record }, Record::JoinCodeClosed { device_code, .. }]
+            if *device_code == code =>
+        {
             assert_eq!(*program, world.id);
             assert_eq!(record.member, MemberId::from_peer(&w.peer));
             assert_eq!(record.revoked_at, None);
@@ -156,7 +160,7 @@ fn a_poll_that_finds_an_approved_code_gets_the_grant_after_the_member_is_stored(
 }
 
 #[test]
-fn a_denied_code_answers_access_denied_and_stores_nothing() {
+fn a_denied_code_answers_access_denied_and_stores_no_member() {
     let mut world = World::new(&Manifest::default());
     let w = Worker::new();
     let (code, user_code, _) = world.authorize(&w, T0);
@@ -164,7 +168,11 @@ fn a_denied_code_answers_access_denied_and_stores_nothing() {
         .owners
         .decide(&user_code.to_string(), false, T0, &mut world.rng)
         .expect("denies");
-    assert!(fx.persist.is_empty() && fx.push.is_empty());
+    // Only the stored code is deleted.
+    assert!(
+        matches!(fx.persist.as_slice(), [Record::JoinCodeClosed { device_code, .. }] if *device_code == code)
+    );
+    assert!(fx.push.is_empty());
     assert!(fx.reply.starts_with("denied "), "{}", fx.reply);
     assert_eq!(
         poll(&mut world, &w, code, T0.plus_secs(6)).reply,
