@@ -29,6 +29,8 @@ use btd_trainer::{Checkpoint, Corpus, TrainSpec};
 use candle_core::Device;
 
 use crate::blobs::{fetch, BlobStore, FetchSpec};
+
+pub mod gc;
 use crate::node::types::ClaimJob;
 use crate::node::{NodeError, NodeHandle};
 
@@ -94,6 +96,9 @@ pub async fn run(node: NodeHandle, home: PathBuf) {
         let Ok(jobs) = node.next_claims().await else {
             return;
         };
+        // Files of claims that have their verdict (crash leftovers included) go; each program's
+        // oldest pending claim stays (a check resumes its fetch).
+        gc::sweep_for(v.home.join(CLAIMS_DIR), &jobs).await;
         if jobs.is_empty() {
             let _ = tokio::time::timeout(IDLE, node.claims_ready().notified()).await;
             continue;

@@ -303,3 +303,56 @@ async fn a_hostile_owners_huge_numbers_fail_the_join_in_words_and_the_worker_kee
     }
     worker2.handle.info().await.unwrap();
 }
+
+/// Hostile peers item 9: a join request waiting for the owner's decision used to be lost when the
+/// owner restarted (the worker's code answered "not found" and `btd approve` "no join request has
+/// the code"). The undecided code is stored before the worker sees it: after a crash and restart
+/// the owner still lists it, approves it, and the grant reaches the worker that asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("owner.sqlite");
+    let owner = spawn_node(Store::open(&db).unwrap(), TestNodeOptions::default())
+        .await
+        .unwrap();
+    let worker = node(Some(&owner)).await;
+    let program = owner
+        .handle
+        .publish(SHELL_PROGRAM.to_string())
+        .await
+        .unwrap();
+    wait_known(&worker.handle, program, T).await.unwrap();
+    let mut rx = worker.handle.join(program).await.unwrap();
+    let JoinEvent::Code { user_code, .. } = next_event(&mut rx).await else {
+        panic!("expected a code")
+    };
+
+    let key = owner.crash();
+    let owner = spawn_node(
+        Store::open(&db).unwrap(),
+        TestNodeOptions {
+            key: Some(key),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let listed = owner.handle.members(program).await.unwrap();
+    assert!(
+        listed.pending.iter().any(|p| p.user_code == user_code),
+        "the code waits for the owner after the restart: {listed:?}"
+    );
+    worker
+        .handle
+        .dial(owner.dial_addr().unwrap())
+        .await
+        .unwrap();
+    owner.handle.approve(user_code).await.unwrap();
+    match next_event(&mut rx).await {
+        JoinEvent::Granted { .. } => {}
+        other => panic!("expected the grant, got {other:?}"),
+    }
+    let members = owner.handle.members(program).await.unwrap();
+    assert_eq!(members.members.len(), 1);
+    assert!(members.pending.is_empty());
+}

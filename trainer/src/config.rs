@@ -199,8 +199,9 @@ impl TrainSpec {
 /// of CPU time with `tiny`.
 pub const DEFAULT_EVAL_TOKENS: u64 = 32_768;
 
-/// Upper bound on `eval_tokens` (the losses are held in memory, 8 bytes each).
-pub const MAX_EVAL_TOKENS: u64 = 1 << 27;
+/// Upper bound on `eval_tokens` (the losses are held in memory, 8 bytes each). The manifest parser
+/// refuses the same bound: it is one constant.
+pub use btd_protocol::program::MAX_EVAL_TOKENS;
 
 impl TrainSpec {
     /// The preset's model and hyperparameters with `seed`, no budget yet and the default evaluation

@@ -1,15 +1,16 @@
 //! Tables, migrations and row types.
 
 use btd_protocol::kb::{Check, Entry, Verdict};
-use btd_protocol::membership::{Credential, MemberId, MemberRecord};
+use btd_protocol::membership::{Credential, MemberId, MemberRecord, UndecidedCode};
 use btd_protocol::program::ProgramId;
+use btd_protocol::seal::SealPublicKey;
 use btd_protocol::{Digest, Timestamp};
 use rusqlite::{params, Connection, Transaction};
 
 use super::StoreError;
 
 /// The schema version this build writes. Older databases are migrated forward in [`prepare`].
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE programs (
@@ -74,6 +75,21 @@ CREATE TABLE verdicts (
 );
 ";
 
+/// Version 4: join requests of own programs still waiting for the owner's decision (so an owner
+/// restart does not lose them); a row is deleted once its code is decided, expired or evicted.
+const SCHEMA_V4: &str = "
+CREATE TABLE join_codes (
+    program TEXT NOT NULL,
+    device_code TEXT NOT NULL,
+    user_code TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    seal_key BLOB NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (program, device_code)
+);
+";
+
 /// Opens the database in WAL mode with full fsync and migrates it.
 pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -99,6 +115,11 @@ pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     if version < 3 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V3} PRAGMA user_version = 3; COMMIT;"
+        ))?;
+    }
+    if version < 4 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
         ))?;
     }
     Ok(())
@@ -150,11 +171,13 @@ pub struct Snapshot {
     pub verdicts: Vec<VerdictRow>,
     /// This node's memberships.
     pub memberships: Vec<MembershipRow>,
+    /// Undecided join requests of own programs, with the requester's sealing key.
+    pub join_codes: Vec<(ProgramId, UndecidedCode, SealPublicKey)>,
 }
 
 impl Snapshot {
-    /// The stored event log of the owned program `program`: its members, submissions and
-    /// verdicts, as the owner core restores from them.
+    /// The stored event log of the owned program `program`: its members, submissions, verdicts and
+    /// undecided join codes, as the owner core restores from them.
     pub fn records_of(&self, program: ProgramId) -> Vec<btd_protocol::owner::Record> {
         use btd_protocol::owner::Record;
         let members = self
@@ -177,7 +200,16 @@ impl Snapshot {
             .filter(|v| v.program == program)
             .cloned()
             .map(Record::Verdict);
-        members.chain(subs).chain(verdicts).collect()
+        let codes = self
+            .join_codes
+            .iter()
+            .filter(|(p, _, _)| *p == program)
+            .map(|(p, code, key)| Record::JoinCode {
+                program: *p,
+                code: code.clone(),
+                seal_key: *key,
+            });
+        members.chain(subs).chain(verdicts).chain(codes).collect()
     }
 }
 
@@ -284,6 +316,32 @@ pub fn put_verdict(tx: &Transaction<'_>, row: &VerdictRow) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Stores an undecided join request of an own program.
+pub fn put_join_code(
+    tx: &Transaction<'_>,
+    program: &ProgramId,
+    code: &UndecidedCode,
+    seal_key: &SealPublicKey,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO join_codes (program, device_code, user_code, peer, seal_key, issued_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (program, device_code) DO UPDATE SET user_code = excluded.user_code,
+             peer = excluded.peer, seal_key = excluded.seal_key, issued_at = excluded.issued_at,
+             expires_at = excluded.expires_at",
+        params![
+            program.to_string(),
+            code.device_code.to_hex(),
+            code.user_code.to_string(),
+            code.peer,
+            seal_key.0.as_slice(),
+            ms(code.issued_at),
+            ms(code.expires_at)
+        ],
+    )?;
+    Ok(())
+}
+
 /// Stores what the owner core asked to persist, in order.
 pub fn put_records(
     tx: &Transaction<'_>,
@@ -295,6 +353,20 @@ pub fn put_records(
             Record::Member { program, record } => put_member(tx, program, record)?,
             Record::Submission(row) => put_submission(tx, row)?,
             Record::Verdict(row) => put_verdict(tx, row)?,
+            Record::JoinCode {
+                program,
+                code,
+                seal_key,
+            } => put_join_code(tx, program, code, seal_key)?,
+            Record::JoinCodeClosed {
+                program,
+                device_code,
+            } => {
+                tx.execute(
+                    "DELETE FROM join_codes WHERE program = ?1 AND device_code = ?2",
+                    params![program.to_string(), device_code.to_hex()],
+                )?;
+            }
         }
     }
     Ok(())
@@ -480,6 +552,44 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
             verdict,
             decided_at: ts(decided_at),
         });
+    }
+    let mut stmt = conn.prepare(
+        "SELECT program, device_code, user_code, peer, seal_key, issued_at, expires_at
+         FROM join_codes ORDER BY program, issued_at",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Vec<u8>>(4)?,
+            r.get::<_, i64>(5)?,
+            r.get::<_, i64>(6)?,
+        ))
+    })?;
+    for row in rows {
+        let (program, device_code, user_code, peer, seal_key, issued_at, expires_at) = row?;
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("join code {device_code:?}: {what}"));
+        let key: [u8; 32] = seal_key
+            .try_into()
+            .map_err(|_| corrupt("the sealing key is not 32 bytes"))?;
+        snap.join_codes.push((
+            program_id(&program)?,
+            UndecidedCode {
+                device_code: device_code
+                    .parse()
+                    .map_err(|e| corrupt(&format!("device code: {e}")))?,
+                user_code: user_code
+                    .parse()
+                    .map_err(|e| corrupt(&format!("user code: {e}")))?,
+                peer,
+                issued_at: ts(issued_at),
+                expires_at: ts(expires_at),
+            },
+            SealPublicKey(key),
+        ));
     }
     let mut stmt = conn.prepare("SELECT program, owner, credential, joined_at FROM memberships")?;
     let rows = stmt.query_map([], |r| {

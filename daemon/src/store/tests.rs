@@ -111,3 +111,59 @@ async fn verdicts_are_stored_in_the_order_they_were_applied() {
         ]
     );
 }
+
+/// Join codes waiting for the owner survive a reopen, a closed one is deleted, and a home written
+/// before the table existed (schema 3) opens and gains it.
+#[tokio::test]
+async fn undecided_join_codes_survive_a_reopen_and_an_old_home_gains_the_table() {
+    use btd_protocol::membership::{DeviceCode, UndecidedCode, UserCode};
+    use btd_protocol::owner::Record;
+    use btd_protocol::seal::SealPublicKey;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        // A schema-3 home: the tables of versions 1 to 3 and nothing else.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        schema::prepare(&conn).unwrap();
+        conn.execute_batch("DROP TABLE join_codes; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let program = ProgramId(Digest([1; 32]));
+    let code = |n: u8| UndecidedCode {
+        device_code: DeviceCode([n; 32]),
+        user_code: UserCode::parse(&format!("ABCD-EFG{}", (b'A' + n) as char)).unwrap(),
+        peer: libp2p::PeerId::random().to_base58(),
+        issued_at: Timestamp(1000),
+        expires_at: Timestamp(901_000),
+    };
+    let (kept, closed) = (code(1), code(2));
+    {
+        let store = Store::open(&path).unwrap();
+        let records = vec![
+            Record::JoinCode {
+                program,
+                code: kept.clone(),
+                seal_key: SealPublicKey([7; 32]),
+            },
+            Record::JoinCode {
+                program,
+                code: closed.clone(),
+                seal_key: SealPublicKey([8; 32]),
+            },
+            Record::JoinCodeClosed {
+                program,
+                device_code: closed.device_code,
+            },
+        ];
+        store
+            .write(move |tx| put_records(tx, &records))
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let snap = store.read(load).await.unwrap();
+    assert_eq!(
+        snap.join_codes,
+        vec![(program, kept, SealPublicKey([7; 32]))]
+    );
+}

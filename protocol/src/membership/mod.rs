@@ -23,7 +23,7 @@ pub use codes::{
 };
 pub use registry::{
     ApprovedInfo, AuthError, DecisionError, DeviceAuthorization, Grant, MemberRecord,
-    PendingRequest, PollError, Registry, RequestError, RestoreError, RevokeError,
+    PendingRequest, PollError, Registry, RequestError, RestoreError, RevokeError, UndecidedCode,
     EXPIRED_GRACE_SECS, MAX_CLOSED_TOTAL, MAX_PENDING_PER_PEER, MAX_PENDING_TOTAL,
 };
 

@@ -86,6 +86,23 @@ pub struct PendingRequest {
     pub expires_at: Timestamp,
 }
 
+/// A join request still waiting for the owner's decision, as the owner stores it so that a restart
+/// does not lose it ([`Registry::undecided_codes`], [`Registry::restore_codes`]). It holds no
+/// secret: the device code only works from `peer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UndecidedCode {
+    /// The worker's polling handle.
+    pub device_code: DeviceCode,
+    /// The code the owner types.
+    pub user_code: UserCode,
+    /// The requesting peer (base58).
+    pub peer: String,
+    /// When it was issued.
+    pub issued_at: Timestamp,
+    /// The last instant it can be approved.
+    pub expires_at: Timestamp,
+}
+
 /// One member as the owner stores it: never the credential itself, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemberRecord {
@@ -608,6 +625,72 @@ impl Registry {
             .collect();
         out.sort_by(|a, b| (a.requested_at, &a.user_code).cmp(&(b.requested_at, &b.user_code)));
         out.into_iter()
+    }
+
+    /// The codes still waiting for the owner's decision (expired ones included until they are
+    /// forgotten), by device code: what the owner persists so a restart keeps them.
+    pub fn undecided_codes(&self) -> impl Iterator<Item = UndecidedCode> + '_ {
+        self.codes
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Pending))
+            .map(|(dc, e)| UndecidedCode {
+                device_code: *dc,
+                user_code: e.user_code,
+                peer: e.peer.to_base58(),
+                issued_at: e.issued_at,
+                expires_at: e.expires_at,
+            })
+    }
+
+    /// Puts back undecided codes persisted before a restart, as undecided, with their original
+    /// expiry. The table's bounds hold as for new requests: a code whose peer is not a peer id or
+    /// is revoked, or whose device or user code is already in use, is skipped, and at most
+    /// [`MAX_PENDING_PER_PEER`] per peer and [`MAX_PENDING_TOTAL`] in all are kept (the newest).
+    /// Returns the device codes restored.
+    pub fn restore_codes(
+        &mut self,
+        codes: impl IntoIterator<Item = UndecidedCode>,
+    ) -> Vec<DeviceCode> {
+        let mut codes: Vec<UndecidedCode> = codes.into_iter().collect();
+        // Newest first, so the bounds keep the newest.
+        codes.sort_by(|a, b| (b.issued_at, b.device_code).cmp(&(a.issued_at, a.device_code)));
+        let mut per_peer: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for e in self.codes.values().filter(|e| e.is_open()) {
+            *per_peer.entry(e.peer).or_default() += 1;
+        }
+        let mut restored = Vec::new();
+        for c in codes {
+            let Ok(peer) = c.peer.parse::<PeerId>() else {
+                continue;
+            };
+            let member = MemberId::from_peer(&peer);
+            let held = per_peer.get(&peer).copied().unwrap_or(0);
+            if self.is_revoked(&member)
+                || self.codes.contains_key(&c.device_code)
+                || self.by_user_code.contains_key(&c.user_code)
+                || held >= MAX_PENDING_PER_PEER
+                || per_peer.values().sum::<usize>() >= MAX_PENDING_TOTAL
+            {
+                continue;
+            }
+            *per_peer.entry(peer).or_default() += 1;
+            self.codes.insert(
+                c.device_code,
+                Entry {
+                    peer,
+                    member,
+                    user_code: c.user_code,
+                    issued_at: c.issued_at,
+                    expires_at: c.expires_at,
+                    interval_secs: POLL_INTERVAL_SECS,
+                    last_poll: None,
+                    state: State::Pending,
+                },
+            );
+            self.by_user_code.insert(c.user_code, c.device_code);
+            restored.push(c.device_code);
+        }
+        restored
     }
 
     /// Forgets the oldest open code (then the smallest device code) among the peers holding the

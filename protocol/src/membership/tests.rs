@@ -811,3 +811,47 @@ fn a_worker_bounds_the_owners_poll_interval_and_refuses_absurd_code_lifetimes() 
         assert!(why.contains("broken or hostile"), "{why}");
     }
 }
+
+/// Stored undecided codes come back undecided with their expiry, approvable by their user code, and
+/// within the table's bounds: at most `MAX_PENDING_PER_PEER` per peer (the newest), none of a
+/// revoked peer, none colliding with a live code.
+#[test]
+fn restored_codes_are_undecided_and_bounded_like_new_ones() {
+    let mut r = rng();
+    let mut before = Registry::new(MembershipMode::Approval);
+    let flooder = peer(1);
+    let honest = peer(2);
+    for i in 0..MAX_PENDING_PER_PEER as u64 {
+        before.request(flooder, ms(i), &mut r).unwrap();
+    }
+    let auth = before.request(honest, ms(100), &mut r).unwrap();
+    let mut stored: Vec<UndecidedCode> = before.undecided_codes().collect();
+    assert_eq!(stored.len(), MAX_PENDING_PER_PEER + 1);
+    // A doctored store: one more code of the flooder (older than the others) and a bad peer id.
+    let mut extra = stored[0].clone();
+    extra.device_code = DeviceCode([9; 32]);
+    extra.user_code = "ZZZZ-ZZZZ".parse().unwrap();
+    extra.issued_at = Timestamp(0);
+    extra.peer = flooder.to_base58();
+    stored.push(extra.clone());
+    let mut bad = stored[0].clone();
+    bad.device_code = DeviceCode([8; 32]);
+    bad.user_code = "YYYY-YYYY".parse().unwrap();
+    bad.peer = "not a peer".into();
+    stored.push(bad);
+
+    let mut after = Registry::new(MembershipMode::Approval);
+    let restored = after.restore_codes(stored);
+    assert_eq!(restored.len(), MAX_PENDING_PER_PEER + 1);
+    assert!(
+        !restored.contains(&extra.device_code),
+        "the oldest over the bound is left out"
+    );
+    assert_eq!(
+        after.undecided_codes().collect::<Vec<_>>(),
+        before.undecided_codes().collect::<Vec<_>>()
+    );
+    // The honest code is approvable and its poll gets the grant.
+    after.approve(&code(&auth), ms(200), &mut r).unwrap();
+    assert!(after.poll(&auth.device_code, &honest, ms(6000)).is_ok());
+}

@@ -2,7 +2,10 @@
 
 use libp2p_identity::PeerId;
 
-use super::{err, Effects, ProgramOwner, Record, SubmissionRecord, MAX_PENDING_PER_MEMBER};
+use super::{
+    err, Effects, ProgramOwner, Record, SubmissionRecord, MAX_PENDING_PER_MEMBER,
+    MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW, SUBMISSION_WINDOW_SECS,
+};
 use crate::kb::{Check, Direction, Entry, Kb, Verdict};
 use crate::membership::{AuthError, MemberId};
 use crate::signed::Signed;
@@ -151,6 +154,15 @@ impl ProgramOwner {
                 ),
             )));
         }
+        if let Some(wait) = self.quota_wait(member.as_str(), now) {
+            return Effects::reply(KbResponse::Error(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "you submitted {MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW} results in the last \
+                     {SUBMISSION_WINDOW_SECS} s, the most one member may; submit again in {wait} s"
+                ),
+            )));
+        }
         if let Some(why) = self.stopped(now) {
             return Effects::reply(KbResponse::Error(err(ErrorCode::ProgramStopped, why)));
         }
@@ -163,6 +175,7 @@ impl ProgramOwner {
             Err(e) => return invalid(e.to_string()),
         };
         self.nonces.insert(key, entry.seq);
+        self.note_submission(member.as_str(), now);
         if let Some(c) = &sub.claim {
             self.claimed
                 .entry(c.checkpoint)
@@ -212,12 +225,46 @@ impl ProgramOwner {
         })
     }
 
-    /// Why the program takes no more submissions, if it does not: the submission cap, the deadline
-    /// (strictly after it), or a champion at or past the target.
+    /// Seconds until `member` may store another submission, when it holds its full quota
+    /// ([`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`] in the last [`SUBMISSION_WINDOW_SECS`]).
+    fn quota_wait(&self, member: &str, now: Timestamp) -> Option<u64> {
+        let times = self.recent.get(member)?;
+        if times.len() < MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW {
+            return None;
+        }
+        // The oldest of the last quota-many submissions leaves the window at `frees`.
+        let frees = times.front()?.plus_secs(SUBMISSION_WINDOW_SECS);
+        (frees > now).then(|| frees.millis_since(now).div_ceil(1000).max(1))
+    }
+
+    /// The submissions that count toward `[stop] max_submissions`: every stored one except those
+    /// the owner's check rejected and those of members the owner revoked. A rejected claim proves
+    /// nothing was done, and revoking a member who flooded the log gives the program back its
+    /// submissions; a claim still waiting for the check counts until it is rejected, so the cap is
+    /// never overshot. Derived from the log and the member table, so a restart counts the same.
+    pub fn counted_submissions(&self) -> u64 {
+        let revoked: std::collections::HashSet<&str> = self
+            .registry
+            .members()
+            .filter(|m| m.revoked_at.is_some())
+            .map(|m| m.member.as_str())
+            .collect();
+        self.kb
+            .entries()
+            .iter()
+            .filter(|e| {
+                !matches!(e.check, Check::Failed(_)) && !revoked.contains(e.worker.as_str())
+            })
+            .count() as u64
+    }
+
+    /// Why the program takes no more submissions, if it does not: the submission cap (counted by
+    /// [`ProgramOwner::counted_submissions`]), the deadline (strictly after it), or a champion at or
+    /// past the target.
     pub fn stopped(&self, now: Timestamp) -> Option<String> {
         let s = &self.program.stop;
         if let Some(max) = s.max_submissions {
-            if self.kb.entries().len() as u64 >= max {
+            if self.counted_submissions() >= max {
                 return Some(format!("the program reached its {max} submissions"));
             }
         }

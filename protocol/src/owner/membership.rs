@@ -21,7 +21,9 @@ impl ProgramOwner {
     /// - `Authorize`: a new device code bound to `peer` and its sealing key; in open membership
     ///   the member is stored at once and the sealed grant pushed.
     /// - `Poll`: RFC 8628 outcomes; an approved code yields the sealed grant once the member record
-    ///   is durable; a grant already pushed but not acknowledged is handed to the same peer once.
+    ///   is durable; a grant already handed out (pushed and not acknowledged, or answered to an
+    ///   earlier poll) is handed to the same peer again until its code's grace period ends
+    ///   (expiry + [`crate::membership::EXPIRED_GRACE_SECS`]), never to another peer.
     /// - `PushGrant` goes from an owner to a worker, never to an owner: refused.
     pub fn on_membership(
         &mut self,
@@ -40,6 +42,8 @@ impl ProgramOwner {
                 self.seal_keys
                     .insert(auth.device_code, (peer, seal_key, expires));
                 let mut fx = Effects::reply(MembershipResponse::Authorization(auth.clone()));
+                // The code is stored before the worker sees it, so an owner restart keeps it.
+                fx.persist.extend(self.code_records());
                 if self.registry.mode() == MembershipMode::Open {
                     // Approved at once: store the member, then push its grant.
                     fx.persist
@@ -51,29 +55,27 @@ impl ProgramOwner {
             MembershipRequest::Poll { device_code, .. } => {
                 match self.registry.poll(&device_code, &peer, now) {
                     Ok(grant) => match self.seal_grant(&grant, rng) {
-                        Some(delivery) => Effects::persist_then(
-                            self.member_record(&grant.member).into_iter().collect(),
-                            MembershipResponse::Granted(delivery),
-                        ),
+                        Some(delivery) => {
+                            // Kept for a repeat poll: the reply carrying it may be lost.
+                            self.keep_delivery(&device_code, &delivery);
+                            Effects::persist_then(
+                                self.member_record(&grant.member).into_iter().collect(),
+                                MembershipResponse::Granted(delivery),
+                            )
+                        }
                         None => Effects::reply(MembershipResponse::Error(err(
                             ErrorCode::Unavailable,
                             "cannot seal the credential; start the join again",
                         ))),
                     },
-                    // A pushed grant that was never acknowledged: delivered once, to the same peer,
-                    // once the member record written at approval is durable.
+                    // A grant already handed out (pushed and not acknowledged, or answered to a
+                    // poll whose reply may have been lost): the same sealed grant again, to the
+                    // same peer only, once the member record written at approval is durable.
                     Err(PollError::NotFound) => match self.undelivered.get(&device_code) {
-                        Some((p, _, _)) if *p == peer => {
-                            match self.undelivered.remove(&device_code) {
-                                Some((_, d, _)) => Effects {
-                                    after_durable: true,
-                                    ..Effects::reply(MembershipResponse::Granted(d))
-                                },
-                                None => {
-                                    Effects::reply(MembershipResponse::Poll(PollStatus::NotFound))
-                                }
-                            }
-                        }
+                        Some((p, d, _)) if *p == peer => Effects {
+                            after_durable: true,
+                            ..Effects::reply(MembershipResponse::Granted(d.clone()))
+                        },
                         _ => Effects::reply(MembershipResponse::Poll(PollStatus::NotFound)),
                     },
                     Err(e) => Effects::reply(MembershipResponse::Poll(poll_status(&e))),
@@ -99,14 +101,22 @@ impl ProgramOwner {
             self.member_record(&info.member).into_iter().collect(),
             format!("approved {} for {}", info.member, self.program.name),
         );
+        fx.persist.extend(self.code_records());
         fx.push.extend(self.take_and_seal(&info.device_code, rng));
         Ok(fx)
     }
 
-    /// `btd deny CODE`: the worker's next poll says `access_denied`.
-    pub fn deny(&mut self, user_code: &str, now: Timestamp) -> Result<String, DecisionError> {
+    /// `btd deny CODE`: the worker's next poll says `access_denied`; the stored code is deleted.
+    pub fn deny(
+        &mut self,
+        user_code: &str,
+        now: Timestamp,
+    ) -> Result<Effects<String>, DecisionError> {
         self.registry.deny(user_code, now)?;
-        Ok(format!("denied {user_code} for {}", self.program.name))
+        Ok(Effects::persist_then(
+            self.code_records(),
+            format!("denied {user_code} for {}", self.program.name),
+        ))
     }
 
     /// `btd revoke`: permanent; the record is stored before the owner hears it is done.
@@ -117,10 +127,9 @@ impl ProgramOwner {
         self.registry
             .revoke(&member, now)
             .map_err(|e| OwnerError::Refused(e.to_string()))?;
-        Ok(Effects::persist_then(
-            self.member_record(&member).into_iter().collect(),
-            (),
-        ))
+        let mut records: Vec<Record> = self.member_record(&member).into_iter().collect();
+        records.extend(self.code_records());
+        Ok(Effects::persist_then(records, ()))
     }
 
     /// A pushed grant was acknowledged (`ok`) or failed (then the poll fallback delivers it).
@@ -154,10 +163,22 @@ impl ProgramOwner {
     ) -> Option<Push> {
         let grant = self.registry.take_grant(device_code)?;
         let delivery = self.seal_grant(&grant, rng)?;
-        let (peer, _, expires) = self.seal_keys.get(device_code).copied()?;
-        self.undelivered
-            .insert(*device_code, (peer, delivery.clone(), expires));
+        let peer = self.keep_delivery(device_code, &delivery)?;
         Some(Push { peer, delivery })
+    }
+
+    /// Keeps a sealed grant for repeat polls of its requester until the code's grace period ends;
+    /// returns the requester.
+    fn keep_delivery(
+        &mut self,
+        device_code: &DeviceCode,
+        delivery: &GrantDelivery,
+    ) -> Option<PeerId> {
+        let (peer, _, expires) = self.seal_keys.get(device_code).copied()?;
+        let until = expires.plus_secs(crate::membership::EXPIRED_GRACE_SECS);
+        self.undelivered
+            .insert(*device_code, (peer, delivery.clone(), until));
+        Some(peer)
     }
 
     /// Seals a grant's credential to the requester's key; the context binds it to this program and

@@ -29,7 +29,7 @@ mod spend;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use libp2p_identity::PeerId;
 
@@ -44,11 +44,24 @@ use crate::{Digest, Timestamp};
 pub use kb::ClaimToCheck;
 pub use owners::{Owners, Published};
 pub use records::{kb_history, Record, SubmissionRecord, VerdictRecord};
-pub use spend::{SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS};
+pub use spend::{
+    SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS, SPEND_IDLE_SECS,
+};
 
 /// Most claims one member may have waiting for the owner's check: checking costs the owner an
 /// evaluation each, so a member cannot queue unbounded work.
 pub const MAX_PENDING_PER_MEMBER: usize = 8;
+
+/// Most submissions the owner stores from one member in any [`SUBMISSION_WINDOW_SECS`]: one a
+/// second on average. A worker submits once per round and a round trains for at least a second
+/// (`[task] seconds` ≥ 1) and evaluates, so an honest worker never reaches it; a member that does is
+/// told `rate_limited` with when to try again. It bounds how fast one member grows the program's
+/// log (in memory and on disk). Counted from the stored submissions' receipt times, so a restart
+/// does not reset it.
+pub const MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW: usize = 3600;
+
+/// The window of [`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`]: one hour.
+pub const SUBMISSION_WINDOW_SECS: u64 = 3600;
 
 /// What the daemon must do after the core applied an input, in this order: make `persist`
 /// durable (or, with `after_durable`, wait until every earlier write is), then send `reply`, then
@@ -188,7 +201,8 @@ pub struct ProgramOwner {
     nonces: HashMap<(String, [u8; 16]), u64>,
     /// Device code → (requesting peer, its sealing key, expiry): to seal and push the grant.
     seal_keys: HashMap<DeviceCode, (PeerId, SealPublicKey, Timestamp)>,
-    /// Grants pushed but not acknowledged: a later poll from the same peer still gets them.
+    /// Grants handed out (pushed and not acknowledged, or answered to a poll) until their code's
+    /// grace period ends: a later poll from the same peer gets the same grant again.
     undelivered: HashMap<DeviceCode, (PeerId, GrantDelivery, Timestamp)>,
     /// Paid-compute requests.
     spend: spend::SpendBook,
@@ -199,6 +213,11 @@ pub struct ProgramOwner {
     /// Checkpoint digest → the member that first claimed it: every member can read the champion's
     /// claim, so a digest is one member's to claim.
     claimed: HashMap<Digest, String>,
+    /// Member → receipt times of its latest stored submissions (at most
+    /// [`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`], oldest first): the per-member quota.
+    recent: HashMap<String, VecDeque<Timestamp>>,
+    /// Device codes of the undecided join requests the store holds (see [`Record::JoinCode`]).
+    stored_codes: BTreeSet<DeviceCode>,
 }
 
 impl std::fmt::Debug for ProgramOwner {
@@ -247,6 +266,8 @@ impl ProgramOwner {
             champion: None,
             claims: BTreeMap::new(),
             claimed: HashMap::new(),
+            recent: HashMap::new(),
+            stored_codes: BTreeSet::new(),
         })
     }
 
@@ -254,8 +275,9 @@ impl ProgramOwner {
     /// submissions (in seq order, gap-free) and verdicts (in the order they were stored). The
     /// submissions and verdicts are replayed through the KB rules in the order they happened, so the
     /// result is the state the owner had when the last record became durable; the index of claimed
-    /// checkpoints comes back from the stored signed submissions. In-flight join
-    /// flows and spend requests are not durable and start empty.
+    /// checkpoints comes back from the stored signed submissions; undecided join requests come
+    /// back from their [`Record::JoinCode`]s. Approved grants not yet delivered and spend requests
+    /// are not durable and start empty.
     pub fn restore(
         id: ProgramId,
         owner: PeerId,
@@ -267,6 +289,8 @@ impl ProgramOwner {
         let mut members: BTreeMap<String, MemberRecord> = BTreeMap::new();
         let mut subs: Vec<SubmissionRecord> = Vec::new();
         let mut verdicts: Vec<VerdictRecord> = Vec::new();
+        let mut codes: BTreeMap<DeviceCode, (crate::membership::UndecidedCode, SealPublicKey)> =
+            BTreeMap::new();
         for record in log {
             match record {
                 Record::Member { program, record } if program == id => {
@@ -274,11 +298,40 @@ impl ProgramOwner {
                 }
                 Record::Submission(s) if s.program == id => subs.push(s),
                 Record::Verdict(v) if v.program == id => verdicts.push(v),
+                Record::JoinCode {
+                    program,
+                    code,
+                    seal_key,
+                } if program == id => {
+                    codes.insert(code.device_code, (code, seal_key));
+                }
+                Record::JoinCodeClosed {
+                    program,
+                    device_code,
+                } if program == id => {
+                    codes.remove(&device_code);
+                }
                 _ => {}
             }
         }
         o.registry = Registry::restore(o.program.membership, members.into_values())
             .map_err(|error| OwnerRestoreError::Members { program: id, error })?;
+        // Undecided join requests come back with their sealing keys; every stored one is tracked,
+        // so one the bounds left out is deleted from the store with the next membership write.
+        o.stored_codes = codes.keys().copied().collect();
+        let keys: BTreeMap<DeviceCode, SealPublicKey> =
+            codes.iter().map(|(dc, (_, k))| (*dc, *k)).collect();
+        for dc in o
+            .registry
+            .restore_codes(codes.into_values().map(|(c, _)| c))
+        {
+            let Some(key) = keys.get(&dc) else { continue };
+            if let Some(p) = o.registry.undecided_codes().find(|c| c.device_code == dc) {
+                if let Ok(peer) = p.peer.parse::<PeerId>() {
+                    o.seal_keys.insert(dc, (peer, *key, p.expires_at));
+                }
+            }
+        }
         subs.sort_by_key(|s| s.entry.seq);
         for (i, row) in subs.iter().enumerate() {
             let position = i as u64 + 1;
@@ -291,6 +344,7 @@ impl ProgramOwner {
             }
             o.nonces
                 .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
+            o.note_submission(&row.entry.worker, row.received_at);
             let sub = crate::wire::decode::<Signed<Submission>>(&row.signed)
                 .map_err(|e| e.to_string())
                 .and_then(|s| s.verify().map_err(|e| e.to_string()))
@@ -367,12 +421,62 @@ impl ProgramOwner {
         self.claims.keys().copied()
     }
 
-    /// Drops expired join state: codes past their grace period, sealing keys and undelivered
-    /// grants past their code's expiry.
+    /// The records that bring the store's undecided join codes in line with the registry: a new
+    /// undecided code is stored (with its sealing key), one decided, expired past its grace or
+    /// evicted is deleted.
+    fn code_records(&mut self) -> Vec<Record> {
+        let now: BTreeMap<DeviceCode, crate::membership::UndecidedCode> = self
+            .registry
+            .undecided_codes()
+            .map(|c| (c.device_code, c))
+            .collect();
+        let mut out = Vec::new();
+        let closed: Vec<DeviceCode> = self
+            .stored_codes
+            .iter()
+            .filter(|dc| !now.contains_key(dc))
+            .copied()
+            .collect();
+        for device_code in closed {
+            self.stored_codes.remove(&device_code);
+            out.push(Record::JoinCodeClosed {
+                program: self.id,
+                device_code,
+            });
+        }
+        for (dc, code) in now {
+            if self.stored_codes.contains(&dc) {
+                continue;
+            }
+            if let Some((_, seal_key, _)) = self.seal_keys.get(&dc) {
+                self.stored_codes.insert(dc);
+                out.push(Record::JoinCode {
+                    program: self.id,
+                    code,
+                    seal_key: *seal_key,
+                });
+            }
+        }
+        out
+    }
+
+    /// Remembers that a submission of `member` was stored at `at` (for the per-member quota).
+    fn note_submission(&mut self, member: &str, at: Timestamp) {
+        let times = self.recent.entry(member.to_string()).or_default();
+        if times.len() >= MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW {
+            times.pop_front();
+        }
+        times.push_back(at);
+    }
+
+    /// Drops expired join state (codes past their grace period, sealing keys past their code's
+    /// expiry, handed-out grants past the code's grace period) and spend requests idle for
+    /// [`SPEND_IDLE_SECS`].
     pub fn tick(&mut self, now: Timestamp) {
         self.registry.expire(now);
         self.seal_keys.retain(|_, (_, _, exp)| *exp >= now);
         self.undelivered.retain(|_, (_, _, exp)| *exp >= now);
+        self.spend.prune(now);
     }
 
     /// Applies the owner's verdict on the pending claim `seq`; the verdict is stored before the

@@ -226,7 +226,7 @@ impl Owners {
             let outcome = if approve {
                 o.approve(user_code, now, rng)
             } else {
-                o.deny(user_code, now).map(Effects::reply)
+                o.deny(user_code, now)
             };
             match outcome {
                 Ok(fx) => return Ok(fx),

@@ -1,13 +1,14 @@
 //! What the owner stores: the event log its state is rebuilt from.
 
 use crate::kb::{Entry, LogEvent, Verdict};
-use crate::membership::MemberRecord;
+use crate::membership::{DeviceCode, MemberRecord, UndecidedCode};
 use crate::program::ProgramId;
+use crate::seal::SealPublicKey;
 use crate::Timestamp;
 
 /// One durable record of an owned program. The store keeps members by (program, member) (a
-/// later record of a member replaces the earlier one), submissions by seq and verdicts in the order
-/// they were decided.
+/// later record of a member replaces the earlier one), submissions by seq, verdicts in the order
+/// they were decided, and undecided join codes by device code (a closed one is deleted).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// A member was approved or revoked.
@@ -21,6 +22,22 @@ pub enum Record {
     Submission(SubmissionRecord),
     /// The owner decided on a pending claim.
     Verdict(VerdictRecord),
+    /// A join request waits for the owner's decision: kept so that a restart does not lose it.
+    JoinCode {
+        /// The program.
+        program: ProgramId,
+        /// The code.
+        code: UndecidedCode,
+        /// The requester's sealing key (its grant is sealed to it).
+        seal_key: SealPublicKey,
+    },
+    /// A stored join request was decided, expired or evicted: forget it.
+    JoinCodeClosed {
+        /// The program.
+        program: ProgramId,
+        /// The code.
+        device_code: DeviceCode,
+    },
 }
 
 impl Record {
@@ -30,6 +47,7 @@ impl Record {
             Record::Member { program, .. } => *program,
             Record::Submission(s) => s.program,
             Record::Verdict(v) => v.program,
+            Record::JoinCode { program, .. } | Record::JoinCodeClosed { program, .. } => *program,
         }
     }
 }

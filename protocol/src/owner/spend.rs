@@ -22,6 +22,11 @@ use crate::Timestamp;
 pub const MAX_SPEND_REQUESTS: usize = 256;
 /// Validity of a receipt issued for a rung the policy pre-approves.
 pub const PREAPPROVED_RECEIPT_SECS: u64 = 3600;
+/// How long a spend request stays in the book after its member last asked about it (or the owner
+/// decided it): a worker waiting for a decision asks every few seconds, and one that got its answer
+/// or gave up stops asking, so an hour of silence means the entry serves no one. [`ProgramOwner::tick`]
+/// drops such entries, so the book cannot fill up for good.
+pub const SPEND_IDLE_SECS: u64 = 3600;
 
 /// One spend request as the owner sees it (`btd approvals`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +68,8 @@ impl SpendState {
 struct SpendEntry {
     packet: ComputePacket,
     requested_at: Timestamp,
+    /// When the member last asked, or the owner decided, whichever is later.
+    touched_at: Timestamp,
     state: SpendState,
 }
 
@@ -70,6 +77,14 @@ struct SpendEntry {
 #[derive(Debug, Default)]
 pub(crate) struct SpendBook {
     entries: BTreeMap<(String, String), SpendEntry>,
+}
+
+impl SpendBook {
+    /// Drops requests nobody asked about or decided for [`SPEND_IDLE_SECS`].
+    pub(crate) fn prune(&mut self, now: Timestamp) {
+        self.entries
+            .retain(|_, e| now < e.touched_at.plus_secs(SPEND_IDLE_SECS));
+    }
 }
 
 impl ProgramOwner {
@@ -143,6 +158,7 @@ impl ProgramOwner {
             };
         }
         let book_key = (member.to_string(), req.packet.id.clone());
+        self.spend.prune(now);
         let book = &mut self.spend.entries;
         if !book.contains_key(&book_key) && book.len() >= MAX_SPEND_REQUESTS {
             return ApprovalResponse::Error(err(
@@ -153,8 +169,10 @@ impl ProgramOwner {
         let entry = book.entry(book_key).or_insert_with(|| SpendEntry {
             packet: req.packet.clone(),
             requested_at: now,
+            touched_at: now,
             state: SpendState::Pending,
         });
+        entry.touched_at = entry.touched_at.max(now);
         match &entry.state {
             SpendState::Pending => ApprovalResponse::Pending,
             SpendState::Granted(r) => ApprovalResponse::Granted(r.clone()),
@@ -187,6 +205,7 @@ impl ProgramOwner {
                     "no spend request from {member} for packet {packet_id:?} (see `btd approvals`)"
                 ))
             })?;
+        entry.touched_at = entry.touched_at.max(now);
         if !approve {
             entry.state = SpendState::Denied("the owner denied the paid compute".into());
             return Ok(format!("denied paid compute for {packet_id} by {member}"));

@@ -160,6 +160,10 @@ pub const MAX_RETRAIN_SEEDS: u32 = 8;
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 /// Default `verify.fetch_timeout_secs`.
 pub const DEFAULT_FETCH_TIMEOUT_SECS: u64 = 300;
+/// Largest `[task] eval_tokens` (2^27): the trainer holds one 8-byte loss per scored token, and
+/// both the manifest parser and the trainer (`btd_trainer::config::MAX_EVAL_TOKENS`, the same
+/// constant) refuse more, so a program the owner can publish is one its workers can evaluate.
+pub const MAX_EVAL_TOKENS: u64 = 1 << 27;
 
 /// The objective metric and acceptance rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -45,7 +45,7 @@ const MAX_SYNTHETIC_BYTES: u64 = 1 << 30;
 /// Largest step budget.
 const MAX_STEPS: u64 = 1_000_000_000;
 /// Validation token budget bounds: enough tokens for a stable estimate, few enough to evaluate quickly.
-const EVAL_TOKENS_RANGE: (u64, u64) = (256, 1 << 30);
+const EVAL_TOKENS_RANGE: (u64, u64) = (256, super::MAX_EVAL_TOKENS);
 /// Default validation token budget.
 const DEFAULT_EVAL_TOKENS: u64 = 65_536;
 

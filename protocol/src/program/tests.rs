@@ -449,4 +449,18 @@ fn retrain_seeds_default_bounds_and_derivation() {
         let errs = errors(&with(&format!("retrain_seeds = {bad}")));
         assert!(has(&errs, "verify.retrain_seeds", ""), "{bad}: {errs:?}");
     }
+/// A manifest cannot name more validation tokens than the trainer evaluates (it used to accept up
+/// to 2^30 while the trainer refused anything over 2^27, so a published program failed every
+/// worker's evaluation).
+#[test]
+fn eval_tokens_bounded_by_what_the_trainer_accepts() {
+    let with = |n: u64| EXAMPLE.replace("eval_tokens = 65536", &format!("eval_tokens = {n}"));
+    let p = Program::from_toml(&with(MAX_EVAL_TOKENS)).unwrap();
+    let Task::Candle(t) = &p.task else {
+        panic!("the example is a candle task")
+    };
+    assert_eq!(t.eval_tokens, MAX_EVAL_TOKENS);
+    let errs = errors(&with(MAX_EVAL_TOKENS + 1));
+    assert!(has(&errs, "task.eval_tokens", ""), "{errs:?}");
+    assert_eq!(MAX_EVAL_TOKENS, 1 << 27);
 }

@@ -502,3 +502,132 @@ fn a_failed_verdict_is_stored_and_served_with_a_bounded_clean_reason() {
     assert!(clean(&stored), "stored {} bytes", stored.len());
     assert!(stored.starts_with("cannot fetch:"));
 }
+
+/// Hostile peers item 8: a member whose claims the owner's check rejects cannot use them up to
+/// stop a program at `max_submissions`, and revoking a member who flooded the log with values that
+/// never needed a check gives the program its submissions back; a restart counts the same.
+#[test]
+fn rejected_claims_and_revoked_members_do_not_count_toward_the_submission_cap() {
+    let (mut world, attacker) = joined(&Manifest {
+        stop: "max_submissions = 3",
+        ..Manifest::default()
+    });
+    let mut honest = Worker::new();
+    world.join(&mut honest, T0);
+    // Three claims of an impossible value, each rejected by the check.
+    for n in 1..=3 {
+        assert!(is_pending(&receipt(&world.submit(&attacker, 0.001, n, T0))));
+        let seq = world.owners.next_claims()[0].seq;
+        let fx = world
+            .owners
+            .on_verdict(&world.id, seq, Verdict::failed("did not reproduce"), T0)
+            .expect("resolves");
+        let _ = world.apply(fx);
+    }
+    let owner = world.owners.get(&world.id).expect("owned");
+    assert_eq!(owner.counted_submissions(), 0);
+    assert!(owner.stopped(T0).is_none());
+    // The honest member's claim is still taken, and counts while pending.
+    assert!(is_pending(&receipt(&world.submit(&honest, 3.0, 1, T0))));
+    assert_eq!(
+        world
+            .owners
+            .get(&world.id)
+            .expect("owned")
+            .counted_submissions(),
+        1
+    );
+    // Values worse than the baseline need no check, so they count; two of them reach the cap.
+    for n in 10..=11 {
+        assert!(!is_pending(&receipt(&world.submit(&attacker, 9.0, n, T0))));
+    }
+    let (code, _) = error(&world.submit(&honest, 2.0, 2, T0));
+    assert_eq!(code, ErrorCode::ProgramStopped);
+    // The owner revokes the flooder: its submissions stop counting and the program reopens.
+    let fx = world
+        .owners
+        .revoke(
+            &world.id,
+            &MemberId::from_peer(&attacker.peer).to_string(),
+            T0,
+        )
+        .expect("revokes");
+    let _ = world.apply(fx);
+    let restored = world
+        .owners
+        .restore(&world.view, world.announcement.clone(), world.log.clone())
+        .expect("restores");
+    assert_eq!(
+        restored.counted_submissions(),
+        1,
+        "a restart counts the same"
+    );
+    assert!(is_pending(&receipt(&world.submit(&honest, 2.0, 2, T0))));
+}
+
+/// Hostile peers item 8: one member stores at most `MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`
+/// submissions per hour (the log cannot be grown without bound), is told when to come back, other
+/// members are not affected, and a restart does not reset the quota.
+#[test]
+fn a_member_stores_at_most_its_quota_of_submissions_per_hour_even_across_a_restart() {
+    use crate::owner::{MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW, SUBMISSION_WINDOW_SECS};
+    let (mut world, w) = joined(&Manifest {
+        checks: false,
+        ..Manifest::default()
+    });
+    let bare = |world: &World, w: &Worker, n: u64, now: Timestamp| {
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&n.to_le_bytes());
+        let sub = Submission {
+            program: world.id,
+            nonce,
+            value: 5.0 + n as f64,
+            rung_id: "cpu".into(),
+            outputs: vec![],
+            metrics: BTreeMap::new(),
+            hypothesis: BTreeMap::new(),
+            created_at: now,
+            claim: None,
+        };
+        KbCall::Submit(Signed::sign(&w.key, &sub).expect("signs"))
+    };
+    let quota = MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW as u64;
+    // Spread over the first minute of the window.
+    let at = |n: u64| T0.plus_millis(n * 60_000 / quota);
+    for n in 0..quota {
+        let call = bare(&world, &w, n, at(n));
+        assert!(matches!(
+            world.kb(&w, call, at(n)).reply,
+            KbResponse::Submitted(_)
+        ));
+    }
+    let late = T0.plus_secs(120);
+    let (code, msg) = error(&world.kb(&w, bare(&world, &w, quota, late), late));
+    assert_eq!(code, ErrorCode::RateLimited);
+    assert!(msg.contains("submit again in 3480 s"), "{msg}");
+    // Another member is not affected.
+    let mut other = Worker::new();
+    world.join(&mut other, T0);
+    let call = bare(&world, &other, 0, late);
+    assert!(matches!(
+        world.kb(&other, call, late).reply,
+        KbResponse::Submitted(_)
+    ));
+    // A restart remembers the quota.
+    let restored = world
+        .owners
+        .restore(&world.view, world.announcement.clone(), world.log.clone())
+        .expect("restores");
+    world.owners.insert(restored);
+    let (code, _) = error(&world.kb(&w, bare(&world, &w, quota, late), late));
+    assert_eq!(code, ErrorCode::RateLimited);
+    // Once the first submission leaves the window, one more is taken, then the quota is full again.
+    let next = T0.plus_secs(SUBMISSION_WINDOW_SECS).plus_millis(1);
+    let call = bare(&world, &w, quota, next);
+    assert!(matches!(
+        world.kb(&w, call, next).reply,
+        KbResponse::Submitted(_)
+    ));
+    let (code, _) = error(&world.kb(&w, bare(&world, &w, quota + 1, next), next));
+    assert_eq!(code, ErrorCode::RateLimited);
+}

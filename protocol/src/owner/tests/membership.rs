@@ -2,7 +2,9 @@
 //! revocation, open membership, expiry.
 
 use super::*;
-use crate::membership::{MemberId, DEVICE_CODE_EXPIRES_IN_SECS, POLL_INTERVAL_SECS};
+use crate::membership::{
+    MemberId, DEVICE_CODE_EXPIRES_IN_SECS, EXPIRED_GRACE_SECS, POLL_INTERVAL_SECS,
+};
 use crate::owner::OwnerError;
 use crate::wire::{ErrorCode, PollStatus};
 
@@ -20,11 +22,13 @@ fn poll(
 }
 
 #[test]
-fn a_join_request_gets_codes_and_stores_nothing_until_approved() {
+fn a_join_request_gets_codes_and_stores_no_member_until_approved() {
     let mut world = World::new(&Manifest::default());
     let w = Worker::new();
     let (code, _, fx) = world.authorize(&w, T0);
-    assert!(fx.persist.is_empty() && fx.push.is_empty());
+    // Only the undecided code is stored (so an owner restart keeps it).
+    assert!(matches!(fx.persist.as_slice(), [Record::JoinCode { .. }]));
+    assert!(fx.push.is_empty());
     let later = T0.plus_secs(POLL_INTERVAL_SECS);
     assert_eq!(
         poll(&mut world, &w, code, later).reply,
@@ -51,7 +55,9 @@ fn approval_stores_the_member_before_the_sealed_grant_is_pushed_to_the_requester
     // The member record is in the effects' persist list; the push is delivered only after it.
     assert!(fx.waits_for_store());
     match fx.persist.as_slice() {
-        [Record::Member { program, record }] => {
+        [Record::Member { program, record }, Record::JoinCodeClosed { device_code, .. }]
+            if *device_code == code =>
+        {
             assert_eq!(*program, world.id);
             assert_eq!(record.member, MemberId::from_peer(&w.peer));
             assert_eq!(record.revoked_at, None);
@@ -73,8 +79,10 @@ fn approval_stores_the_member_before_the_sealed_grant_is_pushed_to_the_requester
     assert!(owner.registry().verify(&credential, &other.peer).is_err());
 }
 
+/// Hostile peers item 9 (a grant delivered by poll was lost with a lost reply): a repeat poll of the
+/// same peer gets the same sealed grant until the code's grace period ends, never another peer.
 #[test]
-fn a_lost_push_is_delivered_by_the_next_poll_of_the_same_peer_once_durable_and_only_once() {
+fn a_lost_push_is_delivered_by_every_poll_of_the_same_peer_once_durable_and_to_no_one_else() {
     let mut world = World::new(&Manifest::default());
     let w = Worker::new();
     let (code, user_code, _) = world.authorize(&w, T0);
@@ -92,11 +100,21 @@ fn a_lost_push_is_delivered_by_the_next_poll_of_the_same_peer_once_durable_and_o
     // The push failed: the requester's poll gets the same grant, after the member write is durable.
     world.owners.on_push_result(&world.id, &code, false);
     let fx = poll(&mut world, &w, code, T0.plus_secs(6));
-    assert_eq!(fx.reply, MembershipResponse::Granted(pushed));
+    assert_eq!(fx.reply, MembershipResponse::Granted(pushed.clone()));
     assert!(fx.after_durable && fx.persist.is_empty());
-    // Delivered once.
+    // That reply may be lost too: a repeat poll of the same peer gets the same grant again,
+    // another peer still nothing, and after the code's grace period nobody.
+    let fx = poll(&mut world, &w, code, T0.plus_secs(12));
+    assert_eq!(fx.reply, MembershipResponse::Granted(pushed));
+    assert!(fx.after_durable);
     assert_eq!(
-        poll(&mut world, &w, code, T0.plus_secs(12)).reply,
+        poll(&mut world, &thief, code, T0.plus_secs(12)).reply,
+        MembershipResponse::Poll(PollStatus::NotFound)
+    );
+    let gone = T0.plus_secs(DEVICE_CODE_EXPIRES_IN_SECS + EXPIRED_GRACE_SECS + 1);
+    world.owners.tick(gone);
+    assert_eq!(
+        poll(&mut world, &w, code, gone).reply,
         MembershipResponse::Poll(PollStatus::NotFound)
     );
 }
@@ -142,7 +160,7 @@ fn a_poll_that_finds_an_approved_code_gets_the_grant_after_the_member_is_stored(
 }
 
 #[test]
-fn a_denied_code_answers_access_denied_and_stores_nothing() {
+fn a_denied_code_answers_access_denied_and_stores_no_member() {
     let mut world = World::new(&Manifest::default());
     let w = Worker::new();
     let (code, user_code, _) = world.authorize(&w, T0);
@@ -150,7 +168,11 @@ fn a_denied_code_answers_access_denied_and_stores_nothing() {
         .owners
         .decide(&user_code.to_string(), false, T0, &mut world.rng)
         .expect("denies");
-    assert!(fx.persist.is_empty() && fx.push.is_empty());
+    // Only the stored code is deleted.
+    assert!(
+        matches!(fx.persist.as_slice(), [Record::JoinCodeClosed { device_code, .. }] if *device_code == code)
+    );
+    assert!(fx.push.is_empty());
     assert!(fx.reply.starts_with("denied "), "{}", fx.reply);
     assert_eq!(
         poll(&mut world, &w, code, T0.plus_secs(6)).reply,

@@ -32,7 +32,73 @@ fn state(o: &ProgramOwner) -> impl PartialEq + std::fmt::Debug {
         o.next_claim(),
         o.kb_status(),
         members,
+        o.registry().pending(T0).collect::<Vec<_>>(),
     )
+}
+
+/// Hostile peers item 9: join requests waiting for the owner's decision used to be lost on an owner
+/// restart (the worker's code stopped working and it had to start over). An undecided code is
+/// stored before the worker sees it and comes back with its sealing key, so the owner approves it
+/// after the restart and the grant reaches the worker; a decided code is deleted and stays decided.
+#[test]
+fn an_undecided_join_request_survives_a_restart_and_a_decided_one_does_not() {
+    let mut world = World::new(&Manifest::default());
+    let mut w = Worker::new();
+    let (code, user_code, fx) = world.authorize(&w, T0);
+    assert!(
+        matches!(fx.persist.as_slice(), [Record::JoinCode { code: c, .. }] if c.device_code == code),
+        "the code is stored before the worker sees it: {:?}",
+        fx.persist
+    );
+    let other = Worker::new();
+    let (_, denied, _) = world.authorize(&other, T0);
+    let fx = world
+        .owners
+        .decide(&denied.to_string(), false, T0, &mut world.rng)
+        .expect("denies");
+    assert!(matches!(
+        world.apply(fx).persist.as_slice(),
+        [Record::JoinCodeClosed { .. }]
+    ));
+    let again = restored(&world);
+    let waiting: Vec<_> = again.registry().pending(T0).map(|p| p.user_code).collect();
+    assert_eq!(waiting, vec![user_code]);
+    world.owners.insert(again);
+    // The worker keeps polling its code after the restart.
+    let req = MembershipRequest::Poll {
+        program: world.id,
+        device_code: code,
+    };
+    assert_eq!(
+        world.membership(&w, req, T0.plus_secs(30)).reply,
+        MembershipResponse::Poll(crate::wire::PollStatus::AuthorizationPending)
+    );
+    let fx = world
+        .owners
+        .decide(
+            &user_code.to_string(),
+            true,
+            T0.plus_secs(60),
+            &mut world.rng,
+        )
+        .expect("approves after the restart");
+    let fx = world.apply(fx);
+    let push = fx.push.first().expect("the grant is pushed");
+    assert_eq!(push.peer, w.peer);
+    let credential = w.open(&push.delivery);
+    assert!(world
+        .owners
+        .get(&world.id)
+        .expect("owned")
+        .registry()
+        .verify(&credential, &w.peer)
+        .is_ok());
+    // The denied code stays denied, and nothing undecided is left for the next restart.
+    assert!(world
+        .owners
+        .decide(&denied.to_string(), true, T0.plus_secs(60), &mut world.rng)
+        .is_err());
+    assert!(restored(&world).registry().pending(T0).next().is_none());
 }
 
 #[test]
@@ -89,6 +155,9 @@ fn records_in_any_order_restore_the_same_owner() {
         Record::Member { .. } => 0,
         Record::Submission(_) => 1,
         Record::Verdict(_) => 2,
+        // The store deletes a closed code's row: a closure never precedes its code.
+        Record::JoinCode { .. } => 3,
+        Record::JoinCodeClosed { .. } => 4,
     });
     assert_eq!(state(&restored(&world)), before);
 }

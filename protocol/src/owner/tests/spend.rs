@@ -1,7 +1,7 @@
 //! Paid-compute approvals on the owner.
 
 use super::*;
-use crate::owner::spend::MAX_SPEND_REQUESTS;
+use crate::owner::spend::{MAX_SPEND_REQUESTS, SPEND_IDLE_SECS};
 use crate::wire::{ApprovalRequest, ApprovalResponse, ErrorCode};
 
 fn request(world: &World, w: &Worker, rung: &str) -> ApprovalRequest {
@@ -158,4 +158,64 @@ fn the_spend_book_is_bounded() {
         world.owners.on_approval(members[0].peer, &req, T0),
         ApprovalResponse::Pending
     );
+}
+
+/// Hostile peers item 9: the book used to be kept forever, so members that asked once (or
+/// throwaway members in open mode) filled it for good. A request nobody asked about or decided for
+/// `SPEND_IDLE_SECS` is dropped, and a newcomer is served again.
+#[test]
+fn idle_spend_requests_are_dropped_so_a_full_book_frees_up() {
+    let mut world = World::new(&Manifest::default());
+    let mut w = Worker::new();
+    world.join(&mut w, T0);
+    let base = request(&world, &w, "paid-h100");
+    for _ in 0..MAX_SPEND_REQUESTS {
+        let mut m = Worker::new();
+        world.join(&mut m, T0);
+        let req = ApprovalRequest {
+            credential: m.credential.clone().expect("joined"),
+            ..base.clone()
+        };
+        let _ = world.owners.on_approval(m.peer, &req, T0);
+    }
+    // The honest member keeps asking (its worker polls while it waits) and is asked in before the
+    // book fills; then the flooders go quiet.
+    let honest = ApprovalRequest {
+        credential: w.credential.clone().expect("joined"),
+        ..base.clone()
+    };
+    let mut late = Worker::new();
+    world.join(&mut late, T0);
+    let late_req = ApprovalRequest {
+        credential: late.credential.clone().expect("joined"),
+        ..base.clone()
+    };
+    assert!(matches!(
+        world.owners.on_approval(late.peer, &late_req, T0),
+        ApprovalResponse::Error(e) if e.code == ErrorCode::RateLimited
+    ));
+    let after = T0.plus_secs(SPEND_IDLE_SECS);
+    world.owners.tick(after);
+    assert!(
+        world.owners.spend_requests().is_empty(),
+        "idle requests are dropped"
+    );
+    assert_eq!(
+        world.owners.on_approval(late.peer, &late_req, after),
+        ApprovalResponse::Pending
+    );
+    assert_eq!(
+        world.owners.on_approval(w.peer, &honest, after),
+        ApprovalResponse::Pending
+    );
+    // A request its member keeps asking about stays, however long the owner takes.
+    for k in 1..=3 {
+        let t = after.plus_secs(k * SPEND_IDLE_SECS / 2);
+        world.owners.tick(t);
+        assert_eq!(
+            world.owners.on_approval(w.peer, &honest, t),
+            ApprovalResponse::Pending
+        );
+    }
+    assert_eq!(world.owners.spend_requests().len(), 1);
 }
