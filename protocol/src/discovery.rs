@@ -203,7 +203,13 @@ impl<V> Discovery<V> {
 
     /// Offers an announcement of `id` by `owner`. A new program is always admitted (evicting at
     /// most one other); a known one is replaced only by a newer `published_at`.
-    pub fn offer(&mut self, id: ProgramId, owner: PeerId, published_at: Timestamp, value: V) -> Offer {
+    pub fn offer(
+        &mut self,
+        id: ProgramId,
+        owner: PeerId,
+        published_at: Timestamp,
+        value: V,
+    ) -> Offer {
         let seq = self.bump();
         if let Some(slot) = self.entries.get_mut(&id) {
             if published_at <= slot.published_at {
@@ -300,7 +306,10 @@ impl<V> Discovery<V> {
             .keys()
             .filter(|id| !self.pins.contains(id))
             .count();
-        if counted != self.unpinned || unpinned != self.unpinned || self.load.len() != self.owners.len() {
+        if counted != self.unpinned
+            || unpinned != self.unpinned
+            || self.load.len() != self.owners.len()
+        {
             return Err("unpinned counts disagree".into());
         }
         Ok(())
@@ -344,7 +353,13 @@ impl<V> Discovery<V> {
         if let Some(k) = self.load_key(owner) {
             self.load.remove(&k);
         }
-        if self.owners.entry(owner).or_default().insert(seq, id).is_none() {
+        if self
+            .owners
+            .entry(owner)
+            .or_default()
+            .insert(seq, id)
+            .is_none()
+        {
             self.unpinned = self.unpinned.saturating_add(1);
         }
         if let Some(k) = self.load_key(owner) {

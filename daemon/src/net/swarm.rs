@@ -13,8 +13,8 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 
-use super::behaviour::{Behaviour, BehaviourEvent};
 use super::behaviour::MAX_RECORD_BYTES;
+use super::behaviour::{Behaviour, BehaviourEvent};
 use super::events::{
     Answer, GossipMessage, Inbound, Lookup, NetEvent, OfferedRecord, PeerInfo, Responder, Tags,
     Topic,

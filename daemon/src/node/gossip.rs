@@ -143,7 +143,11 @@ pub(super) fn on_subscribed(node: &mut Node, topic: Topic) {
     }
 }
 
-pub(super) fn on_program_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+pub(super) fn on_program_message(
+    node: &mut Node,
+    source: Option<PeerId>,
+    data: &[u8],
+) -> MessageAcceptance {
     let Ok(signed) = wire::decode::<Signed<ProgramAnnouncement>>(data) else {
         return MessageAcceptance::Reject;
     };
@@ -200,7 +204,10 @@ fn admit(
         own: false,
     };
     let name = view.program.name.clone();
-    let evicted = match node.known.offer(id, owner, published_at, Known { view, signed }) {
+    let evicted = match node
+        .known
+        .offer(id, owner, published_at, Known { view, signed })
+    {
         Offer::Stale => return MessageAcceptance::Accept,
         Offer::Newer => None,
         Offer::New { evicted } => {
@@ -208,25 +215,13 @@ fn admit(
             evicted
         }
     };
-    let gone: Vec<ProgramId> = evicted.iter().map(|e| e.id).collect();
-    for g in &gone {
-        tracing::debug!(program = %g, "known-program table full; forgot the oldest program of the busiest owner");
-        node.net.forget_record(g.0.as_bytes());
+    if let Some(e) = evicted {
+        tracing::debug!(program = %e.id, "known-program table full; forgot the oldest program of the busiest owner");
+        node.net.forget_record(e.id.0.as_bytes());
+        node.program_writes.ops.insert(e.id, None);
     }
-    let store = node.store.clone();
-    node.after(async move {
-        let res = store
-            .write(move |tx| {
-                store::put_program(tx, &row)?;
-                store::delete_programs(tx, &gone)
-            })
-            .await;
-        Box::new(move |_: &mut Node| {
-            if let Err(e) = res {
-                tracing::warn!(program = %id, error = %e, "cannot store a known program");
-            }
-        })
-    });
+    node.program_writes.ops.insert(id, Some(row));
+    flush_program_writes(node);
     match evicted {
         // The owner is over its cap: the program is kept (the owner's oldest went instead) but not
         // forwarded, so one key's flood stops at the first hop.
@@ -235,26 +230,62 @@ fn admit(
     }
 }
 
-/// Programs the discovery table let go: out of the DHT part this node keeps and out of the
-/// database.
-fn forget(node: &mut Node, gone: Vec<ProgramId>) {
-    if gone.is_empty() {
+/// Known-program rows waiting to be written. The database follows the discovery table: one write
+/// is in flight at a time, in order, with the latest operation per program, so a program evicted
+/// right after it was admitted never outlives its eviction on disk (independent writes could land
+/// in any order).
+#[derive(Default)]
+pub(crate) struct ProgramWrites {
+    /// Per program: store this row (`Some`) or delete it (`None`).
+    ops: std::collections::HashMap<ProgramId, Option<ProgramRow>>,
+    /// Delete the stored programs beyond the newest `MAX_UNPINNED_PROGRAMS` (at start).
+    prune: bool,
+    in_flight: bool,
+}
+
+/// Starts the next write of known programs unless one is in flight.
+fn flush_program_writes(node: &mut Node) {
+    let w = &mut node.program_writes;
+    if w.in_flight || (w.ops.is_empty() && !w.prune) {
         return;
     }
-    for g in &gone {
-        node.net.forget_record(g.0.as_bytes());
-    }
+    w.in_flight = true;
+    let ops: Vec<(ProgramId, Option<ProgramRow>)> = w.ops.drain().collect();
+    let prune = std::mem::take(&mut w.prune);
     let store = node.store.clone();
     node.after(async move {
         let res = store
-            .write(move |tx| store::delete_programs(tx, &gone))
+            .write(move |tx| {
+                if prune {
+                    store::prune_programs(tx, btd_protocol::discovery::MAX_UNPINNED_PROGRAMS)?;
+                }
+                for (id, op) in &ops {
+                    match op {
+                        Some(row) => store::put_program(tx, row)?,
+                        None => store::delete_programs(tx, std::slice::from_ref(id))?,
+                    }
+                }
+                Ok(())
+            })
             .await;
-        Box::new(move |_: &mut Node| {
+        Box::new(move |node: &mut Node| {
+            node.program_writes.in_flight = false;
             if let Err(e) = res {
-                tracing::warn!(error = %e, "cannot forget evicted programs");
+                tracing::warn!(error = %e, "cannot store known programs");
             }
+            flush_program_writes(node);
         })
     });
+}
+
+/// Programs the discovery table let go: out of the DHT part this node keeps and out of the
+/// database.
+fn forget(node: &mut Node, gone: Vec<ProgramId>) {
+    for g in gone {
+        node.net.forget_record(g.0.as_bytes());
+        node.program_writes.ops.insert(g, None);
+    }
+    flush_program_writes(node);
 }
 
 /// A program this node is joining: never evicted while the join runs.
@@ -273,22 +304,11 @@ pub(super) fn unpin(node: &mut Node, program: ProgramId) {
     }
 }
 
-/// Drops stored programs the bounded restore left out (see `Node::restore`).
+/// Drops stored programs the bounded restore left out (see `Node::restore`), and any beyond the
+/// newest `MAX_UNPINNED_PROGRAMS` the store did not even load.
 pub(super) fn forget_stored(node: &mut Node, gone: Vec<ProgramId>) {
-    let store = node.store.clone();
-    node.after(async move {
-        let res = store
-            .write(move |tx| {
-                store::prune_programs(tx, btd_protocol::discovery::MAX_UNPINNED_PROGRAMS)?;
-                store::delete_programs(tx, &gone)
-            })
-            .await;
-        Box::new(move |_: &mut Node| {
-            if let Err(e) = res {
-                tracing::warn!(error = %e, "cannot prune stored programs");
-            }
-        })
-    });
+    node.program_writes.prune = true;
+    forget(node, gone);
 }
 
 /// A peer asks this node to keep a DHT record. Kept only if it is a valid signed announcement

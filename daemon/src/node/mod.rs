@@ -162,6 +162,8 @@ pub struct Node {
     /// When the rung advert is next due (`None`: at the next announcement).
     pub(crate) next_rung_advert: Option<Instant>,
     pub(crate) lookups: gossip::Lookups,
+    /// Known-program rows on their way to the database, in order.
+    pub(crate) program_writes: gossip::ProgramWrites,
     pub(crate) relay_server: bool,
     /// Per-peer request budget (burst, per second).
     pub(crate) rate: (f64, f64),
@@ -253,6 +255,7 @@ pub(crate) async fn spawn_without_verifier(
         last_program_gossip: Instant::now(),
         next_rung_advert: None,
         lookups: gossip::Lookups::default(),
+        program_writes: gossip::ProgramWrites::default(),
         relay_server: cfg.net.relay_server,
         rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
         blobs: cfg
@@ -322,7 +325,12 @@ impl Node {
                     .map_err(|e| anyhow!("{e}"))?;
                 self.owners.insert(owned);
             }
-            rows.push((row.id, view.owner, view.published_at, Known { view, signed }));
+            rows.push((
+                row.id,
+                view.owner,
+                view.published_at,
+                Known { view, signed },
+            ));
         }
         // Own and joined programs are pinned; the others are bounded as the mesh's are (the store
         // already loaded at most the newest MAX_UNPINNED_PROGRAMS of them).

@@ -47,7 +47,10 @@ fn one_key_flooding_only_churns_its_own_programs() {
         let offered = t.offer(id(n), flooder, at(n), ());
         assert!(matches!(offered, Offer::New { .. }));
         if let Offer::New { evicted: Some(e) } = offered {
-            assert_eq!(e.owner, flooder, "the flooder pushed out someone else's program");
+            assert_eq!(
+                e.owner, flooder,
+                "the flooder pushed out someone else's program"
+            );
         }
         t.check_bounds().unwrap();
     }
@@ -56,7 +59,10 @@ fn one_key_flooding_only_churns_its_own_programs() {
     // The flooder keeps its newest programs.
     assert!(t.contains(&id(10_099)) && !t.contains(&id(100)));
     // A fresh honest program still gets in.
-    assert!(matches!(t.offer(id(2), owner(3), at(2), ()), Offer::New { .. }));
+    assert!(matches!(
+        t.offer(id(2), owner(3), at(2), ()),
+        Offer::New { .. }
+    ));
     assert!(t.contains(&id(2)));
 }
 
@@ -103,14 +109,20 @@ fn the_heaviest_owner_loses_its_oldest_program_when_the_table_is_full() {
     assert_eq!(
         t.offer(id(100), owner(4), at(100), ()),
         Offer::New {
-            evicted: Some(Evicted { id: id(1), owner: a })
+            evicted: Some(Evicted {
+                id: id(1),
+                owner: a
+            })
         }
     );
     // Now b is the heaviest.
     assert_eq!(
         t.offer(id(101), owner(5), at(101), ()),
         Offer::New {
-            evicted: Some(Evicted { id: id(4), owner: b })
+            evicted: Some(Evicted {
+                id: id(4),
+                owner: b
+            })
         }
     );
 }
@@ -118,7 +130,10 @@ fn the_heaviest_owner_loses_its_oldest_program_when_the_table_is_full() {
 #[test]
 fn stale_and_newer_announcements_of_a_known_program() {
     let mut t = Discovery::new(SMALL);
-    assert_eq!(t.offer(id(1), owner(1), at(10), "a"), Offer::New { evicted: None });
+    assert_eq!(
+        t.offer(id(1), owner(1), at(10), "a"),
+        Offer::New { evicted: None }
+    );
     assert_eq!(t.offer(id(1), owner(1), at(10), "b"), Offer::Stale);
     assert_eq!(t.offer(id(1), owner(1), at(5), "b"), Offer::Stale);
     assert_eq!(t.get(&id(1)), Some(&"a"));
@@ -163,7 +178,12 @@ fn restore_keeps_every_pinned_row_and_the_newest_others_within_the_caps() {
         rows.push((id(n), flooder, at(n), ()));
     }
     for n in 0..20u8 {
-        rows.push((id(20_000 + u64::from(n)), owner(10 + n), at(5 + u64::from(n)), ()));
+        rows.push((
+            id(20_000 + u64::from(n)),
+            owner(10 + n),
+            at(5 + u64::from(n)),
+            (),
+        ));
     }
     let total = rows.len();
     let (t, dropped) = Discovery::restore(SMALL, [id(1)], rows);
