@@ -10,6 +10,7 @@
 //! | [`kb`] | the knowledge base: KEEP rule, champion, impact, payouts |
 //! | [`membership`] | the device-code handshake (RFC 8628 semantics), credentials, revocation |
 //! | [`owner`] | the owner of a program as a state machine: every owner rule, effects to persist and send |
+//! | [`discovery`] | which programs a node remembers from the mesh: per-owner and global caps, eviction |
 //! | [`dispatch`] | compute governance: rungs, policy, packets, `evaluate_dispatch` |
 //! | [`trace`] | result bundles, impact reads, approval receipts, traceability records |
 //! | [`signed`] | `Signed<T>`: ed25519 envelopes readable only through verification |
@@ -17,6 +18,7 @@
 //! | [`metric`] | the `val_bpb` metric |
 //! | [`wire`] | every message the mesh carries and the one codec that frames them |
 
+pub mod discovery;
 pub mod dispatch;
 pub mod hash;
 mod hex32;

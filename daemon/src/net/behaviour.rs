@@ -123,6 +123,13 @@ impl Default for NetParams {
     }
 }
 
+/// Largest DHT record kept or accepted from a peer: an announcement carries a manifest of up to
+/// 64 KiB plus its signature and addresses.
+pub const MAX_RECORD_BYTES: usize = 96 * 1024;
+/// Most DHT records kept: the discovery table's unpinned programs plus room for own and joined
+/// ones (every record is one the table holds; see `node/gossip.rs`).
+const MAX_DHT_RECORDS: usize = 2 * btd_protocol::discovery::MAX_UNPINNED_PROGRAMS;
+
 /// Most established connections in total and per peer: bounds memory and file descriptors.
 const MAX_CONNECTIONS: u32 = 512;
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
@@ -225,17 +232,17 @@ impl Behaviour {
         let store = kad::store::MemoryStore::with_config(
             peer_id,
             kad::store::MemoryStoreConfig {
-                max_records: 4096,
-                // An announcement carries a manifest of up to 64 KiB plus signature and addresses.
-                max_value_bytes: 96 * 1024,
+                max_records: MAX_DHT_RECORDS,
+                max_value_bytes: MAX_RECORD_BYTES,
                 ..Default::default()
             },
         );
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            store,
-            kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
-        );
+        let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        // A peer's PutRecord (and AddProvider) is not stored as it arrives: it comes to the node
+        // as `NetEvent::RecordOffered`, which stores only a valid signed announcement under its
+        // own program id that the discovery table admits. Provider records are not used.
+        kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
         // Without a confirmed external address kad stays a client and never answers queries;
         // btd nodes serve the DHT from the start.
         kad.set_mode(Some(kad::Mode::Server));

@@ -114,6 +114,30 @@ pub enum Lookup {
     Failed(String),
 }
 
+/// A record a peer asked this node to keep in its part of the DHT. Nothing is stored unless the node
+/// hands it back to [`super::Net::store_record`] (Kademlia runs with filtered inserts).
+pub struct OfferedRecord(pub(super) kad::Record);
+
+impl OfferedRecord {
+    /// The record's key.
+    pub fn key(&self) -> &[u8] {
+        self.0.key.as_ref()
+    }
+
+    /// The record's value (at most [`super::behaviour::MAX_RECORD_BYTES`]).
+    pub fn value(&self) -> &[u8] {
+        &self.0.value
+    }
+}
+
+impl std::fmt::Debug for OfferedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfferedRecord")
+            .field("bytes", &self.0.value.len())
+            .finish()
+    }
+}
+
 /// What happened on the network that the node cares about.
 #[derive(Debug)]
 pub enum NetEvent<T: Tags> {
@@ -149,6 +173,20 @@ pub enum NetEvent<T: Tags> {
         query: kad::QueryId,
         /// What it found.
         step: Lookup,
+    },
+    /// A peer asked us to store a DHT record (the node validates it first).
+    RecordOffered {
+        /// The peer that sent it (not necessarily its author: records are replicated).
+        peer: PeerId,
+        /// The record.
+        record: OfferedRecord,
+    },
+    /// One of our DHT record stores finished.
+    Stored {
+        /// The query ([`super::Net::put_record`]).
+        query: kad::QueryId,
+        /// Whether a peer stored it, or why not, in words.
+        result: Result<(), String>,
     },
     /// LAN discovery found peers.
     Discovered(Vec<(PeerId, Multiaddr)>),

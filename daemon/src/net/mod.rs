@@ -11,7 +11,8 @@ mod swarm;
 
 pub use behaviour::{build_swarm, Behaviour, NetParams, TransportKind};
 pub use events::{
-    Answer, GossipMessage, Inbound, Lookup, NetEvent, PeerInfo, Responder, Tags, Topic,
+    Answer, GossipMessage, Inbound, Lookup, NetEvent, OfferedRecord, PeerInfo, Responder, Tags,
+    Topic,
 };
 pub use libp2p::gossipsub::MessageAcceptance;
 pub use libp2p::kad::QueryId;

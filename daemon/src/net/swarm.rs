@@ -13,9 +13,11 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 
+use super::behaviour::MAX_RECORD_BYTES;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::events::{
-    Answer, GossipMessage, Inbound, Lookup, NetEvent, PeerInfo, Responder, Tags, Topic,
+    Answer, GossipMessage, Inbound, Lookup, NetEvent, OfferedRecord, PeerInfo, Responder, Tags,
+    Topic,
 };
 
 /// The relay v2 hop protocol: a peer that speaks it can relay for us.
@@ -161,15 +163,51 @@ impl<T: Tags> Net<T> {
             .report_message_validation_result(id, source, verdict);
     }
 
-    /// Stores a record in the DHT and announces this node as a provider of its key.
-    pub fn put_record(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), kad::store::Error> {
+    /// Stores a record in the DHT (locally and at the peers closest to its key); the outcome comes
+    /// back as [`NetEvent::Stored`].
+    pub fn put_record(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<kad::QueryId, kad::store::Error> {
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let key = kad::RecordKey::new(&key);
-        let stored = kad
-            .put_record(kad::Record::new(key.clone(), value), kad::Quorum::One)
-            .map(|_| ());
-        let _ = kad.start_providing(key);
-        stored
+        kad.put_record(
+            kad::Record::new(kad::RecordKey::new(&key), value),
+            kad::Quorum::One,
+        )
+    }
+
+    /// Keeps a record a peer offered ([`NetEvent::RecordOffered`]) in this node's part of the DHT.
+    pub fn store_record(&mut self, record: OfferedRecord) -> Result<(), kad::store::Error> {
+        use kad::store::RecordStore;
+        self.swarm.behaviour_mut().kad.store_mut().put(record.0)
+    }
+
+    /// Drops a record from this node's part of the DHT.
+    pub fn forget_record(&mut self, key: &[u8]) {
+        use kad::store::RecordStore;
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .remove(&kad::RecordKey::new(&key));
+    }
+
+    /// The value this node keeps in the DHT under `key` (tests).
+    pub fn local_record(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        use kad::store::RecordStore;
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .get(&kad::RecordKey::new(&key))
+            .map(|r| r.value.clone())
+    }
+
+    /// How many records this node keeps in the DHT (tests).
+    pub fn local_record_count(&mut self) -> usize {
+        use kad::store::RecordStore;
+        self.swarm.behaviour_mut().kad.store_mut().records().count()
     }
 
     /// Looks a record up in the DHT; its steps come back as [`NetEvent::Lookup`].
@@ -393,14 +431,38 @@ fn identified<T: Tags>(event: identify::Event) -> Option<NetEvent<T>> {
 }
 
 fn lookup<T: Tags>(event: kad::Event) -> Option<NetEvent<T>> {
-    let kad::Event::OutboundQueryProgressed {
-        id, result, step, ..
-    } = event
-    else {
-        return None;
+    let (id, result, step) = match event {
+        kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } => (id, result, step),
+        kad::Event::InboundRequest {
+            request:
+                kad::InboundRequest::PutRecord {
+                    source,
+                    record: Some(record),
+                    ..
+                },
+        } => {
+            if record.value.len() > MAX_RECORD_BYTES {
+                tracing::debug!(peer = %source, bytes = record.value.len(), "oversized DHT record dropped");
+                return None;
+            }
+            return Some(NetEvent::RecordOffered {
+                peer: source,
+                record: OfferedRecord(record),
+            });
+        }
+        _ => return None,
     };
-    let kad::QueryResult::GetRecord(result) = result else {
-        return None;
+    let result = match result {
+        kad::QueryResult::GetRecord(result) => result,
+        kad::QueryResult::PutRecord(result) => {
+            return Some(NetEvent::Stored {
+                query: id,
+                result: result.map(|_| ()).map_err(|e| e.to_string()),
+            });
+        }
+        _ => return None,
     };
     let step = match result {
         Ok(kad::GetRecordOk::FoundRecord(peer_record)) => Lookup::Found {

@@ -112,6 +112,37 @@ impl Node {
                 worker::on_membership_answer(self, peer, program, poll, Ok(response));
                 let _ = reply.send(Ok(()));
             }
+            #[cfg(feature = "testkit")]
+            Command::InjectAnnouncement {
+                source,
+                data,
+                reply,
+            } => {
+                let verdict = gossip::on_program_message(self, source, &data);
+                let _ = reply.send(Ok(verdict == crate::net::MessageAcceptance::Accept));
+            }
+            #[cfg(feature = "testkit")]
+            Command::RawPublish { data, reply } => {
+                let res = self
+                    .net
+                    .publish(crate::net::Topic::Programs, data)
+                    .map_err(|e| NodeError::Refused(e.to_string()));
+                let _ = reply.send(res);
+            }
+            #[cfg(feature = "testkit")]
+            Command::RawPutRecord { key, value, reply } => match self.net.put_record(&key, value) {
+                Ok(query) => {
+                    self.raw_puts.insert(query, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NodeError::Refused(e.to_string())));
+                }
+            },
+            #[cfg(feature = "testkit")]
+            Command::LocalRecord { key, reply } => {
+                let found = self.net.local_record(&key);
+                let _ = reply.send(Ok((found, self.net.local_record_count())));
+            }
             Command::Kb {
                 peer,
                 request,
@@ -180,6 +211,10 @@ impl Node {
             NetEvent::Subscribed { topic, .. } => gossip::on_subscribed(self, topic),
             NetEvent::Identified(info) => gossip::on_identify(self, info),
             NetEvent::Lookup { query, step } => gossip::on_lookup(self, query, step),
+            NetEvent::RecordOffered { peer, record } => {
+                gossip::on_record_offered(self, peer, record)
+            }
+            NetEvent::Stored { query, result } => self.on_stored(query, result),
             NetEvent::Discovered(list) => gossip::on_discovered(self, list),
             NetEvent::ListenAddr(address) => self.on_listen_addr(address),
             NetEvent::Connected {
@@ -266,6 +301,19 @@ impl Node {
             KbTag::Raw(reply) => {
                 let _ = reply.send(a.result.map_err(NodeError::Unreachable));
             }
+        }
+    }
+
+    /// A DHT store finished: own programs are re-stored at every announcement, so only a test's
+    /// raw store waits for the outcome.
+    fn on_stored(&mut self, query: crate::net::QueryId, result: Result<(), String>) {
+        #[cfg(feature = "testkit")]
+        if let Some(reply) = self.raw_puts.remove(&query) {
+            let _ = reply.send(result.map_err(NodeError::Unreachable));
+            return;
+        }
+        if let Err(e) = result {
+            tracing::debug!(?query, error = %e, "a DHT store found no peer");
         }
     }
 

@@ -1,6 +1,7 @@
 //! Announcements and discovery: program announcements and rung adverts on gossipsub, program
 //! records in Kademlia, identify-driven address learning and relay reservations.
 
+use btd_protocol::discovery::Offer;
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{self, ProgramAnnouncement, RungAdvert};
@@ -10,13 +11,15 @@ use tokio::sync::mpsc;
 
 use super::types::JoinEvent;
 use super::{Known, Node};
-use crate::net::{GossipMessage, Lookup, MessageAcceptance, PeerInfo, QueryId, Topic};
+use crate::net::{
+    GossipMessage, Lookup, MessageAcceptance, OfferedRecord, PeerInfo, QueryId, Topic,
+};
 use crate::store::{self, ProgramRow};
 /// Most DHT lookups for joins in flight.
 const MAX_LOOKUPS: usize = 64;
-/// Most programs remembered from the mesh: announcements are cheap to forge with fresh keys, so
-/// memory for other people's programs is capped (own and joined programs are always kept).
-const MAX_KNOWN_PROGRAMS: usize = 10_000;
+// Programs remembered from the mesh are bounded by the discovery table (`node.known`,
+// `btd_protocol::discovery`): per-owner and global caps, eviction instead of refusal; own, joined
+// and joining programs are pinned.
 /// Most peers whose rung adverts and agents are remembered.
 const MAX_PEER_INFO: usize = 10_000;
 
@@ -80,13 +83,14 @@ pub(super) fn announce(node: &mut Node, id: ProgramId, dht: bool) {
         return;
     };
     if let Ok(view) = wire::verify_announcement(&signed, node.clock.now()) {
-        node.known.insert(
-            id,
-            Known {
-                view,
-                signed: signed.clone(),
-            },
-        );
+        // Own programs are pinned: a refresh never evicts anything.
+        node.known.pin(id);
+        let (owner, at) = (view.owner, view.published_at);
+        let known = Known {
+            view,
+            signed: signed.clone(),
+        };
+        node.known.offer(id, owner, at, known);
     }
     if let Err(e) = node.net.publish(Topic::Programs, bytes.clone()) {
         tracing::debug!(program = %id, error = %e, "announcement not published yet");
@@ -139,7 +143,11 @@ pub(super) fn on_subscribed(node: &mut Node, topic: Topic) {
     }
 }
 
-fn on_program_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+pub(super) fn on_program_message(
+    node: &mut Node,
+    source: Option<PeerId>,
+    data: &[u8],
+) -> MessageAcceptance {
     let Ok(signed) = wire::decode::<Signed<ProgramAnnouncement>>(data) else {
         return MessageAcceptance::Reject;
     };
@@ -163,40 +171,168 @@ pub(super) fn accept_announcement(
     if source.is_some_and(|s| s != view.owner) {
         return MessageAcceptance::Reject;
     }
+    admit(node, view, signed)
+}
+
+/// Offers a verified announcement to the discovery table: a new program is always admitted (the
+/// table evicts to make room, never refuses), a known one is replaced only by a newer
+/// announcement. What is kept is stored; what is evicted is forgotten (memory, database, DHT).
+fn admit(
+    node: &mut Node,
+    view: wire::VerifiedProgram,
+    signed: Signed<ProgramAnnouncement>,
+) -> MessageAcceptance {
     let id = view.id;
-    if let Some(k) = node.known.get(&id) {
-        if k.view.published_at >= view.published_at || node.owners.contains(&id) {
-            return MessageAcceptance::Accept;
-        }
+    // Own programs are never replaced by remote copies.
+    if node.owners.contains(&id)
+        || node
+            .known
+            .published_at(&id)
+            .is_some_and(|at| at >= view.published_at)
+    {
+        return MessageAcceptance::Accept;
     }
-    let is_new = !node.known.contains_key(&id);
-    if is_new && node.known.len() >= MAX_KNOWN_PROGRAMS {
-        tracing::debug!(program = %id, "known-program table full; ignoring a new program");
+    let Ok(bytes) = wire::encode(&signed) else {
         return MessageAcceptance::Ignore;
+    };
+    let (owner, published_at) = (view.owner, view.published_at);
+    let row = ProgramRow {
+        id,
+        owner: owner.to_string(),
+        announcement: bytes,
+        published_at,
+        own: false,
+    };
+    let name = view.program.name.clone();
+    let evicted = match node
+        .known
+        .offer(id, owner, published_at, Known { view, signed })
+    {
+        Offer::Stale => return MessageAcceptance::Accept,
+        Offer::Newer => None,
+        Offer::New { evicted } => {
+            tracing::info!(program = %id, name = %name, owner = %owner, "program discovered");
+            evicted
+        }
+    };
+    if let Some(e) = evicted {
+        tracing::debug!(program = %e.id, "known-program table full; forgot the oldest program of the busiest owner");
+        node.net.forget_record(e.id.0.as_bytes());
+        node.program_writes.ops.insert(e.id, None);
     }
-    if let Ok(bytes) = wire::encode(&signed) {
-        let row = ProgramRow {
-            id,
-            owner: view.owner.to_string(),
-            announcement: bytes,
-            published_at: view.published_at,
-            own: false,
-        };
-        let store = node.store.clone();
-        node.after(async move {
-            let res = store.write(move |tx| store::put_program(tx, &row)).await;
-            Box::new(move |_: &mut Node| {
-                if let Err(e) = res {
-                    tracing::warn!(program = %id, error = %e, "cannot store a known program");
+    node.program_writes.ops.insert(id, Some(row));
+    flush_program_writes(node);
+    match evicted {
+        // The owner is over its cap: the program is kept (the owner's oldest went instead) but not
+        // forwarded, so one key's flood stops at the first hop.
+        Some(e) if e.owner == owner => MessageAcceptance::Ignore,
+        _ => MessageAcceptance::Accept,
+    }
+}
+
+/// Known-program rows waiting to be written. The database follows the discovery table: one write
+/// is in flight at a time, in order, with the latest operation per program, so a program evicted
+/// right after it was admitted never outlives its eviction on disk (independent writes could land
+/// in any order).
+#[derive(Default)]
+pub(crate) struct ProgramWrites {
+    /// Per program: store this row (`Some`) or delete it (`None`).
+    ops: std::collections::HashMap<ProgramId, Option<ProgramRow>>,
+    /// Delete the stored programs beyond the newest `MAX_UNPINNED_PROGRAMS` (at start).
+    prune: bool,
+    in_flight: bool,
+}
+
+/// Starts the next write of known programs unless one is in flight.
+fn flush_program_writes(node: &mut Node) {
+    let w = &mut node.program_writes;
+    if w.in_flight || (w.ops.is_empty() && !w.prune) {
+        return;
+    }
+    w.in_flight = true;
+    let ops: Vec<(ProgramId, Option<ProgramRow>)> = w.ops.drain().collect();
+    let prune = std::mem::take(&mut w.prune);
+    let store = node.store.clone();
+    node.after(async move {
+        let res = store
+            .write(move |tx| {
+                if prune {
+                    store::prune_programs(tx, btd_protocol::discovery::MAX_UNPINNED_PROGRAMS)?;
                 }
+                for (id, op) in &ops {
+                    match op {
+                        Some(row) => store::put_program(tx, row)?,
+                        None => store::delete_programs(tx, std::slice::from_ref(id))?,
+                    }
+                }
+                Ok(())
             })
+            .await;
+        Box::new(move |node: &mut Node| {
+            node.program_writes.in_flight = false;
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "cannot store known programs");
+            }
+            flush_program_writes(node);
+        })
+    });
+}
+
+/// Programs the discovery table let go: out of the DHT part this node keeps and out of the
+/// database.
+fn forget(node: &mut Node, gone: Vec<ProgramId>) {
+    for g in gone {
+        node.net.forget_record(g.0.as_bytes());
+        node.program_writes.ops.insert(g, None);
+    }
+    flush_program_writes(node);
+}
+
+/// A program this node is joining: never evicted while the join runs.
+pub(super) fn pin(node: &mut Node, program: ProgramId) {
+    node.known.pin(program);
+}
+
+/// A join that did not complete: the program is an ordinary known program again (unless owned or
+/// joined), under the caps; the table may evict one program to stay within them.
+pub(super) fn unpin(node: &mut Node, program: ProgramId) {
+    if node.owners.contains(&program) || node.memberships.contains_key(&program) {
+        return;
+    }
+    if let Some(e) = node.known.unpin(program) {
+        forget(node, vec![e.id]);
+    }
+}
+
+/// Drops stored programs the bounded restore left out (see `Node::restore`), and any beyond the
+/// newest `MAX_UNPINNED_PROGRAMS` the store did not even load.
+pub(super) fn forget_stored(node: &mut Node, gone: Vec<ProgramId>) {
+    node.program_writes.prune = true;
+    forget(node, gone);
+}
+
+/// A peer asks this node to keep a DHT record. Kept only if it is a valid signed announcement
+/// stored under its own program id and the discovery table holds exactly that announcement;
+/// anything else (garbage, a forged or replayed record under another program's key) is dropped.
+pub(super) fn on_record_offered(node: &mut Node, peer: PeerId, record: OfferedRecord) {
+    let verified = wire::decode::<Signed<ProgramAnnouncement>>(record.value())
+        .ok()
+        .and_then(|signed| {
+            let view = wire::verify_announcement(&signed, node.clock.now()).ok()?;
+            (view.id.0.as_bytes() == record.key()).then_some((view, signed))
         });
+    let Some((view, signed)) = verified else {
+        tracing::debug!(peer = %peer, "invalid DHT record dropped");
+        return;
+    };
+    let (id, at) = (view.id, view.published_at);
+    admit(node, view, signed);
+    if node.owners.contains(&id) || node.known.published_at(&id) != Some(at) {
+        return;
     }
-    if is_new {
-        tracing::info!(program = %id, name = %view.program.name, owner = %view.owner, "program discovered");
+    if let Err(e) = node.net.store_record(record) {
+        tracing::debug!(program = %id, error = %e, "cannot keep the DHT record");
     }
-    node.known.insert(id, Known { view, signed });
-    MessageAcceptance::Accept
 }
 
 fn on_rungs_message(node: &mut Node, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
@@ -305,7 +441,7 @@ pub(super) fn on_lookup(node: &mut Node, id: QueryId, step: Lookup) {
             }
         }
         Lookup::NotFound => {
-            if node.known.contains_key(&program) {
+            if node.known.contains(&program) {
                 super::worker::start_authorize(node, program, events);
             } else {
                 let _ = events.try_send(JoinEvent::Failed {
@@ -316,7 +452,7 @@ pub(super) fn on_lookup(node: &mut Node, id: QueryId, step: Lookup) {
             }
         }
         Lookup::Failed(e) => {
-            if node.known.contains_key(&program) {
+            if node.known.contains(&program) {
                 super::worker::start_authorize(node, program, events);
             } else {
                 let _ = events.try_send(JoinEvent::Failed {

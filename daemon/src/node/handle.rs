@@ -144,6 +144,44 @@ pub(crate) enum Command {
         /// Answered once the node has handled it.
         reply: Reply<()>,
     },
+    /// Hand the node a programs-topic gossip payload as if `source` had published it (tests play
+    /// a flooding peer with it): it goes through the node's real validation. Answers whether the
+    /// node accepted it (would forward it).
+    #[cfg(feature = "testkit")]
+    InjectAnnouncement {
+        /// The claimed gossip author.
+        source: Option<PeerId>,
+        /// The payload (an encoded `Signed<ProgramAnnouncement>`, or anything).
+        data: Vec<u8>,
+        /// Accepted or not.
+        reply: Reply<bool>,
+    },
+    /// Publish any payload on the programs topic (tests play a hostile peer with it).
+    #[cfg(feature = "testkit")]
+    RawPublish {
+        /// The payload.
+        data: Vec<u8>,
+        /// Done (or why not).
+        reply: Reply<()>,
+    },
+    /// Put any record into the DHT; answered once the store query finished (tests).
+    #[cfg(feature = "testkit")]
+    RawPutRecord {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// Done once a peer stored it (or why not).
+        reply: Reply<()>,
+    },
+    /// The value this node keeps in the DHT under a key, and how many records it keeps (tests).
+    #[cfg(feature = "testkit")]
+    LocalRecord {
+        /// The key.
+        key: Vec<u8>,
+        /// The value, and the number of records kept.
+        reply: Reply<(Option<Vec<u8>>, usize)>,
+    },
     /// Send a KB request to a peer and return its response (`NodeHandle::champion` reads the
     /// champion with it; the `testkit` probe `raw_kb` sends any request).
     Kb {
@@ -554,6 +592,39 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    /// Hands the node a programs-topic gossip payload as if `source` had published it: it goes
+    /// through the node's real validation. Returns whether the node accepted it.
+    pub async fn inject_announcement(
+        &self,
+        source: Option<PeerId>,
+        data: Vec<u8>,
+    ) -> Result<bool, NodeError> {
+        self.try_call(|reply| Command::InjectAnnouncement {
+            source,
+            data,
+            reply,
+        })
+        .await
+    }
+
+    /// Publishes any payload on the programs topic.
+    pub async fn raw_publish(&self, data: Vec<u8>) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::RawPublish { data, reply })
+            .await
+    }
+
+    /// Puts any record into the DHT; returns once a peer stored it (or the query failed).
+    pub async fn raw_put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::RawPutRecord { key, value, reply })
+            .await
+    }
+
+    /// The value this node keeps in the DHT under `key`, and how many records it keeps.
+    pub async fn local_record(&self, key: Vec<u8>) -> Result<(Option<Vec<u8>>, usize), NodeError> {
+        self.try_call(|reply| Command::LocalRecord { key, reply })
+            .await
     }
 
     /// Sends a raw KB request to `peer`; returns its raw response.

@@ -138,7 +138,9 @@ pub struct Node {
     /// Protocol time (see [`crate::clock`]).
     pub(crate) clock: crate::clock::Clock,
     pub(crate) rungs: Vec<AdvertisedRung>,
-    pub(crate) known: HashMap<ProgramId, Known>,
+    /// Programs known from the mesh or owned: a bounded table (per-owner and global caps on
+    /// programs neither owned nor joined; see `btd_protocol::discovery`).
+    pub(crate) known: btd_protocol::discovery::Discovery<Known>,
     /// The programs this node owns: every owner rule (`btd_protocol::owner`).
     pub(crate) owners: btd_protocol::owner::Owners,
     pub(crate) memberships: HashMap<ProgramId, Membership>,
@@ -160,6 +162,8 @@ pub struct Node {
     /// When the rung advert is next due (`None`: at the next announcement).
     pub(crate) next_rung_advert: Option<Instant>,
     pub(crate) lookups: gossip::Lookups,
+    /// Known-program rows on their way to the database, in order.
+    pub(crate) program_writes: gossip::ProgramWrites,
     pub(crate) relay_server: bool,
     /// Per-peer request budget (burst, per second).
     pub(crate) rate: (f64, f64),
@@ -175,6 +179,9 @@ pub struct Node {
     pub(crate) claims_ready: std::sync::Arc<tokio::sync::Notify>,
     /// Open connections per peer, with their remote addresses (for `btd peers`).
     pub(crate) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// DHT stores a test asked for, waiting for their outcome.
+    #[cfg(feature = "testkit")]
+    pub(crate) raw_puts: HashMap<crate::net::QueryId, handle::Reply<()>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -231,7 +238,7 @@ pub(crate) async fn spawn_without_verifier(
         },
         clock: cfg.clock.clone(),
         rungs: cfg.rungs,
-        known: HashMap::new(),
+        known: btd_protocol::discovery::Discovery::default(),
         owners: btd_protocol::owner::Owners::new(cfg.key.clone()),
         memberships: HashMap::new(),
         joins: HashMap::new(),
@@ -248,6 +255,7 @@ pub(crate) async fn spawn_without_verifier(
         last_program_gossip: Instant::now(),
         next_rung_advert: None,
         lookups: gossip::Lookups::default(),
+        program_writes: gossip::ProgramWrites::default(),
         relay_server: cfg.net.relay_server,
         rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
         blobs: cfg
@@ -259,6 +267,8 @@ pub(crate) async fn spawn_without_verifier(
         blob_rate: (cfg.net.blob_burst, cfg.net.blob_per_sec),
         claims_ready: std::sync::Arc::new(tokio::sync::Notify::new()),
         connections: HashMap::new(),
+        #[cfg(feature = "testkit")]
+        raw_puts: HashMap::new(),
     };
     node.restore(snapshot)?;
     gossip::subscribe(&mut node)?;
@@ -281,6 +291,9 @@ pub(crate) async fn spawn_without_verifier(
 impl Node {
     fn restore(&mut self, snap: Snapshot) -> Result<()> {
         let now = self.clock.now();
+        let mut rows = Vec::with_capacity(snap.programs.len());
+        // Rows that cannot be read or verified are dropped from the store (unless own).
+        let mut unreadable = Vec::new();
         for row in &snap.programs {
             let signed: Signed<ProgramAnnouncement> = match btd_protocol::wire::decode(
                 &row.announcement,
@@ -288,6 +301,7 @@ impl Node {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(program = %row.id, error = %e, "skipping unreadable stored program");
+                    unreadable.push(row.id);
                     continue;
                 }
             };
@@ -300,6 +314,7 @@ impl Node {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(program = %row.id, error = %e, "skipping invalid stored program");
+                    unreadable.push(row.id);
                     continue;
                 }
             };
@@ -310,8 +325,29 @@ impl Node {
                     .map_err(|e| anyhow!("{e}"))?;
                 self.owners.insert(owned);
             }
-            self.known.insert(row.id, Known { view, signed });
+            rows.push((
+                row.id,
+                view.owner,
+                view.published_at,
+                Known { view, signed },
+            ));
         }
+        // Own and joined programs are pinned; the others are bounded as the mesh's are (the store
+        // already loaded at most the newest MAX_UNPINNED_PROGRAMS of them).
+        let pins = snap
+            .programs
+            .iter()
+            .filter(|r| r.own)
+            .map(|r| r.id)
+            .chain(snap.memberships.iter().map(|m| m.program));
+        let (known, mut dropped) = btd_protocol::discovery::Discovery::restore(
+            btd_protocol::discovery::Limits::default(),
+            pins,
+            rows,
+        );
+        self.known = known;
+        dropped.extend(unreadable);
+        gossip::forget_stored(self, dropped);
         for m in snap.memberships {
             let owner: PeerId = m
                 .owner

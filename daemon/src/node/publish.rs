@@ -69,7 +69,10 @@ pub(super) fn publish(
         Box::new(move |node: &mut Node| match res {
             Ok(()) => {
                 node.owners.insert(owner);
-                node.known.insert(id, Known { view, signed });
+                // Own programs are pinned: never evicted, outside the discovery caps.
+                node.known.pin(id);
+                let (owner_peer, at) = (view.owner, view.published_at);
+                node.known.offer(id, owner_peer, at, Known { view, signed });
                 super::gossip::announce(node, id, true);
                 tracing::info!(program = %id, "published");
                 let _ = reply.send(Ok(id));

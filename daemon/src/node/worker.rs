@@ -92,7 +92,7 @@ pub(super) fn join(node: &mut Node, program: ProgramId, events: mpsc::Sender<Joi
             },
         );
     }
-    if !node.known.contains_key(&program) {
+    if !node.known.contains(&program) {
         // Not seen on gossip yet: ask the DHT, then continue (see `gossip::on_kad`).
         super::gossip::lookup(node, program, events);
         return;
@@ -114,6 +114,8 @@ pub(super) fn start_authorize(
             },
         );
     };
+    // A program being joined is pinned: a flood of announcements cannot evict it mid-join.
+    super::gossip::pin(node, program);
     let req = MembershipRequest::Authorize {
         program,
         seal_key: node.seal_key.public(),
@@ -138,6 +140,7 @@ pub(super) fn start_authorize(
 fn fail_join(node: &mut Node, program: ProgramId, reason: String) {
     if let Some(j) = node.joins.remove(&program) {
         tracing::info!(program = %program, %reason, "join failed");
+        super::gossip::unpin(node, program);
         event(&j.events, JoinEvent::Failed { reason });
     }
 }
@@ -188,12 +191,15 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
                 node.next_rung_advert = None;
                 event(&join.events, JoinEvent::Granted { program, member });
             }
-            Err(e) => event(
-                &join.events,
-                JoinEvent::Failed {
-                    reason: format!("cannot store the credential: {e}"),
-                },
-            ),
+            Err(e) => {
+                super::gossip::unpin(node, program);
+                event(
+                    &join.events,
+                    JoinEvent::Failed {
+                        reason: format!("cannot store the credential: {e}"),
+                    },
+                )
+            }
         })
     });
     Ok(())

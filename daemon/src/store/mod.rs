@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use btd_protocol::owner::kb_history;
 pub use schema::{
-    load as load_snapshot, load_runs, next_round, put_join_code, put_member, put_membership,
-    put_program, put_records, put_run, put_submission, put_verdict, MembershipRow, ProgramRow,
-    Snapshot, SubmissionRow, VerdictRow,
+    count_programs, delete_programs, load as load_snapshot, load_runs, next_round, prune_programs,
+    put_join_code, put_member, put_membership, put_program, put_records, put_run, put_submission,
+    put_verdict, MembershipRow, ProgramRow, Snapshot, SubmissionRow, VerdictRow,
 };
 
 /// Jobs waiting for the store thread. A full queue makes callers wait (backpressure), it never

@@ -161,7 +161,8 @@ pub struct MembershipRow {
 /// Everything the daemon loads at start.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Known programs.
+    /// Known programs: every own and joined one, and the newest others up to
+    /// [`btd_protocol::discovery::MAX_UNPINNED_PROGRAMS`] (in no particular order).
     pub programs: Vec<ProgramRow>,
     /// Members of own programs.
     pub members: Vec<(ProgramId, MemberRecord)>,
@@ -241,6 +242,40 @@ pub fn put_program(tx: &Transaction<'_>, row: &ProgramRow) -> Result<(), StoreEr
         ],
     )?;
     Ok(())
+}
+
+/// Forgets known programs (the discovery table let them go). Own programs are never deleted here.
+pub fn delete_programs(tx: &Transaction<'_>, ids: &[ProgramId]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached("DELETE FROM programs WHERE id = ?1 AND own = 0")?;
+    for id in ids {
+        stmt.execute(params![id.to_string()])?;
+    }
+    Ok(())
+}
+
+/// Known programs that are neither own nor joined: the ones the discovery table bounds. Loaded and
+/// kept newest first, at most [`btd_protocol::discovery::MAX_UNPINNED_PROGRAMS`].
+const UNPINNED_PROGRAMS: &str = "own = 0 AND id NOT IN (SELECT program FROM memberships)";
+
+/// Deletes the known programs beyond the newest `keep` unpinned ones (a database written by an
+/// older btd, or one the table has not pruned yet).
+pub fn prune_programs(tx: &Transaction<'_>, keep: usize) -> Result<(), StoreError> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    tx.execute(
+        &format!(
+            "DELETE FROM programs WHERE {UNPINNED_PROGRAMS} AND id NOT IN
+             (SELECT id FROM programs WHERE {UNPINNED_PROGRAMS}
+              ORDER BY published_at DESC, id LIMIT ?1)"
+        ),
+        params![keep],
+    )?;
+    Ok(())
+}
+
+/// How many programs the store holds (tests check it stays bounded).
+pub fn count_programs(conn: &Connection) -> Result<usize, StoreError> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM programs", [], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Inserts or updates a member of an own program.
@@ -436,10 +471,16 @@ pub fn next_round(conn: &Connection, program: &ProgramId) -> Result<u64, StoreEr
 /// Loads everything.
 pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
     let mut snap = Snapshot::default();
-    let mut stmt = conn.prepare(
-        "SELECT id, owner, announcement, published_at, own FROM programs ORDER BY published_at",
-    )?;
-    let rows = stmt.query_map([], |r| {
+    // Own and joined programs all; the others newest first, bounded: a flooded database costs no
+    // more memory at start than the discovery table holds.
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, owner, announcement, published_at, own FROM programs WHERE NOT ({UNPINNED_PROGRAMS})
+         UNION ALL
+         SELECT * FROM (SELECT id, owner, announcement, published_at, own FROM programs
+                        WHERE {UNPINNED_PROGRAMS} ORDER BY published_at DESC, id LIMIT ?1)"
+    ))?;
+    let limit = i64::try_from(btd_protocol::discovery::MAX_UNPINNED_PROGRAMS).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![limit], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,

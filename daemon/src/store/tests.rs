@@ -167,3 +167,59 @@ async fn undecided_join_codes_survive_a_reopen_and_an_old_home_gains_the_table()
         vec![(program, kept, SealPublicKey([7; 32]))]
     );
 }
+
+#[tokio::test]
+async fn known_programs_load_bounded_and_prune_keeps_own_joined_and_the_newest() {
+    use btd_protocol::discovery::MAX_UNPINNED_PROGRAMS;
+    let store = Store::open_in_memory().unwrap();
+    let id = |n: u64| {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        ProgramId(Digest(b))
+    };
+    let extra = 50u64;
+    let total = MAX_UNPINNED_PROGRAMS as u64 + extra;
+    store
+        .write(move |tx| {
+            for n in 0..total {
+                put_program(
+                    tx,
+                    &ProgramRow {
+                        id: id(n),
+                        owner: "o".into(),
+                        announcement: vec![0],
+                        published_at: Timestamp(n + 10),
+                        // The oldest row is own, the second oldest joined.
+                        own: n == 0,
+                    },
+                )?;
+            }
+            put_membership(
+                tx,
+                &MembershipRow {
+                    program: id(1),
+                    owner: "o".into(),
+                    credential: btd_protocol::membership::Credential::from_bytes([3; 32]),
+                    joined_at: Timestamp(1),
+                },
+            )
+        })
+        .await
+        .unwrap();
+    // Load: own and joined rows, and the newest MAX_UNPINNED_PROGRAMS others.
+    let snap = store.read(load).await.unwrap();
+    assert_eq!(snap.programs.len(), MAX_UNPINNED_PROGRAMS + 2);
+    let loaded: std::collections::HashSet<ProgramId> = snap.programs.iter().map(|r| r.id).collect();
+    assert!(loaded.contains(&id(0)) && loaded.contains(&id(1)));
+    assert!(loaded.contains(&id(total - 1)) && !loaded.contains(&id(2)));
+    // Prune deletes exactly the rest; deleting programs never touches own ones.
+    store
+        .write(move |tx| {
+            prune_programs(tx, MAX_UNPINNED_PROGRAMS)?;
+            delete_programs(tx, &[id(0), id(total - 1)])
+        })
+        .await
+        .unwrap();
+    let left = store.read(count_programs).await.unwrap();
+    assert_eq!(left, MAX_UNPINNED_PROGRAMS + 1);
+}
