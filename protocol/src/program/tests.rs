@@ -449,6 +449,8 @@ fn retrain_seeds_default_bounds_and_derivation() {
         let errs = errors(&with(&format!("retrain_seeds = {bad}")));
         assert!(has(&errs, "verify.retrain_seeds", ""), "{bad}: {errs:?}");
     }
+}
+
 /// A manifest cannot name more validation tokens than the trainer evaluates (it used to accept up
 /// to 2^30 while the trainer refused anything over 2^27, so a published program failed every
 /// worker's evaluation).
