@@ -112,6 +112,16 @@ impl Node {
                 worker::on_membership_answer(self, peer, program, poll, Ok(response));
                 let _ = reply.send(Ok(()));
             }
+            #[cfg(feature = "testkit")]
+            Command::RawGossip { topic, data, reply } => {
+                let published = self.net.publish(topic, data);
+                let _ = reply.send(published.map_err(|e| NodeError::Unreachable(e.to_string())));
+            }
+            #[cfg(feature = "testkit")]
+            Command::PoisonBlobs { response, reply } => {
+                self.poisoned_blobs = response;
+                let _ = reply.send(Ok(()));
+            }
             Command::Kb {
                 peer,
                 request,

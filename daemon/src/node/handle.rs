@@ -144,6 +144,24 @@ pub(crate) enum Command {
         /// Answered once the node has handled it.
         reply: Reply<()>,
     },
+    /// Publish any bytes on a gossip topic, as this node (tests and netsim play a hostile peer).
+    #[cfg(feature = "testkit")]
+    RawGossip {
+        /// The topic.
+        topic: crate::net::Topic,
+        /// The message, as is.
+        data: Vec<u8>,
+        /// Published, or why not.
+        reply: Reply<()>,
+    },
+    /// Answer every artifact request with this reply (`None`: serve normally again).
+    #[cfg(feature = "testkit")]
+    PoisonBlobs {
+        /// The reply.
+        response: Option<btd_protocol::wire::BlobResponse>,
+        /// Done.
+        reply: Reply<()>,
+    },
     /// Send a KB request to a peer and return its response (`NodeHandle::champion` reads the
     /// champion with it; the `testkit` probe `raw_kb` sends any request).
     Kb {
@@ -554,6 +572,23 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    /// Publishes `data` as is on `topic` (signed by this node's gossip identity, as gossipsub
+    /// requires; the payload may be anything).
+    pub async fn raw_gossip(&self, topic: crate::net::Topic, data: Vec<u8>) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::RawGossip { topic, data, reply })
+            .await
+    }
+
+    /// From now on answers every artifact request with `response` (a hostile member's blob
+    /// server: e.g. an error of nearly a whole message); `None` serves normally again.
+    pub async fn poison_blobs(
+        &self,
+        response: Option<btd_protocol::wire::BlobResponse>,
+    ) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::PoisonBlobs { response, reply })
+            .await
     }
 
     /// Sends a raw KB request to `peer`; returns its raw response.
