@@ -343,7 +343,10 @@ async fn malformed_frames_on_every_protocol_are_dropped_and_the_owner_keeps_serv
     for proto in Proto::ALL {
         for (what, bytes) in &attacks {
             let got = raw.send_frame(to, addr.clone(), proto, bytes.clone()).await;
-            assert!(got.is_err(), "{proto:?}, {what}: the owner answered {got:?}");
+            assert!(
+                got.is_err(),
+                "{proto:?}, {what}: the owner answered {got:?}"
+            );
         }
     }
     // The same peer, well-formed: an answer (a refusal for a made-up credential), so the refusals
@@ -475,7 +478,10 @@ async fn gossip_garbage_and_forged_announcements_are_dropped_and_discovery_goes_
         .await
         .unwrap();
     let known = observer.handle.programs().await.unwrap();
-    assert!(!known.iter().any(|p| p.id == forged_id), "a forged program was accepted");
+    assert!(
+        !known.iter().any(|p| p.id == forged_id),
+        "a forged program was accepted"
+    );
     assert!(
         !known.iter().any(|p| p.name == "1"),
         "a broken manifest was accepted"
@@ -498,7 +504,10 @@ async fn a_well_formed_membership_request_from_a_raw_peer_gets_a_code() {
         .ask_to_join(&key, owner.peer_id(), owner.dial_addr(), program)
         .await
         .unwrap();
-    assert!(matches!(got, MembershipResponse::Authorization(_)), "{got:?}");
+    assert!(
+        matches!(got, MembershipResponse::Authorization(_)),
+        "{got:?}"
+    );
     let poll: MembershipResponse = raw
         .request(
             owner.peer_id(),
@@ -511,5 +520,8 @@ async fn a_well_formed_membership_request_from_a_raw_peer_gets_a_code() {
         )
         .await
         .unwrap();
-    assert!(matches!(poll, MembershipResponse::Poll(_) | MembershipResponse::Error(_)));
+    assert!(matches!(
+        poll,
+        MembershipResponse::Poll(_) | MembershipResponse::Error(_)
+    ));
 }

@@ -49,6 +49,7 @@ impl Ctx {
 /// Runs node `ix`'s attack and records what it did.
 pub(crate) async fn actor(ctx: &Ctx, ix: NodeIx) {
     let attack = ctx.attack_of(ix);
+    tracing::debug!(at_ms = ctx.ms(), %attack, "attack starts");
     let mut rec = AttackRecord {
         node: ix,
         attack: attack.clone(),
@@ -63,6 +64,7 @@ pub(crate) async fn actor(ctx: &Ctx, ix: NodeIx) {
         "submission_spam" => submission_spam(ctx, ix, &mut rec).await,
         _ => rec.detail = "unknown attack".into(),
     }
+    tracing::info!(at_ms = ctx.ms(), attack = %rec.attack, sent = rec.sent, "attack done");
     ctx.rec().attacks.push(rec);
 }
 
@@ -269,7 +271,10 @@ async fn announce_flood(ctx: &Ctx, ix: NodeIx, rec: &mut AttackRecord) {
     let Some(node) = ctx.sim.nodes.get(ix) else {
         return;
     };
-    let base = ctx.s.program.manifest("flood", &crate::scenario::Workload::default());
+    let base = ctx
+        .s
+        .program
+        .manifest("flood", &crate::scenario::Workload::default());
     let n = ctx.s.hostile.announcements;
     rec.sent = n;
     rec.answered = flood_announcements(&h, &node.key, n, |i| {
@@ -310,8 +315,8 @@ pub(crate) async fn latency_probe(ctx: std::sync::Arc<Ctx>) {
     let Some(ix) = layout
         .with_role(Role::Observer)
         .first()
-        .or_else(|| layout.with_role(Role::Worker).first())
         .copied()
+        .or_else(|| layout.with_role(Role::Worker).first().copied())
     else {
         return;
     };
@@ -326,6 +331,9 @@ pub(crate) async fn latency_probe(ctx: std::sync::Arc<Ctx>) {
             };
             let t = Instant::now();
             let rtt = h.raw_kb(ctx.owner, request).await.ok().map(|_| t.elapsed());
+            if rtt.is_none_or(|d| d > Duration::from_millis(500)) {
+                tracing::debug!(at_ms = ctx.ms(), ?rtt, "slow owner answer");
+            }
             ctx.rec().owner_rtts.push(rtt);
         }
         tokio::select! {
@@ -346,7 +354,9 @@ pub(crate) async fn late_program(ctx: &Ctx) {
     let program = match owner.publish(manifest).await {
         Ok(p) => p,
         Err(e) => {
-            ctx.rec().late.push((0, Err(format!("publish failed: {e}"))));
+            ctx.rec()
+                .late
+                .push((0, Err(format!("publish failed: {e}"))));
             return;
         }
     };
@@ -367,7 +377,10 @@ pub(crate) async fn late_program(ctx: &Ctx) {
             };
             (
                 ix,
-                joined.await.map(|_| t0.elapsed()).map_err(|e| e.to_string()),
+                joined
+                    .await
+                    .map(|_| t0.elapsed())
+                    .map_err(|e| e.to_string()),
             )
         }
     });

@@ -283,8 +283,12 @@ async fn held(ctx: &Ctx) -> crate::records::Held {
         }
     }
     for ix in 0..ctx.sim.layout.len() {
-        let Some(h) = ctx.sim.handle(ix) else { continue };
-        let Ok(list) = h.programs().await else { continue };
+        let Some(h) = ctx.sim.handle(ix) else {
+            continue;
+        };
+        let Ok(list) = h.programs().await else {
+            continue;
+        };
         if list.len() > held.max_known.0 {
             held.max_known = (list.len(), ctx.sim.layout.label(ix));
         }

@@ -249,9 +249,15 @@ fn targets() -> Vec<(&'static str, Runner, Vec<Vec<u8>>)> {
             spend_cap: Some(2.0),
         },
     };
-    let receipt =
-        ApprovalReceipt::issue(&kp, "p:paid-h100", "paid-h100", Timestamp(0), Timestamp(60_000), 2.0)
-            .unwrap();
+    let receipt = ApprovalReceipt::issue(
+        &kp,
+        "p:paid-h100",
+        "paid-h100",
+        Timestamp(0),
+        Timestamp(60_000),
+        2.0,
+    )
+    .unwrap();
     let advert = Signed::sign(
         &kp,
         &RungAdvert {
@@ -298,7 +304,9 @@ fn targets() -> Vec<(&'static str, Runner, Vec<Vec<u8>>)> {
                     interval: 5,
                 })),
                 enc(&MembershipResponse::Granted(grant())),
-                enc(&MembershipResponse::Poll(PollStatus::SlowDown { interval: 10 })),
+                enc(&MembershipResponse::Poll(PollStatus::SlowDown {
+                    interval: 10,
+                })),
                 enc(&MembershipResponse::Ack),
                 enc(&MembershipResponse::Error(error())),
             ],
@@ -664,7 +672,10 @@ fn wire_decoder_and_manifest_parser_survive_mutated_input() {
     let start = Instant::now();
     let s = fuzz(13, Duration::from_secs(20), 20_000);
     report("quick", &s, start.elapsed());
-    assert!(s.wire_decoded > 0, "no mutated input ever decoded: the fuzzer is blind");
+    assert!(
+        s.wire_decoded > 0,
+        "no mutated input ever decoded: the fuzzer is blind"
+    );
     assert!(s.manifests_valid > 0, "no mutated manifest ever parsed");
 }
 

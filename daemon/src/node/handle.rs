@@ -576,7 +576,11 @@ impl NodeHandle {
 
     /// Publishes `data` as is on `topic` (signed by this node's gossip identity, as gossipsub
     /// requires; the payload may be anything).
-    pub async fn raw_gossip(&self, topic: crate::net::Topic, data: Vec<u8>) -> Result<(), NodeError> {
+    pub async fn raw_gossip(
+        &self,
+        topic: crate::net::Topic,
+        data: Vec<u8>,
+    ) -> Result<(), NodeError> {
         self.try_call(|reply| Command::RawGossip { topic, data, reply })
             .await
     }

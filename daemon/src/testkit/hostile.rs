@@ -85,14 +85,22 @@ impl request_response::Codec for RawCodec {
         io.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_MESSAGE_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "reply over the cap"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply over the cap",
+            ));
         }
         let mut buf = Vec::with_capacity(len);
         io.take(len as u64).read_to_end(&mut buf).await?;
         Ok(buf)
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -100,7 +108,12 @@ impl request_response::Codec for RawCodec {
         io.close().await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, _: &mut T, _: Vec<u8>) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -175,7 +188,8 @@ impl RawPeer {
                 blob: rr(protocols::BLOB, timeout),
             })
         };
-        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        let idle =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
         let builder = SwarmBuilder::with_existing_identity(key).with_tokio();
         let mut swarm = match transport {
             TransportKind::Custom(custom) => builder
