@@ -602,9 +602,9 @@ fn fuzz(seed: u64, limit: Duration, max_execs: u64) -> Stats {
     let mut stats = Stats::default();
     let start = Instant::now();
     let mut n: u64 = 0;
-    while n < max_execs && (n % 256 != 0 || start.elapsed() < limit) {
+    while n < max_execs && (!n.is_multiple_of(256) || start.elapsed() < limit) {
         n += 1;
-        if n % 8 == 0 {
+        if n.is_multiple_of(8) {
             // Manifests: what every announcement's manifest goes through.
             let a = &manifests[rng.gen_range(0..manifests.len())];
             let b = &manifests[rng.gen_range(0..manifests.len())];
