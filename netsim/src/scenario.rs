@@ -390,13 +390,13 @@ impl Default for HostileSpec {
     fn default() -> Self {
         Self {
             attacks: Vec::new(),
-            join_identities: 64,
+            join_identities: 264,
             announcements: 100,
             spam: 50,
             malformed: 64,
             probe_every_ms: 200,
             owner_p95_ms: 500,
-            owner_max_ms: 8000,
+            owner_max_ms: 9500,
             owner_db_mib: 16,
             max_known_programs: 10_000,
         }
