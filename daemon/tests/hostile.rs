@@ -356,3 +356,225 @@ async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
     assert_eq!(members.members.len(), 1);
     assert!(members.pending.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hostile-peer harness (`btd::testkit::hostile`): a client of its own that sends anything.
+
+use btd::net::{Topic, TransportKind};
+use btd::testkit::hostile::{malformed_frames, sign_as, Hostile, Proto, RawPeer};
+use btd::testkit::wait_for;
+use btd_protocol::membership::{Credential, MAX_PENDING_PER_PEER, MAX_PENDING_TOTAL};
+use btd_protocol::wire::{MembershipRequest, ProgramAnnouncement, MAX_MESSAGE_BYTES};
+use libp2p::identity::Keypair;
+
+fn raw_peer() -> RawPeer {
+    RawPeer::spawn(
+        Keypair::generate_ed25519(),
+        &TransportKind::Memory,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_on_every_protocol_are_dropped_and_the_owner_keeps_serving() {
+    let owner = node(None).await;
+    let program = owner
+        .handle
+        .publish(SHELL_PROGRAM.to_string())
+        .await
+        .unwrap();
+    let raw = raw_peer();
+    let (to, addr) = (owner.peer_id(), owner.dial_addr());
+    let valid = btd_protocol::wire::encode(&KbRequest {
+        program,
+        credential: Credential::from_bytes([1; 32]),
+        call: KbCall::Status,
+    })
+    .unwrap();
+    let attacks = malformed_frames(&valid);
+    for proto in Proto::ALL {
+        for (what, bytes) in &attacks {
+            let got = raw.send_frame(to, addr.clone(), proto, bytes.clone()).await;
+            assert!(
+                got.is_err(),
+                "{proto:?}, {what}: the owner answered {got:?}"
+            );
+        }
+    }
+    // The same peer, well-formed: an answer (a refusal for a made-up credential), so the refusals
+    // above were the decoder's, and the owner still serves.
+    let answer: KbResponse = raw
+        .request(
+            to,
+            addr.clone(),
+            Proto::Kb,
+            &KbRequest {
+                program,
+                credential: Credential::from_bytes([1; 32]),
+                call: KbCall::Status,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(answer, KbResponse::Error(_)), "{answer:?}");
+    let worker = node(Some(&owner)).await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_flood_from_throwaway_identities_does_not_lock_out_an_honest_joiner() {
+    let owner = node(None).await;
+    let program = owner
+        .handle
+        .publish(SHELL_PROGRAM.to_string())
+        .await
+        .unwrap();
+    let (to, addr) = (owner.peer_id(), owner.dial_addr());
+    // Enough throwaway identities, each asking its most, to fill the global table and then some.
+    let identities = MAX_PENDING_TOTAL / MAX_PENDING_PER_PEER + 8;
+    let asks = (0..identities).map(|_| {
+        let addr = addr.clone();
+        async move {
+            let key = Keypair::generate_ed25519();
+            let raw = RawPeer::spawn(key.clone(), &TransportKind::Memory, T).unwrap();
+            let mut codes = 0;
+            for _ in 0..MAX_PENDING_PER_PEER + 2 {
+                match raw.ask_to_join(&key, to, addr.clone(), program).await {
+                    Ok(MembershipResponse::Authorization(_)) => codes += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("the owner stopped answering the flood: {e}"),
+                }
+            }
+            codes
+        }
+    });
+    let issued: usize = futures::future::join_all(asks).await.into_iter().sum();
+    assert!(
+        issued >= MAX_PENDING_TOTAL,
+        "the flood got only {issued} codes: it never filled the table"
+    );
+    let pending = owner.handle.members(program).await.unwrap().pending.len();
+    assert!(pending <= MAX_PENDING_TOTAL, "{pending} pending codes");
+    // An honest newcomer still gets a code, and the owner's approval lets it in.
+    let worker = node(Some(&owner)).await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+}
+
+/// A program named `name` (a distinct id per name and owner).
+fn shell_program(name: &str) -> String {
+    SHELL_PROGRAM.replace("hostile-owner-test", name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_garbage_and_forged_announcements_are_dropped_and_discovery_goes_on() {
+    let owner = node(None).await;
+    let observer = node(Some(&owner)).await;
+    let hostile = Hostile::new(node(Some(&owner)).await, &TransportKind::Memory).unwrap();
+    let h = &hostile.node.handle;
+    // Gossip needs a subscribed peer first.
+    wait_for(T, "a gossip peer", || async {
+        h.raw_gossip(Topic::Rungs, b"hello".to_vec()).await.ok()
+    })
+    .await
+    .unwrap();
+    for topic in [Topic::Programs, Topic::Rungs] {
+        for bytes in [vec![], vec![0xfd; 64], vec![0; MAX_MESSAGE_BYTES / 2]] {
+            let _ = h.raw_gossip(topic, bytes).await;
+        }
+    }
+    // Validly signed by a key that is not the gossip author: someone else's "program".
+    let stranger = Keypair::generate_ed25519();
+    let forged = sign_as(
+        &stranger,
+        &ProgramAnnouncement {
+            manifest: shell_program("forged"),
+            addresses: Vec::new(),
+            published_at: h.now(),
+        },
+    )
+    .unwrap();
+    h.raw_gossip(
+        Topic::Programs,
+        btd_protocol::wire::encode(&forged).unwrap(),
+    )
+    .await
+    .unwrap();
+    let forged_id = btd_protocol::wire::verify_announcement(&forged, h.now())
+        .unwrap()
+        .id;
+    // Its own programs, validly signed, with a broken manifest among them.
+    let sent = hostile
+        .flood_announcements(20, |i| {
+            if i == 0 {
+                "name = 1".into()
+            } else {
+                shell_program(&format!("flood-{i}"))
+            }
+        })
+        .await;
+    assert_eq!(sent, 20);
+    // The honest owner's next program still reaches the observer, who joins it.
+    let program = owner
+        .handle
+        .publish(shell_program("published-after-the-attack"))
+        .await
+        .unwrap();
+    wait_known(&observer.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &observer.handle, program, T)
+        .await
+        .unwrap();
+    let known = observer.handle.programs().await.unwrap();
+    assert!(
+        !known.iter().any(|p| p.id == forged_id),
+        "a forged program was accepted"
+    );
+    assert!(
+        !known.iter().any(|p| p.name == "1"),
+        "a broken manifest was accepted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_formed_membership_request_from_a_raw_peer_gets_a_code() {
+    // The harness itself: a bare peer speaking btd's protocol gets the same answers a node would
+    // (the refusals in the tests above are the defences', not the harness's).
+    let owner = node(None).await;
+    let program = owner
+        .handle
+        .publish(SHELL_PROGRAM.to_string())
+        .await
+        .unwrap();
+    let key = Keypair::generate_ed25519();
+    let raw = RawPeer::spawn(key.clone(), &TransportKind::Memory, T).unwrap();
+    let got = raw
+        .ask_to_join(&key, owner.peer_id(), owner.dial_addr(), program)
+        .await
+        .unwrap();
+    assert!(
+        matches!(got, MembershipResponse::Authorization(_)),
+        "{got:?}"
+    );
+    let poll: MembershipResponse = raw
+        .request(
+            owner.peer_id(),
+            None,
+            Proto::Membership,
+            &MembershipRequest::Poll {
+                program,
+                device_code: DeviceCode([0; 32]),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        poll,
+        MembershipResponse::Poll(_) | MembershipResponse::Error(_)
+    ));
+}

@@ -196,7 +196,7 @@ async fn one_key_flooding_over_gossip_keeps_at_most_its_cap() {
         let (id, bytes) = announcement(&hostile.key, &format!("gossip-flood-{n}"), at);
         wait_for(T, "a subscribed peer", || {
             let (h, b) = (hostile.handle.clone(), bytes.clone());
-            async move { h.raw_publish(b).await.ok() }
+            async move { h.raw_gossip(btd::net::Topic::Programs, b).await.ok() }
         })
         .await
         .unwrap();

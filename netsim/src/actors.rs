@@ -116,6 +116,7 @@ pub(crate) async fn actor(ctx: Arc<Ctx>, ix: NodeIx) {
             };
             tokio::join!(ask, probe_loop(&ctx, ix));
         }
+        Role::Hostile => crate::hostile::actor(&ctx, ix).await,
         Role::Owner | Role::Relay | Role::Observer => {}
     }
 }
@@ -127,7 +128,7 @@ enum Attempt {
 }
 
 /// Joins with retries; true once the node holds a credential.
-async fn join(ctx: &Ctx, ix: NodeIx, approve: bool) -> bool {
+pub(crate) async fn join(ctx: &Ctx, ix: NodeIx, approve: bool) -> bool {
     let mut last = String::from("never started");
     for attempt in 1..=ctx.s.join.attempts.max(1) {
         let Some(h) = ctx.up(ix).await else { break };

@@ -51,11 +51,13 @@ pub(crate) struct Evidence<'a> {
     pub(crate) verdicts: &'a [VerdictRow],
     /// The owner's status as served just before the end.
     pub(crate) served: Option<&'a StatusView>,
+    /// The hostile nodes' attacks and bounds.
+    pub(crate) spec: &'a crate::scenario::HostileSpec,
 }
 
 /// Runs every check.
 pub(crate) fn all(e: &Evidence<'_>) -> Vec<Invariant> {
-    vec![
+    let mut out = vec![
         acked_durable(e),
         no_double_count(e),
         champion_rules(e),
@@ -66,7 +68,11 @@ pub(crate) fn all(e: &Evidence<'_>) -> Vec<Invariant> {
         converged(e),
         propagated(e),
         claims_checked(e),
-    ]
+    ];
+    if !e.sim.layout.with_role(Role::Hostile).is_empty() {
+        out.extend(crate::check::hostile::all(e));
+    }
+    out
 }
 
 fn acked_durable(e: &Evidence<'_>) -> Invariant {
@@ -437,4 +443,288 @@ fn claims_checked(e: &Evidence<'_>) -> Invariant {
         e.rec.claims.len()
     );
     verdict(name, bad, fine)
+}
+
+/// The `hostile` scenario's invariants (only for runs with hostile nodes).
+mod hostile {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use btd_protocol::kb::{Check, MAX_VERDICT_REASON_BYTES};
+    use btd_protocol::membership::MAX_PENDING_TOTAL;
+
+    use super::{replay, verdict, Evidence, Invariant};
+    use crate::records::AttackRecord;
+    use crate::roles::Role;
+
+    pub(super) fn all(e: &Evidence<'_>) -> Vec<Invariant> {
+        vec![
+            every_attack_ran(e),
+            no_credit(e),
+            reasons_bounded(e),
+            late_program(e),
+            owner_latency(e),
+            bounded(e),
+        ]
+    }
+
+    fn attacks<'a>(e: &'a Evidence<'_>, name: &'a str) -> impl Iterator<Item = &'a AttackRecord> {
+        e.rec.attacks.iter().filter(move |a| a.attack == name)
+    }
+
+    fn every_attack_ran(e: &Evidence<'_>) -> Invariant {
+        let mut bad = Vec::new();
+        for ix in e.sim.layout.with_role(Role::Hostile) {
+            match e.rec.attacks.iter().find(|a| a.node == ix) {
+                None => bad.push(format!(
+                    "{} never finished its attack",
+                    e.sim.layout.label(ix)
+                )),
+                Some(a) if a.sent == 0 => bad.push(format!(
+                    "{} ({}) sent nothing: {}",
+                    e.sim.layout.label(ix),
+                    a.attack,
+                    a.detail
+                )),
+                Some(_) => {}
+            }
+        }
+        let fine = e
+            .rec
+            .attacks
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}: {} sent, {} answered as wished",
+                    a.attack, a.sent, a.answered
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        verdict("every attack ran", bad, fine)
+    }
+
+    /// No hostile member gets credit; nothing unverified counts.
+    fn no_credit(e: &Evidence<'_>) -> Invariant {
+        let name = "no stolen or unverified credit";
+        let kb = match replay(e) {
+            Ok(kb) => kb,
+            Err(m) => return verdict(name, vec![m], String::new()),
+        };
+        let hostile: HashSet<String> = e
+            .sim
+            .layout
+            .with_role(Role::Hostile)
+            .into_iter()
+            .filter_map(|ix| e.sim.peer(ix).map(|p| p.to_string()))
+            .collect();
+        let mut bad = Vec::new();
+        let mut theirs = 0;
+        for x in kb.entries() {
+            if hostile.contains(&x.worker) {
+                theirs += 1;
+                if x.check == Check::Verified || x.impact > 0.0 {
+                    bad.push(format!("hostile seq {} counts: {x:?}", x.seq));
+                }
+            }
+            if x.impact > 0.0 && x.check != Check::Verified {
+                bad.push(format!(
+                    "seq {} has impact {} unverified ({:?})",
+                    x.seq, x.impact, x.check
+                ));
+            }
+        }
+        if let Some(c) = kb.champion() {
+            if hostile.contains(&c.worker) {
+                bad.push(format!("a hostile member is champion: seq {}", c.seq));
+            }
+        }
+        for w in &hostile {
+            if kb.payouts().get(w).is_some() {
+                bad.push(format!("hostile {w} is paid"));
+            }
+        }
+        let thefts: usize = attacks(e, "digest_thief").map(|a| a.sent).sum();
+        if attacks(e, "digest_thief").next().is_some() && thefts == 0 {
+            bad.push("the digest thief never found a champion to copy: proves nothing".into());
+        }
+        let fine = format!(
+            "{theirs} hostile entries in the log, none verified or credited; {thefts} thefts of the champion's digest; every credited entry verified; {} payees, none hostile",
+            kb.payouts().len()
+        );
+        verdict(name, bad, fine)
+    }
+
+    fn reasons_bounded(e: &Evidence<'_>) -> Invariant {
+        let mut bad = Vec::new();
+        let mut longest = 0;
+        let kb = match replay(e) {
+            Ok(kb) => kb,
+            Err(m) => return verdict("verdict reasons bounded", vec![m], String::new()),
+        };
+        for x in kb.entries() {
+            if let Check::Failed(why) = &x.check {
+                longest = longest.max(why.len());
+                if why.len() > MAX_VERDICT_REASON_BYTES || why.chars().any(char::is_control) {
+                    bad.push(format!(
+                        "seq {}: a reason of {} bytes, or with control characters",
+                        x.seq,
+                        why.len()
+                    ));
+                }
+            }
+        }
+        let poisoned: Vec<u64> = attacks(e, "verdict_poisoner")
+            .flat_map(|a| a.seqs.clone())
+            .collect();
+        let caught = kb
+            .entries()
+            .iter()
+            .filter(|x| poisoned.contains(&x.seq) && matches!(x.check, Check::Failed(_)))
+            .count();
+        if !poisoned.is_empty() && caught == 0 {
+            bad.push("no poisoned claim was ever checked: proves nothing".into());
+        }
+        if e.served.is_none() {
+            bad.push("the owner's status could not be read at the end".into());
+        }
+        let fine = format!(
+            "{caught} poisoned claims rejected; longest stored reason {longest} bytes (cap {MAX_VERDICT_REASON_BYTES}); the owner's status still served"
+        );
+        verdict("verdict reasons bounded", bad, fine)
+    }
+
+    fn late_program(e: &Evidence<'_>) -> Invariant {
+        let mut bad: Vec<String> = e
+            .rec
+            .late
+            .iter()
+            .filter_map(|(ix, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|why| format!("{}: {why}", e.sim.layout.label(*ix)))
+            })
+            .collect();
+        let honest = e.sim.layout.with_role(Role::Worker).len()
+            + e.sim.layout.with_role(Role::Observer).len();
+        if e.rec.late.len() < honest {
+            bad.push(format!(
+                "only {} of {honest} honest nodes tried",
+                e.rec.late.len()
+            ));
+        }
+        let slowest = e
+            .rec
+            .late
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .max()
+            .copied()
+            .unwrap_or_default();
+        let fine = format!(
+            "all {honest} honest nodes discovered and joined the program published after the attacks, the last within {} ms",
+            slowest.as_millis()
+        );
+        verdict(
+            "every honest node discovers and joins a late program",
+            bad,
+            fine,
+        )
+    }
+
+    fn owner_latency(e: &Evidence<'_>) -> Invariant {
+        let p95_bound = Duration::from_millis(e.spec.owner_p95_ms);
+        let max_bound = Duration::from_millis(e.spec.owner_max_ms);
+        let mut rtts: Vec<Duration> = e.rec.owner_rtts.iter().flatten().copied().collect();
+        rtts.sort_unstable();
+        let lost = e.rec.owner_rtts.len() - rtts.len();
+        let mut bad = Vec::new();
+        if rtts.len() < 10 {
+            bad.push(format!("only {} probes answered", rtts.len()));
+        }
+        if lost > 0 {
+            bad.push(format!(
+                "{lost} of {} probes got no answer",
+                e.rec.owner_rtts.len()
+            ));
+        }
+        let at = |q: f64| {
+            let i = ((rtts.len().saturating_sub(1)) as f64 * q).round() as usize;
+            rtts.get(i).copied().unwrap_or_default()
+        };
+        if at(0.95) > p95_bound {
+            bad.push(format!(
+                "p95 {} ms, over {} ms",
+                at(0.95).as_millis(),
+                p95_bound.as_millis()
+            ));
+        }
+        if at(1.0) > max_bound {
+            bad.push(format!(
+                "slowest answer {} ms, over {} ms",
+                at(1.0).as_millis(),
+                max_bound.as_millis()
+            ));
+        }
+        let fine = format!(
+            "{} probes: p50 {} ms, p95 {} ms (bound {}), max {} ms (bound {})",
+            rtts.len(),
+            at(0.5).as_millis(),
+            at(0.95).as_millis(),
+            p95_bound.as_millis(),
+            at(1.0).as_millis(),
+            max_bound.as_millis()
+        );
+        verdict(
+            "the owner keeps answering within its latency bound",
+            bad,
+            fine,
+        )
+    }
+
+    fn bounded(e: &Evidence<'_>) -> Invariant {
+        let mut bad = Vec::new();
+        let Some(h) = &e.rec.held else {
+            return verdict(
+                "memory and disk stay bounded",
+                vec!["nothing measured".into()],
+                String::new(),
+            );
+        };
+        if h.pending_codes > MAX_PENDING_TOTAL {
+            bad.push(format!(
+                "{} open join codes (cap {MAX_PENDING_TOTAL})",
+                h.pending_codes
+            ));
+        }
+        if h.max_known.0 > e.spec.max_known_programs {
+            bad.push(format!(
+                "{} knows {} programs (bound {})",
+                h.max_known.1, h.max_known.0, e.spec.max_known_programs
+            ));
+        }
+        let db_cap = e.spec.owner_db_mib << 20;
+        if h.owner_db_bytes > db_cap {
+            bad.push(format!(
+                "the owner's database is {} bytes (bound {db_cap})",
+                h.owner_db_bytes
+            ));
+        }
+        let malformed_answered: usize = attacks(e, "malformed").map(|a| a.answered).sum();
+        if malformed_answered > 0 {
+            bad.push(format!(
+                "{malformed_answered} malformed frames were answered"
+            ));
+        }
+        let fine = format!(
+            "{} open join codes (cap {MAX_PENDING_TOTAL}); at most {} programs known ({}), {} of the flood's kept by an honest node; owner database {} KiB; {} malformed frames answered",
+            h.pending_codes,
+            h.max_known.0,
+            h.max_known.1,
+            h.flood_known,
+            h.owner_db_bytes >> 10,
+            malformed_answered
+        );
+        verdict("memory and disk stay bounded", bad, fine)
+    }
 }

@@ -10,6 +10,7 @@
 
 mod actors;
 mod check;
+mod hostile;
 pub mod records;
 pub mod report;
 pub mod roles;

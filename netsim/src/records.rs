@@ -138,4 +138,43 @@ pub struct Records {
     pub timeline: Vec<(u64, String)>,
     /// Claims of a `train` workload.
     pub claims: Vec<ClaimRecord>,
+    /// What each hostile node did.
+    pub attacks: Vec<AttackRecord>,
+    /// The latency probe's round trips to the owner (`None`: no answer).
+    pub owner_rtts: Vec<Option<Duration>>,
+    /// The program published late in a hostile run: each honest node's discover-and-join time,
+    /// or why it failed.
+    pub late: Vec<(NodeIx, Result<Duration, String>)>,
+    /// What the owner and the nodes hold at the end of a hostile run.
+    pub held: Option<Held>,
+}
+
+/// One hostile node's attack.
+#[derive(Debug, Clone, Default)]
+pub struct AttackRecord {
+    /// The node.
+    pub node: NodeIx,
+    /// The attack (`hostile.attacks`).
+    pub attack: String,
+    /// Messages or identities it sent.
+    pub sent: usize,
+    /// How many the owner answered the way the attacker wanted (a code, a receipt, a reply).
+    pub answered: usize,
+    /// Its submissions' seqs in the owner's log.
+    pub seqs: Vec<u64>,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+/// What the owner and the nodes hold at the end of a hostile run (memory and disk bounds).
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Open join codes on the owner.
+    pub pending_codes: usize,
+    /// The most programs any node knows, and which node.
+    pub max_known: (usize, String),
+    /// The owner's database and WAL, bytes.
+    pub owner_db_bytes: u64,
+    /// Programs the attacker announced that some honest node kept.
+    pub flood_known: usize,
 }

@@ -22,6 +22,8 @@ pub enum Role {
     NonMember,
     /// Gossip only.
     Observer,
+    /// A peer with its own client that attacks the owner (`hostile.attacks`).
+    Hostile,
 }
 
 impl Role {
@@ -38,6 +40,7 @@ impl Role {
             Role::Revoked => "revoked",
             Role::NonMember => "non_member",
             Role::Observer => "observer",
+            Role::Hostile => "hostile",
         }
     }
 }
@@ -51,7 +54,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout of `s`: owner, relays, workers, revoked, non-members, observers.
+    /// The layout of `s`: owner, relays, workers, revoked, non-members, observers, hostile.
     pub fn new(s: &Scenario) -> Layout {
         let n = &s.nodes;
         let mut roles = vec![Role::Owner];
@@ -61,6 +64,7 @@ impl Layout {
             (Role::Revoked, n.revoked),
             (Role::NonMember, n.non_members),
             (Role::Observer, n.observers),
+            (Role::Hostile, n.hostile),
         ] {
             roles.extend(std::iter::repeat_n(role, count));
         }
@@ -124,6 +128,7 @@ impl Layout {
                 "revoked" => self.with_role(Role::Revoked),
                 "non_member" | "non_members" => self.with_role(Role::NonMember),
                 "observer" | "observers" => self.with_role(Role::Observer),
+                "hostile" => self.with_role(Role::Hostile),
                 "members" => (0..self.len())
                     .filter(|&i| self.role(i).is_member())
                     .collect(),

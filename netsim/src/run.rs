@@ -117,17 +117,23 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     for ix in 0..n {
         if matches!(
             sim.layout.role(ix),
-            Role::Worker | Role::Revoked | Role::NonMember
+            Role::Worker | Role::Revoked | Role::NonMember | Role::Hostile
         ) {
             actors.spawn(actors::actor(ctx.clone(), ix));
         }
     }
+    let hostile = s.nodes.hostile > 0;
+    let probe = hostile.then(|| tokio::spawn(crate::hostile::latency_probe(ctx.clone())));
     let mut checks = JoinSet::new();
     timeline::run(ctx.clone(), &mut checks).await;
     // Members finish their workload; probers run until `done`.
     let workers: Vec<usize> = (0..n).filter(|&i| sim.layout.role(i).is_member()).collect();
     wait_workers_done(&ctx, &workers).await;
     tracing::info!(at_ms = ctx.ms(), "workload done");
+    if hostile {
+        crate::hostile::late_program(&ctx).await;
+        tracing::info!(at_ms = ctx.ms(), "late program joined");
+    }
     while checks.join_next().await.is_some() {}
     let last = timeline::converge(&ctx, "end".into(), true).await;
     tracing::info!(at_ms = ctx.ms(), within = ?last.within, "final convergence");
@@ -137,7 +143,15 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     while actors.join_next().await.is_some() {}
     let _ = tracker.await;
     monitor.abort();
+    if let Some(p) = probe {
+        let _ = p.await;
+    }
     let served = served_status(&ctx).await;
+    let held = if hostile {
+        Some(held(&ctx).await)
+    } else {
+        None
+    };
     tracing::info!(at_ms = ctx.ms(), "checks done");
     let run_ms = t0.elapsed();
 
@@ -148,7 +162,11 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         btd_protocol::program::Program::from_toml(&s.program.manifest(&s.name, &s.workload))
             .map_err(|e| anyhow!("manifest: {e}"))?;
 
-    let rec = std::mem::take(&mut *ctx.rec());
+    let mut rec = std::mem::take(&mut *ctx.rec());
+    rec.held = held.map(|mut h| {
+        h.owner_db_bytes = sim.owner_db().map_or(0, |p| db_bytes(&p));
+        h
+    });
     let invariants = check::all(&Evidence {
         rec: &rec,
         sim: &sim,
@@ -156,6 +174,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         log: &log,
         verdicts: &verdicts,
         served: served.as_ref(),
+        spec: &s.hostile,
     });
     let peak = report::proc_status_mib("VmHWM:");
     let w = &s.workload;
@@ -252,6 +271,46 @@ async fn wait_workers_done(ctx: &Ctx, members: &[usize]) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What the owner and the nodes hold at the end of a hostile run (the database size is read after
+/// the crash, from the file).
+async fn held(ctx: &Ctx) -> crate::records::Held {
+    let mut held = crate::records::Held::default();
+    if let Some(owner) = ctx.up(0).await {
+        if let Ok(m) = owner.members(ctx.program).await {
+            held.pending_codes = m.pending.len();
+        }
+    }
+    for ix in 0..ctx.sim.layout.len() {
+        let Some(h) = ctx.sim.handle(ix) else {
+            continue;
+        };
+        let Ok(list) = h.programs().await else {
+            continue;
+        };
+        if list.len() > held.max_known.0 {
+            held.max_known = (list.len(), ctx.sim.layout.label(ix));
+        }
+        if ctx.sim.layout.role(ix) != Role::Hostile {
+            let flood = list.iter().filter(|p| p.name.starts_with("flood-")).count();
+            held.flood_known = held.flood_known.max(flood);
+        }
+    }
+    held
+}
+
+/// Bytes of a SQLite database with its WAL and shared-memory files.
+fn db_bytes(path: &std::path::Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(std::path::PathBuf::from(p)).ok()
+        })
+        .map(|m| m.len())
+        .sum()
 }
 
 async fn served_status(ctx: &Ctx) -> Option<StatusView> {

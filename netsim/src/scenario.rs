@@ -67,6 +67,9 @@ pub struct Scenario {
     /// Bounds for the checks.
     #[serde(default)]
     pub checks: Checks,
+    /// What the hostile nodes do (`nodes.hostile`).
+    #[serde(default)]
+    pub hostile: HostileSpec,
     /// Faults and owner actions, in time order (relative to the publish).
     #[serde(default)]
     pub timeline: Vec<Event>,
@@ -113,6 +116,10 @@ pub struct Nodes {
     /// the value their checkpoint really reaches there (`workload.source = "train"` only).
     #[serde(default)]
     pub val_trainers: usize,
+    /// Hostile peers with their own client (after the observers): node `hostile:k` runs
+    /// `hostile.attacks[k % len]` (see [`HostileSpec`]).
+    #[serde(default)]
+    pub hostile: usize,
 }
 
 fn default_degree() -> usize {
@@ -342,6 +349,60 @@ impl Default for Checks {
     }
 }
 
+/// The attacks a hostile node can run (see `docs/netsim.md`).
+pub const ATTACKS: [&str; 6] = [
+    "digest_thief",
+    "verdict_poisoner",
+    "join_flood",
+    "malformed",
+    "announce_flood",
+    "submission_spam",
+];
+
+/// What the hostile nodes do and the bounds the `hostile` invariants hold the owner to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostileSpec {
+    /// Node `hostile:k` runs `attacks[k % len]` (names from [`ATTACKS`]).
+    pub attacks: Vec<String>,
+    /// `join_flood`: throwaway identities, each asking for as many codes as it may and more.
+    pub join_identities: usize,
+    /// `announce_flood`: validly signed programs published (from the attacker's key).
+    pub announcements: usize,
+    /// `submission_spam`: results submitted.
+    pub spam: usize,
+    /// `malformed`: malformed frames sent (spread over the four protocols).
+    pub malformed: usize,
+    /// An honest observer asks the owner for its status this often (the latency probe).
+    pub probe_every_ms: u64,
+    /// The latency probe's 95th percentile must stay under this (the honest baseline and the
+    /// figures under attack are in docs/netsim.md).
+    pub owner_p95_ms: u64,
+    /// Every latency probe must be answered, within this.
+    pub owner_max_ms: u64,
+    /// The owner's database (with its WAL) must stay under this many MiB.
+    pub owner_db_mib: u64,
+    /// No node may know more programs than this.
+    pub max_known_programs: usize,
+}
+
+impl Default for HostileSpec {
+    fn default() -> Self {
+        Self {
+            attacks: Vec::new(),
+            join_identities: 264,
+            announcements: 100,
+            spam: 50,
+            malformed: 64,
+            probe_every_ms: 200,
+            owner_p95_ms: 500,
+            owner_max_ms: 9500,
+            owner_db_mib: 16,
+            max_known_programs: 10_000,
+        }
+    }
+}
+
 /// One timeline entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -465,7 +526,7 @@ impl Scenario {
     /// Total number of nodes.
     pub fn node_count(&self) -> usize {
         let n = &self.nodes;
-        1 + n.relays + n.workers + n.revoked + n.non_members + n.observers
+        1 + n.relays + n.workers + n.revoked + n.non_members + n.observers + n.hostile
     }
 
     fn validate(&self) -> Result<(), ScenarioError> {
@@ -519,6 +580,28 @@ impl Scenario {
             && self.workload.noise.is_finite())
         {
             return Err(bad("workload numbers must be finite".into()));
+        }
+        if n.hostile > 0 {
+            let h = &self.hostile;
+            if h.attacks.is_empty() {
+                return Err(bad("nodes.hostile needs hostile.attacks".into()));
+            }
+            if let Some(a) = h.attacks.iter().find(|a| !ATTACKS.contains(&a.as_str())) {
+                return Err(bad(format!(
+                    "hostile.attacks: unknown attack {a:?}; known: {}",
+                    ATTACKS.join(", ")
+                )));
+            }
+            if h.attacks.len() > n.hostile {
+                return Err(bad(format!(
+                    "hostile.attacks lists {} attacks for {} hostile nodes",
+                    h.attacks.len(),
+                    n.hostile
+                )));
+            }
+            if self.workload.source != "train" {
+                return Err(bad("hostile nodes need workload.source = \"train\"".into()));
+            }
         }
         if self.net.heartbeat_ms == 0 || self.net.request_timeout_ms == 0 {
             return Err(bad(

@@ -166,6 +166,14 @@ impl Sim {
         }
     }
 
+    /// The simulated transport of node `ix` (any identity may use it: hostile raw peers do).
+    pub(crate) fn transport(&self, ix: NodeIx) -> TransportKind {
+        let world = self.world.clone();
+        TransportKind::Custom(CustomTransport::new(move |key| {
+            SimTransport::authenticated(world.clone(), ix, key).map_err(|e| Box::new(e) as BoxError)
+        }))
+    }
+
     /// Starts (or restarts) node `ix` with its key, store and address.
     pub(crate) async fn start(&self, ix: NodeIx) -> Result<()> {
         let node = self.node(ix)?;
@@ -174,13 +182,9 @@ impl Sim {
         }
         let store = self.open_store(ix).await?;
         self.world.restart(ix);
-        let world = self.world.clone();
-        let transport = CustomTransport::new(move |key| {
-            SimTransport::authenticated(world.clone(), ix, key).map_err(|e| Box::new(e) as BoxError)
-        });
         let cfg = NodeConfig {
             key: node.key.clone(),
-            transport: TransportKind::Custom(transport),
+            transport: self.transport(ix),
             net: NetParams {
                 relay_server: node.relay,
                 ..self.net.clone()

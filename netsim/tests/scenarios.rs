@@ -51,3 +51,8 @@ fn non_members_and_revoked_members_get_no_kb_content() {
 fn fake_and_val_trained_claims_are_caught_and_honest_ones_verify() {
     run("adversaries");
 }
+
+#[test]
+fn hostile_peers_attacking_at_once_get_nothing_and_the_owner_keeps_serving() {
+    run("hostile");
+}

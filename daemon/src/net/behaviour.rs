@@ -49,7 +49,7 @@ type TransportFactory =
 /// A caller-supplied transport constructor for [`TransportKind::Custom`]. Two values are equal when
 /// they share the same constructor.
 #[derive(Clone)]
-pub struct CustomTransport(Arc<TransportFactory>);
+pub struct CustomTransport(pub(crate) Arc<TransportFactory>);
 
 impl CustomTransport {
     /// Wraps a constructor; it is called once per swarm with the node's identity.

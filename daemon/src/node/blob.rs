@@ -58,6 +58,10 @@ pub(super) fn on_request(
     req: BlobRequest,
     channel: Responder<BlobResponse>,
 ) {
+    #[cfg(feature = "testkit")]
+    if let Some(poison) = node.poisoned_blobs.clone() {
+        return respond(node, channel, poison);
+    }
     if let Err(e) = req.check() {
         return refuse(node, channel, ErrorCode::Invalid, e.to_string());
     }

@@ -122,14 +122,6 @@ impl Node {
                 let _ = reply.send(Ok(verdict == crate::net::MessageAcceptance::Accept));
             }
             #[cfg(feature = "testkit")]
-            Command::RawPublish { data, reply } => {
-                let res = self
-                    .net
-                    .publish(crate::net::Topic::Programs, data)
-                    .map_err(|e| NodeError::Refused(e.to_string()));
-                let _ = reply.send(res);
-            }
-            #[cfg(feature = "testkit")]
             Command::RawPutRecord { key, value, reply } => match self.net.put_record(&key, value) {
                 Ok(query) => {
                     self.raw_puts.insert(query, reply);
@@ -142,6 +134,16 @@ impl Node {
             Command::LocalRecord { key, reply } => {
                 let found = self.net.local_record(&key);
                 let _ = reply.send(Ok((found, self.net.local_record_count())));
+            }
+            #[cfg(feature = "testkit")]
+            Command::RawGossip { topic, data, reply } => {
+                let published = self.net.publish(topic, data);
+                let _ = reply.send(published.map_err(|e| NodeError::Unreachable(e.to_string())));
+            }
+            #[cfg(feature = "testkit")]
+            Command::PoisonBlobs { response, reply } => {
+                self.poisoned_blobs = response;
+                let _ = reply.send(Ok(()));
             }
             Command::Kb {
                 peer,

@@ -156,14 +156,6 @@ pub(crate) enum Command {
         /// Accepted or not.
         reply: Reply<bool>,
     },
-    /// Publish any payload on the programs topic (tests play a hostile peer with it).
-    #[cfg(feature = "testkit")]
-    RawPublish {
-        /// The payload.
-        data: Vec<u8>,
-        /// Done (or why not).
-        reply: Reply<()>,
-    },
     /// Put any record into the DHT; answered once the store query finished (tests).
     #[cfg(feature = "testkit")]
     RawPutRecord {
@@ -181,6 +173,24 @@ pub(crate) enum Command {
         key: Vec<u8>,
         /// The value, and the number of records kept.
         reply: Reply<(Option<Vec<u8>>, usize)>,
+    },
+    /// Publish any bytes on a gossip topic, as this node (tests and netsim play a hostile peer).
+    #[cfg(feature = "testkit")]
+    RawGossip {
+        /// The topic.
+        topic: crate::net::Topic,
+        /// The message, as is.
+        data: Vec<u8>,
+        /// Published, or why not.
+        reply: Reply<()>,
+    },
+    /// Answer every artifact request with this reply (`None`: serve normally again).
+    #[cfg(feature = "testkit")]
+    PoisonBlobs {
+        /// The reply.
+        response: Option<btd_protocol::wire::BlobResponse>,
+        /// Done.
+        reply: Reply<()>,
     },
     /// Send a KB request to a peer and return its response (`NodeHandle::champion` reads the
     /// champion with it; the `testkit` probe `raw_kb` sends any request).
@@ -609,12 +619,6 @@ impl NodeHandle {
         .await
     }
 
-    /// Publishes any payload on the programs topic.
-    pub async fn raw_publish(&self, data: Vec<u8>) -> Result<(), NodeError> {
-        self.try_call(|reply| Command::RawPublish { data, reply })
-            .await
-    }
-
     /// Puts any record into the DHT; returns once a peer stored it (or the query failed).
     pub async fn raw_put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NodeError> {
         self.try_call(|reply| Command::RawPutRecord { key, value, reply })
@@ -624,6 +628,27 @@ impl NodeHandle {
     /// The value this node keeps in the DHT under `key`, and how many records it keeps.
     pub async fn local_record(&self, key: Vec<u8>) -> Result<(Option<Vec<u8>>, usize), NodeError> {
         self.try_call(|reply| Command::LocalRecord { key, reply })
+            .await
+    }
+
+    /// Publishes `data` as is on `topic` (signed by this node's gossip identity, as gossipsub
+    /// requires; the payload may be anything).
+    pub async fn raw_gossip(
+        &self,
+        topic: crate::net::Topic,
+        data: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::RawGossip { topic, data, reply })
+            .await
+    }
+
+    /// From now on answers every artifact request with `response` (a hostile member's blob
+    /// server: e.g. an error of nearly a whole message); `None` serves normally again.
+    pub async fn poison_blobs(
+        &self,
+        response: Option<btd_protocol::wire::BlobResponse>,
+    ) -> Result<(), NodeError> {
+        self.try_call(|reply| Command::PoisonBlobs { response, reply })
             .await
     }
 

@@ -161,6 +161,9 @@ pub struct Node {
     pub(crate) last_program_gossip: Instant,
     /// When the rung advert is next due (`None`: at the next announcement).
     pub(crate) next_rung_advert: Option<Instant>,
+    /// Tests and netsim playing a hostile member: answer every artifact request with this.
+    #[cfg(feature = "testkit")]
+    pub(crate) poisoned_blobs: Option<btd_protocol::wire::BlobResponse>,
     pub(crate) lookups: gossip::Lookups,
     /// Known-program rows on their way to the database, in order.
     pub(crate) program_writes: gossip::ProgramWrites,
@@ -254,6 +257,8 @@ pub(crate) async fn spawn_without_verifier(
         regossip_programs: false,
         last_program_gossip: Instant::now(),
         next_rung_advert: None,
+        #[cfg(feature = "testkit")]
+        poisoned_blobs: None,
         lookups: gossip::Lookups::default(),
         program_writes: gossip::ProgramWrites::default(),
         relay_server: cfg.net.relay_server,

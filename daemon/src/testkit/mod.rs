@@ -2,6 +2,8 @@
 //! multi-node tests, its benches and netsim (the `testkit` feature; not in the product). These are
 //! the production node core with a different transport, not a second implementation.
 
+pub mod hostile;
+
 use std::time::Duration;
 
 use anyhow::Result;

@@ -1,0 +1,429 @@
+//! The attacker's client, for tests and netsim: a peer that speaks btd's wire protocol with its own
+//! code, so it can send anything a modified client could.
+//!
+//! - [`RawPeer`]: a bare libp2p peer with ANY identity that speaks btd's four request-response
+//!   protocols in raw frames: well-formed messages of any content and signer
+//!   ([`RawPeer::request`]), or any bytes at all, length prefix included ([`RawPeer::send_frame`]).
+//!   Throwaway identities are one [`RawPeer::spawn`] each.
+//! - [`Hostile`]: a real testkit node (a member, with credentials and a blob store) plus a
+//!   [`RawPeer`]: it can join, submit and serve like a member, publish any bytes on the gossip
+//!   topics ([`NodeHandle::raw_gossip`]), sign submissions and announcements with any key, and
+//!   forge claims (e.g. on the champion's checkpoint digest).
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use btd_protocol::program::ProgramId;
+use btd_protocol::seal::SealKey;
+use btd_protocol::signed::{Signed, SignedDomain};
+use btd_protocol::wire::{self, protocols, MembershipRequest, MAX_MESSAGE_BYTES};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{noise, yamux, Multiaddr, PeerId, StreamProtocol, SwarmBuilder};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::TestNode;
+use crate::net::behaviour::BoxError;
+use crate::net::TransportKind;
+
+/// One of btd's request-response protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// `/btd/membership/1`.
+    Membership,
+    /// `/btd/kb/1`.
+    Kb,
+    /// `/btd/approval/1`.
+    Approval,
+    /// `/btd/blob/1`.
+    Blob,
+}
+
+impl Proto {
+    /// All four.
+    pub const ALL: [Proto; 4] = [Proto::Membership, Proto::Kb, Proto::Approval, Proto::Blob];
+}
+
+/// A frame as btd's codec writes it: a u32 big-endian length, then the bytes.
+pub fn frame(bytes: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Writes requests verbatim (the caller frames them, or not) and reads a framed reply, unchecked.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("a raw peer serves nothing"))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_MESSAGE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply over the cap",
+            ));
+        }
+        let mut buf = Vec::with_capacity(len);
+        io.take(len as u64).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("a raw peer serves nothing"))
+    }
+}
+
+type Rr = request_response::Behaviour<RawCodec>;
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct RawBehaviour {
+    membership: Rr,
+    kb: Rr,
+    approval: Rr,
+    blob: Rr,
+}
+
+fn rr(name: &'static str, timeout: Duration) -> Rr {
+    request_response::Behaviour::with_codec(
+        RawCodec,
+        [(StreamProtocol::new(name), ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(timeout),
+    )
+}
+
+impl RawBehaviour {
+    fn of(&mut self, p: Proto) -> &mut Rr {
+        match p {
+            Proto::Membership => &mut self.membership,
+            Proto::Kb => &mut self.kb,
+            Proto::Approval => &mut self.approval,
+            Proto::Blob => &mut self.blob,
+        }
+    }
+}
+
+enum Cmd {
+    Send {
+        peer: PeerId,
+        addr: Option<Multiaddr>,
+        proto: Proto,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+}
+
+/// A bare peer with any identity that sends raw btd requests (see the module docs). It stops when
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct RawPeer {
+    peer_id: PeerId,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cmd")
+    }
+}
+
+impl RawPeer {
+    /// Starts a raw peer with identity `key` on `transport` (the memory transport of [`super`]'s
+    /// nodes, or netsim's). Requests time out after `timeout`.
+    pub fn spawn(key: Keypair, transport: &TransportKind, timeout: Duration) -> Result<RawPeer> {
+        let peer_id = key.public().to_peer_id();
+        let behaviour = |_: &Keypair| -> Result<RawBehaviour, BoxError> {
+            Ok(RawBehaviour {
+                membership: rr(protocols::MEMBERSHIP, timeout),
+                kb: rr(protocols::KB, timeout),
+                approval: rr(protocols::APPROVAL, timeout),
+                blob: rr(protocols::BLOB, timeout),
+            })
+        };
+        let idle =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        let builder = SwarmBuilder::with_existing_identity(key).with_tokio();
+        let mut swarm = match transport {
+            TransportKind::Custom(custom) => builder
+                .with_other_transport(|key| (custom.0)(key))
+                .map_err(|e| anyhow!("custom transport: {e}"))?
+                .with_behaviour(behaviour)
+                .map_err(|e| anyhow!("behaviour: {e}"))?
+                .with_swarm_config(idle)
+                .build(),
+            _ => builder
+                .with_other_transport(|key| -> Result<_, BoxError> {
+                    Ok(MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()))
+                })
+                .map_err(|e| anyhow!("memory transport: {e}"))?
+                .with_behaviour(behaviour)
+                .map_err(|e| anyhow!("behaviour: {e}"))?
+                .with_swarm_config(idle)
+                .build(),
+        };
+        let (tx, mut rx) = mpsc::channel::<Cmd>(64);
+        tokio::spawn(async move {
+            let mut pending: HashMap<(Proto, OutboundRequestId), oneshot::Sender<_>> =
+                HashMap::new();
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => match cmd {
+                        Some(Cmd::Send { peer, addr, proto, bytes, reply }) => {
+                            if let Some(a) = addr {
+                                swarm.add_peer_address(peer, a);
+                            }
+                            let id = swarm.behaviour_mut().of(proto).send_request(&peer, bytes);
+                            pending.insert((proto, id), reply);
+                        }
+                        None => break,
+                    },
+                    ev = swarm.select_next_some() => {
+                        let (proto, ev) = match ev {
+                            SwarmEvent::Behaviour(RawBehaviourEvent::Membership(e)) => (Proto::Membership, e),
+                            SwarmEvent::Behaviour(RawBehaviourEvent::Kb(e)) => (Proto::Kb, e),
+                            SwarmEvent::Behaviour(RawBehaviourEvent::Approval(e)) => (Proto::Approval, e),
+                            SwarmEvent::Behaviour(RawBehaviourEvent::Blob(e)) => (Proto::Blob, e),
+                            _ => continue,
+                        };
+                        let (id, result) = match ev {
+                            request_response::Event::Message {
+                                message: request_response::Message::Response { request_id, response },
+                                ..
+                            } => (request_id, Ok(response)),
+                            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                                (request_id, Err(error.to_string()))
+                            }
+                            _ => continue,
+                        };
+                        if let Some(reply) = pending.remove(&(proto, id)) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(RawPeer { peer_id, tx })
+    }
+
+    /// Its peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Sends `bytes` verbatim on `proto` to `peer` (reached at `addr` if given; frame them with
+    /// [`frame`], or not) and returns the reply's bytes, or the transport's failure in words (a node
+    /// that refuses a malformed frame resets the stream).
+    pub async fn send_frame(
+        &self,
+        peer: PeerId,
+        addr: Option<Multiaddr>,
+        proto: Proto,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Send {
+                peer,
+                addr,
+                proto,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| "the raw peer stopped".to_string())?;
+        rx.await.map_err(|_| "the raw peer stopped".to_string())?
+    }
+
+    /// Sends a well-formed `request` (any content) and decodes the reply as `Resp`, unsanitised.
+    pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: PeerId,
+        addr: Option<Multiaddr>,
+        proto: Proto,
+        request: &Req,
+    ) -> Result<Resp, String> {
+        let bytes = wire::encode(request).map_err(|e| e.to_string())?;
+        let reply = self.send_frame(peer, addr, proto, frame(&bytes)).await?;
+        wire::decode(&reply).map_err(|e| e.to_string())
+    }
+
+    /// Asks `owner` for a join code for `program`, as this identity.
+    pub async fn ask_to_join(
+        &self,
+        key: &Keypair,
+        owner: PeerId,
+        addr: Option<Multiaddr>,
+        program: ProgramId,
+    ) -> Result<wire::MembershipResponse, String> {
+        let seal_key = SealKey::from_identity(key)
+            .map_err(|e| e.to_string())?
+            .public();
+        self.request(
+            owner,
+            addr,
+            Proto::Membership,
+            &MembershipRequest::Authorize { program, seal_key },
+        )
+        .await
+    }
+}
+
+/// Signs `value` with any key (a forged submission, an announcement from a throwaway owner).
+pub fn sign_as<T: SignedDomain + Serialize + DeserializeOwned>(
+    key: &Keypair,
+    value: &T,
+) -> Result<Signed<T>> {
+    Signed::sign(key, value).map_err(|e| anyhow!("sign: {e}"))
+}
+
+/// A hostile member: a real node (identity on the mesh, credentials, blob store) plus a raw peer
+/// of its own identity for anything the node would not send.
+#[derive(Debug)]
+pub struct Hostile {
+    /// The node.
+    pub node: TestNode,
+    /// Raw frames with the node's identity.
+    pub raw: RawPeer,
+}
+
+impl Hostile {
+    /// Wraps `node`; its raw peer shares its identity and runs on `transport`.
+    pub fn new(node: TestNode, transport: &TransportKind) -> Result<Hostile> {
+        let raw = RawPeer::spawn(node.key.clone(), transport, Duration::from_secs(10))?;
+        Ok(Hostile { node, raw })
+    }
+
+    /// Its key (signs its submissions and its programs).
+    pub fn key(&self) -> &Keypair {
+        &self.node.key
+    }
+
+    /// Sends `request` on `proto` to `to` as this member, well-formed, unsanitised reply.
+    pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        to: &TestNode,
+        proto: Proto,
+        request: &Req,
+    ) -> Result<Resp, String> {
+        self.raw
+            .request(to.peer_id(), to.dial_addr(), proto, request)
+            .await
+    }
+
+    /// Publishes `count` validly signed programs of this node's key (a discovery flood); see
+    /// [`flood_announcements`].
+    pub async fn flood_announcements(
+        &self,
+        count: usize,
+        manifest: impl Fn(usize) -> String,
+    ) -> usize {
+        flood_announcements(&self.node.handle, &self.node.key, count, manifest).await
+    }
+}
+
+/// Publishes `count` validly signed programs on the programs topic through `node`, whose identity
+/// `key` is (gossip authorship must match the signer), each a distinct manifest `manifest(i)`.
+/// Returns how many were published.
+pub async fn flood_announcements(
+    node: &crate::node::NodeHandle,
+    key: &Keypair,
+    count: usize,
+    manifest: impl Fn(usize) -> String,
+) -> usize {
+    let mut published = 0;
+    for i in 0..count {
+        let a = wire::ProgramAnnouncement {
+            manifest: manifest(i),
+            addresses: Vec::new(),
+            published_at: node.now(),
+        };
+        let Ok(signed) = sign_as(key, &a) else {
+            continue;
+        };
+        let Ok(bytes) = wire::encode(&signed) else {
+            continue;
+        };
+        if node
+            .raw_gossip(crate::net::Topic::Programs, bytes)
+            .await
+            .is_ok()
+        {
+            published += 1;
+        }
+    }
+    published
+}
+
+/// Malformed frames of every kind (for `proto`-agnostic attacks): no frame, half a prefix, a
+/// prefix of 4 GiB, one just over the cap, garbage, `valid` truncated, with trailing bytes, and a
+/// frame shorter than it says. Each is named.
+pub fn malformed_frames(valid: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut lying = u32::MAX.to_be_bytes().to_vec();
+    lying.extend_from_slice(b"short");
+    let over = u32::try_from(MAX_MESSAGE_BYTES + 1).unwrap_or(u32::MAX);
+    let mut over_cap = over.to_be_bytes().to_vec();
+    over_cap.extend_from_slice(&[0; 64]);
+    let mut short = frame(valid);
+    short.truncate(short.len().saturating_sub(3));
+    vec![
+        ("no frame at all", Vec::new()),
+        ("half a length prefix", vec![0, 0]),
+        ("a length prefix of 4 GiB", lying),
+        ("a length just over the cap", over_cap),
+        ("garbage", frame(&[0xfd; 300])),
+        ("a truncated request", frame(&valid[..valid.len() / 2])),
+        ("trailing bytes", frame(&[valid, &[0u8; 7][..]].concat())),
+        ("a frame shorter than it says", short),
+    ]
+}
