@@ -653,7 +653,7 @@ impl Registry {
     ) -> Vec<DeviceCode> {
         let mut codes: Vec<UndecidedCode> = codes.into_iter().collect();
         // Newest first, so the bounds keep the newest.
-        codes.sort_by(|a, b| (b.issued_at, b.device_code).cmp(&(a.issued_at, a.device_code)));
+        codes.sort_by_key(|c| std::cmp::Reverse((c.issued_at, c.device_code)));
         let mut per_peer: BTreeMap<PeerId, usize> = BTreeMap::new();
         for e in self.codes.values().filter(|e| e.is_open()) {
             *per_peer.entry(e.peer).or_default() += 1;
