@@ -630,16 +630,36 @@ impl Registry {
     /// The codes still waiting for the owner's decision (expired ones included until they are
     /// forgotten), by device code: what the owner persists so a restart keeps them.
     pub fn undecided_codes(&self) -> impl Iterator<Item = UndecidedCode> + '_ {
+        self.undecided_device_codes()
+            .filter_map(|dc| self.undecided_code(dc))
+    }
+
+    /// The device codes of [`Self::undecided_codes`], without building the records (the owner
+    /// compares them with what it stored on every request; a peer id in base58 is costly).
+    pub fn undecided_device_codes(&self) -> impl Iterator<Item = &DeviceCode> + '_ {
         self.codes
             .iter()
             .filter(|(_, e)| matches!(e.state, State::Pending))
-            .map(|(dc, e)| UndecidedCode {
-                device_code: *dc,
-                user_code: e.user_code,
-                peer: e.peer.to_base58(),
-                issued_at: e.issued_at,
-                expires_at: e.expires_at,
-            })
+            .map(|(dc, _)| dc)
+    }
+
+    /// Whether `device_code` is waiting for the owner's decision.
+    pub fn is_undecided(&self, device_code: &DeviceCode) -> bool {
+        self.codes
+            .get(device_code)
+            .is_some_and(|e| matches!(e.state, State::Pending))
+    }
+
+    /// The record of one undecided code.
+    pub fn undecided_code(&self, device_code: &DeviceCode) -> Option<UndecidedCode> {
+        let e = self.codes.get(device_code)?;
+        matches!(e.state, State::Pending).then(|| UndecidedCode {
+            device_code: *device_code,
+            user_code: e.user_code,
+            peer: e.peer.to_base58(),
+            issued_at: e.issued_at,
+            expires_at: e.expires_at,
+        })
     }
 
     /// Puts back undecided codes persisted before a restart, as undecided, with their original

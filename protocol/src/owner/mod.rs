@@ -425,16 +425,13 @@ impl ProgramOwner {
     /// undecided code is stored (with its sealing key), one decided, expired past its grace or
     /// evicted is deleted.
     fn code_records(&mut self) -> Vec<Record> {
-        let now: BTreeMap<DeviceCode, crate::membership::UndecidedCode> = self
-            .registry
-            .undecided_codes()
-            .map(|c| (c.device_code, c))
-            .collect();
+        // Called on every join request: compare device codes only, and build a record (with its
+        // base58 peer id) only for a code not stored yet.
         let mut out = Vec::new();
         let closed: Vec<DeviceCode> = self
             .stored_codes
             .iter()
-            .filter(|dc| !now.contains_key(dc))
+            .filter(|dc| !self.registry.is_undecided(dc))
             .copied()
             .collect();
         for device_code in closed {
@@ -444,18 +441,24 @@ impl ProgramOwner {
                 device_code,
             });
         }
-        for (dc, code) in now {
-            if self.stored_codes.contains(&dc) {
+        let new: Vec<DeviceCode> = self
+            .registry
+            .undecided_device_codes()
+            .filter(|dc| !self.stored_codes.contains(dc))
+            .copied()
+            .collect();
+        for dc in new {
+            let (Some(code), Some((_, seal_key, _))) =
+                (self.registry.undecided_code(&dc), self.seal_keys.get(&dc))
+            else {
                 continue;
-            }
-            if let Some((_, seal_key, _)) = self.seal_keys.get(&dc) {
-                self.stored_codes.insert(dc);
-                out.push(Record::JoinCode {
-                    program: self.id,
-                    code,
-                    seal_key: *seal_key,
-                });
-            }
+            };
+            self.stored_codes.insert(dc);
+            out.push(Record::JoinCode {
+                program: self.id,
+                code,
+                seal_key: *seal_key,
+            });
         }
         out
     }
