@@ -52,27 +52,9 @@ hardware = "cpu"
 "#;
 
 /// A program that needs no files on the owner.
-const SHELL_PROGRAM: &str = r#"name = "hostile-owner-test"
-objective = "join it"
-baseline = 5.0
-required_outputs = ["metrics.json"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "shell"
-command = "echo val_bpb: 1"
-timeout_secs = 10
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#;
+fn shell_program(name: &str) -> String {
+    btd::testkit::shell_manifest(name, "approval")
+}
 
 async fn node(bootstrap: Option<&TestNode>) -> TestNode {
     node_with(bootstrap, TestNodeOptions::default()).await
@@ -242,7 +224,7 @@ async fn a_hostile_owners_huge_numbers_fail_the_join_in_words_and_the_worker_kee
     let worker = node(Some(&owner)).await;
     let program = owner
         .handle
-        .publish(SHELL_PROGRAM.to_string())
+        .publish(shell_program("hostile-owner-test"))
         .await
         .unwrap();
     wait_known(&worker.handle, program, T).await.unwrap();
@@ -318,7 +300,7 @@ async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
     let worker = node(Some(&owner)).await;
     let program = owner
         .handle
-        .publish(SHELL_PROGRAM.to_string())
+        .publish(shell_program("hostile-owner-test"))
         .await
         .unwrap();
     wait_known(&worker.handle, program, T).await.unwrap();
@@ -381,7 +363,7 @@ async fn malformed_frames_on_every_protocol_are_dropped_and_the_owner_keeps_serv
     let owner = node(None).await;
     let program = owner
         .handle
-        .publish(SHELL_PROGRAM.to_string())
+        .publish(shell_program("hostile-owner-test"))
         .await
         .unwrap();
     let raw = raw_peer();
@@ -430,7 +412,7 @@ async fn a_join_flood_from_throwaway_identities_does_not_lock_out_an_honest_join
     let owner = node(None).await;
     let program = owner
         .handle
-        .publish(SHELL_PROGRAM.to_string())
+        .publish(shell_program("hostile-owner-test"))
         .await
         .unwrap();
     let (to, addr) = (owner.peer_id(), owner.dial_addr());
@@ -465,11 +447,6 @@ async fn a_join_flood_from_throwaway_identities_does_not_lock_out_an_honest_join
     join_approved(&owner.handle, &worker.handle, program, T)
         .await
         .unwrap();
-}
-
-/// A program named `name` (a distinct id per name and owner).
-fn shell_program(name: &str) -> String {
-    SHELL_PROGRAM.replace("hostile-owner-test", name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,7 +525,7 @@ async fn a_well_formed_membership_request_from_a_raw_peer_gets_a_code() {
     let owner = node(None).await;
     let program = owner
         .handle
-        .publish(SHELL_PROGRAM.to_string())
+        .publish(shell_program("hostile-owner-test"))
         .await
         .unwrap();
     let key = Keypair::generate_ed25519();

@@ -23,29 +23,7 @@ const OLD_CAP: usize = 10_000;
 
 /// A program that needs no files on its owner; `name` makes each one a distinct program.
 fn manifest(name: &str) -> String {
-    format!(
-        r#"name = "{name}"
-objective = "join it"
-baseline = 5.0
-required_outputs = ["metrics.json"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "shell"
-command = "echo val_bpb: 1"
-timeout_secs = 10
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#
-    )
+    btd::testkit::shell_manifest(name, "approval")
 }
 
 /// A validly signed announcement of program `name` by `key`: its id and its wire bytes.

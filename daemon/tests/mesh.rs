@@ -20,30 +20,7 @@ use tokio::sync::mpsc;
 const T: Duration = Duration::from_secs(20);
 
 fn manifest(membership: &str) -> String {
-    format!(
-        r#"name = "mesh-test"
-objective = "mesh test program"
-membership = "{membership}"
-baseline = 5.0
-required_outputs = ["metrics.json"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "shell"
-command = "echo val_bpb: 1"
-timeout_secs = 10
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#
-    )
+    btd::testkit::shell_manifest("mesh-test", membership)
 }
 
 async fn node(opts: TestNodeOptions) -> TestNode {

@@ -98,6 +98,36 @@ impl TestNode {
     }
 }
 
+/// A program that needs no files on the owner: a shell task printing `val_bpb: 1`, CPU rung only,
+/// named `name` (a distinct id per name and owner), in `membership` mode (`"approval"` or
+/// `"open"`). The attacker and mesh tests publish it.
+pub fn shell_manifest(name: &str, membership: &str) -> String {
+    format!(
+        r#"name = "{name}"
+objective = "a test program"
+membership = "{membership}"
+baseline = 5.0
+required_outputs = ["metrics.json"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "shell"
+command = "echo val_bpb: 1"
+timeout_secs = 10
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#
+    )
+}
+
 /// Spawns a node on the memory transport with `store`.
 pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode> {
     let key = opts.key.unwrap_or_else(Keypair::generate_ed25519);
