@@ -267,3 +267,37 @@ async fn forged_dht_records_are_not_stored_but_valid_ones_are() {
     let (_, records) = victim.handle.local_record(Vec::new()).await.unwrap();
     assert!(records <= MAX_PROGRAMS_PER_OWNER, "{records} records kept");
 }
+
+/// Checking an offered DHT record costs a signature check and a manifest parse, so offers share
+/// the offering peer's request budget: a peer offering records from throwaway keys as fast as it
+/// can gets at most the budget's burst plus its refill checked and kept (all 300 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_record_offers_share_the_peers_request_budget() {
+    let victim = node(Store::open_in_memory().unwrap(), None, None).await;
+    let hostile = node(Store::open_in_memory().unwrap(), Some(&victim), None).await;
+    let params = btd::testkit::test_params(false);
+    let offers = 300;
+    let records: Vec<(ProgramId, Vec<u8>)> = (0..offers)
+        .map(|n| announcement(&Keypair::generate_ed25519(), &format!("offer-{n}"), now()))
+        .collect();
+    let started = std::time::Instant::now();
+    for (id, bytes) in records {
+        hostile
+            .handle
+            .raw_put_record(id.0.as_bytes().to_vec(), bytes)
+            .await
+            .unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (_, kept) = victim.handle.local_record(Vec::new()).await.unwrap();
+    let budget = params.rate_burst + params.rate_per_sec * elapsed;
+    assert!(
+        budget < f64::from(offers),
+        "the offers took too long ({elapsed:.1} s) to test the budget"
+    );
+    assert!(
+        kept as f64 <= budget,
+        "{kept} of {offers} offers kept in {elapsed:.1} s (budget {budget:.0})"
+    );
+    assert!(kept > 0, "no offer kept at all");
+}

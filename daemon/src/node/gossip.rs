@@ -315,6 +315,13 @@ pub(super) fn forget_stored(node: &mut Node, gone: Vec<ProgramId>) {
 /// stored under its own program id and the discovery table holds exactly that announcement;
 /// anything else (garbage, a forged or replayed record under another program's key) is dropped.
 pub(super) fn on_record_offered(node: &mut Node, peer: PeerId, record: OfferedRecord) {
+    // Checking a record costs a signature verification and a manifest parse: offers share the
+    // peer's request budget, so a peer cannot make a node verify records faster than it answers
+    // requests.
+    if !node.allow(peer) {
+        tracing::debug!(peer = %peer, "DHT record offer over the peer's request budget dropped");
+        return;
+    }
     let verified = wire::decode::<Signed<ProgramAnnouncement>>(record.value())
         .ok()
         .and_then(|signed| {
