@@ -7,6 +7,8 @@
 pub mod behaviour;
 pub mod codec;
 mod events;
+#[cfg(feature = "testkit")]
+pub mod raw;
 mod swarm;
 
 pub use behaviour::{build_swarm, Behaviour, NetParams, TransportKind};
