@@ -56,6 +56,24 @@ fn shell_program(name: &str) -> String {
     btd::testkit::shell_manifest(name, "approval")
 }
 
+/// `owner` publishes the shell program.
+async fn publish_shell(owner: &TestNode) -> ProgramId {
+    owner
+        .handle
+        .publish(shell_program("hostile-owner-test"))
+        .await
+        .unwrap()
+}
+
+/// After an attack: an honest newcomer still learns the program, gets a code and is approved in.
+async fn an_honest_worker_joins(owner: &TestNode, program: ProgramId) {
+    let worker = node(Some(owner)).await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+}
+
 async fn node(bootstrap: Option<&TestNode>) -> TestNode {
     node_with(bootstrap, TestNodeOptions::default()).await
 }
@@ -222,11 +240,7 @@ fn hostile_authorization(expires_in: u64, interval: u64) -> MembershipResponse {
 async fn a_hostile_owners_huge_numbers_fail_the_join_in_words_and_the_worker_keeps_serving() {
     let owner = node(None).await;
     let worker = node(Some(&owner)).await;
-    let program = owner
-        .handle
-        .publish(shell_program("hostile-owner-test"))
-        .await
-        .unwrap();
+    let program = publish_shell(&owner).await;
     wait_known(&worker.handle, program, T).await.unwrap();
     let from = owner.peer_id();
 
@@ -298,11 +312,7 @@ async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
         .await
         .unwrap();
     let worker = node(Some(&owner)).await;
-    let program = owner
-        .handle
-        .publish(shell_program("hostile-owner-test"))
-        .await
-        .unwrap();
+    let program = publish_shell(&owner).await;
     wait_known(&worker.handle, program, T).await.unwrap();
     let mut rx = worker.handle.join(program).await.unwrap();
     let JoinEvent::Code { user_code, .. } = next_event(&mut rx).await else {
@@ -361,11 +371,7 @@ fn raw_peer() -> RawPeer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_on_every_protocol_are_dropped_and_the_owner_keeps_serving() {
     let owner = node(None).await;
-    let program = owner
-        .handle
-        .publish(shell_program("hostile-owner-test"))
-        .await
-        .unwrap();
+    let program = publish_shell(&owner).await;
     let raw = raw_peer();
     let (to, addr) = (owner.peer_id(), owner.dial_addr());
     let valid = btd_protocol::wire::encode(&KbRequest {
@@ -400,21 +406,13 @@ async fn malformed_frames_on_every_protocol_are_dropped_and_the_owner_keeps_serv
         .await
         .unwrap();
     assert!(matches!(answer, KbResponse::Error(_)), "{answer:?}");
-    let worker = node(Some(&owner)).await;
-    wait_known(&worker.handle, program, T).await.unwrap();
-    join_approved(&owner.handle, &worker.handle, program, T)
-        .await
-        .unwrap();
+    an_honest_worker_joins(&owner, program).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_flood_from_throwaway_identities_does_not_lock_out_an_honest_joiner() {
     let owner = node(None).await;
-    let program = owner
-        .handle
-        .publish(shell_program("hostile-owner-test"))
-        .await
-        .unwrap();
+    let program = publish_shell(&owner).await;
     let (to, addr) = (owner.peer_id(), owner.dial_addr());
     // Enough throwaway identities, each asking its most, to fill the global table and then some.
     let identities = MAX_PENDING_TOTAL / MAX_PENDING_PER_PEER + 8;
@@ -442,11 +440,7 @@ async fn a_join_flood_from_throwaway_identities_does_not_lock_out_an_honest_join
     let pending = owner.handle.members(program).await.unwrap().pending.len();
     assert!(pending <= MAX_PENDING_TOTAL, "{pending} pending codes");
     // An honest newcomer still gets a code, and the owner's approval lets it in.
-    let worker = node(Some(&owner)).await;
-    wait_known(&worker.handle, program, T).await.unwrap();
-    join_approved(&owner.handle, &worker.handle, program, T)
-        .await
-        .unwrap();
+    an_honest_worker_joins(&owner, program).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,11 +517,7 @@ async fn a_well_formed_membership_request_from_a_raw_peer_gets_a_code() {
     // The harness itself: a bare peer speaking btd's protocol gets the same answers a node would
     // (the refusals in the tests above are the defences', not the harness's).
     let owner = node(None).await;
-    let program = owner
-        .handle
-        .publish(shell_program("hostile-owner-test"))
-        .await
-        .unwrap();
+    let program = publish_shell(&owner).await;
     let key = Keypair::generate_ed25519();
     let raw = RawPeer::spawn(key.clone(), &TransportKind::Memory, T).unwrap();
     let got = raw
