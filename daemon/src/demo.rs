@@ -259,6 +259,9 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             .await?;
         board.show(&s, &names);
         let mut finished = 0u64;
+        // Claims whose verdict the worker has not read back into its run record yet (it polls
+        // every second): until then its record has no traceability record of the final verdict.
+        let mut unread = 0u64;
         let mut stopped = Vec::new();
         for &w in &workers {
             let runs: Vec<RunRecord> = daemons[w]
@@ -267,6 +270,14 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                 })
                 .await?;
             finished += runs.iter().filter(|r| r.finished_at.is_some()).count() as u64;
+            unread += runs
+                .iter()
+                .filter(|r| {
+                    r.verdict
+                        .as_ref()
+                        .is_some_and(|v| v.check == Check::Pending)
+                })
+                .count() as u64;
             if let Some(r) = runs
                 .iter()
                 .find(|r| r.finished_at.is_some() && r.state != crate::work::RunState::Submitted)
@@ -277,7 +288,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         if !stopped.is_empty() {
             bail!("a worker stopped: {}", stopped.join("; "));
         }
-        if finished >= total && s.submissions >= total && s.pending == 0 {
+        if finished >= total && s.submissions >= total && s.pending == 0 && unread == 0 {
             break;
         }
         if Instant::now() >= deadline {
