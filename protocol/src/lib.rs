@@ -26,6 +26,7 @@ pub mod kb;
 pub mod membership;
 pub mod metric;
 pub mod owner;
+pub mod patch;
 pub mod program;
 pub mod seal;
 pub mod signed;
