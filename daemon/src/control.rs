@@ -278,6 +278,7 @@ async fn dispatch(
                 rung_id,
                 outputs,
                 claim,
+                code: None,
                 ..Default::default()
             };
             answer(node.submit(program, result).await)

@@ -145,6 +145,7 @@ pub(crate) async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
             rung_id: "cpu".into(),
             outputs: vec![output],
             claim: Some(claim),
+            code: None,
             ..Default::default()
         };
         match h.submit(program, result).await {

@@ -150,6 +150,13 @@ impl Node {
                 request,
                 reply,
             } => self.net.request_kb(peer, request, KbTag::Raw(reply)),
+            Command::OwnerRead {
+                program,
+                call,
+                reply,
+            } => {
+                let _ = reply.send(self.owners.get(&program).and_then(|o| o.read_own(&call)));
+            }
             Command::Program { program, reply } => {
                 let _ = reply.send(self.known.get(&program).map(|k| k.view.clone()));
             }

@@ -8,7 +8,7 @@ use btd_protocol::kb::{Entry, Verdict};
 use btd_protocol::membership::Credential;
 use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{
-    ApprovalResponse, BlobRequest, BlobResponse, KbRequest, KbResponse, SubmitReceipt,
+    ApprovalResponse, BlobRequest, BlobResponse, KbCall, KbRequest, KbResponse, SubmitReceipt,
     VerifiedProgram,
 };
 use libp2p::{Multiaddr, PeerId};
@@ -191,6 +191,16 @@ pub(crate) enum Command {
         response: Option<btd_protocol::wire::BlobResponse>,
         /// Done.
         reply: Reply<()>,
+    },
+    /// Answer a read-only KB call (ledger, code) from an owned program's core; `None` when this
+    /// node does not own the program.
+    OwnerRead {
+        /// The program.
+        program: ProgramId,
+        /// The call.
+        call: KbCall,
+        /// The answer.
+        reply: oneshot::Sender<Option<KbResponse>>,
     },
     /// Send a KB request to a peer and return its response (`NodeHandle::champion` reads the
     /// champion with it; the `testkit` probe `raw_kb` sends any request).
@@ -447,6 +457,75 @@ impl NodeHandle {
             .await
     }
 
+    /// A read-only KB call on `program`: answered by this node's own core when it owns the
+    /// program, else sent to the owner with this member's credential. An error reply becomes
+    /// `NodeError::Refused` with the owner's words.
+    pub async fn kb_read(&self, program: ProgramId, call: KbCall) -> Result<KbResponse, NodeError> {
+        let local = call.clone();
+        if let Some(r) = self
+            .call(|reply| Command::OwnerRead {
+                program,
+                call: local,
+                reply,
+            })
+            .await?
+        {
+            return match r {
+                KbResponse::Error(e) => Err(NodeError::Refused(e.message)),
+                other => Ok(other),
+            };
+        }
+        let (owner, credential) = self.credential(program).await?.ok_or_else(|| {
+            NodeError::Refused(format!(
+                "this node neither owns nor is a member of {program}; `btd join {program}` first"
+            ))
+        })?;
+        let request = KbRequest {
+            program,
+            credential,
+            call,
+        };
+        match self
+            .try_call(|reply| Command::Kb {
+                peer: owner,
+                request,
+                reply,
+            })
+            .await?
+        {
+            KbResponse::Error(e) => Err(NodeError::Refused(e.message)),
+            other => Ok(other),
+        }
+    }
+
+    /// One page of the program's hypothesis ledger (`seq > after_seq`) and whether more follow.
+    pub async fn ledger(
+        &self,
+        program: ProgramId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<btd_protocol::wire::LedgerItem>, bool), NodeError> {
+        match self
+            .kb_read(program, KbCall::Ledger { after_seq, limit })
+            .await?
+        {
+            KbResponse::Ledger { items, more } => Ok((items, more)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The code hypothesis of result `seq` (`None`: it carried none).
+    pub async fn code(
+        &self,
+        program: ProgramId,
+        seq: u64,
+    ) -> Result<Option<btd_protocol::wire::CodeHypothesis>, NodeError> {
+        match self.kb_read(program, KbCall::Code { seq }).await? {
+            KbResponse::Code(c) => Ok(c.map(|c| *c)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Member: the program's champion as its owner serves it (entry and signed submission), or
     /// `None` when there is none yet.
     pub async fn champion(
@@ -661,4 +740,13 @@ impl NodeHandle {
         })
         .await
     }
+}
+
+/// An owner's reply of the wrong kind, in words.
+fn unexpected(reply: &KbResponse) -> NodeError {
+    let kind = format!("{reply:?}");
+    NodeError::Refused(format!(
+        "unexpected reply from the owner: {}",
+        kind.chars().take(120).collect::<String>()
+    ))
 }

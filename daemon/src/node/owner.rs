@@ -142,7 +142,7 @@ pub(super) fn on_kb_request(
 ) {
     let now = node.clock.now();
     let program = req.program;
-    let submitting = matches!(req.call, KbCall::Submit(_));
+    let submitting = matches!(req.call, KbCall::Submit(_) | KbCall::SubmitCode { .. });
     let fx = node.owners.on_kb(peer, req, now);
     match &fx.reply {
         KbResponse::Submitted(r) if !r.duplicate => {

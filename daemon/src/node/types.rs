@@ -186,6 +186,10 @@ pub struct NewResult {
     /// What the owner needs to check it (candle results).
     #[serde(default)]
     pub claim: Option<btd_protocol::wire::Claim>,
+    /// The code hypothesis it ran (programs with a source bundle or re-run verification); the
+    /// node adds its digest to the outputs (`btd.code`) before signing.
+    #[serde(default)]
+    pub code: Option<btd_protocol::wire::CodeHypothesis>,
 }
 
 /// A claim waiting for the owner's check (the owner core's view of it).

@@ -10,8 +10,9 @@ use btd_protocol::seal;
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
     grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
-    MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt,
+    MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt, CODE_OUTPUT,
 };
+use btd_protocol::trace::Output;
 use libp2p::PeerId;
 use rand::RngCore;
 use tokio::sync::mpsc;
@@ -395,12 +396,21 @@ pub(super) fn submit(
     }
     let mut nonce = [0u8; 16];
     node.rng.fill_bytes(&mut nonce);
+    let mut outputs = result.outputs;
+    if let Some(code) = &result.code {
+        // The signature binds the code: its digest is one of the signed outputs.
+        outputs.retain(|o| o.name != CODE_OUTPUT);
+        outputs.push(Output {
+            name: CODE_OUTPUT.into(),
+            sha256: code.digest(),
+        });
+    }
     let sub = Submission {
         program,
         nonce,
         value: result.value,
         rung_id: result.rung_id,
-        outputs: result.outputs,
+        outputs,
         metrics: result.metrics,
         hypothesis: result.hypothesis,
         created_at: node.clock.now(),
@@ -427,7 +437,13 @@ pub(super) fn submit(
             request: KbRequest {
                 program,
                 credential: m.credential,
-                call: KbCall::Submit(signed),
+                call: match result.code {
+                    Some(code) => KbCall::SubmitCode {
+                        submission: signed,
+                        code,
+                    },
+                    None => KbCall::Submit(signed),
+                },
             },
             attempts: 0,
             reply,

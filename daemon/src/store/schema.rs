@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, Transaction};
 use super::StoreError;
 
 /// The schema version this build writes. Older databases are migrated forward in [`prepare`].
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE programs (
@@ -90,6 +90,12 @@ CREATE TABLE join_codes (
 );
 ";
 
+/// Version 5: the code hypothesis a submission came with (programs with a source bundle or re-run
+/// verification); NULL for the others and for every row written before.
+const SCHEMA_V5: &str = "
+ALTER TABLE submissions ADD COLUMN code BLOB;
+";
+
 /// Opens the database in WAL mode with full fsync and migrates it.
 pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -120,6 +126,11 @@ pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     if version < 4 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V4} PRAGMA user_version = 4; COMMIT;"
+        ))?;
+    }
+    if version < 5 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
         ))?;
     }
     Ok(())
@@ -316,8 +327,8 @@ pub fn put_submission(tx: &Transaction<'_>, row: &SubmissionRow) -> Result<(), S
         )));
     }
     tx.execute(
-        "INSERT INTO submissions (program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO submissions (program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             row.program.to_string(),
             i64::try_from(e.seq).unwrap_or(i64::MAX),
@@ -328,7 +339,8 @@ pub fn put_submission(tx: &Transaction<'_>, row: &SubmissionRow) -> Result<(), S
             e.impact,
             row.nonce.as_slice(),
             row.signed,
-            ms(row.received_at)
+            ms(row.received_at),
+            row.code
         ],
     )?;
     Ok(())
@@ -530,7 +542,7 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
         ));
     }
     let mut stmt = conn.prepare(
-        "SELECT program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at
+        "SELECT program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code
          FROM submissions ORDER BY program, seq",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -545,11 +557,23 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
             r.get::<_, Vec<u8>>(7)?,
             r.get::<_, Vec<u8>>(8)?,
             r.get::<_, i64>(9)?,
+            r.get::<_, Option<Vec<u8>>>(10)?,
         ))
     })?;
     for row in rows {
-        let (program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at) =
-            row?;
+        let (
+            program,
+            seq,
+            worker,
+            value,
+            accepted,
+            champion,
+            impact,
+            nonce,
+            signed,
+            received_at,
+            code,
+        ) = row?;
         let nonce: [u8; 16] = nonce
             .try_into()
             .map_err(|_| StoreError::Corrupt(format!("nonce of submission {seq}")))?;
@@ -567,6 +591,7 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
             },
             nonce,
             signed,
+            code,
             received_at: ts(received_at),
         });
     }

@@ -19,6 +19,7 @@ fn row(seq: u64) -> SubmissionRow {
         },
         nonce: [seq as u8; 16],
         signed: vec![1, 2, 3],
+        code: None,
         received_at: Timestamp(seq),
     }
 }
@@ -125,7 +126,10 @@ async fn undecided_join_codes_survive_a_reopen_and_an_old_home_gains_the_table()
         // A schema-3 home: the tables of versions 1 to 3 and nothing else.
         let conn = rusqlite::Connection::open(&path).unwrap();
         schema::prepare(&conn).unwrap();
-        conn.execute_batch("DROP TABLE join_codes; PRAGMA user_version = 3;")
+        conn.execute_batch(
+            "ALTER TABLE submissions DROP COLUMN code; DROP TABLE join_codes; \
+             PRAGMA user_version = 3;",
+        )
             .unwrap();
     }
     let program = ProgramId(Digest([1; 32]));
@@ -166,6 +170,36 @@ async fn undecided_join_codes_survive_a_reopen_and_an_old_home_gains_the_table()
         snap.join_codes,
         vec![(program, kept, SealPublicKey([7; 32]))]
     );
+}
+
+/// A home written before submissions carried code (schema 4) opens: its rows read back without
+/// code, and a new row keeps its code.
+#[tokio::test]
+async fn a_schema_4_home_gains_the_code_column_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        schema::prepare(&conn).unwrap();
+        conn.execute_batch("ALTER TABLE submissions DROP COLUMN code; PRAGMA user_version = 4;")
+            .unwrap();
+        conn.execute(
+            "INSERT INTO submissions (program, seq, worker, value, accepted, champion, impact, \
+             nonce, signed, received_at) VALUES (?1, 1, 'w', 1.0, 1, 1, 0.1, ?2, x'010203', 1)",
+            rusqlite::params![ProgramId(Digest([1; 32])).to_string(), [1u8; 16].as_slice()],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let mut second = row(2);
+    second.code = Some(vec![9, 9]);
+    store
+        .write(move |tx| put_submission(tx, &second))
+        .await
+        .unwrap();
+    let snap = store.read(load).await.unwrap();
+    let codes: Vec<_> = snap.submissions.iter().map(|r| r.code.clone()).collect();
+    assert_eq!(codes, vec![None, Some(vec![9, 9])]);
 }
 
 #[tokio::test]

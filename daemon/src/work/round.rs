@@ -304,6 +304,7 @@ impl Loop {
             metrics: outcome.metrics.clone(),
             hypothesis: record.hypothesis.clone(),
             claim: outcome.claim.clone(),
+            code: None,
         };
         let program = self.id;
         let receipt = match self.ctx.node.submit(program, result).await {

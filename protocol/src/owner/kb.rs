@@ -9,8 +9,11 @@ use super::{
 use crate::kb::{Check, Direction, Entry, Kb, Verdict};
 use crate::membership::{AuthError, MemberId};
 use crate::signed::Signed;
+use crate::patch::Editable;
+use crate::program::{Task, VerifyMode};
 use crate::wire::{
-    ChampionView, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission, SubmitReceipt,
+    ChampionView, CodeHypothesis, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission,
+    SubmitReceipt, CODE_OUTPUT,
 };
 use crate::Timestamp;
 
@@ -28,6 +31,9 @@ pub struct ClaimToCheck {
     /// The share of the pool the worker would hold if this claim verified (0–1); computed only
     /// when the program re-trains large claims (`verify.retrain_share`), else 0.
     pub share_if_verified: f64,
+    /// The code hypotheses from the bundle to this claim, root first, the claim's own last (empty
+    /// when the claim carries no code): applying their patches in order rebuilds its tree.
+    pub chain: Vec<CodeHypothesis>,
 }
 
 impl ProgramOwner {
@@ -78,8 +84,44 @@ impl ProgramOwner {
                 KbResponse::Results { entries, more }
             }
             KbCall::Status => KbResponse::Status(self.kb_status()),
-            KbCall::Submit(signed) => return self.submit(peer, &member, signed, now),
+            KbCall::Submit(signed) => return self.submit(peer, &member, signed, None, now),
+            KbCall::SubmitCode { submission, code } => {
+                return self.submit(peer, &member, submission, Some(code), now)
+            }
+            KbCall::Ledger { after_seq, limit } => {
+                let (items, more) = self.ledger.page(
+                    self.kb.entries(),
+                    after_seq,
+                    usize::try_from(limit).unwrap_or(0),
+                );
+                KbResponse::Ledger { items, more }
+            }
+            KbCall::Code { seq } => {
+                KbResponse::Code(self.ledger.code(seq).cloned().map(Box::new))
+            }
         })
+    }
+
+    /// The owner's own read of its ledger (`btd ledger`, `btd checkout` on the owner's daemon):
+    /// `KbCall::Ledger` and `KbCall::Code` without a credential; `None` for any other call.
+    pub fn read_own(&self, call: &KbCall) -> Option<KbResponse> {
+        if let Err(e) = call.check() {
+            return Some(KbResponse::Error(err(ErrorCode::Invalid, e.to_string())));
+        }
+        match call {
+            KbCall::Ledger { after_seq, limit } => {
+                let (items, more) = self.ledger.page(
+                    self.kb.entries(),
+                    *after_seq,
+                    usize::try_from(*limit).unwrap_or(0),
+                );
+                Some(KbResponse::Ledger { items, more })
+            }
+            KbCall::Code { seq } => Some(KbResponse::Code(
+                self.ledger.code(*seq).cloned().map(Box::new),
+            )),
+            _ => None,
+        }
     }
 
     /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
@@ -91,6 +133,7 @@ impl ProgramOwner {
         peer: PeerId,
         member: &MemberId,
         signed: Signed<Submission>,
+        code: Option<CodeHypothesis>,
         now: Timestamp,
     ) -> Effects<KbResponse> {
         let invalid = |m: String| Effects::reply(KbResponse::Error(err(ErrorCode::Invalid, m)));
@@ -119,7 +162,10 @@ impl ProgramOwner {
                 None => Effects::reply(KbResponse::Error(err(ErrorCode::Unavailable, "try again"))),
             };
         }
-        if self.kb.verifies() && sub.claim.is_none() {
+        if let Err(why) = self.check_code(&sub, code.as_ref()) {
+            return invalid(why);
+        }
+        if self.program.verify.mode == VerifyMode::Reevaluate && sub.claim.is_none() {
             return invalid(
                 "this program checks every claim before it counts: submit the checkpoint the \
                  value was measured on (btd submit --checkpoint FILE)"
@@ -170,10 +216,15 @@ impl ProgramOwner {
             Ok(b) => b,
             Err(e) => return invalid(format!("the submission cannot be stored: {e}")),
         };
+        let code_bytes = match code.as_ref().map(crate::wire::encode).transpose() {
+            Ok(b) => b,
+            Err(e) => return invalid(format!("the code hypothesis cannot be stored: {e}")),
+        };
         let entry = match self.kb.submit(member.as_str(), sub.value) {
             Ok(e) => e.clone(),
             Err(e) => return invalid(e.to_string()),
         };
+        self.ledger.record(entry.seq, &sub, code);
         self.nonces.insert(key, entry.seq);
         self.note_submission(member.as_str(), now);
         if let Some(c) = &sub.claim {
@@ -201,6 +252,7 @@ impl ProgramOwner {
             entry,
             nonce: sub.nonce,
             signed: bytes,
+            code: code_bytes,
             received_at: now,
         });
         Effects {
@@ -298,13 +350,62 @@ impl ProgramOwner {
         } else {
             0.0
         };
+        let chain = self.ledger.chain(entry.seq)?;
         Some(ClaimToCheck {
             program: self.id,
             seq: entry.seq,
             worker,
             submission,
             share_if_verified,
+            chain,
         })
+    }
+
+    /// Whether a submission carries the code hypothesis the program needs, bound by its
+    /// signature, touching only editable files, on an existing parent. A program with a source
+    /// bundle or re-run verification needs one on every result (the ledger's lineage, the
+    /// owner's re-run); a candle program takes none.
+    fn check_code(&self, sub: &Submission, code: Option<&CodeHypothesis>) -> Result<(), String> {
+        let Task::Shell(task) = &self.program.task else {
+            return match code {
+                Some(_) => Err("a candle program takes no code hypothesis; submit the checkpoint \
+                     (btd submit --checkpoint FILE)"
+                    .into()),
+                None => Ok(()),
+            };
+        };
+        let needs = task.source.is_some() || self.program.verify.mode == VerifyMode::Rerun;
+        let Some(code) = code else {
+            return if needs {
+                Err("this program runs code: every result must carry the code hypothesis it ran \
+                     (btd join submits it; btd submit --code FILE for a hand-made one)"
+                    .into())
+            } else {
+                Ok(())
+            };
+        };
+        if !code.bound_by(sub) {
+            return Err(format!(
+                "the signed submission does not carry the code's digest as output \"{CODE_OUTPUT}\": \
+                 the code must be the one the worker signed"
+            ));
+        }
+        match &task.source {
+            Some(src) => {
+                let editable = Editable::new(&src.editable)
+                    .map_err(|e| format!("the program's editable globs: {e}"))?;
+                code.check_editable(&editable).map_err(|e| e.to_string())?;
+            }
+            None => {
+                if code.check().map_err(|e| e.to_string())?.is_some() {
+                    return Err("this program ships no source tree, so a patch has nothing to \
+                         edit; send an empty patch"
+                        .into());
+                }
+            }
+        }
+        self.ledger
+            .check_parent(code, self.kb.entries().len() as u64 + 1)
     }
 
     /// The program's status as members read it.

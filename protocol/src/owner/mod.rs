@@ -21,6 +21,7 @@
 //! here reads a clock, touches a socket or a database.
 
 mod kb;
+mod ledger;
 mod membership;
 mod owners;
 mod records;
@@ -42,6 +43,7 @@ use crate::wire::{ErrorCode, ErrorReply, GrantDelivery, ProgramAnnouncement, Sub
 use crate::{Digest, Timestamp};
 
 pub use kb::ClaimToCheck;
+pub use ledger::MAX_CHAIN_DEPTH;
 pub use owners::{Owners, Published};
 pub use records::{kb_history, Record, SubmissionRecord, VerdictRecord};
 pub use spend::{
@@ -218,6 +220,8 @@ pub struct ProgramOwner {
     recent: HashMap<String, VecDeque<Timestamp>>,
     /// Device codes of the undecided join requests the store holds (see [`Record::JoinCode`]).
     stored_codes: BTreeSet<DeviceCode>,
+    /// The hypothesis ledger: every result's hypothesis and code.
+    ledger: ledger::Ledger,
 }
 
 impl std::fmt::Debug for ProgramOwner {
@@ -268,6 +272,7 @@ impl ProgramOwner {
             claimed: HashMap::new(),
             recent: HashMap::new(),
             stored_codes: BTreeSet::new(),
+            ledger: ledger::Ledger::default(),
         })
     }
 
@@ -358,6 +363,17 @@ impl ProgramOwner {
                     .entry(c.checkpoint)
                     .or_insert_with(|| row.entry.worker.clone());
             }
+            let code = row
+                .code
+                .as_deref()
+                .map(crate::wire::decode::<crate::wire::CodeHypothesis>)
+                .transpose()
+                .map_err(|e| OwnerRestoreError::Submission {
+                    program: id,
+                    seq: row.entry.seq,
+                    detail: format!("its code hypothesis: {e}"),
+                })?;
+            o.ledger.record(row.entry.seq, &sub.value, code);
         }
         o.kb =
             o.kb.replay_events(kb_history(&subs, &verdicts))

@@ -63,6 +63,8 @@ pub struct SubmissionRecord {
     pub nonce: [u8; 16],
     /// The encoded `Signed<Submission>` as received.
     pub signed: Vec<u8>,
+    /// The encoded `CodeHypothesis` it came with, if any.
+    pub code: Option<Vec<u8>>,
     /// When the owner received it.
     pub received_at: Timestamp,
 }

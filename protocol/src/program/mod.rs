@@ -91,13 +91,18 @@ pub struct Verify {
 pub enum VerifyMode {
     /// Fetch the checkpoint and re-evaluate it (candle tasks; the default for them).
     Reevaluate,
-    /// No check: claims count when received (shell tasks, whose metric btd cannot recompute).
+    /// No check: claims count when received (shell tasks without `rerun`).
     None,
+    /// Run the claim's code again (shell tasks): the owner re-runs the claimed patch in a fresh
+    /// copy of its parent's tree, with the claim's seed (and `retrain_seeds − 1` more), in a
+    /// sandbox, with the owner-only holdout as `BTD_HOLDOUT`, and compares the mean within
+    /// `tolerance`.
+    Rerun,
 }
 
 impl Verify {
     /// Defaults: re-evaluate with a 1e-4 tolerance and a 0.25 holdout gap for candle tasks; no
-    /// check for shell tasks.
+    /// check for shell tasks (and, when a shell program asks for `rerun`, one seed).
     pub fn default_for(task: &Task) -> Verify {
         Verify {
             mode: match task {
@@ -274,7 +279,29 @@ pub struct ShellTask {
     pub command: String,
     /// Hard wall-clock limit, seconds; the process group is killed after it.
     pub timeout_secs: u64,
+    /// The source tree the command runs in (`[task.source]`), when the program ships one.
+    pub source: Option<SourceBundle>,
 }
+
+/// A shell program's source tree (`[task.source]`): a canonical tar the owner publishes (`btd
+/// source pack DIR` makes it and prints its digest), fetched by members over the mesh like a
+/// dataset. Each round runs the command in a fresh copy of the tree: the bundle plus the patch
+/// chain of the result it builds on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SourceBundle {
+    /// SHA-256 of the tar.
+    pub sha256: Digest,
+    /// Globs (relative to the tree) of the files a code hypothesis may change, e.g. `train.py`.
+    pub editable: Vec<String>,
+    /// A command run once per worker and bundle (cached) before the first round, e.g. to install
+    /// dependencies or prepare data; it runs in the setup directory (`BTD_SETUP_DIR`).
+    pub setup: Option<String>,
+    /// Wall-clock limit of `setup`, seconds.
+    pub setup_timeout_secs: u64,
+}
+
+/// Default `[task.source] setup_timeout_secs`: one hour.
+pub const DEFAULT_SETUP_TIMEOUT_SECS: u64 = 3600;
 
 /// When the program stops taking work. All optional; the first reached applies.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]

@@ -14,6 +14,8 @@ use crate::signed::{Signed, SignedDomain};
 use crate::trace::{ApprovalReceipt, Output};
 use crate::{Digest, Timestamp};
 
+use super::code::{CodeHypothesis, LedgerItem, MAX_LEDGER_PAGE};
+
 /// Most results one `Results` page may carry (keeps a page far below the message cap).
 pub const MAX_RESULTS_PAGE: u32 = 1000;
 /// Most rungs one advert may list.
@@ -39,7 +41,7 @@ pub struct MessageError {
     pub problem: String,
 }
 
-fn bad(field: &'static str, problem: impl Into<String>) -> MessageError {
+pub(super) fn bad(field: &'static str, problem: impl Into<String>) -> MessageError {
     MessageError {
         field,
         problem: problem.into(),
@@ -53,7 +55,7 @@ fn check_id(field: &'static str, s: &str) -> Result<(), MessageError> {
     Ok(())
 }
 
-fn check_text(field: &'static str, s: &str) -> Result<(), MessageError> {
+pub(super) fn check_text(field: &'static str, s: &str) -> Result<(), MessageError> {
     if s.len() > MAX_TEXT_BYTES {
         return Err(bad(field, format!("longer than {MAX_TEXT_BYTES} bytes")));
     }
@@ -137,7 +139,9 @@ impl Sanitize for KbResponse {
                 }
             }
             KbResponse::Error(e) => e.sanitize(),
-            KbResponse::Program(_) | KbResponse::Champion(None) => {}
+            KbResponse::Ledger { items, .. } => items.iter_mut().for_each(Sanitize::sanitize),
+            KbResponse::Code(Some(c)) => c.sanitize(),
+            KbResponse::Program(_) | KbResponse::Champion(None) | KbResponse::Code(None) => {}
         }
     }
 }
@@ -459,6 +463,26 @@ pub enum KbCall {
     Status,
     /// A result, signed by the worker.
     Submit(Signed<Submission>),
+    /// A result with the code hypothesis it ran (programs with a source bundle or re-run
+    /// verification); the signed submission binds the code by digest ([`CODE_OUTPUT`]).
+    SubmitCode {
+        /// The signed result.
+        submission: Signed<Submission>,
+        /// What it ran.
+        code: CodeHypothesis,
+    },
+    /// A page of the hypothesis ledger with `seq > after_seq`.
+    Ledger {
+        /// Last seq already seen (0 for the start).
+        after_seq: u64,
+        /// Page size, at most [`MAX_LEDGER_PAGE`].
+        limit: u32,
+    },
+    /// The code hypothesis of result `seq`, with its patch.
+    Code {
+        /// The result.
+        seq: u64,
+    },
 }
 
 impl KbCall {
@@ -468,6 +492,10 @@ impl KbCall {
             KbCall::Results { limit, .. } if *limit == 0 || *limit > MAX_RESULTS_PAGE => Err(bad(
                 "limit",
                 format!("must be 1 to {MAX_RESULTS_PAGE}, got {limit}"),
+            )),
+            KbCall::Ledger { limit, .. } if *limit == 0 || *limit > MAX_LEDGER_PAGE => Err(bad(
+                "limit",
+                format!("must be 1 to {MAX_LEDGER_PAGE}, got {limit}"),
             )),
             _ => Ok(()),
         }
@@ -642,6 +670,15 @@ pub enum KbResponse {
     Submitted(SubmitReceipt),
     /// The request failed.
     Error(ErrorReply),
+    /// A page of the hypothesis ledger.
+    Ledger {
+        /// Items in seq order.
+        items: Vec<LedgerItem>,
+        /// True if more items follow.
+        more: bool,
+    },
+    /// A result's code hypothesis (`None`: the result carried none).
+    Code(Option<Box<CodeHypothesis>>),
 }
 
 // ---------------------------------------------------------------------------------------------

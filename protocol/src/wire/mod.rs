@@ -5,12 +5,14 @@
 //! [`ApprovalRequest`]). All of them are encoded by [`codec`] (bincode, size-capped). bincode is not
 //! self-describing, so a change to any message type means a new protocol name in [`protocols`].
 
+mod code;
 pub mod codec;
 mod messages;
 #[cfg(test)]
 mod tests;
 
 pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
+pub use code::*;
 pub use messages::*;
 
 /// Versioned protocol names and gossip topics.

@@ -19,6 +19,7 @@ fn task(command: &str, timeout_secs: u64) -> ShellTask {
     ShellTask {
         command: command.into(),
         timeout_secs,
+        source: None,
     }
 }
 

@@ -16,7 +16,8 @@ use super::search::{
 };
 use super::{
     CandleTask, Criteria, Dataset, FieldError, ManifestErrors, ModelPreset, Program, Reward,
-    ShellTask, StopConditions, Task, Verify, VerifyMode, MANIFEST_VERSION, MAX_RETRAIN_SEEDS,
+    ShellTask, SourceBundle, StopConditions, Task, Verify, VerifyMode, DEFAULT_SETUP_TIMEOUT_SECS,
+    MANIFEST_VERSION, MAX_RETRAIN_SEEDS,
 };
 use crate::dispatch::{
     HardwareClass, LocalAction, LocalPolicy, PaidAction, PaidPolicy, Policy, Rung, SpendClass,
@@ -486,15 +487,30 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Veri
             &[
                 ("reevaluate", VerifyMode::Reevaluate),
                 ("none", VerifyMode::None),
+                ("rerun", VerifyMode::Rerun),
             ],
         ),
     };
-    if let (Some(VerifyMode::Reevaluate), Task::Shell(_)) = (mode, task) {
-        ctx.err(
+    match (mode, task) {
+        (Some(VerifyMode::Reevaluate), Task::Shell(_)) => ctx.err(
             &path.key("mode"),
-            "btd cannot re-evaluate a shell task's metric; use mode = \"none\" (claims count when received)",
-        );
+            "btd cannot re-evaluate a shell task's metric; use mode = \"rerun\" (the owner runs the \
+             claim again) or \"none\" (claims count when received)",
+        ),
+        (Some(VerifyMode::Rerun), Task::Candle(_)) => ctx.err(
+            &path.key("mode"),
+            "a candle task is checked by re-evaluating its checkpoint: use mode = \"reevaluate\" \
+             (and retrain_share to re-train large claims)",
+        ),
+        _ => {}
     }
+    // A shell program re-runs with one seed unless it declares more (a re-run of the same code
+    // and seed reproduces the claim; more seeds only guard against a lucky seed).
+    let default_seeds = if matches!(task, Task::Shell(_)) {
+        1
+    } else {
+        d.retrain_seeds
+    };
     let non_negative = |ctx: &mut Ctx<'_>, key: &str, max: f64| -> Option<Option<f64>> {
         let Some(v) = t.get(key) else {
             return Some(None);
@@ -554,7 +570,7 @@ fn verify(ctx: &mut Ctx<'_>, path: &Path, t: &Table, task: &Task) -> Option<Veri
         },
         retrain_share: retrain_share?,
         retrain_tolerance: retrain_tolerance?.unwrap_or(d.retrain_tolerance),
-        retrain_seeds: retrain_seeds.transpose_none()?.unwrap_or(d.retrain_seeds),
+        retrain_seeds: retrain_seeds.transpose_none()?.unwrap_or(default_seeds),
         max_artifact_bytes: max_artifact_bytes
             .transpose_none()?
             .unwrap_or(d.max_artifact_bytes),

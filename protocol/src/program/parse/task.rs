@@ -129,7 +129,12 @@ fn dataset(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<Dataset> {
 }
 
 fn shell_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<ShellTask> {
-    unknown_keys(ctx, path, t, &["kind", "command", "timeout_secs", "search"]);
+    unknown_keys(
+        ctx,
+        path,
+        t,
+        &["kind", "command", "timeout_secs", "search", "source"],
+    );
     let command = required(ctx, path, t, "command").and_then(|v| {
         let p = path.key("command");
         let s = as_str(ctx, &p, v)?;
@@ -144,9 +149,96 @@ fn shell_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<ShellTask> {
     });
     let timeout_secs = required(ctx, path, t, "timeout_secs")
         .and_then(|v| as_u64(ctx, &path.key("timeout_secs"), v, 1, MAX_SECONDS));
+    let source = match t.get("source") {
+        None => Some(None),
+        Some(v) => as_table(ctx, &path.key("source"), v)
+            .and_then(|s| source(ctx, &path.key("source"), s))
+            .map(Some),
+    };
     Some(ShellTask {
         command: command?,
         timeout_secs: timeout_secs?,
+        source: source?,
+    })
+}
+
+/// `[task.source]`: the bundle's digest, its editable globs and the optional setup command.
+fn source(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<SourceBundle> {
+    unknown_keys(
+        ctx,
+        path,
+        t,
+        &["sha256", "editable", "setup", "setup_timeout_secs"],
+    );
+    let sha256 = required(ctx, path, t, "sha256").and_then(|v| {
+        let p = path.key("sha256");
+        let s = as_str(ctx, &p, v)?;
+        match s.parse::<Digest>() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ctx.err(
+                    &p,
+                    format!("{e}; `btd source pack DIR` prints the bundle's digest"),
+                );
+                None
+            }
+        }
+    });
+    let editable = required(ctx, path, t, "editable").and_then(|v| {
+        let p = path.key("editable");
+        let Some(items) = v.as_array() else {
+            ctx.err(&p, "must be an array of glob strings, e.g. [\"train.py\"]");
+            return None;
+        };
+        if items.is_empty() || items.len() > crate::patch::MAX_EDITABLE_PATTERNS {
+            ctx.err(
+                &p,
+                format!(
+                    "must list 1 to {} globs of the files a hypothesis may change",
+                    crate::patch::MAX_EDITABLE_PATTERNS
+                ),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = p.index(i);
+            let Some(g) = item.as_str() else {
+                ctx.err(&ip, "must be a string");
+                continue;
+            };
+            match crate::patch::check_pattern(g) {
+                Ok(()) => out.push(g.to_string()),
+                Err(e) => ctx.err(&ip, e),
+            }
+        }
+        (out.len() == items.len()).then_some(out)
+    });
+    let setup = match t.get("setup") {
+        None => Some(None),
+        Some(v) => {
+            let p = path.key("setup");
+            as_str(ctx, &p, v).and_then(|s| {
+                if s.trim().is_empty() || s.len() > MAX_COMMAND_BYTES || s.contains('\0') {
+                    ctx.err(
+                        &p,
+                        format!("must be a non-empty command of at most {MAX_COMMAND_BYTES} bytes"),
+                    );
+                    return None;
+                }
+                Some(Some(s.to_string()))
+            })
+        }
+    };
+    let setup_timeout_secs = match t.get("setup_timeout_secs") {
+        None => Some(DEFAULT_SETUP_TIMEOUT_SECS),
+        Some(v) => as_u64(ctx, &path.key("setup_timeout_secs"), v, 1, MAX_SECONDS),
+    };
+    Some(SourceBundle {
+        sha256: sha256?,
+        editable: editable?,
+        setup: setup?,
+        setup_timeout_secs: setup_timeout_secs?,
     })
 }
 
