@@ -46,10 +46,15 @@ enum Command {
         /// by digest over the mesh (its SHA-256 must match the manifest's).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Owner-only holdout text (never served) that claims are also evaluated on; programs on
-        /// the synthetic corpus get a generated one.
+        /// Owner-only holdout (never served) that claims are also evaluated on; programs on the
+        /// synthetic corpus get a generated one. A re-run program's command reads it as
+        /// BTD_HOLDOUT.
         #[arg(long)]
         holdout: Option<PathBuf>,
+        /// The source tree of a program with [task.source]: a directory (packed canonically) or
+        /// the tar `btd source pack` wrote; members fetch it from this node by digest.
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
     /// Programs known from the mesh.
     Programs,
@@ -84,23 +89,32 @@ enum Command {
         member: String,
     },
     /// Member: submit a result by hand (for shell-driven workers and tests).
-    Submit {
+    Submit(SubmitArgs),
+    /// A program's hypothesis ledger: every result with its parent, value, verdict, member and
+    /// rationale (lineage), oldest first.
+    Ledger {
         /// The program id.
         program: String,
-        /// The metric value.
-        #[arg(long, allow_negative_numbers = true)]
-        value: f64,
-        /// An output file to record by digest (repeatable).
-        #[arg(long = "output", value_name = "FILE")]
-        outputs: Vec<PathBuf>,
-        /// The rung the result was computed on.
-        #[arg(long, default_value = "cpu")]
-        rung: String,
-        /// The checkpoint the value was measured on (from `btd train`): the owner fetches it and
-        /// re-evaluates it before the value counts.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
+        /// Start after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Show at most this many results.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
     },
+    /// Write a result's tree (the bundle plus its patch chain) to a directory:
+    /// `btd checkout PROGRAM [SEQ] DIR` (the champion's without SEQ).
+    Checkout {
+        /// The program id.
+        program: String,
+        /// [SEQ] DIR: the result (default: the champion) and the directory (must not exist or be
+        /// empty).
+        #[arg(num_args = 1..=2, required = true, value_name = "SEQ DIR")]
+        rest: Vec<String>,
+    },
+    /// Source bundles of shell programs.
+    #[command(subcommand)]
+    Source(SourceCmd),
     /// Program status: members, results, champion, payouts (a member asks the owner).
     Status {
         /// The program id (optional when this node has exactly one program).
@@ -171,6 +185,46 @@ pub(crate) struct StartArgs {
     /// Discover peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) mdns: bool,
+}
+
+/// `btd submit` flags.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The program id.
+    pub(crate) program: String,
+    /// The metric value.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) value: f64,
+    /// An output file to record by digest (repeatable).
+    #[arg(long = "output", value_name = "FILE")]
+    pub(crate) outputs: Vec<PathBuf>,
+    /// The rung the result was computed on.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) rung: String,
+    /// The checkpoint the value was measured on (from `btd train`): the owner fetches it and
+    /// re-evaluates it before the value counts.
+    #[arg(long)]
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// The code hypothesis the value was measured with (JSON: parent, patch, rationale, seed,
+    /// tree), for programs with a source bundle or re-run verification.
+    #[arg(long)]
+    pub(crate) code: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SourceCmd {
+    /// Pack a directory into the canonical tar a program's [task.source] names, and print its
+    /// sha256 (same directory, same bytes, same digest).
+    Pack {
+        /// The directory.
+        dir: PathBuf,
+        /// Also write the tar here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Largest bundle, bytes (the program's [verify] max_artifact_bytes).
+        #[arg(long, default_value_t = btd_protocol::program::DEFAULT_MAX_ARTIFACT_BYTES)]
+        max_bytes: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +330,19 @@ pub(crate) struct JoinArgs {
     /// (0: return at once; `btd runs` shows them later).
     #[arg(long, requires = "rounds", default_value_t = crate::work::DEFAULT_VERDICT_WAIT_SECS)]
     pub(crate) verdict_wait: u64,
+    /// A proposer (programs with a source bundle): this command runs each round in a workspace
+    /// holding the parent tree and context/ (objective, champion, recent ledger as JSON); what it
+    /// changes in the editable files is the round's code hypothesis; it may write rationale.md.
+    #[arg(long, requires = "rounds", value_name = "CMD")]
+    pub(crate) proposer: Option<String>,
+    /// How long one proposer run may take, seconds.
+    #[arg(long, requires = "proposer", default_value_t = crate::work::DEFAULT_PROPOSER_TIMEOUT_SECS)]
+    pub(crate) proposer_timeout: u64,
+    /// Run code other members wrote (the champion's patches) in the sandbox (no network, resource
+    /// limits, a scratch directory). Without it, rounds build on the bundle or this member's own
+    /// patches.
+    #[arg(long, requires = "rounds")]
+    pub(crate) allow_peer_code: bool,
 }
 
 /// Runs the parsed command.
@@ -301,7 +368,17 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
             manifest,
             data,
             holdout,
-        } => daemon_cmd::publish(home, &manifest, data, holdout, json),
+            source,
+        } => daemon_cmd::publish(
+            home,
+            &manifest,
+            crate::node::types::PublishFiles {
+                data,
+                holdout,
+                source,
+            },
+            json,
+        ),
         Command::Programs => daemon_cmd::programs(home, json),
         Command::Join(args) => daemon_cmd::join(home, &args, json),
         Command::Runs { program } => daemon_cmd::runs(home, program.as_deref(), json),
@@ -309,13 +386,14 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Deny { code } => daemon_cmd::decide(home, code, false, json),
         Command::Members { program } => daemon_cmd::members(home, &program, json),
         Command::Revoke { program, member } => daemon_cmd::revoke(home, &program, member, json),
-        Command::Submit {
+        Command::Submit(args) => daemon_cmd::submit(home, &args, json),
+        Command::Ledger {
             program,
-            value,
-            outputs,
-            rung,
-            checkpoint,
-        } => daemon_cmd::submit(home, &program, value, &outputs, rung, checkpoint, json),
+            after,
+            limit,
+        } => daemon_cmd::ledger(home, &program, after, limit, json),
+        Command::Checkout { program, rest } => daemon_cmd::checkout(home, &program, &rest, json),
+        Command::Source(cmd) => offline::source::run(cmd, json),
         Command::Status { program } => daemon_cmd::status(home, program.as_deref(), json),
         Command::Approvals => daemon_cmd::approvals(home, json),
         Command::ApproveSpend {

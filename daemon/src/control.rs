@@ -92,6 +92,27 @@ pub enum Request {
         /// A checkpoint to claim the value with (absolute path): the owner fetches and checks it.
         #[serde(default)]
         checkpoint: Option<std::path::PathBuf>,
+        /// The code hypothesis the value was measured with (code programs).
+        #[serde(default)]
+        code: Option<btd_protocol::wire::CodeHypothesis>,
+    },
+    /// A page of a program's hypothesis ledger.
+    Ledger {
+        /// Program id.
+        program: ProgramId,
+        /// Items with a larger seq.
+        after_seq: u64,
+        /// At most this many (1 to `MAX_LEDGER_PAGE`).
+        limit: u32,
+    },
+    /// Write a result's tree to a directory.
+    Checkout {
+        /// Program id.
+        program: ProgramId,
+        /// The result (default: the champion).
+        seq: Option<u64>,
+        /// The directory (absolute; must not exist or be empty).
+        dir: std::path::PathBuf,
     },
     /// Program status.
     Status {
@@ -263,6 +284,7 @@ async fn dispatch(
             rung_id,
             mut outputs,
             checkpoint,
+            code,
         } => {
             let claim = match checkpoint {
                 Some(path) => {
@@ -278,10 +300,22 @@ async fn dispatch(
                 rung_id,
                 outputs,
                 claim,
-                code: None,
+                code,
                 ..Default::default()
             };
             answer(node.submit(program, result).await)
+        }
+        Request::Ledger {
+            program,
+            after_seq,
+            limit,
+        } => node
+            .ledger(program, after_seq, limit)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|(items, more)| json(serde_json::json!({ "items": items, "more": more }))),
+        Request::Checkout { program, seq, dir } => {
+            work.checkout(program, seq, dir).await.and_then(json)
         }
         Request::Status { program } => answer(node.status(program).await),
         Request::Approvals => answer(node.spend_requests().await),

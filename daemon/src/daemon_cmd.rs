@@ -125,16 +125,16 @@ fn absolute(flag: &str, p: &Path) -> Result<PathBuf, CmdError> {
 pub(crate) fn publish(
     home_dir: Option<PathBuf>,
     manifest: &Path,
-    data: Option<PathBuf>,
-    holdout: Option<PathBuf>,
+    files: crate::node::types::PublishFiles,
     json: bool,
 ) -> Result<(), CmdError> {
     let text = crate::output::read_text(manifest)?;
     // Validate locally first so errors carry the file name and lines.
     crate::offline::program::load(manifest)?;
     let files = crate::node::types::PublishFiles {
-        data: data.map(|p| absolute("--data", &p)).transpose()?,
-        holdout: holdout.map(|p| absolute("--holdout", &p)).transpose()?,
+        data: files.data.map(|p| absolute("--data", &p)).transpose()?,
+        holdout: files.holdout.map(|p| absolute("--holdout", &p)).transpose()?,
+        source: files.source.map(|p| absolute("--source", &p)).transpose()?,
     };
     let v = call(
         home_dir,
@@ -178,6 +178,9 @@ pub(crate) fn join(home_dir: Option<PathBuf>, args: &JoinArgs, json: bool) -> Re
             allow_shell: args.allow_shell,
             approval_wait_secs: args.approval_wait,
             verdict_wait_secs: args.verdict_wait,
+            proposer: args.proposer.clone(),
+            proposer_timeout_secs: args.proposer_timeout,
+            allow_peer_code: args.allow_peer_code,
         }),
     };
     let h = home(home_dir)?;
@@ -315,14 +318,32 @@ pub(crate) fn revoke(
 
 pub(crate) fn submit(
     home_dir: Option<PathBuf>,
-    program: &str,
-    value: f64,
-    outputs: &[PathBuf],
-    rung_id: String,
-    checkpoint: Option<PathBuf>,
+    args: &crate::cli::SubmitArgs,
     json: bool,
 ) -> Result<(), CmdError> {
+    let crate::cli::SubmitArgs {
+        program,
+        value,
+        outputs,
+        rung: rung_id,
+        checkpoint,
+        code,
+    } = args;
+    let (value, rung_id) = (*value, rung_id.clone());
     let program = program_id(program)?;
+    let code = code
+        .as_deref()
+        .map(|p| {
+            let text = crate::output::read_text(p)?;
+            serde_json::from_str::<btd_protocol::wire::CodeHypothesis>(&text).map_err(|e| {
+                CmdError::Usage(format!(
+                    "--code {}: not a code hypothesis (JSON with parent, patch, rationale, seed, \
+                     tree): {e}",
+                    p.display()
+                ))
+            })
+        })
+        .transpose()?;
     if !value.is_finite() {
         return Err(CmdError::Usage(format!(
             "--value must be a finite number, got {value}"
@@ -346,8 +367,10 @@ pub(crate) fn submit(
             rung_id,
             outputs: outs,
             checkpoint: checkpoint
-                .map(|p| absolute("--checkpoint", &p))
+                .as_deref()
+                .map(|p| absolute("--checkpoint", p))
                 .transpose()?,
+            code,
         },
     )?;
     if json {
@@ -412,3 +435,83 @@ pub(crate) fn decide_spend(
     out!("{}", v.as_str().unwrap_or_default());
     Ok(())
 }
+
+pub(crate) fn ledger(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    after: u64,
+    limit: u32,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    let mut items: Vec<btd_protocol::wire::LedgerItem> = Vec::new();
+    let mut after_seq = after;
+    let want = usize::try_from(limit).unwrap_or(usize::MAX);
+    while items.len() < want {
+        let page = u32::try_from(want - items.len())
+            .unwrap_or(u32::MAX)
+            .min(btd_protocol::wire::MAX_LEDGER_PAGE);
+        let v = call(
+            home_dir.clone(),
+            Request::Ledger {
+                program,
+                after_seq,
+                limit: page,
+            },
+        )?;
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<btd_protocol::wire::LedgerItem>,
+            more: bool,
+        }
+        let p: Page = parse(v)?;
+        let Some(last) = p.items.last().map(|i| i.entry.seq) else {
+            break;
+        };
+        after_seq = last;
+        items.extend(p.items);
+        if !p.more {
+            break;
+        }
+    }
+    if json {
+        return print_json(&items);
+    }
+    print::ledger(&items);
+    Ok(())
+}
+
+pub(crate) fn checkout(
+    home_dir: Option<PathBuf>,
+    program: &str,
+    rest: &[String],
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program_id(program)?;
+    let (seq, dir) = match rest {
+        [dir] => (None, dir),
+        [seq, dir] => (
+            Some(seq.parse::<u64>().map_err(|_| {
+                CmdError::Usage(format!("SEQ must be a result's number, got {seq:?}"))
+            })?),
+            dir,
+        ),
+        _ => return Err(CmdError::Usage("usage: btd checkout PROGRAM [SEQ] DIR".into())),
+    };
+    let dir = Path::new(dir);
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| CmdError::Usage(format!("cannot read the current directory: {e}")))?
+            .join(dir)
+    };
+    let v = call(home_dir, Request::Checkout { program, seq, dir })?;
+    if json {
+        return print_json(&v);
+    }
+    let view: crate::work::CheckoutView = parse(v)?;
+    print::checkout(&view);
+    Ok(())
+}
+

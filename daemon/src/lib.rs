@@ -27,6 +27,7 @@ pub mod node;
 mod offline;
 mod output;
 pub mod poll;
+pub mod source;
 pub mod start;
 pub mod store;
 #[cfg(feature = "testkit")]

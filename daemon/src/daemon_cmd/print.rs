@@ -139,6 +139,29 @@ pub(super) fn work_event(e: &WorkEvent) {
             };
             out!("round {round}: on {rung_id}: {h} ({from})");
         }
+        WorkEvent::Code {
+            round,
+            parent,
+            patch_bytes,
+            rationale,
+            sandbox,
+            note,
+        } => {
+            if let Some(n) = note {
+                out!("round {round}: {n}");
+            }
+            let on = match parent {
+                Some(s) => format!("result {s}'s tree"),
+                None => "the bundle".into(),
+            };
+            let change = if *patch_bytes == 0 {
+                "unchanged".to_string()
+            } else {
+                format!("a {patch_bytes}-byte patch: {rationale}")
+            };
+            let sandboxed = if *sandbox { " (in the sandbox)" } else { "" };
+            out!("round {round}: code on {on}, {change}{sandboxed}");
+        }
         WorkEvent::Ran {
             round,
             status,
@@ -381,6 +404,89 @@ pub(super) fn approvals(list: &[SpendRequestView]) {
                 .spend_cap
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
+/// `btd ledger`: one line per result, oldest first: its seq and parent (lineage), value, the
+/// KEEP rule's and the owner's verdicts, member, files and rationale.
+pub(super) fn ledger(items: &[btd_protocol::wire::LedgerItem]) {
+    if items.is_empty() {
+        out!("no results yet");
+        return;
+    }
+    out!(
+        "{:>5}  {:>6}  {:>12}  {:<9}  {:<9}  {:<12}  change",
+        "seq",
+        "parent",
+        "value",
+        "verdict",
+        "check",
+        "member"
+    );
+    for i in items {
+        let e = &i.entry;
+        let verdict = if e.champion {
+            "champion"
+        } else if e.accepted {
+            "accepted"
+        } else {
+            "-"
+        };
+        let parent = match &i.code {
+            Some(c) => c.parent.map_or_else(|| "bundle".into(), |p| p.to_string()),
+            None => "-".into(),
+        };
+        let change = match &i.code {
+            Some(c) if c.patch_bytes > 0 => format!(
+                "{} ({}): {}",
+                c.files.join(", "),
+                c.patch_bytes,
+                c.rationale.lines().next().unwrap_or("")
+            ),
+            Some(_) => "unchanged".into(),
+            None if !i.hypothesis.is_empty() => i
+                .hypothesis
+                .iter()
+                .map(|(k, v)| format!("{k}={}", short_num(*v)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            None => "-".into(),
+        };
+        out!(
+            "{:>5}  {:>6}  {:>12}  {:<9}  {:<9}  {:<12}  {change}",
+            e.seq,
+            parent,
+            short_num(e.value),
+            verdict,
+            e.check.label(),
+            e.worker.chars().take(12).collect::<String>()
+        );
+        if let btd_protocol::kb::Check::Failed(why) = &e.check {
+            out!("{:>7}rejected: {why}", "");
+        }
+    }
+}
+
+/// `btd checkout`: where the tree went and the chain it came from.
+pub(super) fn checkout(v: &crate::work::CheckoutView) {
+    let what = match v.seq {
+        Some(s) => format!("result {s}"),
+        None => "the bundle".into(),
+    };
+    out!(
+        "checked out {what} ({} files, tree {}) into {}",
+        v.files,
+        v.tree.short(),
+        v.dir.display()
+    );
+    for l in &v.chain {
+        out!(
+            "  {:>5}  {:<12}  {:>6} bytes  {}",
+            l.seq,
+            l.member.chars().take(12).collect::<String>(),
+            l.patch_bytes,
+            l.rationale
         );
     }
 }

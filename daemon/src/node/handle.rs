@@ -514,12 +514,12 @@ impl NodeHandle {
         }
     }
 
-    /// The code hypothesis of result `seq` (`None`: it carried none).
+    /// The code hypothesis of result `seq` with its entry (`None`: it carried none).
     pub async fn code(
         &self,
         program: ProgramId,
         seq: u64,
-    ) -> Result<Option<btd_protocol::wire::CodeHypothesis>, NodeError> {
+    ) -> Result<Option<btd_protocol::wire::CodeView>, NodeError> {
         match self.kb_read(program, KbCall::Code { seq }).await? {
             KbResponse::Code(c) => Ok(c.map(|c| *c)),
             other => Err(unexpected(&other)),

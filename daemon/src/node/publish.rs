@@ -101,8 +101,11 @@ fn install_artifacts(
     use btd_protocol::program::{Dataset, Task};
     let task = match &program.task {
         Task::Candle(t) => Some(t),
-        Task::Shell(_) => None,
+        Task::Shell(t) => return install_shell(home, id, program, t, files),
     };
+    if files.source.is_some() {
+        return Err("--source is only for shell programs with a [task.source] section".into());
+    }
     let checks = program.verify.checks();
     let file_digest = match task.map(|t| &t.dataset) {
         Some(Dataset::File { sha256 }) => Some(*sha256),
@@ -174,3 +177,69 @@ fn install_artifacts(
     }
     Ok(())
 }
+
+/// A shell program's files: its source bundle (served to members by digest, kept for the owner's
+/// re-runs) and, for re-run verification, the owner-only holdout its command reads as
+/// `BTD_HOLDOUT`. Blocking.
+fn install_shell(
+    home: Option<&std::path::Path>,
+    id: ProgramId,
+    program: &Program,
+    task: &btd_protocol::program::ShellTask,
+    files: &PublishFiles,
+) -> Result<(), String> {
+    use btd_protocol::program::VerifyMode;
+    if files.data.is_some() {
+        return Err(
+            "--data is for candle programs; a shell program ships its files in [task.source] \
+             (--source DIR)"
+                .into(),
+        );
+    }
+    let rerun = program.verify.mode == VerifyMode::Rerun;
+    if files.holdout.is_some() && !rerun {
+        return Err(
+            "--holdout is for programs that check claims: set [verify] mode = \"rerun\" so the \
+             owner's re-run reads it as BTD_HOLDOUT"
+                .into(),
+        );
+    }
+    match (&task.source, &files.source) {
+        (None, Some(_)) => {
+            return Err(
+                "--source is for programs with a [task.source] section (sha256, editable)".into(),
+            )
+        }
+        (Some(src), None) => {
+            return Err(format!(
+                "the program ships a source tree (sha256 {}): publish with --source DIR (or the \
+                 tar `btd source pack DIR` wrote) so members can fetch it",
+                src.sha256
+            ))
+        }
+        (None, None) if files.holdout.is_none() => return Ok(()),
+        _ => {}
+    }
+    let home = home.ok_or("this node has no home directory to keep the program's files in")?;
+    if let (Some(src), Some(path)) = (&task.source, &files.source) {
+        crate::source::install_bundle(home, id, path, src.sha256, program.verify.max_artifact_bytes)?;
+    }
+    if let Some(path) = &files.holdout {
+        let dest = holdout_path(home, &id);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let tmp = dest.with_extension("tmp");
+        std::fs::copy(path, &tmp)
+            .map_err(|e| format!("cannot read the holdout {}: {e}", path.display()))
+            .and_then(|_| {
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(&tmp, &dest))
+                    .map_err(|e| format!("cannot write the holdout {}: {e}", dest.display()))
+            })?;
+    }
+    Ok(())
+}
+

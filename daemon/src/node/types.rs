@@ -203,4 +203,8 @@ pub struct PublishFiles {
     pub data: Option<std::path::PathBuf>,
     /// The holdout text (synthetic corpora get a generated one).
     pub holdout: Option<std::path::PathBuf>,
+    /// The source tree of a shell program with `[task.source]`: a directory (packed canonically)
+    /// or the tar `btd source pack` wrote; its SHA-256 must match the manifest's.
+    #[serde(default)]
+    pub source: Option<std::path::PathBuf>,
 }

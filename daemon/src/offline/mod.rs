@@ -4,3 +4,4 @@ pub(crate) mod policy;
 pub(crate) mod program;
 pub(crate) mod replay;
 pub(crate) mod schema;
+pub(crate) mod source;

@@ -83,28 +83,42 @@ impl Loop {
         }
     }
 
-    /// The champion's hypothesis and seq, or the defaults when there is none (or it cannot be read
-    /// or verified: then the search restarts from the defaults, which is safe).
-    pub(super) async fn champion_hypothesis(&self) -> (Hypothesis, Option<u64>) {
-        let none = (self.defaults.clone(), None);
-        if self.program.search.is_empty() {
-            return none;
+    /// The champion as its signed submission states it, or `None` when there is none (or it
+    /// cannot be read or verified: then the search restarts from the defaults, which is safe).
+    /// Read only when a round uses it (a search space or a code program).
+    pub(super) async fn champion(&self) -> Option<ChampionInfo> {
+        if self.program.search.is_empty() && self.code.is_none() {
+            return None;
         }
         let program = self.id;
-        let Ok(Some(c)) = self.ctx.node.champion(program).await else {
-            return none;
-        };
-        let Ok(worker) = c.entry.worker.parse::<PeerId>() else {
-            return none;
-        };
+        let c = self.ctx.node.champion(program).await.ok()??;
+        let worker = c.entry.worker.parse::<PeerId>().ok()?;
         match c.submission.verify_from(&worker) {
-            Ok(sub) if sub.program == program && sub.value == c.entry.value => {
-                (sub.hypothesis, Some(c.entry.seq))
-            }
+            Ok(sub) if sub.program == program => Some(ChampionInfo {
+                seq: c.entry.seq,
+                // What counts: the owner's measurement when it checked the claim.
+                value: c.entry.value,
+                metrics: sub.metrics,
+                hypothesis: sub.hypothesis,
+            }),
             _ => {
                 tracing::warn!(program = %program, "the champion's submission does not verify; searching from the defaults");
-                none
+                None
             }
         }
     }
 }
+
+/// The champion a round builds on.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ChampionInfo {
+    /// Its KB seq.
+    pub(super) seq: u64,
+    /// Its value (the owner's measurement for a checked claim).
+    pub(super) value: f64,
+    /// Its other metrics, as its worker signed them.
+    pub(super) metrics: std::collections::BTreeMap<String, f64>,
+    /// Its numeric hypothesis.
+    pub(super) hypothesis: Hypothesis,
+}
+

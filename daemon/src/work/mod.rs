@@ -28,6 +28,8 @@
 //! [`ImpactRead::from_receipt`]: btd_protocol::trace::ImpactRead::from_receipt
 //! [`TraceabilityRecord`]: btd_protocol::trace::TraceabilityRecord
 
+mod checkout;
+mod code;
 mod dataset;
 mod dispatch;
 mod kb;
@@ -53,6 +55,7 @@ use tokio::sync::mpsc;
 use crate::node::NodeHandle;
 use crate::store::Store;
 
+pub use checkout::{ChainLink, CheckoutView};
 pub use records::{RunRecord, RunState, WorkSummary};
 pub use run::RunOutcome;
 
@@ -69,6 +72,8 @@ pub struct WorkContext {
     store: Store,
     runs_dir: PathBuf,
     blobs: crate::blobs::BlobStore,
+    /// Where bundles are unpacked and their setup runs (`HOME/source`).
+    setup_root: PathBuf,
     rungs: Vec<AdvertisedRung>,
     running: Mutex<HashSet<ProgramId>>,
     cancel: Arc<AtomicBool>,
@@ -97,6 +102,7 @@ impl WorkContext {
             store,
             runs_dir: home.join("runs"),
             blobs: crate::blobs::BlobStore::new(home.join("blobs")),
+            setup_root: crate::source::setup_root(home),
             rungs,
             running: Mutex::new(HashSet::new()),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -166,12 +172,46 @@ pub struct WorkOptions {
     /// (0: do not wait; `btd runs` shows them once known).
     #[serde(default)]
     pub verdict_wait_secs: u64,
+    /// A proposer command (programs with a source bundle): run each round in a workspace holding
+    /// the parent tree and `context/`; what it changes in the editable files is the round's code
+    /// hypothesis. `None`: the round runs the parent's tree (with the numeric search, if any).
+    #[serde(default)]
+    pub proposer: Option<String>,
+    /// How long one proposer run may take, seconds.
+    #[serde(default = "default_proposer_timeout")]
+    pub proposer_timeout_secs: u64,
+    /// Run code other members wrote (patches in the champion's chain), in the sandbox. Off: the
+    /// loop builds on the bundle or on its own patches only.
+    #[serde(default)]
+    pub allow_peer_code: bool,
+}
+
+/// Default `--proposer-timeout`: ten minutes (an agent reads, thinks and edits).
+pub const DEFAULT_PROPOSER_TIMEOUT_SECS: u64 = 600;
+
+fn default_proposer_timeout() -> u64 {
+    DEFAULT_PROPOSER_TIMEOUT_SECS
 }
 
 /// Progress of the worker loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WorkEvent {
+    /// A code program's round: what it builds on and what it changes.
+    Code {
+        /// Round.
+        round: u64,
+        /// The result whose tree it edits (`None`: the bundle).
+        parent: Option<u64>,
+        /// Patch size in bytes (0: the parent's tree as is).
+        patch_bytes: u64,
+        /// The first line of the rationale.
+        rationale: String,
+        /// Whether it runs in the sandbox (the tree holds other members' code).
+        sandbox: bool,
+        /// Why it builds on something other than the champion, if it does.
+        note: Option<String>,
+    },
     /// Dispatch's verdict for the round's packet.
     Dispatch {
         /// Round number (per program, from 1, across `btd join` calls).
@@ -315,4 +355,6 @@ struct Loop {
     defaults: Hypothesis,
     approval: Option<ApprovalReceipt>,
     spent_total: f64,
+    /// A code program's bundle, setup, proposer and ledger cache.
+    code: Option<code::CodeRuntime>,
 }

@@ -63,6 +63,7 @@ impl Loop {
             },
             _ => opts.data.clone(),
         };
+        let code = super::code::CodeRuntime::prepare(ctx, id, view.owner, &program, opts).await?;
         let task = run::Prepared::new(&program, &local, data).await?;
         let defaults = task.defaults();
         let member = MemberId::from_peer(&node.peer_id()).to_string();
@@ -87,6 +88,7 @@ impl Loop {
             defaults,
             approval: None,
             spent_total,
+            code,
         })
     }
 
@@ -197,12 +199,16 @@ impl Loop {
         }
 
         // The hypothesis: near the champion's (or the defaults), seeded by program, member, round.
-        let (base, parent_seq) = self.champion_hypothesis().await;
+        let champion = self.champion().await;
+        let base = champion
+            .as_ref()
+            .map_or_else(|| self.defaults.clone(), |c| c.hypothesis.clone());
+        let parent_seq = champion.as_ref().map(|c| c.seq);
         record.parent_seq = parent_seq;
+        let seed = hypothesis_seed(&self.id.0, &self.member, round);
         record.hypothesis = if self.program.search.is_empty() {
             Hypothesis::new()
         } else {
-            let seed = hypothesis_seed(&self.id.0, &self.member, round);
             self.program.search.propose(&base, &self.defaults, seed)
         };
         let _ = events
@@ -222,6 +228,19 @@ impl Loop {
             return Round::Stop(None, e);
         }
 
+        // A code program: the tree it builds on, the proposer's change, the round's own copy.
+        let round_code = match self.code_round(&dispatch, champion.as_ref(), round, seed, &dir, events).await {
+            Ok(c) => c,
+            Err(why) => {
+                record.state = RunState::Failed;
+                record.note = why;
+                return self.finish(record, events).await;
+            }
+        };
+        if let Some(c) = &round_code {
+            record.parent_seq = c.code.parent;
+        }
+
         // Run it.
         let outcome = self
             .task
@@ -231,6 +250,7 @@ impl Loop {
                 &dir,
                 &self.program.required_outputs,
                 self.ctx.cancel.clone(),
+                round_code.clone(),
             )
             .await;
         let metric = self.program.criteria.metric.clone();
@@ -304,7 +324,7 @@ impl Loop {
             metrics: outcome.metrics.clone(),
             hypothesis: record.hypothesis.clone(),
             claim: outcome.claim.clone(),
-            code: None,
+            code: round_code.map(|c| c.code),
         };
         let program = self.id;
         let receipt = match self.ctx.node.submit(program, result).await {
@@ -359,5 +379,47 @@ impl Loop {
         };
         record.impact = Some(impact);
         self.finish(record, events).await
+    }
+
+    /// A code program's round: the parent tree (the champion's when it may run here), the
+    /// proposer's change (when there is a proposer), the round's fresh tree and its code
+    /// hypothesis. `None` for other programs; an error fails the round with the reason.
+    async fn code_round(
+        &mut self,
+        dispatch: &btd_protocol::dispatch::DispatchResult,
+        champion: Option<&super::kb::ChampionInfo>,
+        round: u64,
+        seed: u64,
+        dir: &std::path::Path,
+        events: &mpsc::Sender<WorkEvent>,
+    ) -> Result<Option<super::code::RoundCode>, String> {
+        let Some(rt) = self.code.as_mut() else {
+            return Ok(None);
+        };
+        let node = self.ctx.node.clone();
+        let parent = rt.parent(&node, champion.map(|c| c.seq)).await;
+        if let Some(note) = &parent.note {
+            tracing::info!(program = %self.id.short(), round, "{note}");
+        }
+        let (child, rationale) = if rt.has_proposer() {
+            // The proposer sees the champion only when the round builds on it.
+            let seen = champion.filter(|c| parent.seq == Some(c.seq));
+            rt.propose(&node, &self.program, seen, &parent, round, dir, dispatch)
+                .await?
+        } else {
+            ((*parent.tree).clone(), String::new())
+        };
+        let code = rt.round_code(&parent, child, rationale, seed, dir).await?;
+        let _ = events
+            .send(WorkEvent::Code {
+                round,
+                parent: code.code.parent,
+                patch_bytes: code.code.patch.len() as u64,
+                rationale: code.code.rationale.lines().next().unwrap_or("").to_string(),
+                sandbox: code.sandbox,
+                note: parent.note.clone(),
+            })
+            .await;
+        Ok(Some(code))
     }
 }

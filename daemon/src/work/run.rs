@@ -14,7 +14,9 @@ use btd_protocol::trace::{BundleStatus, Output};
 use btd_protocol::wire::AdvertisedRung;
 use btd_protocol::Digest;
 use btd_trainer::device::{self, DeviceChoice};
-use btd_trainer::shell::{run_shell, ShellOptions};
+use btd_trainer::shell::{run_shell, Sandbox, ShellOptions};
+
+use super::code::{code_env, RoundCode};
 use btd_trainer::train::StopReason;
 use btd_trainer::{Corpus, TrainSpec};
 
@@ -126,8 +128,11 @@ impl Prepared {
         dir: &Path,
         required: &[String],
         cancel: Arc<AtomicBool>,
+        code: Option<RoundCode>,
     ) -> RunOutcome {
         let dir = dir.to_path_buf();
+        // A code round's outputs are where its command ran: its fresh tree.
+        let outputs_dir = code.as_ref().map_or_else(|| dir.clone(), |c| c.tree_dir.clone());
         let hypothesis = hypothesis.clone();
         let joined = match self {
             Prepared::Candle {
@@ -146,14 +151,14 @@ impl Prepared {
                 let (task, metric, dispatch) = (task.clone(), metric.clone(), dispatch.clone());
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || {
-                    shell(&task, &metric, &dispatch, &hypothesis, &dir)
+                    shell(&task, &metric, &dispatch, &hypothesis, &dir, code.as_ref())
                 })
                 .await
             }
         };
         let mut outcome =
             joined.unwrap_or_else(|e| RunOutcome::failed(format!("the run crashed: {e}")));
-        collect_required(&mut outcome, &dir, required);
+        collect_required(&mut outcome, &outputs_dir, required);
         outcome
     }
 }
@@ -259,6 +264,7 @@ fn shell(
     dispatch: &DispatchResult,
     hypothesis: &Hypothesis,
     dir: &Path,
+    code: Option<&RoundCode>,
 ) -> RunOutcome {
     let mut env: Vec<(String, String)> = hypothesis
         .iter()
@@ -269,12 +275,29 @@ fn shell(
             )
         })
         .collect();
-    env.push(("BTD_RUN_DIR".into(), dir.display().to_string()));
-    let opts = ShellOptions {
-        cwd: Some(dir.to_path_buf()),
-        env,
-        ..ShellOptions::new(metric)
-    };
+    let mut opts = ShellOptions::new(metric);
+    match code {
+        None => {
+            env.push(("BTD_RUN_DIR".into(), dir.display().to_string()));
+            opts.cwd = Some(dir.to_path_buf());
+        }
+        Some(c) => {
+            env.extend(code_env(c, dir));
+            opts.cwd = Some(c.tree_dir.clone());
+            if c.sandbox {
+                // Other members' code: no network, bounded resources, a cleared environment
+                // with a fresh scratch HOME and TMPDIR.
+                let scratch = dir.join("scratch");
+                if let Err(e) = std::fs::create_dir_all(&scratch) {
+                    return RunOutcome::failed(format!("cannot create {}: {e}", scratch.display()));
+                }
+                opts.clear_env = true;
+                opts.scratch_dir = Some(scratch);
+                opts.sandbox = Some(Sandbox::with_timeout(task.timeout_secs));
+            }
+        }
+    }
+    opts.env = env;
     let receipt = match run_shell(task, dispatch, &opts) {
         Ok(r) => r,
         Err(e) => return RunOutcome::failed(e.to_string()),
@@ -310,6 +333,8 @@ fn shell(
             ),
             receipt.duration_ms
         )
+    } else if receipt.failed {
+        "printed FAIL".to_string()
     } else if receipt.value.is_none() {
         format!("printed no `{metric}: <number>` line")
     } else {
@@ -319,7 +344,16 @@ fn shell(
             receipt.duration_ms
         )
     };
-    let mut metrics = BTreeMap::from([("duration_ms".to_string(), receipt.duration_ms as f64)]);
+    // The run's own `key: value` lines (e.g. autoresearch's summary), then btd's.
+    let mut metrics: BTreeMap<String, f64> = receipt
+        .metrics
+        .iter()
+        .filter(|(k, _)| k.as_str() != metric)
+        // Room for btd's own two within the submission's item bound.
+        .take(btd_protocol::wire::MAX_SUBMISSION_ITEMS - 2)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    metrics.insert("duration_ms".to_string(), receipt.duration_ms as f64);
     if let Some(c) = receipt.exit_code {
         metrics.insert("exit_code".into(), f64::from(c));
     }

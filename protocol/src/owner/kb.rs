@@ -12,7 +12,7 @@ use crate::signed::Signed;
 use crate::patch::Editable;
 use crate::program::{Task, VerifyMode};
 use crate::wire::{
-    ChampionView, CodeHypothesis, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission,
+    ChampionView, CodeHypothesis, CodeView, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission,
     SubmitReceipt, CODE_OUTPUT,
 };
 use crate::Timestamp;
@@ -96,9 +96,7 @@ impl ProgramOwner {
                 );
                 KbResponse::Ledger { items, more }
             }
-            KbCall::Code { seq } => {
-                KbResponse::Code(self.ledger.code(seq).cloned().map(Box::new))
-            }
+            KbCall::Code { seq } => KbResponse::Code(self.code_view(seq)),
         })
     }
 
@@ -117,11 +115,20 @@ impl ProgramOwner {
                 );
                 Some(KbResponse::Ledger { items, more })
             }
-            KbCall::Code { seq } => Some(KbResponse::Code(
-                self.ledger.code(*seq).cloned().map(Box::new),
-            )),
+            KbCall::Code { seq } => Some(KbResponse::Code(self.code_view(*seq))),
             _ => None,
         }
+    }
+
+    /// Result `seq`'s code hypothesis with its entry.
+    fn code_view(&self, seq: u64) -> Option<Box<CodeView>> {
+        let code = self.ledger.code(seq)?.clone();
+        let entry = self
+            .kb
+            .entries()
+            .get(usize::try_from(seq).ok()?.checked_sub(1)?)?
+            .clone();
+        Some(Box::new(CodeView { entry, code }))
     }
 
     /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
@@ -459,17 +466,19 @@ impl ProgramOwner {
                 "membership required: join the program with `btd join` first".to_string(),
             )
         })?;
-        let dataset = match &self.program.task {
+        let served = match &self.program.task {
             Task::Candle(t) => match t.dataset {
                 Dataset::File { sha256 } => Some(sha256),
                 Dataset::Synthetic { .. } => None,
             },
-            Task::Shell(_) => None,
+            Task::Shell(t) => t.source.as_ref().map(|s| s.sha256),
         };
-        if dataset != Some(*digest) {
+        if served != Some(*digest) {
             return Err((
                 ErrorCode::NotFound,
-                format!("the owner serves only the program's dataset, not {digest}"),
+                format!(
+                    "the owner serves only the program's dataset or source bundle, not {digest}"
+                ),
             ));
         }
         Ok(())

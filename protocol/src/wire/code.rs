@@ -95,6 +95,22 @@ fn check_text_bytes(field: &'static str, s: &str, max: usize) -> Result<(), Mess
     Ok(())
 }
 
+/// A result's code hypothesis as the owner serves it, with its KB entry (who made it, how it fared).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CodeView {
+    /// The result's KB entry.
+    pub entry: Entry,
+    /// Its code hypothesis.
+    pub code: CodeHypothesis,
+}
+
+impl Sanitize for CodeView {
+    fn sanitize(&mut self) {
+        self.entry.sanitize();
+        self.code.sanitize();
+    }
+}
+
 /// One result in the hypothesis ledger: what was tried, on what, why, by whom, and how it fared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerItem {

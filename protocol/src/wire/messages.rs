@@ -14,7 +14,7 @@ use crate::signed::{Signed, SignedDomain};
 use crate::trace::{ApprovalReceipt, Output};
 use crate::{Digest, Timestamp};
 
-use super::code::{CodeHypothesis, LedgerItem, MAX_LEDGER_PAGE};
+use super::code::{CodeHypothesis, CodeView, LedgerItem, MAX_LEDGER_PAGE};
 
 /// Most results one `Results` page may carry (keeps a page far below the message cap).
 pub const MAX_RESULTS_PAGE: u32 = 1000;
@@ -677,8 +677,8 @@ pub enum KbResponse {
         /// True if more items follow.
         more: bool,
     },
-    /// A result's code hypothesis (`None`: the result carried none).
-    Code(Option<Box<CodeHypothesis>>),
+    /// A result's code hypothesis with its entry (`None`: no such result, or it carried none).
+    Code(Option<Box<CodeView>>),
 }
 
 // ---------------------------------------------------------------------------------------------
