@@ -73,6 +73,9 @@ impl Patch {
                 }
             }
         }
+        for f in self.files.iter().filter(|f| f.change == Change::Create) {
+            check_no_clash(&out, &f.path)?;
+        }
         if out.len() > MAX_TREE_FILES {
             return Err(PatchError::TreeTooManyFiles { files: out.len() });
         }
@@ -82,6 +85,27 @@ impl Patch {
         }
         Ok(out)
     }
+}
+
+/// Checks that no ancestor directory of `path` is a file in `tree` and that `path` is not the
+/// directory of another file.
+fn check_no_clash(tree: &Files, path: &str) -> Result<(), PatchError> {
+    let clash = |other: &str| PatchError::FileDirClash {
+        path: path.to_string(),
+        other: other.to_string(),
+    };
+    for (i, _) in path.match_indices('/') {
+        if tree.contains_key(&path[..i]) {
+            return Err(clash(&path[..i]));
+        }
+    }
+    let dir = format!("{path}/");
+    if let Some((other, _)) = tree.range(dir.clone()..).next() {
+        if other.starts_with(&dir) {
+            return Err(clash(other));
+        }
+    }
+    Ok(())
 }
 
 /// A text's lines without their `\n`, and whether the last one had a `\n` (true for an empty

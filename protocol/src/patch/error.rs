@@ -83,6 +83,15 @@ pub enum PatchError {
         /// The path.
         path: String,
     },
+    /// The patch creates a file whose path clashes with another file: one would have to be both a
+    /// file and a directory (`a` and `a/b`).
+    #[error("{path}: the patch creates it, but {other} is also a file, so one of them would have to be a directory")]
+    FileDirClash {
+        /// The created path.
+        path: String,
+        /// The file it clashes with.
+        other: String,
+    },
     /// The patch changes or deletes a file the parent tree lacks.
     #[error("{path}: the patch changes or deletes it, but the parent tree has no such file")]
     Missing {

@@ -273,3 +273,25 @@ fn diff_refuses_what_parse_would_refuse() {
     let bad = tree(&[("../x", "a\n")]);
     assert!(matches!(diff(&Files::new(), &bad), Err(DiffError::Path(_))));
 }
+
+#[test]
+fn a_created_file_cannot_clash_with_a_directory() {
+    let base = tree(&[("train.py", "x\n"), ("src/a.py", "y\n")]);
+    for (path, other) in [("train.py/evil", "train.py"), ("src", "src/a.py")] {
+        let p = patch(&format!("--- /dev/null\n+++ b/{path}\n@@ -0,0 +1 @@\n+z\n"));
+        assert_eq!(
+            p.apply(&base),
+            Err(PatchError::FileDirClash {
+                path: path.into(),
+                other: other.into()
+            })
+        );
+    }
+    // Deleting the file in the same patch makes room.
+    let p = patch(
+        "--- a/train.py\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n--- /dev/null\n+++ b/train.py/ok\n@@ -0,0 +1 @@\n+z\n",
+    );
+    assert!(p.apply(&base).unwrap().contains_key("train.py/ok"));
+    let ok = patch("--- /dev/null\n+++ b/src/b.py\n@@ -0,0 +1 @@\n+z\n");
+    assert!(ok.apply(&base).is_ok());
+}
