@@ -10,6 +10,32 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod apply;
+mod diff;
+mod error;
+mod glob;
+mod myers;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+pub use diff::{changed_paths, diff, DiffError};
+pub use error::PatchError;
+pub use glob::{check_pattern, Editable, MAX_EDITABLE_PATTERNS};
+pub use parse::{Change, FilePatch, Hunk, Line, Patch};
+
+/// Longest patch text (a code hypothesis), bytes.
+pub const MAX_PATCH_BYTES: usize = 64 * 1024;
+
+/// Most files one patch may create, change or delete.
+pub const MAX_PATCH_FILES: usize = 64;
+
+/// Largest total size of a source tree (the sum of its files' sizes), bytes.
+pub const MAX_TREE_BYTES: u64 = 256 << 20;
+
+/// Most files in a source tree.
+pub const MAX_TREE_FILES: usize = 10_000;
+
 /// One file of a source tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct File {
@@ -66,75 +92,20 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-// ---- TEMPORARY STUBS (replaced by the patch helper's implementation at merge) ----
-/// Most bytes of a patch.
-pub const MAX_PATCH_BYTES: usize = 64 * 1024;
-/// Most files one patch touches.
-pub const MAX_PATCH_FILES: usize = 64;
-/// Most editable patterns.
-pub const MAX_EDITABLE_PATTERNS: usize = 64;
-/// Largest tree, bytes.
-pub const MAX_TREE_BYTES: u64 = 256 << 20;
-/// Most files in a tree.
-pub const MAX_TREE_FILES: usize = 10_000;
-/// Editable globs.
-#[derive(Debug, Clone)]
-pub struct Editable(Vec<String>);
-impl Editable {
-    /// Compiles the patterns.
-    pub fn new(patterns: &[String]) -> Result<Editable, String> {
-        Ok(Editable(patterns.to_vec()))
-    }
-    /// Whether `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
-        self.0.iter().any(|p| p == path)
-    }
-}
-/// Checks a pattern.
-pub fn check_pattern(p: &str) -> Result<(), String> {
-    check_path(p).map_err(|e| e.to_string())
-}
-/// A patch error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PatchError(pub String);
-/// A diff error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DiffError(pub String);
-/// A parsed patch.
-#[derive(Debug, Clone)]
-pub struct Patch;
-impl Patch {
-    /// Parses.
-    pub fn parse(_t: &str) -> Result<Patch, PatchError> {
-        Err(PatchError("stub".into()))
-    }
-    /// Paths.
-    pub fn paths(&self) -> Vec<&str> {
-        Vec::new()
-    }
-    /// Editable check.
-    pub fn check_editable(&self, _e: &Editable) -> Result<(), PatchError> {
-        Ok(())
-    }
-    /// Applies.
-    pub fn apply(&self, base: &Files) -> Result<Files, PatchError> {
-        Ok(base.clone())
-    }
-}
-/// Diff.
-pub fn diff(_old: &Files, _new: &Files) -> Result<String, DiffError> {
-    Ok(String::new())
-}
-/// Changed paths.
-pub fn changed_paths(old: &Files, new: &Files) -> Vec<String> {
-    let mut v: Vec<String> = old.keys().chain(new.keys()).filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
-    v.sort();
-    v.dedup();
-    v
-}
-/// Tree digest.
+/// The content address of a tree: SHA-256 over `btd/tree/v1`, a zero byte, the number of files
+/// (u64 little-endian), then for each file in path order its path length (u64 LE), path bytes,
+/// executable flag (one byte, 0 or 1), data length (u64 LE) and data. Every field is
+/// length-prefixed, so distinct trees never share an encoding; the tree is hashed in place.
 pub fn tree_digest(files: &Files) -> crate::Digest {
-    crate::Digest::content_id("btd/tree/v1", files)
+    let mut h = crate::hash::Hasher::default();
+    h.update(b"btd/tree/v1\0");
+    h.update(&(files.len() as u64).to_le_bytes());
+    for (path, file) in files {
+        h.update(&(path.len() as u64).to_le_bytes());
+        h.update(path.as_bytes());
+        h.update(&[u8::from(file.executable)]);
+        h.update(&(file.data.len() as u64).to_le_bytes());
+        h.update(&file.data);
+    }
+    h.finish()
 }
