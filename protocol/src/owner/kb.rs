@@ -8,12 +8,12 @@ use super::{
 };
 use crate::kb::{Check, Direction, Entry, Kb, Verdict};
 use crate::membership::{AuthError, MemberId};
-use crate::signed::Signed;
 use crate::patch::Editable;
 use crate::program::{Task, VerifyMode};
+use crate::signed::Signed;
 use crate::wire::{
-    ChampionView, CodeHypothesis, CodeView, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission,
-    SubmitReceipt, CODE_OUTPUT,
+    ChampionView, CodeHypothesis, CodeView, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus,
+    Submission, SubmitReceipt, CODE_OUTPUT,
 };
 use crate::Timestamp;
 
@@ -375,18 +375,22 @@ impl ProgramOwner {
     fn check_code(&self, sub: &Submission, code: Option<&CodeHypothesis>) -> Result<(), String> {
         let Task::Shell(task) = &self.program.task else {
             return match code {
-                Some(_) => Err("a candle program takes no code hypothesis; submit the checkpoint \
+                Some(_) => Err(
+                    "a candle program takes no code hypothesis; submit the checkpoint \
                      (btd submit --checkpoint FILE)"
-                    .into()),
+                        .into(),
+                ),
                 None => Ok(()),
             };
         };
         let needs = task.source.is_some() || self.program.verify.mode == VerifyMode::Rerun;
         let Some(code) = code else {
             return if needs {
-                Err("this program runs code: every result must carry the code hypothesis it ran \
+                Err(
+                    "this program runs code: every result must carry the code hypothesis it ran \
                      (btd join submits it; btd submit --code FILE for a hand-made one)"
-                    .into())
+                        .into(),
+                )
             } else {
                 Ok(())
             };
@@ -405,9 +409,11 @@ impl ProgramOwner {
             }
             None => {
                 if code.check().map_err(|e| e.to_string())?.is_some() {
-                    return Err("this program ships no source tree, so a patch has nothing to \
+                    return Err(
+                        "this program ships no source tree, so a patch has nothing to \
                          edit; send an empty patch"
-                        .into());
+                            .into(),
+                    );
                 }
             }
         }

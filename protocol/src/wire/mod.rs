@@ -11,8 +11,8 @@ mod messages;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
 pub use code::*;
+pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
 pub use messages::*;
 
 /// Versioned protocol names and gossip topics.

@@ -1,5 +1,6 @@
 //! Unit tests of the owner core: every owner rule driven directly, without a swarm or a store.
 
+mod code;
 mod fairness;
 mod kb;
 mod membership;
@@ -192,9 +193,14 @@ pub(super) struct World {
 
 impl World {
     pub(super) fn new(m: &Manifest) -> World {
+        World::with_toml(m.toml())
+    }
+
+    /// An owner of the program `toml` describes.
+    pub(super) fn with_toml(toml: String) -> World {
         let mut owners = Owners::new(Keypair::generate_ed25519());
         let published = owners
-            .publish(m.toml(), vec![], T0)
+            .publish(toml, vec![], T0)
             .expect("the test manifest is valid");
         let id = published.view.id;
         owners.insert(published.owner.expect("a new program"));
