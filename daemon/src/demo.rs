@@ -222,6 +222,9 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                     // Wait for the owner's check, so each round searches near the verified
                     // champion and the records carry the final verdicts.
                     verdict_wait_secs: 120,
+                    proposer: None,
+                    proposer_timeout_secs: crate::work::DEFAULT_PROPOSER_TIMEOUT_SECS,
+                    allow_peer_code: false,
                 }),
             },
             |p| {
@@ -320,6 +323,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                     rung_id: "cpu".into(),
                     outputs: Vec::new(),
                     checkpoint: Some(r.dir.join("checkpoint.safetensors")),
+                    code: None,
                 })
                 .await?;
             let seq = receipt.seq;

@@ -31,6 +31,7 @@ use candle_core::Device;
 use crate::blobs::{fetch, BlobStore, FetchSpec};
 
 pub mod gc;
+mod rerun;
 use crate::node::types::ClaimJob;
 use crate::node::{NodeError, NodeHandle};
 
@@ -184,10 +185,9 @@ impl Verifier {
             .map_err(|e| Problem::Owner(e.to_string()))?
             .ok_or(Problem::Owner("the program is not loaded".into()))?;
         let program = view.program;
-        let Task::Candle(task) = &program.task else {
-            return Err(Problem::Owner(
-                "btd cannot re-evaluate a shell task's metric".into(),
-            ));
+        let task = match &program.task {
+            Task::Candle(t) => t,
+            Task::Shell(t) => return self.check_rerun(job, &program, t, cost).await,
         };
         let claim = job.submission.claim.clone().ok_or(Problem::Claim(
             "the submission carries no claim (checkpoint, seed, steps), so it cannot be checked"

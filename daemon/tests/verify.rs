@@ -118,7 +118,7 @@ async fn artifacts_move_in_resumable_checked_chunks_only_inside_their_program() 
     std::fs::write(&wrong, b"not the corpus").unwrap();
     let files = PublishFiles {
         data: Some(wrong),
-        holdout: None,
+        ..PublishFiles::default()
     };
     let e = owner
         .handle
@@ -132,7 +132,7 @@ async fn artifacts_move_in_resumable_checked_chunks_only_inside_their_program() 
         file_program(&digest),
         PublishFiles {
             data: Some(data.clone()),
-            holdout: None,
+            ..PublishFiles::default()
         },
     )
     .await;
@@ -266,6 +266,7 @@ async fn honest_round(work: &Arc<WorkContext>, program: ProgramId) -> RunRecord 
             allow_shell: false,
             approval_wait_secs: 10,
             verdict_wait_secs: 120,
+            ..WorkOptions::default()
         },
         mpsc::channel(64).0,
     )

@@ -114,6 +114,7 @@ fn opts(rounds: u32) -> WorkOptions {
         allow_shell: true,
         approval_wait_secs: 60,
         verdict_wait_secs: 60,
+        ..WorkOptions::default()
     }
 }
 
@@ -219,6 +220,7 @@ async fn candle_rounds_search_near_the_champion_and_leave_verifiable_records() {
             WorkEvent::Recorded { .. } => "recorded",
             WorkEvent::Dataset { .. } => "dataset",
             WorkEvent::Checked { .. } => "checked",
+            WorkEvent::Code { .. } => "code",
         })
         .filter(|k| *k != "checked")
         .collect();

@@ -197,6 +197,15 @@ fn install_shell(
         );
     }
     let rerun = program.verify.mode == VerifyMode::Rerun;
+    if rerun {
+        // The owner re-runs members' code only in the sandbox: say now if it cannot.
+        btd_trainer::shell::sandbox_probe().map_err(|why| {
+            format!(
+                "[verify] mode = \"rerun\" runs members' code in a sandbox, and this machine \
+                 cannot make one: {why}"
+            )
+        })?;
+    }
     if files.holdout.is_some() && !rerun {
         return Err(
             "--holdout is for programs that check claims: set [verify] mode = \"rerun\" so the \

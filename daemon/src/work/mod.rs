@@ -186,6 +186,24 @@ pub struct WorkOptions {
     pub allow_peer_code: bool,
 }
 
+impl Default for WorkOptions {
+    /// One round on the default rung, the owner's shell code not allowed, no proposer, the default
+    /// waits.
+    fn default() -> Self {
+        WorkOptions {
+            rounds: 1,
+            rung: None,
+            data: None,
+            allow_shell: false,
+            approval_wait_secs: DEFAULT_APPROVAL_WAIT_SECS,
+            verdict_wait_secs: DEFAULT_VERDICT_WAIT_SECS,
+            proposer: None,
+            proposer_timeout_secs: DEFAULT_PROPOSER_TIMEOUT_SECS,
+            allow_peer_code: false,
+        }
+    }
+}
+
 /// Default `--proposer-timeout`: ten minutes (an agent reads, thinks and edits).
 pub const DEFAULT_PROPOSER_TIMEOUT_SECS: u64 = 600;
 
