@@ -105,6 +105,13 @@ pub enum Request {
         /// At most this many (1 to `MAX_LEDGER_PAGE`).
         limit: u32,
     },
+    /// A result's code hypothesis (with its entry).
+    Code {
+        /// Program id.
+        program: ProgramId,
+        /// The result.
+        seq: u64,
+    },
     /// Write a result's tree to a directory.
     Checkout {
         /// Program id.
@@ -314,6 +321,7 @@ async fn dispatch(
             .await
             .map_err(|e| e.to_string())
             .and_then(|(items, more)| json(serde_json::json!({ "items": items, "more": more }))),
+        Request::Code { program, seq } => answer(node.code(program, seq).await),
         Request::Checkout { program, seq, dir } => {
             work.checkout(program, seq, dir).await.and_then(json)
         }

@@ -4,6 +4,8 @@
 //! hypotheses near the champion and submit; a live leaderboard follows the owner's KB; the payouts
 //! end it. Every daemon is stopped on exit or Ctrl-C; the homes stay for a look around.
 
+mod byo;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +36,11 @@ pub(crate) struct DemoArgs {
     /// Training steps per round (the tiny preset).
     #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     steps: u64,
+    /// Bring your own training code instead: the example of examples/byo (a python3 trainer as
+    /// the program's source bundle), proposers editing train.py, claims checked by the owner
+    /// re-running them (needs python3 and unprivileged user namespaces for the sandbox).
+    #[arg(long)]
+    byo: bool,
 }
 
 /// The demo's program: the tiny preset on the built-in synthetic corpus, searching the learning
@@ -126,7 +133,13 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CmdError> {
     let mut daemons = Vec::new();
     let outcome = rt.block_on(async {
         tokio::select! {
-            r = demo(args, &dir, &mut daemons) => r,
+            r = async {
+                if args.byo {
+                    byo::run(args, &dir, &mut daemons).await
+                } else {
+                    demo(args, &dir, &mut daemons).await
+                }
+            } => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         }
     });
@@ -140,46 +153,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     let started = Instant::now();
     out!("btd demo in {}", dir.display());
 
-    // The mesh: a relay; the owner behind "NAT" (it listens only through a circuit on the relay,
-    // as an owner at home would); workers that know only the relay's address.
-    daemons.push(start("relay", dir, None, &["--relay-server".to_string()])?);
-    daemons[0].ready(READY_WITHIN).await?;
-    let relay_addr = daemons[0].tcp_addr().await?;
-    out!("relay     {relay_addr}");
-    let circuit = format!("{relay_addr}/p2p-circuit");
-    daemons.push(start(
-        "owner",
-        dir,
-        Some(&circuit),
-        &["--bootstrap".to_string(), relay_addr.clone()],
-    )?);
-    let owner_info = daemons[1].ready(READY_WITHIN).await?;
-    out!(
-        "owner     {} (no direct address: reachable through the relay)",
-        owner_info.peer_id
-    );
-    for i in 1..=args.workers {
-        let name = format!("worker-{i}");
-        // The last worker is behind "NAT" too; the others listen on loopback.
-        let natted = i == args.workers;
-        daemons.push(start(
-            &name,
-            dir,
-            natted.then_some(circuit.as_str()),
-            &["--bootstrap".to_string(), relay_addr.clone()],
-        )?);
-        let d = daemons.len() - 1;
-        let info = daemons[d].ready(READY_WITHIN).await?;
-        out!(
-            "{name:<9} {} (knows only the relay{})",
-            info.peer_id,
-            if natted {
-                "; no direct address either"
-            } else {
-                ""
-            }
-        );
-    }
+    mesh(args.workers, dir, daemons).await?;
 
     // Publish.
     let text = manifest(args.steps);
@@ -195,55 +169,15 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
 
     // Join: each worker shows a user code; the demo approves it as the owner would.
     let workers: Vec<usize> = (2..daemons.len()).collect();
-    let mut names = BTreeMap::new();
-    for &w in &workers {
-        let d = &daemons[w];
-        crate::poll::wait_for(
-            Duration::from_secs(30),
-            &format!("{} to learn the program", d.name()),
-            || async {
-                let list: Vec<ProgramView> = d.call(Request::Programs).await.ok()?;
-                list.iter().any(|p| p.id == program).then_some(())
-            },
-        )
-        .await?;
-        let mut code = None;
-        crate::client::call(
-            &d.socket(),
-            &Request::Join {
-                program,
-                wait: false,
-                work: Some(WorkOptions {
-                    rounds: args.rounds,
-                    rung: None,
-                    data: None,
-                    allow_shell: false,
-                    approval_wait_secs: 60,
-                    // Wait for the owner's check, so each round searches near the verified
-                    // champion and the records carry the final verdicts.
-                    verdict_wait_secs: 120,
-                    proposer: None,
-                    proposer_timeout_secs: crate::work::DEFAULT_PROPOSER_TIMEOUT_SECS,
-                    allow_peer_code: false,
-                }),
-            },
-            |p| {
-                if let Progress::Join(JoinEvent::Code { user_code, .. }) = p {
-                    code = Some(user_code.clone());
-                }
-            },
-        )
-        .await?;
-        let code = code.ok_or_else(|| anyhow!("{} got no user code", d.name()))?;
-        out!(
-            "{} shows user code {code}; the owner runs `btd approve {code}`",
-            d.name()
-        );
-        let said: String = daemons[1].call(Request::Approve { code }).await?;
-        out!("  {said}");
-        let info: NodeInfo = d.call(Request::Id).await?;
-        names.insert(info.peer_id, d.name().to_string());
-    }
+    let names = join_all(daemons, &workers, program, |_| WorkOptions {
+        rounds: args.rounds,
+        approval_wait_secs: 60,
+        // Wait for the owner's check, so each round searches near the verified champion and the
+        // records carry the final verdicts.
+        verdict_wait_secs: 120,
+        ..WorkOptions::default()
+    })
+    .await?;
 
     // Work, with a live leaderboard from the owner's KB.
     out!(
@@ -253,52 +187,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     );
     let total = u64::from(args.rounds) * workers.len() as u64;
     let mut board = Board::default();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let s: StatusView = daemons[1]
-            .call(Request::Status {
-                program: Some(program),
-            })
-            .await?;
-        board.show(&s, &names);
-        let mut finished = 0u64;
-        // Claims whose verdict the worker has not read back into its run record yet (it polls
-        // every second): until then its record has no traceability record of the final verdict.
-        let mut unread = 0u64;
-        let mut stopped = Vec::new();
-        for &w in &workers {
-            let runs: Vec<RunRecord> = daemons[w]
-                .call(Request::Runs {
-                    program: Some(program),
-                })
-                .await?;
-            finished += runs.iter().filter(|r| r.finished_at.is_some()).count() as u64;
-            unread += runs
-                .iter()
-                .filter(|r| {
-                    r.verdict
-                        .as_ref()
-                        .is_some_and(|v| v.check == Check::Pending)
-                })
-                .count() as u64;
-            if let Some(r) = runs
-                .iter()
-                .find(|r| r.finished_at.is_some() && r.state != crate::work::RunState::Submitted)
-            {
-                stopped.push(format!("{}: {}", daemons[w].name(), r.note));
-            }
-        }
-        if !stopped.is_empty() {
-            bail!("a worker stopped: {}", stopped.join("; "));
-        }
-        if finished >= total && s.submissions >= total && s.pending == 0 && unread == 0 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!("the workers did not finish within 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    follow(daemons, &workers, program, total, &mut board, &names).await?;
 
     // A doctored claim: worker-1 re-submits its first checkpoint claiming a far better value. The
     // owner fetches the checkpoint, measures it, and rejects the claim; it never counts.
@@ -326,26 +215,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                     code: None,
                 })
                 .await?;
-            let seq = receipt.seq;
-            let until = Instant::now() + Duration::from_secs(120);
-            loop {
-                let s: StatusView = daemons[1]
-                    .call(Request::Status {
-                        program: Some(program),
-                    })
-                    .await?;
-                board.show(&s, &names);
-                if s.results
-                    .iter()
-                    .any(|e| e.seq == seq && e.check != Check::Pending)
-                {
-                    break;
-                }
-                if Instant::now() >= until {
-                    bail!("the owner did not check the doctored claim within 2 minutes");
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            await_check(daemons, program, receipt.seq, &mut board, &names).await?;
         }
     }
     let s: StatusView = daemons[1]
@@ -373,6 +243,189 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         );
     }
     Ok(())
+}
+
+/// Starts the mesh: a relay; the owner behind "NAT" (it listens only through a circuit on the
+/// relay, as an owner at home would); `workers` workers that know only the relay's address (the
+/// last one behind "NAT" too).
+async fn mesh(workers: u8, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<()> {
+    daemons.push(start("relay", dir, None, &["--relay-server".to_string()])?);
+    daemons[0].ready(READY_WITHIN).await?;
+    let relay_addr = daemons[0].tcp_addr().await?;
+    out!("relay     {relay_addr}");
+    let circuit = format!("{relay_addr}/p2p-circuit");
+    daemons.push(start(
+        "owner",
+        dir,
+        Some(&circuit),
+        &["--bootstrap".to_string(), relay_addr.clone()],
+    )?);
+    let owner_info = daemons[1].ready(READY_WITHIN).await?;
+    out!(
+        "owner     {} (no direct address: reachable through the relay)",
+        owner_info.peer_id
+    );
+    for i in 1..=workers {
+        let name = format!("worker-{i}");
+        let natted = i == workers;
+        daemons.push(start(
+            &name,
+            dir,
+            natted.then_some(circuit.as_str()),
+            &["--bootstrap".to_string(), relay_addr.clone()],
+        )?);
+        let d = daemons.len() - 1;
+        let info = daemons[d].ready(READY_WITHIN).await?;
+        out!(
+            "{name:<9} {} (knows only the relay{})",
+            info.peer_id,
+            if natted {
+                "; no direct address either"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Each worker learns the program, joins it with the rounds `work` gives it, shows its user code,
+/// and the demo approves it as the owner would (an open program needs no approval). Returns the
+/// workers' names by peer id.
+async fn join_all(
+    daemons: &[Daemon],
+    workers: &[usize],
+    program: ProgramId,
+    work: impl Fn(usize) -> WorkOptions,
+) -> Result<BTreeMap<String, String>> {
+    let mut names = BTreeMap::new();
+    for &w in workers {
+        let d = &daemons[w];
+        crate::poll::wait_for(
+            Duration::from_secs(30),
+            &format!("{} to learn the program", d.name()),
+            || async {
+                let list: Vec<ProgramView> = d.call(Request::Programs).await.ok()?;
+                list.iter().any(|p| p.id == program).then_some(())
+            },
+        )
+        .await?;
+        let mut code = None;
+        crate::client::call(
+            &d.socket(),
+            &Request::Join {
+                program,
+                wait: false,
+                work: Some(work(w)),
+            },
+            |p| {
+                if let Progress::Join(JoinEvent::Code { user_code, .. }) = p {
+                    code = Some(user_code.clone());
+                }
+            },
+        )
+        .await?;
+        let code = code.ok_or_else(|| anyhow!("{} got no user code", d.name()))?;
+        out!(
+            "{} shows user code {code}; the owner runs `btd approve {code}`",
+            d.name()
+        );
+        let said: String = daemons[1].call(Request::Approve { code }).await?;
+        out!("  {said}");
+        let info: NodeInfo = d.call(Request::Id).await?;
+        names.insert(info.peer_id, d.name().to_string());
+    }
+    Ok(names)
+}
+
+/// Shows the owner's KB until its check settles result `seq` (at most 2 minutes); returns its
+/// entry.
+async fn await_check(
+    daemons: &[Daemon],
+    program: ProgramId,
+    seq: u64,
+    board: &mut Board,
+    names: &BTreeMap<String, String>,
+) -> Result<btd_protocol::kb::Entry> {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s: StatusView = daemons[1]
+            .call(Request::Status {
+                program: Some(program),
+            })
+            .await?;
+        board.show(&s, names);
+        if let Some(e) = s
+            .results
+            .iter()
+            .find(|e| e.seq == seq && e.check != Check::Pending)
+        {
+            return Ok(e.clone());
+        }
+        if Instant::now() >= until {
+            bail!("the owner did not check claim #{seq} within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Shows the owner's KB as results arrive until every worker finished its `total` rounds, the
+/// owner checked every claim and the workers read the verdicts back; fails when a worker stops
+/// early or after 10 minutes.
+async fn follow(
+    daemons: &[Daemon],
+    workers: &[usize],
+    program: ProgramId,
+    total: u64,
+    board: &mut Board,
+    names: &BTreeMap<String, String>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let s: StatusView = daemons[1]
+            .call(Request::Status {
+                program: Some(program),
+            })
+            .await?;
+        board.show(&s, names);
+        let mut finished = 0u64;
+        // Claims whose verdict the worker has not read back into its run record yet (it polls
+        // every second): until then its record has no traceability record of the final verdict.
+        let mut unread = 0u64;
+        let mut stopped = Vec::new();
+        for &w in workers {
+            let runs: Vec<RunRecord> = daemons[w]
+                .call(Request::Runs {
+                    program: Some(program),
+                })
+                .await?;
+            finished += runs.iter().filter(|r| r.finished_at.is_some()).count() as u64;
+            unread += runs
+                .iter()
+                .filter(|r| {
+                    r.verdict
+                        .as_ref()
+                        .is_some_and(|v| v.check == Check::Pending)
+                })
+                .count() as u64;
+            if let Some(r) = runs
+                .iter()
+                .find(|r| r.finished_at.is_some() && r.state != crate::work::RunState::Submitted)
+            {
+                stopped.push(format!("{}: {}", daemons[w].name(), r.note));
+            }
+        }
+        if !stopped.is_empty() {
+            bail!("a worker stopped: {}", stopped.join("; "));
+        }
+        if finished >= total && s.submissions >= total && s.pending == 0 && unread == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("the workers did not finish within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 async fn leaderboard(
