@@ -27,61 +27,69 @@ impl Patch {
     /// Created files are not executable, changed files keep their bit. The result has at most
     /// [`MAX_TREE_FILES`] files and [`MAX_TREE_BYTES`] bytes.
     pub fn apply(&self, base: &Files) -> Result<Files, PatchError> {
-        let mut out = base.clone();
+        // Every touched file's new content (None: deleted), computed before the tree is copied.
+        let mut changes: Vec<(&str, Option<File>)> = Vec::with_capacity(self.files.len());
+        let mut files = base.len();
+        let mut bytes: u64 = base.values().map(|f| f.data.len() as u64).sum();
         for f in &self.files {
-            match f.change {
-                Change::Create => {
-                    if base.contains_key(&f.path) {
-                        return Err(PatchError::AlreadyExists {
-                            path: f.path.clone(),
-                        });
-                    }
-                    let text = apply_hunks(f, "")?;
-                    out.insert(
-                        f.path.clone(),
-                        File {
-                            data: text.into_bytes(),
-                            executable: false,
-                        },
-                    );
-                }
-                Change::Modify | Change::Delete => {
-                    let old = base.get(&f.path).ok_or_else(|| PatchError::Missing {
+            let old = base.get(&f.path);
+            let new = match (f.change, old) {
+                (Change::Create, Some(_)) => {
+                    return Err(PatchError::AlreadyExists {
                         path: f.path.clone(),
-                    })?;
+                    })
+                }
+                (Change::Create, None) => Some(File {
+                    data: apply_hunks(f, "")?.into_bytes(),
+                    executable: false,
+                }),
+                (_, None) => {
+                    return Err(PatchError::Missing {
+                        path: f.path.clone(),
+                    })
+                }
+                (Change::Modify | Change::Delete, Some(old)) => {
                     let text = std::str::from_utf8(&old.data).map_err(|_| PatchError::NotText {
                         path: f.path.clone(),
                     })?;
                     let new = apply_hunks(f, text)?;
-                    if f.change == Change::Modify {
-                        out.insert(
-                            f.path.clone(),
-                            File {
-                                data: new.into_bytes(),
-                                executable: old.executable,
-                            },
-                        );
-                    } else if new.is_empty() {
-                        out.remove(&f.path);
-                    } else {
-                        return Err(PatchError::PartialDelete {
-                            path: f.path.clone(),
-                            removed: f.hunks.iter().map(|h| h.old_len).sum(),
-                            lines: split_lines(text).0.len(),
-                        });
+                    match f.change {
+                        Change::Modify => Some(File {
+                            data: new.into_bytes(),
+                            executable: old.executable,
+                        }),
+                        _ if new.is_empty() => None,
+                        _ => {
+                            return Err(PatchError::PartialDelete {
+                                path: f.path.clone(),
+                                removed: f.hunks.iter().map(|h| h.old_len).sum(),
+                                lines: split_lines(text).0.len(),
+                            })
+                        }
                     }
                 }
-            }
+            };
+            let old_bytes = old.map_or(0, |o| o.data.len() as u64);
+            let new_bytes = new.as_ref().map_or(0, |n| n.data.len() as u64);
+            bytes = bytes - old_bytes + new_bytes;
+            files = files + usize::from(new.is_some()) - usize::from(old.is_some());
+            changes.push((&f.path, new));
+        }
+        if files > MAX_TREE_FILES {
+            return Err(PatchError::TreeTooManyFiles { files });
+        }
+        if bytes > MAX_TREE_BYTES {
+            return Err(PatchError::TreeTooLarge { bytes });
+        }
+        let mut out = base.clone();
+        for (path, new) in changes {
+            match new {
+                Some(file) => out.insert(path.to_string(), file),
+                None => out.remove(path),
+            };
         }
         for f in self.files.iter().filter(|f| f.change == Change::Create) {
             check_no_clash(&out, &f.path)?;
-        }
-        if out.len() > MAX_TREE_FILES {
-            return Err(PatchError::TreeTooManyFiles { files: out.len() });
-        }
-        let bytes: u64 = out.values().map(|f| f.data.len() as u64).sum();
-        if bytes > MAX_TREE_BYTES {
-            return Err(PatchError::TreeTooLarge { bytes });
         }
         Ok(out)
     }

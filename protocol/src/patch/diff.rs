@@ -121,15 +121,33 @@ fn file_diff(path: &str, o: Option<&File>, n: Option<&File>) -> Result<String, D
 }
 
 /// Appends the hunks turning `a` into `b`. The search effort is bounded: an edit costs at least
-/// two bytes of output, so a file needing more than `MAX_PATCH_BYTES / 2` edits is over the limit
-/// anyway and may be written non-minimally (its size is then only reported).
+/// its shortest line plus two bytes of output, so a file needing more edits than fit in
+/// [`MAX_PATCH_BYTES`] is over the limit anyway and may be written non-minimally (its size is then
+/// only reported).
 fn hunks(out: &mut String, a: &str, b: &str) {
     let la: Vec<&str> = a.split_inclusive('\n').collect();
     let lb: Vec<&str> = b.split_inclusive('\n').collect();
     let mut ids: HashMap<&str, u32> = HashMap::new();
     let ia = intern(&mut ids, &la);
     let ib = intern(&mut ids, &lb);
-    let ops = myers::diff(&ia, &ib, MAX_PATCH_BYTES / 2 + 1);
+    // Each edit writes its line, a sign and a newline: more edits than this cannot fit.
+    let cheapest = la
+        .iter()
+        .chain(&lb)
+        .map(|l| l.len() + 1)
+        .min()
+        .unwrap_or(2)
+        .max(2);
+    let cap = MAX_PATCH_BYTES / cheapest + 1;
+    let ops = if edits_at_least(&ia, &ib) > cap {
+        // Over the limit whatever the script: skip the search.
+        (0..ia.len())
+            .map(Op::Delete)
+            .chain((0..ib.len()).map(Op::Insert))
+            .collect()
+    } else {
+        myers::diff(&ia, &ib, cap)
+    };
     let changed: Vec<usize> = (0..ops.len())
         .filter(|&i| !matches!(ops[i], Op::Equal(..)))
         .collect();
@@ -145,6 +163,20 @@ fn hunks(out: &mut String, a: &str, b: &str) {
         write_hunk(out, &ops[first..=last], &la, &lb);
         g = end + 1;
     }
+}
+
+/// A lower bound on the edits between `a` and `b`: a common subsequence has at most
+/// min(count in `a`, count in `b`) copies of each line.
+fn edits_at_least(a: &[u32], b: &[u32]) -> usize {
+    let mut count: HashMap<u32, (usize, usize)> = HashMap::new();
+    for x in a {
+        count.entry(*x).or_default().0 += 1;
+    }
+    for y in b {
+        count.entry(*y).or_default().1 += 1;
+    }
+    let common: usize = count.values().map(|(p, q)| *p.min(q)).sum();
+    a.len() + b.len() - 2 * common
 }
 
 /// Line ids: equal lines (with their `\n`, if any) get equal ids.

@@ -2,7 +2,8 @@
 //!
 //! Syntax, per `/`-separated component: `*` matches any run of characters other than `/` (also
 //! none), `?` exactly one character other than `/`, a component that is exactly `**` matches zero
-//! or more whole components; every other character is literal (there are no character classes or
+//! or more whole components (so `src/**` also matches a file named `src`, and `**` matches every
+//! path); every other character is literal (there are no character classes or
 //! alternatives: `[`, `{` and `\` mean themselves, and `\` is refused like in paths).
 //!
 //! Matching is linear-ish: both levels (characters within a component, components within a path)

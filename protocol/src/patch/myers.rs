@@ -14,8 +14,8 @@ pub(super) enum Op {
     Insert(usize),
 }
 
-/// An edit script turning `a` into `b`. `max_d` caps the edit distance searched for per middle
-/// snake; beyond it the remaining ranges are replaced wholesale.
+/// An edit script turning `a` into `b`. `max_d` caps the edit distance searched for (per middle
+/// snake); beyond it the remaining ranges are replaced wholesale.
 pub(super) fn diff(a: &[u32], b: &[u32], max_d: usize) -> Vec<Op> {
     let mut ops = Vec::with_capacity(a.len().max(b.len()));
     let size = 2 * (a.len() + b.len()).min(2 * max_d + 2) + 4;
@@ -83,7 +83,8 @@ impl Myers<'_> {
         let m = (b1 - b0) as isize;
         let delta = n - m;
         let odd = delta & 1 == 1;
-        let d_max = ((n + m + 1) / 2 + 1).min(self.max_d as isize);
+        // The middle snake of a script of D edits lies at depth ceil(D / 2) from either end.
+        let d_max = ((n + m + 1) / 2 + 1).min(self.max_d as isize / 2 + 2);
         let off = (self.vf.len() / 2) as isize;
         if d_max + 1 >= off {
             return None;

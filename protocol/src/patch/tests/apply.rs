@@ -295,3 +295,28 @@ fn a_created_file_cannot_clash_with_a_directory() {
     let ok = patch("--- /dev/null\n+++ b/src/b.py\n@@ -0,0 +1 @@\n+z\n");
     assert!(ok.apply(&base).is_ok());
 }
+
+#[test]
+fn diff_effort_is_bounded_on_large_files() {
+    // A few edits in a long file: a small diff, found fast.
+    let long = lines(100_000);
+    let old = tree(&[("big.txt", &long)]);
+    let edited = long
+        .replace("line 500\n", "LINE 500\n")
+        .replace("line 99000\n", "");
+    let new = tree(&[("big.txt", &edited)]);
+    let d = diff(&old, &new).unwrap();
+    assert!(d.len() < 400, "{d}");
+    assert_eq!(Patch::parse(&d).unwrap().apply(&old).unwrap(), new);
+    // Two unrelated long files: the search stops at the depth cap, the diff is over the limit.
+    let other: String = (0..20_000).map(|i| format!("other {i}\n")).collect();
+    let new = tree(&[("big.txt", &other)]);
+    assert!(matches!(diff(&old, &new), Err(DiffError::TooLarge { .. })));
+    // The same lines in another order: no shortcut, the capped search runs.
+    let old = tree(&[("big.txt", &lines(30_000))]);
+    let shuffled: String = (0..30_000)
+        .map(|i| format!("line {}\n", (i * 7919) % 30_000 + 1))
+        .collect();
+    let new = tree(&[("big.txt", &shuffled)]);
+    assert!(matches!(diff(&old, &new), Err(DiffError::TooLarge { .. })));
+}

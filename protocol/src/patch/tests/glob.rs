@@ -105,3 +105,16 @@ fn pathological_globs_finish_fast() {
         t.elapsed()
     );
 }
+
+#[test]
+fn any_depth_may_match_zero_components_at_the_end_too() {
+    let e = ed(&["src/**"]);
+    assert!(e.matches("src/a"));
+    assert!(e.matches("src/a/b.py"));
+    assert!(e.matches("src"));
+    assert!(!e.matches("srcx/a"));
+    let e = ed(&["a/**/b/**/c"]);
+    assert!(e.matches("a/b/c"));
+    assert!(e.matches("a/x/b/y/z/c"));
+    assert!(!e.matches("a/x/c"));
+}

@@ -124,6 +124,17 @@ fn tolerates_plain_diff_headers_timestamps_blank_lines_and_trimmed_context() {
     assert!(Patch::parse("\n\n").unwrap().is_empty());
 }
 
+/// Captured from git 2.47 (`git diff`): git ends a `---`/`+++` path that has a space with a tab.
+const CAPTURED: &str = "diff --git a/f g.txt b/f g.txt\nindex de98044..36ef1ba 100644\n--- a/f g.txt\t\n+++ b/f g.txt\t\n@@ -1,3 +1,3 @@\n a\n-b\n-c\n+B\n+c\n\\ No newline at end of file\n";
+
+#[test]
+fn parses_captured_git_output_with_a_space_in_a_path() {
+    let p = Patch::parse(CAPTURED).unwrap();
+    assert_eq!(p.paths(), ["f g.txt"]);
+    let out = p.apply(&tree(&[("f g.txt", "a\nb\nc\n")])).unwrap();
+    assert_eq!(out, tree(&[("f g.txt", "a\nB\nc")]));
+}
+
 /// The error's message, which must contain every one of `words`.
 fn refused(text: &str, words: &[&str]) -> PatchError {
     let e = Patch::parse(text).unwrap_err();
