@@ -11,7 +11,10 @@
 //!   checkpoint against it.
 //! * [`sample`] — generate text from a checkpoint.
 //! * [`rungs`] — detect the local CPU and NVIDIA GPUs and map them to rung hardware classes.
-//! * [`shell`] — run one bounded shell command after dispatch admitted it, and parse its metric.
+//! * [`shell`] — run one bounded shell command after dispatch admitted it, optionally sandboxed,
+//!   and parse its metrics.
+//! * [`source`] — source bundles: canonical tar archives of a program's source tree, reading them
+//!   from peers, and the per-worker cache of unpacked bundles with their setup done.
 //!
 //! On the CPU, the same spec, seed, data and step budget give a bit-identical checkpoint and
 //! `val_bpb` on the same CPU model. The `cuda` feature (off by default) adds NVIDIA GPUs; see
@@ -29,6 +32,7 @@ pub mod model;
 pub mod rungs;
 pub mod sample;
 pub mod shell;
+pub mod source;
 pub mod synth;
 pub mod train;
 pub mod verify;

@@ -4,14 +4,25 @@
 //! command runs as `sh -c COMMAND` in its own process group with stdin closed; stdout and stderr are
 //! captured up to [`MAX_CAPTURE_BYTES`] each (truncation is flagged); at the timeout the whole
 //! process group is killed (and after a normal exit too, so background jobs do not outlive the run).
-//! The metric is the last stdout line matching `^<metric>:\s*<number>` with a finite number.
+//! The metric is the last stdout line matching `^<metric>:\s*<number>` with a finite number;
+//! every other `key: number` line of stdout is kept too ([`parse_metrics`]), and a stdout line
+//! `FAIL` marks the run failed. Lines break at `\n` and `\r` (progress bars), see [`metrics`].
+//!
+//! Code from another member runs with [`ShellOptions::clear_env`] and a [`Sandbox`]; [`sandbox`]
+//! says exactly what that isolates and what it does not.
 
+pub mod metrics;
 mod process;
+pub mod sandbox;
 
+pub use metrics::{parse_metric, parse_metrics, MAX_METRICS};
 pub(crate) use process::run_bounded;
+pub(crate) use process::{signal_of, Capture};
+pub(crate) use sandbox::Launch;
+pub use sandbox::{sandbox_probe, Sandbox};
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use btd_protocol::dispatch::{Action, DispatchResult};
@@ -43,8 +54,12 @@ pub enum ShellError {
     /// The task or options are unusable.
     #[error("invalid shell task: {0}")]
     Invalid(String),
-    /// `sh` could not be started.
-    #[error("cannot start sh: {0}")]
+    /// The options ask for a [`Sandbox`] this machine cannot provide ([`sandbox_probe`]'s
+    /// answer).
+    #[error("{0}")]
+    SandboxUnavailable(String),
+    /// `sh` (or, for a sandbox, `unshare` or `prlimit`) could not be started.
+    #[error("cannot start the command (sh; and prlimit or unshare for a sandbox): {0}")]
     Spawn(#[from] std::io::Error),
 }
 
@@ -58,7 +73,17 @@ pub struct ShellOptions {
     /// Bytes of each stream to keep, at most [`MAX_CAPTURE_BYTES`].
     pub max_capture: usize,
     /// Extra environment variables for the command (e.g. a hypothesis as `BTD_PARAM_<NAME>`).
+    /// They are set last, over the cleared environment when [`ShellOptions::clear_env`] is set.
     pub env: Vec<(String, String)>,
+    /// Start from an empty environment: only `PATH` (the daemon's), `LANG=C.UTF-8`, `HOME` and
+    /// `TMPDIR` (both [`ShellOptions::scratch_dir`], which must then be set) and
+    /// [`ShellOptions::env`]. Default false: the command inherits the daemon's environment.
+    pub clear_env: bool,
+    /// The scratch directory for `HOME` and `TMPDIR` when [`ShellOptions::clear_env`] is set; the
+    /// caller creates it (fresh per run) and removes it.
+    pub scratch_dir: Option<PathBuf>,
+    /// Run the command in this sandbox (see [`sandbox`]). Default none.
+    pub sandbox: Option<Sandbox>,
 }
 
 impl ShellOptions {
@@ -69,6 +94,9 @@ impl ShellOptions {
             cwd: None,
             max_capture: MAX_CAPTURE_BYTES,
             env: Vec::new(),
+            clear_env: false,
+            scratch_dir: None,
+            sandbox: None,
         }
     }
 }
@@ -112,12 +140,18 @@ pub struct ShellReceipt {
     pub metric: String,
     /// Its value: the last finite match in stdout.
     pub value: Option<f64>,
+    /// Every `key: number` line of stdout ([`parse_metrics`]; at most [`MAX_METRICS`] keys).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Whether stdout has a line `FAIL`: the program says the run failed.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 impl ShellReceipt {
-    /// Exited 0 within the timeout and reported the metric.
+    /// Exited 0 within the timeout, reported the metric and did not print `FAIL`.
     pub fn succeeded(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out && self.value.is_some()
+        self.exit_code == Some(0) && !self.timed_out && self.value.is_some() && !self.failed
     }
 }
 
@@ -149,12 +183,26 @@ pub fn run_shell(
             opts.metric
         )));
     }
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(&task.command);
-    if let Some(dir) = &opts.cwd {
-        cmd.current_dir(dir);
+    let scratch = match (opts.clear_env, &opts.scratch_dir) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(dir.as_path()),
+        (true, None) => {
+            return Err(ShellError::Invalid(
+                "clear_env needs a scratch_dir for HOME and TMPDIR".into(),
+            ))
+        }
+    };
+    if opts.sandbox.is_some_and(|s| s.isolate_network) {
+        sandbox_probe().map_err(ShellError::SandboxUnavailable)?;
     }
-    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+    let cmd = Launch {
+        command: &task.command,
+        cwd: opts.cwd.as_deref(),
+        env: &opts.env,
+        clean_env_scratch: scratch,
+        sandbox: opts.sandbox.as_ref(),
+    }
+    .command();
     let started_at = Timestamp::from_millis(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -169,6 +217,8 @@ pub fn run_shell(
     log.extend_from_slice(&done.stderr.bytes);
     let stdout = String::from_utf8_lossy(&done.stdout.bytes).into_owned();
     let value = parse_metric(&stdout, &opts.metric);
+    let metrics = parse_metrics(&stdout);
+    let failed = metrics::saw_fail(&stdout);
     Ok(ShellReceipt {
         packet_id: dispatch.packet_id.clone(),
         rung_id: dispatch.rung_id.clone(),
@@ -188,58 +238,12 @@ pub fn run_shell(
         log_sha256: Digest::of(&log),
         metric: opts.metric.clone(),
         value,
+        metrics,
+        failed,
     })
 }
 
-/// The value of the last line of `output` matching `^<metric>:\s*<number>` whose number is finite.
-/// `<number>` is a decimal with optional sign, fraction and exponent (`-1.5e-3`); text after it on
-/// the line is ignored.
-pub fn parse_metric(output: &str, metric: &str) -> Option<f64> {
-    output
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(metric)?.strip_prefix(':')?;
-            let number = leading_number(rest.trim_start())?;
-            number.parse::<f64>().ok().filter(|v| v.is_finite())
-        })
-        .next_back()
-}
-
-/// The longest prefix of `s` of the form `[+-]?(digits[.digits?]|.digits)([eE][+-]?digits)?`.
-fn leading_number(s: &str) -> Option<&str> {
-    let b = s.as_bytes();
-    let digits = |mut i: usize| {
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        i
-    };
-    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
-    let int_end = digits(i);
-    let mut end = int_end;
-    let mut mantissa_digits = int_end - i;
-    if b.get(end) == Some(&b'.') {
-        let frac_end = digits(end + 1);
-        mantissa_digits += frac_end - (end + 1);
-        if mantissa_digits > 0 {
-            end = frac_end;
-        }
-    }
-    if mantissa_digits == 0 {
-        return None;
-    }
-    if matches!(b.get(end), Some(b'e' | b'E')) {
-        i = end + 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let exp_end = digits(i);
-        if exp_end > i {
-            end = exp_end;
-        }
-    }
-    Some(&s[..end])
-}
-
+#[cfg(test)]
+mod sandbox_tests;
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,12 @@ pub(crate) struct Capture {
     pub(crate) total: u64,
     /// Whether bytes were dropped (beyond the cap, or still unread when the pipe was abandoned).
     pub(crate) truncated: bool,
+    /// The last [`TAIL_BYTES`] bytes of the stream (whatever the cap).
+    pub(crate) tail: Vec<u8>,
 }
+
+/// Bytes kept in [`Capture::tail`].
+pub(crate) const TAIL_BYTES: usize = 2048;
 
 /// How the process ended.
 #[derive(Debug)]
@@ -117,6 +122,9 @@ fn reader(mut pipe: impl Read + Send + 'static, max: usize) -> Reader {
                         c.truncated = true;
                     }
                     c.bytes.extend_from_slice(&buf[..n.min(room)]);
+                    c.tail.extend_from_slice(&buf[..n]);
+                    let excess = c.tail.len().saturating_sub(TAIL_BYTES);
+                    c.tail.drain(..excess);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,

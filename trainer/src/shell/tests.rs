@@ -181,3 +181,113 @@ fn the_command_sees_its_environment_and_working_directory() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// karpathy/autoresearch's summary, exactly as `train.py` prints it.
+const AUTORESEARCH_SUMMARY: &str = "---\nval_bpb:          0.997900\ntraining_seconds: 300.1\n\
+peak_vram_mb:     45060.2\nmfu_percent:      39.80\ntotal_tokens_M:   499.6\nnum_steps:        953\n\
+num_params_M:     50.3\ndepth:            8\n";
+
+#[test]
+fn parses_the_autoresearch_summary() {
+    let m = parse_metrics(AUTORESEARCH_SUMMARY);
+    let want = [
+        ("val_bpb", 0.9979),
+        ("training_seconds", 300.1),
+        ("peak_vram_mb", 45060.2),
+        ("mfu_percent", 39.8),
+        ("total_tokens_M", 499.6),
+        ("num_steps", 953.0),
+        ("num_params_M", 50.3),
+        ("depth", 8.0),
+    ];
+    assert_eq!(
+        m,
+        want.map(|(k, v)| (k.to_owned(), v)).into_iter().collect()
+    );
+    assert_eq!(parse_metric(AUTORESEARCH_SUMMARY, "val_bpb"), Some(0.9979));
+    assert!(!metrics::saw_fail(AUTORESEARCH_SUMMARY));
+}
+
+#[test]
+fn carriage_return_progress_lines_are_separate_lines() {
+    // Progress redrawn with `\r` and no newline before the summary: the `---` and the first
+    // metric would otherwise share one line with the progress.
+    let progress = "step 00951 (99.8%) | loss: 3.101 | dt: 310ms\rstep 00952 (99.9%) | loss: \
+                    3.100 | dt: 311ms\rstep 00953 (100.0%) | loss: 3.099 | dt: 309ms\r";
+    let out = format!("warming up\n{progress}{AUTORESEARCH_SUMMARY}");
+    let m = parse_metrics(&out);
+    assert_eq!(m.get("val_bpb"), Some(&0.9979));
+    assert_eq!(m.get("depth"), Some(&8.0));
+    // Progress lines are not `key: number` lines: no `loss`, no `step 00953 (100.0%) | loss`.
+    assert_eq!(m.len(), 8, "{m:?}");
+    assert_eq!(parse_metric(&out, "val_bpb"), Some(0.9979));
+    assert_eq!(parse_metric("x\rval_bpb: 2.5\r", "val_bpb"), Some(2.5));
+}
+
+#[test]
+fn metrics_lines_are_strict_and_bounded() {
+    let out = "a: 1\na: 2\n_b.c-d: -3e2\n1x: 4\nsp ace: 5\ntrail: 6 units\nnan: nan\n\
+               inf: 1e999\nblank:   7  \n x: 8\nempty:\n";
+    let m = parse_metrics(out);
+    let want = [("a", 2.0), ("_b.c-d", -300.0), ("blank", 7.0)];
+    assert_eq!(
+        m,
+        want.map(|(k, v)| (k.to_owned(), v)).into_iter().collect()
+    );
+    let long_key = format!("{}: 1\n{}: 1\n", "k".repeat(64), "k".repeat(65));
+    assert_eq!(parse_metrics(&long_key).len(), 1);
+    // At most MAX_METRICS keys: the first ones seen; their later values still win.
+    let mut many: String = (0..100).map(|i| format!("k{i:03}: {i}\n")).collect();
+    many.push_str("k000: 42\n");
+    let m = parse_metrics(&many);
+    assert_eq!(m.len(), MAX_METRICS);
+    assert_eq!(m.get("k000"), Some(&42.0));
+    assert_eq!(m.get("k063"), Some(&63.0));
+    assert_eq!(m.get("k064"), None);
+}
+
+#[test]
+fn fail_marks_the_run_failed() {
+    assert!(metrics::saw_fail("step 1\r  FAIL  \nmore"));
+    assert!(!metrics::saw_fail("FAILED\nno FAIL here\n"));
+    let cmd = "echo 'val_bpb: 0.5'; echo FAIL";
+    let r = run_shell(
+        &task(cmd, 30),
+        &admitted(Action::RunLocal),
+        &ShellOptions::new("val_bpb"),
+    )
+    .unwrap();
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.value, Some(0.5));
+    assert!(r.failed);
+    assert!(!r.succeeded());
+    let ok = run_shell(
+        &task(
+            "printf 'step 1\\rstep 2\\r---\\nval_bpb: 0.5\\ndepth: 8\\n'",
+            30,
+        ),
+        &admitted(Action::RunLocal),
+        &ShellOptions::new("val_bpb"),
+    )
+    .unwrap();
+    assert!(!ok.failed);
+    assert!(ok.succeeded(), "{ok:?}");
+    assert_eq!(ok.metrics.get("depth"), Some(&8.0));
+}
+
+#[test]
+fn receipts_without_the_new_fields_still_read() {
+    let r = run_shell(
+        &task("echo 'm: 1'", 30),
+        &admitted(Action::RunLocal),
+        &ShellOptions::new("m"),
+    )
+    .unwrap();
+    let mut json = serde_json::to_value(&r).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("metrics");
+    obj.remove("failed");
+    let back: ShellReceipt = serde_json::from_value(json).unwrap();
+    assert!(!back.failed);
+    assert!(back.metrics.is_empty());
+}

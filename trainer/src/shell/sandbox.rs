@@ -1,0 +1,199 @@
+//! The opt-in sandbox for running another member's code, and how a command is launched.
+//!
+//! # What the sandbox covers
+//!
+//! * **No network.** With [`Sandbox::isolate_network`], the command runs under
+//!   `unshare --net --map-root-user`: a new user namespace (the command's uid 0 maps to the
+//!   daemon's user, with no extra rights outside it) owning a new network namespace whose only
+//!   interface, loopback, is down. The command can reach neither the internet, nor the LAN, nor
+//!   services listening on the host's `127.0.0.1`.
+//! * **Resource limits** (rlimits, set with util-linux `prlimit` before `sh` starts, inherited by
+//!   every process the command starts): address space ([`Sandbox::max_memory_bytes`],
+//!   `RLIMIT_AS`), CPU seconds per process ([`Sandbox::max_cpu_secs`], `RLIMIT_CPU`), largest file
+//!   written ([`Sandbox::max_file_bytes`], `RLIMIT_FSIZE`: a write past it fails and the writer gets
+//!   `SIGXFSZ`), and processes ([`Sandbox::max_processes`], `RLIMIT_NPROC`). A limit of 0 is not
+//!   set.
+//! * **A fresh scratch directory and a cleared environment**, when the caller asks for them
+//!   ([`super::ShellOptions::clear_env`]): the command sees only `PATH`, `LANG=C.UTF-8`, `HOME` and
+//!   `TMPDIR` (both the caller's scratch directory) and the variables the caller adds; the
+//!   daemon's own environment (tokens, keys in variables) is not passed on.
+//! * The wall-clock timeout and process-group kill of every shell run apply as always.
+//!
+//! # What it does NOT cover
+//!
+//! * **No file-system isolation.** The command can read every file the daemon's user can read
+//!   (the home directory, SSH keys, the daemon's key and store) and write wherever that user may
+//!   write. Run the daemon as a dedicated user that owns nothing else if that matters.
+//! * **No GPU isolation**: the GPU, its memory and the driver are shared with everything else.
+//! * **No system-call filter** (no seccomp): the whole kernel interface is reachable.
+//! * `RLIMIT_NPROC` counts *all* processes and threads of the user, not only the command's, and
+//!   the kernel does not apply it to real root; `RLIMIT_AS` counts reserved virtual memory, which
+//!   CUDA programs reserve generously: give GPU programs `max_memory_bytes = 0` or a large value.
+//!
+//! [`sandbox_probe`] says whether the machine can run the sandbox at all (some distributions
+//! disable unprivileged user namespaces); a daemon should refuse peer code with its message.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The sandbox for one command; see the module docs for what it does and does not cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// Address-space limit, bytes (`RLIMIT_AS`); 0: none. Default 8 GiB.
+    pub max_memory_bytes: u64,
+    /// CPU-time limit per process, seconds (`RLIMIT_CPU`); 0: none. Default 0: the wall-clock
+    /// timeout already bounds the run, and a multi-threaded program spends CPU seconds faster
+    /// than wall-clock ones. [`Sandbox::with_timeout`] sets it from the timeout.
+    pub max_cpu_secs: u64,
+    /// Largest file the command may write, bytes (`RLIMIT_FSIZE`); 0: none. Default 1 GiB.
+    pub max_file_bytes: u64,
+    /// Processes and threads of the user (`RLIMIT_NPROC`); 0: none. Default 1024 (threads count:
+    /// a PyTorch program starts dozens).
+    pub max_processes: u64,
+    /// Run in a new network namespace without network. Default true.
+    pub isolate_network: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 8 << 30,
+            max_cpu_secs: 0,
+            max_file_bytes: 1 << 30,
+            max_processes: 1024,
+            isolate_network: true,
+        }
+    }
+}
+
+impl Sandbox {
+    /// The defaults, with the CPU limit set to `timeout_secs` times the number of CPUs (a process
+    /// busy on every core for the whole timeout, and no more).
+    pub fn with_timeout(timeout_secs: u64) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        Self {
+            max_cpu_secs: timeout_secs.saturating_mul(cpus),
+            ..Self::default()
+        }
+    }
+
+    /// The `prlimit` options for the limits that are set.
+    fn prlimit_args(&self) -> Vec<String> {
+        [
+            ("--as", self.max_memory_bytes),
+            ("--cpu", self.max_cpu_secs),
+            ("--fsize", self.max_file_bytes),
+            ("--nproc", self.max_processes),
+        ]
+        .into_iter()
+        .filter(|&(_, v)| v > 0)
+        .map(|(flag, v)| format!("{flag}={v}"))
+        .collect()
+    }
+}
+
+/// How long the probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether this machine can run [`Sandbox`]ed commands: runs
+/// `unshare --net --map-root-user -- prlimit --fsize=… -- true` once per process and caches the
+/// answer. The error says, in words for the operator, why not (util-linux missing, unprivileged
+/// user namespaces disabled, …).
+pub fn sandbox_probe() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE.get_or_init(probe_now).clone()
+}
+
+fn probe_now() -> Result<(), String> {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--map-root-user", "--", "prlimit"])
+        .arg(format!("--fsize={}", 1u64 << 30))
+        .args(["--", "true"]);
+    let done = match super::process::run_bounded(cmd, PROBE_TIMEOUT, 4096) {
+        Ok(done) => done,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(
+                "the sandbox needs `unshare` and `prlimit` (util-linux), and `unshare` is \
+                        not installed"
+                    .into(),
+            )
+        }
+        Err(e) => return Err(format!("the sandbox cannot start `unshare`: {e}")),
+    };
+    if done.status.is_some_and(|s| s.success()) {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&done.stderr.bytes)
+        .trim()
+        .to_owned();
+    let how = if done.timed_out {
+        "did not finish".to_owned()
+    } else {
+        match done.status {
+            Some(s) => format!("failed ({s})"),
+            None => "failed".to_owned(),
+        }
+    };
+    Err(format!(
+        "the sandbox is unavailable: `unshare --net --map-root-user -- prlimit -- true` {how}: \
+         {said}; unprivileged user namespaces may be disabled (check the sysctls \
+         kernel.unprivileged_userns_clone, user.max_user_namespaces and, on Ubuntu, \
+         kernel.apparmor_restrict_unprivileged_userns), or `prlimit` (util-linux) is missing"
+    ))
+}
+
+/// What to launch: `sh -c command`, optionally sandboxed, in a directory, with an environment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Launch<'a> {
+    /// The command line for `sh -c`.
+    pub(crate) command: &'a str,
+    /// Working directory.
+    pub(crate) cwd: Option<&'a Path>,
+    /// Extra variables, set last.
+    pub(crate) env: &'a [(String, String)],
+    /// Clear the environment and use this as `HOME` and `TMPDIR`.
+    pub(crate) clean_env_scratch: Option<&'a Path>,
+    /// The sandbox, if any.
+    pub(crate) sandbox: Option<&'a Sandbox>,
+}
+
+/// Fallback `PATH` when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+impl Launch<'_> {
+    /// The [`Command`] to spawn.
+    pub(crate) fn command(&self) -> Command {
+        let limits = self.sandbox.map(Sandbox::prlimit_args).unwrap_or_default();
+        let network = self.sandbox.is_some_and(|s| s.isolate_network);
+        let mut cmd = if network {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--map-root-user", "--", "prlimit"]);
+            c.args(&limits).arg("--").arg("sh");
+            c
+        } else if !limits.is_empty() {
+            let mut c = Command::new("prlimit");
+            c.args(&limits).arg("--").arg("sh");
+            c
+        } else {
+            Command::new("sh")
+        };
+        cmd.arg("-c").arg(self.command);
+        if let Some(dir) = self.cwd {
+            cmd.current_dir(dir);
+        }
+        if let Some(scratch) = self.clean_env_scratch {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+            cmd.env_clear()
+                .env("PATH", path)
+                .env("LANG", "C.UTF-8")
+                .env("HOME", scratch)
+                .env("TMPDIR", scratch);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+}
