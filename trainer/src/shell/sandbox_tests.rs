@@ -24,6 +24,7 @@ fn run(command: &str, opts: &ShellOptions) -> ShellReceipt {
     let task = ShellTask {
         command: command.into(),
         timeout_secs: 60,
+        source: None,
     };
     run_shell(&task, &admitted(), opts).unwrap()
 }
@@ -169,6 +170,7 @@ fn clear_env_passes_only_the_listed_variables() {
     let task = ShellTask {
         command: "true".into(),
         timeout_secs: 5,
+        source: None,
     };
     let e = run_shell(&task, &admitted(), &no_scratch).unwrap_err();
     assert!(matches!(e, ShellError::Invalid(_)), "{e}");
