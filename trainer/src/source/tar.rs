@@ -78,8 +78,7 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     }
     path.match_indices('/')
         .map(|(i, _)| (&path[..i], &path[i + 1..]))
-        .filter(|(prefix, name)| prefix.len() <= PREFIX.len() && name.len() <= NAME.len())
-        .last()
+        .rfind(|(prefix, name)| prefix.len() <= PREFIX.len() && name.len() <= NAME.len())
 }
 
 /// Writes `value` as zero-padded octal digits followed by a NUL into `field`.
