@@ -133,7 +133,10 @@ pub(crate) fn publish(
     crate::offline::program::load(manifest)?;
     let files = crate::node::types::PublishFiles {
         data: files.data.map(|p| absolute("--data", &p)).transpose()?,
-        holdout: files.holdout.map(|p| absolute("--holdout", &p)).transpose()?,
+        holdout: files
+            .holdout
+            .map(|p| absolute("--holdout", &p))
+            .transpose()?,
         source: files.source.map(|p| absolute("--source", &p)).transpose()?,
     };
     let v = call(
@@ -496,7 +499,11 @@ pub(crate) fn checkout(
             })?),
             dir,
         ),
-        _ => return Err(CmdError::Usage("usage: btd checkout PROGRAM [SEQ] DIR".into())),
+        _ => {
+            return Err(CmdError::Usage(
+                "usage: btd checkout PROGRAM [SEQ] DIR".into(),
+            ))
+        }
     };
     let dir = Path::new(dir);
     let dir = if dir.is_absolute() {
@@ -514,4 +521,3 @@ pub(crate) fn checkout(
     print::checkout(&view);
     Ok(())
 }
-

@@ -24,7 +24,8 @@ pub const RESERVED: [&str; 2] = ["context", "rationale.md"];
 /// The canonical tar of `path`: a directory is packed; a file must be a tar this build reads (it is
 /// taken as is, so its digest is the file's). Blocking.
 pub fn bundle_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let bytes = if meta.is_dir() {
         pack_dir(path, max_bytes).map_err(|e| format!("cannot pack {}: {e}", path.display()))?
     } else {
@@ -96,8 +97,8 @@ pub fn load_bundle(
     max_bytes: u64,
 ) -> Result<Files, String> {
     let path = blobs.path(id, &sha256);
-    let bytes =
-        std::fs::read(&path).map_err(|e| format!("cannot read the bundle {}: {e}", path.display()))?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("cannot read the bundle {}: {e}", path.display()))?;
     if Digest::of(&bytes) != sha256 {
         return Err(format!(
             "the stored bundle {} does not have sha256 {sha256}",
@@ -189,4 +190,3 @@ pub async fn fetch_chain(
     out.reverse();
     Ok(out)
 }
-

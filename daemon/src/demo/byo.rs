@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use btd_protocol::kb::Check;
@@ -54,10 +54,10 @@ const PROGRAM: &str = include_str!("../../../examples/byo/program.toml");
 
 /// Writes the example under `dir`.
 fn write_example(dir: &Path) -> Result<()> {
-    let all = FILES
-        .iter()
-        .copied()
-        .chain([("propose_bad.py", PROPOSE_BAD), ("program.toml", PROGRAM.as_bytes())]);
+    let all = FILES.iter().copied().chain([
+        ("propose_bad.py", PROPOSE_BAD),
+        ("program.toml", PROGRAM.as_bytes()),
+    ]);
     for (name, bytes) in all {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
@@ -87,8 +87,9 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
 
     // Publish: the bundle's digest must be the manifest's.
     let bundle = ex.join("bundle");
-    let bytes = crate::source::bundle_bytes(&bundle, btd_protocol::program::DEFAULT_MAX_ARTIFACT_BYTES)
-        .map_err(|e| anyhow!(e))?;
+    let bytes =
+        crate::source::bundle_bytes(&bundle, btd_protocol::program::DEFAULT_MAX_ARTIFACT_BYTES)
+            .map_err(|e| anyhow!(e))?;
     let sha = btd_protocol::Digest::of(&bytes);
     let program: ProgramId = daemons[1]
         .call(Request::Publish {
@@ -129,11 +130,19 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
         );
         names.extend(join_all(daemons, &[w], program, work).await?);
         let total = u64::from(args.rounds) * (w - 1) as u64;
-        follow(daemons, &[w1, w2][..w - 1], program, total, &mut board, &names).await?;
+        follow(
+            daemons,
+            &[w1, w2][..w - 1],
+            program,
+            total,
+            &mut board,
+            &names,
+        )
+        .await?;
     }
 
-    // A doctored claim: worker-1 submits its first result's code again, claiming a far better
-    // value. The owner re-runs it, measures the real value, and rejects the claim.
+    // A doctored claim: worker-1 submits its first result's code again, claiming a value that
+    // would beat the champion. The owner re-runs it, measures the real value, and rejects it.
     let ledger = read_ledger(&daemons[1], program).await?;
     let w1_id = names
         .iter()
@@ -151,7 +160,13 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
         })
         .await?;
     let view = view.ok_or_else(|| anyhow!("result {} carries no code", first.entry.seq))?;
-    let fake = first.entry.value - 0.5;
+    let status: crate::node::types::StatusView = daemons[1]
+        .call(Request::Status {
+            program: Some(program),
+        })
+        .await?;
+    let best = status.champion.map_or(first.entry.value, |c| c.value);
+    let fake = best - 0.25;
     out!(
         "{} now submits a doctored claim: the code of its result #{}, claimed at val_bpb {fake:.4}",
         daemons[w1].name(),
@@ -179,21 +194,32 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
         "{} runs a proposer that edits prepare.py (not editable)...",
         daemons[w2].name()
     );
-    let _: serde_json::Value = daemons[w2]
-        .call(Request::Join {
-            program,
-            wait: true,
-            work: Some(WorkOptions {
-                rounds: 1,
-                allow_shell: true,
-                allow_peer_code: true,
-                proposer: Some(bad),
-                proposer_timeout_secs: 60,
-                verdict_wait_secs: 0,
-                ..WorkOptions::default()
-            }),
-        })
-        .await?;
+    let bad_round = WorkOptions {
+        rounds: 1,
+        allow_shell: true,
+        allow_peer_code: true,
+        proposer: Some(bad),
+        proposer_timeout_secs: 60,
+        verdict_wait_secs: 0,
+        ..WorkOptions::default()
+    };
+    // The worker's loop may still be winding down after its last verdict: one loop per program
+    // runs at a time, so ask again until it has.
+    crate::poll::wait_for(
+        Duration::from_secs(60),
+        &format!("{}'s worker loop to finish", daemons[w2].name()),
+        || async {
+            daemons[w2]
+                .call::<serde_json::Value>(Request::Join {
+                    program,
+                    wait: true,
+                    work: Some(bad_round.clone()),
+                })
+                .await
+                .ok()
+        },
+    )
+    .await?;
     let runs: Vec<RunRecord> = daemons[w2]
         .call(Request::Runs {
             program: Some(program),

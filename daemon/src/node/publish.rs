@@ -231,7 +231,13 @@ fn install_shell(
     }
     let home = home.ok_or("this node has no home directory to keep the program's files in")?;
     if let (Some(src), Some(path)) = (&task.source, &files.source) {
-        crate::source::install_bundle(home, id, path, src.sha256, program.verify.max_artifact_bytes)?;
+        crate::source::install_bundle(
+            home,
+            id,
+            path,
+            src.sha256,
+            program.verify.max_artifact_bytes,
+        )?;
     }
     if let Some(path) = &files.holdout {
         let dest = holdout_path(home, &id);
@@ -251,4 +257,3 @@ fn install_shell(
     }
     Ok(())
 }
-

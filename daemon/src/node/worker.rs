@@ -8,11 +8,11 @@ use btd_protocol::membership::{self, Credential, MemberId};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal;
 use btd_protocol::signed::Signed;
+use btd_protocol::trace::Output;
 use btd_protocol::wire::{
     grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
     MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt, CODE_OUTPUT,
 };
-use btd_protocol::trace::Output;
 use libp2p::PeerId;
 use rand::RngCore;
 use tokio::sync::mpsc;

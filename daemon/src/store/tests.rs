@@ -130,7 +130,7 @@ async fn undecided_join_codes_survive_a_reopen_and_an_old_home_gains_the_table()
             "ALTER TABLE submissions DROP COLUMN code; DROP TABLE join_codes; \
              PRAGMA user_version = 3;",
         )
-            .unwrap();
+        .unwrap();
     }
     let program = ProgramId(Digest([1; 32]));
     let code = |n: u8| UndecidedCode {

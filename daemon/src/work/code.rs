@@ -152,7 +152,8 @@ impl CodeRuntime {
             return Ok(Some(rt));
         };
         rt.editable = Some(
-            Editable::new(&src.editable).map_err(|e| format!("the program's editable globs: {e}"))?,
+            Editable::new(&src.editable)
+                .map_err(|e| format!("the program's editable globs: {e}"))?,
         );
         let max = program.verify.max_artifact_bytes;
         if ctx.blobs.size(&id, &src.sha256).is_none() {
@@ -198,7 +199,8 @@ impl CodeRuntime {
             note: Some(format!("building on the bundle: {why}")),
             ..bundle.clone()
         };
-        let chain = match crate::source::fetch_chain(node, self.program, seq, &mut self.codes).await {
+        let chain = match crate::source::fetch_chain(node, self.program, seq, &mut self.codes).await
+        {
             Ok(c) => c,
             Err(why) => return fallback(why),
         };
@@ -437,8 +439,8 @@ fn run_proposer(
         ),
     ];
     for (name, value) in files {
-        let text = serde_json::to_vec_pretty(&value)
-            .map_err(|e| format!("cannot encode {name}: {e}"))?;
+        let text =
+            serde_json::to_vec_pretty(&value).map_err(|e| format!("cannot encode {name}: {e}"))?;
         std::fs::write(ctx_dir.join(name), text)
             .map_err(|e| format!("cannot write context/{name}: {e}"))?;
     }

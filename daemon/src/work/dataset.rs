@@ -73,5 +73,7 @@ pub(super) async fn fetch_artifact(
     };
     crate::blobs::fetch(&ctx.node, &ctx.blobs, &spec)
         .await
-        .map_err(|e| format!("cannot fetch the program's {what} (sha256 {sha256}) from the owner: {e}"))
+        .map_err(|e| {
+            format!("cannot fetch the program's {what} (sha256 {sha256}) from the owner: {e}")
+        })
 }

@@ -121,4 +121,3 @@ pub(super) struct ChampionInfo {
     /// Its numeric hypothesis.
     pub(super) hypothesis: Hypothesis,
 }
-

@@ -229,7 +229,10 @@ impl Loop {
         }
 
         // A code program: the tree it builds on, the proposer's change, the round's own copy.
-        let round_code = match self.code_round(&dispatch, champion.as_ref(), round, seed, &dir, events).await {
+        let round_code = match self
+            .code_round(&dispatch, champion.as_ref(), round, seed, &dir, events)
+            .await
+        {
             Ok(c) => c,
             Err(why) => {
                 record.state = RunState::Failed;

@@ -132,7 +132,9 @@ impl Prepared {
     ) -> RunOutcome {
         let dir = dir.to_path_buf();
         // A code round's outputs are where its command ran: its fresh tree.
-        let outputs_dir = code.as_ref().map_or_else(|| dir.clone(), |c| c.tree_dir.clone());
+        let outputs_dir = code
+            .as_ref()
+            .map_or_else(|| dir.clone(), |c| c.tree_dir.clone());
         let hypothesis = hypothesis.clone();
         let joined = match self {
             Prepared::Candle {
