@@ -440,7 +440,7 @@ pub(super) fn submit(
                 call: match result.code {
                     Some(code) => KbCall::SubmitCode {
                         submission: signed,
-                        code,
+                        code: Box::new(code),
                     },
                     None => KbCall::Submit(signed),
                 },

@@ -86,7 +86,7 @@ impl ProgramOwner {
             KbCall::Status => KbResponse::Status(self.kb_status()),
             KbCall::Submit(signed) => return self.submit(peer, &member, signed, None, now),
             KbCall::SubmitCode { submission, code } => {
-                return self.submit(peer, &member, submission, Some(code), now)
+                return self.submit(peer, &member, submission, Some(*code), now)
             }
             KbCall::Ledger { after_seq, limit } => {
                 let (items, more) = self.ledger.page(

@@ -468,8 +468,8 @@ pub enum KbCall {
     SubmitCode {
         /// The signed result.
         submission: Signed<Submission>,
-        /// What it ran.
-        code: CodeHypothesis,
+        /// What it ran (boxed: the call stays small; the encoding is the same).
+        code: Box<CodeHypothesis>,
     },
     /// A page of the hypothesis ledger with `seq > after_seq`.
     Ledger {

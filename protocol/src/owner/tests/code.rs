@@ -117,7 +117,7 @@ fn submit_code(
         w,
         KbCall::SubmitCode {
             submission,
-            code: code.clone(),
+            code: Box::new(code.clone()),
         },
         T0,
     )
@@ -262,7 +262,7 @@ fn code_that_is_unbound_not_editable_or_on_a_missing_parent_is_refused_and_store
             &a,
             KbCall::SubmitCode {
                 submission,
-                code: c,
+                code: Box::new(c),
             },
             T0,
         );
