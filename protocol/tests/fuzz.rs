@@ -28,9 +28,10 @@ use btd_protocol::signed::Signed;
 use btd_protocol::trace::{ApprovalReceipt, Output};
 use btd_protocol::wire::{
     self, AdvertisedRung, ApprovalRequest, ApprovalResponse, BlobRequest, BlobResponse,
-    ChampionView, Claim, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
-    KbStatus, MembershipRequest, MembershipResponse, PollStatus, ProgramAnnouncement, RungAdvert,
-    Sanitize, Submission, SubmitReceipt,
+    ChampionView, Claim, CodeHypothesis, CodeSummary, CodeView, ErrorCode, ErrorReply,
+    GrantDelivery, KbCall, KbRequest, KbResponse, KbStatus, LedgerItem, MembershipRequest,
+    MembershipResponse, PollStatus, ProgramAnnouncement, RungAdvert, Sanitize, Submission,
+    SubmitReceipt,
 };
 use btd_protocol::{Digest, Timestamp};
 use libp2p_identity::Keypair;
@@ -149,13 +150,53 @@ impl Target for MembershipResponse {
 impl Target for KbRequest {
     fn exercise(self) {
         let _ = self.call.check();
-        if let KbCall::Submit(s) = self.call {
-            if let Ok(v) = s.verify() {
-                let _ = v.value.check(now());
+        match self.call {
+            KbCall::Submit(s) => {
+                if let Ok(v) = s.verify() {
+                    let _ = v.value.check(now());
+                }
             }
+            KbCall::SubmitCode { submission, code } => {
+                // What the owner does with a code claim: bounds, the patch parsed and held to
+                // the editable files, the binding, then applied to a small tree.
+                if let Ok(e) = btd_protocol::patch::Editable::new(&["train.py".into()]) {
+                    let _ = code.check_editable(&e);
+                }
+                if let Ok(v) = submission.verify() {
+                    let _ = code.bound_by(&v.value);
+                }
+                if let Ok(Some(p)) = code.check() {
+                    let _ = p.apply(&fuzz_tree());
+                }
+            }
+            _ => {}
         }
     }
 }
+/// A small source tree that fuzzed patches are applied to.
+fn fuzz_tree() -> btd_protocol::patch::Files {
+    let f = |t: &str| btd_protocol::patch::File {
+        data: t.as_bytes().to_vec(),
+        executable: false,
+    };
+    btd_protocol::patch::Files::from([
+        ("train.py".to_string(), f("ORDER = 2\nLR = 0.1\nprint(1)\n")),
+        ("prepare.py".to_string(), f("x = 1\n")),
+    ])
+}
+
+/// A code hypothesis editing one line of [`fuzz_tree`]'s train.py.
+fn code_sample() -> CodeHypothesis {
+    CodeHypothesis {
+        parent: Some(1),
+        patch: "--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,3 @@\n-ORDER = 2\n+ORDER = 3\n LR = 0.1\n print(1)\n"
+            .into(),
+        rationale: "ORDER = 3 (was 2)\nmore context".into(),
+        seed: 7,
+        tree: Digest([4; 32]),
+    }
+}
+
 impl Target for KbResponse {
     fn exercise(mut self) {
         self.sanitize();
@@ -321,6 +362,15 @@ fn targets() -> Vec<(&'static str, Runner, Vec<Vec<u8>>)> {
                     limit: 100,
                 })),
                 enc(&kb_req(KbCall::Submit(sub.clone()))),
+                enc(&kb_req(KbCall::SubmitCode {
+                    submission: sub.clone(),
+                    code: Box::new(code_sample()),
+                })),
+                enc(&kb_req(KbCall::Ledger {
+                    after_seq: 1,
+                    limit: 10,
+                })),
+                enc(&kb_req(KbCall::Code { seq: 2 })),
             ],
         ),
         (
@@ -359,6 +409,19 @@ fn targets() -> Vec<(&'static str, Runner, Vec<Vec<u8>>)> {
                     duplicate: true,
                 })),
                 enc(&KbResponse::Error(error())),
+                enc(&KbResponse::Ledger {
+                    items: vec![LedgerItem {
+                        entry: entry(1),
+                        created_at: Timestamp(1),
+                        hypothesis: [("lr".to_string(), 0.1)].into(),
+                        code: Some(CodeSummary::of(&code_sample())),
+                    }],
+                    more: false,
+                }),
+                enc(&KbResponse::Code(Some(Box::new(CodeView {
+                    entry: entry(2),
+                    code: code_sample(),
+                })))),
             ],
         ),
         (

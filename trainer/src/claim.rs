@@ -121,6 +121,12 @@ pub fn check_bounds(
             });
         }
     }
+    check_hypothesis(hypothesis, space)
+}
+
+/// Checks that every parameter of `hypothesis` is one the program searches, inside its range (a
+/// whole number where it must be): what a worker may claim to have run with.
+pub fn check_hypothesis(hypothesis: &Hypothesis, space: &SearchSpace) -> Result<(), ClaimMismatch> {
     for (name, &value) in hypothesis {
         let outside = |why: String| ClaimMismatch::OutsideSearch {
             name: name.clone(),

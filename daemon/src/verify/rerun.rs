@@ -18,7 +18,7 @@
 
 use std::time::Instant;
 
-use btd_protocol::dispatch::{Action, DispatchResult, Reason, SpendClass};
+use btd_protocol::dispatch::{Action, DispatchResult, HardwareClass, Reason, SpendClass};
 use btd_protocol::kb::{judge, Measurement, Verdict};
 use btd_protocol::patch::Files;
 use btd_protocol::program::{Program, ShellTask};
@@ -40,6 +40,9 @@ impl Verifier {
         let code = job.chain.last().cloned().ok_or_else(|| {
             Problem::Claim("the claim carries no code hypothesis to run again".into())
         })?;
+        // The numbers it ran with must be ones the program searches; the re-run gets them too.
+        btd_trainer::claim::check_hypothesis(&job.submission.hypothesis, &program.search)
+            .map_err(|e| Problem::Claim(e.to_string()))?;
         sandbox_probe().map_err(|why| {
             Problem::Owner(format!(
                 "re-running a member's code needs the sandbox, which this machine cannot make: \
@@ -81,6 +84,17 @@ impl Verifier {
             task: task.clone(),
             metric: program.criteria.metric.clone(),
             seeds: program.verify.retrain_seed_list(code.seed),
+            params: crate::work::param_env(&job.submission.hypothesis),
+            // A GPU program's CUDA runtime reserves far more address space than it uses.
+            max_memory_bytes: if program
+                .rungs
+                .iter()
+                .any(|r| r.admitted && r.hardware != HardwareClass::Cpu)
+            {
+                0
+            } else {
+                Sandbox::default().max_memory_bytes
+            },
             holdout,
         };
         let chain = job.chain.clone();
@@ -124,6 +138,10 @@ struct RerunSpec {
     task: ShellTask,
     metric: String,
     seeds: Vec<u64>,
+    /// The claim's numeric hypothesis as `BTD_PARAM_*`.
+    params: Vec<(String, String)>,
+    /// The sandbox's address-space limit (0: none).
+    max_memory_bytes: u64,
     holdout: Option<std::path::PathBuf>,
 }
 
@@ -172,7 +190,8 @@ impl RerunSpec {
                 .map_err(|e| Problem::Owner(format!("cannot write the claim's tree: {e}")))?;
             std::fs::create_dir_all(&scratch)
                 .map_err(|e| Problem::Owner(format!("cannot create {}: {e}", scratch.display())))?;
-            let mut env = vec![("BTD_SEED".to_string(), seed.to_string())];
+            let mut env = self.params.clone();
+            env.push(("BTD_SEED".to_string(), seed.to_string()));
             if let Some(d) = &setup_dir {
                 env.push(("BTD_SETUP_DIR".into(), d.display().to_string()));
             }
@@ -184,7 +203,10 @@ impl RerunSpec {
                 env,
                 clear_env: true,
                 scratch_dir: Some(scratch),
-                sandbox: Some(Sandbox::with_timeout(self.task.timeout_secs)),
+                sandbox: Some(Sandbox {
+                    max_memory_bytes: self.max_memory_bytes,
+                    ..Sandbox::with_timeout(self.task.timeout_secs)
+                }),
                 ..ShellOptions::new(self.metric.clone())
             };
             let r = run_shell(&self.task, &dispatch, &opts)

@@ -54,6 +54,9 @@ pub(crate) struct RoundCode {
     pub(crate) setup_dir: Option<PathBuf>,
     /// Run in the sandbox (the tree holds code another member wrote).
     pub(crate) sandbox: bool,
+    /// The round runs on a GPU rung: the sandbox sets no address-space limit (a CUDA runtime
+    /// reserves far more than it uses).
+    pub(crate) gpu: bool,
     /// The code hypothesis.
     pub(crate) code: CodeHypothesis,
 }
@@ -368,6 +371,7 @@ impl CodeRuntime {
             tree_dir: code.1,
             setup_dir: self.setup_dir.clone(),
             sandbox: parent.peer_code,
+            gpu: false,
             code: code.0,
         })
     }

@@ -57,6 +57,7 @@ use crate::store::Store;
 
 pub use checkout::{ChainLink, CheckoutView};
 pub use records::{RunRecord, RunState, WorkSummary};
+pub(crate) use run::param_env;
 pub use run::RunOutcome;
 
 /// Most rounds one `btd join --rounds` may ask for.

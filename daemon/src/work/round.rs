@@ -412,7 +412,8 @@ impl Loop {
         } else {
             ((*parent.tree).clone(), String::new())
         };
-        let code = rt.round_code(&parent, child, rationale, seed, dir).await?;
+        let mut code = rt.round_code(&parent, child, rationale, seed, dir).await?;
+        code.gpu = self.rung.hardware != btd_protocol::dispatch::HardwareClass::Cpu;
         let _ = events
             .send(WorkEvent::Code {
                 round,

@@ -268,15 +268,7 @@ fn shell(
     dir: &Path,
     code: Option<&RoundCode>,
 ) -> RunOutcome {
-    let mut env: Vec<(String, String)> = hypothesis
-        .iter()
-        .map(|(k, v)| {
-            (
-                format!("BTD_PARAM_{}", k.to_ascii_uppercase()),
-                v.to_string(),
-            )
-        })
-        .collect();
+    let mut env = param_env(hypothesis);
     let mut opts = ShellOptions::new(metric);
     match code {
         None => {
@@ -295,7 +287,15 @@ fn shell(
                 }
                 opts.clear_env = true;
                 opts.scratch_dir = Some(scratch);
-                opts.sandbox = Some(Sandbox::with_timeout(task.timeout_secs));
+                let limits = Sandbox::with_timeout(task.timeout_secs);
+                opts.sandbox = Some(if c.gpu {
+                    Sandbox {
+                        max_memory_bytes: 0,
+                        ..limits
+                    }
+                } else {
+                    limits
+                });
             }
         }
     }
@@ -372,6 +372,19 @@ fn shell(
         cancelled: false,
         claim: None,
     }
+}
+
+/// A numeric hypothesis as the environment a shell command reads: `BTD_PARAM_<NAME>=<value>`.
+pub(crate) fn param_env(hypothesis: &Hypothesis) -> Vec<(String, String)> {
+    hypothesis
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("BTD_PARAM_{}", k.to_ascii_uppercase()),
+                v.to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Adds every required output the run left in `dir` that is not in the outcome yet; a completed

@@ -35,6 +35,14 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
     if p.contains('\\') || p.chars().any(char::is_control) {
         return fail("contains a backslash or a control character");
     }
+    if p.contains(['[', ']', '{', '}']) {
+        // Other glob dialects give these a meaning this one does not: refuse rather than match
+        // nothing silently.
+        return fail(
+            "uses [ ] or { }, which btd's globs do not support (only `*`, `?` and `**`); list \
+             the patterns one by one",
+        );
+    }
     for c in p.split('/') {
         match c {
             "" => return fail("has an empty component (`//` or a trailing `/`)"),

@@ -118,3 +118,11 @@ fn any_depth_may_match_zero_components_at_the_end_too() {
     assert!(e.matches("a/x/b/y/z/c"));
     assert!(!e.matches("a/x/c"));
 }
+
+#[test]
+fn brackets_and_braces_are_refused_not_matched_literally() {
+    for p in ["*.{py,toml}", "src/[ab].py", "x}"] {
+        let e = check_pattern(p).unwrap_err();
+        assert!(e.contains("only `*`, `?` and `**`"), "{p}: {e}");
+    }
+}
