@@ -146,6 +146,20 @@ pub fn apply(tree: &Files, patch: &str) -> Result<Files, String> {
         .map_err(|e| e.to_string())
 }
 
+/// What the sandbox hides from other members' code on this machine: the daemon's home (identity
+/// key, store, holdouts, other programs' files) and the user's home (`$HOME`: SSH keys, tokens,
+/// shell start-up files). The run's own directories are bound back in.
+pub fn sandbox_hidden(home: &Path) -> Vec<PathBuf> {
+    let mut hidden = vec![home.to_path_buf()];
+    if let Some(user) = std::env::var_os("HOME").map(PathBuf::from) {
+        if user.is_absolute() && user != Path::new("/") && user.is_dir() && !hidden.contains(&user)
+        {
+            hidden.push(user);
+        }
+    }
+    hidden
+}
+
 /// Where a home keeps prepared bundles (unpacked, setup run).
 pub fn setup_root(home: &Path) -> PathBuf {
     home.join("source")

@@ -95,6 +95,7 @@ impl Verifier {
             } else {
                 Sandbox::default().max_memory_bytes
             },
+            hidden: crate::source::sandbox_hidden(&self.home),
             holdout,
         };
         let chain = job.chain.clone();
@@ -142,6 +143,8 @@ struct RerunSpec {
     params: Vec<(String, String)>,
     /// The sandbox's address-space limit (0: none).
     max_memory_bytes: u64,
+    /// What the sandbox hides (the owner's home, the user's home).
+    hidden: Vec<std::path::PathBuf>,
     holdout: Option<std::path::PathBuf>,
 }
 
@@ -205,6 +208,8 @@ impl RerunSpec {
                 scratch_dir: Some(scratch),
                 sandbox: Some(Sandbox {
                     max_memory_bytes: self.max_memory_bytes,
+                    hidden: self.hidden.clone(),
+                    readable: setup_dir.iter().chain(&self.holdout).cloned().collect(),
                     ..Sandbox::with_timeout(self.task.timeout_secs)
                 }),
                 ..ShellOptions::new(self.metric.clone())

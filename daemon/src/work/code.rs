@@ -57,6 +57,8 @@ pub(crate) struct RoundCode {
     /// The round runs on a GPU rung: the sandbox sets no address-space limit (a CUDA runtime
     /// reserves far more than it uses).
     pub(crate) gpu: bool,
+    /// What the sandbox hides ([`crate::source::sandbox_hidden`]).
+    pub(crate) hidden: Vec<PathBuf>,
     /// The code hypothesis.
     pub(crate) code: CodeHypothesis,
 }
@@ -64,6 +66,8 @@ pub(crate) struct RoundCode {
 /// A code program's state in one worker loop.
 pub(super) struct CodeRuntime {
     program: ProgramId,
+    /// The daemon's home (hidden from sandboxed runs).
+    home: PathBuf,
     bundle: Arc<Files>,
     editable: Option<Editable>,
     setup_dir: Option<PathBuf>,
@@ -138,6 +142,10 @@ impl CodeRuntime {
         let me = btd_protocol::membership::MemberId::from_peer(&ctx.node.peer_id()).to_string();
         let mut rt = CodeRuntime {
             program: id,
+            home: ctx
+                .runs_dir
+                .parent()
+                .map_or_else(|| ctx.runs_dir.clone(), Path::to_path_buf),
             bundle: Arc::new(Files::new()),
             editable: None,
             setup_dir: None,
@@ -372,6 +380,7 @@ impl CodeRuntime {
             setup_dir: self.setup_dir.clone(),
             sandbox: parent.peer_code,
             gpu: false,
+            hidden: crate::source::sandbox_hidden(&self.home),
             code: code.0,
         })
     }

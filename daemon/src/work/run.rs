@@ -287,7 +287,11 @@ fn shell(
                 }
                 opts.clear_env = true;
                 opts.scratch_dir = Some(scratch);
-                let limits = Sandbox::with_timeout(task.timeout_secs);
+                let limits = Sandbox {
+                    hidden: c.hidden.clone(),
+                    readable: c.setup_dir.iter().cloned().collect(),
+                    ..Sandbox::with_timeout(task.timeout_secs)
+                };
                 opts.sandbox = Some(if c.gpu {
                     Sandbox {
                         max_memory_bytes: 0,

@@ -58,8 +58,8 @@ pub enum ShellError {
     /// answer).
     #[error("{0}")]
     SandboxUnavailable(String),
-    /// `sh` (or, for a sandbox, `unshare` or `prlimit`) could not be started.
-    #[error("cannot start the command (sh; and prlimit or unshare for a sandbox): {0}")]
+    /// `sh` (or, for a sandbox, `bwrap` or `prlimit`) could not be started.
+    #[error("cannot start the command (sh; and prlimit or bwrap for a sandbox): {0}")]
     Spawn(#[from] std::io::Error),
 }
 
@@ -192,7 +192,7 @@ pub fn run_shell(
             ))
         }
     };
-    if opts.sandbox.is_some_and(|s| s.isolate_network) {
+    if opts.sandbox.as_ref().is_some_and(|s| s.isolate) {
         sandbox_probe().map_err(ShellError::SandboxUnavailable)?;
     }
     let cmd = Launch {

@@ -2,11 +2,21 @@
 //!
 //! # What the sandbox covers
 //!
-//! * **No network.** With [`Sandbox::isolate_network`], the command runs under
-//!   `unshare --net --map-root-user`: a new user namespace (the command's uid 0 maps to the
-//!   daemon's user, with no extra rights outside it) owning a new network namespace whose only
-//!   interface, loopback, is down. The command can reach neither the internet, nor the LAN, nor
-//!   services listening on the host's `127.0.0.1`.
+//! With [`Sandbox::isolate`] the command runs under bubblewrap (`bwrap`, Debian's `bubblewrap`
+//! package), in new user, network, PID, IPC and UTS namespaces and a new session:
+//!
+//! * **No network.** The network namespace's only interface, loopback, is down: the command can
+//!   reach neither the internet, nor the LAN, nor services listening on the host's `127.0.0.1`.
+//! * **A read-only file system.** `/` is bound read-only; `/tmp` is a fresh tmpfs; each of
+//!   [`Sandbox::hidden`] (the daemon's home: its identity key, store and holdouts; the user's
+//!   home: SSH keys, tokens, shell start-up files) is replaced by an empty tmpfs; only
+//!   [`Sandbox::writable`] (the run's tree and scratch directory) can be written, and
+//!   [`Sandbox::readable`] (the setup directory, the owner's holdout) are bound back read-only.
+//!   Nothing the command writes outside its tree and scratch survives it, so it cannot plant code
+//!   for later (a shell start-up file, a cron job, the daemon's binary).
+//! * **Its own processes only.** A new PID namespace: it sees and signals only its own
+//!   processes; a new session (`setsid`): it cannot inject input into the terminal the daemon
+//!   was started from; `--die-with-parent`: it dies with the daemon's kill of the run.
 //! * **Resource limits** (rlimits, set with util-linux `prlimit` before `sh` starts, inherited by
 //!   every process the command starts): address space ([`Sandbox::max_memory_bytes`],
 //!   `RLIMIT_AS`), CPU seconds per process ([`Sandbox::max_cpu_secs`], `RLIMIT_CPU`), largest file
@@ -21,9 +31,11 @@
 //!
 //! # What it does NOT cover
 //!
-//! * **No file-system isolation.** The command can read every file the daemon's user can read
-//!   (the home directory, SSH keys, the daemon's key and store) and write wherever that user may
-//!   write. Run the daemon as a dedicated user that owns nothing else if that matters.
+//! * **Reading outside the hidden directories.** The command can read every file outside them
+//!   that the daemon's user can read (as root: `/etc/shadow`, other users' homes). Whatever it
+//!   reads can leave only through the numbers it prints (the metric the worker submits, the value
+//!   the owner's re-run measures, which the ledger shows): a slow channel, but a channel. Run the
+//!   daemon as a dedicated unprivileged user.
 //! * **No GPU isolation**: the GPU, its memory and the driver are shared with everything else.
 //! * **No system-call filter** (no seccomp): the whole kernel interface is reachable.
 //! * `RLIMIT_NPROC` counts *all* processes and threads of the user, not only the command's, and
@@ -33,7 +45,7 @@
 //! [`sandbox_probe`] says whether the machine can run the sandbox at all (some distributions
 //! disable unprivileged user namespaces); a daemon should refuse peer code with its message.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -41,7 +53,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The sandbox for one command; see the module docs for what it does and does not cover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sandbox {
     /// Address-space limit, bytes (`RLIMIT_AS`); 0: none. Default 8 GiB.
     pub max_memory_bytes: u64,
@@ -54,8 +66,20 @@ pub struct Sandbox {
     /// Processes and threads of the user (`RLIMIT_NPROC`); 0: none. Default 1024 (threads count:
     /// a PyTorch program starts dozens).
     pub max_processes: u64,
-    /// Run in a new network namespace without network. Default true.
-    pub isolate_network: bool,
+    /// Run isolated under bubblewrap: no network, a read-only file system but for `writable`,
+    /// `hidden` replaced by empty directories, its own PID namespace and session. Default true.
+    /// Off, only the resource limits apply.
+    pub isolate: bool,
+    /// Directories replaced by an empty tmpfs (the daemon's home, the user's home).
+    #[serde(default)]
+    pub hidden: Vec<PathBuf>,
+    /// Directories the command may write besides its working directory and scratch directory
+    /// (which always are); bound after `hidden`, so they may lie inside one.
+    #[serde(default)]
+    pub writable: Vec<PathBuf>,
+    /// Files or directories bound back read-only after `hidden` (the setup directory, a holdout).
+    #[serde(default)]
+    pub readable: Vec<PathBuf>,
 }
 
 impl Default for Sandbox {
@@ -65,7 +89,10 @@ impl Default for Sandbox {
             max_cpu_secs: 0,
             max_file_bytes: 1 << 30,
             max_processes: 1024,
-            isolate_network: true,
+            isolate: true,
+            hidden: Vec::new(),
+            writable: Vec::new(),
+            readable: Vec::new(),
         }
     }
 }
@@ -79,6 +106,45 @@ impl Sandbox {
             max_cpu_secs: timeout_secs.saturating_mul(cpus),
             ..Self::default()
         }
+    }
+
+    /// The bubblewrap options: namespaces, the read-only root, then hidden, writable and readable
+    /// paths in that order (later binds land inside earlier tmpfs mounts).
+    fn bwrap_args(&self, cwd: Option<&Path>) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = [
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-user",
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        for h in &self.hidden {
+            a.extend(["--tmpfs".into(), h.into()]);
+        }
+        for w in &self.writable {
+            a.extend(["--bind".into(), w.into(), w.into()]);
+        }
+        for r in &self.readable {
+            a.extend(["--ro-bind".into(), r.into(), r.into()]);
+        }
+        if let Some(dir) = cwd {
+            a.extend(["--chdir".into(), dir.into()]);
+        }
+        a
     }
 
     /// The `prlimit` options for the limits that are set.
@@ -99,30 +165,31 @@ impl Sandbox {
 /// How long the probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Whether this machine can run [`Sandbox`]ed commands: runs
-/// `unshare --net --map-root-user -- prlimit --fsize=… -- true` once per process and caches the
-/// answer. The error says, in words for the operator, why not (util-linux missing, unprivileged
-/// user namespaces disabled, …).
+/// Whether this machine can run [`Sandbox`]ed commands: runs `true` in an isolated sandbox
+/// (`bwrap … -- prlimit --fsize=… -- true`) once per process and caches the answer. The error
+/// says, in words for the operator, why not (bubblewrap or util-linux missing, unprivileged user
+/// namespaces disabled, …).
 pub fn sandbox_probe() -> Result<(), String> {
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
     PROBE.get_or_init(probe_now).clone()
 }
 
 fn probe_now() -> Result<(), String> {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--net", "--map-root-user", "--", "prlimit"])
+    let mut cmd = Command::new("bwrap");
+    cmd.args(Sandbox::default().bwrap_args(None))
+        .args(["--", "prlimit"])
         .arg(format!("--fsize={}", 1u64 << 30))
         .args(["--", "true"]);
     let done = match super::process::run_bounded(cmd, PROBE_TIMEOUT, 4096) {
         Ok(done) => done,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(
-                "the sandbox needs `unshare` and `prlimit` (util-linux), and `unshare` is \
-                        not installed"
+                "the sandbox needs bubblewrap (`bwrap`: apt install bubblewrap) and `prlimit` \
+                 (util-linux), and `bwrap` is not installed"
                     .into(),
             )
         }
-        Err(e) => return Err(format!("the sandbox cannot start `unshare`: {e}")),
+        Err(e) => return Err(format!("the sandbox cannot start `bwrap`: {e}")),
     };
     if done.status.is_some_and(|s| s.success()) {
         return Ok(());
@@ -139,10 +206,10 @@ fn probe_now() -> Result<(), String> {
         }
     };
     Err(format!(
-        "the sandbox is unavailable: `unshare --net --map-root-user -- prlimit -- true` {how}: \
-         {said}; unprivileged user namespaces may be disabled (check the sysctls \
-         kernel.unprivileged_userns_clone, user.max_user_namespaces and, on Ubuntu, \
-         kernel.apparmor_restrict_unprivileged_userns), or `prlimit` (util-linux) is missing"
+        "the sandbox is unavailable: `bwrap … -- prlimit -- true` {how}: {said}; unprivileged \
+         user namespaces may be disabled (check the sysctls kernel.unprivileged_userns_clone, \
+         user.max_user_namespaces and, on Ubuntu, kernel.apparmor_restrict_unprivileged_userns), \
+         or `prlimit` (util-linux) is missing"
     ))
 }
 
@@ -168,10 +235,18 @@ impl Launch<'_> {
     /// The [`Command`] to spawn.
     pub(crate) fn command(&self) -> Command {
         let limits = self.sandbox.map(Sandbox::prlimit_args).unwrap_or_default();
-        let network = self.sandbox.is_some_and(|s| s.isolate_network);
-        let mut cmd = if network {
-            let mut c = Command::new("unshare");
-            c.args(["--net", "--map-root-user", "--", "prlimit"]);
+        let isolated = self.sandbox.filter(|s| s.isolate);
+        let mut cmd = if let Some(s) = isolated {
+            // The command's own directory and its scratch (HOME, TMPDIR) are always writable.
+            let mut s = s.clone();
+            s.writable.extend(
+                self.cwd
+                    .into_iter()
+                    .chain(self.clean_env_scratch)
+                    .map(Path::to_path_buf),
+            );
+            let mut c = Command::new("bwrap");
+            c.args(s.bwrap_args(self.cwd)).args(["--", "prlimit"]);
             c.args(&limits).arg("--").arg("sh");
             c
         } else if !limits.is_empty() {

@@ -83,19 +83,20 @@ fn the_sandbox_has_no_network_and_the_host_does() {
 #[test]
 fn the_file_size_limit_stops_a_large_write() {
     let dir = tempfile::tempdir().unwrap();
-    for isolate_network in [false, true] {
+    for isolate in [false, true] {
         let opts = ShellOptions {
             cwd: Some(dir.path().to_path_buf()),
             sandbox: Some(Sandbox {
                 max_file_bytes: 4096,
-                isolate_network,
+                isolate,
+                writable: vec![dir.path().to_path_buf()],
                 ..Sandbox::default()
             }),
             ..ShellOptions::new("m")
         };
         let r = run("head -c 100000 /dev/zero > big; echo \"m: $?\"", &opts);
         let written = std::fs::metadata(dir.path().join("big")).unwrap().len();
-        assert_eq!(written, 4096, "isolate_network={isolate_network}: {r:?}");
+        assert_eq!(written, 4096, "isolate={isolate}: {r:?}");
         // head died of SIGXFSZ (25): the shell reports 128 + 25.
         assert_eq!(r.value, Some(153.0), "{r:?}");
         std::fs::remove_file(dir.path().join("big")).unwrap();
@@ -121,7 +122,8 @@ fn the_limits_reach_the_command() {
             max_cpu_secs: 77,
             max_file_bytes: 1 << 20,
             max_processes: 300,
-            isolate_network: true,
+            isolate: true,
+            ..Sandbox::default()
         }),
         ..ShellOptions::new("v")
     };
@@ -174,4 +176,69 @@ fn clear_env_passes_only_the_listed_variables() {
     };
     let e = run_shell(&task, &admitted(), &no_scratch).unwrap_err();
     assert!(matches!(e, ShellError::Invalid(_)), "{e}");
+}
+
+/// The file system: only the writable directories can be written (nothing written elsewhere
+/// survives), hidden directories are empty, readable ones come back read-only.
+#[test]
+fn the_sandbox_writes_only_its_own_directories_and_cannot_see_hidden_ones() {
+    sandbox_probe().unwrap_or_else(|why| panic!("the file-system test needs the sandbox: {why}"));
+    let home = tempfile::tempdir().unwrap();
+    let secret = home.path().join("identity.key");
+    std::fs::write(&secret, "secret").unwrap();
+    let (tree, shared, outside) = (
+        home.path().join("runs/tree"),
+        home.path().join("source/setup"),
+        tempfile::tempdir().unwrap(),
+    );
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("venv.txt"), "prepared").unwrap();
+    let opts = ShellOptions {
+        cwd: Some(tree.clone()),
+        sandbox: Some(Sandbox {
+            hidden: vec![home.path().to_path_buf()],
+            writable: vec![tree.clone()],
+            readable: vec![shared.clone()],
+            ..Sandbox::default()
+        }),
+        ..ShellOptions::new("ok")
+    };
+    let script = format!(
+        "echo made > here.txt && echo \"wrote_tree: 1\"; \
+         cat {secret} 2>/dev/null && echo \"read_secret: 1\"; \
+         [ -e {secret} ] || echo \"secret_hidden: 1\"; \
+         [ \"$(cat {shared}/venv.txt)\" = prepared ] && echo \"read_shared: 1\"; \
+         echo x > {shared}/venv.txt 2>/dev/null && echo \"wrote_shared: 1\"; \
+         echo x > {outside}/planted 2>/dev/null && echo \"wrote_outside: 1\"; \
+         echo x > /tmp/t && echo \"wrote_tmp: 1\"; \
+         echo \"ok: 1\"",
+        secret = secret.display(),
+        shared = shared.display(),
+        outside = outside.path().display()
+    );
+    let r = run(&script, &opts);
+    let m = &r.metrics;
+    assert_eq!(r.value, Some(1.0), "{r:?}");
+    for (key, want) in [
+        ("wrote_tree", true),
+        ("read_secret", false),
+        ("secret_hidden", true),
+        ("read_shared", true),
+        ("wrote_shared", false),
+        ("wrote_outside", false),
+        ("wrote_tmp", true),
+    ] {
+        assert_eq!(m.contains_key(key), want, "{key}: {r:?}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(tree.join("here.txt")).unwrap(),
+        "made\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("venv.txt")).unwrap(),
+        "prepared"
+    );
+    assert!(!outside.path().join("planted").exists());
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "secret");
 }

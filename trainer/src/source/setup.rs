@@ -148,7 +148,7 @@ fn run_setup(
     scratch: Option<&Path>,
     sandbox: Option<&Sandbox>,
 ) -> Result<(), SourceError> {
-    if sandbox.is_some_and(|s| s.isolate_network) {
+    if sandbox.is_some_and(|s| s.isolate) {
         sandbox_probe().map_err(SourceError::SandboxUnavailable)?;
     }
     let cmd = Launch {
