@@ -532,29 +532,9 @@ impl NodeHandle {
         &self,
         program: ProgramId,
     ) -> Result<Option<btd_protocol::wire::ChampionView>, NodeError> {
-        let (owner, credential) = self.credential(program).await?.ok_or_else(|| {
-            NodeError::Refused(format!(
-                "this node is not a member of {program}; `btd join {program}` first"
-            ))
-        })?;
-        let request = KbRequest {
-            program,
-            credential,
-            call: btd_protocol::wire::KbCall::Champion,
-        };
-        match self
-            .try_call(|reply| Command::Kb {
-                peer: owner,
-                request,
-                reply,
-            })
-            .await?
-        {
+        match self.kb_read(program, KbCall::Champion).await? {
             KbResponse::Champion(c) => Ok(c.map(|c| *c)),
-            KbResponse::Error(e) => Err(NodeError::Refused(e.message)),
-            other => Err(NodeError::Refused(format!(
-                "unexpected reply from the owner: {other:?}"
-            ))),
+            other => Err(unexpected(&other)),
         }
     }
 
