@@ -19,7 +19,7 @@ use btd_protocol::patch::{changed_paths, diff, tree_digest, Editable, Files};
 use btd_protocol::program::{Program, ProgramId, ShellTask, Task};
 use btd_protocol::wire::{CodeHypothesis, CodeView, LedgerItem, MAX_RATIONALE_BYTES};
 use btd_trainer::shell::{run_shell, sandbox_probe, ShellOptions};
-use btd_trainer::source::{read_dir, write_tree, SetupCache, SetupSpec};
+use btd_trainer::source::{read_dir, write_tree, SetupSpec};
 use libp2p::PeerId;
 use serde_json::json;
 
@@ -173,7 +173,7 @@ impl CodeRuntime {
         }
         let (blobs, sha, setup) = (ctx.blobs.clone(), src.sha256, src.setup.clone());
         let timeout = src.setup_timeout_secs;
-        let cache = SetupCache::new(ctx.setup_root.clone());
+        let cache = ctx.setup.clone();
         let (bundle, setup_dir) = tokio::task::spawn_blocking(move || {
             let files = crate::source::load_bundle(&blobs, &id, sha, max)?;
             let spec = setup.map(|command| SetupSpec {

@@ -73,8 +73,9 @@ pub struct WorkContext {
     store: Store,
     runs_dir: PathBuf,
     blobs: crate::blobs::BlobStore,
-    /// Where bundles are unpacked and their setup runs (`HOME/source`).
-    setup_root: PathBuf,
+    /// Bundles unpacked with their setup run (`HOME/source`): one cache for every loop, so two
+    /// loops on the same bundle never run its setup at once.
+    setup: Arc<btd_trainer::source::SetupCache>,
     rungs: Vec<AdvertisedRung>,
     running: Mutex<HashSet<ProgramId>>,
     cancel: Arc<AtomicBool>,
@@ -103,7 +104,9 @@ impl WorkContext {
             store,
             runs_dir: home.join("runs"),
             blobs: crate::blobs::BlobStore::new(home.join("blobs")),
-            setup_root: crate::source::setup_root(home),
+            setup: Arc::new(btd_trainer::source::SetupCache::new(
+                crate::source::setup_root(home),
+            )),
             rungs,
             running: Mutex::new(HashSet::new()),
             cancel: Arc::new(AtomicBool::new(false)),
