@@ -148,6 +148,24 @@ async fn code_rounds_are_rerun_by_the_owner_peer_code_is_opt_in_and_any_tree_che
     let view = a.handle.code(program, champion.seq).await.unwrap().unwrap();
     assert_eq!(view.entry.worker, a.peer_id().to_string());
     assert!(!view.code.patch.is_empty());
+    // The round that made it kept its code beside its outputs, and its bundle (what the
+    // traceability record links) names the code by digest.
+    let run = summary
+        .runs
+        .iter()
+        .find(|r| r.verdict.as_ref().is_some_and(|v| v.seq == champion.seq))
+        .unwrap();
+    let kept: btd_protocol::wire::CodeHypothesis =
+        serde_json::from_slice(&std::fs::read(run.dir.join("code.json")).unwrap()).unwrap();
+    assert_eq!(kept, view.code);
+    assert!(run
+        .bundle
+        .as_ref()
+        .unwrap()
+        .outputs
+        .iter()
+        .any(|o| { o.name == btd_protocol::wire::CODE_OUTPUT && o.sha256 == view.code.digest() }));
+    assert!(run.trace.is_some());
 
     // Member B did not opt in to other members' code: it builds on the bundle, and says why.
     let (b, work_b) = member(&owner, program, dirs[2].path()).await;

@@ -397,7 +397,10 @@ pub(super) fn submit(
     let mut nonce = [0u8; 16];
     node.rng.fill_bytes(&mut nonce);
     let mut outputs = result.outputs;
-    if let Some(code) = &result.code {
+    let mut result_code = result.code;
+    if let Some(code) = &mut result_code {
+        // Normalised as every reader shows it, before the digest is signed.
+        code.rationale = btd_protocol::wire::sanitize_rationale(&code.rationale);
         // The signature binds the code: its digest is one of the signed outputs.
         outputs.retain(|o| o.name != CODE_OUTPUT);
         outputs.push(Output {
@@ -437,7 +440,7 @@ pub(super) fn submit(
             request: KbRequest {
                 program,
                 credential: m.credential,
-                call: match result.code {
+                call: match result_code {
                     Some(code) => KbCall::SubmitCode {
                         submission: signed,
                         code: Box::new(code),

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use btd_protocol::dispatch::DispatchResult;
 use btd_protocol::patch::{changed_paths, diff, tree_digest, Editable, Files};
 use btd_protocol::program::{Program, ProgramId, ShellTask, Task};
-use btd_protocol::wire::{CodeHypothesis, CodeView, LedgerItem, MAX_RATIONALE_BYTES};
+use btd_protocol::wire::{
+    sanitize_rationale, CodeHypothesis, CodeView, LedgerItem, MAX_RATIONALE_BYTES,
+};
 use btd_trainer::shell::{run_shell, sandbox_probe, ShellOptions};
 use btd_trainer::source::{read_dir, write_tree, SetupSpec};
 use libp2p::PeerId;
@@ -366,7 +368,8 @@ impl CodeRuntime {
                 CodeHypothesis {
                     parent: parent_seq,
                     patch,
-                    rationale: cut(&rationale, MAX_RATIONALE_BYTES),
+                    // In the form every reader shows it: what is signed is what is read.
+                    rationale: sanitize_rationale(&cut(&rationale, MAX_RATIONALE_BYTES)),
                     seed,
                     tree,
                 },

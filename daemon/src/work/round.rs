@@ -270,6 +270,20 @@ impl Loop {
         if let Some(v) = outcome.value {
             metrics.insert(metric.clone(), v);
         }
+        let mut outcome = outcome;
+        if let Some(c) = &round_code {
+            // The code is part of the result: kept beside it (code.json, patch.diff) and named in
+            // the bundle, so the traceability record covers what ran.
+            if let Err(e) = keep_code(&dir, &c.code) {
+                record.state = RunState::Failed;
+                record.note = e;
+                return self.finish_stop(record, events).await;
+            }
+            outcome.outputs.push(btd_protocol::trace::Output {
+                name: btd_protocol::wire::CODE_OUTPUT.into(),
+                sha256: c.code.digest(),
+            });
+        }
         let bundle = ResultBundle::new(
             packet.id.clone(),
             outcome.outputs.clone(),
@@ -426,4 +440,21 @@ impl Loop {
             .await;
         Ok(Some(code))
     }
+}
+
+/// Writes a round's code hypothesis beside its outputs: `code.json` (all of it) and `patch.diff`.
+fn keep_code(
+    dir: &std::path::Path,
+    code: &btd_protocol::wire::CodeHypothesis,
+) -> Result<(), String> {
+    let json =
+        serde_json::to_vec_pretty(code).map_err(|e| format!("cannot encode the code: {e}"))?;
+    for (name, bytes) in [
+        ("code.json", &json[..]),
+        ("patch.diff", code.patch.as_bytes()),
+    ] {
+        std::fs::write(dir.join(name), bytes)
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))?;
+    }
+    Ok(())
 }

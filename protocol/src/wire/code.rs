@@ -46,9 +46,18 @@ impl CodeHypothesis {
         Digest::content_id("btd/code/v1", self)
     }
 
-    /// Enforces the bounds; returns the parsed patch (`None` when empty).
+    /// Enforces the bounds; returns the parsed patch (`None` when empty). The rationale must
+    /// already be in the form every reader shows it ([`sanitize_rationale`]: lines of text without
+    /// control characters or a trailing newline), so what members read is what was signed.
     pub fn check(&self) -> Result<Option<Patch>, MessageError> {
         check_text_bytes("rationale", &self.rationale, MAX_RATIONALE_BYTES)?;
+        if sanitize_rationale(&self.rationale) != self.rationale {
+            return Err(bad(
+                "rationale",
+                "must be lines of plain text: no control characters, no trailing newline \
+                 (btd normalises it before signing)",
+            ));
+        }
         if self.patch.len() > MAX_PATCH_BYTES {
             return Err(bad(
                 "patch",

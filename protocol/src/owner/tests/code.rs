@@ -255,6 +255,17 @@ fn code_that_is_unbound_not_editable_or_on_a_missing_parent_is_refused_and_store
             true,
             "does not exist yet",
         ),
+        (
+            // A rationale that would print differently than it was signed (a terminal escape).
+            code(
+                None,
+                &base,
+                &edit(&base, "train.py", "ORDER = 6\n"),
+                "six\u{1b}[2J",
+            ),
+            true,
+            "plain text",
+        ),
     ];
     for (i, (c, bind, why)) in cases.into_iter().enumerate() {
         let submission = signed(&a, world.id, 1.0, i as u8, &c, bind);
