@@ -371,6 +371,7 @@ fn targets() -> Vec<(&'static str, Runner, Vec<Vec<u8>>)> {
                     limit: 10,
                 })),
                 enc(&kb_req(KbCall::Code { seq: 2 })),
+                enc(&kb_req(KbCall::LedgerTail { limit: 50 })),
             ],
         ),
         (

@@ -514,6 +514,18 @@ impl NodeHandle {
         }
     }
 
+    /// The newest `limit` items of the program's hypothesis ledger, in seq order.
+    pub async fn ledger_tail(
+        &self,
+        program: ProgramId,
+        limit: u32,
+    ) -> Result<Vec<btd_protocol::wire::LedgerItem>, NodeError> {
+        match self.kb_read(program, KbCall::LedgerTail { limit }).await? {
+            KbResponse::Ledger { items, .. } => Ok(items),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The code hypothesis of result `seq` with its entry (`None`: it carried none).
     pub async fn code(
         &self,

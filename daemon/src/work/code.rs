@@ -242,8 +242,21 @@ impl CodeRuntime {
         }
     }
 
-    /// The newest ledger items (newest first), reading only what is new since the last call.
+    /// The newest ledger items (newest first): the ledger's tail the first time, then only what
+    /// is new since the last call.
     async fn recent_ledger(&mut self, node: &NodeHandle) -> Vec<LedgerItem> {
+        if self.ledger_seen == 0 {
+            if let Ok(items) = node
+                .ledger_tail(self.program, CONTEXT_LEDGER_ITEMS as u32)
+                .await
+            {
+                for item in items {
+                    self.ledger_seen = self.ledger_seen.max(item.entry.seq);
+                    self.recent.push_front(item);
+                    self.recent.truncate(CONTEXT_LEDGER_ITEMS);
+                }
+            }
+        }
         loop {
             let Ok((items, more)) = node
                 .ledger(self.program, self.ledger_seen, LEDGER_PAGE)

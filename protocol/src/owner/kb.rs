@@ -88,20 +88,15 @@ impl ProgramOwner {
             KbCall::SubmitCode { submission, code } => {
                 return self.submit(peer, &member, submission, Some(*code), now)
             }
-            KbCall::Ledger { after_seq, limit } => {
-                let (items, more) = self.ledger.page(
-                    self.kb.entries(),
-                    after_seq,
-                    usize::try_from(limit).unwrap_or(0),
-                );
-                KbResponse::Ledger { items, more }
-            }
-            KbCall::Code { seq } => KbResponse::Code(self.code_view(seq)),
+            KbCall::Ledger { .. } | KbCall::LedgerTail { .. } | KbCall::Code { .. } => self
+                .read_own(&call)
+                .unwrap_or_else(|| KbResponse::Error(err(ErrorCode::Invalid, "not a ledger read"))),
         })
     }
 
     /// The owner's own read of its ledger (`btd ledger`, `btd checkout` on the owner's daemon):
-    /// `KbCall::Ledger` and `KbCall::Code` without a credential; `None` for any other call.
+    /// `KbCall::Ledger`, `KbCall::LedgerTail` and `KbCall::Code` without a credential (members
+    /// reach the same answers through [`ProgramOwner::on_kb`]); `None` for any other call.
     pub fn read_own(&self, call: &KbCall) -> Option<KbResponse> {
         if let Err(e) = call.check() {
             return Some(KbResponse::Error(err(ErrorCode::Invalid, e.to_string())));
@@ -113,6 +108,14 @@ impl ProgramOwner {
                     *after_seq,
                     usize::try_from(*limit).unwrap_or(0),
                 );
+                Some(KbResponse::Ledger { items, more })
+            }
+            KbCall::LedgerTail { limit } => {
+                let n = self.kb.entries().len();
+                let limit = usize::try_from(*limit).unwrap_or(0);
+                let (items, more) =
+                    self.ledger
+                        .page(self.kb.entries(), n.saturating_sub(limit) as u64, limit);
                 Some(KbResponse::Ledger { items, more })
             }
             KbCall::Code { seq } => Some(KbResponse::Code(self.code_view(*seq))),

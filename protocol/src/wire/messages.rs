@@ -483,6 +483,12 @@ pub enum KbCall {
         /// The result.
         seq: u64,
     },
+    /// The newest `limit` items of the hypothesis ledger (in seq order): where a proposer's
+    /// context starts, without paging through the whole ledger.
+    LedgerTail {
+        /// At most [`MAX_LEDGER_PAGE`].
+        limit: u32,
+    },
 }
 
 impl KbCall {
@@ -493,10 +499,14 @@ impl KbCall {
                 "limit",
                 format!("must be 1 to {MAX_RESULTS_PAGE}, got {limit}"),
             )),
-            KbCall::Ledger { limit, .. } if *limit == 0 || *limit > MAX_LEDGER_PAGE => Err(bad(
-                "limit",
-                format!("must be 1 to {MAX_LEDGER_PAGE}, got {limit}"),
-            )),
+            KbCall::Ledger { limit, .. } | KbCall::LedgerTail { limit }
+                if *limit == 0 || *limit > MAX_LEDGER_PAGE =>
+            {
+                Err(bad(
+                    "limit",
+                    format!("must be 1 to {MAX_LEDGER_PAGE}, got {limit}"),
+                ))
+            }
             _ => Ok(()),
         }
     }

@@ -324,4 +324,11 @@ fn the_ledger_and_code_come_back_after_a_restart() {
         .expect("restores");
     assert_eq!(read(&restored), before);
     assert!(matches!(before.1, Some(KbResponse::Code(Some(_)))));
+    // The tail: the newest results, without paging from the start.
+    let tail = restored.read_own(&KbCall::LedgerTail { limit: 1 });
+    let Some(KbResponse::Ledger { items, more }) = tail else {
+        panic!("expected a ledger page, got {tail:?}");
+    };
+    assert_eq!(items.iter().map(|i| i.entry.seq).collect::<Vec<_>>(), [2]);
+    assert!(!more);
 }
