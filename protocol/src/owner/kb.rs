@@ -2,6 +2,7 @@
 
 use libp2p_identity::PeerId;
 
+use super::ledger::MAX_CODE_BYTES_PER_MEMBER;
 use super::{
     err, Effects, ProgramOwner, Record, SubmissionRecord, MAX_PENDING_PER_MEMBER,
     MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW, SUBMISSION_WINDOW_SECS,
@@ -219,6 +220,19 @@ impl ProgramOwner {
                 ),
             )));
         }
+        if let Some(c) = &code {
+            let held = self.ledger.code_bytes(member.as_str());
+            if held + super::ledger::code_size(c) > MAX_CODE_BYTES_PER_MEMBER {
+                return Effects::reply(KbResponse::Error(err(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "the owner already holds {held} bytes of your results' code, the most one \
+                         member may ({MAX_CODE_BYTES_PER_MEMBER}); send smaller patches, or ask the \
+                         owner"
+                    ),
+                )));
+            }
+        }
         if let Some(why) = self.stopped(now) {
             return Effects::reply(KbResponse::Error(err(ErrorCode::ProgramStopped, why)));
         }
@@ -234,7 +248,7 @@ impl ProgramOwner {
             Ok(e) => e.clone(),
             Err(e) => return invalid(e.to_string()),
         };
-        self.ledger.record(entry.seq, &sub, code);
+        self.ledger.record(entry.seq, member.as_str(), &sub, code);
         self.nonces.insert(key, entry.seq);
         self.note_submission(member.as_str(), now);
         if let Some(c) = &sub.claim {

@@ -14,6 +14,12 @@ use crate::Timestamp;
 /// every patch of its chain, so the depth bounds that work.
 pub const MAX_CHAIN_DEPTH: usize = 1024;
 
+/// Most patch and rationale bytes the owner keeps for one member (64 MiB): the ledger holds every
+/// result's code in memory, so this bounds what one member can make the owner hold, whatever
+/// its rate. An honest member writing 2 KiB patches reaches it after some 30 000 results; the
+/// owner can revoke a member, and the KB's move to disk will lift it.
+pub const MAX_CODE_BYTES_PER_MEMBER: u64 = 64 << 20;
+
 /// What the ledger keeps per result.
 #[derive(Debug, Clone)]
 struct Note {
@@ -28,6 +34,8 @@ struct Note {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Ledger {
     notes: BTreeMap<u64, Note>,
+    /// Member → bytes of code (patch + rationale) the ledger holds for it.
+    code_bytes: std::collections::HashMap<String, u64>,
 }
 
 impl Ledger {
@@ -62,9 +70,23 @@ impl Ledger {
         }
     }
 
-    /// Records result `seq` (its parent was checked with [`Ledger::check_parent`]; on restore an
-    /// unknown parent only costs depth accuracy).
-    pub(super) fn record(&mut self, seq: u64, sub: &Submission, code: Option<CodeHypothesis>) {
+    /// Bytes of code the ledger holds for `member`.
+    pub(super) fn code_bytes(&self, member: &str) -> u64 {
+        self.code_bytes.get(member).copied().unwrap_or(0)
+    }
+
+    /// Records result `seq` of `member` (its parent was checked with [`Ledger::check_parent`]; on
+    /// restore an unknown parent only costs depth accuracy).
+    pub(super) fn record(
+        &mut self,
+        seq: u64,
+        member: &str,
+        sub: &Submission,
+        code: Option<CodeHypothesis>,
+    ) {
+        if let Some(c) = &code {
+            *self.code_bytes.entry(member.to_string()).or_default() += code_size(c);
+        }
         let depth = code.as_ref().map_or(0, |c| {
             let parent = c
                 .parent
@@ -137,4 +159,9 @@ impl Ledger {
             .collect();
         (items, rest.len() > limit)
     }
+}
+
+/// The bytes of a code hypothesis the ledger holds (patch and rationale).
+pub(super) fn code_size(code: &CodeHypothesis) -> u64 {
+    (code.patch.len() + code.rationale.len()) as u64
 }

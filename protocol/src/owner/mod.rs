@@ -43,7 +43,7 @@ use crate::wire::{ErrorCode, ErrorReply, GrantDelivery, ProgramAnnouncement, Sub
 use crate::{Digest, Timestamp};
 
 pub use kb::ClaimToCheck;
-pub use ledger::MAX_CHAIN_DEPTH;
+pub use ledger::{MAX_CHAIN_DEPTH, MAX_CODE_BYTES_PER_MEMBER};
 pub use owners::{Owners, Published};
 pub use records::{kb_history, Record, SubmissionRecord, VerdictRecord};
 pub use spend::{
@@ -373,7 +373,8 @@ impl ProgramOwner {
                     seq: row.entry.seq,
                     detail: format!("its code hypothesis: {e}"),
                 })?;
-            o.ledger.record(row.entry.seq, &sub.value, code);
+            o.ledger
+                .record(row.entry.seq, &row.entry.worker, &sub.value, code);
         }
         o.kb =
             o.kb.replay_events(kb_history(&subs, &verdicts))

@@ -332,3 +332,97 @@ fn the_ledger_and_code_come_back_after_a_restart() {
     assert_eq!(items.iter().map(|i| i.entry.seq).collect::<Vec<_>>(), [2]);
     assert!(!more);
 }
+
+/// A member cannot make the owner hold more than [`MAX_CODE_BYTES_PER_MEMBER`] of its code, at
+/// any rate: past it, `rate_limited` with the numbers; another member is not affected.
+#[test]
+fn one_member_cannot_make_the_owner_hold_more_than_its_code_quota() {
+    use crate::owner::MAX_CODE_BYTES_PER_MEMBER;
+    let (mut world, a, b) = setup();
+    // Each result creates a new editable file of one ~63 KiB line: the largest patches there are.
+    let line = "x".repeat(63 * 1024);
+    let big = |i: usize| CodeHypothesis {
+        parent: None,
+        patch: format!("--- /dev/null\n+++ b/lib/big{i}.py\n@@ -0,0 +1 @@\n+{line}\n"),
+        rationale: String::new(),
+        seed: i as u64,
+        tree: Digest([i as u8; 32]),
+    };
+    let per = big(0).patch.len() as u64;
+    let fits = (MAX_CODE_BYTES_PER_MEMBER / per) as usize;
+    let mut t = T0;
+    for i in 0..fits {
+        // Worse than the baseline: stored, never pending, so the pending cap does not interfere.
+        let submission = signed_at(&a, world.id, 5.0, i, &big(i), t);
+        let fx = world.kb(
+            &a,
+            KbCall::SubmitCode {
+                submission,
+                code: Box::new(big(i)),
+            },
+            t,
+        );
+        assert!(
+            matches!(fx.reply, KbResponse::Submitted(_)),
+            "{i}: {:?}",
+            fx.reply
+        );
+        t = t.plus_secs(2);
+    }
+    let submission = signed_at(&a, world.id, 5.0, fits, &big(fits), t);
+    let fx = world.kb(
+        &a,
+        KbCall::SubmitCode {
+            submission,
+            code: Box::new(big(fits)),
+        },
+        t,
+    );
+    let (code, msg) = error(&fx);
+    assert_eq!(code, ErrorCode::RateLimited, "{msg}");
+    assert!(msg.contains("bytes of your results' code"), "{msg}");
+    assert!(fx.persist.is_empty());
+    // Another member still submits.
+    let submission = signed_at(&b, world.id, 5.0, 0, &big(0), t);
+    let fx = world.kb(
+        &b,
+        KbCall::SubmitCode {
+            submission,
+            code: Box::new(big(0)),
+        },
+        t,
+    );
+    assert!(
+        matches!(fx.reply, KbResponse::Submitted(_)),
+        "{:?}",
+        fx.reply
+    );
+}
+
+/// [`signed`] with a 16-byte nonce from `n` and a creation time.
+fn signed_at(
+    w: &Worker,
+    program: ProgramId,
+    value: f64,
+    n: usize,
+    code: &CodeHypothesis,
+    at: Timestamp,
+) -> Signed<Submission> {
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&(n as u64).to_le_bytes());
+    let sub = Submission {
+        program,
+        nonce,
+        value,
+        rung_id: "cpu".into(),
+        outputs: vec![Output {
+            name: CODE_OUTPUT.into(),
+            sha256: code.digest(),
+        }],
+        metrics: BTreeMap::new(),
+        hypothesis: BTreeMap::new(),
+        created_at: at,
+        claim: None,
+    };
+    Signed::sign(&w.key, &sub).expect("signs")
+}
