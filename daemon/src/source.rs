@@ -3,16 +3,15 @@
 //!
 //! The bundle is a canonical tar (`btd_trainer::source`); it lives in the blob store under its
 //! SHA-256 like a dataset, so the owner serves it over `/btd/blob/1` to members only. A result's
-//! tree is the bundle with the patches of its chain applied in order (root first); each step's
-//! tree digest must be the one its code hypothesis names, so a tree is never silently different
-//! from the one that was measured.
+//! tree is the bundle with the patches of its chain applied in order
+//! (`btd_protocol::wire::rebuild_tree`); [`fetch_chain`] reads the chain from the owner.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use btd_protocol::patch::{tree_digest, Files, Patch};
+use btd_protocol::patch::Files;
 use btd_protocol::program::ProgramId;
-use btd_protocol::wire::{CodeHypothesis, CodeView};
+use btd_protocol::wire::CodeView;
 use btd_protocol::Digest;
 use btd_trainer::source::{pack_dir, read_tar};
 
@@ -108,42 +107,6 @@ pub fn load_bundle(
     let files = read_tar(&bytes, max_bytes).map_err(|e| format!("the bundle {sha256}: {e}"))?;
     check_reserved(&files)?;
     Ok(files)
-}
-
-/// The tree of a result: `bundle` with the patches of `chain` (root first) applied in order; every
-/// step must give the tree its code hypothesis names.
-pub fn materialize(bundle: &Files, chain: &[CodeHypothesis]) -> Result<Files, String> {
-    let mut tree = bundle.clone();
-    for (i, code) in chain.iter().enumerate() {
-        let step = || match code.parent {
-            Some(p) => format!("the patch on result {p} (link {} of the chain)", i + 1),
-            None => format!("the patch on the bundle (link {} of the chain)", i + 1),
-        };
-        let patch = code.check().map_err(|e| format!("{}: {e}", step()))?;
-        if let Some(p) = patch {
-            tree = p.apply(&tree).map_err(|e| format!("{}: {e}", step()))?;
-        }
-        let got = tree_digest(&tree);
-        if got != code.tree {
-            return Err(format!(
-                "{} gives tree {}, not the {} its code names",
-                step(),
-                got.short(),
-                code.tree.short()
-            ));
-        }
-    }
-    Ok(tree)
-}
-
-/// Applies one patch text to `tree` (used by `btd checkout` and tests).
-pub fn apply(tree: &Files, patch: &str) -> Result<Files, String> {
-    if patch.trim().is_empty() {
-        return Ok(tree.clone());
-    }
-    Patch::parse(patch)
-        .and_then(|p| p.apply(tree))
-        .map_err(|e| e.to_string())
 }
 
 /// What the sandbox hides from other members' code on this machine: the daemon's home (identity

@@ -160,7 +160,7 @@ impl RerunSpec {
         bundle: &Files,
         chain: &[btd_protocol::wire::CodeHypothesis],
     ) -> Result<Measured, Problem> {
-        let tree = crate::source::materialize(bundle, chain)
+        let tree = btd_protocol::wire::rebuild_tree(bundle, chain)
             .map_err(|e| Problem::Claim(format!("the claim's tree cannot be rebuilt: {e}")))?;
         let setup_dir = match self.bundle_sha {
             Some(sha) => Some(

@@ -104,7 +104,7 @@ impl WorkContext {
         let (blobs, sha, out) = (self.blobs.clone(), src.sha256, dir.clone());
         let (files, tree) = tokio::task::spawn_blocking(move || {
             let bundle = crate::source::load_bundle(&blobs, &program, sha, max)?;
-            let tree = crate::source::materialize(&bundle, &codes)?;
+            let tree = btd_protocol::wire::rebuild_tree(&bundle, &codes)?;
             btd_trainer::source::write_tree(&tree, &out)
                 .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             Ok::<_, String>((tree.len(), tree_digest(&tree)))

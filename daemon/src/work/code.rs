@@ -229,7 +229,7 @@ impl CodeRuntime {
         let codes: Vec<CodeHypothesis> = chain.into_iter().map(|v| v.code).collect();
         let base = self.bundle.clone();
         let built =
-            tokio::task::spawn_blocking(move || crate::source::materialize(&base, &codes)).await;
+            tokio::task::spawn_blocking(move || btd_protocol::wire::rebuild_tree(&base, &codes)).await;
         match built {
             Ok(Ok(tree)) => Parent {
                 seq: Some(seq),

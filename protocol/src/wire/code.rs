@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{bad, check_text, sanitize_text, MessageError, Sanitize, Submission};
 use crate::kb::Entry;
-use crate::patch::{Editable, Patch, MAX_PATCH_BYTES};
+use crate::patch::{tree_digest, Editable, Files, Patch, MAX_PATCH_BYTES};
 use crate::{Digest, Timestamp};
 
 /// The output name under which a submission carries the digest of its code hypothesis.
@@ -92,6 +92,33 @@ impl CodeHypothesis {
             .iter()
             .any(|o| o.name == CODE_OUTPUT && o.sha256 == d)
     }
+}
+
+/// The tree of a result: `bundle` with the patches of `chain` (root first, the result's own last)
+/// applied in order; every step must give the tree its code names, so a tree is never silently
+/// other than the one that was measured. Workers, the owner's verifier and `btd checkout` all
+/// rebuild trees with it.
+pub fn rebuild_tree(bundle: &Files, chain: &[CodeHypothesis]) -> Result<Files, String> {
+    let mut tree = bundle.clone();
+    for (i, code) in chain.iter().enumerate() {
+        let step = || match code.parent {
+            Some(p) => format!("the patch on result {p} (link {} of the chain)", i + 1),
+            None => format!("the patch on the bundle (link {} of the chain)", i + 1),
+        };
+        if let Some(p) = code.check().map_err(|e| format!("{}: {e}", step()))? {
+            tree = p.apply(&tree).map_err(|e| format!("{}: {e}", step()))?;
+        }
+        let got = tree_digest(&tree);
+        if got != code.tree {
+            return Err(format!(
+                "{} gives tree {}, not the {} its code names",
+                step(),
+                got.short(),
+                code.tree.short()
+            ));
+        }
+    }
+    Ok(tree)
 }
 
 fn check_text_bytes(field: &'static str, s: &str, max: usize) -> Result<(), MessageError> {
