@@ -218,12 +218,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             await_check(daemons, program, receipt.seq, &mut board, &names).await?;
         }
     }
-    let s: StatusView = daemons[1]
-        .call(Request::Status {
-            program: Some(program),
-        })
-        .await?;
-    board.show(&s, &names);
+    let s = board.refresh(&daemons[1], program, &names).await?;
     leaderboard(&s, &names, &workers, daemons, program).await?;
     out!("done in {:.0} s", started.elapsed().as_secs_f64());
     out!("to look around, start a daemon again on a home and ask it, e.g.:");
@@ -349,12 +344,7 @@ async fn await_check(
 ) -> Result<btd_protocol::kb::Entry> {
     let until = Instant::now() + Duration::from_secs(120);
     loop {
-        let s: StatusView = daemons[1]
-            .call(Request::Status {
-                program: Some(program),
-            })
-            .await?;
-        board.show(&s, names);
+        let s = board.refresh(&daemons[1], program, names).await?;
         if let Some(e) = s
             .results
             .iter()
@@ -382,12 +372,7 @@ async fn follow(
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let s: StatusView = daemons[1]
-            .call(Request::Status {
-                program: Some(program),
-            })
-            .await?;
-        board.show(&s, names);
+        let s = board.refresh(&daemons[1], program, names).await?;
         let mut finished = 0u64;
         // Claims whose verdict the worker has not read back into its run record yet (it polls
         // every second): until then its record has no traceability record of the final verdict.
@@ -509,6 +494,22 @@ struct Board {
 }
 
 impl Board {
+    /// Reads the owner's status of `program` and shows what changed.
+    async fn refresh(
+        &mut self,
+        owner: &Daemon,
+        program: ProgramId,
+        names: &BTreeMap<String, String>,
+    ) -> Result<StatusView> {
+        let s: StatusView = owner
+            .call(Request::Status {
+                program: Some(program),
+            })
+            .await?;
+        self.show(&s, names);
+        Ok(s)
+    }
+
     fn show(&mut self, s: &StatusView, names: &BTreeMap<String, String>) {
         for e in &s.results {
             let known = self.printed.get(&e.seq);

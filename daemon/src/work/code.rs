@@ -229,7 +229,8 @@ impl CodeRuntime {
         let codes: Vec<CodeHypothesis> = chain.into_iter().map(|v| v.code).collect();
         let base = self.bundle.clone();
         let built =
-            tokio::task::spawn_blocking(move || btd_protocol::wire::rebuild_tree(&base, &codes)).await;
+            tokio::task::spawn_blocking(move || btd_protocol::wire::rebuild_tree(&base, &codes))
+                .await;
         match built {
             Ok(Ok(tree)) => Parent {
                 seq: Some(seq),
@@ -411,14 +412,26 @@ struct Context {
 }
 
 /// The patch from `parent` to `child`, refusing changes outside `editable`.
-pub(crate) fn code_patch(
+fn code_patch(
     parent: &Files,
     child: &Files,
     editable: Option<&Editable>,
 ) -> Result<String, String> {
+    if checked_changes(parent, child, editable)?.is_empty() {
+        return Ok(String::new());
+    }
+    diff(parent, child).map_err(|e| format!("the change cannot be a patch: {e}"))
+}
+
+/// The paths `child` changes from `parent`, refusing any that is not editable.
+fn checked_changes(
+    parent: &Files,
+    child: &Files,
+    editable: Option<&Editable>,
+) -> Result<Vec<String>, String> {
     let changed = changed_paths(parent, child);
     if changed.is_empty() {
-        return Ok(String::new());
+        return Ok(changed);
     }
     let Some(editable) = editable else {
         return Err("this program ships no source tree: there is nothing to edit".into());
@@ -435,7 +448,7 @@ pub(crate) fn code_patch(
                 .join(", ")
         ));
     }
-    diff(parent, child).map_err(|e| format!("the change cannot be a patch: {e}"))
+    Ok(changed)
 }
 
 /// Writes the workspace, runs the proposer, reads back its change. Blocking.
@@ -519,12 +532,13 @@ fn run_proposer(
         let top = path.split('/').next().unwrap_or("");
         !crate::source::RESERVED.contains(&top)
     });
-    let changed = changed_paths(tree, &after);
+    // Refuse edits outside the editable files here, with the proposer named (the patch itself is
+    // made once, by `round_code`).
+    let changed =
+        checked_changes(tree, &after, editable).map_err(|e| format!("the proposer's edit: {e}"))?;
     if changed.is_empty() {
         return Err("the proposer changed nothing".into());
     }
-    // Refuse edits outside the editable files here, with the proposer named.
-    code_patch(tree, &after, editable).map_err(|e| format!("the proposer's edit: {e}"))?;
     Ok((after, rationale))
 }
 

@@ -26,6 +26,8 @@ struct Note {
     created_at: Timestamp,
     hypothesis: BTreeMap<String, f64>,
     code: Option<Arc<CodeHypothesis>>,
+    /// What the ledger shows of the code (its patch parsed once, when recorded).
+    summary: Option<CodeSummary>,
     /// Patches from the bundle to this result (0: no code, or the bundle's own tree unchanged).
     depth: usize,
 }
@@ -99,6 +101,7 @@ impl Ledger {
             Note {
                 created_at: sub.created_at,
                 hypothesis: sub.hypothesis.clone(),
+                summary: code.as_ref().map(CodeSummary::of),
                 code: code.map(Arc::new),
                 depth,
             },
@@ -153,7 +156,7 @@ impl Ledger {
                     entry: e.clone(),
                     created_at: note.map_or(Timestamp::from_millis(0), |n| n.created_at),
                     hypothesis: note.map(|n| n.hypothesis.clone()).unwrap_or_default(),
-                    code: note.and_then(|n| n.code.as_deref()).map(CodeSummary::of),
+                    code: note.and_then(|n| n.summary.clone()),
                 }
             })
             .collect();

@@ -3,21 +3,10 @@
 use std::io::ErrorKind;
 use std::net::TcpListener;
 
-use btd_protocol::dispatch::{Reason, SpendClass};
-
 use super::*;
 
 fn admitted() -> DispatchResult {
-    DispatchResult {
-        action: Action::RunLocal,
-        reason: Reason::LocalAllowed,
-        detail: "local rung, local policy allows".into(),
-        decision_id: "d".into(),
-        packet_id: "p1".into(),
-        rung_id: "local-cpu".into(),
-        spend_class: SpendClass::LocalUnmetered,
-        required_outputs: vec![],
-    }
+    super::tests::admitted(Action::RunLocal)
 }
 
 fn run(command: &str, opts: &ShellOptions) -> ShellReceipt {

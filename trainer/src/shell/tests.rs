@@ -2,7 +2,7 @@ use btd_protocol::dispatch::{Reason, SpendClass};
 
 use super::*;
 
-fn admitted(action: Action) -> DispatchResult {
+pub(super) fn admitted(action: Action) -> DispatchResult {
     DispatchResult {
         action,
         reason: Reason::LocalAllowed,

@@ -135,18 +135,8 @@ fn shell_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<ShellTask> {
         t,
         &["kind", "command", "timeout_secs", "search", "source"],
     );
-    let command = required(ctx, path, t, "command").and_then(|v| {
-        let p = path.key("command");
-        let s = as_str(ctx, &p, v)?;
-        if s.trim().is_empty() || s.len() > MAX_COMMAND_BYTES || s.contains('\0') {
-            ctx.err(
-                &p,
-                format!("must be a non-empty command of at most {MAX_COMMAND_BYTES} bytes"),
-            );
-            return None;
-        }
-        Some(s.to_string())
-    });
+    let command =
+        required(ctx, path, t, "command").and_then(|v| command(ctx, &path.key("command"), v));
     let timeout_secs = required(ctx, path, t, "timeout_secs")
         .and_then(|v| as_u64(ctx, &path.key("timeout_secs"), v, 1, MAX_SECONDS));
     let source = match t.get("source") {
@@ -160,6 +150,19 @@ fn shell_task(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<ShellTask> {
         timeout_secs: timeout_secs?,
         source: source?,
     })
+}
+
+/// A command line for `sh -c`: non-empty, at most [`MAX_COMMAND_BYTES`], no NUL.
+fn command(ctx: &mut Ctx<'_>, p: &Path, v: &Value) -> Option<String> {
+    let s = as_str(ctx, p, v)?;
+    if s.trim().is_empty() || s.len() > MAX_COMMAND_BYTES || s.contains('\0') {
+        ctx.err(
+            p,
+            format!("must be a non-empty command of at most {MAX_COMMAND_BYTES} bytes"),
+        );
+        return None;
+    }
+    Some(s.to_string())
 }
 
 /// `[task.source]`: the bundle's digest, its editable globs and the optional setup command.
@@ -216,19 +219,7 @@ fn source(ctx: &mut Ctx<'_>, path: &Path, t: &Table) -> Option<SourceBundle> {
     });
     let setup = match t.get("setup") {
         None => Some(None),
-        Some(v) => {
-            let p = path.key("setup");
-            as_str(ctx, &p, v).and_then(|s| {
-                if s.trim().is_empty() || s.len() > MAX_COMMAND_BYTES || s.contains('\0') {
-                    ctx.err(
-                        &p,
-                        format!("must be a non-empty command of at most {MAX_COMMAND_BYTES} bytes"),
-                    );
-                    return None;
-                }
-                Some(Some(s.to_string()))
-            })
-        }
+        Some(v) => command(ctx, &path.key("setup"), v).map(Some),
     };
     let setup_timeout_secs = match t.get("setup_timeout_secs") {
         None => Some(DEFAULT_SETUP_TIMEOUT_SECS),
