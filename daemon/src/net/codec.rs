@@ -41,6 +41,16 @@ where
     T: AsyncRead + Unpin + Send,
     M: DeserializeOwned,
 {
+    let buf = read_bytes(io).await?;
+    wire::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// One length-prefixed frame's bytes, at most [`MAX_MESSAGE_BYTES`] (checked before anything is
+/// allocated), all of them or an error.
+pub(super) async fn read_bytes<T>(io: &mut T) -> io::Result<Vec<u8>>
+where
+    T: AsyncRead + Unpin + Send,
+{
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -58,7 +68,7 @@ where
             "stream ended inside a message",
         ));
     }
-    wire::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    Ok(buf)
 }
 
 fn frame<M: Serialize>(msg: &M) -> io::Result<Vec<u8>> {

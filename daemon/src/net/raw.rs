@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal::SealKey;
-use btd_protocol::wire::{self, protocols, MembershipRequest, MAX_MESSAGE_BYTES};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use btd_protocol::wire::{self, protocols, MembershipRequest};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade::Version;
 use libp2p::core::Transport;
@@ -71,18 +71,7 @@ impl request_response::Codec for RawCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_MESSAGE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "reply over the cap",
-            ));
-        }
-        let mut buf = Vec::with_capacity(len);
-        io.take(len as u64).read_to_end(&mut buf).await?;
-        Ok(buf)
+        super::codec::read_bytes(io).await
     }
 
     async fn write_request<T>(
