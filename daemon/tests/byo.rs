@@ -167,19 +167,9 @@ async fn code_rounds_are_rerun_by_the_owner_peer_code_is_opt_in_and_any_tree_che
         .any(|o| { o.name == btd_protocol::wire::CODE_OUTPUT && o.sha256 == view.code.digest() }));
     assert!(run.trace.is_some());
 
-    // Member B did not opt in to other members' code: it builds on the bundle, and says why.
+    // With the opt-in, B builds on A's champion, in the sandbox. (First: while A's result is the
+    // only champion there is; whatever B's round scores, every later champion holds A's code.)
     let (b, work_b) = member(&owner, program, dirs[2].path()).await;
-    let (summary, events) = rounds(&work_b, program, with_proposer(1, false)).await;
-    let note = events.iter().find_map(|e| match e {
-        WorkEvent::Code { parent, note, .. } => Some((*parent, note.clone())),
-        _ => None,
-    });
-    let (parent, note) = note.unwrap();
-    assert_eq!(parent, None);
-    assert!(note.unwrap().contains("--allow-peer-code"));
-    assert_eq!(summary.runs[0].state, RunState::Submitted, "{summary:?}");
-
-    // With the opt-in, B builds on A's champion, in the sandbox.
     let (_, events) = rounds(&work_b, program, with_proposer(1, true)).await;
     let code = events
         .iter()
@@ -191,6 +181,18 @@ async fn code_rounds_are_rerun_by_the_owner_peer_code_is_opt_in_and_any_tree_che
         })
         .unwrap();
     assert_eq!(code, (Some(champion.seq), true));
+
+    // Without the opt-in, B does not run other members' code: it builds on the bundle, and says
+    // why.
+    let (summary, events) = rounds(&work_b, program, with_proposer(1, false)).await;
+    let note = events.iter().find_map(|e| match e {
+        WorkEvent::Code { parent, note, .. } => Some((*parent, note.clone())),
+        _ => None,
+    });
+    let (parent, note) = note.unwrap();
+    assert_eq!(parent, None);
+    assert!(note.unwrap().contains("--allow-peer-code"));
+    assert_eq!(summary.runs[0].state, RunState::Submitted, "{summary:?}");
 
     // B checks out A's champion: the bundle plus the chain, digest-checked.
     let out = dirs[3].path().join("tree");
