@@ -125,6 +125,7 @@ async fn main() {
             Store::open_in_memory().unwrap(),
             &dir.path().join("worker"),
             btd::config::Config::default_rungs(),
+            Default::default(),
         );
         let (output, claim) = work.claim_checkpoint(program, ckpt).await.unwrap();
 

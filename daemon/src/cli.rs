@@ -167,6 +167,13 @@ enum Command {
     Sample(compute_cmd::SampleArgs),
     /// Detect this machine's CPU and NVIDIA GPUs and the rungs they offer.
     Rungs,
+    /// Run one candle round from its spec file (what a Slurm rung's batch job runs on the
+    /// compute node; not for people).
+    #[command(hide = true)]
+    SlurmRound {
+        /// The round's `slurm-round.json`.
+        spec: PathBuf,
+    },
 }
 
 /// `btd start` flags.
@@ -411,5 +418,8 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Eval(args) => compute_cmd::eval(&args, json),
         Command::Sample(args) => compute_cmd::sample(&args, json),
         Command::Rungs => compute_cmd::rungs(json),
+        Command::SlurmRound { spec } => {
+            crate::work::slurm_round_main(&spec).map_err(|e| CmdError::Rejected(anyhow::anyhow!(e)))
+        }
     }
 }

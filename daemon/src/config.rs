@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use anyhow::{anyhow, bail, Context, Result};
 use btd_protocol::dispatch::{HardwareClass, SpendClass};
 use btd_protocol::wire::AdvertisedRung;
+use btd_trainer::slurm::SlurmConfig;
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
@@ -25,6 +28,8 @@ pub struct Config {
     pub mdns: bool,
     /// The rungs this node advertises.
     pub rungs: Vec<AdvertisedRung>,
+    /// The rungs whose rounds run as Slurm batch jobs (`executor = "slurm"`), by rung id.
+    pub slurm: BTreeMap<String, SlurmConfig>,
 }
 
 impl Config {
@@ -64,6 +69,7 @@ impl Config {
                 relay_server: false,
                 mdns: false,
                 rungs: Self::default_rungs(),
+                slurm: BTreeMap::new(),
             }),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -80,6 +86,7 @@ impl Config {
                 })
                 .collect()
         };
+        let mut slurm = BTreeMap::new();
         let rungs = match raw.rungs {
             None => Self::default_rungs(),
             Some(r) => {
@@ -89,14 +96,39 @@ impl Config {
                         btd_protocol::wire::MAX_ADVERTISED_RUNGS
                     );
                 }
-                r.into_iter()
-                    .map(|r| AdvertisedRung {
+                let mut rungs = Vec::new();
+                for r in r {
+                    let detail = match (r.executor.as_deref().unwrap_or("local"), r.slurm) {
+                        ("local", None) => r.detail.unwrap_or_default(),
+                        ("local", Some(_)) => bail!(
+                            "rungs: {:?} has a [rungs.slurm] table but no executor = \"slurm\"",
+                            r.id
+                        ),
+                        ("slurm", cfg) => {
+                            let cfg = cfg.unwrap_or_default();
+                            cfg.validate()
+                                .map_err(|e| anyhow!("rungs: {:?}: {e}", r.id))?;
+                            let detail = r
+                                .detail
+                                .unwrap_or_else(|| btd_trainer::slurm::describe(&cfg));
+                            if slurm.insert(r.id.clone(), cfg).is_some() {
+                                bail!("rungs: {:?} is declared twice", r.id);
+                            }
+                            detail
+                        }
+                        (other, _) => bail!(
+                            "rungs: {:?} has executor {other:?}; use \"local\" or \"slurm\"",
+                            r.id
+                        ),
+                    };
+                    rungs.push(AdvertisedRung {
                         id: r.id,
                         hardware: r.hardware,
                         spend_class: r.spend_class.unwrap_or(SpendClass::LocalUnmetered),
-                        detail: r.detail.unwrap_or_default(),
-                    })
-                    .collect()
+                        detail,
+                    });
+                }
+                rungs
             }
         };
         for r in &rungs {
@@ -113,6 +145,7 @@ impl Config {
             relay_server: raw.relay_server.unwrap_or(false),
             mdns: raw.mdns.unwrap_or(false),
             rungs,
+            slurm,
         })
     }
 }
@@ -134,6 +167,10 @@ struct RawRung {
     hardware: HardwareClass,
     spend_class: Option<SpendClass>,
     detail: Option<String>,
+    /// `local` (default) or `slurm`.
+    executor: Option<String>,
+    /// Settings for `executor = "slurm"`.
+    slurm: Option<SlurmConfig>,
 }
 
 #[cfg(test)]
@@ -158,5 +195,51 @@ mod tests {
         assert!(err.contains("not a multiaddr"), "{err}");
         assert!(Config::parse("colour = 1").is_err());
         assert!(Config::parse("[[rungs]]\nid = \"x\"\nhardware = \"tpu\"\n").is_err());
+    }
+
+    #[test]
+    fn slurm_rungs() {
+        let c = Config::parse(
+            "[[rungs]]\nid = \"cluster-h100\"\nhardware = \"h100\"\nexecutor = \"slurm\"\n\
+             [rungs.slurm]\npartition = \"gpu\"\naccount = \"lab\"\ngres = \"gpu:h100:1\"\n\
+             cpus_per_task = 8\nmem = \"64G\"\nmax_time_secs = 86400\n\
+             [[rungs]]\nid = \"cpu\"\nhardware = \"cpu\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rungs.len(), 2);
+        let s = &c.slurm["cluster-h100"];
+        assert_eq!(s.partition.as_deref(), Some("gpu"));
+        assert_eq!(s.cpus_per_task, Some(8));
+        assert_eq!(s.max_time_secs, Some(86400));
+        assert_eq!(s.max_queue_secs, btd_trainer::slurm::DEFAULT_MAX_QUEUE_SECS);
+        assert!(
+            c.rungs[0].detail.contains("partition gpu"),
+            "{}",
+            c.rungs[0].detail
+        );
+        assert!(!c.slurm.contains_key("cpu"));
+        // Defaults: the cluster's default partition.
+        let c = Config::parse("[[rungs]]\nid = \"s\"\nhardware = \"cpu\"\nexecutor = \"slurm\"\n")
+            .unwrap();
+        assert_eq!(c.slurm["s"], SlurmConfig::default());
+        for (bad, why) in [
+            ("executor = \"k8s\"", "use \"local\" or \"slurm\""),
+            (
+                "[rungs.slurm]\npartition = \"gpu\"",
+                "no executor = \"slurm\"",
+            ),
+            (
+                "executor = \"slurm\"\n[rungs.slurm]\npartition = \"-x\"",
+                "slurm.partition",
+            ),
+            (
+                "executor = \"slurm\"\n[rungs.slurm]\nnodes = 4",
+                "unknown field",
+            ),
+        ] {
+            let text = format!("[[rungs]]\nid = \"s\"\nhardware = \"cpu\"\n{bad}\n");
+            let e = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -181,6 +181,18 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Waits up to `within` for the process to exit by itself (after `btd stop`); whether it did.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(READY_POLL);
+        }
+        false
+    }
+
     /// Starts the daemon again on the same home (after [`Daemon::kill`]), listening as first
     /// launched, with `extra` as its other arguments; the log is appended to.
     pub fn respawn(&mut self, extra: &[String]) -> Result<()> {

@@ -13,6 +13,9 @@ use crate::node::{self, NodeConfig};
 use crate::store::Store;
 use crate::work::WorkContext;
 
+/// How long `btd stop` waits for worker loops to record their cancelled rounds.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Command-line overrides for `btd start`.
 #[derive(Debug, Clone, Default)]
 pub struct StartFlags {
@@ -62,7 +65,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         store.clone(),
     )
     .await?;
-    let work = WorkContext::new(handle.clone(), store, &home_dir, cfg.rungs);
+    let work = WorkContext::new(handle.clone(), store, &home_dir, cfg.rungs, cfg.slurm);
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = tokio::spawn(crate::control::serve(
@@ -89,6 +92,14 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     let outcome = supervise(&mut task, stop).await;
     let _ = shutdown_tx.send(true);
     work.cancel_all();
+    // Rounds in flight stop (training at its next step, commands and Slurm jobs are killed) and
+    // are recorded before the node goes.
+    if !work.drain(STOP_DRAIN).await {
+        eprintln!(
+            "btd: worker loops did not stop within {} s; their rounds stay `running` in btd runs",
+            STOP_DRAIN.as_secs()
+        );
+    }
     match outcome {
         Ok(why) => {
             eprintln!("btd: {why}, stopping");

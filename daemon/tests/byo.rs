@@ -52,6 +52,7 @@ async fn member(owner: &TestNode, program: ProgramId, home: &Path) -> (TestNode,
         store,
         home,
         btd::config::Config::default_rungs(),
+        Default::default(),
     );
     (m, work)
 }

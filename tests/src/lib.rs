@@ -151,7 +151,18 @@ impl Daemon {
         self.process.kill();
     }
 
-    /// Starts the daemon again on the same home (after [`Daemon::kill9`]).
+    /// Waits (bounded) until the process has exited by itself, e.g. after `btd stop`.
+    pub fn wait_exit(&mut self, secs: u64) {
+        assert!(
+            self.process.wait_exit(std::time::Duration::from_secs(secs)),
+            "daemon in {} did not exit within {secs} s\n{}",
+            self.home.display(),
+            self.log()
+        );
+    }
+
+    /// Starts the daemon again on the same home (after [`Daemon::kill9`] or
+    /// [`Daemon::wait_exit`]).
     pub fn restart(&mut self, extra: &[&str]) {
         self.process
             .respawn(&strings(extra))

@@ -32,6 +32,7 @@ pub mod model;
 pub mod rungs;
 pub mod sample;
 pub mod shell;
+pub mod slurm;
 pub mod source;
 pub mod synth;
 pub mod train;

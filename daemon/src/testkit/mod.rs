@@ -277,6 +277,7 @@ pub async fn owner_and_member(
         store,
         worker_home,
         crate::config::Config::default_rungs(),
+        Default::default(),
     );
     Ok(OwnerAndMember {
         owner,

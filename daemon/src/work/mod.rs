@@ -36,8 +36,9 @@ mod kb;
 mod records;
 mod round;
 mod run;
+mod slurm;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,7 @@ use btd_protocol::program::search::Hypothesis;
 use btd_protocol::program::{Program, ProgramId};
 use btd_protocol::trace::{ApprovalReceipt, BundleStatus};
 use btd_protocol::wire::{AdvertisedRung, SubmitReceipt};
+use btd_trainer::slurm::SlurmConfig;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -59,6 +61,7 @@ pub use checkout::{ChainLink, CheckoutView};
 pub use records::{RunRecord, RunState, WorkSummary};
 pub(crate) use run::param_env;
 pub use run::RunOutcome;
+pub use slurm::slurm_round_main;
 
 /// Most rounds one `btd join --rounds` may ask for.
 pub const MAX_ROUNDS: u32 = 10_000;
@@ -77,7 +80,11 @@ pub struct WorkContext {
     /// loops on the same bundle never run its setup at once.
     setup: Arc<btd_trainer::source::SetupCache>,
     rungs: Vec<AdvertisedRung>,
+    /// The rungs that run rounds as Slurm jobs, by id.
+    slurm: BTreeMap<String, SlurmConfig>,
     running: Mutex<HashSet<ProgramId>>,
+    /// How many loops run now (for [`WorkContext::drain`]).
+    loops: tokio::sync::watch::Sender<usize>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -92,12 +99,13 @@ impl std::fmt::Debug for WorkContext {
 impl WorkContext {
     /// A context whose rounds write under `home/runs`, whose artifacts (claimed checkpoints,
     /// fetched datasets) go to `home/blobs` (where the node serves them), and which runs on one of
-    /// `rungs`.
+    /// `rungs` (those in `slurm` as Slurm batch jobs).
     pub fn new(
         node: NodeHandle,
         store: Store,
         home: &std::path::Path,
         rungs: Vec<AdvertisedRung>,
+        slurm: BTreeMap<String, SlurmConfig>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -108,7 +116,9 @@ impl WorkContext {
                 crate::source::setup_root(home),
             )),
             rungs,
+            slurm,
             running: Mutex::new(HashSet::new()),
+            loops: tokio::sync::watch::Sender::new(0),
             cancel: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -117,6 +127,16 @@ impl WorkContext {
     /// killed, and nothing more is submitted.
     pub fn cancel_all(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits up to `within` for every loop to end (after [`WorkContext::cancel_all`], so that
+    /// the rounds they were running are recorded as cancelled and Slurm jobs are cancelled);
+    /// whether they all did.
+    pub async fn drain(&self, within: std::time::Duration) -> bool {
+        let mut rx = self.loops.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn cancelled(&self) -> bool {
@@ -350,6 +370,7 @@ pub async fn run_rounds(
                 "a worker loop for {program} is already running on this daemon; wait for it to finish"
             ));
         }
+        ctx.loops.send_modify(|n| *n += 1);
     }
     let result = Loop::prepare(&ctx, program, &opts, &events)
         .await
@@ -361,6 +382,7 @@ pub async fn run_rounds(
     if let Ok(mut running) = ctx.running.lock() {
         running.remove(&program);
     }
+    ctx.loops.send_modify(|n| *n = n.saturating_sub(1));
     out
 }
 
@@ -379,4 +401,6 @@ struct Loop {
     spent_total: f64,
     /// A code program's bundle, setup, proposer and ledger cache.
     code: Option<code::CodeRuntime>,
+    /// The rung's Slurm settings, when its rounds run as batch jobs.
+    slurm: Option<SlurmConfig>,
 }

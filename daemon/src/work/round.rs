@@ -89,6 +89,7 @@ impl Loop {
             approval: None,
             spent_total,
             code,
+            slurm: ctx.slurm.get(&local.id).cloned(),
         })
     }
 
@@ -252,8 +253,14 @@ impl Loop {
                 &record.hypothesis,
                 &dir,
                 &self.program.required_outputs,
-                self.ctx.cancel.clone(),
                 round_code.clone(),
+                run::Exec {
+                    cancel: self.ctx.cancel.clone(),
+                    slurm: self.slurm.as_ref().map(|config| run::OnSlurm {
+                        config: config.clone(),
+                        name: format!("btd-{}-r{round}", self.program.name),
+                    }),
+                },
             )
             .await;
         let metric = self.program.criteria.metric.clone();

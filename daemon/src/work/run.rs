@@ -14,7 +14,7 @@ use btd_protocol::trace::{BundleStatus, Output};
 use btd_protocol::wire::AdvertisedRung;
 use btd_protocol::Digest;
 use btd_trainer::device::{self, DeviceChoice};
-use btd_trainer::shell::{run_shell, Sandbox, ShellOptions};
+use btd_trainer::shell::{run_shell, Sandbox, ShellOptions, SlurmRun};
 
 use super::code::{code_env, RoundCode};
 use btd_trainer::train::StopReason;
@@ -23,8 +23,8 @@ use btd_trainer::{Corpus, TrainSpec};
 /// Most lines kept in a round's `train.log` (one per logged step).
 const MAX_LOG_LINES: usize = 20_000;
 
-/// What one run produced.
-#[derive(Debug, Clone)]
+/// What one run produced (also what a candle round on Slurm writes as `outcome.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunOutcome {
     /// How it ended.
     pub status: BundleStatus,
@@ -43,7 +43,7 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    fn failed(detail: String) -> Self {
+    pub(super) fn failed(detail: String) -> Self {
         Self {
             status: BundleStatus::Failed,
             value: None,
@@ -56,12 +56,30 @@ impl RunOutcome {
     }
 }
 
+/// A rung whose rounds run as Slurm batch jobs.
+pub(super) struct OnSlurm {
+    /// The rung's settings.
+    pub(super) config: btd_trainer::slurm::SlurmConfig,
+    /// The job's name in the queue.
+    pub(super) name: String,
+}
+
+/// How a round executes: its cancel flag (`btd stop`) and, on a Slurm rung, the job settings.
+pub(super) struct Exec {
+    /// Set when the daemon stops: training stops, commands are killed, jobs cancelled.
+    pub(super) cancel: Arc<AtomicBool>,
+    /// Run as a Slurm batch job.
+    pub(super) slurm: Option<OnSlurm>,
+}
+
 /// A task ready to run rounds: the corpus is loaded and checked once.
 pub(super) enum Prepared {
     Candle {
         task: CandleTask,
         corpus: Arc<Corpus>,
         device: DeviceChoice,
+        /// The corpus file (`--data` or the fetched dataset), for rounds run elsewhere (Slurm).
+        data: Option<PathBuf>,
     },
     Shell {
         task: ShellTask,
@@ -78,8 +96,9 @@ impl Prepared {
         match &program.task {
             Task::Candle(task) => {
                 let dataset = task.dataset.clone();
+                let path = data.clone();
                 let corpus = tokio::task::spawn_blocking(move || {
-                    Corpus::for_dataset(&dataset, data.as_deref())
+                    Corpus::for_dataset(&dataset, path.as_deref())
                 })
                 .await
                 .map_err(|e| format!("loading the corpus failed: {e}"))?
@@ -103,6 +122,7 @@ impl Prepared {
                     task: task.clone(),
                     corpus: Arc::new(corpus),
                     device,
+                    data,
                 })
             }
             Task::Shell(task) => Ok(Prepared::Shell {
@@ -127,9 +147,10 @@ impl Prepared {
         hypothesis: &Hypothesis,
         dir: &Path,
         required: &[String],
-        cancel: Arc<AtomicBool>,
         code: Option<RoundCode>,
+        exec: Exec,
     ) -> RunOutcome {
+        let Exec { cancel, slurm } = exec;
         let dir = dir.to_path_buf();
         // A code round's outputs are where its command ran: its fresh tree.
         let outputs_dir = code
@@ -141,11 +162,23 @@ impl Prepared {
                 task,
                 corpus,
                 device,
+                data,
             } => {
                 let (task, corpus, device) = (task.clone(), corpus.clone(), *device);
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    train(&task, &corpus, device, &hypothesis, &dir, &cancel)
+                let (dir, data) = (dir.clone(), data.clone());
+                tokio::task::spawn_blocking(move || match slurm {
+                    None => train(&task, &corpus, device, &hypothesis, &dir, &cancel),
+                    Some(s) => super::slurm::candle_on_slurm(
+                        &s,
+                        &super::slurm::CandleJob {
+                            task,
+                            data,
+                            device,
+                            hypothesis,
+                            dir,
+                        },
+                        &cancel,
+                    ),
                 })
                 .await
             }
@@ -153,7 +186,16 @@ impl Prepared {
                 let (task, metric, dispatch) = (task.clone(), metric.clone(), dispatch.clone());
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || {
-                    shell(&task, &metric, &dispatch, &hypothesis, &dir, code.as_ref())
+                    let exec = Exec { cancel, slurm };
+                    shell(
+                        &task,
+                        &metric,
+                        &dispatch,
+                        &hypothesis,
+                        &dir,
+                        code.as_ref(),
+                        exec,
+                    )
                 })
                 .await
             }
@@ -165,7 +207,7 @@ impl Prepared {
     }
 }
 
-fn train(
+pub(super) fn train(
     task: &CandleTask,
     corpus: &Corpus,
     device: DeviceChoice,
@@ -267,9 +309,16 @@ fn shell(
     hypothesis: &Hypothesis,
     dir: &Path,
     code: Option<&RoundCode>,
+    exec: Exec,
 ) -> RunOutcome {
     let mut env = param_env(hypothesis);
     let mut opts = ShellOptions::new(metric);
+    opts.slurm = exec.slurm.map(|s| SlurmRun {
+        config: s.config,
+        name: s.name,
+        dir: dir.to_path_buf(),
+    });
+    opts.cancel = Some(exec.cancel);
     match code {
         None => {
             env.push(("BTD_RUN_DIR".into(), dir.display().to_string()));
@@ -321,6 +370,11 @@ fn shell(
         }
         outputs.push(Output::of(name, bytes));
     }
+    if let Some(job) = &receipt.slurm {
+        if let Err(e) = super::slurm::keep_job(dir, job, &mut outputs) {
+            return RunOutcome::failed(e);
+        }
+    }
     let status = if receipt.timed_out {
         BundleStatus::TimedOut
     } else if receipt.succeeded() {
@@ -328,7 +382,14 @@ fn shell(
     } else {
         BundleStatus::Failed
     };
-    let detail = if receipt.timed_out {
+    let detail = if let Some(job) = receipt.slurm.as_ref().filter(|_| receipt.timed_out) {
+        format!(
+            "killed at its Slurm time limit ({} min for a {} s budget)",
+            job.time_limit_minutes, task.timeout_secs
+        )
+    } else if receipt.cancelled {
+        "stopped: the daemon is stopping".to_string()
+    } else if receipt.timed_out {
         format!("killed after the {} s timeout", task.timeout_secs)
     } else if receipt.exit_code != Some(0) {
         format!(
@@ -363,6 +424,11 @@ fn shell(
     if let Some(c) = receipt.exit_code {
         metrics.insert("exit_code".into(), f64::from(c));
     }
+    let detail = match &receipt.slurm {
+        Some(job) => format!("{}: {detail}", super::slurm::describe_job(job)),
+        None => detail,
+    };
+    let cancelled = receipt.cancelled;
     RunOutcome {
         status,
         value: if status == BundleStatus::Completed {
@@ -373,7 +439,7 @@ fn shell(
         metrics,
         outputs,
         detail,
-        cancelled: false,
+        cancelled,
         claim: None,
     }
 }
@@ -420,7 +486,7 @@ fn collect_required(outcome: &mut RunOutcome, dir: &Path, required: &[String]) {
 }
 
 /// SHA-256 of a regular file (not a link or a directory).
-fn file_digest(path: &Path) -> Option<Digest> {
+pub(super) fn file_digest(path: &Path) -> Option<Digest> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     if !meta.is_file() {
         return None;

@@ -17,12 +17,14 @@ pub mod sandbox;
 
 pub use metrics::{parse_metric, parse_metrics, MAX_METRICS};
 pub(crate) use process::run_bounded;
-pub(crate) use process::{signal_of, Capture};
+pub(crate) use process::{signal_of, Capture, Finished, TAIL_BYTES};
 pub(crate) use sandbox::Launch;
 pub use sandbox::{sandbox_probe, Sandbox};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use btd_protocol::dispatch::{Action, DispatchResult};
@@ -58,13 +60,16 @@ pub enum ShellError {
     /// answer).
     #[error("{0}")]
     SandboxUnavailable(String),
+    /// The Slurm executor could not run or follow the job.
+    #[error("{0}")]
+    Slurm(String),
     /// `sh` (or, for a sandbox, `bwrap` or `prlimit`) could not be started.
     #[error("cannot start the command (sh; and prlimit or bwrap for a sandbox): {0}")]
     Spawn(#[from] std::io::Error),
 }
 
 /// Options besides the task itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ShellOptions {
     /// The metric to parse, e.g. `val_bpb`.
     pub metric: String,
@@ -84,6 +89,23 @@ pub struct ShellOptions {
     pub scratch_dir: Option<PathBuf>,
     /// Run the command in this sandbox (see [`sandbox`]). Default none.
     pub sandbox: Option<Sandbox>,
+    /// Run the command as a Slurm batch job instead of a local process (see [`crate::slurm`]).
+    /// Default none.
+    pub slurm: Option<SlurmRun>,
+    /// When set, the command is killed (a Slurm job cancelled with `scancel`) and the receipt
+    /// says [`ShellReceipt::cancelled`]. Default none.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// Where and how a shell task runs as a Slurm job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmRun {
+    /// The rung's Slurm settings.
+    pub config: crate::slurm::SlurmConfig,
+    /// The job's name in the queue.
+    pub name: String,
+    /// The round's directory: `job.sh` and Slurm's output files go here (shared with the nodes).
+    pub dir: PathBuf,
 }
 
 impl ShellOptions {
@@ -97,6 +119,8 @@ impl ShellOptions {
             clear_env: false,
             scratch_dir: None,
             sandbox: None,
+            slurm: None,
+            cancel: None,
         }
     }
 }
@@ -122,6 +146,9 @@ pub struct ShellReceipt {
     pub signal: Option<i32>,
     /// Whether the timeout was reached (the process group was killed).
     pub timed_out: bool,
+    /// Whether it was cancelled (the daemon was stopping) before it ended.
+    #[serde(default)]
+    pub cancelled: bool,
     /// Captured stdout (lossy UTF-8, at most `max_capture` bytes).
     pub stdout: String,
     /// Captured stderr (lossy UTF-8, at most `max_capture` bytes).
@@ -146,6 +173,9 @@ pub struct ShellReceipt {
     /// Whether stdout has a line `FAIL`: the program says the run failed.
     #[serde(default)]
     pub failed: bool,
+    /// The Slurm job it ran as, on a Slurm rung.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::slurm::SlurmJobInfo>,
 }
 
 impl ShellReceipt {
@@ -195,24 +225,34 @@ pub fn run_shell(
     if opts.sandbox.as_ref().is_some_and(|s| s.isolate) {
         sandbox_probe().map_err(ShellError::SandboxUnavailable)?;
     }
-    let cmd = Launch {
+    let launch = Launch {
         command: &task.command,
         cwd: opts.cwd.as_deref(),
         env: &opts.env,
         clean_env_scratch: scratch,
         sandbox: opts.sandbox.as_ref(),
-    }
-    .command();
+    };
     let started_at = Timestamp::from_millis(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     );
-    let done = process::run_bounded(
-        cmd,
-        Duration::from_secs(task.timeout_secs),
-        opts.max_capture.min(MAX_CAPTURE_BYTES),
-    )?;
+    let max_capture = opts.max_capture.min(MAX_CAPTURE_BYTES);
+    let (done, slurm) = match &opts.slurm {
+        None => (
+            process::run_cancellable(
+                launch.command(),
+                Duration::from_secs(task.timeout_secs),
+                max_capture,
+                opts.cancel.as_deref(),
+            )?,
+            None,
+        ),
+        Some(run) => {
+            let (done, info) = run_on_slurm(&launch, opts, run, task.timeout_secs, max_capture)?;
+            (done, Some(info))
+        }
+    };
     let mut log = done.stdout.bytes.clone();
     log.extend_from_slice(&done.stderr.bytes);
     let stdout = String::from_utf8_lossy(&done.stdout.bytes).into_owned();
@@ -229,6 +269,7 @@ pub fn run_shell(
         exit_code: done.status.and_then(|s| s.code()),
         signal: done.status.as_ref().and_then(process::signal_of),
         timed_out: done.timed_out,
+        cancelled: done.cancelled,
         stdout,
         stderr: String::from_utf8_lossy(&done.stderr.bytes).into_owned(),
         stdout_truncated: done.stdout.truncated,
@@ -240,10 +281,68 @@ pub fn run_shell(
         value,
         metrics,
         failed,
+        slurm,
     })
+}
+
+/// Runs `launch` as a Slurm batch job with `timeout_secs` as its budget.
+fn run_on_slurm(
+    launch: &Launch<'_>,
+    opts: &ShellOptions,
+    run: &SlurmRun,
+    timeout_secs: u64,
+    max_capture: usize,
+) -> Result<(Finished, crate::slurm::SlurmJobInfo), ShellError> {
+    use std::os::unix::process::ExitStatusExt;
+    let plan = launch.plan();
+    let text = |s: std::ffi::OsString| {
+        s.into_string().map_err(|s| {
+            ShellError::Invalid(format!("{s:?} is not UTF-8; a Slurm job script needs text"))
+        })
+    };
+    let argv = plan
+        .argv
+        .into_iter()
+        .map(text)
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = plan
+        .env
+        .into_iter()
+        .map(|(k, v)| Ok((text(k)?, text(v)?)))
+        .collect::<Result<Vec<_>, ShellError>>()?;
+    let cwd = opts.cwd.clone().unwrap_or_else(|| run.dir.clone());
+    let script = crate::slurm::script(&cwd, plan.clear_env, &env, &argv)
+        .map_err(|e| ShellError::Slurm(e.to_string()))?;
+    let job = crate::slurm::BatchJob {
+        name: run.name.clone(),
+        dir: run.dir.clone(),
+        script,
+        budget_secs: timeout_secs,
+        max_capture,
+    };
+    let never = AtomicBool::new(false);
+    let cancel = opts.cancel.as_deref().unwrap_or(&never);
+    let end = crate::slurm::run_batch(&run.config, &job, cancel)
+        .map_err(|e| ShellError::Slurm(e.to_string()))?;
+    let status = match (end.exit_code, end.signal) {
+        (_, Some(sig)) => Some(std::process::ExitStatus::from_raw(sig & 0x7f)),
+        (Some(code), None) => Some(std::process::ExitStatus::from_raw((code & 0xff) << 8)),
+        (None, None) => None,
+    };
+    Ok((
+        Finished {
+            status,
+            timed_out: end.timed_out,
+            cancelled: end.info.cancelled_by_btd && !end.timed_out,
+            duration: end.duration,
+            stdout: end.stdout,
+            stderr: end.stderr,
+        },
+        end.info,
+    ))
 }
 
 #[cfg(test)]
 mod sandbox_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,6 +9,7 @@
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -44,16 +45,31 @@ pub(crate) const TAIL_BYTES: usize = 2048;
 pub(crate) struct Finished {
     pub(crate) status: Option<ExitStatus>,
     pub(crate) timed_out: bool,
+    /// The caller's cancel flag was set and the process group was killed.
+    pub(crate) cancelled: bool,
     pub(crate) duration: Duration,
     pub(crate) stdout: Capture,
     pub(crate) stderr: Capture,
 }
 
+/// How often a running command checks its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
 /// Spawns `cmd` in a new process group with piped output and runs it to completion or `timeout`.
 pub(crate) fn run_bounded(
+    cmd: Command,
+    timeout: Duration,
+    max_capture: usize,
+) -> std::io::Result<Finished> {
+    run_cancellable(cmd, timeout, max_capture, None)
+}
+
+/// [`run_bounded`], also killing the process group as soon as `cancel` is set.
+pub(crate) fn run_cancellable(
     mut cmd: Command,
     timeout: Duration,
     max_capture: usize,
+    cancel: Option<&AtomicBool>,
 ) -> std::io::Result<Finished> {
     cmd.process_group(0)
         .stdin(Stdio::null())
@@ -69,16 +85,29 @@ pub(crate) fn run_bounded(
     thread::spawn(move || {
         let _ = status_tx.send(child.wait());
     });
-    let (status, timed_out) = match status_rx.recv_timeout(timeout) {
-        Ok(status) => (status.ok(), false),
-        Err(RecvTimeoutError::Timeout) => {
-            kill_group(pgid);
-            (
-                status_rx.recv_timeout(REAP_GRACE).ok().and_then(Result::ok),
-                true,
-            )
+    let deadline = start + timeout;
+    let mut cancelled = false;
+    let (status, timed_out) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let slice = if cancel.is_some() {
+            left.min(CANCEL_POLL)
+        } else {
+            left
+        };
+        match status_rx.recv_timeout(slice) {
+            Ok(status) => break (status.ok(), false),
+            Err(RecvTimeoutError::Timeout) => {
+                cancelled = cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+                if cancelled || Instant::now() >= deadline {
+                    kill_group(pgid);
+                    break (
+                        status_rx.recv_timeout(REAP_GRACE).ok().and_then(Result::ok),
+                        !cancelled,
+                    );
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break (None, false),
         }
-        Err(RecvTimeoutError::Disconnected) => (None, false),
     };
     let duration = start.elapsed();
     // Background jobs the command left in its group go too.
@@ -86,6 +115,7 @@ pub(crate) fn run_bounded(
     Ok(Finished {
         status,
         timed_out,
+        cancelled,
         duration,
         stdout: out.map(Reader::finish).unwrap_or_default(),
         stderr: err.map(Reader::finish).unwrap_or_default(),

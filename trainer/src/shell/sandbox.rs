@@ -231,12 +231,23 @@ pub(crate) struct Launch<'a> {
 /// Fallback `PATH` when the daemon has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// What a [`Launch`] runs, before it becomes a [`Command`] (local) or a job script (Slurm).
+pub(crate) struct Plan {
+    /// The program and its arguments.
+    pub(crate) argv: Vec<std::ffi::OsString>,
+    /// Start from an empty environment.
+    pub(crate) clear_env: bool,
+    /// Variables to set (over the cleared environment when `clear_env`).
+    pub(crate) env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
 impl Launch<'_> {
-    /// The [`Command`] to spawn.
-    pub(crate) fn command(&self) -> Command {
+    /// The program, arguments and environment to run.
+    pub(crate) fn plan(&self) -> Plan {
         let limits = self.sandbox.map(Sandbox::prlimit_args).unwrap_or_default();
         let isolated = self.sandbox.filter(|s| s.isolate);
-        let mut cmd = if let Some(s) = isolated {
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(s) = isolated {
             // The command's own directory and its scratch (HOME, TMPDIR) are always writable.
             let mut s = s.clone();
             s.writable.extend(
@@ -245,30 +256,45 @@ impl Launch<'_> {
                     .chain(self.clean_env_scratch)
                     .map(Path::to_path_buf),
             );
-            let mut c = Command::new("bwrap");
-            c.args(s.bwrap_args(self.cwd)).args(["--", "prlimit"]);
-            c.args(&limits).arg("--").arg("sh");
-            c
+            argv.push("bwrap".into());
+            argv.extend(s.bwrap_args(self.cwd));
+            argv.extend(["--".into(), "prlimit".into()]);
+            argv.extend(limits.iter().map(Into::into));
+            argv.push("--".into());
         } else if !limits.is_empty() {
-            let mut c = Command::new("prlimit");
-            c.args(&limits).arg("--").arg("sh");
-            c
-        } else {
-            Command::new("sh")
-        };
-        cmd.arg("-c").arg(self.command);
+            argv.push("prlimit".into());
+            argv.extend(limits.iter().map(Into::into));
+            argv.push("--".into());
+        }
+        argv.extend(["sh".into(), "-c".into(), self.command.into()]);
+        let mut env = Vec::new();
+        if let Some(scratch) = self.clean_env_scratch {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+            env.push(("PATH".into(), path));
+            env.push(("LANG".into(), "C.UTF-8".into()));
+            env.push(("HOME".into(), scratch.into()));
+            env.push(("TMPDIR".into(), scratch.into()));
+        }
+        env.extend(self.env.iter().map(|(k, v)| (k.into(), v.into())));
+        Plan {
+            argv,
+            clear_env: self.clean_env_scratch.is_some(),
+            env,
+        }
+    }
+
+    /// The [`Command`] to spawn.
+    pub(crate) fn command(&self) -> Command {
+        let plan = self.plan();
+        let mut cmd = Command::new(&plan.argv[0]);
+        cmd.args(&plan.argv[1..]);
         if let Some(dir) = self.cwd {
             cmd.current_dir(dir);
         }
-        if let Some(scratch) = self.clean_env_scratch {
-            let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-            cmd.env_clear()
-                .env("PATH", path)
-                .env("LANG", "C.UTF-8")
-                .env("HOME", scratch)
-                .env("TMPDIR", scratch);
+        if plan.clear_env {
+            cmd.env_clear();
         }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.envs(plan.env);
         cmd
     }
 }

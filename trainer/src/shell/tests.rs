@@ -2,7 +2,7 @@ use btd_protocol::dispatch::{Reason, SpendClass};
 
 use super::*;
 
-pub(super) fn admitted(action: Action) -> DispatchResult {
+pub(crate) fn admitted(action: Action) -> DispatchResult {
     DispatchResult {
         action,
         reason: Reason::LocalAllowed,
@@ -141,6 +141,48 @@ fn timeout_kills_the_whole_process_group() {
         dead(pid),
         "the background sleeper {pid} survived the timeout"
     );
+}
+
+#[test]
+fn cancelling_kills_the_command_at_once() {
+    // `btd stop` sets the flag; the command is killed well before its timeout.
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
+    let mut opts = ShellOptions::new("child");
+    opts.cancel = Some(cancel.clone());
+    let flag = cancel.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let started = std::time::Instant::now();
+    let r = run_shell(
+        &task("sleep 300 & echo \"child: $!\"; wait", 600),
+        &admitted(Action::RunLocal),
+        &opts,
+    )
+    .unwrap();
+    t.join().unwrap();
+    assert!(r.cancelled && !r.timed_out, "{r:?}");
+    assert_eq!(r.signal, Some(9));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let pid = r.value.unwrap() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !dead(pid) && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(
+        dead(pid),
+        "the background sleeper {pid} survived the cancel"
+    );
+    // Without the flag set, the same options run to the end.
+    cancel.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = run_shell(
+        &task("echo 'child: 1'", 10),
+        &admitted(Action::RunLocal),
+        &opts,
+    )
+    .unwrap();
+    assert!(!r.cancelled && r.succeeded());
 }
 
 #[test]

@@ -1,0 +1,249 @@
+//! End to end over real `btd` processes and a real Slurm cluster: a worker whose only rung is
+//! backed by Slurm (`executor = "slurm"` in its `config.toml`) runs shell and candle rounds as
+//! batch jobs, a job that overruns is killed by Slurm's time limit, and `btd stop` cancels a
+//! running job.
+//!
+//! CI starts a single-node cluster with `.ci/slurm-up.sh` and sets `BTD_REQUIRE_SLURM=1`, so there a
+//! missing cluster fails these tests; elsewhere they say plainly that they did not run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use btd_tests::{join_approved, repo_root, stderr, wait_until, Daemon};
+use serde_json::Value;
+
+/// A worker whose one CPU rung runs on Slurm, polling fast.
+fn slurm_worker(tmp: &Path, owner: &Daemon, extra_slurm: &str) -> Daemon {
+    let home = tmp.join("worker");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[[rungs]]\nid = \"cluster\"\nhardware = \"cpu\"\nexecutor = \"slurm\"\n\
+             [rungs.slurm]\npoll_ms = 200\ntime_margin_secs = 0\n{extra_slurm}\n"
+        ),
+    )
+    .unwrap();
+    Daemon::start_in(&home, &["--bootstrap", &owner.addr()])
+}
+
+fn shell_program(dir: &Path, name: &str, command: &str, timeout_secs: u64) -> PathBuf {
+    let text = format!(
+        r#"name = "{name}"
+objective = "a shell task run through Slurm"
+baseline = 100.0
+required_outputs = ["output.log"]
+[criteria]
+metric = "score"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 10
+token = "OBOL"
+split = "champion-takes-all"
+[task]
+kind = "shell"
+command = "{command}"
+timeout_secs = {timeout_secs}
+[task.search]
+x = {{ min = 1.0, max = 50.0, start = 10.0 }}
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Publishes `manifest` on `owner` and waits until `worker` knows the program.
+fn publish(owner: &Daemon, worker: &Daemon, manifest: &Path) -> String {
+    let o = owner.btd(&["publish", manifest.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_until("program discovery", 30, || {
+        let v = worker.json(&["programs"]);
+        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
+    });
+    id
+}
+
+/// The Slurm job a round ran as (its `slurm-job.json`, which the bundle names by digest).
+fn job_of(run: &Value) -> Value {
+    let dir = Path::new(run["dir"].as_str().unwrap());
+    let outputs = run["bundle"]["outputs"].as_array().unwrap();
+    assert!(
+        outputs.iter().any(|o| o["name"] == "slurm-job.json"),
+        "the bundle does not name the job: {run}"
+    );
+    serde_json::from_slice(&std::fs::read(dir.join("slurm-job.json")).unwrap()).unwrap()
+}
+
+fn in_queue(job_id: &str) -> bool {
+    let o = std::process::Command::new("squeue")
+        .args(["-h", "-j", job_id, "-o", "%T"])
+        .output()
+        .unwrap();
+    !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+}
+
+#[test]
+fn shell_rounds_run_as_slurm_jobs() {
+    if !btd_trainer::slurm::ready_for_test("shell_rounds_run_as_slurm_jobs") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = Daemon::start(&[]);
+    let worker = slurm_worker(tmp.path(), &owner, "");
+    let manifest = shell_program(
+        tmp.path(),
+        "slurm-shell",
+        r#"echo \"node: $SLURM_JOB_NODELIST job: $SLURM_JOB_ID\"; echo \"score: $BTD_PARAM_X\""#,
+        30,
+    );
+    let id = publish(&owner, &worker, &manifest);
+    let (status, text) = join_approved(&owner, &worker, &id, &["--rounds", "2", "--allow-shell"]);
+    assert!(status.success(), "join failed:\n{text}\n{}", worker.log());
+    assert!(text.contains("2 of 2 rounds submitted"), "{text}");
+    let runs = worker.json(&["runs", &id]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let mut jobs = Vec::new();
+    for r in runs {
+        assert_eq!(r["state"], "submitted", "{r}");
+        let job = job_of(r);
+        assert_eq!(job["state"], "COMPLETED", "{job}");
+        let job_id = job["job_id"].as_u64().unwrap().to_string();
+        assert!(
+            r["note"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("Slurm job {job_id} (COMPLETED")),
+            "{r}"
+        );
+        // The command ran inside that job: Slurm's own variables reached it.
+        let log = std::fs::read_to_string(Path::new(r["dir"].as_str().unwrap()).join("output.log"))
+            .unwrap();
+        assert!(log.contains(&format!("job: {job_id}")), "{log}");
+        assert_eq!(r["value"], r["hypothesis"]["x"], "{r}");
+        assert!(!in_queue(&job_id));
+        jobs.push(job_id);
+    }
+    assert_ne!(jobs[0], jobs[1]);
+    let s = owner.json(&["status", &id]);
+    assert_eq!(s["submissions"], 2, "{s}");
+}
+
+#[test]
+fn a_round_past_its_time_limit_is_killed_by_slurm() {
+    if !btd_trainer::slurm::ready_for_test("a_round_past_its_time_limit_is_killed_by_slurm") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = Daemon::start(&[]);
+    let worker = slurm_worker(tmp.path(), &owner, "");
+    // A 5 s budget is a 1-minute Slurm time limit (Slurm's unit); the command wants 10 minutes.
+    let manifest = shell_program(tmp.path(), "slurm-overrun", "sleep 600; echo score: 1", 5);
+    let id = publish(&owner, &worker, &manifest);
+    let (status, text) = join_approved(&owner, &worker, &id, &["--rounds", "1", "--allow-shell"]);
+    assert!(status.success(), "join failed:\n{text}\n{}", worker.log());
+    let runs = worker.json(&["runs", &id]);
+    let r = &runs[0];
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["bundle"]["status"], "timed_out", "{r}");
+    let job = job_of(r);
+    assert_eq!(job["state"], "TIMEOUT", "{job}");
+    assert_eq!(job["reason"], "TimeLimit", "{job}");
+    assert_eq!(job["time_limit_minutes"], 1, "{job}");
+    assert_eq!(job["cancelled_by_btd"], false, "{job}");
+    let note = r["note"].as_str().unwrap();
+    assert!(
+        note.contains("killed at its Slurm time limit (1 min for a 5 s budget)"),
+        "{note}"
+    );
+}
+
+#[test]
+fn btd_stop_cancels_the_running_job() {
+    if !btd_trainer::slurm::ready_for_test("btd_stop_cancels_the_running_job") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = Daemon::start(&[]);
+    let mut worker = slurm_worker(tmp.path(), &owner, "");
+    let manifest = shell_program(tmp.path(), "slurm-stop", "sleep 600; echo score: 1", 900);
+    let id = publish(&owner, &worker, &manifest);
+    let job_id = std::thread::scope(|scope| {
+        let join = scope
+            .spawn(|| join_approved(&owner, &worker, &id, &["--rounds", "1", "--allow-shell"]));
+        // The job is in the queue under the round's name.
+        let job_id = wait_until("the round's job in squeue", 60, || {
+            let o = std::process::Command::new("squeue")
+                .args(["-h", "-o", "%i %j %T"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3 && f[1] == "btd-slurm-stop-r1" && f[2] == "RUNNING")
+                    .then(|| f[0].to_string())
+            })
+        });
+        let o = worker.btd(&["stop"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        wait_until("scancel", 60, || (!in_queue(&job_id)).then_some(()));
+        let _ = join.join();
+        job_id
+    });
+    // The round is on record as cancelled, with its job.
+    worker.wait_exit(90);
+    worker.restart(&["--bootstrap", &owner.addr()]);
+    let runs = worker.json(&["runs", &id]);
+    let r = &runs[0];
+    assert_eq!(r["state"], "cancelled", "{r}");
+    let job = job_of(r);
+    assert_eq!(job["job_id"].as_u64().unwrap().to_string(), job_id);
+    assert_eq!(job["state"], "CANCELLED", "{job}");
+    assert_eq!(job["cancelled_by_btd"], true, "{job}");
+}
+
+#[test]
+fn candle_rounds_run_on_the_compute_node() {
+    if !btd_trainer::slurm::ready_for_test("candle_rounds_run_on_the_compute_node") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = Daemon::start(&[]);
+    // A step budget has no wall-clock bound of its own: the rung's max_time_secs is the limit.
+    let worker = slurm_worker(tmp.path(), &owner, "max_time_secs = 600");
+    let text = std::fs::read_to_string(repo_root().join("examples/program.toml"))
+        .unwrap()
+        .replace("seconds = 20 ", "# no wall-clock budget ")
+        .replace("steps = 400 ", "steps = 25 ")
+        .replace("eval_tokens = 65536", "eval_tokens = 4096");
+    let manifest = tmp.path().join("quick.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let id = publish(&owner, &worker, &manifest);
+    let (status, text) = join_approved(&owner, &worker, &id, &["--rounds", "1"]);
+    assert!(status.success(), "join failed:\n{text}\n{}", worker.log());
+    assert!(text.contains("1 of 1 rounds submitted"), "{text}");
+    let runs = worker.json(&["runs", &id]);
+    let r = &runs[0];
+    assert_eq!(r["state"], "submitted", "{r}");
+    let job = job_of(r);
+    assert_eq!(job["state"], "COMPLETED", "{job}");
+    assert_eq!(job["time_limit_minutes"], 10, "{job}");
+    let dir = Path::new(r["dir"].as_str().unwrap());
+    // The compute node trained it: its outcome and the checkpoint it claims are in the round's
+    // directory, and `btd eval` reproduces the value from that checkpoint.
+    assert!(dir.join("outcome.json").exists());
+    let ckpt = dir.join("checkpoint.safetensors");
+    let e = worker.json(&["eval", ckpt.to_str().unwrap()]);
+    assert_eq!(e["val_bpb"], r["value"], "{e}");
+    // The owner checks the claim as for a local round.
+    wait_until("the owner's check", 60, || {
+        let s = owner.json(&["status", &id]);
+        (s["verified"] == 1).then_some(())
+    });
+}

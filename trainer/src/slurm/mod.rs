@@ -1,0 +1,742 @@
+//! The Slurm executor: one round as one batch job on a Slurm cluster.
+//!
+//! A rung whose `config.toml` entry says `executor = "slurm"` runs each round with [`run_batch`]:
+//! the round's command line is written to `job.sh` in the round's directory, submitted with
+//! `sbatch` (the packet's budget as `--time`, plus the rung's partition, account, QOS, GRES, CPUs
+//! and memory), followed with `squeue` until it leaves the queue, and read back with
+//! `scontrol show job` (or `sacct` once the controller has forgotten it). Its stdout and stderr
+//! are the files Slurm wrote in the round's directory, read back with the same caps as a local run.
+//!
+//! Every step is bounded: each Slurm command runs with a deadline, a job that stays pending longer
+//! than [`SlurmConfig::max_queue_secs`] is cancelled, a job that runs past its time limit plus
+//! [`OVERRUN_GRACE`] is cancelled by btd even if Slurm has not killed it, and a controller that
+//! stops answering for [`MAX_QUERY_FAILURES`] polls in a row ends the round with its last error.
+//! The caller's cancel flag (`btd stop`) runs `scancel`. Slurm's own failures (a rejected
+//! submission, a node failure, the time limit) come back as [`SlurmError`] or as the job's
+//! [`JobState`], never as a hang.
+//!
+//! The round's directory must be visible at the same path on the compute nodes (a shared
+//! filesystem, as on any cluster where `sbatch --chdir` works): outputs are collected from it.
+
+mod query;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shell::{run_bounded, Capture};
+pub use query::JobState;
+use query::{parse_sacct, parse_scontrol, parse_squeue, QueueState};
+
+/// Longest a single `sbatch`, `squeue`, `scontrol`, `sacct` or `scancel` may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes kept of a Slurm command's own output.
+const COMMAND_CAPTURE: usize = 64 * 1024;
+/// How long after its time limit a running job is cancelled by btd (Slurm checks limits about
+/// every 30 s and then waits `KillWait` before SIGKILL).
+pub const OVERRUN_GRACE: Duration = Duration::from_secs(180);
+/// Polls in a row that may fail before the round gives up on the controller.
+pub const MAX_QUERY_FAILURES: u32 = 30;
+/// How long to wait for a cancelled job to leave the queue.
+const CANCEL_WAIT: Duration = Duration::from_secs(120);
+/// Longest accepted string in a rung's Slurm settings.
+const MAX_SETTING_BYTES: usize = 128;
+/// Default for [`SlurmConfig::max_queue_secs`]: one day.
+pub const DEFAULT_MAX_QUEUE_SECS: u64 = 24 * 3600;
+/// Default for [`SlurmConfig::poll_ms`].
+pub const DEFAULT_POLL_MS: u64 = 2000;
+/// Default for [`SlurmConfig::time_margin_secs`].
+pub const DEFAULT_TIME_MARGIN_SECS: u64 = 60;
+
+/// How a rung submits its rounds to Slurm (the `[rungs.slurm]` table of `config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// `--partition`.
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `--account`.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// `--qos`.
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// `--gres`, e.g. `gpu:h100:1`.
+    #[serde(default)]
+    pub gres: Option<String>,
+    /// `--cpus-per-task`.
+    #[serde(default)]
+    pub cpus_per_task: Option<u32>,
+    /// `--mem`, e.g. `16G`.
+    #[serde(default)]
+    pub mem: Option<String>,
+    /// The longest `--time` this rung may ask for, in seconds (the partition's limit); a packet
+    /// whose budget needs more is refused before submission.
+    #[serde(default)]
+    pub max_time_secs: Option<u64>,
+    /// Seconds added to the packet's budget for `--time` (start-up, evaluation, writing outputs);
+    /// Slurm rounds the sum up to whole minutes.
+    #[serde(default = "default_margin")]
+    pub time_margin_secs: u64,
+    /// How long a job may wait in the queue before btd cancels it and fails the round.
+    #[serde(default = "default_queue")]
+    pub max_queue_secs: u64,
+    /// How often to ask `squeue` about the job, in milliseconds (at least 200).
+    #[serde(default = "default_poll")]
+    pub poll_ms: u64,
+    /// The `btd` binary the compute nodes run for candle rounds (default: this daemon's own
+    /// executable; it must be at the same path on the nodes).
+    #[serde(default)]
+    pub btd_path: Option<PathBuf>,
+}
+
+fn default_margin() -> u64 {
+    DEFAULT_TIME_MARGIN_SECS
+}
+fn default_queue() -> u64 {
+    DEFAULT_MAX_QUEUE_SECS
+}
+fn default_poll() -> u64 {
+    DEFAULT_POLL_MS
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        Self {
+            partition: None,
+            account: None,
+            qos: None,
+            gres: None,
+            cpus_per_task: None,
+            mem: None,
+            max_time_secs: None,
+            time_margin_secs: DEFAULT_TIME_MARGIN_SECS,
+            max_queue_secs: DEFAULT_MAX_QUEUE_SECS,
+            poll_ms: DEFAULT_POLL_MS,
+            btd_path: None,
+        }
+    }
+}
+
+impl SlurmConfig {
+    /// Checks every setting; the message names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("gres", &self.gres),
+            ("mem", &self.mem),
+        ] {
+            if let Some(v) = value {
+                check_setting(name, v)?;
+            }
+        }
+        if self.cpus_per_task == Some(0) || self.cpus_per_task.is_some_and(|c| c > 4096) {
+            return Err("slurm.cpus_per_task must be 1 to 4096".into());
+        }
+        if self.max_time_secs == Some(0) {
+            return Err("slurm.max_time_secs must be at least 1".into());
+        }
+        let week = crate::shell::MAX_TIMEOUT_SECS;
+        if self.time_margin_secs > week || self.max_queue_secs > 30 * 24 * 3600 {
+            return Err(
+                "slurm.time_margin_secs must be at most a week and max_queue_secs at most 30 days"
+                    .into(),
+            );
+        }
+        if !(200..=600_000).contains(&self.poll_ms) {
+            return Err("slurm.poll_ms must be 200 to 600000".into());
+        }
+        Ok(())
+    }
+
+    /// The `--time` for a packet whose budget is `budget_secs`, in whole minutes; refused when
+    /// it exceeds [`SlurmConfig::max_time_secs`].
+    pub fn time_limit_minutes(&self, budget_secs: u64) -> Result<u64, SlurmError> {
+        let secs = budget_secs.saturating_add(self.time_margin_secs).max(1);
+        if let Some(max) = self.max_time_secs {
+            if secs > max {
+                return Err(SlurmError::Invalid(format!(
+                    "the packet needs {budget_secs} s plus a {} s margin, but this rung's Slurm \
+                     time limit (max_time_secs) is {max} s",
+                    self.time_margin_secs
+                )));
+            }
+        }
+        Ok(secs.div_ceil(60))
+    }
+}
+
+fn check_setting(name: &str, v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_SETTING_BYTES
+        && !v.starts_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:,=/+@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "slurm.{name} {v:?} must be 1 to {MAX_SETTING_BYTES} characters of letters, digits \
+             and . _ : , = / + @ - (not starting with -)"
+        ))
+    }
+}
+
+/// Why a batch job could not be run or followed.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// The job or the settings are unusable (nothing was submitted).
+    #[error("{0}")]
+    Invalid(String),
+    /// A Slurm command could not be started (Slurm's client tools are not installed).
+    #[error("cannot run {command}: {error} (is Slurm's client installed and on PATH?)")]
+    Missing {
+        /// The command.
+        command: &'static str,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// `sbatch` refused the job.
+    #[error("sbatch refused the job: {0}")]
+    Rejected(String),
+    /// The job waited in the queue too long and was cancelled.
+    #[error(
+        "Slurm job {job_id} was still pending after {waited_secs} s (reason: {reason}); btd \
+         cancelled it (raise slurm.max_queue_secs or use a less busy partition)"
+    )]
+    QueueTimeout {
+        /// The job.
+        job_id: u64,
+        /// How long it waited.
+        waited_secs: u64,
+        /// Slurm's pending reason.
+        reason: String,
+    },
+    /// The controller stopped answering about the job.
+    #[error("lost track of Slurm job {job_id}: {detail}")]
+    Lost {
+        /// The job.
+        job_id: u64,
+        /// What failed.
+        detail: String,
+    },
+    /// A file of the job could not be written or read.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// One batch job to run.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    /// `--job-name`.
+    pub name: String,
+    /// Where `job.sh` and Slurm's `slurm-<id>.out`/`.err` go (the round's directory).
+    pub dir: PathBuf,
+    /// The script's body (a `sh` script; see [`script`]).
+    pub script: String,
+    /// The packet's budget in seconds (the time limit before the margin).
+    pub budget_secs: u64,
+    /// Bytes of stdout and (separately) stderr to keep.
+    pub max_capture: usize,
+}
+
+/// What Slurm says about a job, kept with the round (`slurm-job.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlurmJobInfo {
+    /// The job id.
+    pub job_id: u64,
+    /// Its final state (`COMPLETED`, `FAILED`, `TIMEOUT`, `CANCELLED`, `NODE_FAIL`, ...).
+    pub state: JobState,
+    /// Slurm's reason (`TimeLimit`, `NonZeroExitCode`, ...), when it gave one.
+    pub reason: String,
+    /// The node(s) it ran on.
+    pub nodes: String,
+    /// The `--time` asked for, in minutes.
+    pub time_limit_minutes: u64,
+    /// Milliseconds from submission to the end of the queue wait.
+    pub queued_ms: u64,
+    /// Milliseconds from the start of the job to its end, as btd saw it.
+    pub ran_ms: u64,
+    /// btd cancelled the job (the daemon was stopping, or it overran its time limit).
+    pub cancelled_by_btd: bool,
+    /// The `sbatch` arguments used.
+    pub sbatch_args: Vec<String>,
+}
+
+/// How a batch job ended.
+#[derive(Debug)]
+pub struct BatchEnd {
+    /// What Slurm says about it.
+    pub info: SlurmJobInfo,
+    /// The job's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// It was killed at its time limit.
+    pub timed_out: bool,
+    /// Its stdout (Slurm's output file).
+    pub(crate) stdout: Capture,
+    /// Its stderr (Slurm's error file).
+    pub(crate) stderr: Capture,
+    /// Wall-clock from submission to the end.
+    pub duration: Duration,
+}
+
+impl BatchEnd {
+    /// The last bytes the job wrote to stderr.
+    pub fn stderr_tail(&self) -> Vec<u8> {
+        self.stderr.tail.clone()
+    }
+}
+
+/// Quotes `s` for `sh` (single quotes; a quote inside becomes `'\''`).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A job script that changes to `cwd`, sets `env` (over a cleared environment when `clear_env`)
+/// and execs `argv`.
+pub fn script(
+    cwd: &Path,
+    clear_env: bool,
+    env: &[(String, String)],
+    argv: &[String],
+) -> Result<String, SlurmError> {
+    let cwd = cwd
+        .to_str()
+        .ok_or_else(|| SlurmError::Invalid(format!("{} is not UTF-8", cwd.display())))?;
+    let mut s = String::from("#!/bin/sh\n# Written by btd: one round of a research program.\n");
+    s.push_str(&format!("cd {} || exit 97\n", sh_quote(cwd)));
+    s.push_str("exec env");
+    if clear_env {
+        s.push_str(" -i");
+    }
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(SlurmError::Invalid(format!(
+                "environment variable {k:?} cannot be passed to a job"
+            )));
+        }
+        s.push(' ');
+        s.push_str(&sh_quote(&format!("{k}={v}")));
+    }
+    if argv.is_empty() {
+        return Err(SlurmError::Invalid("the job has no command".into()));
+    }
+    for a in argv {
+        s.push(' ');
+        s.push_str(&sh_quote(a));
+    }
+    s.push('\n');
+    Ok(s)
+}
+
+/// Submits `job`, follows it to its end (or cancels it when `cancel` is set), and reads back its
+/// outputs. See the module docs.
+pub fn run_batch(
+    cfg: &SlurmConfig,
+    job: &BatchJob,
+    cancel: &AtomicBool,
+) -> Result<BatchEnd, SlurmError> {
+    cfg.validate().map_err(SlurmError::Invalid)?;
+    let dir = job
+        .dir
+        .to_str()
+        .ok_or_else(|| SlurmError::Invalid(format!("{} is not UTF-8", job.dir.display())))?;
+    if dir.contains('%') || dir.contains('\\') {
+        // sbatch reads % and \ in --output as patterns.
+        return Err(SlurmError::Invalid(format!(
+            "the round directory {dir} has % or \\ in it, which sbatch reads as a pattern; \
+             choose a btd home without them"
+        )));
+    }
+    let minutes = cfg.time_limit_minutes(job.budget_secs)?;
+    let script_path = job.dir.join("job.sh");
+    std::fs::write(&script_path, &job.script)
+        .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", script_path.display())))?;
+    let mut args = vec![
+        "--parsable".to_string(),
+        format!("--job-name={}", job_name(&job.name)),
+        format!("--chdir={dir}"),
+        format!("--output={dir}/slurm-%j.out"),
+        format!("--error={dir}/slurm-%j.err"),
+        format!("--time={minutes}"),
+        "--nodes=1".into(),
+        "--ntasks=1".into(),
+    ];
+    for (flag, value) in [
+        ("partition", &cfg.partition),
+        ("account", &cfg.account),
+        ("qos", &cfg.qos),
+        ("gres", &cfg.gres),
+        ("mem", &cfg.mem),
+    ] {
+        if let Some(v) = value {
+            args.push(format!("--{flag}={v}"));
+        }
+    }
+    if let Some(c) = cfg.cpus_per_task {
+        args.push(format!("--cpus-per-task={c}"));
+    }
+    let submitted = Instant::now();
+    let mut sbatch_args = args.clone();
+    sbatch_args.push(script_path.display().to_string());
+    let out = slurm_command("sbatch", &sbatch_args)?;
+    if !out.ok {
+        return Err(SlurmError::Rejected(out.message()));
+    }
+    let job_id = out
+        .stdout
+        .trim()
+        .split(';')
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| {
+            SlurmError::Rejected(format!("sbatch printed {:?}, not a job id", out.stdout))
+        })?;
+    let follow = follow(cfg, job_id, minutes, submitted, cancel)?;
+    let end = final_state(job_id)?;
+    let duration = submitted.elapsed();
+    let queued = follow.started.map_or(duration, |s| s - submitted);
+    let ran = follow.started.map_or(Duration::ZERO, |s| s.elapsed());
+    let read = |ext: &str| {
+        read_capture(
+            &job.dir.join(format!("slurm-{job_id}.{ext}")),
+            job.max_capture,
+        )
+    };
+    let timed_out = end.state == JobState::Timeout || follow.overran;
+    Ok(BatchEnd {
+        info: SlurmJobInfo {
+            job_id,
+            state: end.state,
+            reason: end.reason,
+            nodes: end.nodes,
+            time_limit_minutes: minutes,
+            queued_ms: millis(queued),
+            ran_ms: millis(ran),
+            cancelled_by_btd: follow.cancelled,
+            sbatch_args,
+        },
+        exit_code: end.exit_code,
+        signal: end.signal,
+        timed_out,
+        stdout: read("out"),
+        stderr: read("err"),
+        duration,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A job name Slurm shows in `squeue`: printable ASCII without spaces, at most 64 bytes.
+fn job_name(name: &str) -> String {
+    let n: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._:-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if n.is_empty() {
+        "btd".into()
+    } else {
+        n
+    }
+}
+
+/// How following the job went.
+struct Followed {
+    /// When btd first saw it running.
+    started: Option<Instant>,
+    /// btd cancelled it.
+    cancelled: bool,
+    /// btd cancelled it for running past its time limit.
+    overran: bool,
+}
+
+fn follow(
+    cfg: &SlurmConfig,
+    job_id: u64,
+    minutes: u64,
+    submitted: Instant,
+    cancel: &AtomicBool,
+) -> Result<Followed, SlurmError> {
+    let poll = Duration::from_millis(cfg.poll_ms);
+    let limit = Duration::from_secs(minutes.saturating_mul(60)) + OVERRUN_GRACE;
+    let mut f = Followed {
+        started: None,
+        cancelled: false,
+        overran: false,
+    };
+    let mut failures = 0u32;
+    let id = job_id.to_string();
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            f.cancelled = true;
+            scancel(job_id)?;
+            wait_gone(job_id);
+            return Ok(f);
+        }
+        let out = slurm_command("squeue", &["-h", "-j", &id, "-o", "%T|%r"])?;
+        let state = if out.ok {
+            failures = 0;
+            parse_squeue(&out.stdout)
+        } else if out.stderr.contains("Invalid job id") {
+            QueueState::Gone
+        } else {
+            failures += 1;
+            if failures >= MAX_QUERY_FAILURES {
+                let _ = scancel(job_id);
+                return Err(SlurmError::Lost {
+                    job_id,
+                    detail: format!(
+                        "squeue failed {failures} times in a row; last: {}",
+                        out.message()
+                    ),
+                });
+            }
+            QueueState::Unknown
+        };
+        match state {
+            QueueState::Gone => return Ok(f),
+            QueueState::Pending { reason } => {
+                let waited = submitted.elapsed();
+                if waited > Duration::from_secs(cfg.max_queue_secs) {
+                    let _ = scancel(job_id);
+                    wait_gone(job_id);
+                    return Err(SlurmError::QueueTimeout {
+                        job_id,
+                        waited_secs: waited.as_secs(),
+                        reason,
+                    });
+                }
+            }
+            QueueState::Active => {
+                let started = *f.started.get_or_insert_with(Instant::now);
+                if started.elapsed() > limit {
+                    f.overran = true;
+                    f.cancelled = true;
+                    scancel(job_id)?;
+                    wait_gone(job_id);
+                    return Ok(f);
+                }
+            }
+            QueueState::Unknown => {}
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+fn scancel(job_id: u64) -> Result<(), SlurmError> {
+    let out = slurm_command("scancel", &[job_id.to_string()])?;
+    if out.ok {
+        Ok(())
+    } else {
+        Err(SlurmError::Lost {
+            job_id,
+            detail: format!("scancel failed: {}", out.message()),
+        })
+    }
+}
+
+/// Waits (bounded) until a cancelled job has left the queue, so its output files are complete.
+fn wait_gone(job_id: u64) {
+    let until = Instant::now() + CANCEL_WAIT;
+    let id = job_id.to_string();
+    while Instant::now() < until {
+        match slurm_command("squeue", &["-h", "-j", &id, "-o", "%T|%r"]) {
+            Ok(out) if out.ok && parse_squeue(&out.stdout) == QueueState::Gone => return,
+            Ok(out) if !out.ok && out.stderr.contains("Invalid job id") => return,
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The job's end as the controller (or, once it has forgotten the job, accounting) reports it.
+fn final_state(job_id: u64) -> Result<query::FinalState, SlurmError> {
+    let id = job_id.to_string();
+    let mut last = String::new();
+    // The controller can take a moment to move a job from COMPLETING to its final state.
+    for _ in 0..60 {
+        let out = slurm_command("scontrol", &["show", "job", "-o", &id])?;
+        if out.ok {
+            match parse_scontrol(&out.stdout) {
+                Some(s) if s.state.is_final() => return Ok(s),
+                Some(s) => last = format!("job still {}", s.state),
+                None => last = format!("unreadable scontrol output {:?}", out.stdout),
+            }
+        } else {
+            let acct = slurm_command(
+                "sacct",
+                &[
+                    "-n",
+                    "-P",
+                    "-X",
+                    "-j",
+                    &id,
+                    "-o",
+                    "State,ExitCode,NodeList,Reason",
+                ],
+            );
+            if let Ok(a) = acct {
+                if let Some(s) = a.ok.then(|| parse_sacct(&a.stdout)).flatten() {
+                    return Ok(s);
+                }
+            }
+            last = out.message();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(SlurmError::Lost {
+        job_id,
+        detail: format!("no final state from scontrol or sacct: {last}"),
+    })
+}
+
+/// A finished Slurm client command.
+struct CommandOut {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl CommandOut {
+    fn message(&self) -> String {
+        let s = self.stderr.trim();
+        if s.is_empty() {
+            self.stdout.trim().to_string()
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+fn slurm_command<S: AsRef<str>>(
+    program: &'static str,
+    args: &[S],
+) -> Result<CommandOut, SlurmError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args.iter().map(AsRef::as_ref));
+    let done = run_bounded(cmd, COMMAND_TIMEOUT, COMMAND_CAPTURE).map_err(|error| {
+        SlurmError::Missing {
+            command: program,
+            error,
+        }
+    })?;
+    let stderr = String::from_utf8_lossy(&done.stderr.bytes).into_owned();
+    Ok(CommandOut {
+        ok: done.status.is_some_and(|s| s.success()) && !done.timed_out,
+        stdout: String::from_utf8_lossy(&done.stdout.bytes).into_owned(),
+        stderr: if done.timed_out {
+            format!(
+                "{program} did not answer within {} s",
+                COMMAND_TIMEOUT.as_secs()
+            )
+        } else {
+            stderr
+        },
+    })
+}
+
+/// The first `max` bytes of a file, its size, and its last bytes (a missing file is empty).
+fn read_capture(path: &Path, max: usize) -> Capture {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Capture::default();
+    };
+    let total = f.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::new();
+    let _ = (&mut f).take(max as u64).read_to_end(&mut bytes);
+    let tail_len = total.min(crate::shell::TAIL_BYTES as u64);
+    let mut tail = Vec::new();
+    if f.seek(SeekFrom::Start(total - tail_len)).is_ok() {
+        let _ = f.take(tail_len).read_to_end(&mut tail);
+    }
+    Capture {
+        truncated: total > bytes.len() as u64,
+        bytes,
+        total,
+        tail,
+    }
+}
+
+/// Whether a Slurm controller answers here with a node that can run jobs (`sinfo`): the node
+/// states it lists, or why not.
+pub fn cluster_ready() -> Result<String, String> {
+    let out = slurm_command("sinfo", &["-h", "-o", "%T"]).map_err(|e| e.to_string())?;
+    if !out.ok {
+        return Err(format!("sinfo failed: {}", out.message()));
+    }
+    let states = out.stdout.split_whitespace().collect::<Vec<_>>().join(", ");
+    let usable = ["idle", "mix", "alloc", "completing"];
+    if out
+        .stdout
+        .lines()
+        .any(|l| usable.iter().any(|u| l.trim().starts_with(u)))
+    {
+        Ok(states)
+    } else {
+        Err(format!("no node can take jobs (node states: {states})"))
+    }
+}
+
+/// Test helper: whether tests can use a real Slurm cluster here. CI starts one
+/// (`.ci/slurm-up.sh`) and sets `BTD_REQUIRE_SLURM=1`, so there a missing cluster fails the
+/// test instead of skipping it; elsewhere the test says plainly that it did not run.
+#[doc(hidden)]
+pub fn ready_for_test(test: &str) -> bool {
+    match cluster_ready() {
+        Ok(_) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("BTD_REQUIRE_SLURM").is_none(),
+                "{test}: BTD_REQUIRE_SLURM is set but Slurm is not usable here: {why}"
+            );
+            eprintln!(
+                "{test}: NOT RUN — Slurm is not usable on this machine ({why}); start a \
+                 single-node cluster with .ci/slurm-up.sh"
+            );
+            false
+        }
+    }
+}
+
+/// Sbatch settings as `key = value` lines, for messages.
+pub fn describe(cfg: &SlurmConfig) -> String {
+    let mut parts: BTreeMap<&str, String> = BTreeMap::new();
+    for (k, v) in [
+        ("partition", &cfg.partition),
+        ("account", &cfg.account),
+        ("qos", &cfg.qos),
+        ("gres", &cfg.gres),
+        ("mem", &cfg.mem),
+    ] {
+        if let Some(v) = v {
+            parts.insert(k, v.clone());
+        }
+    }
+    if let Some(c) = cfg.cpus_per_task {
+        parts.insert("cpus", c.to_string());
+    }
+    if parts.is_empty() {
+        "Slurm, default partition".into()
+    } else {
+        let p: Vec<String> = parts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        format!("Slurm, {}", p.join(", "))
+    }
+}
