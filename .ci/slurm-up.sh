@@ -13,7 +13,7 @@ MARK="# written by btd .ci/slurm-up.sh"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-usable() { sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mix|alloc)'; }
+usable() { timeout 15 sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mix|alloc)'; }
 
 if command -v sinfo >/dev/null 2>&1 && usable; then
   echo "slurm-up: a Slurm cluster already answers"
@@ -35,7 +35,8 @@ if [ -e "$conf" ] && ! grep -qF "$MARK" "$conf"; then
   echo "slurm-up: $conf exists and was not written by this script; not touching it" >&2
   exit 1
 fi
-$sudo mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
+state=/var/spool/btd-slurm
+$sudo mkdir -p /etc/slurm "$state/ctld" "$state/d" /var/log/slurm /run/munge
 $sudo tee "$conf" >/dev/null <<EOF
 $MARK
 ClusterName=btdci
@@ -43,8 +44,8 @@ SlurmctldHost=$host
 AuthType=auth/munge
 SlurmUser=root
 SlurmdUser=root
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+StateSaveLocation=$state/ctld
+SlurmdSpoolDir=$state/d
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 ProctrackType=proctrack/linuxproc
@@ -71,13 +72,25 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 $sudo chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
 if ! munge -n >/dev/null 2>&1; then
-  $sudo -u munge /usr/sbin/munged 2>/dev/null || $sudo /usr/sbin/munged --force
+  if [ -z "$sudo" ]; then
+    runuser -u munge -- /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
+  else
+    sudo -u munge /usr/sbin/munged 2>/dev/null || sudo /usr/sbin/munged --force
+  fi
 fi
 for _ in $(seq 1 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
 munge -n | unmunge >/dev/null || { echo "slurm-up: munge does not work" >&2; exit 1; }
 
-pgrep -x slurmctld >/dev/null || $sudo slurmctld
-pgrep -x slurmd >/dev/null || $sudo slurmd
+fail() {
+  echo "slurm-up: $*" >&2
+  tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 2>/dev/null || true
+  exit 1
+}
+pgrep -x slurmctld >/dev/null || $sudo slurmctld || fail "slurmctld did not start"
+pgrep -x slurmd >/dev/null || $sudo slurmd || fail "slurmd did not start"
+sleep 1
+pgrep -x slurmctld >/dev/null || fail "slurmctld exited at start"
+pgrep -x slurmd >/dev/null || fail "slurmd exited at start"
 for _ in $(seq 1 60); do
   if usable; then
     echo "slurm-up: single-node cluster ready"
@@ -85,10 +98,9 @@ for _ in $(seq 1 60); do
     exit 0
   fi
   # A node that registered as down (e.g. after an unclean stop) is brought back.
-  $sudo scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+  timeout 15 $sudo scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
   sleep 1
 done
-echo "slurm-up: the cluster did not become usable; last sinfo:" >&2
-sinfo >&2 || true
-tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
-exit 1
+timeout 15 sinfo >&2 || true
+fail "the cluster did not become usable within a minute"
+

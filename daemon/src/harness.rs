@@ -181,6 +181,11 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits up to `within` for the process to exit by itself (after `btd stop`); whether it did.
     pub fn wait_exit(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;

@@ -66,6 +66,10 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     )
     .await?;
     let work = WorkContext::new(handle.clone(), store, &home_dir, cfg.rungs, cfg.slurm);
+    match work.recover_interrupted().await {
+        Ok(notes) => notes.iter().for_each(|n| eprintln!("btd: {n}")),
+        Err(e) => eprintln!("btd: cannot check rounds interrupted by the last stop: {e}"),
+    }
     let (stop_tx, mut stop_rx) = mpsc::channel(1);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control = tokio::spawn(crate::control::serve(

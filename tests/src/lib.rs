@@ -151,6 +151,11 @@ impl Daemon {
         self.process.kill();
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Waits (bounded) until the process has exited by itself, e.g. after `btd stop`.
     pub fn wait_exit(&mut self, secs: u64) {
         assert!(

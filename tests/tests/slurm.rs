@@ -165,16 +165,25 @@ fn a_round_past_its_time_limit_is_killed_by_slurm() {
     );
 }
 
-#[test]
-fn btd_stop_cancels_the_running_job() {
-    if !btd_trainer::slurm::ready_for_test("btd_stop_cancels_the_running_job") {
-        return;
-    }
+/// How the worker goes away while its round's job runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// `btd stop`.
+    Stop,
+    /// SIGKILL: nobody follows the job until the daemon starts again.
+    Kill,
+}
+
+/// Starts a 10-minute round on the Slurm rung, ends the worker `how` while its job runs, starts the
+/// worker again, and returns its record of the round, the job's id, and the directory holding both
+/// homes.
+fn interrupted_round(name: &str, how: Ending) -> (Value, String, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let owner = Daemon::start(&[]);
     let mut worker = slurm_worker(tmp.path(), &owner, "");
-    let manifest = shell_program(tmp.path(), "slurm-stop", "sleep 600; echo score: 1", 900);
+    let manifest = shell_program(tmp.path(), name, "sleep 600; echo score: 1", 900);
     let id = publish(&owner, &worker, &manifest);
+    let job_name = format!("btd-{name}-r1");
     let job_id = std::thread::scope(|scope| {
         let join = scope
             .spawn(|| join_approved(&owner, &worker, &id, &["--rounds", "1", "--allow-shell"]));
@@ -186,26 +195,65 @@ fn btd_stop_cancels_the_running_job() {
                 .ok()?;
             String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 3 && f[1] == "btd-slurm-stop-r1" && f[2] == "RUNNING")
-                    .then(|| f[0].to_string())
+                (f.len() == 3 && f[1] == job_name && f[2] == "RUNNING").then(|| f[0].to_string())
             })
         });
-        let o = worker.btd(&["stop"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        wait_until("scancel", 60, || (!in_queue(&job_id)).then_some(()));
+        match how {
+            Ending::Stop => {
+                let o = worker.btd(&["stop"]);
+                assert!(o.status.success(), "{}", stderr(&o));
+                wait_until("scancel", 60, || (!in_queue(&job_id)).then_some(()));
+            }
+            Ending::Kill => {
+                let pid = worker.pid().to_string();
+                let killed = std::process::Command::new("kill")
+                    .args(["-9", &pid])
+                    .status();
+                assert!(killed.unwrap().success());
+            }
+        }
         let _ = join.join();
         job_id
     });
-    // The round is on record as cancelled, with its job.
     worker.wait_exit(90);
+    if how == Ending::Kill {
+        // Nobody follows the job now: it is still there.
+        assert!(in_queue(&job_id), "the job ended with the daemon");
+    }
     worker.restart(&["--bootstrap", &owner.addr()]);
+    assert!(!in_queue(&job_id), "the job outlived the restart");
     let runs = worker.json(&["runs", &id]);
-    let r = &runs[0];
+    (runs[0].clone(), job_id, tmp)
+}
+
+#[test]
+fn btd_stop_cancels_the_running_job() {
+    if !btd_trainer::slurm::ready_for_test("btd_stop_cancels_the_running_job") {
+        return;
+    }
+    let (r, job_id, _tmp) = interrupted_round("slurm-stop", Ending::Stop);
+    // The round is on record as cancelled, with its job.
     assert_eq!(r["state"], "cancelled", "{r}");
-    let job = job_of(r);
+    let job = job_of(&r);
     assert_eq!(job["job_id"].as_u64().unwrap().to_string(), job_id);
     assert_eq!(job["state"], "CANCELLED", "{job}");
     assert_eq!(job["cancelled_by_btd"], true, "{job}");
+}
+
+#[test]
+fn a_job_orphaned_by_a_killed_daemon_is_cancelled_at_restart() {
+    if !btd_trainer::slurm::ready_for_test(
+        "a_job_orphaned_by_a_killed_daemon_is_cancelled_at_restart",
+    ) {
+        return;
+    }
+    let (r, job_id, _tmp) = interrupted_round("slurm-kill", Ending::Kill);
+    assert_eq!(r["state"], "cancelled", "{r}");
+    assert_eq!(
+        r["note"],
+        format!("the daemon stopped while this round ran; cancelled its Slurm job {job_id}, still queued"),
+        "{r}"
+    );
 }
 
 #[test]

@@ -21,13 +21,13 @@ use super::{Loop, Round, WorkContext, WorkEvent};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
-    /// Running (or the daemon stopped while it ran).
+    /// Running (a round the daemon was killed during becomes `cancelled` when it starts again).
     Running,
     /// Dispatch held the packet.
     Held,
     /// The task failed or produced no value.
     Failed,
-    /// The daemon was stopping; nothing was submitted.
+    /// The daemon was stopping, or was killed while the round ran; nothing was submitted.
     Cancelled,
     /// The result ran but the owner did not record it.
     Unsubmitted,
@@ -108,16 +108,13 @@ impl WorkContext {
             })
             .collect()
     }
-}
 
-impl Loop {
     /// Stores `record` (replacing the round's earlier state) and writes its `run.json`.
-    pub(super) async fn persist(&self, record: &RunRecord) -> Result<(), String> {
+    async fn persist_run(&self, record: &RunRecord) -> Result<(), String> {
         let json = serde_json::to_string(record)
             .map_err(|e| format!("cannot encode the run record: {e}"))?;
         let (program, round, started) = (record.program, record.round, record.started_at);
-        self.ctx
-            .store
+        self.store
             .write(move |tx| store::put_run(tx, &program, round, started, &json))
             .await
             .map_err(|e| format!("cannot store the run record: {e}"))?;
@@ -126,6 +123,45 @@ impl Loop {
             let _ = std::fs::write(record.dir.join("run.json"), text + "\n");
         }
         Ok(())
+    }
+
+    /// At start: rounds still `running` in the store were interrupted by a daemon that died. Each
+    /// becomes `cancelled`, with what happened in its note; a Slurm job such a round had submitted
+    /// and that is still in the queue is cancelled first (nobody follows it any more). Returns the
+    /// notes, one per round.
+    pub async fn recover_interrupted(&self) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
+        for mut record in self.runs(None).await? {
+            if record.state != RunState::Running {
+                continue;
+            }
+            let dir = record.dir.clone();
+            let slurm =
+                tokio::task::spawn_blocking(move || btd_trainer::slurm::cancel_orphan(&dir))
+                    .await
+                    .map_err(|e| format!("cancelling an orphaned Slurm job failed: {e}"))?;
+            let what = match slurm {
+                Ok(Some(job)) => format!("; cancelled its Slurm job {job}, still queued"),
+                Ok(None) => String::new(),
+                Err(e) => format!("; its Slurm job may still run: {e}"),
+            };
+            record.state = RunState::Cancelled;
+            record.finished_at = Some(self.node.now());
+            record.note = format!("the daemon stopped while this round ran{what}");
+            self.persist_run(&record).await?;
+            notes.push(format!(
+                "program {} round {}: {}",
+                record.program, record.round, record.note
+            ));
+        }
+        Ok(notes)
+    }
+}
+
+impl Loop {
+    /// Stores `record` (replacing the round's earlier state) and writes its `run.json`.
+    pub(super) async fn persist(&self, record: &RunRecord) -> Result<(), String> {
+        self.ctx.persist_run(record).await
     }
 
     /// Stamps the end time, stores the record and reports it: the round is done.

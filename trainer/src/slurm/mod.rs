@@ -297,6 +297,42 @@ impl BatchEnd {
     }
 }
 
+/// The file in a round's directory that names its job once `sbatch` accepted it.
+pub const SUBMITTED_FILE: &str = "slurm-submitted.json";
+
+/// [`SUBMITTED_FILE`]'s content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The job id.
+    pub job_id: u64,
+    /// Its name in the queue.
+    pub name: String,
+}
+
+/// Cancels the job a round directory's [`SUBMITTED_FILE`] names, if it is still in the queue
+/// under that name (a daemon that was killed while the job ran cannot follow it any more). Returns
+/// the job id when it cancelled one.
+pub fn cancel_orphan(dir: &Path) -> Result<Option<u64>, String> {
+    let path = dir.join(SUBMITTED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if b.len() <= 4096 => b,
+        Ok(_) => return Err(format!("{} is too large", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let s: Submitted = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is unreadable: {e}", path.display()))?;
+    let id = s.job_id.to_string();
+    let out = slurm_command("squeue", &["-h", "-j", &id, "-o", "%j"]).map_err(|e| e.to_string())?;
+    // Gone, or the id now belongs to another job (a controller that lost its state): leave it.
+    if !out.ok || out.stdout.trim() != s.name {
+        return Ok(None);
+    }
+    scancel(s.job_id).map_err(|e| e.to_string())?;
+    wait_gone(s.job_id);
+    Ok(Some(s.job_id))
+}
+
 /// Quotes `s` for `sh` (single quotes; a quote inside becomes `'\''`).
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -402,6 +438,23 @@ pub fn run_batch(
         .ok_or_else(|| {
             SlurmError::Rejected(format!("sbatch printed {:?}, not a job id", out.stdout))
         })?;
+    // Written before following the job, so that a daemon killed meanwhile can cancel it when it
+    // starts again ([`cancel_orphan`]).
+    let marker = Submitted {
+        job_id,
+        name: job_name(&job.name),
+    };
+    let marker_path = job.dir.join(SUBMITTED_FILE);
+    if let Err(e) = serde_json::to_vec(&marker)
+        .map_err(|e| e.to_string())
+        .and_then(|b| std::fs::write(&marker_path, b).map_err(|e| e.to_string()))
+    {
+        let _ = scancel(job_id);
+        return Err(SlurmError::Io(format!(
+            "cannot write {}: {e}; cancelled job {job_id}",
+            marker_path.display()
+        )));
+    }
     let follow = follow(cfg, job_id, minutes, submitted, cancel)?;
     let end = final_state(job_id)?;
     let duration = submitted.elapsed();
