@@ -261,10 +261,13 @@ pub struct SlurmJobInfo {
     pub nodes: String,
     /// The `--time` asked for, in minutes.
     pub time_limit_minutes: u64,
-    /// Milliseconds from submission to the end of the queue wait.
+    /// Milliseconds from `sbatch` until btd first saw the job running (a job that ends between two
+    /// polls was never seen running: then this is all of it).
     pub queued_ms: u64,
-    /// Milliseconds from the start of the job to its end, as btd saw it.
+    /// Milliseconds from then until btd saw the job leave the queue.
     pub ran_ms: u64,
+    /// The job's run time as Slurm reports it (whole seconds).
+    pub run_secs: Option<u64>,
     /// btd cancelled the job (the daemon was stopping, or it overran its time limit).
     pub cancelled_by_btd: bool,
     /// The `sbatch` arguments used.
@@ -476,6 +479,7 @@ pub fn run_batch(
             time_limit_minutes: minutes,
             queued_ms: millis(queued),
             ran_ms: millis(ran),
+            run_secs: end.run_secs,
             cancelled_by_btd: follow.cancelled,
             sbatch_args,
         },
@@ -643,7 +647,7 @@ fn final_state(job_id: u64) -> Result<query::FinalState, SlurmError> {
                     "-j",
                     &id,
                     "-o",
-                    "State,ExitCode,NodeList,Reason",
+                    "State,ExitCode,NodeList,Reason,Elapsed",
                 ],
             );
             if let Ok(a) = acct {

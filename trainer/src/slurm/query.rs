@@ -146,6 +146,23 @@ pub(crate) struct FinalState {
     pub(crate) signal: Option<i32>,
     pub(crate) reason: String,
     pub(crate) nodes: String,
+    /// Slurm's own run time of the job (`RunTime` / `Elapsed`), whole seconds.
+    pub(crate) run_secs: Option<u64>,
+}
+
+/// `[D-]HH:MM:SS` (or `MM:SS`) as seconds.
+fn duration_secs(v: &str) -> Option<u64> {
+    let (days, rest) = match v.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, v),
+    };
+    let mut secs = 0u64;
+    for part in rest.split(':') {
+        secs = secs
+            .checked_mul(60)?
+            .checked_add(part.parse::<u64>().ok()?)?;
+    }
+    days.checked_mul(86_400)?.checked_add(secs)
 }
 
 /// `ExitCode=a:b`: the exit code `a`, or the signal `b` when it is not 0.
@@ -180,10 +197,11 @@ pub(crate) fn parse_scontrol(out: &str) -> Option<FinalState> {
         signal,
         reason: clean(field("Reason").unwrap_or("")),
         nodes: clean(field("NodeList").unwrap_or("")),
+        run_secs: field("RunTime").and_then(duration_secs),
     })
 }
 
-/// `sacct -n -P -X -j ID -o State,ExitCode,NodeList,Reason`.
+/// `sacct -n -P -X -j ID -o State,ExitCode,NodeList,Reason,Elapsed`.
 pub(crate) fn parse_sacct(out: &str) -> Option<FinalState> {
     let line = out.lines().map(str::trim).find(|l| !l.is_empty())?;
     let mut f = line.split('|');
@@ -195,5 +213,6 @@ pub(crate) fn parse_sacct(out: &str) -> Option<FinalState> {
         signal,
         nodes: clean(f.next().unwrap_or("")),
         reason: clean(f.next().unwrap_or("")),
+        run_secs: f.next().and_then(duration_secs),
     })
 }

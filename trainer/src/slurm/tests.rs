@@ -27,6 +27,7 @@ fn scontrol_and_sacct_answers() {
     assert_eq!(s.state, JobState::Timeout);
     assert_eq!((s.exit_code, s.signal), (None, Some(15)));
     assert_eq!((s.reason.as_str(), s.nodes.as_str()), ("TimeLimit", "vm"));
+    assert_eq!(s.run_secs, Some(80));
     let s = parse_scontrol("JobId=3 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0").unwrap();
     assert_eq!(
         (s.state, s.exit_code, s.signal),
@@ -39,7 +40,8 @@ fn scontrol_and_sacct_answers() {
         parse_scontrol("slurm_load_jobs error: Invalid job id specified"),
         None
     );
-    let s = parse_sacct("CANCELLED by 0|0:15|node7|None\n").unwrap();
+    let s = parse_sacct("CANCELLED by 0|0:15|node7|None|1-00:00:02\n").unwrap();
+    assert_eq!(s.run_secs, Some(86_402));
     assert_eq!((s.state, s.signal), (JobState::Cancelled, Some(15)));
     assert_eq!(s.nodes, "node7");
     let s = parse_sacct("NODE_FAIL|1:0|gpu3|").unwrap();
