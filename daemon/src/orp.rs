@@ -26,7 +26,13 @@ pub fn export_round(
     let out = out.map_or_else(|| default_out_dir(record), Path::to_path_buf);
     let program = record.program.to_string();
     let round_dir = record.dir.to_string_lossy();
-    let out_dir = out.to_string_lossy();
+    // The packet names its files as text, and they are written where it says.
+    let out_dir = out.to_str().ok_or_else(|| {
+        format!(
+            "{} is not valid UTF-8; ORP packets name their files as text, choose another --out",
+            out.display()
+        )
+    })?;
     let command = format!("btd join {program} --rounds (round {})", record.round);
     let output_paths = output_files(record);
     let export = btd_protocol::orp::export_round(
@@ -59,7 +65,7 @@ pub fn export_round(
         },
         &ExportPlace {
             round_dir: &round_dir,
-            out_dir: &out_dir,
+            out_dir,
             created_at: now,
             tool_version: env!("CARGO_PKG_VERSION"),
             command: &command,

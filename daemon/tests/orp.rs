@@ -241,7 +241,8 @@ async fn packets_of_passed_rejected_and_held_rounds_validate_against_orps_schema
     // The validation is not vacuous: ORP's wrapper's "hold" status, a missing run, an id outside
     // ORP's alphabet and a non-date time are each refused.
     let good = exported(passed, out.path(), &packet_schema);
-    let broken: [(&str, fn(&mut Value)); 4] = [
+    type Break = fn(&mut Value);
+    let broken: [(&str, Break); 4] = [
         ("hold status", |v| v["gates"][0]["status"] = json!("hold")),
         ("no run", |v| {
             v.as_object_mut().unwrap().remove("run");

@@ -34,7 +34,12 @@ pub(crate) fn runs_orp(
             id.short()
         )));
     };
-    let export = crate::orp::export_round(record, out_dir, crate::clock::system_now())
+    // Absolute, so the packet's paths mean the same from anywhere.
+    let out_dir = out_dir
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| CmdError::Usage(format!("--out: {e}")))?;
+    let export = crate::orp::export_round(record, out_dir.as_deref(), crate::clock::system_now())
         .map_err(|e| CmdError::Rejected(anyhow!(e)))?;
     if json {
         return print_json(&export.packet);

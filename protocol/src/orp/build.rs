@@ -169,42 +169,10 @@ pub fn export_round(r: &RoundInput<'_>, place: &ExportPlace<'_>) -> Result<OrpEx
 
     // The evidence objects, each its own file.
     let mut files: Vec<ExportFile> = Vec::new();
-    let mut evidence = |name: &str, json: Option<Result<String, serde_json::Error>>| {
-        let json = json?;
-        let path = out(name);
-        Some(json.map(|contents| {
-            files.push(ExportFile {
-                path: path.clone(),
-                contents: contents + "\n",
-            });
-            path
-        }))
-    };
-    let encode = |e: serde_json::Error| format!("cannot encode an evidence object as JSON: {e}");
-    let bundle_path = evidence(
-        "result-bundle.json",
-        r.bundle.map(serde_json::to_string_pretty),
-    )
-    .transpose()
-    .map_err(encode)?;
-    let impact_path = evidence(
-        "impact-read.json",
-        r.impact.map(serde_json::to_string_pretty),
-    )
-    .transpose()
-    .map_err(encode)?;
-    let approval_path = evidence(
-        "approval-receipt.json",
-        r.approval.map(serde_json::to_string_pretty),
-    )
-    .transpose()
-    .map_err(encode)?;
-    let trace_path = evidence(
-        "traceability-record.json",
-        r.trace.map(serde_json::to_string_pretty),
-    )
-    .transpose()
-    .map_err(encode)?;
+    let bundle_path = evidence(&mut files, out("result-bundle.json"), r.bundle)?;
+    let impact_path = evidence(&mut files, out("impact-read.json"), r.impact)?;
+    let approval_path = evidence(&mut files, out("approval-receipt.json"), r.approval)?;
+    let trace_path = evidence(&mut files, out("traceability-record.json"), r.trace)?;
     let outputs = r.output_paths.to_vec();
 
     // Gate 1: dispatch.
@@ -227,6 +195,7 @@ pub fn export_round(r: &RoundInput<'_>, place: &ExportPlace<'_>) -> Result<OrpEx
     check.evidence_paths.extend(impact_path.clone());
     check.evidence_paths.extend(trace_path.clone());
     let gates = vec![dispatch, run_gate, check];
+    let gates_total = gates.len();
 
     let passed = count(&gates, |s| s == GateStatus::Pass);
     let failed = count(&gates, |s| {
@@ -234,7 +203,7 @@ pub fn export_round(r: &RoundInput<'_>, place: &ExportPlace<'_>) -> Result<OrpEx
     });
     let overall = if failed > 0 {
         OverallResult::Fail
-    } else if passed == gates.len() as u64 {
+    } else if passed == gates_total as u64 {
         OverallResult::Pass
     } else {
         OverallResult::Inconclusive
@@ -291,7 +260,7 @@ pub fn export_round(r: &RoundInput<'_>, place: &ExportPlace<'_>) -> Result<OrpEx
             overall_result: overall,
             gates_passed: passed,
             gates_failed: failed,
-            gates_total: 3,
+            gates_total: gates_total as u64,
             note: Some(format!(
                 "round {} of program {short} by member {}",
                 r.round, r.member
@@ -318,6 +287,24 @@ pub fn export_round(r: &RoundInput<'_>, place: &ExportPlace<'_>) -> Result<OrpEx
     ];
     all.extend(files);
     Ok(OrpExport { packet, files: all })
+}
+
+/// Adds `object` (if any) to `files` as pretty JSON at `path`, and returns the path.
+fn evidence<T: serde::Serialize>(
+    files: &mut Vec<ExportFile>,
+    path: String,
+    object: Option<&T>,
+) -> Result<Option<String>, String> {
+    let Some(object) = object else {
+        return Ok(None);
+    };
+    let json = serde_json::to_string_pretty(object)
+        .map_err(|e| format!("cannot encode {path} as JSON: {e}"))?;
+    files.push(ExportFile {
+        path: path.clone(),
+        contents: json + "\n",
+    });
+    Ok(Some(path))
 }
 
 /// The run gate: passes when the bundle completed.
