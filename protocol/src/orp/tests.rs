@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::dispatch::{Action, Budget, ComputePacket, DispatchResult, Reason, SpendClass};
 use crate::kb::Check;
-use crate::trace::{BundleStatus, ImpactRead, NextAction, Output, ResultBundle};
+use crate::trace::{ApprovalReceipt, BundleStatus, ImpactRead, NextAction, Output, ResultBundle};
 use crate::wire::SubmitReceipt;
 use crate::Timestamp;
 
@@ -91,6 +91,10 @@ fn held(action: Action, reason: Reason) -> Round {
 }
 
 fn export(r: &Round) -> OrpExport {
+    export_with(r, None)
+}
+
+fn export_with(r: &Round, approval: Option<&ApprovalReceipt>) -> OrpExport {
     let packet = packet();
     let outputs: Vec<String> = r
         .bundle
@@ -106,7 +110,7 @@ fn export(r: &Round) -> OrpExport {
         finished_at: Some(Timestamp::from_millis(1_700_000_002_500)),
         packet: &packet,
         dispatch: &r.dispatch,
-        approval: None,
+        approval,
         parent_seq: Some(4),
         metric: "score",
         value: r.bundle.as_ref().map(|_| 5.0),
@@ -241,6 +245,34 @@ fn a_verified_accepted_round_passes_every_gate_and_is_accepted() {
         "{md}"
     );
     assert!(md.contains("accepted / Verified"), "{md}");
+}
+
+#[test]
+fn a_paid_rounds_approval_receipt_is_evidence_of_its_dispatch_gate() {
+    let key = libp2p_identity::Keypair::generate_ed25519();
+    let receipt = ApprovalReceipt::issue(
+        &key,
+        "demo:cpu",
+        "cpu",
+        Timestamp::from_millis(0),
+        Timestamp::from_secs(3600),
+        2.0,
+    )
+    .unwrap();
+    let mut r = submitted(Check::Verified, true);
+    r.dispatch = dispatch(Action::RunPaid, Reason::ApprovalReceipt);
+    let e = export_with(&r, Some(&receipt));
+    let g = &e.packet.gates[0];
+    assert_eq!(g.status, GateStatus::Pass);
+    let path = format!(
+        "/runs/abc/round-00003/orp/{}.approval-receipt.json",
+        e.packet.packet_id
+    );
+    assert_eq!(g.evidence_paths, [path.clone()]);
+    let file = e.files.iter().find(|f| f.path == path).unwrap();
+    let back: ApprovalReceipt = serde_json::from_str(&file.contents).unwrap();
+    assert_eq!(back.id(), receipt.id());
+    assert!(e.packet.protocol_boundary.evidence_paths.contains(&path));
 }
 
 #[test]
