@@ -268,7 +268,7 @@ fn a_paid_rounds_approval_receipt_is_evidence_of_its_dispatch_gate() {
         "/runs/abc/round-00003/orp/{}.approval-receipt.json",
         e.packet.packet_id
     );
-    assert_eq!(g.evidence_paths, [path.clone()]);
+    assert_eq!(g.evidence_paths, [path.as_str()]);
     let file = e.files.iter().find(|f| f.path == path).unwrap();
     let back: ApprovalReceipt = serde_json::from_str(&file.contents).unwrap();
     assert_eq!(back.id(), receipt.id());
