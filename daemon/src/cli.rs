@@ -65,6 +65,14 @@ enum Command {
     Runs {
         /// The program id (default: every program).
         program: Option<String>,
+        /// Export round ROUND of PROGRAM as an ORP (open-research-protocol) packet v1: writes the
+        /// packet, a Markdown summary and its evidence (result bundle, impact read, approval
+        /// receipt, traceability record) as JSON files and prints the packet's path.
+        #[arg(long, value_name = "ROUND", requires = "program")]
+        orp: Option<u64>,
+        /// Where --orp writes (default: orp/ in the round's directory).
+        #[arg(long, value_name = "DIR", requires = "orp")]
+        out: Option<PathBuf>,
     },
     /// Owner: approve a join code.
     Approve {
@@ -290,6 +298,10 @@ pub(crate) struct ExplainArgs {
     /// Paid spend already used by the program (spend units), checked against `max_total_spend`.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) spent: f64,
+    /// Print the verdict as an ORP gate result (JSON): run_* pass, hold_packet fail,
+    /// request_paid_approval skipped (it waits for paid approval).
+    #[arg(long)]
+    pub(crate) orp: bool,
     /// Evaluate as of this instant (milliseconds since the Unix epoch) instead of now.
     #[arg(long, hide = true)]
     pub(crate) now_ms: Option<u64>,
@@ -388,7 +400,12 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         ),
         Command::Programs => daemon_cmd::programs(home, json),
         Command::Join(args) => daemon_cmd::join(home, &args, json),
-        Command::Runs { program } => daemon_cmd::runs(home, program.as_deref(), json),
+        Command::Runs {
+            program,
+            orp: Some(round),
+            out,
+        } => daemon_cmd::runs_orp(home, program.as_deref(), round, out.as_deref(), json),
+        Command::Runs { program, .. } => daemon_cmd::runs(home, program.as_deref(), json),
         Command::Approve { code } => daemon_cmd::decide(home, code, true, json),
         Command::Deny { code } => daemon_cmd::decide(home, code, false, json),
         Command::Members { program } => daemon_cmd::members(home, &program, json),

@@ -1,6 +1,7 @@
 //! CLI commands that talk to (or are) the running daemon: each sends its request on the control
 //! socket and prints the answer as JSON (`--json`) or for people (`daemon_cmd/print.rs`).
 
+mod orp;
 mod print;
 
 use crate::output::out;
@@ -19,6 +20,7 @@ use crate::node::types::{JoinEvent, MembersView, NodeInfo, PeerView, ProgramView
 use crate::output::{print_json, CmdError};
 use crate::start::StartFlags;
 use crate::work::{RunRecord, WorkOptions, WorkSummary};
+pub(crate) use orp::runs_orp;
 
 fn runtime() -> Result<tokio::runtime::Runtime, CmdError> {
     tokio::runtime::Builder::new_current_thread()

@@ -25,6 +25,7 @@ pub mod home;
 pub mod net;
 pub mod node;
 mod offline;
+pub mod orp;
 mod output;
 pub mod poll;
 pub mod source;

@@ -13,6 +13,7 @@
 //! | [`discovery`] | which programs a node remembers from the mesh: per-owner and global caps, eviction |
 //! | [`dispatch`] | compute governance: rungs, policy, packets, `evaluate_dispatch` |
 //! | [`trace`] | result bundles, impact reads, approval receipts, traceability records |
+//! | [`orp`] | a round's records as an ORP (open-research-protocol) packet; a dispatch verdict as an ORP gate |
 //! | [`signed`] | `Signed<T>`: ed25519 envelopes readable only through verification |
 //! | [`seal`] | sealing to an x25519 key (ECDH + HKDF-SHA256 + ChaCha20-Poly1305) |
 //! | [`metric`] | the `val_bpb` metric |
@@ -25,6 +26,7 @@ mod hex32;
 pub mod kb;
 pub mod membership;
 pub mod metric;
+pub mod orp;
 pub mod owner;
 pub mod patch;
 pub mod program;

@@ -1,6 +1,6 @@
 //! End to end over real `btd` processes: a worker joins with `btd join --rounds`, trains the
 //! example program's task on hypotheses near the champion, submits, and leaves records that
-//! `btd runs` lists and `btd eval` verifies.
+//! `btd runs` lists (and exports as ORP packets) and `btd eval` verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use btd_tests::{repo_root, stderr, wait_until, Daemon};
@@ -53,6 +53,45 @@ fn join_with_rounds_trains_submits_and_records_verifiable_results() {
         assert_eq!(e["val_bpb"], r["value"], "{e}");
         assert_eq!(e["matches_claim"], true, "{e}");
     }
+    // `btd runs --orp`: round 1 as an ORP packet (one JSON document with --json), written with its
+    // evidence into the round's orp/ directory; the text form prints the packet's path; a round
+    // this node does not have is refused with the rounds it has.
+    let packet = worker.json(&["runs", &id, "--orp", "1"]);
+    assert_eq!(packet["schema_version"], "1.0.0", "{packet}");
+    assert_eq!(packet["atomic_context"]["board_id"], id.as_str());
+    assert_eq!(packet["gates"][0]["status"], "pass", "{packet}");
+    assert_eq!(packet["gates"][1]["status"], "pass", "{packet}");
+    let path = packet["artifacts"]["packet_json_path"].as_str().unwrap();
+    assert!(path.starts_with(runs[0]["dir"].as_str().unwrap()), "{path}");
+    for p in packet["protocol_boundary"]["evidence_paths"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(std::path::Path::new(p.as_str().unwrap()).is_file(), "{p}");
+    }
+    let out_dir = owner.home.parent().unwrap().join("orp-out");
+    let o = worker.btd(&[
+        "runs",
+        &id,
+        "--orp",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(printed.starts_with(out_dir.to_str().unwrap()), "{printed}");
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&printed).unwrap()).unwrap();
+    assert_eq!(on_disk["atomic_context"]["atom_id"], "round-00002");
+    let o = worker.btd(&["runs", &id, "--orp", "9"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("its rounds are 1 to 2"),
+        "{}",
+        stderr(&o)
+    );
+
     // The owner's KB holds both; its champion is the last round that became champion, if any
     // (hypotheses depend on the worker's random key, so a short run may not beat the baseline).
     let s = owner.json(&["status", &id]);

@@ -93,12 +93,37 @@ pub(crate) fn explain(args: &ExplainArgs, json: bool) -> Result<(), CmdError> {
             ))
         }
     };
+    if args.orp {
+        // One JSON document whether or not --json is given: the gate is for machines.
+        return print_json(&btd_protocol::orp::dispatch_gate(
+            &result,
+            &command_label(args),
+        ));
+    }
     if json {
         print_json(&result)
     } else {
         print_human(&result);
         Ok(())
     }
+}
+
+/// The what-if as a command line, for the ORP gate's `command`.
+fn command_label(args: &ExplainArgs) -> String {
+    let mut parts = vec!["btd policy explain".to_string()];
+    if let Some(m) = &args.manifest {
+        parts.push(m.display().to_string());
+    }
+    if let (Some(map), Some(point)) = (&args.map, &args.point) {
+        parts.push(format!("--map {} --point {point}", map.display()));
+    }
+    if let Some(r) = &args.rung {
+        parts.push(format!("--rung {r}"));
+    }
+    if let Some(a) = &args.approval {
+        parts.push(format!("--approval {}", a.display()));
+    }
+    parts.join(" ")
 }
 
 fn print_human(r: &DispatchResult) {

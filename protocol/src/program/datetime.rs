@@ -35,7 +35,7 @@ pub(super) fn datetime_to_timestamp(d: &toml::value::Datetime) -> Option<Timesta
 }
 
 /// RFC 3339 (UTC, `Z`) rendering of a timestamp, for display.
-pub(super) fn format_rfc3339(t: Timestamp) -> String {
+pub(crate) fn format_rfc3339(t: Timestamp) -> String {
     let ms = t.as_millis();
     let secs = (ms / 1000) as i64;
     let days = secs.div_euclid(86_400);

@@ -6,7 +6,7 @@
 //! program together with the owner's public key, so the same manifest published by two owners gives
 //! two programs. The full field reference is `docs/program.md`.
 
-mod datetime;
+pub(crate) mod datetime;
 mod parse;
 pub mod search;
 #[cfg(test)]
