@@ -317,7 +317,7 @@ fn run_gate(r: &RoundInput<'_>, command: &str, duration_ms: u64) -> GateResult {
         (RoundState::Held, _) => (GateStatus::Skipped, format!("never ran: {}", r.note)),
         (RoundState::Cancelled, _) => (
             GateStatus::Skipped,
-            format!("cancelled, the daemon was stopping: {}", r.note),
+            format!("cancelled, the daemon stopped: {}", r.note),
         ),
         (RoundState::Running, None) => (GateStatus::Skipped, "still running".to_string()),
         (_, Some(b)) => {
@@ -344,7 +344,12 @@ fn run_gate(r: &RoundInput<'_>, command: &str, duration_ms: u64) -> GateResult {
         phase: Phase::Custom,
         command: command.to_string(),
         status,
-        exit_code: exit_code(status),
+        // The command's own exit status where the round kept one (shell rounds), else btd's.
+        exit_code: r
+            .bundle
+            .and_then(|b| b.metrics.get("exit_code"))
+            .filter(|c| c.fract() == 0.0 && c.abs() <= f64::from(i32::MAX))
+            .map_or_else(|| exit_code(status), |c| *c as i64),
         duration_ms,
         evidence_paths: Vec::new(),
         evidence_status: Some(if r.bundle.is_some() {

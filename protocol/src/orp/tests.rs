@@ -373,6 +373,17 @@ fn failed_runs_fail_or_error_at_the_run_gate() {
         .starts_with("timed out"));
     assert_eq!(p.summary.overall_result, OverallResult::Fail);
     assert_eq!(p.lifecycle.workflow_state, WorkflowState::Blocked);
+    assert_eq!(p.gates[1].exit_code, 1);
+
+    // A shell round keeps its command's exit status: that is the gate's exit code.
+    let failed = ResultBundle::new(
+        "demo:cpu",
+        vec![Output::of("output.log", b"")],
+        BundleStatus::Failed,
+        BTreeMap::from([("exit_code".to_string(), 3.0)]),
+    );
+    r.bundle = Some(failed);
+    assert_eq!(export(&r).packet.gates[1].exit_code, 3);
 
     // Failed before a bundle (e.g. the round's directory could not be made): an error, code 2.
     r.bundle = None;
