@@ -206,4 +206,34 @@ fn a_shell_task_runs_as_a_real_slurm_job() {
         .to_string();
     assert!(e.contains("sbatch refused the job"), "{e}");
     assert!(e.contains("partition"), "{e}");
+    // A job that cannot start is cancelled after max_queue_secs, with Slurm's reason: first a job
+    // takes every CPU of the cluster.
+    let cpus = std::process::Command::new("sinfo")
+        .args(["-h", "-o", "%C"])
+        .output()
+        .unwrap();
+    // %C is allocated/idle/other/total.
+    let total = String::from_utf8_lossy(&cpus.stdout)
+        .trim()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let o = std::process::Command::new("sbatch")
+        .args(["--parsable", "-n", "1", "-c", &total, "-o", "/dev/null"])
+        .args(["--job-name=btd-test-hog", "--wrap", "sleep 300"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hog = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let mut queued = opts.clone();
+    queued.cancel = None;
+    if let Some(s) = queued.slurm.as_mut() {
+        s.config.max_queue_secs = 2;
+    }
+    let r = crate::shell::run_shell(&task, &dispatch, &queued);
+    let _ = std::process::Command::new("scancel").arg(&hog).status();
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("was still pending after"), "{e}");
+    assert!(e.contains("btd cancelled it"), "{e}");
 }
