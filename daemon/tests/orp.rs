@@ -24,40 +24,16 @@ const T: Duration = Duration::from_secs(60);
 /// round 2, where it claims 1: the owner's re-run (no `BTD_RUN_DIR`) prints the parameter, so that
 /// claim is rejected. The paid rung is denied, so a round on it is held.
 fn manifest(paid_policy: &str) -> String {
-    format!(
-        r#"name = "orp-shell"
-objective = "a shell task whose metric is its parameter"
-baseline = 100.0
-required_outputs = ["output.log"]
-[criteria]
-metric = "score"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 10
-token = "OBOL"
-split = "champion-takes-all"
-[task]
-kind = "shell"
-command = 'case "$BTD_RUN_DIR" in *round-00002*) echo "score: 1" ;; *) echo "score: $BTD_PARAM_X" ;; esac'
-timeout_secs = 20
-[task.search]
-x = {{ min = 2.0, max = 50.0, start = 10.0 }}
-[verify]
-mode = "rerun"
-tolerance = 1e-6
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-[[rungs]]
-id = "rented-cpu"
-spend_class = "paid_metered"
-hardware = "cpu"
-[policy.paid]
-{paid_policy}
-max_spend_per_packet = 2.0
-"#
+    btd::testkit::score_manifest(
+        "orp-shell",
+        r#"'case "$BTD_RUN_DIR" in *round-00002*) echo "score: 1" ;; *) echo "score: $BTD_PARAM_X" ;; esac'"#,
+        20,
+        &format!(
+            "[verify]\nmode = \"rerun\"\ntolerance = 1e-6\n{}[[rungs]]\nid = \"rented-cpu\"\n\
+             spend_class = \"paid_metered\"\nhardware = \"cpu\"\n[policy.paid]\n{paid_policy}\n\
+             max_spend_per_packet = 2.0\n",
+            btd::testkit::LOCAL_CPU_RUNG
+        ),
     )
 }
 

@@ -50,31 +50,13 @@ hardware = "cpu"
 "#;
 
 fn shell_program(policy: &str) -> String {
-    format!(
-        r#"name = "work-shell"
-objective = "a shell task whose metric is its parameter"
-baseline = 100.0
-required_outputs = ["output.log"]
-[criteria]
-metric = "score"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 10
-token = "OBOL"
-split = "champion-takes-all"
-[task]
-kind = "shell"
-command = "echo \"score: $BTD_PARAM_X\""
-timeout_secs = 20
-[task.search]
-x = {{ min = 1.0, max = 50.0, start = 10.0 }}
-[[rungs]]
-id = "rented-cpu"
-spend_class = "paid_metered"
-hardware = "cpu"
-{policy}
-"#
+    btd::testkit::score_manifest(
+        "work-shell",
+        r#""echo \"score: $BTD_PARAM_X\"""#,
+        20,
+        &format!(
+            "[[rungs]]\nid = \"rented-cpu\"\nspend_class = \"paid_metered\"\nhardware = \"cpu\"\n{policy}"
+        ),
     )
 }
 

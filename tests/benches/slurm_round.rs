@@ -18,30 +18,6 @@ use std::path::Path;
 use btd_tests::{join_approved, stderr, wait_until, Daemon};
 use serde_json::Value;
 
-const PROGRAM: &str = r#"name = "slurm-bench"
-objective = "how long a round takes, locally and on Slurm"
-baseline = 100.0
-required_outputs = ["output.log"]
-[criteria]
-metric = "score"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 10
-token = "OBOL"
-split = "champion-takes-all"
-[task]
-kind = "shell"
-command = "echo \"score: $BTD_PARAM_X\""
-timeout_secs = 30
-[task.search]
-x = { min = 1.0, max = 50.0, start = 10.0 }
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#;
-
 fn worker(tmp: &Path, name: &str, owner: &Daemon, slurm: Option<u64>) -> Daemon {
     let home = tmp.join(name);
     std::fs::create_dir_all(&home).unwrap();
@@ -98,7 +74,13 @@ fn main() {
         ));
     }
     let manifest = tmp.path().join("bench.toml");
-    std::fs::write(&manifest, PROGRAM).unwrap();
+    let program = btd::testkit::score_manifest(
+        "slurm-bench",
+        r#""echo \"score: $BTD_PARAM_X\"""#,
+        30,
+        btd::testkit::LOCAL_CPU_RUNG,
+    );
+    std::fs::write(&manifest, program).unwrap();
     let o = owner.btd(&["publish", manifest.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();

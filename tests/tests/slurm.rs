@@ -28,30 +28,11 @@ fn slurm_worker(tmp: &Path, owner: &Daemon, extra_slurm: &str) -> Daemon {
 }
 
 fn shell_program(dir: &Path, name: &str, command: &str, timeout_secs: u64) -> PathBuf {
-    let text = format!(
-        r#"name = "{name}"
-objective = "a shell task run through Slurm"
-baseline = 100.0
-required_outputs = ["output.log"]
-[criteria]
-metric = "score"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 10
-token = "OBOL"
-split = "champion-takes-all"
-[task]
-kind = "shell"
-command = "{command}"
-timeout_secs = {timeout_secs}
-[task.search]
-x = {{ min = 1.0, max = 50.0, start = 10.0 }}
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#
+    let text = btd::testkit::score_manifest(
+        name,
+        &format!("\"{command}\""),
+        timeout_secs,
+        btd::testkit::LOCAL_CPU_RUNG,
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -128,6 +128,39 @@ hardware = "cpu"
     )
 }
 
+/// A program whose shell task's metric `score` is its searched parameter `x` (2 to 50, from 10):
+/// minimised against a baseline of 100, champion takes all, `output.log` required. `command` is
+/// the TOML value of `task.command` (quoted as the caller needs); `rest` is appended: the rungs,
+/// and `[policy]` or `[verify]` tables. The worker-loop, ORP and Slurm tests publish it.
+pub fn score_manifest(name: &str, command: &str, timeout_secs: u64, rest: &str) -> String {
+    format!(
+        r#"name = "{name}"
+objective = "a shell task whose metric is its parameter"
+baseline = 100.0
+required_outputs = ["output.log"]
+[criteria]
+metric = "score"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 10
+token = "OBOL"
+split = "champion-takes-all"
+[task]
+kind = "shell"
+command = {command}
+timeout_secs = {timeout_secs}
+[task.search]
+x = {{ min = 2.0, max = 50.0, start = 10.0 }}
+{rest}
+"#
+    )
+}
+
+/// `[[rungs]]` for one local CPU rung, for [`score_manifest`].
+pub const LOCAL_CPU_RUNG: &str =
+    "[[rungs]]\nid = \"cpu\"\nspend_class = \"local_unmetered\"\nhardware = \"cpu\"\n";
+
 /// Spawns a node on the memory transport with `store`.
 pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode> {
     let key = opts.key.unwrap_or_else(Keypair::generate_ed25519);
