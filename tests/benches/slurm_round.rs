@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use btd_tests::{join_approved, stderr, wait_until, Daemon};
+use btd_tests::{join_approved, stderr, wait_known, Daemon};
 use serde_json::Value;
 
 fn worker(tmp: &Path, name: &str, owner: &Daemon, slurm: Option<u64>) -> Daemon {
@@ -90,10 +90,7 @@ fn main() {
         "worker", "round wall (dispatch → submitted)", "Slurm job: sbatch → left the queue"
     );
     for (label, w) in &workers {
-        wait_until("program discovery", 30, || {
-            let v = w.json(&["programs"]);
-            v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
-        });
+        wait_known(w, &id);
         let n = rounds.to_string();
         let (status, text) = join_approved(&owner, w, &id, &["--rounds", &n, "--allow-shell"]);
         assert!(

@@ -180,6 +180,24 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
+/// Waits (bounded, 30 s) until `d` lists program `id` in `btd programs`.
+pub fn wait_known(d: &Daemon, id: &str) {
+    wait_until("program discovery", 30, || {
+        let v = d.json(&["programs"]);
+        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
+    });
+}
+
+/// `btd publish MANIFEST` on `owner` (it must succeed), then waits until `worker` knows the
+/// program; returns its id.
+pub fn publish_known(owner: &Daemon, worker: &Daemon, manifest: &std::path::Path) -> String {
+    let o = owner.btd(&["publish", &manifest.to_string_lossy()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    wait_known(worker, &id);
+    id
+}
+
 /// Waits (bounded) until `f` returns `Some`, re-checking every 100 ms.
 pub fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use btd_tests::{btd_bin, repo_root, stderr, stdout, wait_until, Daemon};
+use btd_tests::{btd_bin, repo_root, stderr, stdout, wait_known, wait_until, Daemon};
 
 fn publish(owner: &Daemon, membership: &str) -> String {
     // This test submits bare values (no checkpoints) to exercise the mesh and the store, so the
@@ -21,13 +21,6 @@ fn publish(owner: &Daemon, membership: &str) -> String {
     let o = owner.btd(&["publish", path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o).trim().to_string()
-}
-
-fn wait_known(d: &Daemon, id: &str) {
-    wait_until("program discovery", 30, || {
-        let v = d.json(&["programs"]);
-        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
-    });
 }
 
 fn join_approved(owner: &Daemon, worker: &Daemon, id: &str) {

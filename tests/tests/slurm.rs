@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use btd_tests::{join_approved, repo_root, stderr, wait_until, Daemon};
+use btd_tests::{join_approved, publish_known, repo_root, stderr, wait_until, Daemon};
 use serde_json::Value;
 
 /// A worker whose one CPU rung runs on Slurm, polling fast.
@@ -37,18 +37,6 @@ fn shell_program(dir: &Path, name: &str, command: &str, timeout_secs: u64) -> Pa
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Publishes `manifest` on `owner` and waits until `worker` knows the program.
-fn publish(owner: &Daemon, worker: &Daemon, manifest: &Path) -> String {
-    let o = owner.btd(&["publish", manifest.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    wait_until("program discovery", 30, || {
-        let v = worker.json(&["programs"]);
-        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
-    });
-    id
 }
 
 /// The Slurm job a round ran as (its `slurm-job.json`, which the bundle names by digest).
@@ -84,7 +72,7 @@ fn shell_rounds_run_as_slurm_jobs() {
         r#"echo \"node: $SLURM_JOB_NODELIST job: $SLURM_JOB_ID\"; echo \"score: $BTD_PARAM_X\""#,
         30,
     );
-    let id = publish(&owner, &worker, &manifest);
+    let id = publish_known(&owner, &worker, &manifest);
     let (status, text) = join_approved(&owner, &worker, &id, &["--rounds", "2", "--allow-shell"]);
     assert!(status.success(), "join failed:\n{text}\n{}", worker.log());
     assert!(text.contains("2 of 2 rounds submitted"), "{text}");
@@ -127,7 +115,7 @@ fn a_round_past_its_time_limit_is_killed_by_slurm() {
     let worker = slurm_worker(tmp.path(), &owner, "");
     // A 5 s budget is a 1-minute Slurm time limit (Slurm's unit); the command wants 10 minutes.
     let manifest = shell_program(tmp.path(), "slurm-overrun", "sleep 600; echo score: 1", 5);
-    let id = publish(&owner, &worker, &manifest);
+    let id = publish_known(&owner, &worker, &manifest);
     let (status, text) = join_approved(&owner, &worker, &id, &["--rounds", "1", "--allow-shell"]);
     assert!(status.success(), "join failed:\n{text}\n{}", worker.log());
     let runs = worker.json(&["runs", &id]);
@@ -163,7 +151,7 @@ fn interrupted_round(name: &str, how: Ending) -> (Value, String, tempfile::TempD
     let owner = Daemon::start(&[]);
     let mut worker = slurm_worker(tmp.path(), &owner, "");
     let manifest = shell_program(tmp.path(), name, "sleep 600; echo score: 1", 900);
-    let id = publish(&owner, &worker, &manifest);
+    let id = publish_known(&owner, &worker, &manifest);
     let job_name = format!("btd-{name}-r1");
     let job_id = std::thread::scope(|scope| {
         let join = scope
@@ -253,7 +241,7 @@ fn candle_rounds_run_on_the_compute_node() {
         .replace("eval_tokens = 65536", "eval_tokens = 4096");
     let manifest = tmp.path().join("quick.toml");
     std::fs::write(&manifest, text).unwrap();
-    let id = publish(&owner, &worker, &manifest);
+    let id = publish_known(&owner, &worker, &manifest);
     let (status, text) = join_approved(&owner, &worker, &id, &["--rounds", "1"]);
     assert!(status.success(), "join failed:\n{text}\n{}", worker.log());
     assert!(text.contains("1 of 1 rounds submitted"), "{text}");

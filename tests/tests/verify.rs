@@ -93,10 +93,7 @@ max_holdout_gap = 0.5
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let id = stdout(&o).trim().to_string();
-    wait_until("program discovery", 30, || {
-        let v = worker.json(&["programs"]);
-        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
-    });
+    btd_tests::wait_known(&worker, &id);
 
     // The worker has no copy of the corpus: it fetches it from the owner by digest.
     let (status, out) = btd_tests::join_approved(

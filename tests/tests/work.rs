@@ -3,7 +3,7 @@
 //! `btd runs` lists (and exports as ORP packets) and `btd eval` verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use btd_tests::{repo_root, stderr, wait_until, Daemon};
+use btd_tests::{repo_root, stderr, Daemon};
 
 /// The example program with a step budget small enough for a test.
 fn quick_program(dir: &std::path::Path) -> std::path::PathBuf {
@@ -23,13 +23,7 @@ fn join_with_rounds_trains_submits_and_records_verifiable_results() {
     let owner = Daemon::start(&[]);
     let worker = Daemon::start(&["--bootstrap", &owner.addr()]);
     let manifest = quick_program(owner.home.parent().unwrap());
-    let o = owner.btd(&["publish", manifest.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    wait_until("program discovery", 30, || {
-        let v = worker.json(&["programs"]);
-        v.as_array()?.iter().any(|p| p["id"] == id).then_some(())
-    });
+    let id = btd_tests::publish_known(&owner, &worker, &manifest);
 
     let (status, text) = btd_tests::join_approved(&owner, &worker, &id, &["--rounds", "2"]);
     assert!(
