@@ -156,8 +156,9 @@ fn interrupted_round(name: &str, how: Ending) -> (Value, String, tempfile::TempD
     let job_id = std::thread::scope(|scope| {
         let join = scope
             .spawn(|| join_approved(&owner, &worker, &id, &["--rounds", "1", "--allow-shell"]));
-        // The job is in the queue under the round's name.
-        let job_id = wait_until("the round's job in squeue", 60, || {
+        // The job runs under the round's name (it may first wait for a CPU while the other tests'
+        // jobs hold the cluster's: the time-limit test holds one for over a minute).
+        let job_id = wait_until("the round's job in squeue", 240, || {
             let o = std::process::Command::new("squeue")
                 .args(["-h", "-o", "%i %j %T"])
                 .output()

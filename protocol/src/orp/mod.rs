@@ -19,8 +19,9 @@
 //! | `lifecycle` | accepted + verified → `accepted`/`Verified`; rejected or check failed → `blocked`/`Blocked`; check pending → `reviewed`/`In review`; held, failed, cancelled, unsubmitted → `blocked`/`Blocked`; running → `draft`/`Draft` |
 //! | `summary` | `FAIL` if any gate failed or errored, `PASS` if all passed, else `INCONCLUSIVE` |
 //!
-//! The gates' `exit_code` is btd's code for the gate (0 pass or skipped, 1 fail, 2 error), not a
-//! process's exit status: btd's records do not keep one.
+//! The run gate's `exit_code` is the command's exit status when the round's bundle kept one (the
+//! `exit_code` metric of shell rounds); otherwise, and for the other gates, it is btd's code for
+//! the gate (0 pass or skipped, 1 fail, 2 error).
 
 use serde::{Deserialize, Serialize};
 
