@@ -22,7 +22,7 @@ impl ImpactRead {
             (
                 NextAction::Keep,
                 format!(
-                    "pending: {metric} {value} (seq {}) would count; the owner is checking it (fetching                  the checkpoint and re-evaluating it)",
+                    "pending: {metric} {value} (seq {}) would count; the owner is checking it",
                     receipt.seq
                 ),
             )
