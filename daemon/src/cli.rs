@@ -431,7 +431,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
             packet,
             member,
         } => daemon_cmd::decide_spend(home, &program, packet, member, false, 0, json),
-        Command::Train(args) => compute_cmd::train(&args, json),
+        Command::Train(args) => compute_cmd::train(&args, home, json),
         Command::Eval(args) => compute_cmd::eval(&args, json),
         Command::Sample(args) => compute_cmd::sample(&args, json),
         Command::Rungs => compute_cmd::rungs(json),

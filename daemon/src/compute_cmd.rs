@@ -108,15 +108,16 @@ pub(crate) struct TrainArgs {
     /// Validation bytes scored for val_bpb.
     #[arg(long, default_value_t = btd_trainer::config::DEFAULT_EVAL_TOKENS)]
     eval_tokens: u64,
-    /// Directory for the checkpoint and its JSON report (created if missing).
-    #[arg(long, default_value = "runs")]
-    out: PathBuf,
+    /// Directory for the checkpoint and its JSON report, created if missing (default: `train/` in
+    /// the btd home: --home, else $BTD_HOME, else ~/.btd).
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
 }
 
-/// `btd train`.
-pub(crate) fn train(args: &TrainArgs, json: bool) -> Result<(), CmdError> {
+/// `btd train`; `home` is the global `--home` (the default output goes under the btd home).
+pub(crate) fn train(args: &TrainArgs, home: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
     let preset = ModelPreset::from(args.preset);
     let mut spec = TrainSpec::preset(preset, args.seed);
     spec.steps = args.steps;
@@ -135,13 +136,7 @@ pub(crate) fn train(args: &TrainArgs, json: bool) -> Result<(), CmdError> {
         print_data_line(&corpus);
         let m = &spec.model;
         println!(
-            "model:      {} — {} layers, d_model {}, {} heads, context {}, {} parameters; {} ({} \
-             thread{})",
-            name_of(&preset),
-            m.n_layer,
-            m.d_model,
-            m.n_head,
-            m.block_size,
+            "model:      {preset} — {m}, {} parameters; {} ({} thread{})",
             m.param_count(),
             device::describe(&device),
             device::cpu_threads(),
@@ -157,20 +152,28 @@ pub(crate) fn train(args: &TrainArgs, json: bool) -> Result<(), CmdError> {
     bar.finish_and_clear();
 
     let r = &trained.report;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => crate::home::Home::resolve(home)
+            .map_err(CmdError::Rejected)?
+            .dir()
+            .join("train"),
+    };
+    // Printed and recorded absolute, so the report says where the files are from anywhere.
+    let out = std::path::absolute(&out).with_context(|| format!("--out {}", out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let stem = format!(
         "{}-seed{}-{}",
         name_of(&preset),
         args.seed,
         r.checkpoint_sha256.short()
     );
-    let ckpt_path = args.out.join(format!("{stem}.safetensors"));
+    let ckpt_path = out.join(format!("{stem}.safetensors"));
     trained
         .checkpoint
         .write(&ckpt_path)
         .map_err(|e| CmdError::Rejected(e.into()))?;
-    let report_path = args.out.join(format!("{stem}.json"));
+    let report_path = out.join(format!("{stem}.json"));
     let report_json = serde_json::json!({
         "report": r,
         "checkpoint": ckpt_path,

@@ -190,6 +190,9 @@ pub(crate) fn join(home_dir: Option<PathBuf>, args: &JoinArgs, json: bool) -> Re
     };
     let h = home(home_dir)?;
     let rt = runtime()?;
+    // With --json the output is JSON lines: one compact object per event, the result last (not
+    // repeated when it is the event just printed, as with --no-wait).
+    let mut last = None;
     let v = rt
         .block_on(crate::client::call(
             &h.socket_path(),
@@ -203,17 +206,27 @@ pub(crate) fn join(home_dir: Option<PathBuf>, args: &JoinArgs, json: bool) -> Re
                     if let Ok(s) = serde_json::to_string(p) {
                         out!("{s}");
                     }
+                    last = serde_json::to_value(p).ok();
                     return;
                 }
                 print::join_progress(p, wait);
             },
         ))
         .map_err(CmdError::Rejected)?;
+    let json_line = |v: &serde_json::Value| -> Result<(), CmdError> {
+        if last.as_ref() != Some(v) {
+            let s = serde_json::to_string(v)
+                .map_err(|e| CmdError::Rejected(anyhow!("cannot encode the answer: {e}")))?;
+            out!("{s}");
+        }
+        Ok(())
+    };
     if work.is_some() && wait {
-        let summary: WorkSummary = parse(v)?;
         if json {
-            print_json(&summary)?;
-        } else {
+            json_line(&v)?;
+        }
+        let summary: WorkSummary = parse(v)?;
+        if !json {
             out!(
                 "{} of {} rounds submitted; records: `btd runs {}`",
                 summary.submitted,
@@ -230,9 +243,15 @@ pub(crate) fn join(home_dir: Option<PathBuf>, args: &JoinArgs, json: bool) -> Re
             None => Ok(()),
         };
     }
+    if json {
+        json_line(&v)?;
+    }
     let ev: JoinEvent = parse(v)?;
     if json {
-        return print_json(&ev);
+        return match ev {
+            JoinEvent::Failed { reason } => Err(CmdError::Rejected(anyhow!(reason))),
+            _ => Ok(()),
+        };
     }
     match ev {
         JoinEvent::Granted { program, member } => {

@@ -105,3 +105,40 @@ fn rungs_lists_the_cpu() {
     assert_eq!(cpu["rung"]["spend_class"], "local_unmetered");
     assert!(v["hardware"]["cpu"]["usable_threads"].as_u64().unwrap() >= 1);
 }
+
+/// `btd train` without `--out` writes under the btd home, never into the current directory (a
+/// git checkout, say), and says where with absolute paths.
+#[test]
+fn train_writes_into_the_btd_home_by_default() {
+    let cwd = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(btd_tests::btd_bin())
+        .args([
+            "train",
+            "--steps",
+            "1",
+            "--eval-tokens",
+            "1024",
+            "--json",
+            "--home",
+        ])
+        .arg(home.path())
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trained = json(&o);
+    let ckpt = std::path::PathBuf::from(trained["checkpoint"].as_str().unwrap());
+    assert!(ckpt.is_absolute(), "{}", ckpt.display());
+    assert!(
+        ckpt.starts_with(home.path().join("train")),
+        "{}",
+        ckpt.display()
+    );
+    assert!(ckpt.exists());
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "wrote into the cwd"
+    );
+}

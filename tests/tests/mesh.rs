@@ -243,3 +243,38 @@ fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["seq"].as_u64().unwrap(), logged.len() as u64 + 1);
 }
+
+/// `--json` output is one JSON document per line, each event once: `btd join --no-wait --json`
+/// printed the code event twice (a compact line, then the same object pretty-printed).
+#[test]
+fn join_json_prints_each_event_once_one_object_per_line() {
+    let owner = Daemon::start(&[]);
+    let worker = Daemon::start(&["--bootstrap", &owner.addr()]);
+    let id = publish(&owner, "approval");
+    wait_known(&worker, &id);
+    let lines = |o: &std::process::Output| -> Vec<serde_json::Value> {
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    };
+    let o = worker.btd(&["join", &id, "--no-wait", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events = lines(&o);
+    assert_eq!(events.len(), 1, "{}", stdout(&o));
+    assert_eq!(events[0]["event"], "code", "{}", stdout(&o));
+    let code = events[0]["user_code"].as_str().unwrap();
+    assert!(owner.btd(&["approve", code]).status.success());
+    wait_until("membership", 30, || {
+        let v = worker.json(&["programs"]);
+        v.as_array()?
+            .iter()
+            .any(|p| p["id"] == id && p["member"] == true)
+            .then_some(())
+    });
+    let o = worker.btd(&["join", &id, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events = lines(&o);
+    assert_eq!(events.len(), 1, "{}", stdout(&o));
+    assert_eq!(events[0]["event"], "already_member");
+}

@@ -33,6 +33,17 @@ pub struct ModelConfig {
     pub block_size: usize,
 }
 
+impl std::fmt::Display for ModelConfig {
+    /// `2 layers, d_model 64, 4 heads, context 64` (for messages).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} layers, d_model {}, {} heads, context {}",
+            self.n_layer, self.d_model, self.n_head, self.block_size
+        )
+    }
+}
+
 impl ModelConfig {
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {

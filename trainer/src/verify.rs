@@ -73,7 +73,7 @@ pub fn check_shape(
     let (want, _) = preset_config(preset);
     if meta.spec.model != want {
         return Err(TrainError::Checkpoint(format!(
-            "the checkpoint's model ({:?}) is not the program's {preset:?} preset ({want:?})",
+            "the checkpoint's model ({}) is not the program's {preset} preset ({want})",
             meta.spec.model
         )));
     }

@@ -328,7 +328,8 @@ pub(super) fn submit_receipt(r: &SubmitReceipt) {
     );
 }
 
-/// `btd status`: the program's KB as this node sees it, with the last 20 results.
+/// `btd status`: the program's KB as this node sees it, with the last 20 results. Values are shown
+/// with 6 decimals, as the owner's reasons quote them (`--json` has every digit).
 pub(super) fn status(s: &StatusView) {
     out!("program:     {} ({})", s.name, s.program);
     out!("owner:       {} [{}]", s.owner, s.source);
@@ -342,7 +343,7 @@ pub(super) fn status(s: &StatusView) {
     );
     match &s.champion {
         Some(c) => out!(
-            "champion:    #{} {} = {} by {}",
+            "champion:    #{} {} = {:.6} by {}",
             c.seq,
             s.metric,
             c.value,
@@ -377,7 +378,7 @@ pub(super) fn status(s: &StatusView) {
                 _ => "not accepted".to_string(),
             };
             out!(
-                "  #{:<4} {:<54} {:>12} {state}{}",
+                "  #{:<4} {:<54} {:>12.6} {state}{}",
                 e.seq,
                 e.worker,
                 e.value,

@@ -53,9 +53,10 @@ pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measuremen
         } else {
             format!("tolerance {}", verify.tolerance)
         };
+        let (c, v) = differing(claimed, m.value);
         return Verdict::Failed(format!(
-            "metric did not reproduce: claimed {claimed:.6}, measured {:.6} ({rule})",
-            m.value
+            "metric did not reproduce: claimed {c}, measured {v}, {:.3e} apart ({rule})",
+            (claimed - m.value).abs()
         ));
     }
     if let (Some(max), Some(h)) = (verify.max_holdout_gap, m.holdout) {
@@ -75,9 +76,10 @@ pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measuremen
         let off = (claimed - mean).abs();
         if !mean.is_finite() || off.is_nan() || off > verify.retrain_tolerance {
             let runs = m.retrained.len();
+            let (c, mean) = differing(claimed, mean);
             return Verdict::Failed(format!(
-                "re-training did not reproduce: claimed {claimed:.6}, the owner's {runs} \
-                 re-training{} reached {mean:.6} on average (tolerance {})",
+                "re-training did not reproduce: claimed {c}, the owner's {runs} \
+                 re-training{} reached {mean} on average (tolerance {})",
                 if runs == 1 { "" } else { "s" },
                 verify.retrain_tolerance
             ));
@@ -85,6 +87,17 @@ pub fn judge(verify: &Verify, direction: Direction, claimed: f64, m: &Measuremen
         return Verdict::Measured { value: mean };
     }
     Verdict::Measured { value: m.value }
+}
+
+/// Two values as text that shows that they differ: 6 decimals, or every digit (Rust's shortest
+/// round-trip form) when 6 decimals would print the same number for both.
+fn differing(a: f64, b: f64) -> (String, String) {
+    let (x, y) = (format!("{a:.6}"), format!("{b:.6}"));
+    if x != y || a.to_bits() == b.to_bits() {
+        (x, y)
+    } else {
+        (format!("{a}"), format!("{b}"))
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +123,31 @@ mod tests {
             same_platform,
             retrained: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_rejection_shows_numbers_that_differ() {
+        let v = verify();
+        let d = Direction::Minimize;
+        // A value typed with the 6 decimals `btd train` prints, against the exact one.
+        let exact = 2.446_768_912_345;
+        let Verdict::Failed(why) = judge(&v, d, 2.446769, &m(exact, None, true)) else {
+            panic!("not rejected");
+        };
+        assert!(
+            why.starts_with(
+                "metric did not reproduce: claimed 2.446769, measured 2.446768912345, 8.76"
+            ) && why.contains("e-8 apart (bit-exact on the same platform)"),
+            "{why}"
+        );
+        // Where 6 decimals already differ, they are what is shown.
+        let Verdict::Failed(why) = judge(&v, d, 0.5, &m(3.102119, None, true)) else {
+            panic!("not rejected");
+        };
+        assert!(
+            why.starts_with("metric did not reproduce: claimed 0.500000, measured 3.102119"),
+            "{why}"
+        );
     }
 
     #[test]

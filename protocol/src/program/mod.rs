@@ -254,6 +254,17 @@ pub enum ModelPreset {
     Base,
 }
 
+impl std::fmt::Display for ModelPreset {
+    /// As the manifest spells it: `tiny`, `small`, `base`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelPreset::Tiny => "tiny",
+            ModelPreset::Small => "small",
+            ModelPreset::Base => "base",
+        })
+    }
+}
+
 /// The corpus a candle task trains on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
