@@ -75,6 +75,17 @@ fn same_seed_and_steps_are_bit_identical_and_the_checkpoint_verifies() {
     assert_eq!(e.val_bpb.to_bits(), a.report.val_bpb.to_bits());
     assert_eq!(e.tokens, a.report.eval_tokens);
 
+    // Not the program's model: the reason names both shapes in words.
+    let why = btd_trainer::verify::check_shape(&ckpt, ModelPreset::Tiny, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("model (2 layers, d_model 32, 2 heads, context")
+            && why.contains("is not the program's tiny preset (")
+            && !why.contains('{'),
+        "{why}"
+    );
+
     // Sampling is seeded.
     let opts = SampleOptions {
         prompt: b"The ".to_vec(),
