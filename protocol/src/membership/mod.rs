@@ -14,6 +14,8 @@ mod codes;
 mod registry;
 
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
