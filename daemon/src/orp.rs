@@ -4,11 +4,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use btd_protocol::orp::{ExportPlace, OrpExport, RoundInput, RoundState};
+use btd_protocol::orp::{ExportPlace, OrpExport, RoundInput};
 use btd_protocol::wire::CODE_OUTPUT;
 use btd_protocol::Timestamp;
 
-use crate::work::{RunRecord, RunState};
+use crate::work::RunRecord;
 
 /// The directory a round's export goes to by default: `orp/` in the round's directory.
 pub fn default_out_dir(record: &RunRecord) -> PathBuf {
@@ -40,14 +40,7 @@ pub fn export_round(
             program: &program,
             round: record.round,
             member: &record.member,
-            state: match record.state {
-                RunState::Running => RoundState::Running,
-                RunState::Held => RoundState::Held,
-                RunState::Failed => RoundState::Failed,
-                RunState::Cancelled => RoundState::Cancelled,
-                RunState::Unsubmitted => RoundState::Unsubmitted,
-                RunState::Submitted => RoundState::Submitted,
-            },
+            state: record.state,
             started_at: record.started_at,
             finished_at: record.finished_at,
             packet: &record.packet,

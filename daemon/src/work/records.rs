@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use btd_protocol::dispatch::{ComputePacket, DispatchResult};
 use btd_protocol::program::search::Hypothesis;
 use btd_protocol::program::ProgramId;
+pub use btd_protocol::trace::RunState;
 use btd_protocol::trace::{ApprovalReceipt, ImpactRead, ResultBundle, TraceabilityRecord};
 use btd_protocol::wire::SubmitReceipt;
 use btd_protocol::Timestamp;
@@ -16,24 +17,6 @@ use tokio::sync::mpsc;
 use crate::store;
 
 use super::{Loop, Round, WorkContext, WorkEvent};
-
-/// How a round ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunState {
-    /// Running (a round the daemon was killed during becomes `cancelled` when it starts again).
-    Running,
-    /// Dispatch held the packet.
-    Held,
-    /// The task failed or produced no value.
-    Failed,
-    /// The daemon was stopping, or was killed while the round ran; nothing was submitted.
-    Cancelled,
-    /// The result ran but the owner did not record it.
-    Unsubmitted,
-    /// The owner recorded it.
-    Submitted,
-}
 
 /// Everything one round leaves behind (stored as JSON in the `runs` table and as `run.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

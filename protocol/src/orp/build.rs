@@ -3,7 +3,9 @@
 use crate::dispatch::{Action, ComputePacket, DispatchResult, Reason};
 use crate::kb::Check;
 use crate::program::datetime::format_rfc3339;
-use crate::trace::{ApprovalReceipt, BundleStatus, ImpactRead, ResultBundle, TraceabilityRecord};
+use crate::trace::{
+    ApprovalReceipt, BundleStatus, ImpactRead, ResultBundle, RunState, TraceabilityRecord,
+};
 use crate::wire::{sanitize_text, SubmitReceipt};
 use crate::Timestamp;
 
@@ -20,23 +22,6 @@ const MAX_NOTE_BYTES: usize = 2048;
 /// timestamps (a broken clock) are written as this.
 const MAX_RFC3339_MILLIS: u64 = 253_402_300_799_999;
 
-/// How a round ended (the worker loop's `RunState`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoundState {
-    /// Running (or the daemon stopped while it ran).
-    Running,
-    /// Dispatch held the packet.
-    Held,
-    /// The task failed or produced no value.
-    Failed,
-    /// The daemon was stopping; nothing was submitted.
-    Cancelled,
-    /// The result ran but the owner did not record it.
-    Unsubmitted,
-    /// The owner recorded it.
-    Submitted,
-}
-
 /// One round's records, as the worker loop keeps them.
 #[derive(Debug, Clone, Copy)]
 pub struct RoundInput<'a> {
@@ -47,7 +32,7 @@ pub struct RoundInput<'a> {
     /// The member that ran it.
     pub member: &'a str,
     /// How it ended.
-    pub state: RoundState,
+    pub state: RunState,
     /// When it started.
     pub started_at: Timestamp,
     /// When it ended.
@@ -314,12 +299,12 @@ fn run_gate(r: &RoundInput<'_>, command: &str, duration_ms: u64) -> GateResult {
         None => format!("no {}", r.metric),
     };
     let (status, note) = match (r.state, r.bundle) {
-        (RoundState::Held, _) => (GateStatus::Skipped, format!("never ran: {}", r.note)),
-        (RoundState::Cancelled, _) => (
+        (RunState::Held, _) => (GateStatus::Skipped, format!("never ran: {}", r.note)),
+        (RunState::Cancelled, _) => (
             GateStatus::Skipped,
             format!("cancelled, the daemon stopped: {}", r.note),
         ),
-        (RoundState::Running, None) => (GateStatus::Skipped, "still running".to_string()),
+        (RunState::Running, None) => (GateStatus::Skipped, "still running".to_string()),
         (_, Some(b)) => {
             let status = match b.status {
                 BundleStatus::Completed => GateStatus::Pass,
@@ -421,12 +406,12 @@ fn lifecycle(r: &RoundInput<'_>) -> Lifecycle {
         .map(|i| i.summary.clone())
         .unwrap_or_else(|| r.note.to_string());
     let (workflow, claim, atom) = match (r.state, r.verdict) {
-        (RoundState::Running, _) => (
+        (RunState::Running, _) => (
             WorkflowState::Draft,
             Some(ClaimStatus::Draft),
             AtomStatus::InProgress,
         ),
-        (RoundState::Submitted, Some(v)) => match (&v.check, v.accepted) {
+        (RunState::Submitted, Some(v)) => match (&v.check, v.accepted) {
             (Check::Failed(_), _) | (Check::Verified | Check::NotNeeded, false) => (
                 WorkflowState::Blocked,
                 Some(ClaimStatus::Blocked),
@@ -455,7 +440,7 @@ fn lifecycle(r: &RoundInput<'_>) -> Lifecycle {
         workflow_state: workflow,
         claim_status: claim,
         atom_status: Some(atom),
-        state_note: Some(bound(&format!("{}: {why}", state_name(r.state)))),
+        state_note: Some(bound(&format!("{}: {why}", RunState::name(r.state)))),
     }
 }
 
@@ -526,16 +511,5 @@ fn bundle_status_name(s: BundleStatus) -> &'static str {
         BundleStatus::Failed => "failed",
         BundleStatus::TimedOut => "timed out",
         BundleStatus::Held => "held",
-    }
-}
-
-fn state_name(s: RoundState) -> &'static str {
-    match s {
-        RoundState::Running => "running",
-        RoundState::Held => "held",
-        RoundState::Failed => "failed",
-        RoundState::Cancelled => "cancelled",
-        RoundState::Unsubmitted => "unsubmitted",
-        RoundState::Submitted => "submitted",
     }
 }

@@ -31,9 +31,7 @@ mod markdown;
 #[cfg(test)]
 mod tests;
 
-pub use build::{
-    dispatch_gate, export_round, ExportFile, ExportPlace, OrpExport, RoundInput, RoundState,
-};
+pub use build::{dispatch_gate, export_round, ExportFile, ExportPlace, OrpExport, RoundInput};
 
 /// The packet schema version btd writes.
 pub const SCHEMA_VERSION: &str = "1.0.0";

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::dispatch::{Action, Budget, ComputePacket, DispatchResult, Reason, SpendClass};
 use crate::kb::Check;
-use crate::trace::{ApprovalReceipt, BundleStatus, ImpactRead, NextAction, Output, ResultBundle};
+use crate::trace::{
+    ApprovalReceipt, BundleStatus, ImpactRead, NextAction, Output, ResultBundle, RunState,
+};
 use crate::wire::SubmitReceipt;
 use crate::Timestamp;
 
@@ -61,7 +63,7 @@ fn receipt(check: Check, accepted: bool) -> SubmitReceipt {
 }
 
 struct Round {
-    state: RoundState,
+    state: RunState,
     dispatch: DispatchResult,
     bundle: Option<ResultBundle>,
     verdict: Option<SubmitReceipt>,
@@ -72,7 +74,7 @@ fn submitted(check: Check, accepted: bool) -> Round {
     let b = bundle(BundleStatus::Completed);
     let v = receipt(check, accepted);
     Round {
-        state: RoundState::Submitted,
+        state: RunState::Submitted,
         dispatch: dispatch(Action::RunLocal, Reason::LocalAllowed),
         impact: Some(ImpactRead::from_receipt(&b, "score", 5.0, &v)),
         bundle: Some(b),
@@ -82,7 +84,7 @@ fn submitted(check: Check, accepted: bool) -> Round {
 
 fn held(action: Action, reason: Reason) -> Round {
     Round {
-        state: RoundState::Held,
+        state: RunState::Held,
         dispatch: dispatch(action, reason),
         bundle: None,
         verdict: None,
@@ -353,7 +355,7 @@ fn held_rounds_fail_at_dispatch_and_a_paid_approval_wait_is_inconclusive() {
 #[test]
 fn failed_runs_fail_or_error_at_the_run_gate() {
     let mut r = submitted(Check::Pending, true);
-    r.state = RoundState::Failed;
+    r.state = RunState::Failed;
     r.verdict = None;
     r.bundle = Some(bundle(BundleStatus::TimedOut));
     r.impact = Some(ImpactRead::new(
@@ -397,7 +399,7 @@ fn failed_runs_fail_or_error_at_the_run_gate() {
 #[test]
 fn times_are_rfc3339_utc_and_ids_stay_in_orps_alphabet() {
     let mut r = submitted(Check::Verified, true);
-    r.state = RoundState::Running;
+    r.state = RunState::Running;
     let packet = packet();
     let input = RoundInput {
         program: "not hex/with spaces",

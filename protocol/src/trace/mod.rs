@@ -56,6 +56,38 @@ impl Output {
     }
 }
 
+/// How one round of a worker loop ended (its run record's state; an ORP export's lifecycle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Running (a round the daemon was killed during becomes `cancelled` when it starts again).
+    Running,
+    /// Dispatch held the packet.
+    Held,
+    /// The task failed or produced no value.
+    Failed,
+    /// The daemon was stopping, or was killed while the round ran; nothing was submitted.
+    Cancelled,
+    /// The result ran but the owner did not record it.
+    Unsubmitted,
+    /// The owner recorded it.
+    Submitted,
+}
+
+impl RunState {
+    /// The state as records spell it: `running`, `held`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Held => "held",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::Unsubmitted => "unsubmitted",
+            RunState::Submitted => "submitted",
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

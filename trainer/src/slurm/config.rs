@@ -88,18 +88,23 @@ impl Default for SlurmConfig {
 }
 
 impl SlurmConfig {
-    /// Checks every setting; the message names the bad one.
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
+    /// The text settings that are given, by their name (which is also their `sbatch` flag).
+    pub(crate) fn text_settings(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
             ("partition", &self.partition),
             ("account", &self.account),
             ("qos", &self.qos),
             ("gres", &self.gres),
             ("mem", &self.mem),
-        ] {
-            if let Some(v) = value {
-                check_setting(name, v)?;
-            }
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.as_deref().map(|v| (name, v)))
+    }
+
+    /// Checks every setting; the message names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in self.text_settings() {
+            check_setting(name, v)?;
         }
         if self.cpus_per_task == Some(0) || self.cpus_per_task.is_some_and(|c| c > 4096) {
             return Err("slurm.cpus_per_task must be 1 to 4096".into());
@@ -155,18 +160,10 @@ fn check_setting(name: &str, v: &str) -> Result<(), String> {
 
 /// Sbatch settings as `key = value` lines, for messages.
 pub fn describe(cfg: &SlurmConfig) -> String {
-    let mut parts: BTreeMap<&str, String> = BTreeMap::new();
-    for (k, v) in [
-        ("partition", &cfg.partition),
-        ("account", &cfg.account),
-        ("qos", &cfg.qos),
-        ("gres", &cfg.gres),
-        ("mem", &cfg.mem),
-    ] {
-        if let Some(v) = v {
-            parts.insert(k, v.clone());
-        }
-    }
+    let mut parts: BTreeMap<&str, String> = cfg
+        .text_settings()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
     if let Some(c) = cfg.cpus_per_task {
         parts.insert("cpus", c.to_string());
     }

@@ -270,17 +270,7 @@ pub fn run_batch(
         "--nodes=1".into(),
         "--ntasks=1".into(),
     ];
-    for (flag, value) in [
-        ("partition", &cfg.partition),
-        ("account", &cfg.account),
-        ("qos", &cfg.qos),
-        ("gres", &cfg.gres),
-        ("mem", &cfg.mem),
-    ] {
-        if let Some(v) = value {
-            args.push(format!("--{flag}={v}"));
-        }
-    }
+    args.extend(cfg.text_settings().map(|(flag, v)| format!("--{flag}={v}")));
     if let Some(c) = cfg.cpus_per_task {
         args.push(format!("--cpus-per-task={c}"));
     }
