@@ -215,14 +215,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(READY_POLL);
-        }
-        false
+        self.wait_exit(STOP_GRACE)
     }
 }
 

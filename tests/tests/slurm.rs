@@ -12,9 +12,23 @@ use std::path::{Path, PathBuf};
 use btd_tests::{join_approved, publish_known, repo_root, stderr, wait_until, Daemon};
 use serde_json::Value;
 
-/// A worker whose one CPU rung runs on Slurm, polling fast.
-fn slurm_worker(tmp: &Path, owner: &Daemon, extra_slurm: &str) -> Daemon {
-    let home = tmp.join("worker");
+/// An owner and a worker whose one CPU rung runs on Slurm (polling fast), with their homes.
+struct Cluster {
+    owner: Daemon,
+    worker: Daemon,
+    // Dropped last, after the daemons.
+    tmp: tempfile::TempDir,
+}
+
+/// [`Cluster`] with `extra_slurm` lines in the rung's `[rungs.slurm]`, or `None` (the test says
+/// NOT RUN) where Slurm is not usable and `BTD_REQUIRE_SLURM` is not set.
+fn cluster(test: &str, extra_slurm: &str) -> Option<Cluster> {
+    if !btd_trainer::slurm::ready_for_test(test) {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let owner = Daemon::start(&[]);
+    let home = tmp.path().join("worker");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::write(
         home.join("config.toml"),
@@ -24,7 +38,8 @@ fn slurm_worker(tmp: &Path, owner: &Daemon, extra_slurm: &str) -> Daemon {
         ),
     )
     .unwrap();
-    Daemon::start_in(&home, &["--bootstrap", &owner.addr()])
+    let worker = Daemon::start_in(&home, &["--bootstrap", &owner.addr()]);
+    Some(Cluster { owner, worker, tmp })
 }
 
 fn shell_program(dir: &Path, name: &str, command: &str, timeout_secs: u64) -> PathBuf {
@@ -60,12 +75,10 @@ fn in_queue(job_id: &str) -> bool {
 
 #[test]
 fn shell_rounds_run_as_slurm_jobs() {
-    if !btd_trainer::slurm::ready_for_test("shell_rounds_run_as_slurm_jobs") {
+    // Bound tmp first, so it is dropped after the daemons.
+    let Some(Cluster { tmp, owner, worker }) = cluster("shell_rounds_run_as_slurm_jobs", "") else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let owner = Daemon::start(&[]);
-    let worker = slurm_worker(tmp.path(), &owner, "");
+    };
     let manifest = shell_program(
         tmp.path(),
         "slurm-shell",
@@ -107,12 +120,12 @@ fn shell_rounds_run_as_slurm_jobs() {
 
 #[test]
 fn a_round_past_its_time_limit_is_killed_by_slurm() {
-    if !btd_trainer::slurm::ready_for_test("a_round_past_its_time_limit_is_killed_by_slurm") {
+    // Bound tmp first, so it is dropped after the daemons.
+    let Some(Cluster { tmp, owner, worker }) =
+        cluster("a_round_past_its_time_limit_is_killed_by_slurm", "")
+    else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let owner = Daemon::start(&[]);
-    let worker = slurm_worker(tmp.path(), &owner, "");
+    };
     // A 5 s budget is a 1-minute Slurm time limit (Slurm's unit); the command wants 10 minutes.
     let manifest = shell_program(tmp.path(), "slurm-overrun", "sleep 600; echo score: 1", 5);
     let id = publish_known(&owner, &worker, &manifest);
@@ -143,13 +156,15 @@ enum Ending {
     Kill,
 }
 
-/// Starts a 10-minute round on the Slurm rung, ends the worker `how` while its job runs, starts the
+/// Starts a 10-minute round on `c`'s Slurm rung, ends the worker `how` while its job runs, starts the
 /// worker again, and returns its record of the round, the job's id, and the directory holding both
 /// homes.
-fn interrupted_round(name: &str, how: Ending) -> (Value, String, tempfile::TempDir) {
-    let tmp = tempfile::tempdir().unwrap();
-    let owner = Daemon::start(&[]);
-    let mut worker = slurm_worker(tmp.path(), &owner, "");
+fn interrupted_round(c: Cluster, name: &str, how: Ending) -> (Value, String, tempfile::TempDir) {
+    let Cluster {
+        tmp,
+        owner,
+        mut worker,
+    } = c;
     let manifest = shell_program(tmp.path(), name, "sleep 600; echo score: 1", 900);
     let id = publish_known(&owner, &worker, &manifest);
     let job_name = format!("btd-{name}-r1");
@@ -198,10 +213,10 @@ fn interrupted_round(name: &str, how: Ending) -> (Value, String, tempfile::TempD
 
 #[test]
 fn btd_stop_cancels_the_running_job() {
-    if !btd_trainer::slurm::ready_for_test("btd_stop_cancels_the_running_job") {
+    let Some(c) = cluster("btd_stop_cancels_the_running_job", "") else {
         return;
-    }
-    let (r, job_id, _tmp) = interrupted_round("slurm-stop", Ending::Stop);
+    };
+    let (r, job_id, _tmp) = interrupted_round(c, "slurm-stop", Ending::Stop);
     // The round is on record as cancelled, with its job.
     assert_eq!(r["state"], "cancelled", "{r}");
     let job = job_of(&r);
@@ -212,12 +227,13 @@ fn btd_stop_cancels_the_running_job() {
 
 #[test]
 fn a_job_orphaned_by_a_killed_daemon_is_cancelled_at_restart() {
-    if !btd_trainer::slurm::ready_for_test(
+    let Some(c) = cluster(
         "a_job_orphaned_by_a_killed_daemon_is_cancelled_at_restart",
-    ) {
+        "",
+    ) else {
         return;
-    }
-    let (r, job_id, _tmp) = interrupted_round("slurm-kill", Ending::Kill);
+    };
+    let (r, job_id, _tmp) = interrupted_round(c, "slurm-kill", Ending::Kill);
     assert_eq!(r["state"], "cancelled", "{r}");
     assert_eq!(
         r["note"],
@@ -228,13 +244,14 @@ fn a_job_orphaned_by_a_killed_daemon_is_cancelled_at_restart() {
 
 #[test]
 fn candle_rounds_run_on_the_compute_node() {
-    if !btd_trainer::slurm::ready_for_test("candle_rounds_run_on_the_compute_node") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let owner = Daemon::start(&[]);
     // A step budget has no wall-clock bound of its own: the rung's max_time_secs is the limit.
-    let worker = slurm_worker(tmp.path(), &owner, "max_time_secs = 600");
+    // Bound tmp first, so it is dropped after the daemons.
+    let Some(Cluster { tmp, owner, worker }) = cluster(
+        "candle_rounds_run_on_the_compute_node",
+        "max_time_secs = 600",
+    ) else {
+        return;
+    };
     let text = std::fs::read_to_string(repo_root().join("examples/program.toml"))
         .unwrap()
         .replace("seconds = 20 ", "# no wall-clock budget ")

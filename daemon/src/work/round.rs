@@ -9,6 +9,7 @@ use btd_protocol::membership::MemberId;
 use btd_protocol::program::search::{hypothesis_seed, Hypothesis};
 use btd_protocol::program::{ProgramId, Task};
 use btd_protocol::trace::{BundleStatus, ImpactRead, NextAction, ResultBundle, TraceabilityRecord};
+use btd_trainer::shell::SlurmRun;
 use tokio::sync::mpsc;
 
 use crate::node::types::NewResult;
@@ -256,9 +257,10 @@ impl Loop {
                 round_code.clone(),
                 run::Exec {
                     cancel: self.ctx.cancel.clone(),
-                    slurm: self.slurm.as_ref().map(|config| run::OnSlurm {
+                    slurm: self.slurm.as_ref().map(|config| SlurmRun {
                         config: config.clone(),
                         name: format!("btd-{}-r{round}", self.program.name),
+                        dir: dir.clone(),
                     }),
                 },
             )

@@ -56,20 +56,12 @@ impl RunOutcome {
     }
 }
 
-/// A rung whose rounds run as Slurm batch jobs.
-pub(super) struct OnSlurm {
-    /// The rung's settings.
-    pub(super) config: btd_trainer::slurm::SlurmConfig,
-    /// The job's name in the queue.
-    pub(super) name: String,
-}
-
 /// How a round executes: its cancel flag (`btd stop`) and, on a Slurm rung, the job settings.
 pub(super) struct Exec {
     /// Set when the daemon stops: training stops, commands are killed, jobs cancelled.
     pub(super) cancel: Arc<AtomicBool>,
-    /// Run as a Slurm batch job.
-    pub(super) slurm: Option<OnSlurm>,
+    /// Run as a Slurm batch job (its directory is the round's).
+    pub(super) slurm: Option<SlurmRun>,
 }
 
 /// A task ready to run rounds: the corpus is loaded and checked once.
@@ -313,11 +305,7 @@ fn shell(
 ) -> RunOutcome {
     let mut env = param_env(hypothesis);
     let mut opts = ShellOptions::new(metric);
-    opts.slurm = exec.slurm.map(|s| SlurmRun {
-        config: s.config,
-        name: s.name,
-        dir: dir.to_path_buf(),
-    });
+    opts.slurm = exec.slurm;
     opts.cancel = Some(exec.cancel);
     match code {
         None => {

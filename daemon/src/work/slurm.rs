@@ -20,7 +20,9 @@ use btd_trainer::slurm::{run_batch, BatchJob, JobState, SlurmJobInfo};
 use btd_trainer::{Corpus, TrainSpec};
 use serde::{Deserialize, Serialize};
 
-use super::run::{file_digest, train, OnSlurm, RunOutcome};
+use btd_trainer::shell::SlurmRun;
+
+use super::run::{file_digest, train, RunOutcome};
 
 /// The spec a candle round's job reads.
 const SPEC_FILE: &str = "slurm-round.json";
@@ -54,11 +56,11 @@ struct Spec {
 }
 
 /// Runs a candle round as a Slurm job; never fails: every problem is in the outcome.
-pub(super) fn candle_on_slurm(s: &OnSlurm, job: &CandleJob, cancel: &AtomicBool) -> RunOutcome {
+pub(super) fn candle_on_slurm(s: &SlurmRun, job: &CandleJob, cancel: &AtomicBool) -> RunOutcome {
     candle_job(s, job, cancel).unwrap_or_else(RunOutcome::failed)
 }
 
-fn candle_job(s: &OnSlurm, job: &CandleJob, cancel: &AtomicBool) -> Result<RunOutcome, String> {
+fn candle_job(s: &SlurmRun, job: &CandleJob, cancel: &AtomicBool) -> Result<RunOutcome, String> {
     let budget = job.task.seconds.or(s.config.max_time_secs).ok_or_else(|| {
         "the task has a step budget and no time budget; on a Slurm rung set \
          slurm.max_time_secs in config.toml to bound the job"

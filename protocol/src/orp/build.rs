@@ -1,6 +1,6 @@
 //! Building an ORP packet from a round's records, and a gate result from a dispatch verdict.
 
-use crate::dispatch::{Action, ComputePacket, DispatchResult, Reason};
+use crate::dispatch::{Action, ComputePacket, DispatchResult};
 use crate::kb::Check;
 use crate::program::datetime::format_rfc3339;
 use crate::trace::{
@@ -10,9 +10,10 @@ use crate::wire::{sanitize_text, SubmitReceipt};
 use crate::Timestamp;
 
 use super::{
-    markdown, Artifacts, AtomStatus, AtomicContext, ClaimStatus, EvidenceStatus, GateResult,
-    GateStatus, Lifecycle, OrpPacket, OverallResult, PacketKind, Phase, ProtocolBoundary, Repo,
-    Run, Summary, Tool, WorkflowState, CHECK_GATE_ID, RUN_GATE_ID, SCHEMA_VERSION, TOOL_NAME,
+    markdown, serde_name, Artifacts, AtomStatus, AtomicContext, ClaimStatus, EvidenceStatus,
+    GateResult, GateStatus, Lifecycle, OrpPacket, OverallResult, PacketKind, Phase,
+    ProtocolBoundary, Repo, Run, Summary, Tool, WorkflowState, CHECK_GATE_ID, RUN_GATE_ID,
+    SCHEMA_VERSION, TOOL_NAME,
 };
 
 /// Longest free text (bytes) a gate's note or the lifecycle's note keeps.
@@ -102,34 +103,20 @@ pub struct OrpExport {
 /// `hold_packet` fails, `request_paid_approval` is skipped (it waits for paid approval; ORP's
 /// wrapper says `hold`, which ORP's schema does not allow).
 pub fn dispatch_gate(result: &DispatchResult, command: &str) -> GateResult {
-    let (status, note) = match result.action {
-        Action::RunLocal | Action::RunPaid => (
-            GateStatus::Pass,
-            format!(
-                "{} ({}): {}",
-                action_name(result.action),
-                reason_name(result.reason),
-                result.detail
-            ),
-        ),
-        Action::HoldPacket => (
-            GateStatus::Fail,
-            format!(
-                "hold_packet ({}): {}",
-                reason_name(result.reason),
-                result.detail
-            ),
-        ),
+    let (status, waits) = match result.action {
+        Action::RunLocal | Action::RunPaid => (GateStatus::Pass, String::new()),
+        Action::HoldPacket => (GateStatus::Fail, String::new()),
         Action::RequestPaidApproval => (
             GateStatus::Skipped,
-            format!(
-                "request_paid_approval ({}): waits for paid approval of rung {:?}: {}",
-                reason_name(result.reason),
-                result.rung_id,
-                result.detail
-            ),
+            format!("waits for paid approval of rung {:?}: ", result.rung_id),
         ),
     };
+    let note = format!(
+        "{} ({}): {waits}{}",
+        serde_name(&result.action),
+        serde_name(&result.reason),
+        result.detail
+    );
     GateResult {
         gate_id: result.rung_id.clone(),
         phase: Phase::ScopeLock,
@@ -440,7 +427,7 @@ fn lifecycle(r: &RoundInput<'_>) -> Lifecycle {
         workflow_state: workflow,
         claim_status: claim,
         atom_status: Some(atom),
-        state_note: Some(bound(&format!("{}: {why}", RunState::name(r.state)))),
+        state_note: Some(bound(&format!("{}: {why}", serde_name(&r.state)))),
     }
 }
 
@@ -487,22 +474,6 @@ fn join(dir: &str, name: &str) -> String {
     } else {
         format!("{}/{name}", dir.trim_end_matches('/'))
     }
-}
-
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::RunLocal => "run_local",
-        Action::RequestPaidApproval => "request_paid_approval",
-        Action::RunPaid => "run_paid",
-        Action::HoldPacket => "hold_packet",
-    }
-}
-
-fn reason_name(r: Reason) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{r:?}"))
 }
 
 fn bundle_status_name(s: BundleStatus) -> &'static str {

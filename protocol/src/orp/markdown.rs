@@ -1,6 +1,6 @@
 //! The short Markdown summary written beside an ORP packet.
 
-use super::{GateStatus, OrpPacket, OverallResult};
+use super::{serde_name, GateStatus, OrpPacket, OverallResult};
 
 /// A one-screen summary of `p`: result, lifecycle, one row per gate, the evidence files.
 pub(super) fn summary(p: &OrpPacket) -> String {
@@ -23,10 +23,10 @@ pub(super) fn summary(p: &OrpPacket) -> String {
     );
     out += &format!(
         "- lifecycle: {}{}\n",
-        name(&p.lifecycle.workflow_state),
+        serde_name(&p.lifecycle.workflow_state),
         p.lifecycle
             .claim_status
-            .map(|c| format!(" / {}", name(&c)))
+            .map(|c| format!(" / {}", serde_name(&c)))
             .unwrap_or_default()
     );
     if let Some(note) = &p.lifecycle.state_note {
@@ -51,7 +51,7 @@ pub(super) fn summary(p: &OrpPacket) -> String {
         out += &format!(
             "| `{}` | {} | {status} | {} |\n",
             cell(&g.gate_id),
-            name(&g.phase),
+            serde_name(&g.phase),
             cell(g.evidence_note.as_deref().unwrap_or_default())
         );
     }
@@ -60,14 +60,6 @@ pub(super) fn summary(p: &OrpPacket) -> String {
         out += &format!("- `{}`\n", cell(path));
     }
     out
-}
-
-/// The serde name of a unit enum value.
-fn name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Text safe in a Markdown table cell or code span: no newlines, pipes or backticks.

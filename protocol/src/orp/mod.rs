@@ -33,6 +33,14 @@ mod tests;
 
 pub use build::{dispatch_gate, export_round, ExportFile, ExportPlace, OrpExport, RoundInput};
 
+/// The serde name of a unit enum value (`run_local`, `scope_lock`, ...), as records and ORP spell it.
+fn serde_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The packet schema version btd writes.
 pub const SCHEMA_VERSION: &str = "1.0.0";
 /// The tool name in `run.tool.name`.

@@ -74,20 +74,6 @@ pub enum RunState {
     Submitted,
 }
 
-impl RunState {
-    /// The state as records spell it: `running`, `held`, ...
-    pub fn name(self) -> &'static str {
-        match self {
-            RunState::Running => "running",
-            RunState::Held => "held",
-            RunState::Failed => "failed",
-            RunState::Cancelled => "cancelled",
-            RunState::Unsubmitted => "unsubmitted",
-            RunState::Submitted => "submitted",
-        }
-    }
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -19,54 +19,33 @@ pub const DEFAULT_TIME_MARGIN_SECS: u64 = 60;
 
 /// How a rung submits its rounds to Slurm (the `[rungs.slurm]` table of `config.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SlurmConfig {
     /// `--partition`.
-    #[serde(default)]
     pub partition: Option<String>,
     /// `--account`.
-    #[serde(default)]
     pub account: Option<String>,
     /// `--qos`.
-    #[serde(default)]
     pub qos: Option<String>,
     /// `--gres`, e.g. `gpu:h100:1`.
-    #[serde(default)]
     pub gres: Option<String>,
     /// `--cpus-per-task`.
-    #[serde(default)]
     pub cpus_per_task: Option<u32>,
     /// `--mem`, e.g. `16G`.
-    #[serde(default)]
     pub mem: Option<String>,
     /// The longest `--time` this rung may ask for, in seconds (the partition's limit); a packet
     /// whose budget needs more is refused before submission.
-    #[serde(default)]
     pub max_time_secs: Option<u64>,
     /// Seconds added to the packet's budget for `--time` (start-up, evaluation, writing outputs);
     /// Slurm rounds the sum up to whole minutes.
-    #[serde(default = "default_margin")]
     pub time_margin_secs: u64,
     /// How long a job may wait in the queue before btd cancels it and fails the round.
-    #[serde(default = "default_queue")]
     pub max_queue_secs: u64,
     /// How often to ask `squeue` about the job, in milliseconds (at least 200).
-    #[serde(default = "default_poll")]
     pub poll_ms: u64,
     /// The `btd` binary the compute nodes run for candle rounds (default: this daemon's own
     /// executable; it must be at the same path on the nodes).
-    #[serde(default)]
     pub btd_path: Option<PathBuf>,
-}
-
-fn default_margin() -> u64 {
-    DEFAULT_TIME_MARGIN_SECS
-}
-fn default_queue() -> u64 {
-    DEFAULT_MAX_QUEUE_SECS
-}
-fn default_poll() -> u64 {
-    DEFAULT_POLL_MS
 }
 
 impl Default for SlurmConfig {
