@@ -22,6 +22,7 @@ mod daemon_cmd;
 mod demo;
 pub mod harness;
 pub mod home;
+pub mod metrics;
 pub mod net;
 pub mod node;
 mod offline;
