@@ -200,6 +200,19 @@ pub(crate) struct StartArgs {
     /// Discover peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) mdns: bool,
+    /// Serve the dashboard, its JSON API and /metrics over HTTP on ADDR (default
+    /// 127.0.0.1:4802). A non-loopback address needs --http-token.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::web::DEFAULT_ADDR)]
+    pub(crate) http: Option<String>,
+    /// The token every dashboard request must carry (at least 16 characters): open
+    /// http://ADDR/?token=TOKEN once, or send `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BTD_HTTP_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) http_token: Option<String>,
 }
 
 /// `btd submit` flags.

@@ -79,7 +79,22 @@ pub(crate) fn start(home_dir: Option<PathBuf>, args: StartArgs) -> Result<(), Cm
         bootstrap: addrs("bootstrap", args.bootstrap)?,
         relay_server: args.relay_server,
         mdns: args.mdns,
+        http: match args.http {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|e| {
+                CmdError::Usage(format!(
+                    "--http {a:?} is not an address such as 127.0.0.1:4802: {e}"
+                ))
+            })?),
+        },
+        http_token: args.http_token,
     };
+    if let Some(addr) = flags.http {
+        crate::web::check_settings(addr, flags.http_token.as_deref())
+            .map_err(|e| CmdError::Usage(e.to_string()))?;
+    } else if flags.http_token.is_some() {
+        return Err(CmdError::Usage("--http-token needs --http".into()));
+    }
     crate::start::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

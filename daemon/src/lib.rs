@@ -35,4 +35,5 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod verify;
+pub mod web;
 pub mod work;

@@ -27,6 +27,10 @@ pub struct StartFlags {
     pub relay_server: bool,
     /// `--mdns`.
     pub mdns: bool,
+    /// `--http`: serve the dashboard here.
+    pub http: Option<std::net::SocketAddr>,
+    /// `--http-token`.
+    pub http_token: Option<String>,
 }
 
 /// Runs the daemon until it is told to stop.
@@ -40,6 +44,15 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     cfg.bootstrap.extend(flags.bootstrap);
     cfg.relay_server |= flags.relay_server;
     cfg.mdns |= flags.mdns;
+    // The dashboard's settings and port are checked before anything starts.
+    let web = match flags.http {
+        Some(addr) => {
+            let access = crate::web::check_settings(addr, flags.http_token.as_deref())?;
+            Some((crate::web::bind(addr).await?, access))
+        }
+        None => None,
+    };
+    let metrics = crate::metrics::Metrics::new();
     let key = home.load_or_create_identity()?;
     // Records name their directories absolutely: a relative --home must not make them ambiguous.
     let home_dir = std::fs::canonicalize(home.dir()).unwrap_or_else(|_| home.dir().to_path_buf());
@@ -77,13 +90,25 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         handle.clone(),
         work.clone(),
         stop_tx,
-        shutdown_rx,
+        shutdown_rx.clone(),
     ));
     eprintln!(
         "btd: daemon started: peer id {}, home {}",
         handle.peer_id(),
         home.dir().display()
     );
+    let web = web.map(|(listener, access)| {
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("btd: dashboard at {}", access.url(addr));
+        }
+        tokio::spawn(crate::web::serve(
+            listener,
+            access,
+            handle.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     let stop = async {
@@ -117,6 +142,12 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         }
     }
     let _ = control.await;
+    if let Some(web) = web {
+        match web.await {
+            Ok(Err(e)) => eprintln!("btd: {e:#}"),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
     eprintln!("btd: stopped");
     Ok(())
 }

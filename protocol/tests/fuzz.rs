@@ -414,6 +414,7 @@ fn targets() -> Vec<(&'static str, Runner, Vec<Vec<u8>>)> {
                     items: vec![LedgerItem {
                         entry: entry(1),
                         created_at: Timestamp(1),
+                        rung_id: "cpu".to_string(),
                         hypothesis: [("lr".to_string(), 0.1)].into(),
                         code: Some(CodeSummary::of(&code_sample())),
                     }],

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use btd::harness;
 
+pub mod web;
+
 /// Path of the `btd` binary built by this `cargo test` run.
 ///
 /// `cargo test --workspace` builds the `btd` binary (the `btd` package has integration tests of its

@@ -81,7 +81,7 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
                 .unwrap_or_else(|| "python3 is not on PATH".into())
         );
     }
-    mesh(args.workers.max(2), dir, daemons).await?;
+    let dashboard = mesh(args.workers.max(2), &args.http, dir, daemons).await?;
     let ex = dir.join("byo");
     write_example(&ex)?;
 
@@ -106,6 +106,7 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
         sha.short(),
         bytes.len()
     );
+    super::show_dashboard(dashboard.as_deref(), program);
 
     // Worker-1 first, then worker-2 on worker-1's champion: the lineage crosses members.
     let propose = format!("python3 {}", ex.join("propose.py").display());

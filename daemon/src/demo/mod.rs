@@ -41,6 +41,12 @@ pub(crate) struct DemoArgs {
     /// re-running them (needs python3 and unprivileged user namespaces for the sandbox).
     #[arg(long)]
     byo: bool,
+    /// Where the owner serves the dashboard (its URL is printed; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    http: String,
+    /// After the demo, keep the daemons (and the dashboard) running until Ctrl-C.
+    #[arg(long)]
+    stay: bool,
 }
 
 /// The demo's program: the tiny preset on the built-in synthetic corpus, searching the learning
@@ -143,6 +149,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CmdError> {
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         }
     });
+    if outcome.is_ok() && args.stay {
+        out!("the daemons keep running (dashboard included); Ctrl-C stops them");
+        let _ = rt.block_on(tokio::signal::ctrl_c());
+    }
     out!("stopping the daemons...");
     drop(daemons);
     out!("homes and logs are in {}", dir.display());
@@ -153,7 +163,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     let started = Instant::now();
     out!("btd demo in {}", dir.display());
 
-    mesh(args.workers, dir, daemons).await?;
+    let dashboard = mesh(args.workers, &args.http, dir, daemons).await?;
 
     // Publish.
     let text = manifest(args.steps);
@@ -166,6 +176,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
         })
         .await?;
     out!("owner published {} ({})", program, path.display());
+    show_dashboard(dashboard.as_deref(), program);
 
     // Join: each worker shows a user code; the demo approves it as the owner would.
     let workers: Vec<usize> = (2..daemons.len()).collect();
@@ -240,10 +251,22 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
     Ok(())
 }
 
+/// Prints the program page's URL on the owner's dashboard.
+fn show_dashboard(base: Option<&str>, program: ProgramId) {
+    if let Some(base) = base {
+        out!("dashboard {base}programs/{program}  (live while the demo runs)");
+    }
+}
+
 /// Starts the mesh: a relay; the owner behind "NAT" (it listens only through a circuit on the
-/// relay, as an owner at home would); `workers` workers that know only the relay's address (the
-/// last one behind "NAT" too).
-async fn mesh(workers: u8, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<()> {
+/// relay, as an owner at home would), serving its dashboard on `http`; `workers` workers that
+/// know only the relay's address (the last one behind "NAT" too). Returns the dashboard's URL.
+async fn mesh(
+    workers: u8,
+    http: &str,
+    dir: &Path,
+    daemons: &mut Vec<Daemon>,
+) -> Result<Option<String>> {
     daemons.push(start("relay", dir, None, &["--relay-server".to_string()])?);
     daemons[0].ready(READY_WITHIN).await?;
     let relay_addr = daemons[0].tcp_addr().await?;
@@ -253,9 +276,24 @@ async fn mesh(workers: u8, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<()> 
         "owner",
         dir,
         Some(&circuit),
-        &["--bootstrap".to_string(), relay_addr.clone()],
+        &[
+            "--bootstrap".to_string(),
+            relay_addr.clone(),
+            "--http".to_string(),
+            http.to_string(),
+        ],
     )?);
     let owner_info = daemons[1].ready(READY_WITHIN).await?;
+    // The owner announces its dashboard in its log right after its control socket answers.
+    let mut dashboard = None;
+    for _ in 0..50 {
+        let log = daemons[1].log();
+        if let Some(url) = log.split("dashboard at ").nth(1) {
+            dashboard = url.split_whitespace().next().map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     out!(
         "owner     {} (no direct address: reachable through the relay)",
         owner_info.peer_id
@@ -281,7 +319,7 @@ async fn mesh(workers: u8, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<()> 
             }
         );
     }
-    Ok(())
+    Ok(dashboard)
 }
 
 /// Each worker learns the program, joins it with the rounds `work` gives it, shows its user code,

@@ -95,9 +95,10 @@ impl ProgramOwner {
         })
     }
 
-    /// The owner's own read of its ledger (`btd ledger`, `btd checkout` on the owner's daemon):
-    /// `KbCall::Ledger`, `KbCall::LedgerTail` and `KbCall::Code` without a credential (members
-    /// reach the same answers through [`ProgramOwner::on_kb`]); `None` for any other call.
+    /// The owner's own read of its ledger and status (`btd ledger`, `btd checkout`, the
+    /// dashboard on the owner's daemon): `KbCall::Ledger`, `KbCall::LedgerTail`, `KbCall::Code`
+    /// and `KbCall::Status` without a credential (members reach the same answers through
+    /// [`ProgramOwner::on_kb`]); `None` for any other call.
     pub fn read_own(&self, call: &KbCall) -> Option<KbResponse> {
         if let Err(e) = call.check() {
             return Some(KbResponse::Error(err(ErrorCode::Invalid, e.to_string())));
@@ -120,6 +121,7 @@ impl ProgramOwner {
                 Some(KbResponse::Ledger { items, more })
             }
             KbCall::Code { seq } => Some(KbResponse::Code(self.code_view(*seq))),
+            KbCall::Status => Some(KbResponse::Status(self.kb_status())),
             _ => None,
         }
     }

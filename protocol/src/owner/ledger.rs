@@ -24,6 +24,7 @@ pub const MAX_CODE_BYTES_PER_MEMBER: u64 = 64 << 20;
 #[derive(Debug, Clone)]
 struct Note {
     created_at: Timestamp,
+    rung_id: String,
     hypothesis: BTreeMap<String, f64>,
     code: Option<Arc<CodeHypothesis>>,
     /// What the ledger shows of the code (its patch parsed once, when recorded).
@@ -100,6 +101,7 @@ impl Ledger {
             seq,
             Note {
                 created_at: sub.created_at,
+                rung_id: sub.rung_id.clone(),
                 hypothesis: sub.hypothesis.clone(),
                 summary: code.as_ref().map(CodeSummary::of),
                 code: code.map(Arc::new),
@@ -155,6 +157,7 @@ impl Ledger {
                 LedgerItem {
                     entry: e.clone(),
                     created_at: note.map_or(Timestamp::from_millis(0), |n| n.created_at),
+                    rung_id: note.map_or_else(String::new, |n| n.rung_id.clone()),
                     hypothesis: note.map(|n| n.hypothesis.clone()).unwrap_or_default(),
                     code: note.and_then(|n| n.summary.clone()),
                 }

@@ -154,6 +154,8 @@ pub struct LedgerItem {
     pub entry: Entry,
     /// When the worker made it (its signed timestamp).
     pub created_at: Timestamp,
+    /// The rung it ran on (its signed `rung_id`), so results are compared on like hardware.
+    pub rung_id: String,
     /// The numeric hypothesis (search parameters), empty when none.
     pub hypothesis: BTreeMap<String, f64>,
     /// The code hypothesis, when the result carried one.
@@ -200,6 +202,7 @@ impl CodeSummary {
 impl Sanitize for LedgerItem {
     fn sanitize(&mut self) {
         self.entry.sanitize();
+        self.rung_id = sanitize_text(&self.rung_id, super::MAX_ID_BYTES);
         if let Some(c) = &mut self.code {
             c.rationale = sanitize_rationale(&c.rationale);
             c.files.truncate(crate::patch::MAX_PATCH_FILES);
