@@ -98,12 +98,12 @@ pub enum Request {
         #[serde(default)]
         code: Option<btd_protocol::wire::CodeHypothesis>,
     },
-    /// A program's candle task for `btd train --program` (with the dataset file fetched from the
-    /// owner when `fetch` and this node lacks it).
+    /// A program's candle task for `btd train --program`, with the path of its dataset file when
+    /// this node has it (fetched from the owner first with `fetch`).
     TrainTask {
         /// Program id.
         program: ProgramId,
-        /// Fetch a `file` dataset (else the caller brings the file).
+        /// Fetch a `file` dataset this node lacks.
         #[serde(default)]
         fetch: bool,
     },
@@ -113,6 +113,9 @@ pub enum Request {
         program: ProgramId,
         /// The checkpoint (absolute path).
         checkpoint: std::path::PathBuf,
+        /// Do not fetch a `file` dataset this node lacks (then the scoring fails saying so).
+        #[serde(default)]
+        local_only: bool,
     },
     /// A page of a program's hypothesis ledger.
     Ledger {
@@ -313,7 +316,11 @@ async fn dispatch(
         } => {
             let value = match (value, &checkpoint) {
                 (Some(v), _) => v,
-                (None, Some(path)) => work.score_checkpoint(program, path.clone()).await?.value,
+                (None, Some(path)) => {
+                    work.score_checkpoint(program, path.clone(), true)
+                        .await?
+                        .value
+                }
                 (None, None) => {
                     return Err("give the value, or a checkpoint for this daemon to score".into())
                 }
@@ -352,8 +359,9 @@ async fn dispatch(
         Request::Score {
             program,
             checkpoint,
+            local_only,
         } => work
-            .score_checkpoint(program, checkpoint)
+            .score_checkpoint(program, checkpoint, !local_only)
             .await
             .and_then(json),
         Request::Code { program, seq } => answer(node.code(program, seq).await),

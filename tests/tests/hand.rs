@@ -38,6 +38,24 @@ fn number_after(s: &str, marker: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{token:?} in:\n{s}"))
 }
 
+/// Sends one raw control request (a JSON object) to `d`'s daemon; its `ok` answer, or `Err` with
+/// its `error` text.
+fn control(d: &Daemon, req: serde_json::Value) -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut sock = std::os::unix::net::UnixStream::connect(d.home.join("control.sock")).unwrap();
+    writeln!(sock, "{req}").unwrap();
+    for line in BufReader::new(sock).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if let Some(ok) = v.get("ok") {
+            return Ok(ok.clone());
+        }
+        if let Some(e) = v.get("error") {
+            return Err(e.as_str().unwrap().to_string());
+        }
+    }
+    panic!("the daemon closed the connection without answering")
+}
+
 /// A value as the owner's rejection quotes it next to `other` (6 decimals, or every digit when 6
 /// decimals would not tell them apart).
 fn quoted(v: f64, other: f64) -> String {
@@ -129,6 +147,28 @@ max_holdout_gap = 0.5
         "{}",
         stderr(&o)
     );
+    let fetched = member.home.join("blobs").join(&id).join(&sha);
+    assert!(
+        !fetched.exists(),
+        "a refused command downloaded the dataset"
+    );
+
+    // Trained for the program: its task, with the dataset fetched from the owner.
+    let trained = member.json(&["train", "--program", &id, "--out", out_s]);
+    let report = &trained["report"];
+    assert_eq!(trained["program"], id.as_str());
+    assert_eq!(report["steps"], 25);
+    assert_eq!(report["spec"]["seed"], 3);
+    assert_eq!(report["spec"]["eval_tokens"], 2048);
+    assert_eq!(report["eval_tokens"], 2048);
+    assert_eq!(report["data"]["kind"], "file");
+    let trained_value = report["val_bpb"].as_f64().unwrap();
+    // The member fetched the program's dataset from the owner by digest.
+    assert_eq!(
+        std::fs::read(&fetched).unwrap(),
+        std::fs::read(&data).unwrap()
+    );
+    let ckpt = trained["checkpoint"].as_str().unwrap();
 
     // The old path: trained on the same file with its own eval budget, then submitted with the
     // value it printed. The daemon warns with both numbers; the owner rejects with both.
@@ -184,22 +224,7 @@ max_holdout_gap = 0.5
         "{why}"
     );
 
-    // The new path: the program's task, then a submission without a value.
-    let trained = member.json(&["train", "--program", &id, "--out", out_s]);
-    let report = &trained["report"];
-    assert_eq!(trained["program"], id.as_str());
-    assert_eq!(report["steps"], 25);
-    assert_eq!(report["spec"]["seed"], 3);
-    assert_eq!(report["spec"]["eval_tokens"], 2048);
-    assert_eq!(report["eval_tokens"], 2048);
-    assert_eq!(report["data"]["kind"], "file");
-    let trained_value = report["val_bpb"].as_f64().unwrap();
-    // The member fetched the program's dataset from the owner by digest.
-    assert_eq!(
-        std::fs::read(member.home.join("blobs").join(&id).join(&sha)).unwrap(),
-        std::fs::read(&data).unwrap()
-    );
-    let ckpt = trained["checkpoint"].as_str().unwrap();
+    // Then submitted without a value: the daemon claims what the owner will measure.
     let o = member.btd(&["submit", &id, "--checkpoint", ckpt]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
@@ -218,6 +243,38 @@ max_holdout_gap = 0.5
     assert_eq!(
         s["champion"]["value"].as_f64().unwrap().to_bits(),
         trained_value.to_bits(),
+        "{s}"
+    );
+
+    // Another seed may differ from the program's; a control client that sends no value gets the
+    // checkpoint scored the owner's way and that value recorded.
+    let again = member.json(&["train", "--program", &id, "--seed", "4", "--out", out_s]);
+    assert_eq!(again["report"]["spec"]["seed"], 4);
+    let ckpt = again["checkpoint"].as_str().unwrap();
+    let scored = control(
+        &member,
+        serde_json::json!({"cmd": "score", "program": id, "checkpoint": ckpt}),
+    )
+    .unwrap();
+    assert_eq!(scored["eval_tokens"], 2048);
+    let receipt = control(
+        &member,
+        serde_json::json!({
+            "cmd": "submit", "program": id, "rung_id": "cpu", "outputs": [], "checkpoint": ckpt
+        }),
+    )
+    .unwrap();
+    let seq = receipt["seq"].as_u64().unwrap();
+    let s = owner.json(&["status", &id]);
+    let entry = s["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["seq"] == seq)
+        .unwrap();
+    assert_eq!(
+        entry["value"].as_f64().unwrap().to_bits(),
+        scored["value"].as_f64().unwrap().to_bits(),
         "{s}"
     );
 }
@@ -260,6 +317,13 @@ hardware = "cpu"
         "{}",
         stderr(&o)
     );
+    // A control client must send a value or a checkpoint.
+    let e = control(
+        &member,
+        serde_json::json!({"cmd": "submit", "program": id, "rung_id": "cpu", "outputs": []}),
+    )
+    .unwrap_err();
+    assert!(e.contains("give the value, or a checkpoint"), "{e}");
     // Nor scored by hand: a submission without a value says why.
     let ckpt = owner.home.parent().unwrap().join("none.safetensors");
     std::fs::write(&ckpt, b"not a checkpoint").unwrap();
@@ -267,6 +331,22 @@ hardware = "cpu"
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
         stderr(&o).contains("runs a shell task") && stderr(&o).contains("--value"),
+        "{}",
+        stderr(&o)
+    );
+    // With a value, it is sent unchecked (here refused: this node is no member), with a note.
+    let o = member.btd(&[
+        "submit",
+        &id,
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--value",
+        "1.5",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("note: --value was not checked against the owner's scoring")
+            && stderr(&o).contains("runs a shell task"),
         "{}",
         stderr(&o)
     );

@@ -45,8 +45,12 @@ pub(super) fn prepare(
                 .map_err(|e| CmdError::Usage(format!("--data {}: {e}", p.display())))
         })
         .transpose()?;
-    let view = task(home, program, data.is_none())?;
+    // The task first: a refused flag costs no dataset download.
+    let mut view = task(home.clone(), program, false)?;
     refuse_conflicts(args, &view)?;
+    if data.is_none() && view.data.is_none() && matches!(view.task.dataset, Dataset::File { .. }) {
+        view = task(home, program, true)?;
+    }
     let mut spec = crate::work::round_spec(&view.task, &Hypothesis::new())
         .map_err(|e| CmdError::Rejected(anyhow!("program {program}'s task is unusable: {e}")))?;
     if let Some(seed) = args.seed {

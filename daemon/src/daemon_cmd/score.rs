@@ -11,8 +11,9 @@ use crate::output::{exact, out, CmdError};
 use crate::work::ScoreView;
 
 /// The value to claim for `program`: `given`, else the daemon's score of `checkpoint` (printed, in
-/// text mode). With both, the checkpoint is scored anyway and a warning on stderr shows both
-/// numbers when they differ (the owner would reject the claim). `None` when there is neither.
+/// text mode; the daemon fetches the program's dataset if it lacks it). With both, the checkpoint
+/// is scored too when the daemon has the dataset, and a warning on stderr shows both numbers when
+/// they differ (the owner would reject the claim). `None` when there is neither.
 pub(super) fn claim_value(
     home_dir: Option<PathBuf>,
     program: ProgramId,
@@ -29,6 +30,8 @@ pub(super) fn claim_value(
         Request::Score {
             program,
             checkpoint,
+            // A check of a given value does not wait for a dataset download.
+            local_only: given.is_some(),
         },
     )
     .and_then(super::parse::<ScoreView>);
@@ -56,7 +59,10 @@ pub(super) fn claim_value(
             Ok(Some(v))
         }
         (Some(v), Err(e)) => {
-            eprintln!("btd: warning: cannot score the checkpoint the way the owner will ({e})");
+            eprintln!(
+                "btd: note: --value was not checked against the owner's scoring ({e}); leave out \
+                 --value to have the checkpoint scored and that value claimed"
+            );
             Ok(Some(v))
         }
     }

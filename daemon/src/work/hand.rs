@@ -22,8 +22,8 @@ pub struct TrainTaskView {
     pub metric: String,
     /// The task (preset, dataset, budgets, seed, eval budget), as the verified manifest says.
     pub task: CandleTask,
-    /// The dataset file on this machine (a `file` dataset, when asked to fetch it); `None` for the
-    /// synthetic corpus or when the caller brings the file.
+    /// The dataset file on this machine (a `file` dataset this node has, or fetched when asked);
+    /// `None` for the synthetic corpus or a file this node does not have.
     pub data: Option<PathBuf>,
     /// Whether this node is a member (it must be to submit).
     pub member: bool,
@@ -49,9 +49,9 @@ pub struct ScoreView {
 }
 
 impl WorkContext {
-    /// The candle task of `program` for `btd train --program`; with `fetch`, a `file` dataset is
-    /// fetched from the owner (as a round does) unless this node already has it. A shell task is
-    /// refused with words.
+    /// The candle task of `program` for `btd train --program`, with the path of a `file` dataset
+    /// this node has (with `fetch`, fetched from the owner as a round does when it has not). A
+    /// shell task is refused with words.
     pub async fn train_task(
         &self,
         program: ProgramId,
@@ -65,11 +65,7 @@ impl WorkContext {
             .await
             .map_err(|e| e.to_string())?
             .is_some();
-        let data = if fetch {
-            self.dataset(program, owner, &p, &task).await?
-        } else {
-            None
-        };
+        let data = self.dataset(program, owner, &p, &task, fetch).await?;
         Ok(TrainTaskView {
             program,
             name: p.name.clone(),
@@ -83,16 +79,23 @@ impl WorkContext {
 
     /// Scores the checkpoint at `path` the way the owner's verifier does
     /// ([`btd_trainer::verify::measure`]: the program's preset and step budget, its validation
-    /// split, its eval budget, on the CPU), fetching the program's dataset if needed. Blocking work
-    /// runs on a blocking thread.
+    /// split, its eval budget, on the CPU). A `file` dataset this node lacks is fetched from the
+    /// owner with `fetch`, else the scoring fails saying so. Blocking work runs on a blocking
+    /// thread.
     pub async fn score_checkpoint(
         &self,
         program: ProgramId,
         path: PathBuf,
+        fetch: bool,
     ) -> Result<ScoreView, String> {
         let (p, owner) = self.known(program).await?;
         let task = candle_task(program, &p)?.clone();
-        let data = self.dataset(program, owner, &p, &task).await?;
+        let data = self.dataset(program, owner, &p, &task, fetch).await?;
+        if let (Dataset::File { sha256 }, None) = (&task.dataset, &data) {
+            return Err(format!(
+                "this daemon does not have program {program}'s dataset (sha256 {sha256}) yet"
+            ));
+        }
         let metric = p.criteria.metric.clone();
         tokio::task::spawn_blocking(move || {
             let ckpt = btd_trainer::Checkpoint::read(&path)
@@ -139,20 +142,24 @@ impl WorkContext {
     }
 
     /// The program's dataset file on this machine: already in the blob store (published or
-    /// fetched before), else fetched from the owner by digest (members only). `None` for the
-    /// synthetic corpus.
+    /// fetched before), else, with `fetch`, fetched from the owner by digest (members only).
+    /// `None` for the synthetic corpus, or a file this node lacks when not fetching.
     async fn dataset(
         &self,
         program: ProgramId,
         owner: libp2p::PeerId,
         p: &Program,
         task: &CandleTask,
+        fetch: bool,
     ) -> Result<Option<PathBuf>, String> {
         let Dataset::File { sha256 } = task.dataset else {
             return Ok(None);
         };
         if self.blobs.size(&program, &sha256).is_some() {
             return Ok(Some(self.blobs.path(&program, &sha256)));
+        }
+        if !fetch {
+            return Ok(None);
         }
         let (path, _) = fetch_artifact(
             self,
