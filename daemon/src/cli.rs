@@ -220,9 +220,14 @@ pub(crate) struct StartArgs {
 pub(crate) struct SubmitArgs {
     /// The program id.
     pub(crate) program: String,
-    /// The metric value.
-    #[arg(long, allow_negative_numbers = true)]
-    pub(crate) value: f64,
+    /// The metric value (default, with --checkpoint: the daemon scores the checkpoint the way the
+    /// owner will and claims that; given, it is still scored and a differing value warned about).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        required_unless_present = "checkpoint"
+    )]
+    pub(crate) value: Option<f64>,
     /// An output file to record by digest (repeatable).
     #[arg(long = "output", value_name = "FILE")]
     pub(crate) outputs: Vec<PathBuf>,

@@ -25,6 +25,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::output::{name_of, print_json, CmdError};
 
+mod program;
+
 /// Seed of the built-in synthetic corpus used when no `--data` is given.
 const DEMO_CORPUS_SEED: u64 = 0;
 
@@ -87,14 +89,20 @@ impl DeviceArgs {
 /// `btd train` flags.
 #[derive(Debug, Args)]
 pub(crate) struct TrainArgs {
-    /// Model preset.
-    #[arg(long, value_enum, default_value = "tiny")]
-    preset: PresetArg,
-    /// A UTF-8 text file to train on (default: btd's built-in synthetic corpus).
+    /// Train for this program (asks the running daemon): its preset, dataset (fetched from the
+    /// owner if needed), budget, seed and eval budget, exactly as a worker round would. Flags that
+    /// would change the task are refused; --seed may differ (claims carry their seed).
+    #[arg(long, value_name = "ID")]
+    program: Option<String>,
+    /// Model preset (default: tiny).
+    #[arg(long, value_enum)]
+    preset: Option<PresetArg>,
+    /// A UTF-8 text file to train on (default: btd's built-in synthetic corpus; with --program,
+    /// the program's dataset file, checked against its SHA-256, instead of fetching it).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Refuse the --data file unless its SHA-256 is this (64 hex characters).
-    #[arg(long, requires = "data")]
+    #[arg(long, requires = "data", conflicts_with = "program")]
     sha256: Option<Digest>,
     /// Wall-clock training budget in seconds (default: 30 for tiny, 300 otherwise).
     #[arg(long, conflicts_with = "steps")]
@@ -102,12 +110,12 @@ pub(crate) struct TrainArgs {
     /// Step budget; the same steps, seed and data give a bit-identical result on one CPU model.
     #[arg(long)]
     steps: Option<u64>,
-    /// Seed for initialisation and batch order.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Validation bytes scored for val_bpb.
-    #[arg(long, default_value_t = btd_trainer::config::DEFAULT_EVAL_TOKENS)]
-    eval_tokens: u64,
+    /// Seed for initialisation and batch order (default: 0, or the program's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Validation bytes scored for val_bpb (default: 32768, or the program's).
+    #[arg(long)]
+    eval_tokens: Option<u64>,
     /// Directory for the checkpoint and its JSON report, created if missing (default: `train/` in
     /// the btd home: --home, else $BTD_HOME, else ~/.btd).
     #[arg(long)]
@@ -116,24 +124,29 @@ pub(crate) struct TrainArgs {
     device: DeviceArgs,
 }
 
-/// `btd train`; `home` is the global `--home` (the default output goes under the btd home).
+/// `btd train`; `home` is the global `--home` (the default output goes under the btd home; with
+/// `--program`, the daemon there is asked for the program's task).
 pub(crate) fn train(args: &TrainArgs, home: Option<PathBuf>, json: bool) -> Result<(), CmdError> {
-    let preset = ModelPreset::from(args.preset);
-    let mut spec = TrainSpec::preset(preset, args.seed);
-    spec.steps = args.steps;
-    spec.seconds = args
-        .seconds
-        .or_else(|| args.steps.is_none().then(|| default_seconds(preset)));
-    spec.eval_tokens = args.eval_tokens;
-    spec.validate()
-        .map_err(|e| CmdError::Usage(e.to_string()))?;
-    let corpus = load_corpus(args.data.as_deref(), args.sha256)?;
+    let (spec, corpus, for_program) = match &args.program {
+        Some(id) => {
+            let p = program::prepare(args, id, home.clone())?;
+            (p.spec, p.corpus, Some(p.view))
+        }
+        None => {
+            let (spec, corpus) = local_spec(args)?;
+            (spec, corpus, None)
+        }
+    };
+    let preset = spec.preset;
     corpus
         .check_fits(spec.model.block_size)
         .map_err(|e| CmdError::Rejected(e.into()))?;
     let device = args.device.open(&spec.model)?;
     if !json {
-        print_data_line(&corpus);
+        if let Some(view) = &for_program {
+            program::print_task(view, &spec);
+        }
+        print_data_line(&corpus, for_program.is_none());
         let m = &spec.model;
         println!(
             "model:      {preset} — {m}, {} parameters; {} ({} thread{})",
@@ -165,7 +178,7 @@ pub(crate) fn train(args: &TrainArgs, home: Option<PathBuf>, json: bool) -> Resu
     let stem = format!(
         "{}-seed{}-{}",
         name_of(&preset),
-        args.seed,
+        spec.seed,
         r.checkpoint_sha256.short()
     );
     let ckpt_path = out.join(format!("{stem}.safetensors"));
@@ -174,11 +187,14 @@ pub(crate) fn train(args: &TrainArgs, home: Option<PathBuf>, json: bool) -> Resu
         .write(&ckpt_path)
         .map_err(|e| CmdError::Rejected(e.into()))?;
     let report_path = out.join(format!("{stem}.json"));
-    let report_json = serde_json::json!({
+    let mut report_json = serde_json::json!({
         "report": r,
         "checkpoint": ckpt_path,
         "unigram_entropy_bits": unigram_entropy_bits(corpus.val()),
     });
+    if let (Some(view), Some(obj)) = (&for_program, report_json.as_object_mut()) {
+        obj.insert("program".into(), serde_json::json!(view.program));
+    }
     let text = serde_json::to_string_pretty(&report_json)
         .map_err(|e| anyhow!("cannot render the report: {e}"))?;
     std::fs::write(&report_path, text + "\n")
@@ -209,7 +225,33 @@ pub(crate) fn train(args: &TrainArgs, home: Option<PathBuf>, json: bool) -> Resu
     println!("checkpoint: {}", ckpt_path.display());
     println!("sha256:     {}", r.checkpoint_sha256);
     println!("report:     {}", report_path.display());
+    println!(
+        "submit:     {}",
+        program::submit_hint(
+            for_program.as_ref().map(|v| v.program),
+            &ckpt_path,
+            r.val_bpb,
+            r.eval_tokens
+        )
+    );
     Ok(())
+}
+
+/// The spec and corpus of a `btd train` without `--program`: the flags, with their defaults.
+fn local_spec(args: &TrainArgs) -> Result<(TrainSpec, Corpus), CmdError> {
+    let preset = ModelPreset::from(args.preset.unwrap_or(PresetArg::Tiny));
+    let mut spec = TrainSpec::preset(preset, args.seed.unwrap_or(0));
+    spec.steps = args.steps;
+    spec.seconds = args
+        .seconds
+        .or_else(|| args.steps.is_none().then(|| default_seconds(preset)));
+    spec.eval_tokens = args
+        .eval_tokens
+        .unwrap_or(btd_trainer::config::DEFAULT_EVAL_TOKENS);
+    spec.validate()
+        .map_err(|e| CmdError::Usage(e.to_string()))?;
+    let corpus = load_corpus(args.data.as_deref(), args.sha256)?;
+    Ok((spec, corpus))
 }
 
 fn load_corpus(data: Option<&Path>, sha256: Option<Digest>) -> Result<Corpus, CmdError> {
@@ -220,11 +262,14 @@ fn load_corpus(data: Option<&Path>, sha256: Option<Digest>) -> Result<Corpus, Cm
     .map_err(|e| CmdError::Rejected(e.into()))
 }
 
-fn print_data_line(corpus: &Corpus) {
+/// The `data:` line; `hint` suggests `--data` for the synthetic corpus (not when a program chose
+/// it).
+fn print_data_line(corpus: &Corpus, hint: bool) {
     match corpus.source() {
         DataSource::Synthetic { .. } => println!(
-            "data:       {} — generated demo text, not a real dataset (use --data FILE)",
-            corpus.source().describe()
+            "data:       {} — generated demo text, not a real dataset{}",
+            corpus.source().describe(),
+            if hint { " (use --data FILE)" } else { "" }
         ),
         DataSource::File { sha256 } => {
             println!("data:       {} bytes, sha256 {sha256}", corpus.len())
@@ -320,10 +365,12 @@ pub(crate) fn eval(args: &EvalArgs, json: bool) -> Result<(), CmdError> {
             args.checkpoint.display(),
             ckpt.sha256()
         );
-        print_data_line(&corpus);
+        print_data_line(&corpus, true);
+        // Every digit: this is the value the checkpoint claims when submitted.
         println!(
-            "val_bpb:    {:.6} over {} validation bytes",
-            report.val_bpb, report.tokens
+            "val_bpb:    {} over {} validation bytes",
+            crate::output::exact(report.val_bpb),
+            report.tokens
         );
         if same_data {
             println!(

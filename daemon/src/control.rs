@@ -83,8 +83,10 @@ pub enum Request {
     Submit {
         /// Program id.
         program: ProgramId,
-        /// Metric value.
-        value: f64,
+        /// Metric value; `None`: this daemon scores the checkpoint the way the owner will
+        /// ([`WorkContext::score_checkpoint`]) and claims that.
+        #[serde(default)]
+        value: Option<f64>,
         /// Rung id.
         rung_id: String,
         /// Outputs by digest.
@@ -95,6 +97,25 @@ pub enum Request {
         /// The code hypothesis the value was measured with (code programs).
         #[serde(default)]
         code: Option<btd_protocol::wire::CodeHypothesis>,
+    },
+    /// A program's candle task for `btd train --program`, with the path of its dataset file when
+    /// this node has it (fetched from the owner first with `fetch`).
+    TrainTask {
+        /// Program id.
+        program: ProgramId,
+        /// Fetch a `file` dataset this node lacks.
+        #[serde(default)]
+        fetch: bool,
+    },
+    /// Score a checkpoint the way the program's owner will (what `btd submit` claims).
+    Score {
+        /// Program id.
+        program: ProgramId,
+        /// The checkpoint (absolute path).
+        checkpoint: std::path::PathBuf,
+        /// Do not fetch a `file` dataset this node lacks (then the scoring fails saying so).
+        #[serde(default)]
+        local_only: bool,
     },
     /// A page of a program's hypothesis ledger.
     Ledger {
@@ -293,6 +314,17 @@ async fn dispatch(
             checkpoint,
             code,
         } => {
+            let value = match (value, &checkpoint) {
+                (Some(v), _) => v,
+                (None, Some(path)) => {
+                    work.score_checkpoint(program, path.clone(), true)
+                        .await?
+                        .value
+                }
+                (None, None) => {
+                    return Err("give the value, or a checkpoint for this daemon to score".into())
+                }
+            };
             let claim = match checkpoint {
                 Some(path) => {
                     let (output, claim) = work.claim_checkpoint(program, path).await?;
@@ -321,6 +353,17 @@ async fn dispatch(
             .await
             .map_err(|e| e.to_string())
             .and_then(|(items, more)| json(serde_json::json!({ "items": items, "more": more }))),
+        Request::TrainTask { program, fetch } => {
+            work.train_task(program, fetch).await.and_then(json)
+        }
+        Request::Score {
+            program,
+            checkpoint,
+            local_only,
+        } => work
+            .score_checkpoint(program, checkpoint, !local_only)
+            .await
+            .and_then(json),
         Request::Code { program, seq } => answer(node.code(program, seq).await),
         Request::Checkout { program, seq, dir } => {
             work.checkout(program, seq, dir).await.and_then(json)

@@ -3,6 +3,7 @@
 
 mod orp;
 mod print;
+mod score;
 
 use crate::output::out;
 use std::path::{Path, PathBuf};
@@ -383,11 +384,20 @@ pub(crate) fn submit(
             })
         })
         .transpose()?;
-    if !value.is_finite() {
+    if let Some(value) = value.filter(|v| !v.is_finite()) {
         return Err(CmdError::Usage(format!(
             "--value must be a finite number, got {value}"
         )));
     }
+    // The value to claim: the checkpoint scored as the owner will (warning when --value differs).
+    let given = value;
+    let value = score::claim_value(
+        home_dir.clone(),
+        program,
+        value,
+        checkpoint.as_deref(),
+        json,
+    )?;
     let mut outs = Vec::new();
     for p in outputs {
         let bytes = std::fs::read(p)
@@ -413,7 +423,7 @@ pub(crate) fn submit(
         },
     )?;
     if json {
-        return print_json(&v);
+        return print_json(&score::with_value(v, value.filter(|_| given.is_none())));
     }
     let r: btd_protocol::wire::SubmitReceipt = parse(v)?;
     print::submit_receipt(&r);

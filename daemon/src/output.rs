@@ -70,3 +70,9 @@ macro_rules! out {
     }};
 }
 pub(crate) use out;
+
+/// A value as text that parses back to the same `f64` (Rust's shortest round-trip form), for
+/// numbers a user may copy into `--value`: `{:.6}` is not (the owner compares bit for bit).
+pub(crate) fn exact(v: f64) -> String {
+    format!("{v}")
+}

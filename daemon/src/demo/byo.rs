@@ -176,7 +176,7 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
     let receipt: SubmitReceipt = daemons[w1]
         .call(Request::Submit {
             program,
-            value: fake,
+            value: Some(fake),
             rung_id: "cpu".into(),
             outputs: Vec::new(),
             checkpoint: None,

@@ -219,7 +219,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             let receipt: btd_protocol::wire::SubmitReceipt = d
                 .call(Request::Submit {
                     program,
-                    value: fake,
+                    value: Some(fake),
                     rung_id: "cpu".into(),
                     outputs: Vec::new(),
                     checkpoint: Some(r.dir.join("checkpoint.safetensors")),

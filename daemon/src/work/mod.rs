@@ -19,6 +19,8 @@
 //! - `dispatch.rs`: admitting a packet, with the owner's approval receipt for paid rungs;
 //! - `kb.rs`: what the loop reads back from the owner (champion hypothesis, verdicts);
 //! - `dataset.rs`: fetching the program's dataset from the owner;
+//! - `hand.rs`: the task and the owner's scoring for work done by hand (`btd train --program`,
+//!   `btd submit --checkpoint`);
 //! - `records.rs`: [`RunRecord`], [`WorkSummary`] and their persistence;
 //! - `run.rs`: running the task itself on a blocking thread.
 //!
@@ -32,6 +34,7 @@ mod checkout;
 mod code;
 mod dataset;
 mod dispatch;
+mod hand;
 mod kb;
 mod records;
 mod round;
@@ -58,9 +61,10 @@ use crate::node::NodeHandle;
 use crate::store::Store;
 
 pub use checkout::{ChainLink, CheckoutView};
+pub use hand::{ScoreView, TrainTaskView};
 pub use records::{RunRecord, RunState, WorkSummary};
-pub(crate) use run::param_env;
 pub use run::RunOutcome;
+pub(crate) use run::{param_env, round_spec};
 pub use slurm::slurm_round_main;
 
 /// Most rounds one `btd join --rounds` may ask for.

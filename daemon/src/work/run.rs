@@ -199,6 +199,18 @@ impl Prepared {
     }
 }
 
+/// What a round of `task` trains with `hypothesis`: the task's spec (preset, budget, seed, eval
+/// budget) with the hypothesis applied. `btd train --program` trains with the same spec (the empty
+/// hypothesis), so a checkpoint trained by hand is what a round would have produced.
+pub(crate) fn round_spec(
+    task: &CandleTask,
+    hypothesis: &Hypothesis,
+) -> Result<TrainSpec, btd_trainer::TrainError> {
+    let mut spec = TrainSpec::from_task(task);
+    spec.apply_hypothesis(hypothesis)?;
+    Ok(spec)
+}
+
 pub(super) fn train(
     task: &CandleTask,
     corpus: &Corpus,
@@ -207,10 +219,10 @@ pub(super) fn train(
     dir: &Path,
     cancel: &AtomicBool,
 ) -> RunOutcome {
-    let mut spec = TrainSpec::from_task(task);
-    if let Err(e) = spec.apply_hypothesis(hypothesis) {
-        return RunOutcome::failed(format!("the hypothesis is not a usable config: {e}"));
-    }
+    let spec = match round_spec(task, hypothesis) {
+        Ok(s) => s,
+        Err(e) => return RunOutcome::failed(format!("the hypothesis is not a usable config: {e}")),
+    };
     // The thread count is fixed at daemon start (see `btd start`): the environment must not change
     // while the daemon's threads run.
     let dev = match device::open(device) {
