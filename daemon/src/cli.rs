@@ -127,6 +127,11 @@ enum Command {
     Status {
         /// The program id (optional when this node has exactly one program).
         program: Option<String>,
+        /// Redraw every SECS seconds (default 2) until interrupted, with the leaderboard; with
+        /// --json, one status per line.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        watch: Option<u64>,
     },
     /// Owner: paid-compute requests from members (pending, granted, denied).
     Approvals,
@@ -436,7 +441,10 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         } => daemon_cmd::ledger(home, &program, after, limit, json),
         Command::Checkout { program, rest } => daemon_cmd::checkout(home, &program, &rest, json),
         Command::Source(cmd) => offline::source::run(cmd, json),
-        Command::Status { program } => daemon_cmd::status(home, program.as_deref(), json),
+        Command::Status { program, watch } => match watch {
+            Some(secs) => daemon_cmd::watch::status(home, program.as_deref(), secs, json),
+            None => daemon_cmd::status(home, program.as_deref(), json),
+        },
         Command::Approvals => daemon_cmd::approvals(home, json),
         Command::ApproveSpend {
             program,

@@ -4,6 +4,7 @@
 mod orp;
 mod print;
 mod score;
+pub(crate) mod watch;
 
 use crate::output::out;
 use std::path::{Path, PathBuf};

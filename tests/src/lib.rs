@@ -250,3 +250,69 @@ pub fn join_approved(
     let status = child.wait().expect("btd join ends");
     (status, rest.join("\n"))
 }
+
+/// Deterministic text with word structure (a tiny stand-in for a real corpus), `n` bytes.
+pub fn word_text(seed: u64, n: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the", "owner", "checks", "every", "claim", "before", "it", "counts", "workers", "train",
+        "small", "models", "and", "submit", "their", "results", "over", "mesh", "a", "holdout",
+    ];
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = String::new();
+    while out.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
+        out.push(if (x >> 20).is_multiple_of(9) {
+            '\n'
+        } else {
+            ' '
+        });
+    }
+    out.truncate(n);
+    out
+}
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256_hex(path: &std::path::Path) -> String {
+    btd_protocol::Digest::of(&std::fs::read(path).expect("read the file")).to_string()
+}
+
+/// A candle program (tiny preset, 25 steps, 2048 eval tokens) on the corpus file with SHA-256
+/// `sha`, by approval, claims checked by re-evaluation with a holdout gap of 0.5; `task_extra`
+/// is added to its `[task]` table (e.g. `"seed = 3\n"`).
+pub fn candle_file_manifest(name: &str, objective: &str, sha: &str, task_extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
+objective = "{objective}"
+membership = "approval"
+baseline = 8.0
+required_outputs = ["checkpoint.safetensors"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "candle"
+preset = "tiny"
+steps = 25
+eval_tokens = 2048
+{task_extra}[task.dataset]
+kind = "file"
+sha256 = "{sha}"
+[[rungs]]
+id = "cpu"
+spend_class = "local_unmetered"
+hardware = "cpu"
+[verify]
+max_holdout_gap = 0.5
+"#
+    )
+}

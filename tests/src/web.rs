@@ -76,6 +76,14 @@ pub fn request(
             r.read_exact(&mut chunk).unwrap();
             raw.extend_from_slice(&chunk[..n]);
         }
+    } else if let Some(n) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        // Some servers keep the connection open whatever `Connection: close` says.
+        raw.resize(n, 0);
+        r.read_exact(&mut raw).unwrap();
     } else {
         r.read_to_end(&mut raw).unwrap();
     }

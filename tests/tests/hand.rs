@@ -5,26 +5,7 @@
 //! value it printed) is still rejected, with both numbers, and warned about before it is sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use btd_tests::{stderr, stdout, wait_until, Daemon};
-
-/// Deterministic text with word structure, `n` bytes.
-fn text(seed: u64, n: usize) -> String {
-    const WORDS: &[&str] = &[
-        "members", "train", "by", "hand", "and", "the", "owner", "checks", "each", "claim", "on",
-        "its", "own", "split", "with", "budget", "tokens", "bytes", "a", "model",
-    ];
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = String::new();
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push_str(WORDS[(x >> 40) as usize % WORDS.len()]);
-        out.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
-    }
-    out.truncate(n);
-    out
-}
+use btd_tests::{stderr, stdout, wait_until, word_text as text, Daemon};
 
 /// The token after `marker` in `s`, as an f64 (it must parse).
 fn number_after(s: &str, marker: &str) -> f64 {
@@ -77,36 +58,11 @@ fn trained_for_the_program_and_submitted_without_a_value_verifies() {
     let manifest = dir.join("hand.toml");
     std::fs::write(
         &manifest,
-        format!(
-            r#"name = "by-hand"
-objective = "lowest val_bpb, trained by hand"
-membership = "approval"
-baseline = 8.0
-required_outputs = ["checkpoint.safetensors"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "candle"
-preset = "tiny"
-steps = 25
-seed = 3
-eval_tokens = 2048
-[task.dataset]
-kind = "file"
-sha256 = "{sha}"
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-[verify]
-max_holdout_gap = 0.5
-"#
+        btd_tests::candle_file_manifest(
+            "by-hand",
+            "lowest val_bpb, trained by hand",
+            &sha,
+            "seed = 3\n",
         ),
     )
     .unwrap();

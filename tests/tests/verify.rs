@@ -3,36 +3,7 @@
 //! real checkpoint is rejected with the numbers and never counts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use btd_tests::{stderr, stdout, wait_until, Daemon};
-
-/// Deterministic text with word structure (a tiny stand-in for a real corpus), `n` bytes.
-fn text(seed: u64, n: usize) -> String {
-    const WORDS: &[&str] = &[
-        "the", "owner", "checks", "every", "claim", "before", "it", "counts", "workers", "train",
-        "small", "models", "and", "submit", "their", "results", "over", "mesh", "a", "holdout",
-    ];
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut out = String::new();
-    while out.len() < n {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        out.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
-        out.push(if (x >> 20).is_multiple_of(9) {
-            '\n'
-        } else {
-            ' '
-        });
-    }
-    out.truncate(n);
-    out
-}
-
-fn sha256_hex(path: &std::path::Path) -> String {
-    btd_protocol::Digest::of(&std::fs::read(path).unwrap()).to_string()
-}
+use btd_tests::{sha256_hex, stderr, stdout, wait_until, word_text as text, Daemon};
 
 #[test]
 fn dataset_by_digest_claims_verified_and_a_doctored_claim_rejected() {
@@ -46,36 +17,11 @@ fn dataset_by_digest_claims_verified_and_a_doctored_claim_rejected() {
     let manifest = dir.join("verified.toml");
     std::fs::write(
         &manifest,
-        format!(
-            r#"name = "verified-e2e"
-objective = "lowest val_bpb on the owner's corpus"
-membership = "approval"
-baseline = 8.0
-required_outputs = ["checkpoint.safetensors"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "candle"
-preset = "tiny"
-steps = 25
-eval_tokens = 2048
-[task.dataset]
-kind = "file"
-sha256 = "{}"
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-[verify]
-max_holdout_gap = 0.5
-"#,
-            sha256_hex(&data)
+        btd_tests::candle_file_manifest(
+            "verified-e2e",
+            "lowest val_bpb on the owner's corpus",
+            &sha256_hex(&data),
+            "",
         ),
     )
     .unwrap();

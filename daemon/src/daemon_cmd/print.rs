@@ -331,36 +331,44 @@ pub(super) fn submit_receipt(r: &SubmitReceipt) {
 /// `btd status`: the program's KB as this node sees it, with the last 20 results. Values are shown
 /// with 6 decimals, as the owner's reasons quote them (`--json` has every digit).
 pub(super) fn status(s: &StatusView) {
-    out!("program:     {} ({})", s.name, s.program);
-    out!("owner:       {} [{}]", s.owner, s.source);
-    out!("members:     {}", s.members);
-    out!("submissions: {} ({} accepted)", s.submissions, s.accepted);
-    out!(
-        "claims:      {} pending, {} verified, {} rejected by the owner's check",
-        s.pending,
-        s.verified,
-        s.rejected
+    out!("{}", status_text(s).trim_end());
+}
+
+/// `btd status` as text (also the top of each `btd status --watch` frame).
+pub(super) fn status_text(s: &StatusView) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(t, "program:     {} ({})", s.name, s.program);
+    let _ = writeln!(t, "owner:       {} [{}]", s.owner, s.source);
+    let _ = writeln!(t, "members:     {}", s.members);
+    let _ = writeln!(
+        t,
+        "submissions: {} ({} accepted)",
+        s.submissions, s.accepted
     );
-    match &s.champion {
-        Some(c) => out!(
+    let _ = writeln!(
+        t,
+        "claims:      {} pending, {} verified, {} rejected by the owner's check",
+        s.pending, s.verified, s.rejected
+    );
+    let _ = match &s.champion {
+        Some(c) => writeln!(
+            t,
             "champion:    #{} {} = {:.6} by {}",
-            c.seq,
-            s.metric,
-            c.value,
-            c.worker
+            c.seq, s.metric, c.value, c.worker
         ),
-        None => out!("champion:    none yet"),
-    }
+        None => writeln!(t, "champion:    none yet"),
+    };
     if s.payouts.is_empty() {
-        out!("payouts:     none (pool {} {})", s.pool, s.token);
+        let _ = writeln!(t, "payouts:     none (pool {} {})", s.pool, s.token);
     } else {
-        out!("payouts (pool {} {}):", s.pool, s.token);
+        let _ = writeln!(t, "payouts (pool {} {}):", s.pool, s.token);
         for (w, a) in s.payouts.iter() {
-            out!("  {w}  {a}");
+            let _ = writeln!(t, "  {w}  {a}");
         }
     }
     if !s.results.is_empty() {
-        out!("results:");
+        let _ = writeln!(t, "results:");
         for e in s
             .results
             .iter()
@@ -377,7 +385,8 @@ pub(super) fn status(s: &StatusView) {
                 _ if e.accepted => "accepted".to_string(),
                 _ => "not accepted".to_string(),
             };
-            out!(
+            let _ = writeln!(
+                t,
                 "  #{:<4} {:<54} {:>12.6} {state}{}",
                 e.seq,
                 e.worker,
@@ -386,6 +395,7 @@ pub(super) fn status(s: &StatusView) {
             );
         }
     }
+    t
 }
 
 /// `btd approvals`: one line per paid-compute request.

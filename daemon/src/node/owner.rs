@@ -269,6 +269,7 @@ pub(super) fn status(owned: &ProgramOwner, me: &str) -> StatusView {
         program: s.program,
         name: s.name,
         metric: owned.program().criteria.metric.clone(),
+        direction: Some(owned.program().criteria.direction),
         owner: me.to_string(),
         source: "own store".to_string(),
         members: s.members,

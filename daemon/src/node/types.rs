@@ -139,6 +139,9 @@ pub struct StatusView {
     pub name: String,
     /// The metric.
     pub metric: String,
+    /// Which way it improves (absent from daemons before 0.2: read as unknown).
+    #[serde(default)]
+    pub direction: Option<btd_protocol::kb::Direction>,
     /// The owner.
     pub owner: String,
     /// Whether this view comes from this node's own store (owner) or from the owner over the mesh.

@@ -586,15 +586,14 @@ pub(super) fn on_status_answer(
             node.net.request_kb(owner, request, KbTag::Status(s));
         }
         (StatusStep::Results(st), KbResponse::Results { entries, .. }) => {
-            let metric = node
-                .known
-                .get(&s.program)
-                .map(|k| k.view.program.criteria.metric.clone())
-                .unwrap_or_default();
+            let criteria = node.known.get(&s.program).map(|k| &k.view.program.criteria);
+            let metric = criteria.map(|c| c.metric.clone()).unwrap_or_default();
+            let direction = criteria.map(|c| c.direction);
             let _ = s.reply.send(Ok(StatusView {
                 program: st.program,
                 name: st.name,
                 metric,
+                direction,
                 owner: s.owner.to_string(),
                 source: "owner over the mesh".into(),
                 members: st.members,

@@ -281,26 +281,39 @@ impl ProgramPage {
 }
 
 fn row(i: &LedgerItem) -> ResultRow {
-    let e = &i.entry;
-    ResultRow {
-        seq: e.seq,
-        at_ms: i.created_at.as_millis(),
-        worker: e.worker.clone(),
-        rung: i.rung_id.clone(),
-        value: e.value,
-        accepted: e.accepted,
-        champion: e.champion,
-        check: e.check.label(),
-        reason: match &e.check {
-            Check::Failed(why) => Some(why.clone()),
-            _ => None,
-        },
+    ResultRow::of(&i.entry, i.rung_id.clone(), i.created_at.as_millis())
+}
+
+impl ResultRow {
+    /// A KB entry made at `at_ms` on `rung`.
+    pub fn of(e: &btd_protocol::kb::Entry, rung: String, at_ms: u64) -> ResultRow {
+        ResultRow {
+            seq: e.seq,
+            at_ms,
+            worker: e.worker.clone(),
+            rung,
+            value: e.value,
+            accepted: e.accepted,
+            champion: e.champion,
+            check: e.check.label(),
+            reason: match &e.check {
+                Check::Failed(why) => Some(why.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn board(rung: Option<String>, results: &[ResultRow], minimize: bool) -> Board {
+    Board {
+        rung,
+        rows: standings(results, minimize),
     }
 }
 
 /// Each member's best result among `results` that the owner's check has not rejected, best
 /// first (ties: the earlier result).
-fn board(rung: Option<String>, results: &[ResultRow], minimize: bool) -> Board {
+pub fn standings(results: &[ResultRow], minimize: bool) -> Vec<Standing> {
     let mut best: BTreeMap<&str, Standing> = BTreeMap::new();
     for r in results
         .iter()
@@ -345,7 +358,7 @@ fn board(rung: Option<String>, results: &[ResultRow], minimize: bool) -> Board {
         };
         by_value.then(a.seq.cmp(&b.seq))
     });
-    Board { rung, rows }
+    rows
 }
 
 fn contributions(results: &[ResultRow], status: &KbStatus) -> Vec<Contribution> {
