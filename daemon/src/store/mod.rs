@@ -8,7 +8,7 @@
 mod schema;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -54,8 +54,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
-    /// Where the store thread records each batch's commit latency, once the node attaches it.
-    commits: Arc<OnceLock<Histogram>>,
+    /// Where the store thread records each batch's commit latency, once a node attaches it.
+    commits: Arc<Mutex<Option<Histogram>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -81,7 +81,7 @@ impl Store {
 
     fn spawn(conn: Connection) -> Store {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let commits = Arc::new(OnceLock::new());
+        let commits = Arc::new(Mutex::new(None));
         let observed = commits.clone();
         std::thread::Builder::new()
             .name("btd-store".into())
@@ -91,10 +91,11 @@ impl Store {
         Store { tx, commits }
     }
 
-    /// Records each batch's commit latency (seconds) in `histogram` from now on; the first
-    /// histogram attached stays (`crate::metrics`, `btd_store_commit_seconds`).
+    /// Records each batch's commit latency (seconds) in `histogram` from now on, instead of where
+    /// it went before (`crate::metrics`, `btd_store_commit_seconds`; a node attaches its own when
+    /// it starts on this store).
     pub fn record_commits(&self, histogram: Histogram) {
-        let _ = self.commits.set(histogram);
+        *self.commits.lock().unwrap_or_else(|p| p.into_inner()) = Some(histogram);
     }
 
     /// Runs `f` in a transaction; resolves once it is durably committed.
@@ -131,7 +132,7 @@ impl Store {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, commits: &OnceLock<Histogram>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, commits: &Mutex<Option<Histogram>>) {
     while let Some(job) = rx.blocking_recv() {
         match job {
             Job::Read(f) => f(&conn),
@@ -151,8 +152,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, commits: &OnceLock<His
                 }
                 let started = Instant::now();
                 commit_batch(&mut conn, batch);
-                if let Some(h) = commits.get() {
-                    h.observe(started.elapsed().as_secs_f64());
+                let took = started.elapsed().as_secs_f64();
+                if let Some(h) = &*commits.lock().unwrap_or_else(|p| p.into_inner()) {
+                    h.observe(took);
                 }
                 if let Some(f) = deferred_read {
                     f(&conn);
