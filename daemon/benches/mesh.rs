@@ -48,6 +48,7 @@ async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> 
             home: None,
             clock: btd::clock::Clock::system(),
             rng_seed: None,
+            metrics: btd::metrics::Metrics::new(),
         },
         store,
     )

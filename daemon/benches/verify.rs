@@ -60,6 +60,7 @@ async fn start(home: &std::path::Path, bootstrap: Vec<Multiaddr>) -> (NodeHandle
             home: Some(home.to_path_buf()),
             clock: btd::clock::Clock::system(),
             rng_seed: None,
+            metrics: btd::metrics::Metrics::new(),
         },
         store,
     )

@@ -58,6 +58,8 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     let home_dir = std::fs::canonicalize(home.dir()).unwrap_or_else(|_| home.dir().to_path_buf());
     let store = Store::open(&home.db_path())
         .with_context(|| format!("cannot open the database {}", home.db_path().display()))?;
+    // Served at `/metrics` by the web server (`btd start --http`).
+    let metrics = crate::metrics::Metrics::new();
     let net = NetParams {
         relay_server: cfg.relay_server,
         mdns: cfg.mdns,
@@ -74,6 +76,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
             home: Some(home_dir.clone()),
             clock: crate::clock::Clock::system(),
             rng_seed: None,
+            metrics: metrics.clone(),
         },
         store.clone(),
     )

@@ -106,7 +106,9 @@ pub async fn run(node: NodeHandle, home: PathBuf) {
         }
         for job in jobs {
             let (program, seq) = (job.program, job.seq);
+            let started = Instant::now();
             let (verdict, cost) = v.check(&node, job).await;
+            node.metrics().verifier_check(started.elapsed());
             let Some(verdict) = verdict else {
                 if v.stop.load(Ordering::SeqCst) {
                     return;

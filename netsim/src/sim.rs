@@ -202,6 +202,7 @@ impl Sim {
                 node.starts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             )),
+            metrics: btd::metrics::Metrics::new(),
         };
         let (handle, task) = node::spawn(cfg, store)
             .await

@@ -299,47 +299,77 @@ impl std::fmt::Debug for Behaviour {
     }
 }
 
-/// Builds the swarm for `kind`.
-pub fn build_swarm(key: Keypair, kind: TransportKind, p: &NetParams) -> Result<Swarm<Behaviour>> {
+/// Builds the swarm for `kind`. Its transport counts bytes in `metrics` (libp2p's bandwidth
+/// counters; only the first swarm built on a registry does, see
+/// [`crate::metrics::Metrics::bandwidth_registry`]).
+pub fn build_swarm(
+    key: Keypair,
+    kind: TransportKind,
+    p: &NetParams,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Swarm<Behaviour>> {
     let idle = p.idle_timeout;
+    // `with_bandwidth_metrics` changes the builder's type: both arms continue identically.
+    macro_rules! finish {
+        ($builder:expr, $mdns:expr) => {{
+            let builder = $builder;
+            match metrics.bandwidth_registry() {
+                Some(mut registry) => {
+                    let builder = builder.with_bandwidth_metrics(&mut registry);
+                    drop(registry);
+                    builder
+                        .with_behaviour(|key, relay_client| {
+                            boxed(Behaviour::new(key, relay_client, p, $mdns))
+                        })
+                        .map_err(|e| anyhow!("behaviour: {e}"))?
+                        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                        .build()
+                }
+                None => builder
+                    .with_behaviour(|key, relay_client| {
+                        boxed(Behaviour::new(key, relay_client, p, $mdns))
+                    })
+                    .map_err(|e| anyhow!("behaviour: {e}"))?
+                    .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                    .build(),
+            }
+        }};
+    }
     let swarm = match kind {
-        TransportKind::Production => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )?
-            .with_quic()
-            .with_dns()?
-            .with_relay_client(noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, p.mdns)))
-            .map_err(|e| anyhow!("behaviour: {e}"))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        TransportKind::Memory => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| -> Result<_, BoxError> {
-                Ok(MemoryTransport::default()
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default()))
-            })
-            .map_err(|e| anyhow!("memory transport: {e}"))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, false)))
-            .map_err(|e| anyhow!("behaviour: {e}"))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        TransportKind::Custom(custom) => SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| (custom.0)(key))
-            .map_err(|e| anyhow!("custom transport: {e}"))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|key, relay_client| boxed(Behaviour::new(key, relay_client, p, false)))
-            .map_err(|e| anyhow!("behaviour: {e}"))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
+        TransportKind::Production => finish!(
+            SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )?
+                .with_quic()
+                .with_dns()?
+                .with_relay_client(noise::Config::new, yamux::Config::default)?,
+            p.mdns
+        ),
+        TransportKind::Memory => finish!(
+            SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_other_transport(|key| -> Result<_, BoxError> {
+                    Ok(MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()))
+                })
+                .map_err(|e| anyhow!("memory transport: {e}"))?
+                .with_relay_client(noise::Config::new, yamux::Config::default)?,
+            false
+        ),
+        TransportKind::Custom(custom) => finish!(
+            SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_other_transport(|key| (custom.0)(key))
+                .map_err(|e| anyhow!("custom transport: {e}"))?
+                .with_relay_client(noise::Config::new, yamux::Config::default)?,
+            false
+        ),
     };
     Ok(swarm)
 }

@@ -9,6 +9,7 @@ use btd_protocol::wire::{
 };
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
@@ -31,6 +32,8 @@ pub struct Net<T: Tags> {
     kb: HashMap<OutboundRequestId, T::Kb>,
     approval: HashMap<OutboundRequestId, T::Approval>,
     blob: HashMap<OutboundRequestId, T::Blob>,
+    /// libp2p's metrics: every swarm and behaviour event is recorded before it is translated.
+    metrics: crate::metrics::Metrics,
 }
 
 impl<T: Tags> std::fmt::Debug for Net<T> {
@@ -72,14 +75,15 @@ fn ident(topic: Topic) -> IdentTopic {
 }
 
 impl<T: Tags> Net<T> {
-    /// Wraps a built swarm ([`super::build_swarm`]).
-    pub fn new(swarm: Swarm<Behaviour>) -> Self {
+    /// Wraps a built swarm ([`super::build_swarm`]); its events are recorded in `metrics`.
+    pub fn new(swarm: Swarm<Behaviour>, metrics: crate::metrics::Metrics) -> Self {
         Self {
             swarm,
             membership: HashMap::new(),
             kb: HashMap::new(),
             approval: HashMap::new(),
             blob: HashMap::new(),
+            metrics,
         }
     }
 
@@ -283,6 +287,7 @@ impl<T: Tags> Net<T> {
     // --- translation ---
 
     fn translate(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent<T>> {
+        record(self.metrics.libp2p(), &event);
         match event {
             SwarmEvent::Behaviour(e) => self.behaviour_event(e),
             SwarmEvent::NewListenAddr { address, .. } => Some(NetEvent::ListenAddr(address)),
@@ -342,6 +347,23 @@ impl<T: Tags> Net<T> {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => Some(NetEvent::Discovered(list)),
             _ => None,
         }
+    }
+}
+
+/// Records a swarm event, and the event of the behaviour it carries, in libp2p's metrics.
+fn record(m: &libp2p::metrics::Metrics, event: &SwarmEvent<BehaviourEvent>) {
+    m.record(event);
+    let SwarmEvent::Behaviour(e) = event else {
+        return;
+    };
+    match e {
+        BehaviourEvent::Gossipsub(e) => m.record(e),
+        BehaviourEvent::Identify(e) => m.record(e),
+        BehaviourEvent::Kad(e) => m.record(e),
+        BehaviourEvent::Relay(e) => m.record(e),
+        BehaviourEvent::Ping(e) => m.record(e),
+        BehaviourEvent::Dcutr(e) => m.record(e),
+        _ => {}
     }
 }
 

@@ -98,7 +98,15 @@ pub(super) fn on_request(
                 }
                 Err(_) => BlobResponse::Error(err(ErrorCode::Unavailable, "retry later")),
             };
-            respond(node, channel, resp);
+            let sent = match &resp {
+                BlobResponse::Chunk { data, .. } => data.len(),
+                _ => 0,
+            };
+            if node.net.respond(channel, resp) {
+                node.metrics.blob_served(sent);
+            } else {
+                tracing::debug!("blob response dropped: the requester went away");
+            }
         }
     });
 }

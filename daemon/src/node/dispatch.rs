@@ -14,6 +14,7 @@ use super::handle::{Command, NodeError, Reply};
 use super::owner::err;
 use super::worker::{PendingStatus, PendingSubmit};
 use super::{blob, gossip, owner, publish, spend, worker, Node};
+use crate::metrics::Limited;
 use crate::net::{Answer, ConnectionId, Inbound, NetEvent, Tags};
 
 /// What this node's outstanding requests were for (kept by [`crate::net::Net`] until answered).
@@ -214,6 +215,9 @@ impl Node {
                 let _ = tag.send(result.map_err(NodeError::Unreachable));
             }
             NetEvent::Blob(Answer { tag, result, .. }) => {
+                if let Ok(BlobResponse::Chunk { data, .. }) = &result {
+                    self.metrics.blob_fetched(data.len());
+                }
                 let _ = tag.send(result.map_err(NodeError::Unreachable));
             }
             NetEvent::Gossip(message) => gossip::on_message(self, message),
@@ -241,6 +245,7 @@ impl Node {
         match request {
             Inbound::Membership(req, to) => {
                 if !self.allow(peer) {
+                    self.metrics.rate_limited(Limited::Membership);
                     let busy = MembershipResponse::Error(err(ErrorCode::RateLimited, SLOW_DOWN));
                     self.net.respond(to, busy);
                     return;
@@ -254,6 +259,7 @@ impl Node {
             }
             Inbound::Kb(req, to) => {
                 if !self.allow(peer) {
+                    self.metrics.rate_limited(Limited::Kb);
                     let busy = KbResponse::Error(err(ErrorCode::RateLimited, SLOW_DOWN));
                     self.net.respond(to, busy);
                     return;
@@ -262,6 +268,7 @@ impl Node {
             }
             Inbound::Approval(req, to) => {
                 if !self.allow(peer) {
+                    self.metrics.rate_limited(Limited::Approval);
                     let busy = ApprovalResponse::Error(err(ErrorCode::RateLimited, "slow down"));
                     self.net.respond(to, busy);
                     return;
@@ -270,6 +277,7 @@ impl Node {
             }
             Inbound::Blob(req, to) => {
                 if !self.allow_blob(peer) {
+                    self.metrics.rate_limited(Limited::Blob);
                     let why = "too many artifact requests; slow down".to_string();
                     return blob::refuse(self, to, ErrorCode::RateLimited, why);
                 }

@@ -286,6 +286,7 @@ pub struct NodeHandle {
     peer_id: PeerId,
     claims: Arc<Notify>,
     clock: crate::clock::Clock,
+    metrics: crate::metrics::Metrics,
 }
 
 impl NodeHandle {
@@ -294,13 +295,20 @@ impl NodeHandle {
         peer_id: PeerId,
         claims: Arc<Notify>,
         clock: crate::clock::Clock,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
             tx,
             peer_id,
             claims,
             clock,
+            metrics,
         }
+    }
+
+    /// The metrics the node counts into (its verifier and worker loops count there too).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The node's protocol time (its clock, shared with the worker loop).

@@ -85,6 +85,8 @@ pub struct NodeConfig {
     /// identity twice with the same seed: its nonces would repeat, and an owner answers a repeated
     /// nonce with the earlier submission's receipt.
     pub rng_seed: Option<u64>,
+    /// Where the node, its store, verifier and worker loops count things (`crate::metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -182,6 +184,8 @@ pub struct Node {
     pub(crate) claims_ready: std::sync::Arc<tokio::sync::Notify>,
     /// Open connections per peer, with their remote addresses (for `btd peers`).
     pub(crate) connections: HashMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// Counters of what the node does (`crate::metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
     /// DHT stores a test asked for, waiting for their outcome.
     #[cfg(feature = "testkit")]
     pub(crate) raw_puts: HashMap<crate::net::QueryId, handle::Reply<()>>,
@@ -222,7 +226,9 @@ pub(crate) async fn spawn_without_verifier(
         .read(crate::store::load_snapshot)
         .await
         .map_err(|e| anyhow!("cannot load the database: {e}"))?;
-    let mut net = Net::new(build_swarm(cfg.key.clone(), cfg.transport, &cfg.net)?);
+    store.record_commits(cfg.metrics.store_commit());
+    let swarm = build_swarm(cfg.key.clone(), cfg.transport, &cfg.net, &cfg.metrics)?;
+    let mut net = Net::new(swarm, cfg.metrics.clone());
     for addr in &cfg.listen {
         net.listen_on(addr.clone())
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
@@ -272,6 +278,7 @@ pub(crate) async fn spawn_without_verifier(
         blob_rate: (cfg.net.blob_burst, cfg.net.blob_per_sec),
         claims_ready: std::sync::Arc::new(tokio::sync::Notify::new()),
         connections: HashMap::new(),
+        metrics: cfg.metrics.clone(),
         #[cfg(feature = "testkit")]
         raw_puts: HashMap::new(),
     };
@@ -289,7 +296,7 @@ pub(crate) async fn spawn_without_verifier(
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let claims = node.claims_ready.clone();
     let task = tokio::spawn(node.run(rx));
-    let handle = NodeHandle::new(tx, peer_id, claims, cfg.clock.clone());
+    let handle = NodeHandle::new(tx, peer_id, claims, cfg.clock.clone(), cfg.metrics);
     Ok((handle, task))
 }
 

@@ -162,7 +162,12 @@ pub(super) fn on_kb_request(
                 format!("the owner could not store the result ({e}); retry later"),
             ))
         },
-        move |node, resp| respond_kb(node, channel, resp),
+        move |node, resp| {
+            if submitting {
+                node.metrics.submission(&resp);
+            }
+            respond_kb(node, channel, resp)
+        },
     );
 }
 

@@ -8,7 +8,10 @@
 mod schema;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
 use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,6 +54,8 @@ enum Job {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    /// Where the store thread records each batch's commit latency, once a node attaches it.
+    commits: Arc<Mutex<Option<Histogram>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -76,12 +81,21 @@ impl Store {
 
     fn spawn(conn: Connection) -> Store {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let commits = Arc::new(Mutex::new(None));
+        let observed = commits.clone();
         std::thread::Builder::new()
             .name("btd-store".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, &observed))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store thread"));
-        Store { tx }
+        Store { tx, commits }
+    }
+
+    /// Records each batch's commit latency (seconds) in `histogram` from now on, instead of where
+    /// it went before (`crate::metrics`, `btd_store_commit_seconds`; a node attaches its own when
+    /// it starts on this store).
+    pub fn record_commits(&self, histogram: Histogram) {
+        *self.commits.lock().unwrap_or_else(|p| p.into_inner()) = Some(histogram);
     }
 
     /// Runs `f` in a transaction; resolves once it is durably committed.
@@ -118,7 +132,7 @@ impl Store {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, commits: &Mutex<Option<Histogram>>) {
     while let Some(job) = rx.blocking_recv() {
         match job {
             Job::Read(f) => f(&conn),
@@ -136,7 +150,12 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                         Err(_) => break,
                     }
                 }
+                let started = Instant::now();
                 commit_batch(&mut conn, batch);
+                let took = started.elapsed().as_secs_f64();
+                if let Some(h) = &*commits.lock().unwrap_or_else(|p| p.into_inner()) {
+                    h.observe(took);
+                }
                 if let Some(f) = deferred_read {
                     f(&conn);
                 }

@@ -50,6 +50,8 @@ pub struct TestNode {
     pub key: Keypair,
     /// Where it listens (empty for a node reachable only through a relay).
     pub addr: Option<Multiaddr>,
+    /// Its metrics (a fresh registry per node unless the options gave one).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Options for [`spawn_node`].
@@ -70,6 +72,8 @@ pub struct TestNodeOptions {
     /// Run no verifier even with a home: claims stay pending until the test resolves them itself
     /// (`NodeHandle::resolve`), playing the verifier.
     pub no_verifier: bool,
+    /// Count into these metrics (default: a fresh registry for this node).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl TestNode {
@@ -165,6 +169,7 @@ pub const LOCAL_CPU_RUNG: &str =
 pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode> {
     let key = opts.key.unwrap_or_else(Keypair::generate_ed25519);
     let addr = (!opts.no_listen).then(memory_addr);
+    let metrics = opts.metrics.clone().unwrap_or_default();
     let cfg = NodeConfig {
         key: key.clone(),
         transport: TransportKind::Memory,
@@ -175,6 +180,7 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
         home: opts.home.clone(),
         clock: opts.clock.clone().unwrap_or_default(),
         rng_seed: None,
+        metrics: metrics.clone(),
     };
     let (handle, task) = if opts.no_verifier {
         node::spawn_without_verifier(cfg, store).await?
@@ -186,6 +192,7 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
         task,
         key,
         addr,
+        metrics,
     })
 }
 

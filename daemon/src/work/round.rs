@@ -114,7 +114,11 @@ impl Loop {
             if self.opts.verdict_wait_secs > 0 {
                 self.await_verdicts(&mut summary.runs, events).await;
             }
-            match self.round(events).await {
+            let round = self.round(events).await;
+            if let Round::Done(r) | Round::Stop(Some(r), _) = &round {
+                self.ctx.node.metrics().worker_round(r.state);
+            }
+            match round {
                 Round::Done(r) => {
                     if r.state == RunState::Submitted {
                         summary.submitted += 1;
@@ -275,6 +279,12 @@ impl Loop {
                 detail: outcome.detail.clone(),
             })
             .await;
+        if let Some(tps) = outcome.metrics.get("tokens_per_sec") {
+            self.ctx
+                .node
+                .metrics()
+                .worker_tokens_per_sec(&self.id, *tps);
+        }
         let mut metrics = outcome.metrics.clone();
         if let Some(v) = outcome.value {
             metrics.insert(metric.clone(), v);
