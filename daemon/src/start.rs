@@ -52,7 +52,6 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
         }
         None => None,
     };
-    let metrics = crate::metrics::Metrics::new();
     let key = home.load_or_create_identity()?;
     // Records name their directories absolutely: a relative --home must not make them ambiguous.
     let home_dir = std::fs::canonicalize(home.dir()).unwrap_or_else(|_| home.dir().to_path_buf());

@@ -159,15 +159,19 @@ fn install_artifacts(
             (None, Some(Dataset::Synthetic { seed, bytes })) => {
                 // Fresh text in the corpus's language from a secret stream: no worker can train
                 // on it. As large as the validation split (at least 16 KiB).
-                btd_trainer::synth::synthetic_holdout(*seed, holdout_secret, (*bytes / 10).max(16 << 10))
-                    .map_err(|e| e.to_string())?
-            }
-            _ => {
-                return Err(
-                    "the program checks claims on an owner-only holdout: publish with --holdout FILE                      (text from the same source that workers never see), or set holdout = false in                      [verify]"
-                        .into(),
+                btd_trainer::synth::synthetic_holdout(
+                    *seed,
+                    holdout_secret,
+                    (*bytes / 10).max(16 << 10),
                 )
+                .map_err(|e| e.to_string())?
             }
+            _ => return Err(
+                "the program checks claims on an owner-only holdout: publish with --holdout FILE \
+                     (text from the same source that workers never see), or set holdout = false \
+                     in [verify]"
+                    .into(),
+            ),
         };
         let tmp = dest.with_extension("tmp");
         std::fs::write(&tmp, &text)

@@ -123,7 +123,10 @@ function chart(page) {
   const rs = page.results;
   const W = 760, H = 260, L = 64, R = 12, T = 12, B = 28;
   const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', id: 'history', role: 'img' });
-  const values = rs.map((r) => r.value).filter((v) => isFinite(v));
+  // The scale follows values that may count: a rejected claim's value (often absurd, by design of
+  // whoever doctored it) is pinned to the edge instead of flattening everything else.
+  const counted = rs.filter((r) => r.check !== 'rejected');
+  const values = (counted.length ? counted : rs).map((r) => r.value).filter((v) => isFinite(v));
   if (page.program.baseline !== null && page.program.baseline !== undefined) values.push(page.program.baseline);
   if (!rs.length || !values.length) {
     root.append(svg('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'label' }, 'No results yet'));
@@ -157,7 +160,8 @@ function chart(page) {
   for (const r of rs) {
     if (!isFinite(r.value)) continue;
     const cls = r.check === '-' ? 'none' : r.check;
-    const c = svg('circle', { cx: x(r.seq), cy: y(r.value), r: r.champion ? 5 : 3.2, class: 'p-' + cls, 'data-seq': r.seq });
+    const cy = Math.min(Math.max(y(r.value), T), H - B);
+    const c = svg('circle', { cx: x(r.seq), cy, r: r.champion ? 5 : 3.2, class: 'p-' + cls, 'data-seq': r.seq });
     c.append(svg('title', {}, `#${r.seq} ${num(r.value)} by ${short(r.worker)} on ${r.rung} (${r.check}${r.reason ? ': ' + r.reason : ''})`));
     root.append(c);
   }
