@@ -225,7 +225,7 @@ function drawProgram(page) {
     recent.map((r) => el('tr', { id: 'result-' + r.seq },
       el('td', { text: '#' + r.seq + (r.champion ? ' ★' : '') }), el('td', { text: when(r.at_ms) }),
       el('td', { cls: 'id', text: short(r.worker) }), el('td', { text: r.rung }),
-      el('td', { cls: 'num', text: num(r.value) }), el('td', { text: r.accepted ? 'accepted' : 'rejected' }),
+      el('td', { cls: 'num', text: num(r.value) }), el('td', { text: r.accepted ? 'kept' : 'not better' }),
       el('td', {}, tag(r.check), r.reason ? el('div', { cls: 'reason', text: r.reason }) : null))), 'results');
   const parts = [...head, card(null, kpis)];
   parts.push(card('Champion history', chart(page), legend(),
