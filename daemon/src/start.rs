@@ -145,9 +145,8 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     }
     let _ = control.await;
     if let Some(web) = web {
-        match web.await {
-            Ok(Err(e)) => eprintln!("btd: {e:#}"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = web.await {
+            eprintln!("btd: {e:#}");
         }
     }
     eprintln!("btd: stopped");

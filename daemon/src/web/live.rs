@@ -61,11 +61,15 @@ struct Slot {
     page: Option<Snapshot>,
 }
 
+/// One cached page per program (`None`: the node page), each behind its own lock so that a slow
+/// owner delays only its own program's page.
+type Slots = HashMap<Option<ProgramId>, Arc<tokio::sync::Mutex<Slot>>>;
+
 /// The cache of page data.
 #[derive(Debug, Clone)]
 pub(super) struct Pages {
     node: NodeHandle,
-    slots: Arc<Mutex<HashMap<Option<ProgramId>, Arc<tokio::sync::Mutex<Slot>>>>>,
+    slots: Arc<Mutex<Slots>>,
     streams: Arc<tokio::sync::Semaphore>,
 }
 

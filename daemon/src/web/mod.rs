@@ -176,13 +176,16 @@ fn json_text(text: Arc<str>) -> Response {
         .into_response()
 }
 
-fn parse_program(id: &str) -> Result<ProgramId, Response> {
-    id.parse::<ProgramId>().map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "not a program id (64 hex digits, as `btd programs` prints)",
-        )
-    })
+/// A program id from the path, or `None` (answer [`not_an_id`]).
+fn parse_program(id: &str) -> Option<ProgramId> {
+    id.parse::<ProgramId>().ok()
+}
+
+fn not_an_id() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "not a program id (64 hex digits, as `btd programs` prints)",
+    )
 }
 
 async fn api_node(State(web): State<Web>) -> Response {
@@ -193,9 +196,8 @@ async fn api_node(State(web): State<Web>) -> Response {
 }
 
 async fn api_program(State(web): State<Web>, Path(id): Path<String>) -> Response {
-    let program = match parse_program(&id) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(program) = parse_program(&id) else {
+        return not_an_id();
     };
     match web.pages.program(program).await {
         Ok(page) => json_text(page.json),
@@ -225,9 +227,8 @@ async fn api_ledger(
     Path(id): Path<String>,
     Query(q): Query<LedgerQuery>,
 ) -> Response {
-    let program = match parse_program(&id) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(program) = parse_program(&id) else {
+        return not_an_id();
     };
     let limit = q.limit.clamp(1, btd_protocol::wire::MAX_LEDGER_PAGE);
     match web.node.ledger(program, q.after, limit).await {
