@@ -52,7 +52,7 @@ fn measure(pid: u32, window: Duration, during: impl FnOnce()) -> (f64, f64) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (results, window) = if full {
-        (300, Duration::from_secs(60))
+        (1000, Duration::from_secs(60))
     } else {
         (20, Duration::from_secs(2))
     };
