@@ -70,6 +70,8 @@ pub struct TestNodeOptions {
     /// Run no verifier even with a home: claims stay pending until the test resolves them itself
     /// (`NodeHandle::resolve`), playing the verifier.
     pub no_verifier: bool,
+    /// Network tunables (default: [`test_params`]), e.g. a small request budget or outbox.
+    pub params: Option<NetParams>,
 }
 
 impl TestNode {
@@ -168,7 +170,10 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
     let cfg = NodeConfig {
         key: key.clone(),
         transport: TransportKind::Memory,
-        net: test_params(opts.relay_server),
+        net: opts
+            .params
+            .clone()
+            .unwrap_or_else(|| test_params(opts.relay_server)),
         listen: addr.clone().into_iter().collect(),
         bootstrap: opts.bootstrap,
         rungs: crate::config::Config::default_rungs(),
