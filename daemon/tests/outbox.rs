@@ -361,3 +361,75 @@ async fn the_outbox_bound_refuses_beyond_it_in_words() {
         Submitted::Queued { queued } => panic!("queued: {queued:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_round_with_an_offline_owner_is_queued_then_settled_with_the_receipt() {
+    use btd::work::{run_rounds, RunState, WorkContext, WorkOptions};
+    let home = tempfile::tempdir().unwrap();
+    let owner_store = Store::open_in_memory().unwrap();
+    let owner = start(owner_store.clone(), None, test_params(false), None).await;
+    let member_store = Store::open_in_memory().unwrap();
+    let member = start(member_store.clone(), None, member_params(), Some(&owner)).await;
+    let manifest = btd::testkit::score_manifest(
+        "outbox-round",
+        r#""echo \"score: $BTD_PARAM_X\" > output.log; cat output.log""#,
+        20,
+        btd::testkit::LOCAL_CPU_RUNG,
+    );
+    let program = owner.handle.publish(manifest).await.unwrap();
+    wait_known(&member.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &member.handle, program, T)
+        .await
+        .unwrap();
+    let owner_key = owner.key.clone();
+    owner.stop().await;
+
+    let work = WorkContext::new(
+        member.handle.clone(),
+        member_store,
+        home.path(),
+        btd::config::Config::default_rungs(),
+        Default::default(),
+    );
+    let opts = WorkOptions {
+        rounds: 1,
+        allow_shell: true,
+        verdict_wait_secs: 0,
+        ..WorkOptions::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let task = tokio::spawn(run_rounds(work.clone(), program, opts, tx));
+    while rx.recv().await.is_some() {}
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.submitted, 0, "{summary:?}");
+    let r = &summary.runs[0];
+    assert_eq!(r.state, RunState::Queued, "{r:?}");
+    assert!(
+        r.outbox.is_some() && r.note.contains("queued in the outbox"),
+        "{r:?}"
+    );
+    assert_eq!(
+        work.runs(Some(program)).await.unwrap()[0].state,
+        RunState::Queued
+    );
+
+    // The owner returns: the result is delivered, and the round's record takes the receipt.
+    let owner = start(
+        owner_store,
+        Some(owner_key),
+        test_params(false),
+        Some(&member),
+    )
+    .await;
+    await_recorded(&owner.handle, program, 1).await;
+    await_empty_outbox(&member.handle).await;
+    let r = work.runs(Some(program)).await.unwrap().remove(0);
+    assert_eq!(r.state, RunState::Submitted, "{r:?}");
+    assert_eq!(r.verdict.as_ref().map(|v| v.seq), Some(1), "{r:?}");
+    assert!(
+        r.impact.is_some() && r.trace.is_some() && r.outbox.is_none(),
+        "{r:?}"
+    );
+    // Settled once: the stored record says so too.
+    assert_eq!(work.runs(Some(program)).await.unwrap()[0], r);
+}
