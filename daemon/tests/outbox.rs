@@ -399,8 +399,18 @@ async fn a_worker_round_with_an_offline_owner_is_queued_then_settled_with_the_re
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let task = tokio::spawn(run_rounds(work.clone(), program, opts, tx));
-    while rx.recv().await.is_some() {}
+    let mut queued_event = None;
+    while let Some(e) = rx.recv().await {
+        if let btd::work::WorkEvent::Queued { round, note } = e {
+            queued_event = Some((round, note));
+        }
+    }
     let summary = task.await.unwrap().unwrap();
+    let (round, note) = queued_event.expect("a queued event");
+    assert!(
+        round == 1 && note.contains("queued in the outbox as #1"),
+        "{note}"
+    );
     assert_eq!(summary.submitted, 0, "{summary:?}");
     let r = &summary.runs[0];
     assert_eq!(r.state, RunState::Queued, "{r:?}");

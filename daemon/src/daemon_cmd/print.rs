@@ -216,6 +216,7 @@ pub(super) fn work_event(e: &WorkEvent) {
                 short_num(receipt.impact)
             );
         }
+        WorkEvent::Queued { round, note } => out!("round {round}: {note}"),
         WorkEvent::Recorded { round, record, dir } => match record {
             Some(id) => out!(
                 "round {round}: traceability record {} in {}",

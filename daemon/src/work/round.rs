@@ -370,6 +370,12 @@ impl Loop {
                 record.state = RunState::Queued;
                 record.outbox = Some(queued.id);
                 record.note = crate::node::queued_words(&queued);
+                let _ = events
+                    .send(WorkEvent::Queued {
+                        round,
+                        note: record.note.clone(),
+                    })
+                    .await;
                 return self.finish(record, events).await;
             }
             Err(
