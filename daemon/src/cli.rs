@@ -96,8 +96,16 @@ enum Command {
         /// The member id (its peer id).
         member: String,
     },
-    /// Member: submit a result by hand (for shell-driven workers and tests).
+    /// Member: submit a result by hand (for shell-driven workers and tests). It is stored in the
+    /// daemon's outbox first: when the owner is rate limiting or offline it stays queued and is
+    /// sent later (`btd outbox`).
     Submit(SubmitArgs),
+    /// Member: submissions queued for their owner (rate limited or offline) and the newest the
+    /// owner refused, with why.
+    Outbox {
+        /// The program id (default: every program).
+        program: Option<String>,
+    },
     /// A program's hypothesis ledger: every result with its parent, value, verdict, member and
     /// rationale (lineage), oldest first.
     Ledger {
@@ -247,6 +255,14 @@ pub(crate) struct SubmitArgs {
     /// tree), for programs with a source bundle or re-run verification.
     #[arg(long)]
     pub(crate) code: Option<PathBuf>,
+    /// How long to wait for the owner's answer, seconds; then the result is reported as queued in
+    /// the outbox (exit 0) and the daemon keeps sending it.
+    #[arg(long, value_name = "SECS", default_value_t = crate::control::DEFAULT_SUBMIT_WAIT_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=crate::control::MAX_SUBMIT_WAIT_SECS))]
+    pub(crate) wait: u64,
+    /// Return once the result is stored in the outbox, without waiting for the owner.
+    #[arg(long, conflicts_with = "wait")]
+    pub(crate) no_wait: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -434,6 +450,7 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Members { program } => daemon_cmd::members(home, &program, json),
         Command::Revoke { program, member } => daemon_cmd::revoke(home, &program, member, json),
         Command::Submit(args) => daemon_cmd::submit(home, &args, json),
+        Command::Outbox { program } => daemon_cmd::outbox(home, program.as_deref(), json),
         Command::Ledger {
             program,
             after,

@@ -23,6 +23,11 @@ use crate::work::{WorkContext, WorkEvent, WorkOptions};
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// Most control connections served at once.
 const MAX_CONNECTIONS: usize = 64;
+/// How long `btd submit` waits for the owner's answer by default before it reports the result as
+/// queued in the outbox, seconds.
+pub const DEFAULT_SUBMIT_WAIT_SECS: u64 = 10;
+/// The longest `btd submit --wait`, seconds.
+pub const MAX_SUBMIT_WAIT_SECS: u64 = 3600;
 
 /// A control request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +102,16 @@ pub enum Request {
         /// The code hypothesis the value was measured with (code programs).
         #[serde(default)]
         code: Option<btd_protocol::wire::CodeHypothesis>,
+        /// How long to wait for the owner's answer before answering "queued", seconds (0: answer
+        /// once the submission is stored in the outbox; absent: [`DEFAULT_SUBMIT_WAIT_SECS`]).
+        #[serde(default)]
+        wait_secs: Option<u64>,
+    },
+    /// The member's outbox: queued submissions and the newest refusals.
+    Outbox {
+        /// Program id (all programs when absent).
+        #[serde(default)]
+        program: Option<ProgramId>,
     },
     /// A program's candle task for `btd train --program`, with the path of its dataset file when
     /// this node has it (fetched from the owner first with `fetch`).
@@ -313,6 +328,7 @@ async fn dispatch(
             mut outputs,
             checkpoint,
             code,
+            wait_secs,
         } => {
             let value = match (value, &checkpoint) {
                 (Some(v), _) => v,
@@ -342,8 +358,15 @@ async fn dispatch(
                 code,
                 ..Default::default()
             };
-            answer(node.submit(program, result).await)
+            let wait = wait_secs
+                .unwrap_or(DEFAULT_SUBMIT_WAIT_SECS)
+                .min(MAX_SUBMIT_WAIT_SECS);
+            answer(
+                node.submit_queued(program, result, std::time::Duration::from_secs(wait))
+                    .await,
+            )
         }
+        Request::Outbox { program } => answer(node.outbox(program).await),
         Request::Ledger {
             program,
             after_seq,

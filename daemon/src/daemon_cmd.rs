@@ -369,6 +369,8 @@ pub(crate) fn submit(
         rung: rung_id,
         checkpoint,
         code,
+        wait,
+        no_wait,
     } = args;
     let (value, rung_id) = (*value, rung_id.clone());
     let program = program_id(program)?;
@@ -421,13 +423,31 @@ pub(crate) fn submit(
                 .map(|p| absolute("--checkpoint", p))
                 .transpose()?,
             code,
+            wait_secs: Some(if *no_wait { 0 } else { *wait }),
         },
     )?;
     if json {
         return print_json(&score::with_value(v, value.filter(|_| given.is_none())));
     }
-    let r: btd_protocol::wire::SubmitReceipt = parse(v)?;
-    print::submit_receipt(&r);
+    match parse(v)? {
+        crate::node::types::Submitted::Receipt(r) => print::submit_receipt(&r),
+        crate::node::types::Submitted::Queued { queued } => print::submit_queued(&queued),
+    }
+    Ok(())
+}
+
+pub(crate) fn outbox(
+    home_dir: Option<PathBuf>,
+    program: Option<&str>,
+    json: bool,
+) -> Result<(), CmdError> {
+    let program = program.map(program_id).transpose()?;
+    let v = call(home_dir, Request::Outbox { program })?;
+    if json {
+        return print_json(&v);
+    }
+    let list: crate::node::types::OutboxList = parse(v)?;
+    print::outbox(&list);
     Ok(())
 }
 

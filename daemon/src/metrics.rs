@@ -269,6 +269,7 @@ fn outcome_name(state: RunState) -> &'static str {
         RunState::Cancelled => "cancelled",
         RunState::Unsubmitted => "unsubmitted",
         RunState::Submitted => "submitted",
+        RunState::Queued => "queued",
     }
 }
 

@@ -199,6 +199,7 @@ async fn candle_rounds_search_near_the_champion_and_leave_verifiable_records() {
             WorkEvent::Round { .. } => "round",
             WorkEvent::Ran { .. } => "ran",
             WorkEvent::Verdict { .. } => "verdict",
+            WorkEvent::Queued { .. } => "queued",
             WorkEvent::Recorded { .. } => "recorded",
             WorkEvent::Dataset { .. } => "dataset",
             WorkEvent::Checked { .. } => "checked",

@@ -1,5 +1,6 @@
 //! End to end over real `btd` processes on loopback: publish → join → approve → submit → status,
-//! kill -9 of the owner with nothing lost, and gating of non-members and revoked members.
+//! kill -9 of the owner with nothing lost (the worker's outbox holds what the owner missed), and
+//! gating of non-members and revoked members.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -168,7 +169,8 @@ fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
     let addr = owner.addr();
     let port = addr.split('/').nth(4).unwrap().to_string();
 
-    // Submissions stream from another thread while the owner is killed and restarted.
+    // Submissions stream from another thread while the owner is killed and restarted. None fails:
+    // each gets its receipt, or is queued in the worker's outbox while the owner is away.
     let home = worker.home.clone();
     let id2 = id.clone();
     let submitter = std::thread::spawn(move || {
@@ -180,9 +182,11 @@ fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
                 .arg(&home)
                 .output()
                 .unwrap();
-            if o.status.success() {
-                let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-                acked.push((r["seq"].as_u64().unwrap(), value));
+            assert!(o.status.success(), "submit {value}: {}", stderr(&o));
+            let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            match r["seq"].as_u64() {
+                Some(seq) => acked.push((seq, value)),
+                None => assert!(r["queued"]["id"].is_u64(), "{r}"),
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -201,7 +205,13 @@ fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
         acked.len()
     );
 
-    // Every acknowledged submission is in the owner's log at its seq; no value appears twice.
+    // The queued ones follow once the owner is back.
+    wait_until("an empty outbox", 90, || {
+        let v = worker.json(&["outbox"]);
+        v["queued"].as_array()?.is_empty().then_some(())
+    });
+
+    // Every submission is in the owner's log, an acknowledged one at its seq; none appears twice.
     let s = owner.json(&["status", &id]);
     let results = s["results"].as_array().unwrap();
     let logged: Vec<(u64, String)> = results
@@ -222,6 +232,7 @@ fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
         logged.len(),
         "a submission was counted twice: {logged:?}"
     );
+    assert_eq!(logged.len(), 60, "a submission was lost: {logged:?}");
     let seqs: Vec<u64> = logged.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, (1..=logged.len() as u64).collect::<Vec<_>>());
 

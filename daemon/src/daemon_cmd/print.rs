@@ -216,6 +216,7 @@ pub(super) fn work_event(e: &WorkEvent) {
                 short_num(receipt.impact)
             );
         }
+        WorkEvent::Queued { round, note } => out!("round {round}: {note}"),
         WorkEvent::Recorded { round, record, dir } => match record {
             Some(id) => out!(
                 "round {round}: traceability record {} in {}",
@@ -326,6 +327,51 @@ pub(super) fn submit_receipt(r: &SubmitReceipt) {
             ""
         }
     );
+}
+
+/// `btd submit` when the owner did not answer in time: where the result waits and why.
+pub(super) fn submit_queued(v: &crate::node::types::OutboxView) {
+    out!("{}", crate::node::queued_words(v));
+}
+
+/// `btd outbox`: the queue, oldest first, then the newest refusals.
+pub(super) fn outbox(list: &crate::node::types::OutboxList) {
+    if list.queued.is_empty() {
+        out!("the outbox is empty: every submission reached its owner");
+    }
+    for v in &list.queued {
+        let next = v
+            .next_attempt_secs
+            .map_or_else(|| "sending".to_string(), |s| format!("next in {s}s"));
+        out!(
+            "#{:<5} {}  {}  value {:>10}  rung {:<8} {} attempts, {}, queued {}s ago",
+            v.id,
+            v.nonce.chars().take(8).collect::<String>(),
+            v.program.short(),
+            short_num(v.value),
+            v.rung,
+            v.attempts,
+            next,
+            v.age_secs
+        );
+        if let Some(e) = &v.last_error {
+            out!("    {e}");
+        }
+    }
+    if !list.refused.is_empty() {
+        out!("refused by the owner (newest first; not sent again):");
+    }
+    for v in &list.refused {
+        out!(
+            "#{:<5} {}  {}  value {:>10}  {}s ago: {}",
+            v.id,
+            v.nonce.chars().take(8).collect::<String>(),
+            v.program.short(),
+            short_num(v.value),
+            v.age_secs,
+            v.refused.as_deref().unwrap_or("refused")
+        );
+    }
 }
 
 /// `btd status`: the program's KB as this node sees it, with the last 20 results. Values are shown

@@ -181,6 +181,8 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
             outputs: Vec::new(),
             checkpoint: None,
             code: Some(view.code),
+            // The receipt: wait for the owner (a queued answer would be an error here).
+            wait_secs: Some(120),
         })
         .await?;
     let settled = await_check(daemons, program, receipt.seq, &mut board, &names).await?;

@@ -224,6 +224,8 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
                     outputs: Vec::new(),
                     checkpoint: Some(r.dir.join("checkpoint.safetensors")),
                     code: None,
+                    // The receipt: wait for the owner (a queued answer would be an error here).
+                    wait_secs: Some(120),
                 })
                 .await?;
             await_check(daemons, program, receipt.seq, &mut board, &names).await?;

@@ -100,6 +100,8 @@ pub struct NetParams {
     pub blob_burst: f64,
     /// Per-peer artifact budget: sustained chunks per second.
     pub blob_per_sec: f64,
+    /// The member's outbox: its bounds and retry pace (submissions to owners; `crate::node`).
+    pub outbox: crate::node::OutboxParams,
 }
 
 impl Default for NetParams {
@@ -119,6 +121,7 @@ impl Default for NetParams {
             // checkpoint or dataset moves at disk speed while one peer cannot hog the uplink.
             blob_burst: 64.0,
             blob_per_sec: 32.0,
+            outbox: crate::node::OutboxParams::default(),
         }
     }
 }

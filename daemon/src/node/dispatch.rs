@@ -12,8 +12,8 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::handle::{Command, NodeError, Reply};
 use super::owner::err;
-use super::worker::{PendingStatus, PendingSubmit};
-use super::{blob, gossip, owner, publish, spend, worker, Node};
+use super::worker::PendingStatus;
+use super::{blob, gossip, outbox, owner, publish, spend, worker, Node};
 use crate::metrics::Limited;
 use crate::net::{Answer, ConnectionId, Inbound, NetEvent, Tags};
 
@@ -45,8 +45,8 @@ pub(crate) enum MembershipTag {
 /// What a KB request was for.
 #[derive(Debug)]
 pub(crate) enum KbTag {
-    /// A submission (retried with the same nonce).
-    Submit(PendingSubmit),
+    /// A send of outbox entry N (resent with the same nonce until the owner answers).
+    Submit(u64),
     /// A member's `btd status` (status, then the latest results).
     Status(PendingStatus),
     /// A request whose response goes back as it is (the champion read; testkit probes).
@@ -92,7 +92,9 @@ impl Node {
                 program,
                 result,
                 reply,
-            } => worker::submit(self, program, result, reply),
+                delivered,
+            } => outbox::submit(self, program, result, reply, delivered),
+            Command::Outbox { program, reply } => outbox::list(self, program, reply),
             Command::Status { program, reply } => worker::status(self, program, reply),
             #[cfg(feature = "testkit")]
             Command::RawMembership {
@@ -313,7 +315,7 @@ impl Node {
 
     fn on_kb_answer(&mut self, a: Answer<KbTag, KbResponse>) {
         match a.tag {
-            KbTag::Submit(p) => worker::on_submit_answer(self, p, a.result),
+            KbTag::Submit(id) => outbox::on_answer(self, id, a.result),
             KbTag::Status(s) => worker::on_status_answer(self, s, a.result),
             KbTag::Raw(reply) => {
                 let _ = reply.send(a.result.map_err(NodeError::Unreachable));
@@ -354,6 +356,7 @@ impl Node {
             .entry(peer)
             .or_default()
             .push((connection, addr));
+        outbox::on_connected(self, peer);
     }
 
     fn on_disconnected(&mut self, peer: PeerId, connection: ConnectionId) {

@@ -15,8 +15,8 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::types::{
-    ClaimJob, JoinEvent, MembersView, NewResult, NodeInfo, PeerView, ProgramView, PublishFiles,
-    StatusView,
+    ClaimJob, JoinEvent, MembersView, NewResult, NodeInfo, OutboxList, OutboxView, PeerView,
+    ProgramView, PublishFiles, StatusView,
 };
 use btd_protocol::owner::SpendRequestView;
 
@@ -103,14 +103,23 @@ pub(crate) enum Command {
         /// Done.
         reply: Reply<()>,
     },
-    /// `btd submit`.
+    /// `btd submit`: into the outbox, then to the owner.
     Submit {
         /// The program.
         program: ProgramId,
         /// The result.
         result: NewResult,
-        /// The owner's verdict.
-        reply: Reply<SubmitReceipt>,
+        /// The entry once it is stored in the outbox.
+        reply: Reply<OutboxView>,
+        /// The owner's receipt or permanent refusal (dropped when the caller stops waiting).
+        delivered: Reply<SubmitReceipt>,
+    },
+    /// `btd outbox`.
+    Outbox {
+        /// The program (all when absent).
+        program: Option<ProgramId>,
+        /// The queue and the newest refusals.
+        reply: Reply<OutboxList>,
     },
     /// `btd status`.
     Status {
@@ -287,6 +296,7 @@ pub struct NodeHandle {
     claims: Arc<Notify>,
     clock: crate::clock::Clock,
     metrics: crate::metrics::Metrics,
+    submit_wait: std::time::Duration,
 }
 
 impl NodeHandle {
@@ -296,6 +306,7 @@ impl NodeHandle {
         claims: Arc<Notify>,
         clock: crate::clock::Clock,
         metrics: crate::metrics::Metrics,
+        submit_wait: std::time::Duration,
     ) -> Self {
         Self {
             tx,
@@ -303,12 +314,19 @@ impl NodeHandle {
             claims,
             clock,
             metrics,
+            submit_wait,
         }
     }
 
     /// The metrics the node counts into (its verifier and worker loops count there too).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
+    }
+
+    /// How long a caller that needs the owner's answer waits for it before the result is reported
+    /// as queued in the outbox (`OutboxParams::submit_wait`).
+    pub fn submit_wait(&self) -> std::time::Duration {
+        self.submit_wait
     }
 
     /// The node's protocol time (its clock, shared with the worker loop).
@@ -341,7 +359,10 @@ impl NodeHandle {
     }
 
     /// Sends a command whose reply may be a refusal.
-    async fn try_call<R>(&self, make: impl FnOnce(Reply<R>) -> Command) -> Result<R, NodeError> {
+    pub(super) async fn try_call<R>(
+        &self,
+        make: impl FnOnce(Reply<R>) -> Command,
+    ) -> Result<R, NodeError> {
         self.call(make).await?
     }
 
@@ -430,20 +451,6 @@ impl NodeHandle {
         self.try_call(|reply| Command::Revoke {
             program,
             member,
-            reply,
-        })
-        .await
-    }
-
-    /// `btd submit`: signs a result and sends it to the program's owner; returns its receipt.
-    pub async fn submit(
-        &self,
-        program: ProgramId,
-        result: NewResult,
-    ) -> Result<SubmitReceipt, NodeError> {
-        self.try_call(|reply| Command::Submit {
-            program,
-            result,
             reply,
         })
         .await

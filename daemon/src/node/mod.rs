@@ -9,6 +9,7 @@ mod blob;
 mod dispatch;
 mod gossip;
 mod handle;
+mod outbox;
 mod owner;
 mod publish;
 pub mod spend;
@@ -17,6 +18,7 @@ mod worker;
 
 pub(crate) use handle::Command;
 pub use handle::{NodeError, NodeHandle};
+pub use outbox::{queued_words, OutboxParams};
 
 pub(crate) use publish::holdout_path;
 
@@ -55,8 +57,6 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 const REGOSSIP_GAP: Duration = Duration::from_secs(2);
 /// Most join flows in progress at once.
 const MAX_JOINS: usize = 64;
-/// Most outbound submissions awaiting an answer.
-const MAX_PENDING_SUBMITS: usize = 1024;
 
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
@@ -147,8 +147,8 @@ pub struct Node {
     pub(crate) owners: btd_protocol::owner::Owners,
     pub(crate) memberships: HashMap<ProgramId, Membership>,
     pub(crate) joins: HashMap<ProgramId, JoinState>,
-    /// Submissions waiting to be retried.
-    pub(crate) retries: Vec<(Instant, worker::PendingSubmit)>,
+    /// Submissions to owners, until they answer (`outbox.rs`).
+    pub(crate) outbox: outbox::Outbox,
     pub(crate) pending: FuturesUnordered<BoxFut>,
     pub(crate) buckets: HashMap<PeerId, Bucket>,
     pub(crate) peer_rungs: HashMap<PeerId, (btd_protocol::Timestamp, Vec<AdvertisedRung>)>,
@@ -251,7 +251,10 @@ pub(crate) async fn spawn_without_verifier(
         owners: btd_protocol::owner::Owners::new(cfg.key.clone()),
         memberships: HashMap::new(),
         joins: HashMap::new(),
-        retries: Vec::new(),
+        outbox: outbox::Outbox::new(
+            cfg.net.outbox.clone(),
+            (cfg.net.rate_burst, cfg.net.rate_per_sec),
+        ),
         pending: FuturesUnordered::new(),
         buckets: HashMap::new(),
         peer_rungs: HashMap::new(),
@@ -296,16 +299,24 @@ pub(crate) async fn spawn_without_verifier(
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let claims = node.claims_ready.clone();
     let task = tokio::spawn(node.run(rx));
-    let handle = NodeHandle::new(tx, peer_id, claims, cfg.clock.clone(), cfg.metrics);
+    let handle = NodeHandle::new(
+        tx,
+        peer_id,
+        claims,
+        cfg.clock.clone(),
+        cfg.metrics,
+        cfg.net.outbox.submit_wait,
+    );
     Ok((handle, task))
 }
 
 impl Node {
-    fn restore(&mut self, snap: Snapshot) -> Result<()> {
+    fn restore(&mut self, mut snap: Snapshot) -> Result<()> {
         let now = self.clock.now();
         let mut rows = Vec::with_capacity(snap.programs.len());
         // Rows that cannot be read or verified are dropped from the store (unless own).
         let mut unreadable = Vec::new();
+        outbox::restore(self, std::mem::take(&mut snap.outbox), snap.outbox_last_id);
         for row in &snap.programs {
             let signed: Signed<ProgramAnnouncement> = match btd_protocol::wire::decode(
                 &row.announcement,
@@ -426,6 +437,7 @@ impl Node {
     fn on_tick(&mut self) {
         let now = Instant::now();
         worker::on_tick(self, now);
+        outbox::pump(self, now);
         owner::on_tick(self);
         if self.announce_soon || now.duration_since(self.last_announce) >= ANNOUNCE_EVERY {
             self.announce_soon = false;
@@ -530,7 +542,7 @@ impl Node {
 
 /// Takes one token from `peer`'s bucket (burst, refill per second), evicting the least recently
 /// used bucket when [`MAX_BUCKETS`] are tracked; false means "rate limited".
-fn take_token(
+pub(crate) fn take_token(
     buckets: &mut HashMap<PeerId, Bucket>,
     peer: PeerId,
     (burst, per_sec): (f64, f64),

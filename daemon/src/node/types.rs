@@ -211,3 +211,53 @@ pub struct PublishFiles {
     #[serde(default)]
     pub source: Option<std::path::PathBuf>,
 }
+
+/// One submission in the member's outbox (`btd outbox`): queued until its owner answers, or
+/// refused by it for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxView {
+    /// Its id on this node.
+    pub id: u64,
+    /// The submission's nonce, hex (a resend carries the same one: the owner counts it once).
+    pub nonce: String,
+    /// The program.
+    pub program: ProgramId,
+    /// The metric value.
+    pub value: f64,
+    /// The rung.
+    pub rung: String,
+    /// Sends so far (since the daemon started).
+    pub attempts: u32,
+    /// Why the last send did not get an answer, in words.
+    pub last_error: Option<String>,
+    /// Seconds until the next send (`None`: a send is in flight, or it was refused).
+    pub next_attempt_secs: Option<u64>,
+    /// Seconds since it was queued.
+    pub age_secs: u64,
+    /// The owner's words when it refused the submission for good (it left the queue).
+    #[serde(default)]
+    pub refused: Option<String>,
+}
+
+/// `btd outbox`: the queued submissions (oldest first) and the newest refusals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutboxList {
+    /// Waiting to be sent, or for the owner's answer.
+    pub queued: Vec<OutboxView>,
+    /// Refused by the owner for good, newest first.
+    pub refused: Vec<OutboxView>,
+}
+
+/// What a submission got: the owner's receipt, or its place in the outbox when the owner did not
+/// answer in time (rate limited, offline); the daemon keeps sending it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Submitted {
+    /// The owner recorded it.
+    Receipt(btd_protocol::wire::SubmitReceipt),
+    /// Still in the outbox.
+    Queued {
+        /// Where it stands.
+        queued: OutboxView,
+    },
+}

@@ -1,5 +1,5 @@
-//! The worker's side: joining a program (device flow over the mesh), receiving the grant, submitting
-//! results and reading status from the owner. Answers to these requests come back here through
+//! The worker's side: joining a program (device flow over the mesh), receiving the grant and
+//! reading status from the owner (submissions go through `outbox.rs`). Answers to these requests come back here through
 //! `dispatch.rs` with the tag they were sent with.
 
 use std::time::{Duration, Instant};
@@ -7,36 +7,19 @@ use std::time::{Duration, Instant};
 use btd_protocol::membership::{self, Credential, MemberId};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal;
-use btd_protocol::signed::Signed;
-use btd_protocol::trace::Output;
 use btd_protocol::wire::{
     grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
-    MembershipRequest, MembershipResponse, PollStatus, Submission, SubmitReceipt, CODE_OUTPUT,
+    MembershipRequest, MembershipResponse, PollStatus,
 };
 use libp2p::PeerId;
-use rand::RngCore;
 use tokio::sync::mpsc;
 
 use super::dispatch::{KbTag, MembershipTag};
 use super::handle::{NodeError, Reply};
-use super::types::{JoinEvent, NewResult, StatusView};
-use super::{JoinState, Membership, Node, MAX_JOINS, MAX_PENDING_SUBMITS};
+use super::types::{JoinEvent, StatusView};
+use super::{JoinState, Membership, Node, MAX_JOINS};
 use crate::net::Responder;
 use crate::store::{self, MembershipRow};
-
-/// How often a failed submission is retried (same nonce: the owner counts it once).
-const SUBMIT_ATTEMPTS: u32 = 4;
-/// Pause between submission attempts.
-const SUBMIT_RETRY: Duration = Duration::from_secs(2);
-
-/// A submission on its way to the owner.
-#[derive(Debug)]
-pub(crate) struct PendingSubmit {
-    owner: PeerId,
-    request: KbRequest,
-    attempts: u32,
-    reply: Reply<SubmitReceipt>,
-}
 
 /// A member's `btd status` on its way to the owner.
 #[derive(Debug)]
@@ -65,7 +48,7 @@ fn event(events: &mpsc::Sender<JoinEvent>, e: JoinEvent) {
 }
 
 /// Tells the swarm where the owner can be reached (from its signed announcement).
-fn learn_owner_addresses(node: &mut Node, program: &ProgramId) -> Option<PeerId> {
+pub(super) fn learn_owner_addresses(node: &mut Node, program: &ProgramId) -> Option<PeerId> {
     let k = node.known.get(program)?;
     let owner = k.view.owner;
     let addrs: Vec<libp2p::Multiaddr> = k
@@ -327,7 +310,7 @@ pub(super) fn on_membership_answer(
     }
 }
 
-/// Polls pending joins whose interval has passed; expires stale ones; retries submissions.
+/// Polls pending joins whose interval has passed; expires stale ones.
 pub(super) fn on_tick(node: &mut Node, now: Instant) {
     let mut expired = Vec::new();
     let mut due = Vec::new();
@@ -358,106 +341,6 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
             j.poll_in_flight = true;
         }
     }
-    let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut node.retries)
-        .into_iter()
-        .partition(|(at, _)| *at <= now);
-    node.retries = later;
-    for (_, p) in ready {
-        send_submit(node, p);
-    }
-}
-
-/// `btd submit`: sign a result and send it to the owner (retrying with the same nonce).
-pub(super) fn submit(
-    node: &mut Node,
-    program: ProgramId,
-    result: NewResult,
-    reply: Reply<SubmitReceipt>,
-) {
-    let Some(m) = node.memberships.get(&program).cloned() else {
-        let msg = if node.owners.contains(&program) {
-            "this node owns the program; submit from a member's daemon".to_string()
-        } else {
-            format!("membership required: join program {program} with `btd join` first")
-        };
-        let _ = reply.send(Err(NodeError::Refused(msg)));
-        return;
-    };
-    let in_flight = node
-        .net
-        .outstanding_kb()
-        .filter(|t| matches!(t, KbTag::Submit(_)))
-        .count();
-    if in_flight + node.retries.len() >= MAX_PENDING_SUBMITS {
-        let _ = reply.send(Err(NodeError::Refused(
-            "too many submissions in flight; retry shortly".into(),
-        )));
-        return;
-    }
-    let mut nonce = [0u8; 16];
-    node.rng.fill_bytes(&mut nonce);
-    let mut outputs = result.outputs;
-    let mut result_code = result.code;
-    if let Some(code) = &mut result_code {
-        // Normalised as every reader shows it, before the digest is signed.
-        code.rationale = btd_protocol::wire::sanitize_rationale(&code.rationale);
-        // The signature binds the code: its digest is one of the signed outputs.
-        outputs.retain(|o| o.name != CODE_OUTPUT);
-        outputs.push(Output {
-            name: CODE_OUTPUT.into(),
-            sha256: code.digest(),
-        });
-    }
-    let sub = Submission {
-        program,
-        nonce,
-        value: result.value,
-        rung_id: result.rung_id,
-        outputs,
-        metrics: result.metrics,
-        hypothesis: result.hypothesis,
-        created_at: node.clock.now(),
-        claim: result.claim,
-    };
-    if let Err(e) = sub.check(node.clock.now()) {
-        let _ = reply.send(Err(NodeError::Refused(e.to_string())));
-        return;
-    }
-    let signed = match Signed::sign(&node.key, &sub) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = reply.send(Err(NodeError::Refused(format!(
-                "cannot sign the submission: {e}"
-            ))));
-            return;
-        }
-    };
-    learn_owner_addresses(node, &program);
-    send_submit(
-        node,
-        PendingSubmit {
-            owner: m.owner,
-            request: KbRequest {
-                program,
-                credential: m.credential,
-                call: match result_code {
-                    Some(code) => KbCall::SubmitCode {
-                        submission: signed,
-                        code: Box::new(code),
-                    },
-                    None => KbCall::Submit(signed),
-                },
-            },
-            attempts: 0,
-            reply,
-        },
-    );
-}
-
-fn send_submit(node: &mut Node, mut p: PendingSubmit) {
-    p.attempts += 1;
-    let (owner, request) = (p.owner, p.request.clone());
-    node.net.request_kb(owner, request, KbTag::Submit(p));
 }
 
 /// `btd status`: the owner reads its store; a member asks the owner.
@@ -513,37 +396,6 @@ pub(super) fn status(node: &mut Node, program: Option<ProgramId>, reply: Reply<S
     };
     node.net
         .request_kb(m.owner, request, KbTag::Status(pending));
-}
-
-/// The owner answered a submission (or the request failed): retry, or answer the caller.
-pub(super) fn on_submit_answer(
-    node: &mut Node,
-    p: PendingSubmit,
-    result: Result<KbResponse, String>,
-) {
-    let r = match result {
-        Ok(KbResponse::Submitted(r)) => Ok(r),
-        Ok(KbResponse::Error(e))
-            if e.code == ErrorCode::Unavailable && p.attempts < SUBMIT_ATTEMPTS =>
-        {
-            node.retries.push((Instant::now() + SUBMIT_RETRY, p));
-            return;
-        }
-        Ok(KbResponse::Error(e)) => Err(NodeError::Refused(e.message)),
-        Ok(other) => Err(NodeError::Refused(format!(
-            "unexpected reply from the owner: {other:?}"
-        ))),
-        Err(error) if p.attempts < SUBMIT_ATTEMPTS => {
-            tracing::debug!(error = %error, attempt = p.attempts, "submission failed; retrying");
-            node.retries.push((Instant::now() + SUBMIT_RETRY, p));
-            return;
-        }
-        Err(error) => Err(NodeError::Unreachable(format!(
-            "cannot reach the program's owner after {} attempts: {error}",
-            p.attempts
-        ))),
-    };
-    let _ = p.reply.send(r);
 }
 
 /// The owner answered a step of a member's `btd status` (or the request failed).

@@ -5,6 +5,7 @@
 //! commit), and a write's reply is sent only after its transaction committed with
 //! `synchronous = FULL` in WAL mode: an acknowledged write survives a crash or `kill -9`.
 
+mod outbox;
 mod schema;
 
 use std::path::Path;
@@ -16,6 +17,9 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 pub use btd_protocol::owner::kb_history;
+pub use outbox::{
+    finish_outbox, load_refused, outbox_outcome, put_outbox, OutboxOutcome, OutboxRow, RefusedRow,
+};
 pub use schema::{
     count_programs, delete_programs, load as load_snapshot, load_runs, next_round, prune_programs,
     put_join_code, put_member, put_membership, put_program, put_records, put_run, put_submission,

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, Transaction};
 use super::StoreError;
 
 /// The schema version this build writes. Older databases are migrated forward in [`prepare`].
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE programs (
@@ -96,6 +96,26 @@ const SCHEMA_V5: &str = "
 ALTER TABLE submissions ADD COLUMN code BLOB;
 ";
 
+/// Version 6: the member's outbox (`crate::node::outbox`): each signed submission, as sent, until
+/// the owner answered it; answered rows keep the receipt or the refusal (the newest
+/// [`super::outbox::MAX_DONE_ROWS`]) so a worker round queued in it can learn its outcome.
+const SCHEMA_V6: &str = "
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    program TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    value REAL NOT NULL,
+    rung TEXT NOT NULL,
+    request BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    done_at INTEGER,
+    receipt TEXT,
+    refused TEXT
+);
+CREATE INDEX outbox_done ON outbox (done_at);
+";
+
 /// Opens the database in WAL mode with full fsync and migrates it.
 pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -131,6 +151,11 @@ pub(super) fn prepare(conn: &Connection) -> Result<(), StoreError> {
     if version < 5 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V5} PRAGMA user_version = 5; COMMIT;"
+        ))?;
+    }
+    if version < 6 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V6} PRAGMA user_version = 6; COMMIT;"
         ))?;
     }
     Ok(())
@@ -185,6 +210,10 @@ pub struct Snapshot {
     pub memberships: Vec<MembershipRow>,
     /// Undecided join requests of own programs, with the requester's sealing key.
     pub join_codes: Vec<(ProgramId, UndecidedCode, SealPublicKey)>,
+    /// The member's outbox: submissions not yet answered by their owner, oldest first.
+    pub outbox: Vec<super::outbox::OutboxRow>,
+    /// The highest outbox id ever used (answered rows included): new ids continue after it.
+    pub outbox_last_id: u64,
 }
 
 impl Snapshot {
@@ -225,15 +254,15 @@ impl Snapshot {
     }
 }
 
-fn ms(t: Timestamp) -> i64 {
+pub(super) fn ms(t: Timestamp) -> i64 {
     i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn ts(v: i64) -> Timestamp {
+pub(super) fn ts(v: i64) -> Timestamp {
     Timestamp::from_millis(u64::try_from(v).unwrap_or(0))
 }
 
-fn program_id(s: &str) -> Result<ProgramId, StoreError> {
+pub(super) fn program_id(s: &str) -> Result<ProgramId, StoreError> {
     s.parse()
         .map_err(|e| StoreError::Corrupt(format!("program id {s:?}: {e}")))
 }
@@ -678,5 +707,6 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
             joined_at: ts(joined_at),
         });
     }
+    (snap.outbox, snap.outbox_last_id) = super::outbox::load_queued(conn)?;
     Ok(snap)
 }

@@ -128,7 +128,7 @@ async fn undecided_join_codes_survive_a_reopen_and_an_old_home_gains_the_table()
         schema::prepare(&conn).unwrap();
         conn.execute_batch(
             "ALTER TABLE submissions DROP COLUMN code; DROP TABLE join_codes; \
-             PRAGMA user_version = 3;",
+             DROP TABLE outbox; PRAGMA user_version = 3;",
         )
         .unwrap();
     }
@@ -181,8 +181,11 @@ async fn a_schema_4_home_gains_the_code_column_and_keeps_its_rows() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         schema::prepare(&conn).unwrap();
-        conn.execute_batch("ALTER TABLE submissions DROP COLUMN code; PRAGMA user_version = 4;")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE submissions DROP COLUMN code; DROP TABLE outbox; \
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
         conn.execute(
             "INSERT INTO submissions (program, seq, worker, value, accepted, champion, impact, \
              nonce, signed, received_at) VALUES (?1, 1, 'w', 1.0, 1, 1, 0.1, ?2, x'010203', 1)",
@@ -256,4 +259,95 @@ async fn known_programs_load_bounded_and_prune_keeps_own_joined_and_the_newest()
         .unwrap();
     let left = store.read(count_programs).await.unwrap();
     assert_eq!(left, MAX_UNPINNED_PROGRAMS + 1);
+}
+
+fn outbox_row(id: u64) -> OutboxRow {
+    OutboxRow {
+        id,
+        program: ProgramId(Digest([1; 32])),
+        owner: "o".into(),
+        nonce: [id as u8; 16],
+        value: id as f64,
+        rung: "cpu".into(),
+        request: vec![id as u8; 3],
+        created_at: Timestamp(id),
+    }
+}
+
+/// A schema-5 home gains the outbox; queued rows load oldest first, answered ones keep the answer
+/// (bounded), and new ids continue after every id ever used.
+#[tokio::test]
+async fn the_outbox_keeps_queued_rows_and_a_bounded_record_of_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        schema::prepare(&conn).unwrap();
+        conn.execute_batch("DROP TABLE outbox; PRAGMA user_version = 5;")
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let receipt = btd_protocol::wire::SubmitReceipt {
+        seq: 7,
+        accepted: true,
+        champion: false,
+        impact: 0.5,
+        check: Check::NotNeeded,
+        duplicate: true,
+    };
+    let r = receipt.clone();
+    store
+        .write(move |tx| {
+            for id in 1..=4 {
+                put_outbox(tx, &outbox_row(id))?;
+            }
+            finish_outbox(tx, 1, Timestamp(9), &OutboxOutcome::Delivered(r))?;
+            finish_outbox(
+                tx,
+                4,
+                Timestamp(9),
+                &OutboxOutcome::Refused("revoked".into()),
+            )
+        })
+        .await
+        .unwrap();
+    let snap = store.read(load).await.unwrap();
+    assert_eq!(snap.outbox, vec![outbox_row(2), outbox_row(3)]);
+    assert_eq!(snap.outbox_last_id, 4);
+    let outcome = |id| store.read(move |c| outbox_outcome(c, id));
+    assert_eq!(
+        outcome(1).await.unwrap(),
+        Some(OutboxOutcome::Delivered(receipt))
+    );
+    assert_eq!(outcome(2).await.unwrap(), Some(OutboxOutcome::Queued));
+    assert_eq!(
+        outcome(4).await.unwrap(),
+        Some(OutboxOutcome::Refused("revoked".into()))
+    );
+    assert_eq!(outcome(5).await.unwrap(), None);
+    let refused = store.read(|c| load_refused(c, None)).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].row.id, refused[0].reason.as_str()),
+        (4, "revoked")
+    );
+
+    // Answered rows are bounded: the oldest answers go, queued rows stay.
+    store
+        .write(|tx| {
+            for id in 10..(10 + outbox::MAX_DONE_ROWS as u64 + 5) {
+                put_outbox(tx, &outbox_row(id))?;
+                finish_outbox(tx, id, Timestamp(id), &OutboxOutcome::Refused("no".into()))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let total: i64 = store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(total, outbox::MAX_DONE_ROWS + 2);
+    assert_eq!(outcome(1).await.unwrap(), None);
+    assert_eq!(store.read(load).await.unwrap().outbox.len(), 2);
 }

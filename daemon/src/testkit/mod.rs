@@ -74,6 +74,8 @@ pub struct TestNodeOptions {
     pub no_verifier: bool,
     /// Count into these metrics (default: a fresh registry for this node).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Network tunables (default: [`test_params`]), e.g. a small request budget or outbox.
+    pub params: Option<NetParams>,
 }
 
 impl TestNode {
@@ -173,7 +175,10 @@ pub async fn spawn_node(store: Store, opts: TestNodeOptions) -> Result<TestNode>
     let cfg = NodeConfig {
         key: key.clone(),
         transport: TransportKind::Memory,
-        net: test_params(opts.relay_server),
+        net: opts
+            .params
+            .clone()
+            .unwrap_or_else(|| test_params(opts.relay_server)),
         listen: addr.clone().into_iter().collect(),
         bootstrap: opts.bootstrap,
         rungs: crate::config::Config::default_rungs(),

@@ -331,6 +331,13 @@ pub enum WorkEvent {
         /// Whether it is now the champion.
         champion: bool,
     },
+    /// The owner did not answer the round's submission in time: it waits in the outbox.
+    Queued {
+        /// Round.
+        round: u64,
+        /// Where it waits and why, in words.
+        note: String,
+    },
     /// The round's traceability record is durable.
     Recorded {
         /// Round.

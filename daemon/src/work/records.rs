@@ -59,6 +59,9 @@ pub struct RunRecord {
     pub trace: Option<TraceabilityRecord>,
     /// What happened, in words.
     pub note: String,
+    /// The outbox entry its result waits in (state `queued`), until the owner answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<u64>,
 }
 
 /// What `btd join --rounds` returns.
@@ -78,18 +81,80 @@ pub struct WorkSummary {
 
 impl WorkContext {
     /// The records of `program`'s rounds (all programs when `None`), oldest first.
+    /// Rounds whose result was queued in the outbox are settled first: the owner's receipt or
+    /// refusal, once it came, is written into the record.
     pub async fn runs(&self, program: Option<ProgramId>) -> Result<Vec<RunRecord>, String> {
         let rows = self
             .store
             .read(move |c| store::load_runs(c, program.as_ref()))
             .await
             .map_err(|e| e.to_string())?;
-        rows.iter()
+        let mut records = rows
+            .iter()
             .map(|r| {
                 serde_json::from_str(r)
                     .map_err(|e| format!("unreadable run record in the database: {e}"))
             })
-            .collect()
+            .collect::<Result<Vec<RunRecord>, String>>()?;
+        for r in records.iter_mut().filter(|r| r.state == RunState::Queued) {
+            self.settle_queued(r).await?;
+        }
+        Ok(records)
+    }
+
+    /// A round whose result waited in the outbox: once the owner answered, the record takes its
+    /// receipt (`submitted`, with the impact read) or its refusal (`unsubmitted`).
+    async fn settle_queued(&self, r: &mut RunRecord) -> Result<(), String> {
+        let Some(id) = r.outbox else {
+            return Ok(());
+        };
+        let outcome = self
+            .store
+            .read(move |c| store::outbox_outcome(c, id))
+            .await
+            .map_err(|e| e.to_string())?;
+        match outcome {
+            Some(store::OutboxOutcome::Delivered(receipt)) => {
+                r.note = format!("sent from the outbox (#{id}) after the round ended");
+                if let (Some(b), Some(value)) = (r.bundle.as_ref(), r.value) {
+                    let impact = ImpactRead::from_receipt(b, &r.metric, value, &receipt);
+                    // The traceability record links the program's decision and the rung too.
+                    let program = self.node.program(r.program).await.ok().flatten();
+                    let linked = program.as_ref().and_then(|p| {
+                        let rung = p.program.rungs.iter().find(|g| g.id == r.packet.rung_id)?;
+                        let decision = p.program.decision();
+                        TraceabilityRecord::link(
+                            &decision,
+                            rung,
+                            &r.packet,
+                            r.approval.as_ref(),
+                            b,
+                            &impact,
+                        )
+                        .ok()
+                    });
+                    if linked.is_none() {
+                        r.note
+                            .push_str("; its traceability record could not be linked");
+                    }
+                    r.trace = linked;
+                    r.impact = Some(impact);
+                }
+                r.state = RunState::Submitted;
+                r.verdict = Some(receipt);
+            }
+            Some(store::OutboxOutcome::Refused(why)) => {
+                r.state = RunState::Unsubmitted;
+                r.note = format!("the owner did not record the result: {why}");
+            }
+            Some(store::OutboxOutcome::Queued) => return Ok(()),
+            None => {
+                r.state = RunState::Unsubmitted;
+                r.note = format!("its outbox entry #{id} is gone; the owner's answer is unknown");
+            }
+        }
+        r.outbox = None;
+        self.persist_run(r).await
     }
 
     /// Stores `record` (replacing the round's earlier state) and writes its `run.json`.

@@ -12,7 +12,7 @@ use btd_protocol::trace::{BundleStatus, ImpactRead, NextAction, ResultBundle, Tr
 use btd_trainer::shell::SlurmRun;
 use tokio::sync::mpsc;
 
-use crate::node::types::NewResult;
+use crate::node::types::{NewResult, Submitted};
 use crate::node::NodeError;
 use crate::store;
 
@@ -21,7 +21,8 @@ use super::{
     run, Loop, Round, RunRecord, RunState, WorkContext, WorkEvent, WorkOptions, WorkSummary,
 };
 
-/// Consecutive failed rounds after which the loop stops (a broken task should not spin).
+/// Consecutive failed rounds after which the loop stops (a broken task should not spin). A round
+/// whose result is left queued in the outbox (owner offline) counts too.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 
 impl Loop {
@@ -194,6 +195,7 @@ impl Loop {
             impact: None,
             trace: None,
             note: String::new(),
+            outbox: None,
         };
         if dispatch.action == Action::HoldPacket {
             record.state = RunState::Held;
@@ -363,8 +365,29 @@ impl Loop {
             code: round_code.map(|c| c.code),
         };
         let program = self.id;
-        let receipt = match self.ctx.node.submit(program, result).await {
-            Ok(r) => r,
+        let receipt = match self
+            .ctx
+            .node
+            // Waits `submit_wait` for the owner, then records the result as queued (the daemon
+            // keeps sending it; `btd runs` shows the receipt once it came).
+            .submit_queued(program, result, self.ctx.node.submit_wait())
+            .await
+        {
+            Ok(Submitted::Receipt(r)) => r,
+            Ok(Submitted::Queued { queued }) => {
+                // Not lost: the outbox sends it when the owner takes it; `btd runs` then shows
+                // the receipt (`WorkContext::runs` settles queued rounds).
+                record.state = RunState::Queued;
+                record.outbox = Some(queued.id);
+                record.note = crate::node::queued_words(&queued);
+                let _ = events
+                    .send(WorkEvent::Queued {
+                        round,
+                        note: record.note.clone(),
+                    })
+                    .await;
+                return self.finish(record, events).await;
+            }
             Err(
                 e @ (NodeError::Refused(_) | NodeError::Unreachable(_) | NodeError::Unavailable(_)),
             ) => {

@@ -337,6 +337,11 @@ fn run_gate(r: &RoundInput<'_>, command: &str, duration_ms: u64) -> GateResult {
 fn check_gate(r: &RoundInput<'_>) -> GateResult {
     let impact = r.impact.map(|i| i.summary.as_str()).unwrap_or_default();
     let (status, command, note) = match r.verdict {
+        None if r.state == RunState::Queued => (
+            GateStatus::Skipped,
+            "the owner's check (result still queued)".to_string(),
+            format!("the result waits in the member's outbox: {}", r.note),
+        ),
         None => (
             GateStatus::Skipped,
             "the owner's check (never submitted)".to_string(),
@@ -393,7 +398,7 @@ fn lifecycle(r: &RoundInput<'_>) -> Lifecycle {
         .map(|i| i.summary.clone())
         .unwrap_or_else(|| r.note.to_string());
     let (workflow, claim, atom) = match (r.state, r.verdict) {
-        (RunState::Running, _) => (
+        (RunState::Running | RunState::Queued, _) => (
             WorkflowState::Draft,
             Some(ClaimStatus::Draft),
             AtomStatus::InProgress,

@@ -15,8 +15,8 @@
 //! | `run` | `run_id` = `btd-<program short>-round-NNNNN`, tool `btd`, `deterministic_input_hash` = `sha256:` + the packet's content digest, start and end of the round |
 //! | gate 1 (`scope_lock`, id = rung) | the dispatch verdict, as ORP's compute wrapper maps it: `run_local`/`run_paid` → `pass`, `hold_packet` → `fail`, `request_paid_approval` → `skipped` (ORP's wrapper says `hold`, which the schema's status set lacks) |
 //! | gate 2 (`custom`, id `run`) | the run: `pass` when its bundle completed, `fail` when it failed or timed out, `error` when the round failed before a bundle, `skipped` when it never ran |
-//! | gate 3 (`verification`, id `owner-check`) | the owner's verdict: `pass` when verified and accepted (or accepted by a program that checks nothing), `fail` when rejected (reason in `evidence_note`), `skipped` while pending or when never submitted |
-//! | `lifecycle` | accepted + verified → `accepted`/`Verified`; rejected or check failed → `blocked`/`Blocked`; check pending → `reviewed`/`In review`; held, failed, cancelled, unsubmitted → `blocked`/`Blocked`; running → `draft`/`Draft` |
+//! | gate 3 (`verification`, id `owner-check`) | the owner's verdict: `pass` when verified and accepted (or accepted by a program that checks nothing), `fail` when rejected (reason in `evidence_note`), `skipped` while pending, queued in the member's outbox or never submitted |
+//! | `lifecycle` | accepted + verified → `accepted`/`Verified`; rejected or check failed → `blocked`/`Blocked`; check pending → `reviewed`/`In review`; held, failed, cancelled, unsubmitted → `blocked`/`Blocked`; running or queued in the member's outbox → `draft`/`Draft` |
 //! | `summary` | `FAIL` if any gate failed or errored, `PASS` if all passed, else `INCONCLUSIVE` |
 //!
 //! The run gate's `exit_code` is the command's exit status when the round's bundle kept one (the

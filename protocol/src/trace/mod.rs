@@ -70,6 +70,9 @@ pub enum RunState {
     Cancelled,
     /// The result ran but the owner did not record it.
     Unsubmitted,
+    /// The result waits in the member's outbox: the owner was rate limiting or unreachable when
+    /// the round ended; the daemon keeps sending it (it becomes `submitted` or `unsubmitted`).
+    Queued,
     /// The owner recorded it.
     Submitted,
 }

@@ -1,0 +1,599 @@
+//! The member's outbox: every submission to an owner goes through it. A result is signed (with a
+//! fresh nonce), stored in SQLite (`store::put_outbox`) and only then acknowledged as queued; it is
+//! sent to the owner paced below the owner's per-peer request budget (a token bucket per owner on
+//! this side), and resent — the same signed request, so the same nonce — after a rate-limit
+//! refusal, a timeout or while the owner is unreachable, with bounded exponential backoff. The owner
+//! counts a nonce once (a resend gets the original receipt, `duplicate: true`). An entry leaves the
+//! queue only with the owner's receipt or a permanent refusal (kept with the owner's words). Queued
+//! entries survive a restart: they are loaded at start and sent again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use btd_protocol::program::ProgramId;
+use btd_protocol::signed::Signed;
+use btd_protocol::trace::Output;
+use btd_protocol::wire::{
+    ErrorCode, KbCall, KbRequest, KbResponse, Submission, SubmitReceipt, CODE_OUTPUT,
+};
+use libp2p::PeerId;
+use rand::{Rng, RngCore};
+use tokio::sync::oneshot;
+
+use super::dispatch::KbTag;
+use super::handle::{Command, NodeError, NodeHandle, Reply};
+use super::types::{NewResult, OutboxList, OutboxView, Submitted};
+use super::{Bucket, Node};
+use crate::store::{self, OutboxOutcome, OutboxRow};
+
+/// First pause before a resend; it doubles with each failed send up to `OutboxParams::retry_max`.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+/// Most sends to one owner awaiting its answer at once.
+const MAX_IN_FLIGHT_PER_OWNER: usize = 16;
+
+/// The outbox's bounds and retry pace (part of [`crate::net::NetParams`]; tests shorten them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxParams {
+    /// Most queued submissions in all.
+    pub max_total: usize,
+    /// Most queued submissions per program.
+    pub max_per_program: usize,
+    /// Longest pause between two sends of one submission.
+    pub retry_max: Duration,
+    /// How long [`NodeHandle::submit`] and the worker loop wait for the owner's answer before they
+    /// report the result as queued (the outbox keeps sending it).
+    pub submit_wait: Duration,
+}
+
+impl Default for OutboxParams {
+    fn default() -> Self {
+        Self {
+            max_total: 10_000,
+            max_per_program: 10_000,
+            retry_max: Duration::from_secs(60),
+            submit_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One queued submission.
+struct Entry {
+    program: ProgramId,
+    owner: PeerId,
+    nonce: [u8; 16],
+    value: f64,
+    rung: String,
+    created_at: btd_protocol::Timestamp,
+    request: KbRequest,
+    /// Stored: only then is it sent.
+    durable: bool,
+    in_flight: bool,
+    attempts: u32,
+    last_error: Option<String>,
+    next_at: Instant,
+    /// The caller waiting for the owner's answer (`btd submit`, the worker loop), if any.
+    waiter: Option<Reply<SubmitReceipt>>,
+}
+
+/// The queue on the node task.
+pub(crate) struct Outbox {
+    entries: BTreeMap<u64, Entry>,
+    last_id: u64,
+    params: OutboxParams,
+    /// This side's pace per owner: half the owner's budget (burst, per second), assuming the
+    /// owner runs btd's limits (this node's own).
+    pace: (f64, f64),
+    buckets: HashMap<PeerId, Bucket>,
+    /// An owner that answered "rate limited" is left alone until then.
+    hold: HashMap<PeerId, Instant>,
+}
+
+impl Outbox {
+    /// An empty outbox pacing below an owner budget of `rate` (burst, per second).
+    pub(crate) fn new(params: OutboxParams, rate: (f64, f64)) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            last_id: 0,
+            params,
+            pace: ((rate.0 / 2.0).max(1.0), (rate.1 / 2.0).max(0.1)),
+            buckets: HashMap::new(),
+            hold: HashMap::new(),
+        }
+    }
+
+    fn view(
+        &self,
+        id: u64,
+        e: &Entry,
+        now: Instant,
+        clock_now: btd_protocol::Timestamp,
+    ) -> OutboxView {
+        OutboxView {
+            id,
+            nonce: hex::encode(e.nonce),
+            program: e.program,
+            value: e.value,
+            rung: e.rung.clone(),
+            attempts: e.attempts,
+            last_error: e.last_error.clone(),
+            next_attempt_secs: (!e.in_flight).then(|| {
+                let at = self
+                    .hold
+                    .get(&e.owner)
+                    .map_or(e.next_at, |h| (*h).max(e.next_at));
+                at.saturating_duration_since(now).as_secs()
+            }),
+            age_secs: clock_now.millis_since(e.created_at) / 1000,
+            refused: None,
+        }
+    }
+}
+
+/// Loads the stored queue at start; each entry is sent again (same request, same nonce).
+pub(super) fn restore(node: &mut Node, rows: Vec<OutboxRow>, last_id: u64) {
+    node.outbox.last_id = last_id;
+    let now = Instant::now();
+    for row in rows {
+        let parsed = btd_protocol::wire::decode::<KbRequest>(&row.request)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let owner: PeerId = row.owner.parse().map_err(|e| format!("owner: {e}"))?;
+                Ok((r, owner))
+            });
+        let (request, owner) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(id = row.id, error = %e, "dropping an unreadable outbox entry");
+                let why = format!("unreadable in the database: {e}");
+                finish(node, row.id, OutboxOutcome::Refused(why));
+                continue;
+            }
+        };
+        node.outbox.entries.insert(
+            row.id,
+            Entry {
+                program: row.program,
+                owner,
+                nonce: row.nonce,
+                value: row.value,
+                rung: row.rung,
+                created_at: row.created_at,
+                request,
+                durable: true,
+                in_flight: false,
+                attempts: 0,
+                last_error: None,
+                next_at: now,
+                waiter: None,
+            },
+        );
+    }
+    if !node.outbox.entries.is_empty() {
+        tracing::info!(
+            queued = node.outbox.entries.len(),
+            "outbox restored; sending again"
+        );
+    }
+}
+
+/// `btd submit` and the worker loop: sign a result, store it in the outbox, answer `queued` once it
+/// is durable, send it; `delivered` gets the owner's receipt or refusal.
+pub(super) fn submit(
+    node: &mut Node,
+    program: ProgramId,
+    result: NewResult,
+    queued: Reply<OutboxView>,
+    delivered: Reply<SubmitReceipt>,
+) {
+    let Some(m) = node.memberships.get(&program).cloned() else {
+        let msg = if node.owners.contains(&program) {
+            "this node owns the program; submit from a member's daemon".to_string()
+        } else {
+            format!("membership required: join program {program} with `btd join` first")
+        };
+        let _ = queued.send(Err(NodeError::Refused(msg)));
+        return;
+    };
+    let p = &node.outbox.params;
+    let of_program = node
+        .outbox
+        .entries
+        .values()
+        .filter(|e| e.program == program)
+        .count();
+    if of_program >= p.max_per_program || node.outbox.entries.len() >= p.max_total {
+        let (n, limit, whose) = if of_program >= p.max_per_program {
+            (
+                of_program,
+                p.max_per_program,
+                format!("for program {program}"),
+            )
+        } else {
+            (node.outbox.entries.len(), p.max_total, "in all".to_string())
+        };
+        let _ = queued.send(Err(NodeError::Refused(format!(
+            "the outbox is full: {n} submissions {whose} wait for their owner (limit {limit}); \
+             `btd outbox` shows why they are not sent (owner offline or rate limiting); submit \
+             again once they have gone"
+        ))));
+        return;
+    }
+    let mut nonce = [0u8; 16];
+    node.rng.fill_bytes(&mut nonce);
+    let mut outputs = result.outputs;
+    let mut result_code = result.code;
+    if let Some(code) = &mut result_code {
+        // Normalised as every reader shows it, before the digest is signed.
+        code.rationale = btd_protocol::wire::sanitize_rationale(&code.rationale);
+        // The signature binds the code: its digest is one of the signed outputs.
+        outputs.retain(|o| o.name != CODE_OUTPUT);
+        outputs.push(Output {
+            name: CODE_OUTPUT.into(),
+            sha256: code.digest(),
+        });
+    }
+    let created_at = node.clock.now();
+    let sub = Submission {
+        program,
+        nonce,
+        value: result.value,
+        rung_id: result.rung_id.clone(),
+        outputs,
+        metrics: result.metrics,
+        hypothesis: result.hypothesis,
+        created_at,
+        claim: result.claim,
+    };
+    if let Err(e) = sub.check(created_at) {
+        let _ = queued.send(Err(NodeError::Refused(e.to_string())));
+        return;
+    }
+    let signed = match Signed::sign(&node.key, &sub) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = queued.send(Err(NodeError::Refused(format!(
+                "cannot sign the submission: {e}"
+            ))));
+            return;
+        }
+    };
+    let request = KbRequest {
+        program,
+        credential: m.credential,
+        call: match result_code {
+            Some(code) => KbCall::SubmitCode {
+                submission: signed,
+                code: Box::new(code),
+            },
+            None => KbCall::Submit(signed),
+        },
+    };
+    let encoded = match btd_protocol::wire::encode(&request) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = queued.send(Err(NodeError::Refused(format!(
+                "the submission cannot be sent: {e}"
+            ))));
+            return;
+        }
+    };
+    node.outbox.last_id += 1;
+    let id = node.outbox.last_id;
+    let row = OutboxRow {
+        id,
+        program,
+        owner: m.owner.to_string(),
+        nonce,
+        value: result.value,
+        rung: result.rung_id.clone(),
+        request: encoded,
+        created_at,
+    };
+    node.outbox.entries.insert(
+        id,
+        Entry {
+            program,
+            owner: m.owner,
+            nonce,
+            value: result.value,
+            rung: result.rung_id,
+            created_at,
+            request,
+            durable: false,
+            in_flight: false,
+            attempts: 0,
+            last_error: None,
+            next_at: Instant::now(),
+            waiter: Some(delivered),
+        },
+    );
+    let store = node.store.clone();
+    node.after(async move {
+        let res = store.write(move |tx| store::put_outbox(tx, &row)).await;
+        move |node: &mut Node| match res {
+            Ok(()) => {
+                let now = Instant::now();
+                let clock_now = node.clock.now();
+                let Some(e) = node.outbox.entries.get_mut(&id) else {
+                    return;
+                };
+                e.durable = true;
+                if let Some(e) = node.outbox.entries.get(&id) {
+                    let _ = queued.send(Ok(node.outbox.view(id, e, now, clock_now)));
+                }
+                pump(node, now);
+            }
+            Err(e) => {
+                node.outbox.entries.remove(&id);
+                let _ = queued.send(Err(NodeError::Unavailable(format!(
+                    "cannot store the submission in the outbox: {e}"
+                ))));
+            }
+        }
+    });
+}
+
+/// Sends what is due, within each owner's pace.
+pub(super) fn pump(node: &mut Node, now: Instant) {
+    let mut in_flight: HashMap<PeerId, usize> = HashMap::new();
+    for e in node.outbox.entries.values().filter(|e| e.in_flight) {
+        *in_flight.entry(e.owner).or_default() += 1;
+    }
+    node.outbox.hold.retain(|_, until| *until > now);
+    let mut due = Vec::new();
+    let mut spent: Vec<PeerId> = Vec::new();
+    for (id, e) in &node.outbox.entries {
+        if !e.durable || e.in_flight || e.next_at > now || spent.contains(&e.owner) {
+            continue;
+        }
+        if node.outbox.hold.contains_key(&e.owner) {
+            continue;
+        }
+        let n = in_flight.entry(e.owner).or_default();
+        if *n >= MAX_IN_FLIGHT_PER_OWNER {
+            continue;
+        }
+        if !super::take_token(&mut node.outbox.buckets, e.owner, node.outbox.pace) {
+            // Out of budget for this owner until the bucket refills.
+            spent.push(e.owner);
+            continue;
+        }
+        *n += 1;
+        due.push((*id, e.owner, e.program));
+    }
+    for (id, owner, program) in due {
+        super::worker::learn_owner_addresses(node, &program);
+        let Some(e) = node.outbox.entries.get_mut(&id) else {
+            continue;
+        };
+        e.in_flight = true;
+        e.attempts = e.attempts.saturating_add(1);
+        let request = e.request.clone();
+        node.net.request_kb(owner, request, KbTag::Submit(id));
+    }
+}
+
+/// A connection to `peer` opened: submissions waiting for it (an owner back online) go now.
+pub(super) fn on_connected(node: &mut Node, peer: PeerId) {
+    let now = Instant::now();
+    let mut woke = false;
+    for e in node.outbox.entries.values_mut() {
+        if e.owner == peer && !e.in_flight && e.next_at > now {
+            e.next_at = now;
+            woke = true;
+        }
+    }
+    if woke {
+        node.outbox.hold.remove(&peer);
+        pump(node, now);
+    }
+}
+
+/// The owner answered a send (or the request failed): done, refused for good, or sent again later.
+pub(super) fn on_answer(node: &mut Node, id: u64, result: Result<KbResponse, String>) {
+    let retry = match result {
+        Ok(KbResponse::Submitted(r)) => {
+            if let Some(e) = node.outbox.entries.remove(&id) {
+                tracing::debug!(
+                    id,
+                    seq = r.seq,
+                    duplicate = r.duplicate,
+                    "outbox entry delivered"
+                );
+                if let Some(w) = e.waiter {
+                    let _ = w.send(Ok(r.clone()));
+                }
+            }
+            finish(node, id, OutboxOutcome::Delivered(r));
+            return pump(node, Instant::now());
+        }
+        Ok(KbResponse::Error(e)) if e.code == ErrorCode::RateLimited => {
+            Retry::RateLimited(format!("the owner is rate limiting: {}", e.message))
+        }
+        Ok(KbResponse::Error(e)) if e.code == ErrorCode::Unavailable => {
+            Retry::Later(format!("the owner could not take it yet: {}", e.message))
+        }
+        Ok(KbResponse::Error(e)) => return refuse(node, id, e.message),
+        Ok(other) => {
+            let kind = format!("{other:?}");
+            let kind: String = kind.chars().take(120).collect();
+            return refuse(node, id, format!("unexpected reply from the owner: {kind}"));
+        }
+        Err(error) => Retry::Later(format!("cannot reach the owner: {error}")),
+    };
+    let now = Instant::now();
+    let retry_max = node.outbox.params.retry_max;
+    let jitter: f64 = node.rng.gen_range(0.75..1.25);
+    let Some(e) = node.outbox.entries.get_mut(&id) else {
+        return;
+    };
+    let doubling = 2u32.saturating_pow(e.attempts.saturating_sub(1).min(16));
+    let pause = RETRY_BASE
+        .saturating_mul(doubling)
+        .min(retry_max)
+        .mul_f64(jitter);
+    e.in_flight = false;
+    e.next_at = now + pause;
+    let owner = e.owner;
+    let why = match retry {
+        Retry::RateLimited(why) => {
+            // Leave this owner alone for a while: every queued send would be refused too.
+            node.outbox.hold.insert(owner, now + pause);
+            why
+        }
+        Retry::Later(why) => why,
+    };
+    tracing::debug!(id, attempts = e.attempts, pause_ms = pause.as_millis() as u64, %why, "outbox entry not delivered; sending again later");
+    e.last_error = Some(why);
+    pump(node, now);
+}
+
+enum Retry {
+    RateLimited(String),
+    Later(String),
+}
+
+/// The owner refused a submission for good: it leaves the queue, kept with the owner's words.
+fn refuse(node: &mut Node, id: u64, why: String) {
+    if let Some(e) = node.outbox.entries.remove(&id) {
+        tracing::warn!(id, program = %e.program, reason = %why, "the owner refused a queued submission");
+        if let Some(w) = e.waiter {
+            let _ = w.send(Err(NodeError::Refused(why.clone())));
+        }
+    }
+    finish(node, id, OutboxOutcome::Refused(why));
+    pump(node, Instant::now());
+}
+
+/// Records an entry's outcome in the store (best effort: a lost write re-sends the entry after a
+/// restart, and the owner answers it with the original receipt).
+fn finish(node: &mut Node, id: u64, outcome: OutboxOutcome) {
+    let store = node.store.clone();
+    let at = node.clock.now();
+    node.after(async move {
+        let res = store
+            .write(move |tx| store::finish_outbox(tx, id, at, &outcome))
+            .await;
+        move |_: &mut Node| {
+            if let Err(e) = res {
+                tracing::warn!(id, error = %e, "cannot record an outbox entry's answer");
+            }
+        }
+    });
+}
+
+/// `btd outbox`: the queue (of `program`, or all), then the newest refusals from the store.
+pub(super) fn list(node: &mut Node, program: Option<ProgramId>, reply: Reply<OutboxList>) {
+    let now = Instant::now();
+    let clock_now = node.clock.now();
+    let queued: Vec<OutboxView> = node
+        .outbox
+        .entries
+        .iter()
+        .filter(|(_, e)| program.is_none_or(|p| p == e.program))
+        .map(|(id, e)| node.outbox.view(*id, e, now, clock_now))
+        .collect();
+    let store = node.store.clone();
+    node.after(async move {
+        let refused = store
+            .read(move |c| store::load_refused(c, program.as_ref()))
+            .await;
+        move |_: &mut Node| {
+            let r = refused
+                .map(|rows| OutboxList {
+                    queued,
+                    refused: rows
+                        .into_iter()
+                        .map(|r| OutboxView {
+                            id: r.row.id,
+                            nonce: hex::encode(r.row.nonce),
+                            program: r.row.program,
+                            value: r.row.value,
+                            rung: r.row.rung,
+                            attempts: 0,
+                            last_error: None,
+                            next_attempt_secs: None,
+                            age_secs: clock_now.millis_since(r.row.created_at) / 1000,
+                            refused: Some(r.reason),
+                        })
+                        .collect(),
+                })
+                .map_err(|e| NodeError::Unavailable(format!("cannot read the outbox: {e}")));
+            let _ = reply.send(r);
+        }
+    });
+}
+
+impl NodeHandle {
+    /// Submits a result through the outbox: returns the owner's receipt when it answers within
+    /// `wait`, else the entry as queued (stored; the daemon keeps sending it). `Duration::ZERO`
+    /// returns once it is stored. A refusal (not a member, outbox full, the owner's permanent
+    /// refusal within `wait`) is an error.
+    pub async fn submit_queued(
+        &self,
+        program: ProgramId,
+        result: NewResult,
+        wait: Duration,
+    ) -> Result<Submitted, NodeError> {
+        let (delivered, answer) = oneshot::channel();
+        let queued = self
+            .try_call(|reply| Command::Submit {
+                program,
+                result,
+                reply,
+                delivered,
+            })
+            .await?;
+        if wait.is_zero() {
+            return Ok(Submitted::Queued { queued });
+        }
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(Ok(receipt))) => return Ok(Submitted::Receipt(receipt)),
+            Ok(Ok(Err(e))) => return Err(e),
+            // Timed out, or the node stopped (the entry is stored: sent after a restart).
+            Ok(Err(_)) | Err(_) => {}
+        }
+        let now = self
+            .outbox(Some(program))
+            .await
+            .ok()
+            .and_then(|l| l.queued.into_iter().find(|v| v.id == queued.id));
+        Ok(Submitted::Queued {
+            queued: now.unwrap_or(queued),
+        })
+    }
+
+    /// Signs a result and sends it to the program's owner through the outbox; returns its receipt.
+    /// When the owner does not answer within [`NodeHandle::submit_wait`] the error says so, and
+    /// the result stays queued: the daemon keeps sending it (`btd outbox`).
+    pub async fn submit(
+        &self,
+        program: ProgramId,
+        result: NewResult,
+    ) -> Result<SubmitReceipt, NodeError> {
+        match self
+            .submit_queued(program, result, self.submit_wait())
+            .await?
+        {
+            Submitted::Receipt(r) => Ok(r),
+            Submitted::Queued { queued } => Err(NodeError::Unreachable(queued_words(&queued))),
+        }
+    }
+
+    /// `btd outbox`: the queued submissions (of `program`, or all) and the newest refusals.
+    pub async fn outbox(&self, program: Option<ProgramId>) -> Result<OutboxList, NodeError> {
+        self.try_call(|reply| Command::Outbox { program, reply })
+            .await
+    }
+}
+
+/// A queued entry in words: where it is and why it waits.
+pub fn queued_words(v: &OutboxView) -> String {
+    let nonce: String = v.nonce.chars().take(8).collect();
+    format!(
+        "the owner has not answered yet ({}); the result is queued in the outbox as #{} (nonce \
+         {nonce}…) and will be sent (`btd outbox`)",
+        v.last_error.as_deref().unwrap_or("sending"),
+        v.id
+    )
+}
