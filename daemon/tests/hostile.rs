@@ -23,33 +23,17 @@ use tokio::sync::mpsc;
 const T: Duration = Duration::from_secs(20);
 
 /// A program whose claims wait for the owner's check (a candle task re-evaluates them).
-const CHECKED_PROGRAM: &str = r#"name = "hostile-test"
-objective = "claims wait for the owner's check"
-baseline = 8.0
-required_outputs = ["checkpoint.safetensors"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "candle"
-preset = "tiny"
-steps = 10
-seed = 3
-eval_tokens = 2048
-[task.dataset]
-kind = "synthetic"
-seed = 5
-bytes = 16384
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#;
+fn checked_program() -> String {
+    btd::testkit::candle_manifest(
+        "hostile-test",
+        "claims wait for the owner's check",
+        &format!(
+            "steps = 10\nseed = 3\neval_tokens = 2048\n{}",
+            btd::testkit::SYNTHETIC_16K
+        ),
+        "",
+    )
+}
 
 /// A program that needs no files on the owner.
 fn shell_program(name: &str) -> String {
@@ -127,11 +111,7 @@ async fn a_poisoned_verdict_reason_is_bounded_and_status_pages_still_fit() {
     )
     .await;
     let member = node(Some(&owner)).await;
-    let program = owner
-        .handle
-        .publish(CHECKED_PROGRAM.to_string())
-        .await
-        .unwrap();
+    let program = owner.handle.publish(checked_program()).await.unwrap();
     wait_known(&member.handle, program, T).await.unwrap();
     join_approved(&owner.handle, &member.handle, program, T)
         .await

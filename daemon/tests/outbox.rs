@@ -61,14 +61,15 @@ async fn start(
 }
 
 /// An owner (on `owner_store`, with `owner_params`) that published a program, and a member (on
-/// `member_store`) that joined it.
+/// `member_store`, with `member`'s parameters) that joined it.
 async fn owner_and_member(
     owner_store: Store,
     owner_params: NetParams,
     member_store: Store,
+    member: NetParams,
 ) -> (TestNode, TestNode, ProgramId) {
     let owner = start(owner_store, None, owner_params, None).await;
-    let member = start(member_store, None, member_params(), Some(&owner)).await;
+    let member = start(member_store, None, member, Some(&owner)).await;
     let program = owner
         .handle
         .publish(btd::testkit::shell_manifest("outbox-test", "approval"))
@@ -136,6 +137,7 @@ async fn a_member_over_the_owners_budget_loses_nothing_and_counts_nothing_twice(
         Store::open_in_memory().unwrap(),
         stingy,
         Store::open_in_memory().unwrap(),
+        member_params(),
     )
     .await;
 
@@ -184,6 +186,7 @@ async fn an_offline_owner_gets_the_queued_result_when_it_returns() {
         owner_store.clone(),
         test_params(false),
         Store::open_in_memory().unwrap(),
+        member_params(),
     )
     .await;
     let owner_key = owner.key.clone();
@@ -241,6 +244,7 @@ async fn a_restarted_member_sends_its_queue_again() {
         owner_store.clone(),
         test_params(false),
         Store::open(&db).unwrap(),
+        member_params(),
     )
     .await;
     let (owner_key, member_key) = (owner.key.clone(), member.key.clone());
@@ -279,6 +283,7 @@ async fn a_refusal_for_good_leaves_the_outbox_with_the_owners_words() {
         Store::open_in_memory().unwrap(),
         test_params(false),
         Store::open_in_memory().unwrap(),
+        member_params(),
     )
     .await;
     owner
@@ -307,21 +312,17 @@ async fn a_refusal_for_good_leaves_the_outbox_with_the_owners_words() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_bound_refuses_beyond_it_in_words() {
     let owner_store = Store::open_in_memory().unwrap();
-    let owner = start(owner_store.clone(), None, test_params(false), None).await;
     let small = params(|p| {
         p.outbox.max_per_program = 3;
         p.outbox.retry_max = Duration::from_millis(500);
     });
-    let member = start(Store::open_in_memory().unwrap(), None, small, Some(&owner)).await;
-    let program = owner
-        .handle
-        .publish(btd::testkit::shell_manifest("outbox-bound", "approval"))
-        .await
-        .unwrap();
-    wait_known(&member.handle, program, T).await.unwrap();
-    join_approved(&owner.handle, &member.handle, program, T)
-        .await
-        .unwrap();
+    let (owner, member, program) = owner_and_member(
+        owner_store.clone(),
+        test_params(false),
+        Store::open_in_memory().unwrap(),
+        small,
+    )
+    .await;
     let owner_key = owner.key.clone();
     owner.stop().await;
     for v in [1.0, 2.0, 3.0] {

@@ -226,33 +226,17 @@ async fn artifacts_move_in_resumable_checked_chunks_only_inside_their_program() 
     }
 }
 
-const HOLDOUT_PROGRAM: &str = r#"name = "holdout-test"
-objective = "lowest val_bpb of the tiny model in 150 steps on a small corpus"
-baseline = 8.0
-required_outputs = ["checkpoint.safetensors"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "candle"
-preset = "tiny"
-steps = 150
-seed = 3
-eval_tokens = 2048
-[task.dataset]
-kind = "synthetic"
-seed = 5
-bytes = 16384
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#;
+fn holdout_program() -> String {
+    btd::testkit::candle_manifest(
+        "holdout-test",
+        "lowest val_bpb of the tiny model in 150 steps on a small corpus",
+        &format!(
+            "steps = 150\nseed = 3\neval_tokens = 2048\n{}",
+            btd::testkit::SYNTHETIC_16K
+        ),
+        "",
+    )
+}
 
 /// One round of the worker loop that waits for the owner's verdict.
 async fn honest_round(work: &Arc<WorkContext>, program: ProgramId) -> RunRecord {
@@ -355,7 +339,7 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
         owner_home.path(),
         Store::open(&db).unwrap(),
         worker_home.path(),
-        HOLDOUT_PROGRAM,
+        &holdout_program(),
         T,
     )
     .await
@@ -530,7 +514,7 @@ async fn a_member_claiming_checkpoints_it_did_not_train_gets_no_credit() {
         dirs[0].path(),
         Store::open_in_memory().unwrap(),
         dirs[1].path(),
-        HOLDOUT_PROGRAM,
+        &holdout_program(),
         T,
     )
     .await

@@ -19,40 +19,21 @@ use prometheus_parse::{Scrape, Value};
 use super::scrape;
 use crate::store::Store;
 use crate::testkit::{
-    join_approved, owner_and_member, score_manifest, spawn_node, wait_for, wait_known, TestNode,
-    TestNodeOptions, LOCAL_CPU_RUNG,
+    candle_manifest, join_approved, owner_and_member, score_manifest, spawn_node, wait_for,
+    wait_known, TestNode, TestNodeOptions, LOCAL_CPU_RUNG, SYNTHETIC_16K,
 };
 
 const T: Duration = Duration::from_secs(30);
 
 /// A candle program: an accepted claim waits for the owner's check (it fetches the checkpoint).
-const CHECKED: &str = r#"name = "metrics-test"
-objective = "claims wait for the owner's check"
-baseline = 8.0
-required_outputs = ["checkpoint.safetensors"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "candle"
-preset = "tiny"
-steps = 10
-seed = 3
-eval_tokens = 2048
-[task.dataset]
-kind = "synthetic"
-seed = 5
-bytes = 16384
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-"#;
+fn checked() -> String {
+    candle_manifest(
+        "metrics-test",
+        "claims wait for the owner's check",
+        &format!("steps = 10\nseed = 3\neval_tokens = 2048\n{SYNTHETIC_16K}"),
+        "",
+    )
+}
 
 /// The scrape of `node`, checked for the OpenMetrics end marker, and parsed.
 async fn scraped(node: &TestNode) -> (String, Parsed) {
@@ -158,7 +139,7 @@ async fn the_owners_scrape_counts_submissions_claims_artifacts_refusals_and_libp
     let owner = node(Some(owner_home.path()), None).await;
     let member = node(Some(member_home.path()), Some(&owner)).await;
     let stranger = node(None, Some(&owner)).await;
-    let program = owner.handle.publish(CHECKED.to_string()).await.unwrap();
+    let program = owner.handle.publish(checked()).await.unwrap();
     wait_known(&member.handle, program, T).await.unwrap();
     join_approved(&owner.handle, &member.handle, program, T)
         .await

@@ -163,6 +163,34 @@ x = {{ min = 2.0, max = 50.0, start = 10.0 }}
     )
 }
 
+/// A candle program on the tiny preset: baseline 8, `val_bpb` minimised, beats-champion, pool 100
+/// OBOL split by impact, one local CPU rung, claims checked by re-evaluation (the default). `task`
+/// is the rest of its `[task]` table (e.g. `steps`, `seed`, `eval_tokens`, then a
+/// `[task.dataset]` table such as [`SYNTHETIC_16K`]); `rest` is appended (`[verify]`, `[stop]`).
+pub fn candle_manifest(name: &str, objective: &str, task: &str, rest: &str) -> String {
+    format!(
+        r#"name = "{name}"
+objective = "{objective}"
+baseline = 8.0
+required_outputs = ["checkpoint.safetensors"]
+[criteria]
+metric = "val_bpb"
+direction = "minimize"
+accept = "beats-champion"
+[reward]
+pool = 100
+token = "OBOL"
+split = "by-impact"
+[task]
+kind = "candle"
+preset = "tiny"
+{task}{LOCAL_CPU_RUNG}{rest}"#
+    )
+}
+
+/// `[task.dataset]` on the built-in synthetic corpus (seed 5, 16 KiB), for [`candle_manifest`].
+pub const SYNTHETIC_16K: &str = "[task.dataset]\nkind = \"synthetic\"\nseed = 5\nbytes = 16384\n";
+
 /// `[[rungs]]` for one local CPU rung, for [`score_manifest`].
 pub const LOCAL_CPU_RUNG: &str =
     "[[rungs]]\nid = \"cpu\"\nspend_class = \"local_unmetered\"\nhardware = \"cpu\"\n";
