@@ -277,10 +277,29 @@ fn the_dashboard_refuses_other_hosts_writes_and_missing_tokens() {
         None,
     );
     assert_eq!(with_cookie.status, 200);
+    let text = &with_cookie.body;
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    // A Prometheus text parser reads it: btd's gauges and libp2p's swarm metrics are there.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(value("btd_programs_owned"), 0.0);
+    assert_eq!(value("btd_programs_known"), 0.0);
     assert!(
-        with_cookie.body.trim_end().ends_with("# EOF"),
-        "{}",
-        with_cookie.body
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("libp2p_")),
+        "no libp2p metrics in:\n{text}"
     );
 }
 
