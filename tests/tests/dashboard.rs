@@ -179,7 +179,22 @@ fn the_program_page_shows_the_research_live_in_a_browser() {
     std::fs::write(&shot, &png).unwrap();
     eprintln!("screenshot: {}", shot.display());
 
-    // The node page lists the program and the member as a peer.
+    // The member's dashboard shows the same, read from the owner over the mesh.
+    b.open(&format!("http://{m_addr}/programs/{id}"));
+    let shown = wait_until("the champion on the member's page", 30, || {
+        b.text("champion-value")
+    });
+    assert_eq!(shown, format!("{champion:.6}"));
+    wait_until("the rejected claim on the member's page", 30, || {
+        (b.text("rejected")? == "1").then_some(())
+    });
+    // An outsider's dashboard says why it shows nothing.
+    b.open(&format!("http://{x_addr}/programs/{id}"));
+    let refused = wait_until("the outsider's page", 30, || b.text("refused"));
+    assert!(refused.contains("btd join"), "{refused}");
+    assert_eq!(b.text("champion-value"), None);
+
+    // The node page lists the program.
     b.open(&format!("http://{o_addr}/"));
     let programs = wait_until("the node page", 30, || b.text("programs"));
     assert!(programs.contains("dashboard-e2e"), "{programs}");

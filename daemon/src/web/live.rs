@@ -59,6 +59,9 @@ pub(super) enum PageError {
 struct Slot {
     at: Option<Instant>,
     page: Option<Snapshot>,
+    /// The KB status the page was built from: while the owner's status is the same, the results
+    /// are too (a new result, a check's outcome or a payout changes it), so the page is kept.
+    status: Option<KbStatus>,
 }
 
 /// One cached page per program (`None`: the node page), each behind its own lock so that a slow
@@ -130,7 +133,22 @@ impl Pages {
                 return Ok(page.clone());
             }
         }
-        let kb = read_kb(&self.node, id, own).await;
+        let status = read_status(&self.node, id).await;
+        // A deadline's progress moves with the clock: such a page is always rebuilt.
+        let timeless = program.program.stop.deadline.is_none();
+        if let (Ok(s), Some(page), true) = (&status, slot.page.clone(), timeless) {
+            if slot.status.as_ref() == Some(s) {
+                slot.at = Some(Instant::now());
+                return Ok(page);
+            }
+        }
+        let kb = match status {
+            Ok(s) => read_items(&self.node, id, own, &s)
+                .await
+                .map(|items| (s, items)),
+            Err(e) => Err(e),
+        };
+        slot.status = kb.as_ref().ok().map(|(s, _)| s.clone());
         let page = ProgramPage::build(&program, kb, self.node.now());
         let snap = Snapshot::of(&page).map_err(PageError::Node)?;
         slot.at = Some(Instant::now());
@@ -139,18 +157,24 @@ impl Pages {
     }
 }
 
-/// The KB's status and newest results: up to [`OWN_WINDOW`] from the own store, or
-/// [`JOINED_WINDOW`] from the owner (one request each).
-async fn read_kb(
+/// The KB's status (the owner's own store, or one request to the owner).
+async fn read_status(node: &NodeHandle, id: ProgramId) -> Result<KbStatus, String> {
+    match node.kb_read(id, KbCall::Status).await {
+        Ok(KbResponse::Status(s)) => Ok(s),
+        Ok(_) => Err("the owner answered something other than a status".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The newest results: up to [`OWN_WINDOW`] from the own store, or [`JOINED_WINDOW`] from the
+/// owner (one request).
+async fn read_items(
     node: &NodeHandle,
     id: ProgramId,
     own: bool,
-) -> Result<(KbStatus, Vec<LedgerItem>), String> {
+    status: &KbStatus,
+) -> Result<Vec<LedgerItem>, String> {
     let words = |e: NodeError| e.to_string();
-    let status = match node.kb_read(id, KbCall::Status).await.map_err(words)? {
-        KbResponse::Status(s) => s,
-        _ => return Err("the owner answered something other than a status".into()),
-    };
     let items = if own {
         let mut items = Vec::new();
         let mut after = status.submissions.saturating_sub(OWN_WINDOW);
@@ -168,7 +192,7 @@ async fn read_kb(
     } else {
         node.ledger_tail(id, JOINED_WINDOW).await.map_err(words)?
     };
-    Ok((status, items))
+    Ok(items)
 }
 
 /// `?program=ID`: the program page's stream; without it, the node page's.
