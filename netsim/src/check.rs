@@ -383,11 +383,7 @@ fn claims_checked(e: &Evidence<'_>) -> Invariant {
     let mut verified = 0;
     for c in &e.rec.claims {
         let label = e.sim.layout.label(c.node);
-        let Some(entry) = usize::try_from(c.seq)
-            .ok()
-            .and_then(|s| s.checked_sub(1))
-            .and_then(|i| kb.entries().get(i))
-        else {
+        let Some(entry) = kb.entry(c.seq) else {
             bad.push(format!(
                 "{label}: claim {} is not in the owner's log",
                 c.seq

@@ -331,12 +331,10 @@ async fn owner_log(
         .read(btd::store::load_snapshot)
         .await
         .map_err(|e| anyhow!("read the owner's log: {e}"))?;
-    let mut rows: Vec<_> = snap
-        .submissions
-        .into_iter()
-        .filter(|r| r.program == program)
-        .collect();
-    rows.sort_by_key(|r| r.entry.seq);
+    let rows = store
+        .read(move |conn| btd::store::load_submissions(conn, program))
+        .await
+        .map_err(|e| anyhow!("read the owner's log: {e}"))?;
     let verdicts = snap
         .verdicts
         .into_iter()

@@ -210,7 +210,18 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             })
             .await?;
         if let Some(r) = runs.iter().find(|r| r.value.is_some()) {
-            let fake = (r.value.unwrap_or(1.0) - 1.0).max(0.01);
+            // Better than the champion by a wide margin, so the owner must check it (a claim no
+            // better than the champion is settled without a check).
+            let status: StatusView = daemons[1]
+                .call(Request::Status {
+                    program: Some(program),
+                })
+                .await?;
+            let best = status
+                .champion
+                .map_or(f64::INFINITY, |c| c.value)
+                .min(r.value.unwrap_or(1.0));
+            let fake = (best - 1.0).max(0.01);
             out!(
                 "{} now submits a doctored claim: its round-{} checkpoint, claimed at val_bpb {fake:.4}",
                 d.name(),

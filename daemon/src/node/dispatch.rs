@@ -157,9 +157,19 @@ impl Node {
                 program,
                 call,
                 reply,
-            } => {
-                let _ = reply.send(self.owners.get(&program).and_then(|o| o.read_own(&call)));
-            }
+            } => match self.owners.get(&program).and_then(|o| o.read_own(&call)) {
+                Some(mut fx) => match fx.read.take() {
+                    Some(read) => owner::complete_read(self, read, fx.reply, move |_, resp| {
+                        let _ = reply.send(Some(resp));
+                    }),
+                    None => {
+                        let _ = reply.send(Some(fx.reply));
+                    }
+                },
+                None => {
+                    let _ = reply.send(None);
+                }
+            },
             Command::Program { program, reply } => {
                 let _ = reply.send(self.known.get(&program).map(|k| k.view.clone()));
             }
@@ -195,9 +205,7 @@ impl Node {
                 request,
                 reply,
             } => self.net.request_blob(peer, request, reply),
-            Command::NextClaims(reply) => {
-                let _ = reply.send(self.owners.next_claims());
-            }
+            Command::NextClaims(reply) => owner::next_claims(self, reply),
             Command::Resolve {
                 program,
                 seq,

@@ -227,6 +227,7 @@ pub(crate) async fn spawn_without_verifier(
         .await
         .map_err(|e| anyhow!("cannot load the database: {e}"))?;
     store.record_commits(cfg.metrics.store_commit());
+    let store_for_restore = store.clone();
     let swarm = build_swarm(cfg.key.clone(), cfg.transport, &cfg.net, &cfg.metrics)?;
     let mut net = Net::new(swarm, cfg.metrics.clone());
     for addr in &cfg.listen {
@@ -285,7 +286,8 @@ pub(crate) async fn spawn_without_verifier(
         #[cfg(feature = "testkit")]
         raw_puts: HashMap::new(),
     };
-    node.restore(snapshot)?;
+    let owned = owner::restore_owned(&store_for_restore, &snapshot, node.clock.now()).await?;
+    node.restore(snapshot, owned)?;
     gossip::subscribe(&mut node)?;
     for addr in cfg.bootstrap {
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
@@ -311,42 +313,30 @@ pub(crate) async fn spawn_without_verifier(
 }
 
 impl Node {
-    fn restore(&mut self, mut snap: Snapshot) -> Result<()> {
+    fn restore(
+        &mut self,
+        mut snap: Snapshot,
+        mut owned: HashMap<ProgramId, btd_protocol::owner::ProgramOwner>,
+    ) -> Result<()> {
         let now = self.clock.now();
         let mut rows = Vec::with_capacity(snap.programs.len());
         // Rows that cannot be read or verified are dropped from the store (unless own).
         let mut unreadable = Vec::new();
         outbox::restore(self, std::mem::take(&mut snap.outbox), snap.outbox_last_id);
         for row in &snap.programs {
-            let signed: Signed<ProgramAnnouncement> = match btd_protocol::wire::decode(
-                &row.announcement,
-            ) {
-                Ok(s) => s,
+            let (signed, view) = match owner::stored_announcement(row, now) {
+                Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(program = %row.id, error = %e, "skipping unreadable stored program");
                     unreadable.push(row.id);
                     continue;
                 }
             };
-            // Stored announcements were verified when received; verify again (never trust disk
-            // more than the mesh), but tolerate old timestamps.
-            let view = match btd_protocol::wire::verify_announcement(
-                &signed,
-                now.plus_secs(1 << 30),
-            ) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(program = %row.id, error = %e, "skipping invalid stored program");
-                    unreadable.push(row.id);
-                    continue;
-                }
-            };
             if row.own {
-                let owned = self
-                    .owners
-                    .restore(&view, signed.clone(), snap.records_of(row.id))
-                    .map_err(|e| anyhow!("{e}"))?;
-                self.owners.insert(owned);
+                let o = owned
+                    .remove(&row.id)
+                    .ok_or_else(|| anyhow!("own program {} was not restored", row.id))?;
+                self.owners.insert(o);
             }
             rows.push((
                 row.id,

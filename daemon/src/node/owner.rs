@@ -8,16 +8,20 @@
 
 use btd_protocol::kb::{Check, Entry, Verdict};
 use btd_protocol::membership::DeviceCode;
-use btd_protocol::owner::{Effects, ProgramOwner, Push, Record};
+use std::collections::HashMap;
+
+use btd_protocol::owner::{Effects, LedgerRead, ProgramOwner, Push, Record};
 use btd_protocol::program::ProgramId;
+use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
     ErrorCode, ErrorReply, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
 };
+use btd_protocol::wire::{ProgramAnnouncement, VerifiedProgram};
 use libp2p::PeerId;
 
 use super::dispatch::MembershipTag;
 use super::handle::{NodeError, Reply};
-use super::types::{MembersView, PendingView, StatusView};
+use super::types::{ClaimJob, MembersView, PendingView, StatusView};
 use super::Node;
 use crate::net::Responder;
 use crate::store;
@@ -47,6 +51,7 @@ fn execute<R: Send + 'static>(
         reply,
         push,
         claims_ready,
+        read: _,
     } = fx;
     if persist.is_empty() && !after_durable {
         send(node, reply);
@@ -143,7 +148,14 @@ pub(super) fn on_kb_request(
     let now = node.clock.now();
     let program = req.program;
     let submitting = matches!(req.call, KbCall::Submit(_) | KbCall::SubmitCode { .. });
-    let fx = node.owners.on_kb(peer, req, now);
+    let mut fx = node.owners.on_kb(peer, req, now);
+    if let Some(read) = fx.read.take() {
+        let fallback = fx.reply;
+        complete_read(node, read, fallback, move |node, resp| {
+            respond_kb(node, channel, resp)
+        });
+        return;
+    }
     match &fx.reply {
         KbResponse::Submitted(r) if !r.duplicate => {
             tracing::info!(program = %program, peer = %peer, seq = r.seq, accepted = r.accepted, check = r.check.label(), "submission");
@@ -171,22 +183,95 @@ pub(super) fn on_kb_request(
     );
 }
 
+/// Completes a ledger read the owner core gated: reads its results' submissions and code from the
+/// store, then `send`s the answer (`fallback`, "unavailable", if the store cannot be read).
+pub(super) fn complete_read(
+    node: &mut Node,
+    read: LedgerRead,
+    fallback: KbResponse,
+    send: impl FnOnce(&mut Node, KbResponse) + Send + 'static,
+) {
+    let store = node.store.clone();
+    node.after(async move {
+        let program = read.program;
+        let stored = match read.seqs() {
+            Some((first, last)) => {
+                store
+                    .read(move |conn| store::load_results(conn, program, first, last))
+                    .await
+            }
+            None => Ok(Default::default()),
+        };
+        let resp = match stored {
+            Ok(mut stored) => read.answer(|seq| stored.remove(&seq)),
+            Err(e) => {
+                tracing::warn!(program = %program, error = %e, "cannot read the ledger");
+                fallback
+            }
+        };
+        Box::new(move |node: &mut Node| send(node, resp))
+    });
+}
+
+/// The announcement of a stored program row, decoded and verified again (stored announcements
+/// were verified when received; never trust disk more than the mesh), tolerating old timestamps.
+pub(super) fn stored_announcement(
+    row: &store::ProgramRow,
+    now: btd_protocol::Timestamp,
+) -> Result<(Signed<ProgramAnnouncement>, VerifiedProgram), String> {
+    let signed: Signed<ProgramAnnouncement> =
+        btd_protocol::wire::decode(&row.announcement).map_err(|e| e.to_string())?;
+    let view = btd_protocol::wire::verify_announcement(&signed, now.plus_secs(1 << 30))
+        .map_err(|e| e.to_string())?;
+    Ok((signed, view))
+}
+
+/// Rebuilds every owned program of `snap` from the store, each in the store's thread (its log is
+/// streamed through the owner core, never held whole). A program whose announcement does not read
+/// is left to [`Node`]'s restore, which drops it.
+pub(super) async fn restore_owned(
+    store: &store::Store,
+    snap: &store::Snapshot,
+    now: btd_protocol::Timestamp,
+) -> anyhow::Result<HashMap<ProgramId, ProgramOwner>> {
+    let mut out = HashMap::new();
+    for row in snap.programs.iter().filter(|r| r.own) {
+        let Ok((signed, view)) = stored_announcement(row, now) else {
+            continue;
+        };
+        let records = snap.records_of(row.id);
+        let id = row.id;
+        let started = std::time::Instant::now();
+        let owned = store
+            .read(move |conn| store::restore_owner(conn, &view, signed, records))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot restore program {id}: {e}"))?;
+        tracing::info!(program = %id, results = owned.kb().len(), ms = started.elapsed().as_millis() as u64, "program restored");
+        out.insert(id, owned);
+    }
+    Ok(out)
+}
+
 /// After a failed write, rebuilds an owned program from what is durable.
 fn reload(node: &mut Node, program: ProgramId) {
     let store = node.store.clone();
+    let Some(k) = node.known.get(&program) else {
+        return;
+    };
+    let (view, signed) = (k.view.clone(), k.signed.clone());
     node.after(async move {
-        let snap = store.read(store::load_snapshot).await;
-        Box::new(move |node: &mut Node| {
-            let (Ok(snap), Some(k)) = (snap, node.known.get(&program)) else {
-                return;
-            };
-            match node
-                .owners
-                .restore(&k.view, k.signed.clone(), snap.records_of(program))
-            {
-                Ok(o) => node.owners.insert(o),
-                Err(e) => tracing::error!(program = %program, error = %e, "cannot reload the KB"),
+        let owned = match store.read(store::load_snapshot).await {
+            Ok(snap) => {
+                let records = snap.records_of(program);
+                store
+                    .read(move |conn| store::restore_owner(conn, &view, signed, records))
+                    .await
             }
+            Err(e) => Err(e),
+        };
+        Box::new(move |node: &mut Node| match owned {
+            Ok(o) => node.owners.insert(o),
+            Err(e) => tracing::error!(program = %program, error = %e, "cannot reload the KB"),
         })
     });
 }
@@ -330,4 +415,42 @@ pub(super) fn resolve(
             let _ = reply.send(r);
         },
     );
+}
+
+/// The oldest claim waiting for a check in each owned program, each with its patch chain read from
+/// the store (a claim whose chain cannot be read is left out: it stays pending, and the reason is
+/// logged).
+pub(super) fn next_claims(node: &mut Node, reply: tokio::sync::oneshot::Sender<Vec<ClaimJob>>) {
+    let claims = node.owners.next_claims();
+    if claims.iter().all(|c| !c.has_code) {
+        let _ = reply.send(claims);
+        return;
+    }
+    let store = node.store.clone();
+    node.after(async move {
+        let mut out = Vec::with_capacity(claims.len());
+        for mut c in claims {
+            if c.has_code {
+                let (program, seq) = (c.program, c.seq);
+                match store
+                    .read(move |conn| store::load_chain(conn, program, seq))
+                    .await
+                {
+                    Ok(Some(chain)) => c.chain = chain,
+                    Ok(None) => {
+                        tracing::error!(program = %program, seq, "a link of the claim's patch chain is missing from the store");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(program = %program, seq, error = %e, "cannot read the claim's patch chain");
+                        continue;
+                    }
+                }
+            }
+            out.push(c);
+        }
+        Box::new(move |_: &mut Node| {
+            let _ = reply.send(out);
+        })
+    });
 }

@@ -83,7 +83,7 @@ pub(crate) fn run(manifest: &Path, submissions: &Path, json: bool) -> Result<(),
         );
     }
     let report = Report {
-        results: kb.entries(),
+        results: &kb.entries(),
         champion: kb.champion().map(|c| ChampionView {
             seq: c.seq,
             worker: &c.worker,

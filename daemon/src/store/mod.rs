@@ -5,6 +5,7 @@
 //! commit), and a write's reply is sent only after its transaction committed with
 //! `synchronous = FULL` in WAL mode: an acknowledged write survives a crash or `kill -9`.
 
+mod kb;
 mod outbox;
 mod schema;
 
@@ -17,6 +18,7 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 pub use btd_protocol::owner::kb_history;
+pub use kb::{load_chain, load_code, load_results, load_submissions, restore_owner};
 pub use outbox::{
     finish_outbox, load_refused, outbox_outcome, put_outbox, OutboxOutcome, OutboxRow, RefusedRow,
 };

@@ -1,6 +1,6 @@
 //! Tables, migrations and row types.
 
-use btd_protocol::kb::{Check, Entry, Verdict};
+use btd_protocol::kb::Verdict;
 use btd_protocol::membership::{Credential, MemberId, MemberRecord, UndecidedCode};
 use btd_protocol::program::ProgramId;
 use btd_protocol::seal::SealPublicKey;
@@ -202,8 +202,6 @@ pub struct Snapshot {
     pub programs: Vec<ProgramRow>,
     /// Members of own programs.
     pub members: Vec<(ProgramId, MemberRecord)>,
-    /// KB entries of own programs (as received), by program then seq.
-    pub submissions: Vec<SubmissionRow>,
     /// Verdicts on claims of own programs, by program then the order they were applied in.
     pub verdicts: Vec<VerdictRow>,
     /// This node's memberships.
@@ -217,8 +215,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The stored event log of the owned program `program`: its members, submissions, verdicts and
-    /// undecided join codes, as the owner core restores from them.
+    /// The stored event log of the owned program `program` but its submissions (read one at a
+    /// time by [`super::restore_owner`]): its members, verdicts and undecided join codes.
     pub fn records_of(&self, program: ProgramId) -> Vec<btd_protocol::owner::Record> {
         use btd_protocol::owner::Record;
         let members = self
@@ -229,12 +227,6 @@ impl Snapshot {
                 program: *p,
                 record: m.clone(),
             });
-        let subs = self
-            .submissions
-            .iter()
-            .filter(|s| s.program == program)
-            .cloned()
-            .map(Record::Submission);
         let verdicts = self
             .verdicts
             .iter()
@@ -250,7 +242,7 @@ impl Snapshot {
                 code: code.clone(),
                 seal_key: *key,
             });
-        members.chain(subs).chain(verdicts).chain(codes).collect()
+        members.chain(verdicts).chain(codes).collect()
     }
 }
 
@@ -569,60 +561,6 @@ pub fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
                 revoked_at: revoked_at.map(ts),
             },
         ));
-    }
-    let mut stmt = conn.prepare(
-        "SELECT program, seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code
-         FROM submissions ORDER BY program, seq",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, f64>(3)?,
-            r.get::<_, bool>(4)?,
-            r.get::<_, bool>(5)?,
-            r.get::<_, f64>(6)?,
-            r.get::<_, Vec<u8>>(7)?,
-            r.get::<_, Vec<u8>>(8)?,
-            r.get::<_, i64>(9)?,
-            r.get::<_, Option<Vec<u8>>>(10)?,
-        ))
-    })?;
-    for row in rows {
-        let (
-            program,
-            seq,
-            worker,
-            value,
-            accepted,
-            champion,
-            impact,
-            nonce,
-            signed,
-            received_at,
-            code,
-        ) = row?;
-        let nonce: [u8; 16] = nonce
-            .try_into()
-            .map_err(|_| StoreError::Corrupt(format!("nonce of submission {seq}")))?;
-        snap.submissions.push(SubmissionRow {
-            program: program_id(&program)?,
-            entry: Entry {
-                seq: u64::try_from(seq).unwrap_or(0),
-                worker,
-                value,
-                accepted,
-                champion,
-                impact,
-                // The check's state is rebuilt by replaying the verdicts.
-                check: Check::NotNeeded,
-            },
-            nonce,
-            signed,
-            code,
-            received_at: ts(received_at),
-        });
     }
     let mut stmt = conn.prepare(
         "SELECT program, seq, after, verdict, decided_at FROM verdicts ORDER BY program, after, seq",

@@ -58,10 +58,14 @@ async fn writes_are_durable_across_reopen_and_failed_jobs_roll_back_alone() {
             .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    let snap = store.read(load).await.unwrap();
-    let seqs: Vec<u64> = snap.submissions.iter().map(|r| r.entry.seq).collect();
+    let program = row(1).program;
+    let rows = store
+        .read(move |c| load_submissions(c, program))
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.entry.seq).collect();
     assert_eq!(seqs, (1..=51).collect::<Vec<_>>());
-    assert_eq!(snap.submissions[6], row(7));
+    assert_eq!(rows[6], row(7));
 }
 
 #[tokio::test]
@@ -200,8 +204,12 @@ async fn a_schema_4_home_gains_the_code_column_and_keeps_its_rows() {
         .write(move |tx| put_submission(tx, &second))
         .await
         .unwrap();
-    let snap = store.read(load).await.unwrap();
-    let codes: Vec<_> = snap.submissions.iter().map(|r| r.code.clone()).collect();
+    let program = row(1).program;
+    let rows = store
+        .read(move |c| load_submissions(c, program))
+        .await
+        .unwrap();
+    let codes: Vec<_> = rows.iter().map(|r| r.code.clone()).collect();
     assert_eq!(codes, vec![None, Some(vec![9, 9])]);
 }
 

@@ -69,16 +69,47 @@ impl<'de> Deserialize<'de> for Payouts {
 /// Only the entries' `worker`, `seq`, `accepted` and `impact` are read. Non-finite or negative
 /// impacts in a hand-made log count as 0 (NaN, negative) or as the largest float (+∞).
 pub fn compute_payouts(rules: &Rules, entries: &[Entry], champion: Option<&Entry>) -> Payouts {
+    payouts_of(
+        rules,
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.accepted)
+            .map(|(pos, e)| Accepted {
+                first: (e.seq, pos),
+                worker: e.worker.as_str(),
+                impact: e.impact,
+            }),
+        champion.map(|c| c.worker.as_str()),
+    )
+}
+
+/// One accepted result as the split reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepted<'a> {
+    /// Its seq and position in the log (remainder ties go to the earlier first result).
+    pub(crate) first: (u64, usize),
+    /// Its worker.
+    pub(crate) worker: &'a str,
+    /// Its impact.
+    pub(crate) impact: f64,
+}
+
+/// [`compute_payouts`] over the accepted results alone (in log order) and the champion's worker.
+pub(crate) fn payouts_of<'a, I>(rules: &Rules, accepted: I, champion: Option<&str>) -> Payouts
+where
+    I: Iterator<Item = Accepted<'a>> + Clone,
+{
     let pool = rules.pool.micros();
     if pool == 0 {
         return Payouts::default();
     }
     match rules.split {
         Split::ChampionTakesAll => match champion {
-            Some(c) => Payouts(BTreeMap::from([(c.worker.clone(), rules.pool)])),
+            Some(c) => Payouts(BTreeMap::from([(c.to_owned(), rules.pool)])),
             None => Payouts::default(),
         },
-        Split::ByImpact => by_impact(rules, entries, pool),
+        Split::ByImpact => by_impact(rules, accepted, pool),
     }
 }
 
@@ -98,9 +129,13 @@ struct Share<'a> {
     score: f64,
 }
 
-fn by_impact(rules: &Rules, entries: &[Entry], pool: u64) -> Payouts {
-    let accepted = || entries.iter().enumerate().filter(|(_, e)| e.accepted);
-    let max_impact = accepted().fold(0.0f64, |m, (_, e)| m.max(sanitize(e.impact)));
+fn by_impact<'a, I>(rules: &Rules, accepted: I, pool: u64) -> Payouts
+where
+    I: Iterator<Item = Accepted<'a>> + Clone,
+{
+    let max_impact = accepted
+        .clone()
+        .fold(0.0f64, |m, e| m.max(sanitize(e.impact)));
     if max_impact <= 0.0 {
         return Payouts::default();
     }
@@ -108,14 +143,14 @@ fn by_impact(rules: &Rules, entries: &[Entry], pool: u64) -> Payouts {
 
     // Impacts are scaled by the largest one, so each term is in [0, 1] and no sum can overflow.
     let mut by_worker: BTreeMap<&str, Share<'_>> = BTreeMap::new();
-    for (pos, e) in accepted() {
+    for e in accepted {
         let x = sanitize(e.impact) / max_impact;
-        let s = by_worker.entry(e.worker.as_str()).or_insert(Share {
-            worker: e.worker.as_str(),
-            first: (e.seq, pos),
+        let s = by_worker.entry(e.worker).or_insert(Share {
+            worker: e.worker,
+            first: e.first,
             score: 0.0,
         });
-        s.first = s.first.min((e.seq, pos));
+        s.first = s.first.min(e.first);
         s.score = if sum_impacts {
             s.score + x
         } else {

@@ -2,10 +2,10 @@
 
 use libp2p_identity::PeerId;
 
-use super::ledger::MAX_CODE_BYTES_PER_MEMBER;
+use super::ledger::{CodeLink, LedgerRead, LedgerReadKind, MAX_CODE_BYTES_PER_MEMBER};
 use super::{
-    err, Effects, ProgramOwner, Record, SubmissionRecord, MAX_PENDING_PER_MEMBER,
-    MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW, SUBMISSION_WINDOW_SECS,
+    digest_key, err, nonce_key, Effects, ProgramOwner, Record, SubmissionRecord,
+    MAX_PENDING_PER_MEMBER, MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW, SUBMISSION_WINDOW_SECS,
 };
 use crate::kb::{Check, Direction, Entry, Kb, Verdict};
 use crate::membership::{AuthError, MemberId};
@@ -13,8 +13,8 @@ use crate::patch::Editable;
 use crate::program::{Task, VerifyMode};
 use crate::signed::Signed;
 use crate::wire::{
-    ChampionView, CodeHypothesis, CodeView, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus,
-    Submission, SubmitReceipt, CODE_OUTPUT,
+    ChampionView, CodeHypothesis, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission,
+    SubmitReceipt, CODE_OUTPUT,
 };
 use crate::Timestamp;
 
@@ -32,6 +32,9 @@ pub struct ClaimToCheck {
     /// The share of the pool the worker would hold if this claim verified (0–1); computed only
     /// when the program re-trains large claims (`verify.retrain_share`), else 0.
     pub share_if_verified: f64,
+    /// Whether the claim carries code: the daemon then reads its [`crate::owner::code_chain`]
+    /// from the store into `chain` before the verifier sees it.
+    pub has_code: bool,
     /// The code hypotheses from the bundle to this claim, root first, the claim's own last (empty
     /// when the claim carries no code): applying their patches in order rebuilds its tree.
     pub chain: Vec<CodeHypothesis>,
@@ -77,11 +80,7 @@ impl ProgramOwner {
                     .map(|(entry, submission)| Box::new(ChampionView { entry, submission })),
             ),
             KbCall::Results { after_seq, limit } => {
-                let (entries, more) = page(
-                    self.kb.entries(),
-                    after_seq,
-                    usize::try_from(limit).unwrap_or(0),
-                );
+                let (entries, more) = self.kb.page(after_seq, usize::try_from(limit).unwrap_or(0));
                 KbResponse::Results { entries, more }
             }
             KbCall::Status => KbResponse::Status(self.kb_status()),
@@ -89,52 +88,66 @@ impl ProgramOwner {
             KbCall::SubmitCode { submission, code } => {
                 return self.submit(peer, &member, submission, Some(*code), now)
             }
-            KbCall::Ledger { .. } | KbCall::LedgerTail { .. } | KbCall::Code { .. } => self
-                .read_own(&call)
-                .unwrap_or_else(|| KbResponse::Error(err(ErrorCode::Invalid, "not a ledger read"))),
+            KbCall::Ledger { .. } | KbCall::LedgerTail { .. } | KbCall::Code { .. } => {
+                return self.read_own(&call).unwrap_or_else(|| {
+                    Effects::reply(KbResponse::Error(err(
+                        ErrorCode::Invalid,
+                        "not a ledger read",
+                    )))
+                })
+            }
         })
     }
 
     /// The owner's own read of its ledger and status (`btd ledger`, `btd checkout`, the
     /// dashboard on the owner's daemon): `KbCall::Ledger`, `KbCall::LedgerTail`, `KbCall::Code`
     /// and `KbCall::Status` without a credential (members reach the same answers through
-    /// [`ProgramOwner::on_kb`]); `None` for any other call.
-    pub fn read_own(&self, call: &KbCall) -> Option<KbResponse> {
+    /// [`ProgramOwner::on_kb`]); `None` for any other call. A ledger read comes back as
+    /// [`Effects::read`]: the entries from memory, to complete from the store.
+    pub fn read_own(&self, call: &KbCall) -> Option<Effects<KbResponse>> {
         if let Err(e) = call.check() {
-            return Some(KbResponse::Error(err(ErrorCode::Invalid, e.to_string())));
+            return Some(Effects::reply(KbResponse::Error(err(
+                ErrorCode::Invalid,
+                e.to_string(),
+            ))));
         }
+        let read = |entries: Vec<Entry>, kind: LedgerReadKind| Effects {
+            read: Some(LedgerRead {
+                program: self.id,
+                entries,
+                kind,
+            }),
+            ..Effects::reply(KbResponse::Error(err(
+                ErrorCode::Unavailable,
+                "the owner could not read its ledger; retry later",
+            )))
+        };
         match call {
             KbCall::Ledger { after_seq, limit } => {
-                let (items, more) = self.ledger.page(
-                    self.kb.entries(),
-                    *after_seq,
-                    usize::try_from(*limit).unwrap_or(0),
-                );
-                Some(KbResponse::Ledger { items, more })
+                let (entries, more) = self
+                    .kb
+                    .page(*after_seq, usize::try_from(*limit).unwrap_or(0));
+                Some(read(entries, LedgerReadKind::Page { more }))
             }
             KbCall::LedgerTail { limit } => {
-                let n = self.kb.entries().len();
+                // The newest results: nothing follows them.
                 let limit = usize::try_from(*limit).unwrap_or(0);
-                let (items, more) =
-                    self.ledger
-                        .page(self.kb.entries(), n.saturating_sub(limit) as u64, limit);
-                Some(KbResponse::Ledger { items, more })
+                Some(read(
+                    self.kb.tail(limit),
+                    LedgerReadKind::Page { more: false },
+                ))
             }
-            KbCall::Code { seq } => Some(KbResponse::Code(self.code_view(*seq))),
-            KbCall::Status => Some(KbResponse::Status(self.kb_status())),
+            KbCall::Code { seq } => {
+                let entries = if self.ledger.has_code(*seq) {
+                    self.kb.entry(*seq).into_iter().collect()
+                } else {
+                    Vec::new()
+                };
+                Some(read(entries, LedgerReadKind::Code))
+            }
+            KbCall::Status => Some(Effects::reply(KbResponse::Status(self.kb_status()))),
             _ => None,
         }
-    }
-
-    /// Result `seq`'s code hypothesis with its entry.
-    fn code_view(&self, seq: u64) -> Option<Box<CodeView>> {
-        let code = self.ledger.code(seq)?.clone();
-        let entry = self
-            .kb
-            .entries()
-            .get(usize::try_from(seq).ok()?.checked_sub(1)?)?
-            .clone();
-        Some(Box::new(CodeView { entry, code }))
     }
 
     /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
@@ -164,8 +177,12 @@ impl ProgramOwner {
         if let Err(e) = sub.check(now) {
             return invalid(e.to_string());
         }
-        let key = (member.to_string(), sub.nonce);
-        if let Some(seq) = self.nonces.get(&key).copied() {
+        let worker = self.kb.worker_index(member.as_str());
+        let retry = worker.and_then(|w| {
+            let seq = *self.nonces.get(&nonce_key(w, &sub.nonce))?;
+            (self.kb.worker_of(seq) == Some(w)).then_some(seq)
+        });
+        if let Some(seq) = retry {
             // A retry: the original receipt, once the original entry is durable.
             return match self.receipt(seq, true) {
                 Some(r) => Effects {
@@ -188,8 +205,8 @@ impl ProgramOwner {
         if let Some(c) = &sub.claim {
             if self
                 .claimed
-                .get(&c.checkpoint)
-                .is_some_and(|first| first != member.as_str())
+                .get(&digest_key(&c.checkpoint))
+                .is_some_and(|first| Some(*first) != worker)
             {
                 return invalid(format!(
                     "checkpoint {} was already claimed by another member: the same bytes count \
@@ -201,8 +218,8 @@ impl ProgramOwner {
         }
         let waiting = self
             .kb
-            .pending()
-            .filter(|e| e.worker == member.as_str())
+            .pending_workers()
+            .filter(|w| *w == member.as_str())
             .count();
         if waiting >= MAX_PENDING_PER_MEMBER {
             return Effects::reply(KbResponse::Error(err(
@@ -247,17 +264,23 @@ impl ProgramOwner {
             Err(e) => return invalid(format!("the code hypothesis cannot be stored: {e}")),
         };
         let entry = match self.kb.submit(member.as_str(), sub.value) {
-            Ok(e) => e.clone(),
+            Ok(e) => e,
             Err(e) => return invalid(e.to_string()),
         };
-        self.ledger.record(entry.seq, member.as_str(), &sub, code);
-        self.nonces.insert(key, entry.seq);
-        self.note_submission(member.as_str(), now);
-        if let Some(c) = &sub.claim {
-            self.claimed
-                .entry(c.checkpoint)
-                .or_insert_with(|| member.to_string());
+        self.ledger.record(
+            entry.seq,
+            member.as_str(),
+            code.as_ref().map(CodeLink::of).as_ref(),
+        );
+        if let Some(w) = self.kb.worker_index(member.as_str()) {
+            self.nonces
+                .entry(nonce_key(w, &sub.nonce))
+                .or_insert(entry.seq);
+            if let Some(c) = &sub.claim {
+                self.claimed.entry(digest_key(&c.checkpoint)).or_insert(w);
+            }
         }
+        self.note_submission(member.as_str(), now);
         if entry.champion {
             self.champion = Some(signed.clone());
         }
@@ -289,10 +312,7 @@ impl ProgramOwner {
 
     /// The receipt of the entry `seq`.
     fn receipt(&self, seq: u64, duplicate: bool) -> Option<SubmitReceipt> {
-        let e = self
-            .kb
-            .entries()
-            .get(usize::try_from(seq).ok()?.checked_sub(1)?)?;
+        let e = self.kb.entry(seq)?;
         Some(SubmitReceipt {
             seq: e.seq,
             accepted: e.accepted,
@@ -328,12 +348,10 @@ impl ProgramOwner {
             .map(|m| m.member.as_str())
             .collect();
         self.kb
-            .entries()
-            .iter()
-            .filter(|e| {
-                !matches!(e.check, Check::Failed(_)) && !revoked.contains(e.worker.as_str())
-            })
-            .count() as u64
+            .tallies()
+            .filter(|(w, _, _)| !revoked.contains(w))
+            .map(|(_, submitted, failed)| submitted.saturating_sub(failed))
+            .sum()
     }
 
     /// Why the program takes no more submissions, if it does not: the submission cap (counted by
@@ -376,14 +394,14 @@ impl ProgramOwner {
         } else {
             0.0
         };
-        let chain = self.ledger.chain(entry.seq)?;
         Some(ClaimToCheck {
             program: self.id,
             seq: entry.seq,
             worker,
             submission,
             share_if_verified,
-            chain,
+            has_code: self.ledger.has_code(entry.seq),
+            chain: Vec::new(),
         })
     }
 
@@ -436,14 +454,12 @@ impl ProgramOwner {
                 }
             }
         }
-        self.ledger
-            .check_parent(code, self.kb.entries().len() as u64 + 1)
+        self.ledger.check_parent(code, self.kb.next_seq())
     }
 
     /// The program's status as members read it.
     pub fn kb_status(&self) -> KbStatus {
-        let entries = self.kb.entries();
-        let count = |f: fn(&Check) -> bool| entries.iter().filter(|e| f(&e.check)).count() as u64;
+        let counts = self.kb.counts();
         KbStatus {
             program: self.id,
             name: self.program.name.clone(),
@@ -452,11 +468,11 @@ impl ProgramOwner {
                 .members()
                 .filter(|m| m.revoked_at.is_none())
                 .count() as u64,
-            submissions: entries.len() as u64,
-            accepted: entries.iter().filter(|e| e.accepted).count() as u64,
-            pending: count(|c| *c == Check::Pending),
-            verified: count(|c| *c == Check::Verified),
-            rejected: count(|c| matches!(c, Check::Failed(_))),
+            submissions: counts.submissions,
+            accepted: counts.accepted,
+            pending: counts.pending,
+            verified: counts.verified,
+            rejected: counts.rejected,
             champion: self.kb.champion().cloned(),
             payouts: self.kb.payouts(),
             pool: self.program.reward.pool,
@@ -466,9 +482,7 @@ impl ProgramOwner {
 
     /// The latest `limit` results, oldest first.
     pub fn recent_results(&self, limit: usize) -> Vec<Entry> {
-        let entries = self.kb.entries();
-        let start = entries.len().saturating_sub(limit);
-        entries.get(start..).map(<[_]>::to_vec).unwrap_or_default()
+        self.kb.tail(limit)
     }
 
     /// Whether `peer`, presenting `credential`, may fetch the artifact `digest` from the owner: a
@@ -508,21 +522,6 @@ impl ProgramOwner {
         }
         Ok(())
     }
-}
-
-/// Results after `after_seq`, at most `limit`, and whether more follow.
-pub(crate) fn page(entries: &[Entry], after_seq: u64, limit: usize) -> (Vec<Entry>, bool) {
-    let start = usize::try_from(after_seq)
-        .unwrap_or(usize::MAX)
-        .min(entries.len());
-    let end = start.saturating_add(limit).min(entries.len());
-    (
-        entries
-            .get(start..end)
-            .map(<[Entry]>::to_vec)
-            .unwrap_or_default(),
-        end < entries.len(),
-    )
 }
 
 /// The share of the pool (0–1) `worker` would hold if the pending claim `seq` verified.

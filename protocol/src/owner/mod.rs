@@ -12,7 +12,7 @@
 //! | submissions: signed by the sender, for this program, fresh; a verifying program needs a claim; a checkpoint another member claimed first is refused; at most [`MAX_PENDING_PER_MEMBER`] waiting per member; stop conditions; nonce idempotency | [`ProgramOwner::on_kb`] (`KbCall::Submit`) |
 //! | claims: oldest first, share-if-verified for re-training, verdicts | [`ProgramOwner::next_claim`], [`ProgramOwner::on_verdict`] |
 //! | paid compute: approve only the program's own packets, pre-approved rungs, bounded book | [`ProgramOwner::on_approval`], [`ProgramOwner::decide_spend`] |
-//! | restart: the same state from the stored event log | [`ProgramOwner::restore`] |
+//! | restart: the same state from the stored event log, streamed | [`ProgramOwner::restore_from`] ([`ProgramOwner::restore`] for a log in memory) |
 //!
 //! Methods take the input plus `now` (and an RNG where a rule draws randomness) and return
 //! [`Effects`]: the records to make durable, then the reply and the grants to push. The daemon
@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use libp2p_identity::PeerId;
 
-use crate::kb::{Kb, Verdict};
+use crate::kb::{Kb, LogEvent, Verdict};
 use crate::membership::{DeviceCode, MemberRecord, Registry, RestoreError};
 use crate::program::{Program, ProgramId};
 use crate::seal::SealPublicKey;
@@ -43,9 +43,12 @@ use crate::wire::{ErrorCode, ErrorReply, GrantDelivery, ProgramAnnouncement, Sub
 use crate::{Digest, Timestamp};
 
 pub use kb::ClaimToCheck;
-pub use ledger::{MAX_CHAIN_DEPTH, MAX_CODE_BYTES_PER_MEMBER};
+pub use ledger::{
+    code_chain, CodeLink, LedgerRead, LedgerReadKind, StoredResult, MAX_CHAIN_DEPTH,
+    MAX_CODE_BYTES_PER_MEMBER,
+};
 pub use owners::{Owners, Published};
-pub use records::{kb_history, Record, SubmissionRecord, VerdictRecord};
+pub use records::{kb_history, Record, StoredSubmission, SubmissionRecord, VerdictRecord};
 pub use spend::{
     SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS, SPEND_IDLE_SECS,
 };
@@ -82,6 +85,9 @@ pub struct Effects<R> {
     pub push: Vec<Push>,
     /// A claim became pending: the verifier has work.
     pub claims_ready: bool,
+    /// A ledger read to complete from the store: the reply is its [`LedgerRead::answer`] (and
+    /// `reply` only if the store cannot be read).
+    pub read: Option<LedgerRead>,
 }
 
 impl<R> Effects<R> {
@@ -93,6 +99,7 @@ impl<R> Effects<R> {
             reply,
             push: Vec::new(),
             claims_ready: false,
+            read: None,
         }
     }
 
@@ -117,6 +124,7 @@ impl<R> Effects<R> {
             reply: f(self.reply),
             push: self.push,
             claims_ready: self.claims_ready,
+            read: self.read,
         }
     }
 }
@@ -191,6 +199,26 @@ pub enum OwnerRestoreError {
     },
 }
 
+/// The nonce index's key for `nonce` of the member with KB index `worker`: a 64-bit SipHash
+/// fingerprint (16 bytes per result in memory instead of the member id and nonce). A hit is
+/// taken as a retry only when the stored result's member is the sender, so a false hit needs two
+/// of one member's own random nonces to collide (about 2^-64 per pair).
+pub(crate) fn nonce_key(worker: u32, nonce: &[u8; 16]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write_u32(worker);
+    h.write(nonce);
+    h.finish()
+}
+
+/// The claimed-checkpoint index's key: the digest's first 8 bytes (a SHA-256 digest is uniform;
+/// a collision refuses a claim with words saying why, it never accepts one).
+pub(crate) fn digest_key(d: &Digest) -> u64 {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d.as_bytes()[..8]);
+    u64::from_le_bytes(k)
+}
+
 /// The owner of one program: its rules and all the state they need.
 pub struct ProgramOwner {
     id: ProgramId,
@@ -199,8 +227,9 @@ pub struct ProgramOwner {
     announcement: Signed<ProgramAnnouncement>,
     registry: Registry,
     kb: Kb,
-    /// (member, nonce) → seq: a retried submission gets its original receipt.
-    nonces: HashMap<(String, [u8; 16]), u64>,
+    /// Fingerprint of (member, nonce) → seq: a retried submission gets its original receipt
+    /// ([`nonce_key`]; the seq's member is compared too).
+    nonces: HashMap<u64, u64>,
     /// Device code → (requesting peer, its sealing key, expiry): to seal and push the grant.
     seal_keys: HashMap<DeviceCode, (PeerId, SealPublicKey, Timestamp)>,
     /// Grants handed out (pushed and not acknowledged, or answered to a poll) until their code's
@@ -212,9 +241,10 @@ pub struct ProgramOwner {
     champion: Option<Signed<Submission>>,
     /// The signed submissions of the claims waiting for the owner's check, by seq.
     claims: BTreeMap<u64, Signed<Submission>>,
-    /// Checkpoint digest → the member that first claimed it: every member can read the champion's
-    /// claim, so a digest is one member's to claim.
-    claimed: HashMap<Digest, String>,
+    /// Checkpoint digest's fingerprint ([`digest_key`]) → the member (its index in the KB) that
+    /// first claimed it: every member can read the champion's claim, so a digest is one member's
+    /// to claim.
+    claimed: HashMap<u64, u32>,
     /// Member → receipt times of its latest stored submissions (at most
     /// [`MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW`], oldest first): the per-member quota.
     recent: HashMap<String, VecDeque<Timestamp>>,
@@ -229,7 +259,7 @@ impl std::fmt::Debug for ProgramOwner {
         f.debug_struct("ProgramOwner")
             .field("id", &self.id)
             .field("program", &self.program.name)
-            .field("entries", &self.kb.entries().len())
+            .field("entries", &self.kb.len())
             .field("pending", &self.claims.len())
             .finish_non_exhaustive()
     }
@@ -276,13 +306,8 @@ impl ProgramOwner {
         })
     }
 
-    /// Rebuilds a program from its stored event log: member records (the latest per member wins),
-    /// submissions (in seq order, gap-free) and verdicts (in the order they were stored). The
-    /// submissions and verdicts are replayed through the KB rules in the order they happened, so the
-    /// result is the state the owner had when the last record became durable; the index of claimed
-    /// checkpoints comes back from the stored signed submissions; undecided join requests come
-    /// back from their [`Record::JoinCode`]s. Approved grants not yet delivered and spend requests
-    /// are not durable and start empty.
+    /// Rebuilds a program from its stored event log held in memory (tests, offline tools):
+    /// [`ProgramOwner::restore_from`] with the submissions taken out of `log`.
     pub fn restore(
         id: ProgramId,
         owner: PeerId,
@@ -290,18 +315,58 @@ impl ProgramOwner {
         announcement: Signed<ProgramAnnouncement>,
         log: impl IntoIterator<Item = Record>,
     ) -> Result<ProgramOwner, OwnerRestoreError> {
+        let mut records = Vec::new();
+        let mut subs: Vec<SubmissionRecord> = Vec::new();
+        for r in log {
+            match r {
+                Record::Submission(s) if s.program == id => subs.push(s),
+                r => records.push(r),
+            }
+        }
+        subs.sort_by_key(|s| s.entry.seq);
+        let signed: HashMap<u64, Vec<u8>> = subs
+            .iter()
+            .map(|s| (s.entry.seq, s.signed.clone()))
+            .collect();
+        let results = subs.iter().map(|s| {
+            StoredSubmission::of(s).map_err(|detail| OwnerRestoreError::Submission {
+                program: id,
+                seq: s.entry.seq,
+                detail,
+            })
+        });
+        ProgramOwner::restore_from(id, owner, program, announcement, records, results, |seq| {
+            signed.get(&seq).cloned()
+        })
+    }
+
+    /// Rebuilds a program from its stored event log: member records (the latest per member wins),
+    /// undecided join codes and verdicts (in the order they were stored) in `records`, and the
+    /// submissions streamed in seq order (gap-free) in `results`; `signed(seq)` reads one stored
+    /// signed submission (those of the champion and of the pending claims, the only ones kept in
+    /// memory). The submissions and verdicts are replayed through the KB rules in the order they
+    /// happened, so the result is the state the owner had when the last record became durable.
+    /// No stored signature is checked again (each was checked when it was received). Approved
+    /// grants not yet delivered and spend requests are not durable and start empty.
+    pub fn restore_from(
+        id: ProgramId,
+        owner: PeerId,
+        program: Program,
+        announcement: Signed<ProgramAnnouncement>,
+        records: impl IntoIterator<Item = Record>,
+        results: impl IntoIterator<Item = Result<StoredSubmission, OwnerRestoreError>>,
+        mut signed: impl FnMut(u64) -> Option<Vec<u8>>,
+    ) -> Result<ProgramOwner, OwnerRestoreError> {
         let mut o = ProgramOwner::new(id, owner, program, announcement)?;
         let mut members: BTreeMap<String, MemberRecord> = BTreeMap::new();
-        let mut subs: Vec<SubmissionRecord> = Vec::new();
         let mut verdicts: Vec<VerdictRecord> = Vec::new();
         let mut codes: BTreeMap<DeviceCode, (crate::membership::UndecidedCode, SealPublicKey)> =
             BTreeMap::new();
-        for record in log {
+        for record in records {
             match record {
                 Record::Member { program, record } if program == id => {
                     members.insert(record.member.to_string(), record);
                 }
-                Record::Submission(s) if s.program == id => subs.push(s),
                 Record::Verdict(v) if v.program == id => verdicts.push(v),
                 Record::JoinCode {
                     program,
@@ -337,8 +402,13 @@ impl ProgramOwner {
                 }
             }
         }
-        subs.sort_by_key(|s| s.entry.seq);
-        for (i, row) in subs.iter().enumerate() {
+        let replay = |detail: String| OwnerRestoreError::Replay {
+            program: id,
+            detail,
+        };
+        let mut verdicts = verdicts.iter().peekable();
+        for (i, row) in results.into_iter().enumerate() {
+            let row = row?;
             let position = i as u64 + 1;
             if row.entry.seq != position {
                 return Err(OwnerRestoreError::OutOfSequence {
@@ -347,59 +417,53 @@ impl ProgramOwner {
                     position,
                 });
             }
-            o.nonces
-                .insert((row.entry.worker.clone(), row.nonce), row.entry.seq);
-            o.note_submission(&row.entry.worker, row.received_at);
-            let sub = crate::wire::decode::<Signed<Submission>>(&row.signed)
-                .map_err(|e| e.to_string())
-                .and_then(|s| s.verify().map_err(|e| e.to_string()))
-                .map_err(|detail| OwnerRestoreError::Submission {
-                    program: id,
-                    seq: row.entry.seq,
-                    detail,
-                })?;
-            if let Some(c) = &sub.value.claim {
-                o.claimed
-                    .entry(c.checkpoint)
-                    .or_insert_with(|| row.entry.worker.clone());
+            while let Some(v) = verdicts.next_if(|v| v.after < row.entry.seq) {
+                o.kb.apply(LogEvent::Resolve {
+                    seq: v.seq,
+                    verdict: &v.verdict,
+                })
+                .map_err(|e| replay(e.to_string()))?;
             }
-            let code = row
-                .code
-                .as_deref()
-                .map(crate::wire::decode::<crate::wire::CodeHypothesis>)
-                .transpose()
-                .map_err(|e| OwnerRestoreError::Submission {
-                    program: id,
-                    seq: row.entry.seq,
-                    detail: format!("its code hypothesis: {e}"),
-                })?;
+            o.kb.apply(LogEvent::Submit {
+                worker: &row.entry.worker,
+                value: row.entry.value,
+            })
+            .map_err(|e| replay(e.to_string()))?;
+            let worker = o.kb.worker_index(&row.entry.worker);
+            if let Some(w) = worker {
+                o.nonces
+                    .entry(nonce_key(w, &row.nonce))
+                    .or_insert(row.entry.seq);
+                if let Some(c) = &row.checkpoint {
+                    o.claimed.entry(digest_key(c)).or_insert(w);
+                }
+            }
+            o.note_submission(&row.entry.worker, row.received_at);
             o.ledger
-                .record(row.entry.seq, &row.entry.worker, &sub.value, code);
+                .record(row.entry.seq, &row.entry.worker, row.code.as_ref());
         }
-        o.kb =
-            o.kb.replay_events(kb_history(&subs, &verdicts))
-                .map_err(|e| OwnerRestoreError::Replay {
-                    program: id,
-                    detail: e.to_string(),
-                })?;
-        let signed = |seq: u64| -> Result<Signed<Submission>, OwnerRestoreError> {
+        for v in verdicts {
+            o.kb.apply(LogEvent::Resolve {
+                seq: v.seq,
+                verdict: &v.verdict,
+            })
+            .map_err(|e| replay(e.to_string()))?;
+        }
+        let mut signed = |seq: u64| -> Result<Signed<Submission>, OwnerRestoreError> {
             let missing = |detail: String| OwnerRestoreError::Submission {
                 program: id,
                 seq,
                 detail,
             };
-            let row = usize::try_from(seq)
-                .ok()
-                .and_then(|s| s.checked_sub(1))
-                .and_then(|i| subs.get(i))
-                .ok_or_else(|| missing("missing".into()))?;
-            crate::wire::decode(&row.signed).map_err(|e| missing(e.to_string()))
+            let bytes = signed(seq).ok_or_else(|| missing("missing".into()))?;
+            crate::wire::decode(&bytes).map_err(|e| missing(e.to_string()))
         };
         o.champion = o.kb.champion().map(|c| signed(c.seq)).transpose()?;
-        o.claims =
-            o.kb.pending()
-                .map(|e| Ok((e.seq, signed(e.seq)?)))
-                .collect::<Result<_, OwnerRestoreError>>()?;
+        let pending: Vec<u64> = o.kb.pending().map(|e| e.seq).collect();
+        o.claims = pending
+            .into_iter()
+            .map(|seq| Ok((seq, signed(seq)?)))
+            .collect::<Result<_, OwnerRestoreError>>()?;
         Ok(o)
     }
 
@@ -509,12 +573,11 @@ impl ProgramOwner {
     ) -> Result<Effects<crate::kb::Entry>, OwnerError> {
         // A reason may quote a peer (a fetch error); what is stored and served is bounded.
         let verdict = verdict.bounded();
-        let after = self.kb.entries().len() as u64;
+        let after = self.kb.len();
         let entry = self
             .kb
             .resolve(seq, &verdict)
-            .map_err(|e| OwnerError::Refused(e.to_string()))?
-            .clone();
+            .map_err(|e| OwnerError::Refused(e.to_string()))?;
         if entry.champion {
             self.champion = self.claims.get(&seq).cloned();
         }

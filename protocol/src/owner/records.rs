@@ -109,3 +109,50 @@ pub fn kb_history<'a>(
     events.extend(verdicts.map(resolve));
     events
 }
+
+/// A stored submission as restart reads it: what the rules and the indexes need, without the
+/// signed bytes (the ledger reads those from the store when a page is asked for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSubmission {
+    /// The KB entry as stored (its check is rebuilt from the verdicts).
+    pub entry: Entry,
+    /// The member's nonce.
+    pub nonce: [u8; 16],
+    /// When the owner received it (the per-member quota).
+    pub received_at: crate::Timestamp,
+    /// The checkpoint it claimed, if any.
+    pub checkpoint: Option<crate::Digest>,
+    /// What the ledger keeps of its code hypothesis, if any.
+    pub code: Option<super::CodeLink>,
+}
+
+impl StoredSubmission {
+    /// Reads `row`'s signed submission and code (no signature check: it was checked on receipt).
+    pub fn of(row: &SubmissionRecord) -> Result<StoredSubmission, String> {
+        StoredSubmission::decode(
+            row.entry.clone(),
+            row.nonce,
+            row.received_at,
+            &row.signed,
+            row.code.as_deref(),
+        )
+    }
+
+    /// Reads a stored row's signed submission and code.
+    pub fn decode(
+        entry: Entry,
+        nonce: [u8; 16],
+        received_at: crate::Timestamp,
+        signed: &[u8],
+        code: Option<&[u8]>,
+    ) -> Result<StoredSubmission, String> {
+        let r = super::StoredResult::decode(signed, code)?;
+        Ok(StoredSubmission {
+            entry,
+            nonce,
+            received_at,
+            checkpoint: r.submission.claim.map(|c| c.checkpoint),
+            code: r.code.as_ref().map(super::CodeLink::of),
+        })
+    }
+}

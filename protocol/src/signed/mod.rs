@@ -157,6 +157,12 @@ impl<T: SignedDomain + Serialize + DeserializeOwned> Signed<T> {
         })
     }
 
+    /// Decodes the payload without checking the signature: only for an envelope whose signature
+    /// was checked before it was stored (the owner's own log, read back from its disk).
+    pub fn payload_unverified(&self) -> Result<T, SignedError> {
+        codec::decode(&self.payload).map_err(SignedError::Decode)
+    }
+
     /// Verifies the signature, requires it to come from `expected`, and decodes the payload.
     pub fn verify_from(&self, expected: &PeerId) -> Result<T, SignedError> {
         let verified = self.verify()?;

@@ -387,8 +387,8 @@ fn replay_reproduces_the_same_state() {
         r.clone(),
         &[("A", 1.1), ("B", 1.05), ("A", 1.3), ("C", 1.0), ("B", 1.0)],
     );
-    let log: Vec<(&str, f64)> = live
-        .entries()
+    let entries = live.entries();
+    let log: Vec<(&str, f64)> = entries
         .iter()
         .map(|e| (e.worker.as_str(), e.value))
         .collect();

@@ -138,7 +138,7 @@ proptest! {
         if rules.pool == Amount::ZERO {
             prop_assert!(payouts.is_empty());
         }
-        check_payouts(&rules, entries, &payouts);
+        check_payouts(&rules, &entries, &payouts);
 
         let replayed = Kb::replay(rules, log).unwrap();
         prop_assert_eq!(&replayed, &kb);

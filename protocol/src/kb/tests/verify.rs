@@ -259,4 +259,72 @@ proptest! {
             prop_assert_eq!(&c.check, &Check::Verified);
         }
     }
+
+    /// The compact log's reads (counts, pages, tail, one entry, the pending set, per-worker
+    /// tallies, the cached split) agree with the whole log read entry by entry, whatever the
+    /// submissions and verdicts (measured values, failures) and whenever they are read.
+    #[test]
+    fn the_compact_log_reads_agree_with_the_whole_log(
+        subs in prop::collection::vec((0usize..4, 0.0f64..5.0, 0u8..3, any::<bool>()), 0..40),
+        threshold_mode in any::<bool>(),
+        after in 0u64..45,
+        limit in 0usize..12,
+    ) {
+        let accept = if threshold_mode {
+            AcceptRule::Threshold { threshold: 2.5 }
+        } else {
+            AcceptRule::BeatsChampion
+        };
+        let mut kb = verified_kb(accept, Some(3.0), Split::ByImpact);
+        for (w, v, verdict, now) in &subs {
+            kb.submit(&format!("w{w}"), *v).unwrap();
+            // The split is read (and cached) between changes: the cache must follow them.
+            let _ = kb.payouts();
+            if *now {
+                if let Some(seq) = kb.next_pending().map(|e| e.seq) {
+                    let verdict = match verdict {
+                        0 => Verdict::Measured { value: v * 0.9 },
+                        1 => Verdict::Verified,
+                        _ => failed("did not reproduce"),
+                    };
+                    kb.resolve(seq, &verdict).unwrap();
+                }
+            }
+        }
+        let all = kb.entries();
+        let c = kb.counts();
+        prop_assert_eq!(c.submissions, all.len() as u64);
+        prop_assert_eq!(c.accepted, all.iter().filter(|e| e.accepted).count() as u64);
+        prop_assert_eq!(c.pending, all.iter().filter(|e| e.check == Check::Pending).count() as u64);
+        prop_assert_eq!(c.verified, all.iter().filter(|e| e.check == Check::Verified).count() as u64);
+        prop_assert_eq!(
+            c.rejected,
+            all.iter().filter(|e| matches!(e.check, Check::Failed(_))).count() as u64
+        );
+        let start = (after as usize).min(all.len());
+        let end = (start + limit).min(all.len());
+        prop_assert_eq!(kb.page(after, limit), (all[start..end].to_vec(), end < all.len()));
+        prop_assert_eq!(kb.tail(limit), all[all.len().saturating_sub(limit)..].to_vec());
+        for e in &all {
+            prop_assert_eq!(kb.entry(e.seq), Some(e.clone()));
+        }
+        prop_assert_eq!(kb.entry(all.len() as u64 + 1), None);
+        let pending: Vec<Entry> = all.iter().filter(|e| e.check == Check::Pending).cloned().collect();
+        prop_assert_eq!(kb.pending().collect::<Vec<_>>(), pending.clone());
+        prop_assert_eq!(
+            kb.pending_workers().collect::<Vec<_>>(),
+            pending.iter().map(|e| e.worker.as_str()).collect::<Vec<_>>()
+        );
+        for w in 0..4 {
+            let w = format!("w{w}");
+            let mine = all.iter().filter(|e| e.worker == w);
+            let failed = mine.clone().filter(|e| matches!(e.check, Check::Failed(_))).count();
+            prop_assert_eq!(kb.tally(&w), (mine.count() as u64, failed as u64));
+        }
+        prop_assert_eq!(kb.payouts(), compute_payouts(kb.rules(), &all, kb.champion()));
+        prop_assert_eq!(
+            kb.champion().cloned(),
+            all.iter().rev().find(|e| e.champion).cloned()
+        );
+    }
 }

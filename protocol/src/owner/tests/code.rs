@@ -198,8 +198,7 @@ fn a_code_result_is_pending_and_the_ledger_and_chain_show_its_lineage() {
 
     // The verifier gets the oldest claim with its chain; once it is settled, the next one's chain
     // holds both patches, root first, and rebuilds b's tree from the bundle.
-    let o = world.owners.get(&world.id).expect("owned");
-    assert_eq!(o.next_claim().expect("a claim").chain, vec![c1.clone()]);
+    assert_eq!(world.next_claim().expect("a claim").chain, vec![c1.clone()]);
     let _ = world
         .owners
         .on_verdict(
@@ -209,8 +208,7 @@ fn a_code_result_is_pending_and_the_ledger_and_chain_show_its_lineage() {
             T0,
         )
         .expect("applies");
-    let o = world.owners.get(&world.id).expect("owned");
-    let claim = o.next_claim().expect("b's claim");
+    let claim = world.next_claim().expect("b's claim");
     assert_eq!(claim.seq, r2.seq);
     assert_eq!(claim.chain, vec![c1, c2]);
     let mut tree = base;
@@ -307,25 +305,31 @@ fn the_ledger_and_code_come_back_after_a_restart() {
     );
     let _ = submit_code(&mut world, &b, 1.5, 1, &c2);
     let live = world.owners.get(&world.id).expect("owned");
-    let read = |o: &crate::owner::ProgramOwner| {
+    let read = |o: &crate::owner::ProgramOwner, call: KbCall| {
+        o.read_own(&call).map(|fx| world.complete(fx).reply)
+    };
+    let reads = |o: &crate::owner::ProgramOwner| {
         (
-            o.read_own(&KbCall::Ledger {
-                after_seq: 0,
-                limit: 100,
-            }),
-            o.read_own(&KbCall::Code { seq: 2 }),
+            read(
+                o,
+                KbCall::Ledger {
+                    after_seq: 0,
+                    limit: 100,
+                },
+            ),
+            read(o, KbCall::Code { seq: 2 }),
             o.next_claim(),
         )
     };
-    let before = read(live);
+    let before = reads(live);
     let restored = world
         .owners
         .restore(&world.view, world.announcement.clone(), world.log.clone())
         .expect("restores");
-    assert_eq!(read(&restored), before);
+    assert_eq!(reads(&restored), before);
     assert!(matches!(before.1, Some(KbResponse::Code(Some(_)))));
     // The tail: the newest results, without paging from the start.
-    let tail = restored.read_own(&KbCall::LedgerTail { limit: 1 });
+    let tail = read(&restored, KbCall::LedgerTail { limit: 1 });
     let Some(KbResponse::Ledger { items, more }) = tail else {
         panic!("expected a ledger page, got {tail:?}");
     };

@@ -220,6 +220,33 @@ impl World {
         fx
     }
 
+    /// Completes a ledger read from the stored records, as the daemon does from its store.
+    pub(super) fn complete(&self, mut fx: Effects<KbResponse>) -> Effects<KbResponse> {
+        if let Some(read) = fx.read.take() {
+            fx.reply = read.answer(|seq| self.stored(seq));
+        }
+        fx
+    }
+
+    /// A stored result read back from the records.
+    pub(super) fn stored(&self, seq: u64) -> Option<super::StoredResult> {
+        self.log.iter().find_map(|r| match r {
+            Record::Submission(s) if s.program == self.id && s.entry.seq == seq => {
+                super::StoredResult::decode(&s.signed, s.code.as_deref()).ok()
+            }
+            _ => None,
+        })
+    }
+
+    /// The next claim to check with its code chain read from the records.
+    pub(super) fn next_claim(&self) -> Option<super::ClaimToCheck> {
+        let mut claim = self.owners.get(&self.id)?.next_claim()?;
+        if claim.has_code {
+            claim.chain = super::code_chain(claim.seq, |s| self.stored(s)?.code)?;
+        }
+        Some(claim)
+    }
+
     pub(super) fn membership(
         &mut self,
         w: &Worker,
@@ -233,7 +260,8 @@ impl World {
     pub(super) fn kb(&mut self, w: &Worker, call: KbCall, now: Timestamp) -> Effects<KbResponse> {
         let req = w.kb(self.id, call);
         let fx = self.owners.on_kb(w.peer, req, now);
-        self.apply(fx)
+        let fx = self.apply(fx);
+        self.complete(fx)
     }
 
     /// Asks to join; returns the user code.

@@ -17,15 +17,14 @@ fn restored(world: &World) -> ProgramOwner {
 /// What restart must preserve, read through the owner's public face.
 fn state(o: &ProgramOwner) -> impl PartialEq + std::fmt::Debug {
     let members: Vec<_> = o.registry().members().cloned().collect();
-    let mut claimed: Vec<_> = o
-        .claimed
-        .iter()
-        .map(|(digest, member)| (digest.to_string(), member.clone()))
-        .collect();
+    let mut claimed: Vec<_> = o.claimed.iter().map(|(k, member)| (*k, *member)).collect();
     claimed.sort();
+    let mut nonces: Vec<_> = o.nonces.iter().map(|(k, seq)| (*k, *seq)).collect();
+    nonces.sort();
     (
         claimed,
-        o.kb().entries().to_vec(),
+        nonces,
+        o.kb().entries(),
         o.kb().champion().cloned(),
         o.champion_submission().cloned(),
         o.pending_claims().collect::<Vec<_>>(),

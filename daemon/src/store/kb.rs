@@ -1,0 +1,210 @@
+//! The owner's KB on disk: restart streams the log through the owner core one row at a time, and
+//! ledger pages, a result's code and a claim's patch chain are read from the stored submissions.
+//! Only what the rules need stays in memory (`btd_protocol::owner`); nothing here keeps a row.
+
+use std::collections::HashMap;
+
+use btd_protocol::kb::{Check, Entry};
+use btd_protocol::owner::{
+    code_chain, OwnerRestoreError, ProgramOwner, Record, StoredResult, StoredSubmission,
+};
+use btd_protocol::program::ProgramId;
+use btd_protocol::signed::Signed;
+use btd_protocol::wire::{CodeHypothesis, ProgramAnnouncement, VerifiedProgram};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::schema::ts;
+use super::{StoreError, SubmissionRow};
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Rebuilds the owned program `view` from the store: `records` are its members, verdicts and
+/// join codes ([`super::Snapshot::records_of`]); its submissions are read in seq order and handed
+/// to the owner core one at a time (no signature is checked again, none is kept but the
+/// champion's and the pending claims').
+pub fn restore_owner(
+    conn: &Connection,
+    view: &VerifiedProgram,
+    signed: Signed<ProgramAnnouncement>,
+    records: Vec<Record>,
+) -> Result<ProgramOwner, StoreError> {
+    let id = view.id;
+    let program = id.to_string();
+    let mut stmt = conn.prepare(
+        "SELECT seq, worker, value, accepted, champion, impact, nonce, received_at, signed, code
+         FROM submissions WHERE program = ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![program])?;
+    let corrupt = |seq: u64, detail: String| OwnerRestoreError::Submission {
+        program: id,
+        seq,
+        detail,
+    };
+    let results = std::iter::from_fn(|| {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(corrupt(0, e.to_string()))),
+        };
+        Some(stored_submission(row).map_err(|(seq, e)| corrupt(seq, e)))
+    });
+    let mut one = conn.prepare("SELECT signed FROM submissions WHERE program = ?1 AND seq = ?2")?;
+    ProgramOwner::restore_from(
+        id,
+        view.owner,
+        view.program.clone(),
+        signed,
+        records,
+        results,
+        |seq| {
+            one.query_row(params![program, seq_param(seq)], |r| r.get(0))
+                .ok()
+        },
+    )
+    .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// One stored row as restart reads it.
+fn stored_submission(r: &rusqlite::Row<'_>) -> Result<StoredSubmission, (u64, String)> {
+    let seq = u64::try_from(r.get::<_, i64>(0).map_err(|e| (0, e.to_string()))?).unwrap_or(0);
+    let get = |e: rusqlite::Error| (seq, e.to_string());
+    let nonce: Vec<u8> = r.get(6).map_err(get)?;
+    let nonce: [u8; 16] = nonce
+        .try_into()
+        .map_err(|_| (seq, "its nonce is not 16 bytes".to_string()))?;
+    let entry = Entry {
+        seq,
+        worker: r.get(1).map_err(get)?,
+        value: r.get(2).map_err(get)?,
+        accepted: r.get(3).map_err(get)?,
+        champion: r.get(4).map_err(get)?,
+        impact: r.get(5).map_err(get)?,
+        // The check's state is rebuilt by replaying the verdicts.
+        check: Check::NotNeeded,
+    };
+    let received_at = ts(r.get(7).map_err(get)?);
+    let signed: Vec<u8> = r.get(8).map_err(get)?;
+    let code: Option<Vec<u8>> = r.get(9).map_err(get)?;
+    StoredSubmission::decode(entry, nonce, received_at, &signed, code.as_deref())
+        .map_err(|e| (seq, e))
+}
+
+/// The stored submissions and code of results `first..=last` of `program`, by seq (a row that
+/// cannot be decoded is left out: the page shows its entry without hypothesis or code).
+pub fn load_results(
+    conn: &Connection,
+    program: ProgramId,
+    first: u64,
+    last: u64,
+) -> Result<HashMap<u64, StoredResult>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, signed, code FROM submissions WHERE program = ?1 AND seq BETWEEN ?2 AND ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![program.to_string(), seq_param(first), seq_param(last)],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        },
+    )?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (seq, signed, code) = row?;
+        match StoredResult::decode(&signed, code.as_deref()) {
+            Ok(r) => {
+                out.insert(u64::try_from(seq).unwrap_or(0), r);
+            }
+            Err(e) => {
+                tracing::warn!(program = %program, seq, error = %e, "unreadable stored result")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The code hypothesis stored with result `seq` of `program`.
+pub fn load_code(
+    conn: &Connection,
+    program: ProgramId,
+    seq: u64,
+) -> Result<Option<CodeHypothesis>, StoreError> {
+    let code: Option<Option<Vec<u8>>> = conn
+        .query_row(
+            "SELECT code FROM submissions WHERE program = ?1 AND seq = ?2",
+            params![program.to_string(), seq_param(seq)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    code.flatten()
+        .map(|b| btd_protocol::wire::decode::<CodeHypothesis>(&b))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("the code of result {seq}: {e}")))
+}
+
+/// The patch chain of claim `seq` of `program` (see [`code_chain`]); `None` when a link is missing
+/// or unreadable.
+pub fn load_chain(
+    conn: &Connection,
+    program: ProgramId,
+    seq: u64,
+) -> Result<Option<Vec<CodeHypothesis>>, StoreError> {
+    Ok(code_chain(seq, |s| {
+        load_code(conn, program, s).ok().flatten()
+    }))
+}
+
+/// Every stored submission of `program`, in seq order: the whole log in memory, for tests and
+/// offline tools (the daemon reads pages).
+pub fn load_submissions(
+    conn: &Connection,
+    program: ProgramId,
+) -> Result<Vec<SubmissionRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code
+         FROM submissions WHERE program = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![program.to_string()], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, f64>(2)?,
+            r.get::<_, bool>(3)?,
+            r.get::<_, bool>(4)?,
+            r.get::<_, f64>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
+            r.get::<_, Vec<u8>>(7)?,
+            r.get::<_, i64>(8)?,
+            r.get::<_, Option<Vec<u8>>>(9)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code) =
+            row?;
+        let nonce: [u8; 16] = nonce
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("nonce of submission {seq}")))?;
+        out.push(SubmissionRow {
+            program,
+            entry: Entry {
+                seq: u64::try_from(seq).unwrap_or(0),
+                worker,
+                value,
+                accepted,
+                champion,
+                impact,
+                check: Check::NotNeeded,
+            },
+            nonce,
+            signed,
+            code,
+            received_at: ts(received_at),
+        });
+    }
+    Ok(out)
+}
