@@ -8,6 +8,10 @@
 //! to end (submit → the running verifier's verdict). It also prints the holdout gap of an honest
 //! model and of one trained on the validation split, which is what `verify.max_holdout_gap`
 //! separates. No timing assertions: the numbers go to docs/benchmarks.md.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs its quick mode: one short budget and a short
+//! holdout-gap pair, checking that the claim is verified piece by piece and end to end and that
+//! every figure is finite, never how long anything took.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -83,8 +87,32 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// How much training each part of the bench does.
+struct Sizes {
+    /// Step budgets of the claims checked.
+    claims: &'static [u64],
+    /// Steps of each model in the holdout-gap pair.
+    gap_steps: u64,
+}
+
+const FULL: Sizes = Sizes {
+    claims: &[100, 400, 1600],
+    gap_steps: 150,
+};
+
+const QUICK: Sizes = Sizes {
+    claims: &[40],
+    gap_steps: 20,
+};
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test` runs the quick mode.
+    let sizes = if std::env::args().any(|a| a == "--bench") {
+        &FULL
+    } else {
+        &QUICK
+    };
     // candle sizes its pool from this at the first tensor op (as `btd start` does).
     btd_trainer::device::set_cpu_threads(1);
     let dir = tempfile::tempdir().unwrap();
@@ -96,10 +124,18 @@ async fn main() {
         "verification cost per claim, tiny preset, 262144-byte synthetic corpus, eval 65536 tokens"
     );
     println!(
-        "{:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>8}",
-        "steps", "train_s", "ckpt_KiB", "fetch_s", "eval_s", "check_s", "end2end_s", "ratio"
+        "{:>6} {:>8} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>8}",
+        "steps",
+        "val_bpb",
+        "train_s",
+        "ckpt_KiB",
+        "fetch_s",
+        "eval_s",
+        "check_s",
+        "end2end_s",
+        "ratio"
     );
-    for steps in [100u64, 400, 1600] {
+    for &steps in sizes.claims {
         let program = owner
             .publish_with(manifest(steps), PublishFiles::default())
             .await
@@ -119,6 +155,8 @@ async fn main() {
         })
         .unwrap();
         let train_s = secs(t0.elapsed());
+        assert_eq!(trained.report.steps, steps, "steps trained");
+        assert!(trained.report.val_bpb.is_finite(), "val_bpb");
         let ckpt = dir.path().join(format!("w-{steps}.safetensors"));
         trained.checkpoint.write(&ckpt).unwrap();
         let work = WorkContext::new(
@@ -193,8 +231,11 @@ async fn main() {
         assert_eq!(check, Check::Verified);
         let e2e = secs(t3.elapsed());
         let check_s = fetch_s + eval_s;
+        assert!(progress.size > 0, "an empty checkpoint was fetched");
+        assert!(check_s.is_finite() && train_s > 0.0);
         println!(
-            "{steps:>6} {train_s:>9.2} {:>10.0} {fetch_s:>9.3} {eval_s:>9.3} {check_s:>10.3} {e2e:>12.3} {:>7.1}%",
+            "{steps:>6} {:>8.4} {train_s:>9.2} {:>10.0} {fetch_s:>9.3} {eval_s:>9.3} {check_s:>10.3} {e2e:>12.3} {:>7.1}%",
+            trained.report.val_bpb,
             progress.size as f64 / 1024.0,
             100.0 * check_s / train_s
         );
@@ -202,13 +243,17 @@ async fn main() {
 
     // The holdout gap that max_holdout_gap separates: honest vs trained on the validation split.
     println!();
-    println!("holdout gap (holdout val_bpb - validation val_bpb), tiny preset, 150 steps, lr 0.02, 16384-byte corpus");
+    println!(
+        "holdout gap (holdout val_bpb - validation val_bpb), tiny preset, {} steps, lr 0.02, \
+         16384-byte corpus",
+        sizes.gap_steps
+    );
     let corpus = Corpus::synthetic(5, 16384).unwrap();
     let holdout = btd_trainer::synth::synthetic_holdout(5, 99, 16384).unwrap();
     let val_only =
         Corpus::from_text_bytes(corpus.val().repeat(10), corpus.source().clone()).unwrap();
     let mut spec = TrainSpec::preset(btd_protocol::program::ModelPreset::Tiny, 3);
-    spec.steps = Some(150);
+    spec.steps = Some(sizes.gap_steps);
     spec.eval_tokens = 2048;
     spec.hyper.lr = 0.02;
     for (name, data) in [("honest", &corpus), ("trained on val", &val_only)] {
@@ -219,6 +264,7 @@ async fn main() {
         let m = t.checkpoint.model(&dev).unwrap();
         let (v, _) = btd_trainer::eval::val_bpb_of(&m, corpus.val(), 2048, &dev).unwrap();
         let (h, _) = btd_trainer::eval::val_bpb_of(&m, &holdout, 2048, &dev).unwrap();
+        assert!(v.is_finite() && h.is_finite(), "{name}: {v} / {h}");
         println!(
             "  {name:<15} validation {v:.4}  holdout {h:.4}  gap {:+.4}",
             h - v

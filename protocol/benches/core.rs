@@ -1,5 +1,10 @@
-//! Throughput of btd's core rules. `cargo bench -p btd-protocol` prints one line per operation.
-//! No timing assertions: numbers go to docs/benchmarks.md.
+//! Throughput of btd's core rules. `cargo bench -p btd-protocol` prints one line per operation
+//! (about `BTD_BENCH_MS`, default 1000 ms, each). No timing assertions: numbers go to
+//! docs/benchmarks.md.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs its quick mode: every operation for about
+//! 1 ms, checking that each ran and gave what it should (a decoded message, an opened seal, a
+//! verified credential...), never how fast.
 #![allow(clippy::expect_used)] // a benchmark with broken fixtures should stop at once
 
 use std::collections::BTreeMap;
@@ -21,32 +26,42 @@ use rand::{Rng, SeedableRng};
 
 const EXAMPLE: &str = include_str!("../../examples/program.toml");
 
-/// Runs `f` repeatedly for about `budget` and returns (iterations, ns per iteration).
+/// Runs `f` repeatedly for about `budget` (at least once after 3 warm-up runs) and returns
+/// (iterations, ns per iteration).
 fn measure(budget: Duration, mut f: impl FnMut()) -> (u64, f64) {
     for _ in 0..3 {
         f();
     }
     let start = Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < budget {
+    loop {
         f();
         n += 1;
+        if start.elapsed() >= budget {
+            break;
+        }
     }
     (n, start.elapsed().as_nanos() as f64 / n as f64)
 }
 
 fn report(name: &str, (n, ns): (u64, f64)) {
+    assert!(n > 0, "{name}: no iteration");
+    assert!(ns.is_finite() && ns >= 0.0, "{name}: {ns} ns/op");
     let per_s = 1e9 / ns;
     println!("{name:<44} {ns:>12.0} ns/op {per_s:>14.0} op/s  ({n} iterations)");
 }
 
 fn main() {
-    let budget = Duration::from_millis(
+    // `cargo bench` passes `--bench`; `cargo test` runs the quick mode.
+    let full = std::env::args().any(|a| a == "--bench");
+    let budget = Duration::from_millis(if full {
         std::env::var("BTD_BENCH_MS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(1000),
-    );
+            .unwrap_or(1000)
+    } else {
+        1
+    });
     let mut rng = StdRng::seed_from_u64(1);
     let kp = Keypair::ed25519_from_bytes([1u8; 32]).expect("key");
 
@@ -57,6 +72,11 @@ fn main() {
         }),
     );
     let program = Program::from_toml(EXAMPLE).expect("example is valid");
+    assert_eq!(
+        ProgramId::compute(&program, &kp.public()),
+        ProgramId::compute(&program, &kp.public()),
+        "a program's id is deterministic"
+    );
     report(
         "program: id (canonical encoding + SHA-256)",
         measure(budget, || {
@@ -88,8 +108,15 @@ fn main() {
     });
     let mut kb = Kb::new(rules.clone()).expect("rules");
     for (i, v) in values.iter().enumerate() {
-        let _ = kb.submit(&workers[i % workers.len()], *v);
+        kb.submit(&workers[i % workers.len()], *v)
+            .expect("a valid submission");
     }
+    assert_eq!(kb.entries().len(), values.len(), "every submission logged");
+    assert!(
+        kb.entries().iter().any(|e| e.accepted),
+        "the KEEP rule accepted none of a mostly improving series"
+    );
+    assert!(!kb.payouts().is_empty(), "no payouts");
     report(
         "kb: payouts over 100k entries, 1000 workers",
         measure(budget, || {
@@ -118,6 +145,7 @@ fn main() {
         }),
     );
     let signed = Signed::sign(&kp, &submission).expect("sign");
+    assert!(signed.verify().is_ok(), "own signature does not verify");
     report(
         "signed: verify + decode a submission",
         measure(budget, || {
@@ -130,6 +158,12 @@ fn main() {
         call: KbCall::Submit(signed.clone()),
     };
     let bytes = encode(&req).expect("encode");
+    assert!(!bytes.is_empty());
+    assert_eq!(
+        encode(&decode::<KbRequest>(&bytes).expect("decode")).expect("re-encode"),
+        bytes,
+        "KbRequest round trip"
+    );
     report(
         &format!("wire: encode KbRequest::Submit ({} B)", bytes.len()),
         measure(budget, || {
@@ -152,6 +186,11 @@ fn main() {
         }),
     );
     let sealed = seal::seal(&public, b"ctx", &[7; 32], &mut rng).expect("seal");
+    assert_eq!(
+        seal::open(&worker, b"ctx", &sealed).expect("open"),
+        [7; 32],
+        "a sealed credential does not open to itself"
+    );
     report(
         "seal: open a credential",
         measure(budget, || {
@@ -178,6 +217,13 @@ fn main() {
         credentials.push((grant.credential, peer));
         now = now.plus_millis(1);
     }
+    assert_eq!(credentials.len(), 1000);
+    assert!(
+        credentials
+            .iter()
+            .all(|(c, p)| registry.verify(c, p).is_ok()),
+        "a granted credential does not verify"
+    );
     let mut i = 0;
     report(
         "membership: verify a credential (1000 members)",
