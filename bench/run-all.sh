@@ -85,6 +85,7 @@ if [ $quick = 1 ]; then
   section byo-rerun env BTD=target/debug/btd bench/byo-rerun.sh 1
   section slurm-round cargo test -q --locked -p btd-tests --bench slurm_round
   section dashboard-cost cargo test -q --locked -p btd-tests --bench dashboard_cost
+  section kb-scale cargo test -q --locked -p btd-tests --bench kb_scale
   skip training "bench/run.sh has no quick mode (trainer-bench's quick test ran above)"
 else
   # "Protocol core" (release: the bench profile).
@@ -123,6 +124,8 @@ else
   # (.ci/slurm-up.sh): without one the bench prints NOT RUN.
   section slurm-round cargo test -q --locked -p btd-tests --bench slurm_round -- --bench
   section dashboard-cost cargo test -q --locked -p btd-tests --bench dashboard_cost -- --bench
+  # The KB at scale (debug, as the doc's table): 650 000 results; BTD_OLD_BIN adds an older btd.
+  section kb-scale cargo test -q --locked -p btd-tests --bench kb_scale -- --bench 650000
   # "Training": candle against PyTorch eager, only with a torch Python.
   if [ -n "${TORCH_PY:-}" ]; then
     training() {
