@@ -27,18 +27,6 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// Resident set size of `pid`, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// The daemon's CPU use (% of one core) and RSS at the end of a `window`.
 fn measure(pid: u32, window: Duration, during: impl FnOnce()) -> (f64, f64) {
     let (t0, c0) = (Instant::now(), cpu_secs(pid));
@@ -46,7 +34,7 @@ fn measure(pid: u32, window: Duration, during: impl FnOnce()) -> (f64, f64) {
     let left = window.saturating_sub(t0.elapsed());
     std::thread::sleep(left); // the measurement window itself
     let cpu = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
-    (cpu, rss_mib(pid))
+    (cpu, btd_tests::rss_mib(pid))
 }
 
 fn main() {

@@ -33,25 +33,8 @@ use libp2p_identity::Keypair;
 
 const MEMBERS: usize = 16;
 
-/// Resident set size of `pid`, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 fn now() -> Timestamp {
-    Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-    )
+    btd::clock::Clock::system().now()
 }
 
 /// Publishes a shell program on a fresh owner home; returns the home, the program and the owner's
@@ -210,7 +193,7 @@ fn measure(
     let mut d = harness::Daemon::spawn(home, launch).unwrap();
     d.ready_blocking(Duration::from_secs(600)).unwrap();
     let restart = started.elapsed();
-    let rss_start = rss_mib(d.pid());
+    let rss_start = btd_tests::rss_mib(d.pid());
     let socket = btd::home::Home::at(home).socket_path();
     let call = |req: Request| {
         let t = Instant::now();
@@ -237,7 +220,7 @@ fn measure(
         ledger.push(ms);
     }
     std::thread::sleep(Duration::from_secs(2)); // settle after the reads, then read RSS again
-    let rss_after = rss_mib(d.pid());
+    let rss_after = btd_tests::rss_mib(d.pid());
     d.kill();
     Measured {
         restart,

@@ -316,3 +316,15 @@ max_holdout_gap = 0.5
 "#
     )
 }
+
+/// Resident set size of process `pid`, MiB (from `/proc/PID/status`).
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc status");
+    kb / 1024.0
+}
