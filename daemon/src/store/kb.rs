@@ -36,19 +36,23 @@ pub fn restore_owner(
         "SELECT seq, worker, value, accepted, champion, impact, nonce, received_at, signed, code
          FROM submissions WHERE program = ?1 ORDER BY seq",
     )?;
+    // Counted first (in the same read, so no write comes between) so that the owner core sizes
+    // its tables once.
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM submissions WHERE program = ?1",
+        params![program],
+        |r| r.get(0),
+    )?;
     let mut rows = stmt.query(params![program])?;
     let corrupt = |seq: u64, detail: String| OwnerRestoreError::Submission {
         program: id,
         seq,
         detail,
     };
-    let results = std::iter::from_fn(|| {
-        let row = match rows.next() {
-            Ok(Some(row)) => row,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(corrupt(0, e.to_string()))),
-        };
-        Some(stored_submission(row).map_err(|(seq, e)| corrupt(seq, e)))
+    let results = (0..u64::try_from(count).unwrap_or(0)).map(|i| match rows.next() {
+        Ok(Some(row)) => stored_submission(row).map_err(|(seq, e)| corrupt(seq, e)),
+        Ok(None) => Err(corrupt(i + 1, "missing (the log ended early)".into())),
+        Err(e) => Err(corrupt(i + 1, e.to_string())),
     });
     let mut one = conn.prepare("SELECT signed FROM submissions WHERE program = ?1 AND seq = ?2")?;
     ProgramOwner::restore_from(

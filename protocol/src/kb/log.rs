@@ -157,6 +157,12 @@ impl Kb {
         }
     }
 
+    /// Makes room for `additional` more results at once (restart knows how many it will replay;
+    /// growing by doubling would leave up to half the log's memory unused).
+    pub fn reserve(&mut self, additional: usize) {
+        self.log.reserve_exact(additional);
+    }
+
     /// The index of `worker`, added to the table when new.
     fn intern(&mut self, worker: &str) -> Result<u32, SubmitError> {
         if let Some(i) = self.index.get(worker) {

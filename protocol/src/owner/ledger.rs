@@ -64,6 +64,11 @@ impl Ledger {
         }
     }
 
+    /// Makes room for `additional` more results at once.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.depth.reserve_exact(additional);
+    }
+
     /// Bytes of code the ledger holds for `member`.
     pub(super) fn code_bytes(&self, member: &str) -> u64 {
         self.code_bytes.get(member).copied().unwrap_or(0)

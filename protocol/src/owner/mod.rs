@@ -342,7 +342,8 @@ impl ProgramOwner {
 
     /// Rebuilds a program from its stored event log: member records (the latest per member wins),
     /// undecided join codes and verdicts (in the order they were stored) in `records`, and the
-    /// submissions streamed in seq order (gap-free) in `results`; `signed(seq)` reads one stored
+    /// submissions streamed in seq order (gap-free) in `results` (its size hint's lower bound sizes
+    /// the tables once); `signed(seq)` reads one stored
     /// signed submission (those of the champion and of the pending claims, the only ones kept in
     /// memory). The submissions and verdicts are replayed through the KB rules in the order they
     /// happened, so the result is the state the owner had when the last record became durable.
@@ -407,7 +408,13 @@ impl ProgramOwner {
             detail,
         };
         let mut verdicts = verdicts.iter().peekable();
-        for (i, row) in results.into_iter().enumerate() {
+        // The log's tables are sized once when the caller says how many results follow.
+        let results = results.into_iter();
+        let expected = results.size_hint().0;
+        o.kb.reserve(expected);
+        o.ledger.reserve(expected);
+        o.nonces.reserve(expected);
+        for (i, row) in results.enumerate() {
             let row = row?;
             let position = i as u64 + 1;
             if row.entry.seq != position {
