@@ -109,7 +109,7 @@ pub fn finish_outbox(
             refused
         ],
     )?;
-    if id % PRUNE_EVERY == 0 {
+    if id.is_multiple_of(PRUNE_EVERY) {
         // The id of the oldest answered row to keep; every answered row before it goes.
         let cut: Option<i64> = tx
             .query_row(
