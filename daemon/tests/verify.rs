@@ -388,39 +388,20 @@ async fn training_on_the_validation_split_is_caught_by_the_owners_holdout() {
     again.stop().await;
 }
 
-const RETRAIN_PROGRAM: &str = r#"name = "retrain-test"
-objective = "lowest val_bpb of the tiny model in 100 steps, re-trained by the owner"
-baseline = 8.0
-required_outputs = ["checkpoint.safetensors"]
-[criteria]
-metric = "val_bpb"
-direction = "minimize"
-accept = "beats-champion"
-[reward]
-pool = 100
-token = "OBOL"
-split = "by-impact"
-[task]
-kind = "candle"
-preset = "tiny"
-steps = 100
-seed = 3
-eval_tokens = 2048
-[task.dataset]
-kind = "synthetic"
-seed = 5
-bytes = 16384
-[[rungs]]
-id = "cpu"
-spend_class = "local_unmetered"
-hardware = "cpu"
-[verify]
-holdout = false
-retrain_share = 0.0
-# One seed, the claim's: the honest claim then reproduces exactly, whatever the seed-to-seed spread
-# at this short budget (daemon/tests/retrain.rs covers several seeds and their mean).
-retrain_seeds = 1
-"#;
+/// The tiny candle program, re-trained by the owner with one seed, the claim's: the honest claim
+/// then reproduces exactly, whatever the seed-to-seed spread at this short budget
+/// (daemon/tests/retrain.rs covers several seeds and their mean).
+fn retrain_program() -> String {
+    btd::testkit::candle_manifest(
+        "retrain-test",
+        "lowest val_bpb of the tiny model in 100 steps, re-trained by the owner",
+        &format!(
+            "steps = 100\nseed = 3\neval_tokens = 2048\n{}",
+            btd::testkit::SYNTHETIC_16K
+        ),
+        "[verify]\nholdout = false\nretrain_share = 0.0\nretrain_seeds = 1\n",
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
@@ -429,7 +410,7 @@ async fn retraining_spot_checks_reproduce_honest_claims_and_catch_the_rest() {
         dirs[0].path(),
         Store::open_in_memory().unwrap(),
         dirs[1].path(),
-        RETRAIN_PROGRAM,
+        &retrain_program(),
         T,
     )
     .await

@@ -32,10 +32,7 @@ pub fn restore_owner(
 ) -> Result<ProgramOwner, StoreError> {
     let id = view.id;
     let program = id.to_string();
-    let mut stmt = conn.prepare(
-        "SELECT seq, worker, value, accepted, champion, impact, nonce, received_at, signed, code
-         FROM submissions WHERE program = ?1 ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(LOG_QUERY)?;
     // Counted first (in the same read, so no write comes between) so that the owner core sizes
     // its tables once.
     let count: i64 = conn.query_row(
@@ -50,7 +47,9 @@ pub fn restore_owner(
         detail,
     };
     let results = (0..u64::try_from(count).unwrap_or(0)).map(|i| match rows.next() {
-        Ok(Some(row)) => stored_submission(row).map_err(|(seq, e)| corrupt(seq, e)),
+        Ok(Some(row)) => submission_row(id, row)
+            .and_then(|r| StoredSubmission::of(&r).map_err(|e| (r.entry.seq, e)))
+            .map_err(|(seq, e)| corrupt(seq, e)),
         Ok(None) => Err(corrupt(i + 1, "missing (the log ended early)".into())),
         Err(e) => Err(corrupt(i + 1, e.to_string())),
     });
@@ -70,29 +69,38 @@ pub fn restore_owner(
     .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// One stored row as restart reads it.
-fn stored_submission(r: &rusqlite::Row<'_>) -> Result<StoredSubmission, (u64, String)> {
+/// A program's stored submissions in seq order, with the columns [`submission_row`] reads.
+const LOG_QUERY: &str = "SELECT seq, worker, value, accepted, champion, impact, nonce, received_at,
+    signed, code FROM submissions WHERE program = ?1 ORDER BY seq";
+
+/// One row of [`LOG_QUERY`]; an error names the row's seq.
+fn submission_row(
+    program: ProgramId,
+    r: &rusqlite::Row<'_>,
+) -> Result<SubmissionRow, (u64, String)> {
     let seq = u64::try_from(r.get::<_, i64>(0).map_err(|e| (0, e.to_string()))?).unwrap_or(0);
     let get = |e: rusqlite::Error| (seq, e.to_string());
     let nonce: Vec<u8> = r.get(6).map_err(get)?;
     let nonce: [u8; 16] = nonce
         .try_into()
         .map_err(|_| (seq, "its nonce is not 16 bytes".to_string()))?;
-    let entry = Entry {
-        seq,
-        worker: r.get(1).map_err(get)?,
-        value: r.get(2).map_err(get)?,
-        accepted: r.get(3).map_err(get)?,
-        champion: r.get(4).map_err(get)?,
-        impact: r.get(5).map_err(get)?,
-        // The check's state is rebuilt by replaying the verdicts.
-        check: Check::NotNeeded,
-    };
-    let received_at = ts(r.get(7).map_err(get)?);
-    let signed: Vec<u8> = r.get(8).map_err(get)?;
-    let code: Option<Vec<u8>> = r.get(9).map_err(get)?;
-    StoredSubmission::decode(entry, nonce, received_at, &signed, code.as_deref())
-        .map_err(|e| (seq, e))
+    Ok(SubmissionRow {
+        program,
+        entry: Entry {
+            seq,
+            worker: r.get(1).map_err(get)?,
+            value: r.get(2).map_err(get)?,
+            accepted: r.get(3).map_err(get)?,
+            champion: r.get(4).map_err(get)?,
+            impact: r.get(5).map_err(get)?,
+            // The check's state is rebuilt by replaying the verdicts.
+            check: Check::NotNeeded,
+        },
+        nonce,
+        received_at: ts(r.get(7).map_err(get)?),
+        signed: r.get(8).map_err(get)?,
+        code: r.get(9).map_err(get)?,
+    })
 }
 
 /// The stored submissions and code of results `first..=last` of `program`, by seq (a row that
@@ -168,47 +176,14 @@ pub fn load_submissions(
     conn: &Connection,
     program: ProgramId,
 ) -> Result<Vec<SubmissionRow>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code
-         FROM submissions WHERE program = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map(params![program.to_string()], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, f64>(2)?,
-            r.get::<_, bool>(3)?,
-            r.get::<_, bool>(4)?,
-            r.get::<_, f64>(5)?,
-            r.get::<_, Vec<u8>>(6)?,
-            r.get::<_, Vec<u8>>(7)?,
-            r.get::<_, i64>(8)?,
-            r.get::<_, Option<Vec<u8>>>(9)?,
-        ))
-    })?;
+    let mut stmt = conn.prepare(LOG_QUERY)?;
+    let mut rows = stmt.query(params![program.to_string()])?;
     let mut out = Vec::new();
-    for row in rows {
-        let (seq, worker, value, accepted, champion, impact, nonce, signed, received_at, code) =
-            row?;
-        let nonce: [u8; 16] = nonce
-            .try_into()
-            .map_err(|_| StoreError::Corrupt(format!("nonce of submission {seq}")))?;
-        out.push(SubmissionRow {
-            program,
-            entry: Entry {
-                seq: u64::try_from(seq).unwrap_or(0),
-                worker,
-                value,
-                accepted,
-                champion,
-                impact,
-                check: Check::NotNeeded,
-            },
-            nonce,
-            signed,
-            code,
-            received_at: ts(received_at),
-        });
+    while let Some(r) = rows.next()? {
+        out.push(
+            submission_row(program, r)
+                .map_err(|(seq, e)| StoreError::Corrupt(format!("stored submission {seq}: {e}")))?,
+        );
     }
     Ok(out)
 }
