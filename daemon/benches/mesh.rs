@@ -1,13 +1,17 @@
 //! Mesh benchmarks on loopback TCP: `cargo bench -p btd --bench mesh`.
 //!
-//! Two real nodes (production transport on 127.0.0.1, SQLite in WAL mode with full fsync in a temp
-//! dir) in one process. Prints: approval → credential latency, submission round trip until durable
-//! acknowledgement, sustained durable submissions per second, and the idle RSS of one `btd start`
-//! process. No timing assertions: the numbers go to docs/benchmarks.md.
+//! Real nodes (production transport on 127.0.0.1, SQLite in WAL mode with full fsync in a temp dir)
+//! in one process: an owner and one worker, then 15 more members. Prints: approval → credential
+//! latency, submission round trip until durable acknowledgement, sustained durable submissions per
+//! second from one worker (64 in flight) and from 16 members at once (16 in flight each), `btd
+//! status` pages of 100 and 1000 (a member's over the mesh, the owner's own), and the idle RSS of
+//! one `btd start` process. Per-peer rate limits are lifted. No timing assertions: the numbers go
+//! to docs/benchmarks.md.
 //!
 //! Under `cargo test` (no `--bench` argument) it runs its quick mode: 3 joins, 20 sequential and
-//! 128 concurrent submissions, the idle RSS read as soon as the daemon is ready; it checks the
-//! shape (every submission in the owner's log, one member, finite latencies), never the timing.
+//! 128 concurrent submissions, 3 members with 32 each, 3 status reads, the idle RSS read as soon as
+//! the daemon is ready; it checks the shape (every submission in the owner's log, the members,
+//! pages newest first), never the timing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use btd::node::types::{JoinEvent, NewResult};
 use btd::node::{self, NodeConfig, NodeHandle};
 use btd::store::Store;
 use btd::testkit::wait_known;
+use btd_protocol::wire::StatusQuery;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 
@@ -44,6 +49,12 @@ struct Sizes {
     per_task: usize,
     /// How long the idle daemon runs after it is ready before its RSS is read.
     idle: Duration,
+    /// `btd status` reads timed, member and owner.
+    status_reads: usize,
+    /// Members submitting at once in the many-member phase.
+    workers: usize,
+    /// Submissions per member in that phase (16 in flight each).
+    per_member: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -51,6 +62,9 @@ const FULL: Sizes = Sizes {
     sequential: 300,
     per_task: 3000 / 64,
     idle: Duration::from_secs(3),
+    status_reads: 200,
+    workers: 16,
+    per_member: 1024,
 };
 
 const QUICK: Sizes = Sizes {
@@ -58,6 +72,9 @@ const QUICK: Sizes = Sizes {
     sequential: 20,
     per_task: 2,
     idle: Duration::ZERO,
+    status_reads: 3,
+    workers: 3,
+    per_member: 32,
 };
 
 /// A node whose home (store, blobs, holdouts) is `dir/name`, as `btd start --home` lays it out.
@@ -203,10 +220,93 @@ async fn bench(sizes: &Sizes) {
         secs
     );
 
+    // Sustained from many members at once (each its own node and connection), 16 in flight each.
+    let mut members = vec![worker.clone()];
+    for i in 1..sizes.workers {
+        let w = start(dir.path(), &format!("worker{i}"), vec![addr(&owner).await]).await;
+        wait_known(&w, id, T).await.unwrap();
+        let mut rx = w.join(id).await.unwrap();
+        let Some(JoinEvent::Code { user_code, .. }) = rx.recv().await else {
+            panic!("no code")
+        };
+        owner.approve(user_code).await.unwrap();
+        let Some(JoinEvent::Granted { .. }) = rx.recv().await else {
+            panic!("no grant")
+        };
+        members.push(w);
+    }
+    let each = sizes.per_member / 16;
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (m, w) in members.iter().enumerate() {
+        for t in 0..16 {
+            let w = w.clone();
+            tasks.spawn(async move {
+                for i in 0..each {
+                    let result = NewResult {
+                        value: 1e6 + (m * 100_000 + t * each + i) as f64,
+                        rung_id: "cpu".into(),
+                        outputs: vec![],
+                        ..Default::default()
+                    };
+                    w.submit(id, result).await.unwrap();
+                }
+            });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let many = members.len() * 16 * each;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "sustained durable submissions ({} members, 16 in flight each): {:.0} /s ({many} in {secs:.2} s)",
+        members.len(),
+        many as f64 / secs,
+    );
+
+    // `btd status` pages with the log just written: a member's over the mesh (one request), and
+    // the owner's own, newest first.
+    for limit in [100u32, 1000] {
+        let q = StatusQuery::newest(limit);
+        let mut member = Vec::new();
+        let mut own = Vec::new();
+        for _ in 0..sizes.status_reads {
+            let t0 = Instant::now();
+            let s = worker.status_page(Some(id), q).await.unwrap();
+            member.push(t0.elapsed().as_secs_f64() * 1e3);
+            let full = u64::from(limit).min(s.submissions) as usize;
+            assert_eq!(s.results.len(), full, "a full page");
+            assert!(s.results[0].seq > s.results[1].seq, "newest first");
+            let t0 = Instant::now();
+            owner.status_page(Some(id), q).await.unwrap();
+            own.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "status page of {limit:>4}, member over the mesh (n={}): p50 {:.2} ms   p99 {:.2} ms",
+            sizes.status_reads,
+            pct(&mut member, 0.5),
+            pct(&mut member, 0.99)
+        );
+        println!(
+            "status page of {limit:>4}, owner's own (n={}):          p50 {:.2} ms   p99 {:.2} ms",
+            sizes.status_reads,
+            pct(&mut own, 0.5),
+            pct(&mut own, 0.99)
+        );
+    }
+
     // Every acknowledged submission is in the owner's log, from its one member.
     let status = owner.status(Some(id)).await.unwrap();
-    assert_eq!(status.submissions, (n + per * 64) as u64, "owner's log");
-    assert_eq!(status.members, 1, "members of the last program");
+    assert_eq!(
+        status.submissions,
+        (n + per * 64 + many) as u64,
+        "owner's log"
+    );
+    assert_eq!(
+        status.members as usize, sizes.workers,
+        "members of the last program"
+    );
     assert_eq!(owner.programs().await.unwrap().len(), joins, "programs");
 }
 

@@ -131,10 +131,20 @@ enum Command {
     /// Source bundles of shell programs.
     #[command(subcommand)]
     Source(SourceCmd),
-    /// Program status: members, results, champion, payouts (a member asks the owner).
+    /// Program status: members, claims, champion, payouts and a page of results, newest first (a
+    /// member asks the owner).
     Status {
         /// The program id (optional when this node has exactly one program).
         program: Option<String>,
+        /// Which page of results (1 = the newest, or the oldest with --oldest-first).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        page: u32,
+        /// Results per page, 0 to 1000 (0: the summary alone). Default 20; with --watch, 1000.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        limit: Option<u32>,
+        /// Pages run from the first result instead of the newest.
+        #[arg(long)]
+        oldest_first: bool,
         /// Redraw every SECS seconds (default 2) until interrupted, with the leaderboard; with
         /// --json, one status per line.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
@@ -458,10 +468,34 @@ pub(crate) fn run(cli: Cli) -> Result<(), CmdError> {
         } => daemon_cmd::ledger(home, &program, after, limit, json),
         Command::Checkout { program, rest } => daemon_cmd::checkout(home, &program, &rest, json),
         Command::Source(cmd) => offline::source::run(cmd, json),
-        Command::Status { program, watch } => match watch {
-            Some(secs) => daemon_cmd::watch::status(home, program.as_deref(), secs, json),
-            None => daemon_cmd::status(home, program.as_deref(), json),
-        },
+        Command::Status {
+            program,
+            watch,
+            page,
+            limit,
+            oldest_first,
+        } => {
+            let query = |default| btd_protocol::wire::StatusQuery {
+                page,
+                limit: limit.unwrap_or(default),
+                oldest_first,
+            };
+            match watch {
+                Some(secs) => daemon_cmd::watch::status(
+                    home,
+                    program.as_deref(),
+                    secs,
+                    query(btd_protocol::wire::MAX_RESULTS_PAGE),
+                    json,
+                ),
+                None => daemon_cmd::status(
+                    home,
+                    program.as_deref(),
+                    query(btd_protocol::wire::DEFAULT_STATUS_LIMIT),
+                    json,
+                ),
+            }
+        }
         Command::Approvals => daemon_cmd::approvals(home, json),
         Command::ApproveSpend {
             program,

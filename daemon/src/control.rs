@@ -157,10 +157,13 @@ pub enum Request {
         /// The directory (absolute; must not exist or be empty).
         dir: std::path::PathBuf,
     },
-    /// Program status.
+    /// Program status: the summary and one page of results.
     Status {
         /// Program id (optional when there is only one).
         program: Option<ProgramId>,
+        /// Which page (default: the newest 20, newest first).
+        #[serde(default)]
+        query: btd_protocol::wire::StatusQuery,
     },
     /// Owner: spend requests.
     Approvals,
@@ -391,7 +394,7 @@ async fn dispatch(
         Request::Checkout { program, seq, dir } => {
             work.checkout(program, seq, dir).await.and_then(json)
         }
-        Request::Status { program } => answer(node.status(program).await),
+        Request::Status { program, query } => answer(node.status_page(program, query).await),
         Request::Approvals => answer(node.spend_requests().await),
         Request::DecideSpend {
             program,

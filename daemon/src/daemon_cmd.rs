@@ -454,10 +454,11 @@ pub(crate) fn outbox(
 pub(crate) fn status(
     home_dir: Option<PathBuf>,
     program: Option<&str>,
+    query: btd_protocol::wire::StatusQuery,
     json: bool,
 ) -> Result<(), CmdError> {
     let program = program.map(program_id).transpose()?;
-    let v = call(home_dir, Request::Status { program })?;
+    let v = call(home_dir, Request::Status { program, query })?;
     if json {
         return print_json(&v);
     }

@@ -421,7 +421,8 @@ impl NodeGauges {
         };
         for p in programs.iter().filter(|p| p.own) {
             // An owned program's status is answered by this node's owner core.
-            let Ok(s) = node.status(Some(p.id)).await else {
+            let summary = btd_protocol::wire::StatusQuery::summary();
+            let Ok(s) = node.status_page(Some(p.id), summary).await else {
                 continue;
             };
             g.programs.push((

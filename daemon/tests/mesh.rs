@@ -12,7 +12,7 @@ use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
     ErrorCode, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse, PollStatus,
-    Submission,
+    StatusQuery, Submission,
 };
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -135,6 +135,40 @@ async fn publish_discover_through_a_middle_node_join_submit_status() {
     let own = status(&owner.handle, id).await.unwrap();
     assert_eq!(own.source, "own store");
     assert_eq!(own.champion, s.champion);
+    // The same pages from the owner's store and, in one request, over the mesh.
+    for v in [4.4, 4.3, 4.2] {
+        submit(&worker.handle, id, v).await.unwrap();
+    }
+    for h in [&worker.handle, &owner.handle] {
+        let page = |page, limit, oldest_first| async move {
+            let q = StatusQuery {
+                page,
+                limit,
+                oldest_first,
+            };
+            let s = h.status_page(Some(id), q).await.unwrap();
+            assert_eq!(s.submissions, 5);
+            assert_eq!(
+                (s.page, s.limit, s.oldest_first),
+                (page, limit, oldest_first)
+            );
+            (s.results.iter().map(|e| e.seq).collect::<Vec<_>>(), s.more)
+        };
+        assert_eq!(page(1, 2, false).await, (vec![5, 4], true));
+        assert_eq!(page(3, 2, false).await, (vec![1], false));
+        assert_eq!(page(2, 3, true).await, (vec![4, 5], false));
+        assert_eq!(page(1, 0, false).await, (vec![], false));
+        // The default: the newest first.
+        let s = status(h, id).await.unwrap();
+        assert_eq!(s.results.first().map(|e| e.seq), Some(5));
+        // A page out of bounds is refused in words, not sent.
+        let bad = StatusQuery {
+            page: 0,
+            ..StatusQuery::default()
+        };
+        let e = words(h.status_page(Some(id), bad).await).unwrap_err();
+        assert!(e.contains("pages count from 1"), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use btd::testkit::{
     join_approved, spawn_node, test_params, wait_for, wait_known, TestNode, TestNodeOptions,
 };
 use btd_protocol::program::ProgramId;
+use btd_protocol::wire::{StatusQuery, MAX_RESULTS_PAGE};
 use libp2p::identity::Keypair;
 
 const T: Duration = Duration::from_secs(20);
@@ -84,7 +85,12 @@ async fn owner_and_member(
 
 /// The values the owner's KB recorded, in seq order.
 async fn recorded(owner: &NodeHandle, program: ProgramId) -> Vec<f64> {
-    let s = owner.status(Some(program)).await.unwrap();
+    let all = StatusQuery {
+        page: 1,
+        limit: MAX_RESULTS_PAGE,
+        oldest_first: true,
+    };
+    let s = owner.status_page(Some(program), all).await.unwrap();
     s.results.iter().map(|e| e.value).collect()
 }
 

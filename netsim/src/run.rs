@@ -316,7 +316,9 @@ fn db_bytes(path: &std::path::Path) -> u64 {
 async fn served_status(ctx: &Ctx) -> Option<StatusView> {
     let h = ctx.up(0).await?;
     let program = ctx.program;
-    h.status(Some(program)).await.ok()
+    h.status_page(Some(program), btd_protocol::wire::StatusQuery::summary())
+        .await
+        .ok()
 }
 
 async fn owner_log(

@@ -186,7 +186,8 @@ pub(crate) async fn track_propagation(ctx: Arc<Ctx>, poll: Duration) {
 async fn owner_champion(ctx: &Ctx) -> Option<Option<Entry>> {
     let h = ctx.sim.handle(0)?;
     let program = ctx.program;
-    let v = h.status(Some(program)).await.ok()?;
+    let summary = btd_protocol::wire::StatusQuery::summary();
+    let v = h.status_page(Some(program), summary).await.ok()?;
     Some(v.champion)
 }
 

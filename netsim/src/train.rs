@@ -179,7 +179,9 @@ pub(crate) async fn workload(ctx: &Ctx, ix: NodeIx, rng: &mut ChaCha8Rng) {
     while Instant::now() < ctx.deadline {
         let Some(h) = ctx.up(ix).await else { return };
         let program = ctx.program;
-        if let Ok(s) = h.status(Some(program)).await {
+        // The newest page: this member's claims are among the latest results.
+        let newest = btd_protocol::wire::StatusQuery::newest(btd_protocol::wire::MAX_RESULTS_PAGE);
+        if let Ok(s) = h.status_page(Some(program), newest).await {
             let settled: Vec<(u64, Check)> = s
                 .results
                 .iter()

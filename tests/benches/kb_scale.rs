@@ -27,7 +27,9 @@ use btd_protocol::owner::Record;
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::trace::Output;
-use btd_protocol::wire::{KbCall, KbRequest, KbResponse, ProgramAnnouncement, Submission};
+use btd_protocol::wire::{
+    KbCall, KbRequest, KbResponse, ProgramAnnouncement, StatusQuery, Submission, MAX_RESULTS_PAGE,
+};
 use btd_protocol::Timestamp;
 use libp2p_identity::Keypair;
 
@@ -205,7 +207,10 @@ fn measure(
     let mut status = Vec::new();
     let mut submissions = 0;
     for _ in 0..reads {
-        let (ms, v) = call(Request::Status { program: Some(id) });
+        let (ms, v) = call(Request::Status {
+            program: Some(id),
+            query: StatusQuery::newest(MAX_RESULTS_PAGE),
+        });
         submissions = v["submissions"].as_u64().unwrap();
         status.push(ms);
     }

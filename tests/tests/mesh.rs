@@ -212,7 +212,9 @@ fn owner_kill_9_during_a_stream_of_submissions_loses_and_duplicates_nothing() {
     });
 
     // Every submission is in the owner's log, an acknowledged one at its seq; none appears twice.
-    let s = owner.json(&["status", &id]);
+    // The whole log in one page, in seq order.
+    let s = owner.json(&["status", &id, "--limit", "1000", "--oldest-first"]);
+    assert_eq!(s["more"], false, "{s}");
     let results = s["results"].as_array().unwrap();
     let logged: Vec<(u64, String)> = results
         .iter()

@@ -374,14 +374,15 @@ pub(super) fn outbox(list: &crate::node::types::OutboxList) {
     }
 }
 
-/// `btd status`: the program's KB as this node sees it, with the last 20 results. Values are shown
-/// with 6 decimals, as the owner's reasons quote them (`--json` has every digit).
+/// `btd status`: the program's KB as this node sees it, with the page of results asked for. Values
+/// are shown with 6 decimals, as the owner's reasons quote them (`--json` has every digit).
 pub(super) fn status(s: &StatusView) {
-    out!("{}", status_text(s).trim_end());
+    out!("{}", status_text(s, usize::MAX).trim_end());
 }
 
-/// `btd status` as text (also the top of each `btd status --watch` frame).
-pub(super) fn status_text(s: &StatusView) -> String {
+/// `btd status` as text, listing at most `most` results of the page (also the top of each `btd
+/// status --watch` frame).
+pub(super) fn status_text(s: &StatusView, most: usize) -> String {
     use std::fmt::Write as _;
     let mut t = String::new();
     let _ = writeln!(t, "program:     {} ({})", s.name, s.program);
@@ -413,17 +414,23 @@ pub(super) fn status_text(s: &StatusView) -> String {
             let _ = writeln!(t, "  {w}  {a}");
         }
     }
-    if !s.results.is_empty() {
-        let _ = writeln!(t, "results:");
-        for e in s
-            .results
-            .iter()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
+    if !s.results.is_empty() || s.page > 1 {
+        let shown = s.results.len().min(most);
+        let _ = writeln!(
+            t,
+            "results (page {}, {} first{}):",
+            s.page,
+            if s.oldest_first { "oldest" } else { "newest" },
+            match (shown < s.results.len(), s.more) {
+                (true, _) => format!(", {shown} of {} shown", s.results.len()),
+                (false, true) => format!(", more on page {}", s.page.saturating_add(1)),
+                (false, false) => String::new(),
+            }
+        );
+        if s.results.is_empty() {
+            let _ = writeln!(t, "  none on this page");
+        }
+        for e in s.results.iter().take(most) {
             let state = match &e.check {
                 Check::Pending => "pending".to_string(),
                 Check::Failed(why) => format!("rejected: {why}"),

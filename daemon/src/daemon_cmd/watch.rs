@@ -21,6 +21,7 @@ pub(crate) fn status(
     home_dir: Option<PathBuf>,
     program: Option<&str>,
     secs: u64,
+    query: btd_protocol::wire::StatusQuery,
     json: bool,
 ) -> Result<(), CmdError> {
     let program = program.map(program_id).transpose()?;
@@ -31,7 +32,7 @@ pub(crate) fn status(
     loop {
         let answer = rt.block_on(crate::client::call(
             &h.socket_path(),
-            &Request::Status { program },
+            &Request::Status { program, query },
             |_| {},
         ));
         let frame = match answer {
@@ -60,9 +61,12 @@ pub(crate) fn status(
     }
 }
 
+/// Results a frame lists (the leaderboard ranks the whole page).
+const WATCH_RESULTS: usize = 20;
+
 /// One frame: the status as `btd status` prints it, then the leaderboard.
 fn draw(s: &StatusView, secs: u64) -> String {
-    let mut text = print::status_text(s);
+    let mut text = print::status_text(s, WATCH_RESULTS);
     let minimize = !matches!(s.direction, Some(Direction::Maximize));
     let rows: Vec<ResultRow> = s
         .results
@@ -71,8 +75,12 @@ fn draw(s: &StatusView, secs: u64) -> String {
         .collect();
     let board = standings(&rows, minimize);
     text.push_str(&format!(
-        "leaderboard ({}, best result per member among the last {}; rejected claims never count):\n",
-        if minimize { "lowest first" } else { "highest first" },
+        "leaderboard ({}, best result per member among {} results; rejected claims never count):\n",
+        if minimize {
+            "lowest first"
+        } else {
+            "highest first"
+        },
         s.results.len()
     ));
     if board.is_empty() {

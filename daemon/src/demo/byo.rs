@@ -164,6 +164,7 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
     let status: crate::node::types::StatusView = daemons[1]
         .call(Request::Status {
             program: Some(program),
+            query: Default::default(),
         })
         .await?;
     let best = status.champion.map_or(first.entry.value, |c| c.value);
@@ -280,6 +281,7 @@ pub(super) async fn run(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) 
     let s: crate::node::types::StatusView = daemons[1]
         .call(Request::Status {
             program: Some(program),
+            query: Default::default(),
         })
         .await?;
     leaderboard(&s, &names, &[w1, w2], daemons, program).await?;

@@ -215,6 +215,7 @@ async fn demo(args: &DemoArgs, dir: &Path, daemons: &mut Vec<Daemon>) -> Result<
             let status: StatusView = daemons[1]
                 .call(Request::Status {
                     program: Some(program),
+                    query: Default::default(),
                 })
                 .await?;
             let best = status
@@ -555,6 +556,7 @@ impl Board {
         let s: StatusView = owner
             .call(Request::Status {
                 program: Some(program),
+                query: Default::default(),
             })
             .await?;
         self.show(&s, names);
@@ -562,7 +564,8 @@ impl Board {
     }
 
     fn show(&mut self, s: &StatusView, names: &BTreeMap<String, String>) {
-        for e in &s.results {
+        // Newest first on the page: printed in the order they happened.
+        for e in s.results.iter().rev() {
             let known = self.printed.get(&e.seq);
             if known == Some(&e.check) {
                 continue;

@@ -47,7 +47,7 @@ pub(crate) enum MembershipTag {
 pub(crate) enum KbTag {
     /// A send of outbox entry N (resent with the same nonce until the owner answers).
     Submit(u64),
-    /// A member's `btd status` (status, then the latest results).
+    /// A member's `btd status` (the summary and a page of results, one request).
     Status(PendingStatus),
     /// A request whose response goes back as it is (the champion read; testkit probes).
     Raw(Reply<KbResponse>),
@@ -95,7 +95,11 @@ impl Node {
                 delivered,
             } => outbox::submit(self, program, result, reply, delivered),
             Command::Outbox { program, reply } => outbox::list(self, program, reply),
-            Command::Status { program, reply } => worker::status(self, program, reply),
+            Command::Status {
+                program,
+                query,
+                reply,
+            } => worker::status(self, program, query, reply),
             #[cfg(feature = "testkit")]
             Command::RawMembership {
                 peer,

@@ -8,8 +8,8 @@ use btd_protocol::kb::{Entry, Verdict};
 use btd_protocol::membership::Credential;
 use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{
-    ApprovalResponse, BlobRequest, BlobResponse, KbCall, KbRequest, KbResponse, SubmitReceipt,
-    VerifiedProgram,
+    ApprovalResponse, BlobRequest, BlobResponse, KbCall, KbRequest, KbResponse, StatusQuery,
+    SubmitReceipt, VerifiedProgram,
 };
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -125,6 +125,8 @@ pub(crate) enum Command {
     Status {
         /// The program (None: the only program this node owns or belongs to).
         program: Option<ProgramId>,
+        /// Which page of results.
+        query: StatusQuery,
         /// The view.
         reply: Reply<StatusView>,
     },
@@ -458,9 +460,40 @@ impl NodeHandle {
 
     /// `btd status`: an own program from the store, a joined one from its owner (`None`: the only
     /// program this node owns or belongs to).
+    /// The results are the newest [`btd_protocol::wire::DEFAULT_STATUS_LIMIT`], newest first.
     pub async fn status(&self, program: Option<ProgramId>) -> Result<StatusView, NodeError> {
-        self.try_call(|reply| Command::Status { program, reply })
-            .await
+        self.status_page(program, StatusQuery::default()).await
+    }
+
+    /// `btd status --page/--limit/--oldest-first`: the summary and the page `query` names.
+    pub async fn status_page(
+        &self,
+        program: Option<ProgramId>,
+        query: StatusQuery,
+    ) -> Result<StatusView, NodeError> {
+        self.try_call(|reply| Command::Status {
+            program,
+            query,
+            reply,
+        })
+        .await
+    }
+
+    /// Results `after_seq < seq ≤ after_seq + limit` of a program (`limit` ≤
+    /// [`btd_protocol::wire::MAX_RESULTS_PAGE`]), in seq order, and whether more follow.
+    pub async fn results(
+        &self,
+        program: ProgramId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), NodeError> {
+        match self
+            .kb_read(program, KbCall::Results { after_seq, limit })
+            .await?
+        {
+            KbResponse::Results { entries, more } => Ok((entries, more)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// This node's owner and credential for a joined program (`None`: not a member).

@@ -16,7 +16,7 @@ use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
     ErrorCode, ErrorReply, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
 };
-use btd_protocol::wire::{ProgramAnnouncement, VerifiedProgram};
+use btd_protocol::wire::{ProgramAnnouncement, StatusQuery, VerifiedProgram};
 use libp2p::PeerId;
 
 use super::dispatch::MembershipTag;
@@ -25,9 +25,6 @@ use super::types::{ClaimJob, MembersView, PendingView, StatusView};
 use super::Node;
 use crate::net::Responder;
 use crate::store;
-
-/// Most results returned in an owner's status view.
-const STATUS_RESULTS: usize = 1000;
 
 pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply {
@@ -353,27 +350,17 @@ pub(super) fn members(node: &Node, program: &ProgramId) -> Result<MembersView, N
 }
 
 /// The owner's own status view of a program (read from its state, not over the mesh).
-pub(super) fn status(owned: &ProgramOwner, me: &str) -> StatusView {
-    let s = owned.kb_status();
-    StatusView {
-        program: s.program,
-        name: s.name,
-        metric: owned.program().criteria.metric.clone(),
-        direction: Some(owned.program().criteria.direction),
-        owner: me.to_string(),
-        source: "own store".to_string(),
-        members: s.members,
-        submissions: s.submissions,
-        accepted: s.accepted,
-        pending: s.pending,
-        verified: s.verified,
-        rejected: s.rejected,
-        champion: s.champion,
-        payouts: s.payouts,
-        pool: s.pool,
-        token: s.token,
-        results: owned.recent_results(STATUS_RESULTS),
-    }
+pub(super) fn status(owned: &ProgramOwner, me: &str, query: &StatusQuery) -> StatusView {
+    let (st, results, more) = owned.status_page(query);
+    StatusView::of(
+        st,
+        Some(&owned.program().criteria),
+        me.to_string(),
+        "own store",
+        query,
+        results,
+        more,
+    )
 }
 
 /// Applies the owner's verdict, stores it, then answers (durable before the reply).

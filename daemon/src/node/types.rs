@@ -169,8 +169,63 @@ pub struct StatusView {
     pub pool: Amount,
     /// The token.
     pub token: String,
-    /// The most recent results (up to 1000), oldest first.
+    /// One page of results, in the order asked (`btd status --page/--limit/--oldest-first`;
+    /// by default the newest 20, newest first).
     pub results: Vec<Entry>,
+    /// The page these results are (from 1).
+    #[serde(default = "first_page")]
+    pub page: u32,
+    /// Results per page asked for.
+    #[serde(default)]
+    pub limit: u32,
+    /// Whether the pages run oldest first.
+    #[serde(default)]
+    pub oldest_first: bool,
+    /// Whether a later page holds results.
+    #[serde(default)]
+    pub more: bool,
+}
+
+fn first_page() -> u32 {
+    1
+}
+
+impl StatusView {
+    /// The view of a status and its page of results, as asked by `query`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn of(
+        st: btd_protocol::wire::KbStatus,
+        criteria: Option<&btd_protocol::program::Criteria>,
+        owner: String,
+        source: &str,
+        query: &btd_protocol::wire::StatusQuery,
+        results: Vec<Entry>,
+        more: bool,
+    ) -> Self {
+        StatusView {
+            program: st.program,
+            name: st.name,
+            metric: criteria.map(|c| c.metric.clone()).unwrap_or_default(),
+            direction: criteria.map(|c| c.direction),
+            owner,
+            source: source.to_string(),
+            members: st.members,
+            submissions: st.submissions,
+            accepted: st.accepted,
+            pending: st.pending,
+            verified: st.verified,
+            rejected: st.rejected,
+            champion: st.champion,
+            payouts: st.payouts,
+            pool: st.pool,
+            token: st.token,
+            results,
+            page: query.page,
+            limit: query.limit,
+            oldest_first: query.oldest_first,
+            more,
+        }
+    }
 }
 
 /// A result to submit: what `btd submit` and the worker loop hand the node.

@@ -9,7 +9,7 @@ use btd_protocol::program::ProgramId;
 use btd_protocol::seal;
 use btd_protocol::wire::{
     grant_seal_context, ErrorCode, ErrorReply, GrantDelivery, KbCall, KbRequest, KbResponse,
-    MembershipRequest, MembershipResponse, PollStatus,
+    MembershipRequest, MembershipResponse, PollStatus, StatusQuery,
 };
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -26,14 +26,8 @@ use crate::store::{self, MembershipRow};
 pub(crate) struct PendingStatus {
     program: ProgramId,
     owner: PeerId,
+    query: StatusQuery,
     reply: Reply<StatusView>,
-    step: StatusStep,
-}
-
-#[derive(Debug)]
-enum StatusStep {
-    Status,
-    Results(Box<btd_protocol::wire::KbStatus>),
 }
 
 /// `at` plus `secs`, or `None` when the sum leaves the clock's range. The seconds may come from a
@@ -344,7 +338,16 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
 }
 
 /// `btd status`: the owner reads its store; a member asks the owner.
-pub(super) fn status(node: &mut Node, program: Option<ProgramId>, reply: Reply<StatusView>) {
+pub(super) fn status(
+    node: &mut Node,
+    program: Option<ProgramId>,
+    query: StatusQuery,
+    reply: Reply<StatusView>,
+) {
+    if let Err(e) = query.check() {
+        let _ = reply.send(Err(NodeError::Refused(format!("status: {e}"))));
+        return;
+    }
     let program = match program {
         Some(p) => p,
         None => {
@@ -373,7 +376,7 @@ pub(super) fn status(node: &mut Node, program: Option<ProgramId>, reply: Reply<S
     };
     if let Some(o) = node.owners.get(&program) {
         let me = node.net.local_peer_id().to_string();
-        let _ = reply.send(Ok(super::owner::status(o, &me)));
+        let _ = reply.send(Ok(super::owner::status(o, &me, &query)));
         return;
     }
     let Some(m) = node.memberships.get(&program).cloned() else {
@@ -386,22 +389,22 @@ pub(super) fn status(node: &mut Node, program: Option<ProgramId>, reply: Reply<S
     let request = KbRequest {
         program,
         credential: m.credential,
-        call: KbCall::Status,
+        call: KbCall::StatusPage(query),
     };
     let pending = PendingStatus {
         program,
         owner: m.owner,
+        query,
         reply,
-        step: StatusStep::Status,
     };
     node.net
         .request_kb(m.owner, request, KbTag::Status(pending));
 }
 
-/// The owner answered a step of a member's `btd status` (or the request failed).
+/// The owner answered a member's `btd status` (or the request failed).
 pub(super) fn on_status_answer(
     node: &mut Node,
-    mut s: PendingStatus,
+    s: PendingStatus,
     result: Result<KbResponse, String>,
 ) {
     let resp = match result {
@@ -413,61 +416,33 @@ pub(super) fn on_status_answer(
             return;
         }
     };
-    match (s.step, resp) {
-        (StatusStep::Status, KbResponse::Status(st)) => {
-            // Then the latest results page.
-            let after = st
-                .submissions
-                .saturating_sub(btd_protocol::wire::MAX_RESULTS_PAGE as u64);
-            let Some(m) = node.memberships.get(&s.program).cloned() else {
-                let _ = s
-                    .reply
-                    .send(Err(NodeError::Refused("membership lost".into())));
-                return;
-            };
-            let request = KbRequest {
-                program: s.program,
-                credential: m.credential,
-                call: KbCall::Results {
-                    after_seq: after,
-                    limit: btd_protocol::wire::MAX_RESULTS_PAGE,
-                },
-            };
-            let owner = s.owner;
-            s.step = StatusStep::Results(Box::new(st));
-            node.net.request_kb(owner, request, KbTag::Status(s));
-        }
-        (StatusStep::Results(st), KbResponse::Results { entries, .. }) => {
+    match resp {
+        KbResponse::StatusPage {
+            status,
+            results,
+            more,
+        } => {
             let criteria = node.known.get(&s.program).map(|k| &k.view.program.criteria);
-            let metric = criteria.map(|c| c.metric.clone()).unwrap_or_default();
-            let direction = criteria.map(|c| c.direction);
-            let _ = s.reply.send(Ok(StatusView {
-                program: st.program,
-                name: st.name,
-                metric,
-                direction,
-                owner: s.owner.to_string(),
-                source: "owner over the mesh".into(),
-                members: st.members,
-                submissions: st.submissions,
-                accepted: st.accepted,
-                pending: st.pending,
-                verified: st.verified,
-                rejected: st.rejected,
-                champion: st.champion,
-                payouts: st.payouts,
-                pool: st.pool,
-                token: st.token,
-                results: entries,
-            }));
+            let view = StatusView::of(
+                status,
+                criteria,
+                s.owner.to_string(),
+                "owner over the mesh",
+                &s.query,
+                results,
+                more,
+            );
+            let _ = s.reply.send(Ok(view));
         }
-        (_, KbResponse::Error(e)) => {
+        KbResponse::Error(e) => {
             let _ = s.reply.send(Err(NodeError::Refused(e.message)));
         }
-        (_, other) => {
-            let _ = s.reply.send(Err(NodeError::Refused(format!(
-                "unexpected reply from the owner: {other:?}"
-            ))));
+        _ => {
+            let _ = s.reply.send(Err(NodeError::Refused(
+                "the owner answered a status read with something else; run the same btd \
+                 version as the owner"
+                    .into(),
+            )));
         }
     }
 }

@@ -79,7 +79,7 @@ impl WorkContext {
             Some(s) => Some(s),
             None => self
                 .node
-                .status(Some(program))
+                .status_page(Some(program), btd_protocol::wire::StatusQuery::summary())
                 .await
                 .map_err(|e| e.to_string())?
                 .champion

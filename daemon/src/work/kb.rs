@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use btd_protocol::kb::Check;
+use btd_protocol::kb::{Check, Entry};
 use btd_protocol::program::search::Hypothesis;
 use btd_protocol::trace::{ImpactRead, TraceabilityRecord};
+use btd_protocol::wire::MAX_RESULTS_PAGE;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
@@ -32,12 +33,17 @@ impl Loop {
         };
         while runs.iter().any(pending) && !self.ctx.cancelled() {
             let program = self.id;
-            if let Ok(view) = self.ctx.node.status(Some(program)).await {
+            let seqs: Vec<u64> = runs
+                .iter()
+                .filter(|r| pending(r))
+                .filter_map(|r| r.verdict.as_ref().map(|v| v.seq))
+                .collect();
+            if let Ok(entries) = self.read_entries(program, &seqs).await {
                 for r in runs.iter_mut().filter(|r| pending(r)) {
                     let Some(v) = r.verdict.as_mut() else {
                         continue;
                     };
-                    let Some(e) = view.results.iter().find(|e| e.seq == v.seq) else {
+                    let Some(e) = entries.iter().find(|e| e.seq == v.seq) else {
                         continue;
                     };
                     if e.check == Check::Pending {
@@ -81,6 +87,31 @@ impl Loop {
             }
             tokio::time::sleep(VERDICT_POLL).await;
         }
+    }
+
+    /// The KB entries of `seqs` (a few pending claims): one read per window of
+    /// [`MAX_RESULTS_PAGE`] seqs that holds any of them, so the cost is the span, not the log.
+    async fn read_entries(
+        &self,
+        program: btd_protocol::program::ProgramId,
+        seqs: &[u64],
+    ) -> Result<Vec<Entry>, crate::node::NodeError> {
+        let mut wanted: Vec<u64> = seqs.to_vec();
+        wanted.retain(|&s| s > 0);
+        wanted.sort_unstable();
+        let mut entries = Vec::new();
+        while let (Some(&lo), Some(&hi)) = (wanted.first(), wanted.last()) {
+            let after = lo.saturating_sub(1);
+            let limit = u32::try_from(hi - after)
+                .unwrap_or(MAX_RESULTS_PAGE)
+                .min(MAX_RESULTS_PAGE);
+            let (mut page, _) = self.ctx.node.results(program, after, limit).await?;
+            let end = after.saturating_add(u64::from(limit));
+            wanted.retain(|&s| s > end);
+            page.retain(|e| seqs.contains(&e.seq));
+            entries.append(&mut page);
+        }
+        Ok(entries)
     }
 
     /// The champion as its signed submission states it, or `None` when there is none (or it

@@ -13,8 +13,8 @@ use crate::patch::Editable;
 use crate::program::{Task, VerifyMode};
 use crate::signed::Signed;
 use crate::wire::{
-    ChampionView, CodeHypothesis, ErrorCode, KbCall, KbRequest, KbResponse, KbStatus, Submission,
-    SubmitReceipt, CODE_OUTPUT,
+    encode, fit_page, ChampionView, CodeHypothesis, ErrorCode, KbCall, KbRequest, KbResponse,
+    KbStatus, StatusQuery, Submission, SubmitReceipt, CODE_OUTPUT, MAX_MESSAGE_BYTES,
 };
 use crate::Timestamp;
 
@@ -84,6 +84,7 @@ impl ProgramOwner {
                 KbResponse::Results { entries, more }
             }
             KbCall::Status => KbResponse::Status(self.kb_status()),
+            KbCall::StatusPage(q) => self.status_page_reply(&q),
             KbCall::Submit(signed) => return self.submit(peer, &member, signed, None, now),
             KbCall::SubmitCode { submission, code } => {
                 return self.submit(peer, &member, submission, Some(*code), now)
@@ -146,6 +147,7 @@ impl ProgramOwner {
                 Some(read(entries, LedgerReadKind::Code))
             }
             KbCall::Status => Some(Effects::reply(KbResponse::Status(self.kb_status()))),
+            KbCall::StatusPage(q) => Some(Effects::reply(self.status_page_reply(q))),
             _ => None,
         }
     }
@@ -480,9 +482,28 @@ impl ProgramOwner {
         }
     }
 
-    /// The latest `limit` results, oldest first.
-    pub fn recent_results(&self, limit: usize) -> Vec<Entry> {
-        self.kb.tail(limit)
+    /// The status with one page of results in the query's order (the query already checked),
+    /// read from the compact log in O(page), and whether a later page holds results. A page that
+    /// would not fit in one message with the summary is cut short, and `more` says so.
+    pub fn status_page(&self, q: &StatusQuery) -> (KbStatus, Vec<Entry>, bool) {
+        let status = self.kb_status();
+        let w = q.window(self.kb.counts().submissions);
+        let (entries, _) = self
+            .kb
+            .page(w.after_seq, usize::try_from(w.take).unwrap_or(0));
+        // The summary's own size grows with the members paid.
+        let summary = encode(&status).map_or(MAX_MESSAGE_BYTES, |b| b.len());
+        let (results, cut) = fit_page(q.order(entries), summary);
+        (status, results, w.more || cut)
+    }
+
+    fn status_page_reply(&self, q: &StatusQuery) -> KbResponse {
+        let (status, results, more) = self.status_page(q);
+        KbResponse::StatusPage {
+            status,
+            results,
+            more,
+        }
     }
 
     /// Whether `peer`, presenting `credential`, may fetch the artifact `digest` from the owner: a

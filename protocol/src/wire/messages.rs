@@ -15,6 +15,7 @@ use crate::trace::{ApprovalReceipt, Output};
 use crate::{Digest, Timestamp};
 
 use super::code::{CodeHypothesis, CodeView, LedgerItem, MAX_LEDGER_PAGE};
+use super::status::StatusQuery;
 
 /// Most results one `Results` page may carry (keeps a page far below the message cap).
 pub const MAX_RESULTS_PAGE: u32 = 1000;
@@ -121,17 +122,27 @@ impl Sanitize for MembershipResponse {
     }
 }
 
+impl Sanitize for KbStatus {
+    fn sanitize(&mut self) {
+        self.name = sanitize_text(&self.name, MAX_TEXT_BYTES);
+        self.token = sanitize_text(&self.token, MAX_ID_BYTES);
+        if let Some(c) = &mut self.champion {
+            c.sanitize();
+        }
+    }
+}
+
 impl Sanitize for KbResponse {
     fn sanitize(&mut self) {
         match self {
             KbResponse::Champion(Some(c)) => c.entry.sanitize(),
             KbResponse::Results { entries, .. } => entries.iter_mut().for_each(Entry::sanitize),
-            KbResponse::Status(s) => {
-                s.name = sanitize_text(&s.name, MAX_TEXT_BYTES);
-                s.token = sanitize_text(&s.token, MAX_ID_BYTES);
-                if let Some(c) = &mut s.champion {
-                    c.sanitize();
-                }
+            KbResponse::Status(s) => s.sanitize(),
+            KbResponse::StatusPage {
+                status, results, ..
+            } => {
+                status.sanitize();
+                results.iter_mut().for_each(Entry::sanitize);
             }
             KbResponse::Submitted(r) => {
                 if let crate::kb::Check::Failed(why) = &mut r.check {
@@ -489,6 +500,8 @@ pub enum KbCall {
         /// At most [`MAX_LEDGER_PAGE`].
         limit: u32,
     },
+    /// The status with one page of results ([`StatusQuery`]), in one round trip.
+    StatusPage(StatusQuery),
 }
 
 impl KbCall {
@@ -507,6 +520,7 @@ impl KbCall {
                     format!("must be 1 to {MAX_LEDGER_PAGE}, got {limit}"),
                 ))
             }
+            KbCall::StatusPage(q) => q.check(),
             _ => Ok(()),
         }
     }
@@ -689,6 +703,15 @@ pub enum KbResponse {
     },
     /// A result's code hypothesis with its entry (`None`: no such result, or it carried none).
     Code(Option<Box<CodeView>>),
+    /// The status and one page of results, in the query's order.
+    StatusPage {
+        /// The summary.
+        status: KbStatus,
+        /// The page (fewer than asked when a full page would not fit in one message).
+        results: Vec<Entry>,
+        /// Whether a later page holds results.
+        more: bool,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@
 mod code;
 pub mod codec;
 mod messages;
+mod status;
 #[cfg(test)]
 mod tests;
 
 pub use code::*;
 pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
 pub use messages::*;
+pub use status::*;
 
 /// Versioned protocol names and gossip topics.
 pub mod protocols {

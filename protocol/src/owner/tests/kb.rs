@@ -5,7 +5,7 @@ use super::*;
 use crate::kb::Verdict;
 use crate::membership::MemberId;
 use crate::owner::MAX_PENDING_PER_MEMBER;
-use crate::wire::ErrorCode;
+use crate::wire::{ErrorCode, StatusQuery, MAX_RESULTS_PAGE};
 
 fn joined(m: &Manifest) -> (World, Worker) {
     let mut world = World::new(m);
@@ -431,6 +431,61 @@ fn members_read_the_champion_results_in_pages_and_status() {
     match world.kb(&a, KbCall::Program, T0).reply {
         KbResponse::Program(p) => assert_eq!(p, world.announcement),
         other => panic!("expected the announcement, got {other:?}"),
+    }
+}
+
+#[test]
+fn members_read_the_status_with_one_page_of_results_newest_first() {
+    let (mut world, a) = joined(&Manifest {
+        checks: false,
+        ..Manifest::default()
+    });
+    for n in 1..=5u8 {
+        let s = a.submission(world.id, 4.0 - f64::from(n) * 0.1, n, false, T0);
+        let _ = world.kb(&a, KbCall::Submit(s), T0);
+    }
+    let page = |world: &mut World, page: u32, limit: u32, oldest_first: bool| {
+        let q = StatusQuery {
+            page,
+            limit,
+            oldest_first,
+        };
+        match world.kb(&a, KbCall::StatusPage(q), T0).reply {
+            KbResponse::StatusPage {
+                status,
+                results,
+                more,
+            } => {
+                assert_eq!((status.submissions, status.accepted), (5, 5));
+                (results.iter().map(|e| e.seq).collect::<Vec<_>>(), more)
+            }
+            other => panic!("expected a status page, got {other:?}"),
+        }
+    };
+    assert_eq!(page(&mut world, 1, 2, false), (vec![5, 4], true));
+    assert_eq!(page(&mut world, 3, 2, false), (vec![1], false));
+    assert_eq!(page(&mut world, 2, 2, true), (vec![3, 4], true));
+    assert_eq!(page(&mut world, 9, 2, true), (vec![], false));
+    // The summary alone.
+    assert_eq!(page(&mut world, 1, 0, false), (vec![], false));
+    // The owner's own read answers the same.
+    let own = world
+        .owners
+        .get(&world.id)
+        .expect("owned")
+        .read_own(&KbCall::StatusPage(StatusQuery::newest(2)))
+        .expect("a status read")
+        .reply;
+    assert!(matches!(own, KbResponse::StatusPage { results, .. } if results[0].seq == 5));
+    // Out of bounds: refused with the reason.
+    for bad in [(0, 2), (1, MAX_RESULTS_PAGE + 1)] {
+        let q = StatusQuery {
+            page: bad.0,
+            limit: bad.1,
+            oldest_first: false,
+        };
+        let (code, why) = error(&world.kb(&a, KbCall::StatusPage(q), T0));
+        assert_eq!(code, ErrorCode::Invalid, "{why}");
     }
 }
 
