@@ -150,6 +150,8 @@ pub struct Node {
     /// Submissions to owners, until they answer (`outbox.rs`).
     pub(crate) outbox: outbox::Outbox,
     pub(crate) pending: FuturesUnordered<BoxFut>,
+    /// Submission signatures checked at once off this task (one per core): `owner::on_kb_request`.
+    pub(crate) signature_checks: std::sync::Arc<tokio::sync::Semaphore>,
     pub(crate) buckets: HashMap<PeerId, Bucket>,
     pub(crate) peer_rungs: HashMap<PeerId, (btd_protocol::Timestamp, Vec<AdvertisedRung>)>,
     pub(crate) agents: HashMap<PeerId, String>,
@@ -257,6 +259,9 @@ pub(crate) async fn spawn_without_verifier(
             (cfg.net.rate_burst, cfg.net.rate_per_sec),
         ),
         pending: FuturesUnordered::new(),
+        signature_checks: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+        )),
         buckets: HashMap::new(),
         peer_rungs: HashMap::new(),
         agents: HashMap::new(),

@@ -10,7 +10,9 @@ use btd_protocol::kb::{Check, Entry, Verdict};
 use btd_protocol::membership::DeviceCode;
 use std::collections::HashMap;
 
-use btd_protocol::owner::{Effects, LedgerRead, ProgramOwner, Push, Record};
+use btd_protocol::owner::{
+    submission_of, CheckedSubmission, Effects, LedgerRead, ProgramOwner, Push, Record,
+};
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
@@ -60,15 +62,17 @@ fn execute<R: Send + 'static>(
     }
     let mut programs: Vec<ProgramId> = persist.iter().map(Record::program).collect();
     programs.dedup();
-    let store = node.store.clone();
-    node.after(async move {
-        let res = if persist.is_empty() {
-            store.barrier().await
+    // Queued now, in the order the core made the records (KB entries must be stored in seq
+    // order), not when the future below is first polled.
+    let durable = node.store.write_in_order(move |tx| {
+        if persist.is_empty() {
+            Ok(()) // a barrier: durable once every earlier write is
         } else {
-            store
-                .write(move |tx| store::put_records(tx, &persist))
-                .await
-        };
+            store::put_records(tx, &persist)
+        }
+    });
+    node.after(async move {
+        let res = durable.await;
         Box::new(move |node: &mut Node| match res {
             Ok(()) => {
                 send(node, reply);
@@ -135,17 +139,53 @@ pub(super) fn on_membership_request(
     );
 }
 
-/// Inbound KB request: membership-gated against the Noise-authenticated peer id.
+/// Inbound KB request: membership-gated against the Noise-authenticated peer id. A member's
+/// submission has its signature checked first on the blocking pool, at most one check per core at
+/// once, so the node task only applies the KB rules (in the order the checks finish).
 pub(super) fn on_kb_request(
     node: &mut Node,
     peer: PeerId,
     req: KbRequest,
     channel: Responder<KbResponse>,
 ) {
+    let member = |node: &Node| {
+        node.owners
+            .get(&req.program)
+            .is_some_and(|o| o.registry().verify(&req.credential, &peer).is_ok())
+    };
+    let Some(signed) = submission_of(&req.call).filter(|_| member(node)).cloned() else {
+        return answer_kb(node, peer, req, None, channel);
+    };
+    let permits = node.signature_checks.clone();
+    node.after(async move {
+        let checked = match permits.acquire_owned().await {
+            Ok(permit) => tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                CheckedSubmission::check(&peer, &signed).ok()
+            })
+            .await
+            .ok()
+            .flatten(),
+            // Closed only at shutdown: the core checks it itself.
+            Err(_) => None,
+        };
+        move |node: &mut Node| answer_kb(node, peer, req, checked, channel)
+    });
+}
+
+/// Applies a KB request to the owner core (`checked`: its submission's signature, already
+/// checked; the core checks it itself otherwise) and answers once the effects are durable.
+fn answer_kb(
+    node: &mut Node,
+    peer: PeerId,
+    req: KbRequest,
+    checked: Option<CheckedSubmission>,
+    channel: Responder<KbResponse>,
+) {
     let now = node.clock.now();
     let program = req.program;
     let submitting = matches!(req.call, KbCall::Submit(_) | KbCall::SubmitCode { .. });
-    let mut fx = node.owners.on_kb(peer, req, now);
+    let mut fx = node.owners.on_kb_checked(peer, req, checked, now);
     if let Some(read) = fx.read.take() {
         let fallback = fx.reply;
         complete_read(node, read, fallback, move |node, resp| {

@@ -6,6 +6,7 @@
 //! `synchronous = FULL` in WAL mode: an acknowledged write survives a crash or `kill -9`.
 
 mod kb;
+mod ordered;
 mod outbox;
 mod schema;
 
@@ -43,6 +44,9 @@ pub enum StoreError {
     /// The store thread is gone (the daemon is shutting down).
     #[error("the database is closed (the daemon is shutting down)")]
     Closed,
+    /// Too many writes are waiting for the database; retry later.
+    #[error("the database is busy: too many writes are waiting; retry later")]
+    Busy,
     /// Stored data is not what this btd version expects.
     #[error("database content is invalid: {0}")]
     Corrupt(String),
@@ -62,6 +66,8 @@ pub struct Store {
     tx: mpsc::Sender<Job>,
     /// Where the store thread records each batch's commit latency, once a node attaches it.
     commits: Arc<Mutex<Option<Histogram>>>,
+    /// Ordered writes waiting for room on `tx` (`ordered.rs`).
+    overflow: Arc<ordered::Overflow>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,7 +100,11 @@ impl Store {
             .spawn(move || run(conn, rx, &observed))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store thread"));
-        Store { tx, commits }
+        Store {
+            tx,
+            commits,
+            overflow: Arc::default(),
+        }
     }
 
     /// Records each batch's commit latency (seconds) in `histogram` from now on, instead of where
@@ -115,6 +125,16 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` in a transaction after every write queued before it with this method: queued at
+    /// once, not when the future is first polled (see `ordered.rs`). Resolves once it is durably
+    /// committed.
+    pub fn write_in_order(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(), StoreError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.overflow.write(&self.tx, Box::new(f))
     }
 
     /// Runs a read and returns its result.

@@ -3,6 +3,7 @@
 use libp2p_identity::PeerId;
 
 use super::ledger::{CodeLink, LedgerRead, LedgerReadKind, MAX_CODE_BYTES_PER_MEMBER};
+use super::precheck::CheckedSubmission;
 use super::{
     digest_key, err, nonce_key, Effects, ProgramOwner, Record, SubmissionRecord,
     MAX_PENDING_PER_MEMBER, MAX_SUBMISSIONS_PER_MEMBER_PER_WINDOW, SUBMISSION_WINDOW_SECS,
@@ -49,6 +50,18 @@ impl ProgramOwner {
         request: KbRequest,
         now: Timestamp,
     ) -> Effects<KbResponse> {
+        self.on_kb_checked(peer, request, None, now)
+    }
+
+    /// [`ProgramOwner::on_kb`] with the submission's signature already checked off this task
+    /// (`checked`, for the same envelope from the same peer; otherwise it is checked here).
+    pub fn on_kb_checked(
+        &mut self,
+        peer: PeerId,
+        request: KbRequest,
+        checked: Option<CheckedSubmission>,
+        now: Timestamp,
+    ) -> Effects<KbResponse> {
         let KbRequest {
             credential, call, ..
         } = request;
@@ -85,9 +98,11 @@ impl ProgramOwner {
             }
             KbCall::Status => KbResponse::Status(self.kb_status()),
             KbCall::StatusPage(q) => self.status_page_reply(&q),
-            KbCall::Submit(signed) => return self.submit(peer, &member, signed, None, now),
+            KbCall::Submit(signed) => {
+                return self.submit(peer, &member, signed, checked, None, now)
+            }
             KbCall::SubmitCode { submission, code } => {
-                return self.submit(peer, &member, submission, Some(*code), now)
+                return self.submit(peer, &member, submission, checked, Some(*code), now)
             }
             KbCall::Ledger { .. } | KbCall::LedgerTail { .. } | KbCall::Code { .. } => {
                 return self.read_own(&call).unwrap_or_else(|| {
@@ -161,11 +176,13 @@ impl ProgramOwner {
         peer: PeerId,
         member: &MemberId,
         signed: Signed<Submission>,
+        checked: Option<CheckedSubmission>,
         code: Option<CodeHypothesis>,
         now: Timestamp,
     ) -> Effects<KbResponse> {
         let invalid = |m: String| Effects::reply(KbResponse::Error(err(ErrorCode::Invalid, m)));
-        let sub = match signed.verify_from(&peer) {
+        let checked = checked.and_then(|c| c.value_for(&peer, &signed));
+        let sub = match checked.map_or_else(|| signed.verify_from(&peer), Ok) {
             Ok(s) => s,
             Err(e) => {
                 return invalid(format!(

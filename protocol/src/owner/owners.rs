@@ -176,8 +176,20 @@ impl Owners {
         request: KbRequest,
         now: Timestamp,
     ) -> Effects<KbResponse> {
+        self.on_kb_checked(peer, request, None, now)
+    }
+
+    /// [`Owners::on_kb`] with a submission's signature already checked (see
+    /// [`super::CheckedSubmission`]).
+    pub fn on_kb_checked(
+        &mut self,
+        peer: PeerId,
+        request: KbRequest,
+        checked: Option<super::CheckedSubmission>,
+        now: Timestamp,
+    ) -> Effects<KbResponse> {
         match self.programs.get_mut(&request.program) {
-            Some(o) => o.on_kb(peer, request, now),
+            Some(o) => o.on_kb_checked(peer, request, checked, now),
             None => Effects::reply(KbResponse::Error(unknown(&request.program))),
         }
     }

@@ -490,6 +490,39 @@ fn members_read_the_status_with_one_page_of_results_newest_first() {
 }
 
 #[test]
+fn a_signature_checked_off_the_core_counts_only_for_its_own_envelope_and_sender() {
+    use crate::owner::{submission_of, CheckedSubmission};
+    let (mut world, a) = joined(&Manifest {
+        checks: false,
+        ..Manifest::default()
+    });
+    let mut b = Worker::new();
+    world.join(&mut b, T0);
+    let first = a.submission(world.id, 3.0, 1, false, T0);
+    let checked = CheckedSubmission::check(&a.peer, &first).expect("a's own signature");
+    // Checked from the wrong sender: refused before anything is made of it.
+    assert!(CheckedSubmission::check(&b.peer, &first).is_err());
+    // Used for the envelope it was made on: recorded as that envelope says.
+    let call = KbCall::Submit(first.clone());
+    assert!(submission_of(&call).is_some_and(|s| *s == first));
+    let r = receipt(&world.kb_checked(&a, call, Some(checked.clone()), T0));
+    assert_eq!(r.seq, 1);
+    // Handed along with another envelope, the proof is ignored and that envelope is checked:
+    // a's second result counts with its own value, not the first one's.
+    let second = a.submission(world.id, 2.0, 2, false, T0);
+    let r = receipt(&world.kb_checked(&a, KbCall::Submit(second), Some(checked.clone()), T0));
+    assert_eq!(r.seq, 2);
+    let entry = world.owners.get(&world.id).expect("owned").kb().entry(2);
+    assert_eq!(entry.map(|e| e.value), Some(2.0));
+    // And from another sender (b presenting a's proof with b's envelope signed by a): refused.
+    let stolen = a.submission(world.id, 1.0, 3, false, T0);
+    let fx = world.kb_checked(&b, KbCall::Submit(stolen), Some(checked), T0);
+    let (code, why) = error(&fx);
+    assert_eq!(code, ErrorCode::Invalid, "{why}");
+    assert!(why.contains("signed by the submitting peer"), "{why}");
+}
+
+#[test]
 fn a_member_may_fetch_the_programs_dataset_and_nothing_else() {
     let digest = Digest::of(b"corpus");
     let m = Manifest::default();

@@ -258,8 +258,19 @@ impl World {
     }
 
     pub(super) fn kb(&mut self, w: &Worker, call: KbCall, now: Timestamp) -> Effects<KbResponse> {
+        self.kb_checked(w, call, None, now)
+    }
+
+    /// [`World::kb`] with a submission checked beforehand (as the daemon does off the core's task).
+    pub(super) fn kb_checked(
+        &mut self,
+        w: &Worker,
+        call: KbCall,
+        checked: Option<crate::owner::CheckedSubmission>,
+        now: Timestamp,
+    ) -> Effects<KbResponse> {
         let req = w.kb(self.id, call);
-        let fx = self.owners.on_kb(w.peer, req, now);
+        let fx = self.owners.on_kb_checked(w.peer, req, checked, now);
         let fx = self.apply(fx);
         self.complete(fx)
     }
