@@ -9,7 +9,7 @@ use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
-use crate::config::{Hyper, TrainSpec, VOCAB_SIZE};
+use crate::config::{Hyper, TrainSpec};
 use crate::data::{Batcher, Corpus, DataSource};
 use crate::eval::val_bpb_of;
 use crate::init::SeededVars;
@@ -147,9 +147,8 @@ pub fn train(
         let lr = lr_at(&h, progress);
 
         let (x, y) = batcher.next_batch(corpus.train(), device)?;
-        let logits = model.forward(&x)?;
-        let n = h.batch_size * cfg.block_size;
-        let loss = cross_entropy(&logits.reshape((n, VOCAB_SIZE))?, &y.reshape(n)?)?;
+        let logits = model.forward_rows(&x)?;
+        let loss = cross_entropy(&logits, &y.flatten_all()?)?;
         let loss_value = loss.to_scalar::<f32>()?;
         step += 1;
         if !loss_value.is_finite() {
