@@ -16,7 +16,6 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::VOCAB_SIZE;
 use crate::data::{Corpus, DataSource};
 use crate::fused::cross_entropy_rows;
 use crate::model::Gpt;
@@ -70,7 +69,7 @@ pub fn token_losses(
         }
         let x = Tensor::from_vec(x, (n, t), device)?;
         let y = Tensor::from_vec(y, n * t, device)?;
-        let logits = model.forward(&x)?.detach().reshape((n * t, VOCAB_SIZE))?;
+        let logits = model.forward_rows(&x)?.detach();
         let nll = cross_entropy_rows(&logits, &y)?;
         losses.extend(nll.to_vec1::<f32>()?.into_iter().map(f64::from));
     }

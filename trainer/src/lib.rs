@@ -29,6 +29,7 @@ pub mod eval;
 pub mod fused;
 pub mod init;
 pub mod model;
+pub mod optim;
 pub mod rungs;
 pub mod sample;
 pub mod shell;

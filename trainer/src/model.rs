@@ -9,9 +9,9 @@
 //! differentiable candle ops. `tests::every_parameter_gets_a_gradient` checks that every
 //! parameter receives a non-zero gradient.
 //!
-//! Parameter names (`tok_emb.weight`, `h.0.attn.qkv.weight`, …) are the checkpoint's tensor names.
+//! Parameter names (`tok_emb.weight`, `h.0.attn.q.weight`, …) are the checkpoint's tensor names.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Init, VarBuilder};
 
 use crate::config::{ModelConfig, VOCAB_SIZE};
@@ -36,28 +36,21 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        fused::rms_normalize(x, NORM_EPS)?.broadcast_mul(&self.weight)
+        fused::rms_norm(x, &self.weight, NORM_EPS)
     }
 }
 
-/// A bias-free linear layer that flattens the leading dimensions into one matrix product.
-/// (`candle_nn::Linear` broadcasts the weight over the batch instead, so its backward pass computes
-/// one weight gradient per sequence and then sums them.)
+/// A bias-free linear layer on rows: `(n, d_in)` → `(n, d_out)`. (The model keeps its activations
+/// as `(b·t, d)` rows throughout: every reshape is a node of the autograd graph whose backward pass
+/// copies the whole gradient.)
 #[derive(Debug, Clone)]
 struct Linear {
     weight: Tensor,
 }
 
 impl Linear {
-    /// `(.., d_in)` → `(.., d_out)`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        let (lead, d_in) = dims.split_at(dims.len() - 1);
-        let rows: usize = lead.iter().product();
-        let y = x.reshape((rows, d_in[0]))?.matmul(&self.weight.t()?)?;
-        let mut out = lead.to_vec();
-        out.push(self.weight.dim(0)?);
-        y.reshape(out)
+        x.matmul(&self.weight.t()?)
     }
 }
 
@@ -81,7 +74,6 @@ struct Attention {
     v: Linear,
     proj: Linear,
     n_head: usize,
-    head_dim: usize,
 }
 
 impl Attention {
@@ -94,27 +86,17 @@ impl Attention {
             v: linear(d, d, INIT_STD, vb.pp("v"))?,
             proj: linear(d, d, proj_std, vb.pp("proj"))?,
             n_head: cfg.n_head,
-            head_dim: cfg.head_dim(),
         })
     }
 
-    /// `x`: `(b, t, d)`; `mask`: `(t, t)` with 0 on and below the diagonal, −∞ above.
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let (h, hd) = (self.n_head, self.head_dim);
-        // Three projections rather than one fused `qkv` and `narrow`: narrow's backward pads each
-        // slice's gradient back to full width with zeros, which cost more than the extra matmuls.
-        let heads = |proj: &Linear| -> candle_core::Result<Tensor> {
-            proj.forward(x)?
-                .reshape((b, t, h, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = (heads(&self.q)? * (1.0 / (hd as f64).sqrt()))?;
-        let k = heads(&self.k)?;
-        let v = heads(&self.v)?;
-        let att = fused::causal_softmax(&q.matmul(&k.t()?)?, mask)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+    /// `x`: `(b·t, d)` rows of `b` sequences of length `t`.
+    fn forward(&self, x: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
+        // One matrix product for q, k and v (their weights stacked), and one attention op on the
+        // packed rows, which reads the three parts in place (its backward pass writes one packed
+        // gradient, so there is no `narrow` whose backward pass would pad each part with zeros).
+        let w = Tensor::cat(&[&self.q.weight, &self.k.weight, &self.v.weight], 0)?;
+        let qkv = x.matmul(&w.t()?)?;
+        let y = fused::causal_attention(&qkv, b, t, self.n_head)?;
         self.proj.forward(&y)
     }
 }
@@ -162,8 +144,8 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+    fn forward(&self, x: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, b, t)?)?;
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
     }
 }
@@ -177,8 +159,6 @@ pub struct Gpt {
     blocks: Vec<Block>,
     ln_f: RmsNorm,
     lm_head: Linear,
-    mask: Tensor,
-    positions: Tensor,
 }
 
 impl Gpt {
@@ -198,7 +178,6 @@ impl Gpt {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(&cfg, vb.pp(format!("h.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let device = vb.device().clone();
         Ok(Self {
             cfg,
             tok_emb: Embedding::new(tok, d),
@@ -206,8 +185,6 @@ impl Gpt {
             blocks,
             ln_f: RmsNorm::new(d, vb.pp("ln_f"))?,
             lm_head: linear(d, VOCAB_SIZE, INIT_STD, vb.pp("lm_head"))?,
-            mask: causal_mask(cfg.block_size, &device)?,
-            positions: Tensor::arange(0u32, cfg.block_size as u32, &device)?,
         })
     }
 
@@ -218,22 +195,22 @@ impl Gpt {
 
     /// Logits `(b, t, 256)` for byte indices `(b, t)` (`u32`), `t ≤ block_size`.
     pub fn forward(&self, idx: &Tensor) -> candle_core::Result<Tensor> {
-        let (_b, t) = idx.dims2()?;
+        let (b, t) = idx.dims2()?;
+        self.forward_rows(idx)?.reshape((b, t, VOCAB_SIZE))
+    }
+
+    /// Logits as rows, `(b·t, 256)`, for byte indices `(b, t)` (`u32`), `t ≤ block_size`.
+    pub fn forward_rows(&self, idx: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = idx.dims2()?;
         if t == 0 || t > self.cfg.block_size {
             return Err(candle_core::Error::Msg(format!(
                 "sequence length {t} is outside 1..={}",
                 self.cfg.block_size
             )));
         }
-        let pos = self.pos_emb.forward(&self.positions.narrow(0, 0, t)?)?;
-        let mut x = self.tok_emb.forward(idx)?.broadcast_add(&pos)?;
-        let mask = if t == self.cfg.block_size {
-            self.mask.clone()
-        } else {
-            self.mask.narrow(0, 0, t)?.narrow(1, 0, t)?.contiguous()?
-        };
+        let mut x = fused::embed(self.tok_emb.embeddings(), self.pos_emb.embeddings(), idx)?;
         for block in &self.blocks {
-            x = block.forward(&x, &mask)?;
+            x = block.forward(&x, b, t)?;
         }
         self.lm_head.forward(&self.ln_f.forward(&x)?)
     }
@@ -265,7 +242,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<T
 }
 
 /// `(t, t)`: 0 where a query may attend (key ≤ query), −∞ elsewhere.
-fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
+pub(crate) fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
     let values: Vec<f32> = (0..t)
         .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();

@@ -6,15 +6,15 @@ use std::time::Instant;
 
 use btd_protocol::Digest;
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointMeta, FORMAT};
-use crate::config::{Hyper, TrainSpec, VOCAB_SIZE};
+use crate::config::{Hyper, TrainSpec};
 use crate::data::{Batcher, Corpus, DataSource};
 use crate::eval::val_bpb_of;
 use crate::init::SeededVars;
 use crate::model::{cross_entropy, Gpt};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::TrainError;
 
 /// Progress after one optimiser step, for progress bars and logs.
@@ -127,15 +127,14 @@ pub fn train(
             n.into_iter().map(|(_, v)| v.clone()).collect(),
         )
     };
-    let params = |weight_decay| ParamsAdamW {
-        lr: 0.0,
-        beta1: h.beta1,
-        beta2: h.beta2,
-        eps: h.eps,
-        weight_decay,
-    };
-    let mut opt_decay = AdamW::new(decay, params(h.weight_decay))?;
-    let mut opt_plain = AdamW::new(no_decay, params(0.0))?;
+    let mut opt = AdamW::new(
+        vec![(decay, h.weight_decay), (no_decay, 0.0)],
+        AdamWConfig {
+            beta1: h.beta1,
+            beta2: h.beta2,
+            eps: h.eps,
+        },
+    )?;
     let mut batcher = Batcher::new(spec.seed, h.batch_size, cfg.block_size);
     let tokens_per_step = (h.batch_size * cfg.block_size) as u64;
 
@@ -146,13 +145,10 @@ pub fn train(
         let elapsed = start.elapsed().as_secs_f64();
         let progress = budget_progress(spec, step + 1, elapsed);
         let lr = lr_at(&h, progress);
-        opt_decay.set_learning_rate(lr);
-        opt_plain.set_learning_rate(lr);
 
         let (x, y) = batcher.next_batch(corpus.train(), device)?;
-        let logits = model.forward(&x)?;
-        let n = h.batch_size * cfg.block_size;
-        let loss = cross_entropy(&logits.reshape((n, VOCAB_SIZE))?, &y.reshape(n)?)?;
+        let logits = model.forward_rows(&x)?;
+        let loss = cross_entropy(&logits, &y.flatten_all()?)?;
         let loss_value = loss.to_scalar::<f32>()?;
         step += 1;
         if !loss_value.is_finite() {
@@ -162,9 +158,7 @@ pub fn train(
             });
         }
         let mut grads = loss.backward()?;
-        let grad_norm = clip_grad_norm(&vars, &mut grads, h.grad_clip)?;
-        opt_decay.step(&grads)?;
-        opt_plain.step(&grads)?;
+        let grad_norm = opt.clip_and_step(&vars, &mut grads, h.grad_clip, lr)?;
         losses.push(loss_value);
 
         let elapsed = start.elapsed().as_secs_f64();
@@ -242,11 +236,25 @@ fn budget_progress(spec: &TrainSpec, steps_done: u64, elapsed: f64) -> f64 {
 /// Scales all gradients so their global L2 norm is at most `max_norm` (`0` = no clipping); returns
 /// the norm before clipping. The squares are summed on the device in name order (one host
 /// synchronisation per step, which matters on a GPU), then scaled there.
-fn clip_grad_norm(
+pub(crate) fn clip_grad_norm(
     vars: &[(String, Var)],
     grads: &mut GradStore,
     max_norm: f64,
-) -> Result<f64, TrainError> {
+) -> candle_core::Result<f64> {
+    let norm = grad_norm(vars, grads)?;
+    if max_norm > 0.0 && norm > max_norm {
+        let scale = max_norm / norm;
+        for (_, var) in vars {
+            if let Some(g) = grads.remove(var) {
+                grads.insert(var, (g * scale)?);
+            }
+        }
+    }
+    Ok(norm)
+}
+
+/// The global L2 norm of the gradients, summed on the device in `vars` order.
+pub(crate) fn grad_norm(vars: &[(String, Var)], grads: &GradStore) -> candle_core::Result<f64> {
     let mut total: Option<Tensor> = None;
     for (_, var) in vars {
         if let Some(g) = grads.get(var) {
@@ -258,16 +266,7 @@ fn clip_grad_norm(
         }
     }
     let Some(total) = total else { return Ok(0.0) };
-    let norm = f64::from(total.to_scalar::<f32>()?).sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / norm;
-        for (_, var) in vars {
-            if let Some(g) = grads.remove(var) {
-                grads.insert(var, (g * scale)?);
-            }
-        }
-    }
-    Ok(norm)
+    Ok(f64::from(total.to_scalar::<f32>()?).sqrt())
 }
 
 #[cfg(test)]

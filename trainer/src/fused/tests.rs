@@ -127,3 +127,97 @@ fn cross_entropy() {
     let bad = Tensor::from_vec(vec![256u32; 9], 9, &Device::Cpu).unwrap();
     assert!(cross_entropy_rows(x.as_tensor(), &bad).is_err());
 }
+
+/// The gradients of `Σ w ⊙ f(inputs)` for a fixed random `w`, one per input.
+fn grads_of(out: &Tensor, inputs: &[&Var]) -> Vec<Tensor> {
+    let w = random(out.dims(), 98);
+    let g = (out * w.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    inputs.iter().map(|v| g.get(v).unwrap().clone()).collect()
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}");
+    let d = max_diff(a, b);
+    assert!(d <= tol, "{what} differs by {d}");
+}
+
+#[test]
+fn causal_attention_matches_composed() {
+    for (b, t, h, hd) in [(2, 5, 2, 3), (3, 8, 4, 4), (1, 1, 1, 2)] {
+        let d = h * hd;
+        let qkv = random(&[b * t, 3 * d], 5);
+        let fused = causal_attention(qkv.as_tensor(), b, t, h).unwrap();
+        let composed = causal_attention_composed(qkv.as_tensor(), b, t, h).unwrap();
+        assert_close(&fused, &composed, 1e-5, "attention");
+        let gf = grads_of(&fused, &[&qkv]);
+        let gc = grads_of(&composed, &[&qkv]);
+        assert_close(&gf[0], &gc[0], 1e-4, "attention gradient");
+    }
+}
+
+#[test]
+fn causal_attention_is_causal() {
+    let (b, t, h, hd) = (1, 6, 2, 4);
+    let qkv = random(&[b * t, 3 * h * hd], 6);
+    let y = causal_attention(qkv.as_tensor(), b, t, h).unwrap();
+    // Changing the last position changes no earlier output.
+    let mut v = qkv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let row = 3 * h * hd;
+    for x in &mut v[(t - 1) * row..] {
+        *x += 1.0;
+    }
+    let qkv2 = Tensor::from_vec(v, (b * t, row), &Device::Cpu).unwrap();
+    let y2 = causal_attention(&qkv2, b, t, h).unwrap();
+    let d = max_diff(
+        &y.narrow(0, 0, t - 1).unwrap(),
+        &y2.narrow(0, 0, t - 1).unwrap(),
+    );
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn rms_norm_with_gain_matches_composed() {
+    let x = random(&[12, 16], 7);
+    let w = random(&[16], 8);
+    let fused = super::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+    let ms = x
+        .as_tensor()
+        .sqr()
+        .unwrap()
+        .mean_keepdim(D::Minus1)
+        .unwrap();
+    let composed = x
+        .as_tensor()
+        .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(w.as_tensor())
+        .unwrap();
+    assert_close(&fused, &composed, 1e-5, "rms_norm");
+    let gf = grads_of(&fused, &[&x, &w]);
+    let gc = grads_of(&composed, &[&x, &w]);
+    assert_close(&gf[0], &gc[0], 1e-4, "dx");
+    assert_close(&gf[1], &gc[1], 1e-4, "dw");
+}
+
+#[test]
+fn embed_matches_composed() {
+    let (b, t, d) = (3, 4, 5);
+    let tok = random(&[11, d], 9);
+    let pos = random(&[6, d], 10);
+    let idx: Vec<u32> = (0..b * t).map(|i| (i * 7 % 11) as u32).collect();
+    let idx = Tensor::from_vec(idx, (b, t), &Device::Cpu).unwrap();
+    let fused = embed(tok.as_tensor(), pos.as_tensor(), &idx).unwrap();
+    let composed = embed_composed(tok.as_tensor(), pos.as_tensor(), &idx).unwrap();
+    assert_close(&fused, &composed, 0.0, "embed");
+    let gf = grads_of(&fused, &[&tok, &pos]);
+    let gc = grads_of(&composed, &[&tok, &pos]);
+    assert_close(&gf[0], &gc[0], 1e-5, "dtok");
+    assert_close(&gf[1], &gc[1], 1e-5, "dpos");
+    let bad = Tensor::from_vec(vec![11u32; b * t], (b, t), &Device::Cpu).unwrap();
+    assert!(embed(tok.as_tensor(), pos.as_tensor(), &bad).is_err());
+}
