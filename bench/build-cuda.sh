@@ -19,7 +19,7 @@
 #   4. Packages DIR/btd-cuda-sm<CAP>/ and DIR/btd-cuda-sm<CAP>.tar.gz (DIR defaults to
 #      target-cuda/dist): bin/btd, bin/trainer-bench, wrappers `btd` and `trainer-bench` that find the
 #      CUDA 13 libraries (bundled lib/, $BTD_CUDA_LIBS, or the host's CUDA toolkit) and a README.
-#      With --bundle-libs it also copies cudart, cuBLAS/cuBLASLt, cuRAND and NVRTC into lib/ (~950 MB,
+#      With --bundle-libs it also copies cudart, cuBLAS/cuBLASLt and cuRAND into lib/ (~730 MB,
 #      for a GPU host with a driver but no CUDA 13 toolkit); without it the package is a few tens of
 #      MB and uses the host's toolkit libraries.
 #
@@ -65,7 +65,7 @@ WHEELS=(
 
 step() { printf '\n== %s\n' "$*" >&2; }
 need() { command -v "$1" >/dev/null 2>&1 || { echo "build-cuda.sh: needs $1" >&2; exit 1; }; }
-need cargo; need "$PYTHON"; need cc; need c++
+need cargo; need "$PYTHON"; need cc; need c++; need readelf
 
 # 1. The toolkit wheels.
 VENV=$CACHE/venv-cu$CUDA_VERSION_TAG
@@ -121,8 +121,15 @@ export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,-rpath,\$ORIGIN/../lib"
 step "nvcc: $(nvcc --version | tail -1); CUDA_COMPUTE_CAP=$CAP; target dir $CARGO_TARGET_DIR"
 start=$(date +%s)
 # One invocation, so both binaries share one feature resolution (a separate `-p btd-trainer` build
-# would resolve some dependencies' features differently and rebuild them, candle's kernels included).
-cargo build --release --locked -p btd -p btd-trainer --bin btd --bin trainer-bench --features btd/cuda
+# would resolve some dependencies' features differently and rebuild them). Both features are named:
+# with two packages selected, `btd/cuda` alone does not reach btd-trainer.
+cargo build --release --locked -p btd -p btd-trainer --bin btd --bin trainer-bench \
+  --features btd/cuda,btd-trainer/cuda
+# Refuse to package a binary that is not the CUDA build.
+for bin in btd trainer-bench; do
+  readelf -d "$CARGO_TARGET_DIR/release/$bin" | grep -q 'NEEDED.*libcuda\.so\.1' || {
+    echo "build-cuda.sh: $bin does not link the CUDA driver: not a cuda build" >&2; exit 1; }
+done
 echo "build: $(( $(date +%s) - start )) s" >&2
 
 # 4. Package.
@@ -134,8 +141,8 @@ mkdir -p "$PKG/bin"
 cp "$CARGO_TARGET_DIR/release/btd" "$CARGO_TARGET_DIR/release/trainer-bench" "$PKG/bin/"
 if [ "$BUNDLE" = 1 ]; then
   mkdir -p "$PKG/lib"
-  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 \
-             libnvrtc-builtins.so.13.0; do
+  # What the binaries need (readelf -d: NEEDED), cuBLASLt for cuBLAS; NVRTC is not needed.
+  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
     cp "$CU/lib/$lib" "$PKG/lib/"
   done
 fi
@@ -180,7 +187,7 @@ btd $(git describe --always --dirty 2>/dev/null || echo '?') built with --featur
   ./btd train --preset base --device cuda --steps 200
   ./trainer-bench --preset base --device cuda --steps 200 --json
 
-The wrappers put the CUDA 13 libraries (cudart, cuBLAS, cuBLASLt, cuRAND, NVRTC) on the loader path:
+The wrappers put the CUDA 13 libraries (cudart, cuBLAS, cuBLASLt, cuRAND) on the loader path:
 lib/ when the package was built with --bundle-libs, else \$BTD_CUDA_LIBS, else the host's toolkit
 (next to nvcc, /usr/local/cuda/lib64). bin/ holds the binaries themselves (RUNPATH \$ORIGIN/../lib).
 Built by bench/build-cuda.sh; see docs/training.md#gpus.

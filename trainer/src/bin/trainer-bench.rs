@@ -151,10 +151,8 @@ fn run() -> Result<(), String> {
             spec.eval_tokens = n;
         }
         let cpu_before = cpu_secs();
-        let t = train(&spec, &corpus, &dev, &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .map_err(|e| e.to_string())?;
+        let t = train(&spec, &corpus, &dev, &mut |_| ControlFlow::Continue(()))
+            .map_err(|e| e.to_string())?;
         let r = &t.report;
         // CPU time of the whole run (training and evaluation), so a rate per CPU-second is slightly
         // pessimistic.
