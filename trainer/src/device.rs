@@ -13,6 +13,23 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("{s:?} is not cpu, cuda or cuda:N")),
+        }
+    }
+}
+
 /// Whether this build can use NVIDIA GPUs.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
@@ -27,7 +44,17 @@ pub fn open(choice: DeviceChoice) -> Result<Device, TrainError> {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<Device, TrainError> {
-    let device = Device::new_cuda(ordinal)?;
+    let device = Device::new_cuda(ordinal).map_err(|e| {
+        // candle attaches a backtrace when RUST_BACKTRACE is set: the driver's reason is what matters.
+        let mut e = &e;
+        while let candle_core::Error::WithBacktrace { inner, .. } = e {
+            e = inner;
+        }
+        TrainError::Config(format!(
+            "cuda:{ordinal} cannot be opened ({e}); check that the NVIDIA driver is loaded, that \
+             `nvidia-smi` lists the GPU and that {ordinal} is below the GPU count, or train on the CPU"
+        ))
+    })?;
     candle_core::cuda::set_gemm_reduced_precision_f32(true);
     Ok(device)
 }
@@ -74,4 +101,19 @@ pub fn set_cpu_threads(threads: usize) {
 /// The number of CPU threads candle will use.
 pub fn cpu_threads() -> usize {
     candle_core::utils::get_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeviceChoice;
+
+    #[test]
+    fn device_choices_parse() {
+        assert_eq!("cpu".parse(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        for bad in ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            assert!(bad.parse::<DeviceChoice>().is_err(), "{bad:?}");
+        }
+    }
 }

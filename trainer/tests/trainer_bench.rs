@@ -89,3 +89,41 @@ fn an_unknown_argument_fails() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn device_cpu_is_accepted_and_an_unknown_device_is_refused() {
+    let out = trainer_bench(&[
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--eval-tokens",
+        "512",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("a JSON line");
+    assert!(
+        line["report"]["device"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("cpu"),
+        "{line}"
+    );
+    let out = trainer_bench(&["--device", "gpu0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not cpu, cuda or cuda:N"), "{err}");
+}
+
+/// Without the `cuda` feature `--device cuda` fails with a message saying how to rebuild (with it,
+/// and no GPU, it fails with the driver's reason: checked by hand, docs/benchmarks.md "GPU build").
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_feature_says_how_to_rebuild() {
+    let out = trainer_bench(&["--device", "cuda:1", "--steps", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without CUDA support"), "{err}");
+}

@@ -3,10 +3,11 @@
 //! ```text
 //! cargo run --release -p btd-trainer --bin trainer-bench -- [--preset tiny|small|base|all]
 //!     [--steps N | --seconds S] [--data FILE] [--seed S] [--eval-tokens N] [--threads N] [--json]
-//!     [--dump-corpus FILE]
+//!     [--device cpu|cuda[:N]] [--dump-corpus FILE]
 //! ```
 //! Without `--data` it trains on the built-in synthetic corpus (seed 0, 1 MB). `--threads N` sets the
 //! CPU threads (default: `btd_trainer::device::recommended_cpu_threads` for the first preset).
+//! `--device cuda` trains on an NVIDIA GPU (a build with `--features cuda`, see docs/training.md#gpus).
 
 use std::ops::ControlFlow;
 
@@ -17,10 +18,11 @@ use std::process::ExitCode;
 
 use btd_protocol::program::ModelPreset;
 use btd_trainer::data::unigram_entropy_bits;
-use btd_trainer::device::{cpu_threads, recommended_cpu_threads, set_cpu_threads};
+use btd_trainer::device::{
+    self, cpu_threads, recommended_cpu_threads, set_cpu_threads, DeviceChoice,
+};
 use btd_trainer::synth::DEFAULT_SYNTHETIC_BYTES;
 use btd_trainer::{train, Corpus, TrainSpec};
-use candle_core::Device;
 
 struct Args {
     presets: Vec<ModelPreset>,
@@ -32,6 +34,7 @@ struct Args {
     threads: Option<usize>,
     json: bool,
     dump: Option<PathBuf>,
+    device: DeviceChoice,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         threads: None,
         json: false,
         dump: None,
+        device: DeviceChoice::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
                 a.threads = Some(value()?.parse().map_err(|e| format!("--threads: {e}"))?)
             }
             "--json" => a.json = true,
+            "--device" => a.device = value()?.parse()?,
             "--dump-corpus" => a.dump = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -123,12 +128,14 @@ fn run() -> Result<(), String> {
         println!("wrote {} ({} bytes)", path.display(), corpus.len());
         return Ok(());
     }
+    let dev = device::open(args.device).map_err(|e| e.to_string())?;
     let unigram = unigram_entropy_bits(corpus.val());
     if !args.json {
         println!(
-            "data: {} ({} bytes, val unigram entropy {unigram:.3} bits/byte); {} CPU thread(s)",
+            "data: {} ({} bytes, val unigram entropy {unigram:.3} bits/byte); {}, {} CPU thread(s)",
             corpus.source().describe(),
             corpus.len(),
+            device::describe(&dev),
             cpu_threads()
         );
         println!(
@@ -144,10 +151,8 @@ fn run() -> Result<(), String> {
             spec.eval_tokens = n;
         }
         let cpu_before = cpu_secs();
-        let t = train(&spec, &corpus, &Device::Cpu, &mut |_| {
-            ControlFlow::Continue(())
-        })
-        .map_err(|e| e.to_string())?;
+        let t = train(&spec, &corpus, &dev, &mut |_| ControlFlow::Continue(()))
+            .map_err(|e| e.to_string())?;
         let r = &t.report;
         // CPU time of the whole run (training and evaluation), so a rate per CPU-second is slightly
         // pessimistic.
