@@ -22,6 +22,7 @@ use btd::node::types::{JoinEvent, NewResult};
 use btd::node::{self, NodeConfig, NodeHandle};
 use btd::store::Store;
 use btd::testkit::wait_known;
+use btd_protocol::program::ProgramId;
 use btd_protocol::wire::StatusQuery;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
@@ -195,18 +196,12 @@ async fn bench(sizes: &Sizes) {
     let mut tasks = tokio::task::JoinSet::new();
     let per = sizes.per_task;
     for t in 0..64 {
-        let w = worker.clone();
-        tasks.spawn(async move {
-            for i in 0..per {
-                let result = NewResult {
-                    value: 5.0 + (t * per + i) as f64,
-                    rung_id: "cpu".into(),
-                    outputs: vec![],
-                    ..Default::default()
-                };
-                w.submit(id, result).await.unwrap();
-            }
-        });
+        tasks.spawn(submit_values(
+            worker.clone(),
+            id,
+            5.0 + (t * per) as f64,
+            per,
+        ));
     }
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
@@ -241,18 +236,8 @@ async fn bench(sizes: &Sizes) {
     let mut tasks = tokio::task::JoinSet::new();
     for (m, w) in members.iter().enumerate() {
         for t in 0..16 {
-            let w = w.clone();
-            tasks.spawn(async move {
-                for i in 0..each {
-                    let result = NewResult {
-                        value: 1e6 + (m * 100_000 + t * each + i) as f64,
-                        rung_id: "cpu".into(),
-                        outputs: vec![],
-                        ..Default::default()
-                    };
-                    w.submit(id, result).await.unwrap();
-                }
-            });
+            let first = 1e6 + (m * 100_000 + t * each) as f64;
+            tasks.spawn(submit_values(w.clone(), id, first, each));
         }
     }
     while let Some(done) = tasks.join_next().await {
@@ -310,6 +295,20 @@ async fn bench(sizes: &Sizes) {
         "members of the last program"
     );
     assert_eq!(owner.programs().await.unwrap().len(), joins, "programs");
+}
+
+/// Submits `n` results valued `first`, `first + 1`, … one after another, each durably
+/// acknowledged.
+async fn submit_values(w: NodeHandle, id: ProgramId, first: f64, n: usize) {
+    for i in 0..n {
+        let result = NewResult {
+            value: first + i as f64,
+            rung_id: "cpu".into(),
+            outputs: vec![],
+            ..Default::default()
+        };
+        w.submit(id, result).await.unwrap();
+    }
 }
 
 /// The RSS of one `btd start` (killed when dropped) `idle` after it answers and listens.
