@@ -53,6 +53,18 @@ impl Payouts {
     }
 }
 
+impl Payouts {
+    /// The same amounts under worker ids rewritten by `f` (a reader cleaning a remote reply's ids);
+    /// of two ids that `f` makes equal, the first keeps its amount.
+    pub fn map_workers(self, f: impl Fn(&str) -> String) -> Payouts {
+        let mut map = BTreeMap::new();
+        for (w, a) in self.0 {
+            map.entry(f(&w)).or_insert(a);
+        }
+        Payouts(map)
+    }
+}
+
 impl<'de> Deserialize<'de> for Payouts {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut map = BTreeMap::<String, Amount>::deserialize(d)?;

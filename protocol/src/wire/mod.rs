@@ -8,6 +8,7 @@
 mod code;
 pub mod codec;
 mod messages;
+mod sanitize;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,7 @@ mod tests;
 pub use code::*;
 pub use codec::{decode, encode, CodecError, MAX_MESSAGE_BYTES};
 pub use messages::*;
+pub use sanitize::*;
 pub use status::*;
 
 /// Versioned protocol names and gossip topics.

@@ -621,3 +621,43 @@ fn a_full_results_page_of_maximal_rejections_fits_the_message_cap() {
         bytes.len()
     );
 }
+
+/// A hostile owner's status names payees with terminal escapes and ids far over the bound: a
+/// member's reader cleans and cuts them, in a status page as in a plain status, and keeps amounts.
+#[test]
+fn payout_ids_in_a_status_reply_are_cleaned_and_bounded() {
+    let mut map = BTreeMap::new();
+    map.insert("\x1b[2Jowned".to_string(), Amount(7));
+    map.insert("w".repeat(10_000), Amount(3));
+    let payouts: Payouts = decode(&encode(&map).unwrap()).unwrap();
+    let status = KbStatus {
+        program: pid(),
+        name: "p".into(),
+        members: 2,
+        submissions: 0,
+        accepted: 0,
+        pending: 0,
+        verified: 0,
+        rejected: 0,
+        champion: None,
+        payouts,
+        pool: Amount(10),
+        token: "OBOL".into(),
+    };
+    let page = KbResponse::StatusPage {
+        status: status.clone(),
+        results: Vec::new(),
+        more: false,
+    };
+    for mut reply in [KbResponse::Status(status), page] {
+        reply.sanitize();
+        let (KbResponse::Status(s) | KbResponse::StatusPage { status: s, .. }) = reply else {
+            panic!("a status reply")
+        };
+        assert_eq!(s.payouts.total(), Amount(10));
+        for (w, _) in s.payouts.iter() {
+            assert!(!w.contains('\x1b'), "{w:?}");
+            assert!(w.len() <= crate::kb::MAX_WORKER_ID_LEN, "{} bytes", w.len());
+        }
+    }
+}
