@@ -47,16 +47,7 @@ fn main() {
     let mut owner = Daemon::start(&[]);
     let member = Daemon::start(&["--bootstrap", &owner.addr()]);
     let manifest = owner.home.parent().unwrap().join("cost.toml");
-    std::fs::write(
-        &manifest,
-        btd::testkit::score_manifest(
-            "dashboard-cost",
-            r#""echo \"score: $BTD_PARAM_X\"""#,
-            30,
-            btd::testkit::LOCAL_CPU_RUNG,
-        ),
-    )
-    .unwrap();
+    btd_tests::write_echo_manifest(&manifest, "dashboard-cost");
     let id = btd_tests::publish_known(&owner, &member, &manifest);
     let rounds = results.to_string();
     let (status, out) = join_approved(

@@ -46,16 +46,7 @@ fn publish(dir: &Path) -> (PathBuf, ProgramId, Keypair) {
     let mut d = harness::Daemon::spawn(&home, harness::Launch::new(btd_tests::btd_bin())).unwrap();
     d.ready_blocking(harness::READY_WITHIN).unwrap();
     let manifest = dir.join("scale.toml");
-    std::fs::write(
-        &manifest,
-        btd::testkit::score_manifest(
-            "kb-scale",
-            r#""echo \"score: $BTD_PARAM_X\"""#,
-            30,
-            btd::testkit::LOCAL_CPU_RUNG,
-        ),
-    )
-    .unwrap();
+    btd_tests::write_echo_manifest(&manifest, "kb-scale");
     let out = std::process::Command::new(btd_tests::btd_bin())
         .args(["--home", home.to_str().unwrap(), "publish"])
         .arg(&manifest)

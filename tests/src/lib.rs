@@ -317,6 +317,18 @@ max_holdout_gap = 0.5
     )
 }
 
+/// Writes at `path` the benches' shell program: each round echoes its hypothesis `x` as its score
+/// (30 s rounds on the local CPU rung).
+pub fn write_echo_manifest(path: &std::path::Path, name: &str) {
+    let manifest = btd::testkit::score_manifest(
+        name,
+        r#""echo \"score: $BTD_PARAM_X\"""#,
+        30,
+        btd::testkit::LOCAL_CPU_RUNG,
+    );
+    std::fs::write(path, manifest).unwrap();
+}
+
 /// Resident set size of process `pid`, MiB (from `/proc/PID/status`).
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
