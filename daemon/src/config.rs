@@ -26,6 +26,8 @@ pub struct Config {
     pub relay_server: bool,
     /// LAN discovery with mDNS.
     pub mdns: bool,
+    /// The connection bound (`crate::net::NetParams::max_peers`).
+    pub max_peers: usize,
     /// The rungs this node advertises.
     pub rungs: Vec<AdvertisedRung>,
     /// The rungs whose rounds run as Slurm batch jobs (`executor = "slurm"`), by rung id.
@@ -68,6 +70,7 @@ impl Config {
                 bootstrap: Vec::new(),
                 relay_server: false,
                 mdns: false,
+                max_peers: crate::net::behaviour::DEFAULT_MAX_PEERS,
                 rungs: Self::default_rungs(),
                 slurm: BTreeMap::new(),
             }),
@@ -144,11 +147,23 @@ impl Config {
             bootstrap: addrs("bootstrap", raw.bootstrap.unwrap_or_default())?,
             relay_server: raw.relay_server.unwrap_or(false),
             mdns: raw.mdns.unwrap_or(false),
+            max_peers: match raw.max_peers {
+                None => crate::net::behaviour::DEFAULT_MAX_PEERS,
+                Some(n) if (MIN_MAX_PEERS..=MAX_MAX_PEERS).contains(&n) => n,
+                Some(n) => {
+                    bail!("max_peers: {n} is out of range; use {MIN_MAX_PEERS} to {MAX_MAX_PEERS}")
+                }
+            },
             rungs,
             slurm,
         })
     }
 }
+
+/// `max_peers` below this leaves too few peers for the gossip mesh (gossipsub wants 6 per topic).
+const MIN_MAX_PEERS: usize = 8;
+/// `max_peers` above this is the hard connection cap anyway (`net/behaviour.rs`).
+const MAX_MAX_PEERS: usize = 512;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +172,7 @@ struct RawConfig {
     bootstrap: Option<Vec<String>>,
     relay_server: Option<bool>,
     mdns: Option<bool>,
+    max_peers: Option<usize>,
     rungs: Option<Vec<RawRung>>,
 }
 
@@ -188,6 +204,10 @@ mod tests {
         )
         .unwrap();
         assert!(c.relay_server);
+        assert_eq!(c.max_peers, crate::net::behaviour::DEFAULT_MAX_PEERS);
+        assert_eq!(Config::parse("max_peers = 16").unwrap().max_peers, 16);
+        let err = Config::parse("max_peers = 2").unwrap_err().to_string();
+        assert!(err.contains("max_peers"), "{err}");
         assert_eq!(c.rungs[0].spend_class, SpendClass::PaidMetered);
         let err = Config::parse("listen = [\"nope\"]")
             .unwrap_err()

@@ -62,6 +62,7 @@ pub async fn run(home: Home, flags: StartFlags) -> Result<()> {
     let net = NetParams {
         relay_server: cfg.relay_server,
         mdns: cfg.mdns,
+        max_peers: cfg.max_peers,
         ..NetParams::default()
     };
     let (handle, mut task) = node::spawn(

@@ -53,6 +53,8 @@ pub(crate) struct Evidence<'a> {
     pub(crate) served: Option<&'a StatusView>,
     /// The hostile nodes' attacks and bounds.
     pub(crate) spec: &'a crate::scenario::HostileSpec,
+    /// `[checks] max_connections_per_node` (0: not checked).
+    pub(crate) max_connections: usize,
 }
 
 /// Runs every check.
@@ -72,7 +74,34 @@ pub(crate) fn all(e: &Evidence<'_>) -> Vec<Invariant> {
     if !e.sim.layout.with_role(Role::Hostile).is_empty() {
         out.extend(crate::check::hostile::all(e));
     }
+    if e.max_connections > 0 {
+        out.push(connections_bounded(e));
+    }
     out
+}
+
+/// The daemon's connection bound holds on its own (no host-level cap needed): no node but the owner
+/// and relays (which serve every member at work) had more than the scenario's bound open at any
+/// sample from the publish on.
+fn connections_bounded(e: &Evidence<'_>) -> Invariant {
+    let c = &e.rec.connections;
+    let mut bad = Vec::new();
+    if c.samples == 0 {
+        bad.push("no connection sample was taken".to_string());
+    } else if c.peak_max > e.max_connections {
+        bad.push(format!(
+            "{} had {} connections open at {} ms (bound {})",
+            c.peak_node, c.peak_max, c.peak_at_ms, e.max_connections
+        ));
+    }
+    verdict(
+        "connections per node stay bounded",
+        bad,
+        format!(
+            "at most {} on any node over {} samples (bound {}), mean {:.1}; owner/relays peak {}",
+            c.peak_max, c.samples, e.max_connections, c.mean, c.servers_peak
+        ),
+    )
 }
 
 fn acked_durable(e: &Evidence<'_>) -> Invariant {

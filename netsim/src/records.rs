@@ -147,6 +147,69 @@ pub struct Records {
     pub late: Vec<(NodeIx, Result<Duration, String>)>,
     /// What the owner and the nodes hold at the end of a hostile run.
     pub held: Option<Held>,
+    /// Open connections per node, sampled from the publish on.
+    pub connections: Connections,
+}
+
+/// Open connections per node (at the fault layer), sampled every [`Connections::EVERY`] from the
+/// publish to the end of the checks. The owner and relays are counted apart: they serve every
+/// member and unreachable node, so their count follows the members at work, not the bound.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Connections {
+    /// Samples taken.
+    pub samples: usize,
+    /// The most connections one node (not the owner or a relay) had at any sample.
+    pub peak_max: usize,
+    /// That node's label.
+    pub peak_node: String,
+    /// When, in ms after the publish.
+    pub peak_at_ms: u64,
+    /// The mean per node (not the owner or a relay), averaged over the samples.
+    pub mean: f64,
+    /// The mean per node (not the owner or a relay) at the last sample.
+    pub end_mean: f64,
+    /// The most on one node (not the owner or a relay) at the last sample.
+    pub end_max: usize,
+    /// The most the owner or a relay had at any sample.
+    pub servers_peak: usize,
+}
+
+impl Connections {
+    /// The sampling period.
+    pub const EVERY: Duration = Duration::from_millis(500);
+
+    /// Adds a sample: open connections by node index, `at_ms` after the publish; `server` says
+    /// which nodes are the owner or relays.
+    pub fn sample(
+        &mut self,
+        per_node: &[usize],
+        at_ms: u64,
+        server: impl Fn(NodeIx) -> bool,
+        label: impl Fn(NodeIx) -> String,
+    ) {
+        let (mut sum, mut n, mut max, mut node) = (0usize, 0usize, 0usize, 0);
+        for (ix, &c) in per_node.iter().enumerate() {
+            if server(ix) {
+                self.servers_peak = self.servers_peak.max(c);
+                continue;
+            }
+            sum += c;
+            n += 1;
+            if c > max {
+                (max, node) = (c, ix);
+            }
+        }
+        let mean = sum as f64 / n.max(1) as f64;
+        if max > self.peak_max || self.samples == 0 {
+            self.peak_max = max;
+            self.peak_node = label(node);
+            self.peak_at_ms = at_ms;
+        }
+        self.mean = (self.mean * self.samples as f64 + mean) / (self.samples + 1) as f64;
+        self.samples += 1;
+        self.end_mean = mean;
+        self.end_max = max;
+    }
 }
 
 /// One hostile node's attack.

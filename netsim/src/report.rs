@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::check::Invariant;
-use crate::records::{Convergence, ProbeOutcome, Records};
+use crate::records::{Connections, Convergence, ProbeOutcome, Records};
 use crate::world::{Traffic, World};
 
 /// A latency distribution in milliseconds (nearest-rank percentiles).
@@ -178,6 +178,8 @@ pub struct Report {
     pub memory: Memory,
     /// Convergence checks.
     pub convergence: Vec<Convergence>,
+    /// Open connections per node from the publish on.
+    pub connections: Connections,
     /// KB probes.
     pub probes: Probes,
     /// What the timeline did, in ms after the publish.
@@ -257,6 +259,12 @@ impl fmt::Display for Report {
             t.writes_out_max,
             kib(t.owner_bytes_out),
             t.connections
+        )?;
+        let c = &self.connections;
+        writeln!(
+            f,
+            "  connections/node: mean {:.1} (end {:.1}), max {} (end {}; peak on {} at {} ms); owner/relays peak {}",
+            c.mean, c.end_mean, c.peak_max, c.end_max, c.peak_node, c.peak_at_ms, c.servers_peak
         )?;
         let m = &self.memory;
         writeln!(

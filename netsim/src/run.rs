@@ -112,6 +112,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     });
 
     let monitor = tokio::spawn(monitor(sim.clone()));
+    let sampler = tokio::spawn(sample_connections(ctx.clone()));
     let tracker = tokio::spawn(timeline::track_propagation(ctx.clone(), poll_interval(n)));
     let mut actors = JoinSet::new();
     for ix in 0..n {
@@ -140,6 +141,8 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
     ctx.rec().convergence.push(last);
     actors::final_probes(&ctx).await;
     ctx.done.send_replace(true);
+    let _ = sampler.await;
+    sample_now(&ctx);
     while actors.join_next().await.is_some() {}
     let _ = tracker.await;
     monitor.abort();
@@ -175,6 +178,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
         verdicts: &verdicts,
         served: served.as_ref(),
         spec: &s.hostile,
+        max_connections: s.checks.max_connections_per_node,
     });
     let peak = report::proc_status_mib("VmHWM:");
     let w = &s.workload;
@@ -215,6 +219,7 @@ async fn run_inner(s: &Scenario, seed: u64) -> Result<Report> {
             per_node_mib: (peak - baseline).max(0.0) / n as f64,
         },
         convergence: rec.convergence.clone(),
+        connections: rec.connections.clone(),
         probes: Probes::of(&rec),
         timeline: rec.timeline.clone(),
         passed: invariants.iter().all(|i| i.ok),
@@ -343,6 +348,27 @@ async fn owner_log(
         .filter(|v| v.program == program)
         .collect();
     Ok((rows, verdicts))
+}
+
+/// Samples open connections per node until the run is done.
+async fn sample_connections(ctx: Arc<Ctx>) {
+    let mut done = ctx.done.subscribe();
+    loop {
+        sample_now(&ctx);
+        tokio::select! {
+            _ = tokio::time::sleep(crate::records::Connections::EVERY) => {}
+            _ = done.wait_for(|d| *d) => return,
+        }
+    }
+}
+
+fn sample_now(ctx: &Ctx) {
+    let per = ctx.sim.world.open_connections_per_node();
+    let at = ctx.ms();
+    let server = |ix| matches!(ctx.sim.layout.role(ix), Role::Owner | Role::Relay);
+    ctx.rec()
+        .connections
+        .sample(&per, at, server, |ix| ctx.sim.layout.label(ix));
 }
 
 /// Logs the state of the simulated network every second (at debug level).

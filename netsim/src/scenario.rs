@@ -154,8 +154,10 @@ pub struct Net {
     /// How long to let the gossip mesh form after every node is connected.
     pub warmup_ms: u64,
     /// Most open connections per node (0: unlimited); dials to the owner and relays are always
-    /// accepted. Models a host's connection table; see docs/netsim.md for why large runs set it.
+    /// accepted. Models a host's connection table (the daemon's own bound is `max_peers`).
     pub max_connections: usize,
+    /// The daemon's connection bound, `NetParams::max_peers` (0: the daemon's default).
+    pub max_peers: usize,
 }
 
 impl Default for Net {
@@ -168,6 +170,7 @@ impl Default for Net {
             bandwidth_kib: 0,
             warmup_ms: 1500,
             max_connections: 0,
+            max_peers: 0,
         }
     }
 }
@@ -337,6 +340,8 @@ pub struct Checks {
     pub propagation_within_s: u64,
     /// Non-members and revoked members probe the KB this often.
     pub probe_every_ms: u64,
+    /// Most open connections any node may have at any sample from the publish on (0: not checked).
+    pub max_connections_per_node: usize,
 }
 
 impl Default for Checks {
@@ -345,6 +350,7 @@ impl Default for Checks {
             converge_within_s: 20,
             propagation_within_s: 20,
             probe_every_ms: 500,
+            max_connections_per_node: 0,
         }
     }
 }

@@ -122,6 +122,10 @@ impl Sim {
             request_timeout: Duration::from_millis(s.net.request_timeout_ms),
             idle_timeout: IDLE_TIMEOUT,
             autonat: false,
+            max_peers: match s.net.max_peers {
+                0 => btd::net::behaviour::DEFAULT_MAX_PEERS,
+                n => n,
+            },
             ..NetParams::default()
         };
         Ok(Sim {

@@ -102,6 +102,10 @@ pub struct NetParams {
     pub blob_per_sec: f64,
     /// The member's outbox: its bounds and retry pace (submissions to owners; `crate::node`).
     pub outbox: crate::node::OutboxParams,
+    /// The connection bound: above this many connected peers the node closes the least recently
+    /// used connections, sparing protected peers (gossip mesh, requests in flight, owners of
+    /// joined programs, relays in use, connections younger than 10 s; `net/conns.rs`).
+    pub max_peers: usize,
 }
 
 impl Default for NetParams {
@@ -122,6 +126,7 @@ impl Default for NetParams {
             blob_burst: 64.0,
             blob_per_sec: 32.0,
             outbox: crate::node::OutboxParams::default(),
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -133,7 +138,11 @@ pub const MAX_RECORD_BYTES: usize = 96 * 1024;
 /// ones (every record is one the table holds; see `node/gossip.rs`).
 const MAX_DHT_RECORDS: usize = 2 * btd_protocol::discovery::MAX_UNPINNED_PROGRAMS;
 
-/// Most established connections in total and per peer: bounds memory and file descriptors.
+/// The default connection bound ([`NetParams::max_peers`]): room for both gossip meshes
+/// (gossipsub keeps 6 to 12 peers per topic), Kademlia's neighbours and the peers a node works with.
+pub const DEFAULT_MAX_PEERS: usize = 48;
+/// Most established connections in total and per peer: bounds memory and file descriptors. A hard
+/// cap that refuses connections; [`NetParams::max_peers`] is the bound kept in practice.
 const MAX_CONNECTIONS: u32 = 512;
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// Most concurrent inbound/outbound streams per request-response protocol.

@@ -6,6 +6,7 @@
 
 pub mod behaviour;
 pub mod codec;
+mod conns;
 mod events;
 #[cfg(feature = "testkit")]
 pub mod raw;

@@ -1,7 +1,8 @@
 //! [`Net`]: the swarm, the outstanding requests, and the translation of libp2p's events into
 //! [`NetEvent`]s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use btd_protocol::wire::{
     ApprovalRequest, ApprovalResponse, BlobRequest, BlobResponse, KbRequest, KbResponse,
@@ -10,16 +11,21 @@ use btd_protocol::wire::{
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::metrics::Recorder;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, relay, Multiaddr, PeerId, Swarm};
 
 use super::behaviour::MAX_RECORD_BYTES;
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::conns::Conns;
 use super::events::{
     Answer, GossipMessage, Inbound, Lookup, NetEvent, OfferedRecord, PeerInfo, Responder, Tags,
     Topic,
 };
+
+/// Gossip mesh peers spared by [`Net::trim`], per topic: gossipsub's default target mesh size.
+const MESH_KEEP: usize = 6;
 
 /// The relay v2 hop protocol: a peer that speaks it can relay for us.
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
@@ -34,6 +40,8 @@ pub struct Net<T: Tags> {
     blob: HashMap<OutboundRequestId, T::Blob>,
     /// libp2p's metrics: every swarm and behaviour event is recorded before it is translated.
     metrics: crate::metrics::Metrics,
+    /// Open connections, their use, and the bound that [`Net::trim`] keeps.
+    conns: Conns,
 }
 
 impl<T: Tags> std::fmt::Debug for Net<T> {
@@ -75,8 +83,13 @@ fn ident(topic: Topic) -> IdentTopic {
 }
 
 impl<T: Tags> Net<T> {
-    /// Wraps a built swarm ([`super::build_swarm`]); its events are recorded in `metrics`.
-    pub fn new(swarm: Swarm<Behaviour>, metrics: crate::metrics::Metrics) -> Self {
+    /// Wraps a built swarm ([`super::build_swarm`]); its events are recorded in `metrics`;
+    /// [`Net::trim`] keeps about `max_peers` peers connected ([`super::NetParams::max_peers`]).
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        metrics: crate::metrics::Metrics,
+        max_peers: usize,
+    ) -> Self {
         Self {
             swarm,
             membership: HashMap::new(),
@@ -84,6 +97,7 @@ impl<T: Tags> Net<T> {
             approval: HashMap::new(),
             blob: HashMap::new(),
             metrics,
+            conns: Conns::new(max_peers),
         }
     }
 
@@ -107,24 +121,28 @@ impl<T: Tags> Net<T> {
             .behaviour_mut()
             .membership
             .send_request(&peer, req);
+        self.conns.request_started(peer, Instant::now());
         self.membership.insert(id, tag);
     }
 
     /// Sends a KB request; its outcome comes back as [`NetEvent::Kb`] with `tag`.
     pub fn request_kb(&mut self, peer: PeerId, req: KbRequest, tag: T::Kb) {
         let id = self.swarm.behaviour_mut().kb.send_request(&peer, req);
+        self.conns.request_started(peer, Instant::now());
         self.kb.insert(id, tag);
     }
 
     /// Sends an approval request; its outcome comes back as [`NetEvent::Approval`] with `tag`.
     pub fn request_approval(&mut self, peer: PeerId, req: ApprovalRequest, tag: T::Approval) {
         let id = self.swarm.behaviour_mut().approval.send_request(&peer, req);
+        self.conns.request_started(peer, Instant::now());
         self.approval.insert(id, tag);
     }
 
     /// Sends a blob request; its outcome comes back as [`NetEvent::Blob`] with `tag`.
     pub fn request_blob(&mut self, peer: PeerId, req: BlobRequest, tag: T::Blob) {
         let id = self.swarm.behaviour_mut().blob.send_request(&peer, req);
+        self.conns.request_started(peer, Instant::now());
         self.blob.insert(id, tag);
     }
 
@@ -274,6 +292,44 @@ impl<T: Tags> Net<T> {
         self.swarm.connected_peers()
     }
 
+    /// Whether this node has as many peers connected as its bound: dial only peers it needs.
+    pub fn at_bound(&self) -> bool {
+        self.conns.full()
+    }
+
+    /// Keeps the connection bound ([`super::NetParams::max_peers`]): closes the least recently
+    /// used connections beyond it, sparing gossipsub mesh peers, peers with requests in flight,
+    /// new connections, relays in use and the peers `keep` names (`net/conns.rs`). Returns how
+    /// many peers it disconnects.
+    pub fn trim(&mut self, keep: impl Fn(&PeerId) -> bool) -> usize {
+        if self.conns.counted() <= self.conns.max_peers() {
+            return 0;
+        }
+        // Up to gossipsub's target mesh size per topic: inbound GRAFTs may grow a mesh to 12,
+        // and a mesh peer closed beyond the target is replaced from the peers kept.
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let mesh: HashSet<PeerId> = gossip
+            .topics()
+            .flat_map(|t| gossip.mesh_peers(t).take(MESH_KEEP))
+            .copied()
+            .collect();
+        let victims = self
+            .conns
+            .trim(Instant::now(), |p| mesh.contains(p) || keep(p));
+        for peer in &victims {
+            // Err: already gone (its close event is on the way).
+            let _ = self.swarm.disconnect_peer_id(*peer);
+        }
+        if !victims.is_empty() {
+            tracing::debug!(
+                closed = victims.len(),
+                connected = self.conns.counted(),
+                "connections trimmed"
+            );
+        }
+        victims.len()
+    }
+
     /// Addresses we listen on.
     pub fn listeners(&self) -> impl Iterator<Item = &Multiaddr> {
         self.swarm.listeners()
@@ -288,6 +344,7 @@ impl<T: Tags> Net<T> {
 
     fn translate(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent<T>> {
         record(self.metrics.libp2p(), &event);
+        self.count(&event);
         match event {
             SwarmEvent::Behaviour(e) => self.behaviour_event(e),
             SwarmEvent::NewListenAddr { address, .. } => Some(NetEvent::ListenAddr(address)),
@@ -321,6 +378,57 @@ impl<T: Tags> Net<T> {
         }
     }
 
+    /// Follows connections, requests and relay use for the connection bound.
+    fn count(&mut self, event: &SwarmEvent<BehaviourEvent>) {
+        use request_response::Event as Rr;
+        let now = Instant::now();
+        let c = &mut self.conns;
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => c.established(
+                *peer_id,
+                *connection_id,
+                relay_of(endpoint.get_remote_address()),
+                now,
+            ),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => c.closed(*peer_id, *connection_id),
+            SwarmEvent::Behaviour(e) => {
+                // Every inbound request ends with `ResponseSent` or `InboundFailure`, every
+                // outbound one with a response or `OutboundFailure`.
+                fn rr<Req, Resp>(c: &mut Conns, e: &Rr<Req, Resp>, now: Instant) {
+                    match e {
+                        Rr::Message {
+                            peer,
+                            message: request_response::Message::Request { .. },
+                            ..
+                        } => c.request_started(*peer, now),
+                        Rr::Message { peer, .. }
+                        | Rr::OutboundFailure { peer, .. }
+                        | Rr::InboundFailure { peer, .. }
+                        | Rr::ResponseSent { peer, .. } => c.request_ended(*peer, now),
+                    }
+                }
+                match e {
+                    BehaviourEvent::Membership(e) => rr(c, e, now),
+                    BehaviourEvent::Kb(e) => rr(c, e, now),
+                    BehaviourEvent::Approval(e) => rr(c, e, now),
+                    BehaviourEvent::Blob(e) => rr(c, e, now),
+                    BehaviourEvent::Relay(e) => relayed(c, e),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn behaviour_event(&mut self, event: BehaviourEvent) -> Option<NetEvent<T>> {
         match event {
             BehaviourEvent::Membership(e) => exchange(
@@ -347,6 +455,49 @@ impl<T: Tags> Net<T> {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => Some(NetEvent::Discovered(list)),
             _ => None,
         }
+    }
+}
+
+/// The relay a relayed connection runs through: the peer named before `/p2p-circuit`.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A relay server's reservations and circuits, for the connection bound.
+fn relayed(c: &mut Conns, e: &relay::Event) {
+    use relay::Event as E;
+    match e {
+        E::ReservationReqAccepted {
+            src_peer_id,
+            renewed: false,
+        } => c.relay_started(*src_peer_id),
+        E::ReservationClosed { src_peer_id } | E::ReservationTimedOut { src_peer_id } => {
+            c.relay_ended(*src_peer_id)
+        }
+        E::CircuitReqAccepted {
+            src_peer_id,
+            dst_peer_id,
+        } => {
+            c.relay_started(*src_peer_id);
+            c.relay_started(*dst_peer_id);
+        }
+        E::CircuitClosed {
+            src_peer_id,
+            dst_peer_id,
+            ..
+        } => {
+            c.relay_ended(*src_peer_id);
+            c.relay_ended(*dst_peer_id);
+        }
+        _ => {}
     }
 }
 

@@ -474,10 +474,12 @@ pub(super) fn on_lookup(node: &mut Node, id: QueryId, step: Lookup) {
     }
 }
 
-/// LAN discovery: dial what mDNS found.
+/// LAN discovery: remember what mDNS found, and dial it while under the connection bound.
 pub(super) fn on_discovered(node: &mut Node, list: Vec<(PeerId, Multiaddr)>) {
     for (peer, addr) in list {
         node.net.add_dht_address(peer, addr.clone());
-        let _ = node.net.dial(addr);
+        if !node.net.at_bound() && !node.net.is_connected(&peer) {
+            let _ = node.net.dial(addr);
+        }
     }
 }

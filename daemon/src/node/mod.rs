@@ -231,7 +231,7 @@ pub(crate) async fn spawn_without_verifier(
     store.record_commits(cfg.metrics.store_commit());
     let store_for_restore = store.clone();
     let swarm = build_swarm(cfg.key.clone(), cfg.transport, &cfg.net, &cfg.metrics)?;
-    let mut net = Net::new(swarm, cfg.metrics.clone());
+    let mut net = Net::new(swarm, cfg.metrics.clone(), cfg.net.max_peers);
     for addr in &cfg.listen {
         net.listen_on(addr.clone())
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
@@ -434,6 +434,7 @@ impl Node {
         worker::on_tick(self, now);
         outbox::pump(self, now);
         owner::on_tick(self);
+        self.trim_connections();
         if self.announce_soon || now.duration_since(self.last_announce) >= ANNOUNCE_EVERY {
             self.announce_soon = false;
             self.regossip_programs = false;
@@ -447,6 +448,18 @@ impl Node {
             self.last_program_gossip = now;
             gossip::regossip_programs(self);
         }
+    }
+
+    /// Keeps the connection bound (docs/netsim.md, finding 2): besides what the network layer
+    /// protects, the owners of programs this node is a member of or joining, and the relays it
+    /// holds a reservation on, stay connected.
+    fn trim_connections(&mut self) {
+        let (memberships, joins, reserved) = (&self.memberships, &self.joins, &self.reserved);
+        self.net.trim(|p| {
+            reserved.contains(p)
+                || memberships.values().any(|m| m.owner == *p)
+                || joins.values().any(|j| j.owner == *p)
+        });
     }
 
     /// Takes one token from `peer`'s request budget; false means "rate limited".
