@@ -525,3 +525,64 @@ async fn a_well_formed_membership_request_from_a_raw_peer_gets_a_code() {
         MembershipResponse::Poll(_) | MembershipResponse::Error(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_throwaway_identities_stays_within_a_workers_bound() {
+    const BOUND: usize = 8;
+    let owner = node(None).await;
+    let program = publish_shell(&owner).await;
+    let params = btd::net::NetParams {
+        max_peers: BOUND,
+        ..btd::testkit::test_params(false)
+    };
+    let worker = node_with(
+        Some(&owner),
+        TestNodeOptions {
+            params: Some(params),
+            ..Default::default()
+        },
+    )
+    .await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    join_approved(&owner.handle, &worker.handle, program, T)
+        .await
+        .unwrap();
+    // Five times the bound of throwaway identities, each connecting and asking the worker
+    // something; each keeps its connection open (the raw peer lives until the end).
+    let (to, addr) = (worker.peer_id(), worker.dial_addr());
+    let flood = (0..5 * BOUND).map(|_| {
+        let addr = addr.clone();
+        async move {
+            let raw = raw_peer();
+            let request = KbRequest {
+                program,
+                credential: Credential::from_bytes([7; 32]),
+                call: KbCall::Status,
+            };
+            let got = raw
+                .request::<KbRequest, KbResponse>(to, addr, Proto::Kb, &request)
+                .await;
+            (raw, got.is_ok())
+        }
+    });
+    let held = futures::future::join_all(flood).await;
+    let answered = held.iter().filter(|(_, ok)| *ok).count();
+    assert!(
+        answered < BOUND,
+        "{answered} throwaway identities got in; the bound is {BOUND} with the owner connected"
+    );
+    assert!(answered > 0, "nobody got in: the flood proves nothing");
+    let peers = worker.handle.peers().await.unwrap();
+    assert!(
+        peers.len() <= BOUND,
+        "the worker holds {} peers (bound {BOUND})",
+        peers.len()
+    );
+    // The worker still works with its owner, which stays connected whatever the count.
+    assert!(peers
+        .iter()
+        .any(|p| p.peer_id == owner.peer_id().to_string()));
+    let status = worker.handle.status(Some(program)).await.unwrap();
+    assert_eq!(status.program, program);
+    drop(held);
+}

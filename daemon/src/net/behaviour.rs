@@ -145,6 +145,8 @@ pub const DEFAULT_MAX_PEERS: usize = 48;
 /// cap that refuses connections; [`NetParams::max_peers`] is the bound kept in practice.
 const MAX_CONNECTIONS: u32 = 512;
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Kademlia's bucket size (its default, K = 20).
+pub(crate) const KBUCKET_SIZE: usize = 20;
 /// Most concurrent inbound/outbound streams per request-response protocol.
 const MAX_STREAMS: usize = 128;
 
@@ -156,6 +158,8 @@ pub type RrBehaviour<Req, Resp> = request_response::Behaviour<WireCodec<Req, Res
 pub struct Behaviour {
     /// Connection caps.
     pub limits: connection_limits::Behaviour,
+    /// The connection bound: admission and the connections it follows (`net/conns.rs`).
+    pub(crate) conns: super::conns::Conns,
     /// Relay client: listen on and dial through circuits.
     pub relay_client: relay::client::Behaviour,
     /// Relay server (with `--relay-server`).
@@ -254,6 +258,9 @@ impl Behaviour {
         // as `NetEvent::RecordOffered`, which stores only a valid signed announcement under its
         // own program id that the discovery table admits. Provider records are not used.
         kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+        // Peers enter the routing table only through `Net::add_dht_address`, which never makes
+        // Kademlia dial a disconnected entry to test it (the connection bound, `net/conns.rs`).
+        kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
         let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
         // Without a confirmed external address kad stays a client and never answers queries;
         // btd nodes serve the DHT from the start.
@@ -272,6 +279,7 @@ impl Behaviour {
                     .with_max_established(Some(MAX_CONNECTIONS))
                     .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
             ),
+            conns: super::conns::Conns::new(p.max_peers, p.relay_server),
             relay_client,
             relay: p
                 .relay_server

@@ -1,32 +1,48 @@
-//! The connection bound: which open connections a node keeps, and which it closes.
+//! The connection bound: which connections a node admits, which it keeps, and which it closes.
 //!
 //! libp2p never closes a connection to a gossipsub peer on its own (gossipsub's long-lived streams
-//! count as activity, so the idle timeout never fires), and Kademlia's bootstrap and record queries
-//! dial ever more peers: left alone, every node of a mesh heads for a connection to every other
-//! (docs/netsim.md, finding 2). [`Conns`] keeps the count near [`NetParams::max_peers`]: when more
-//! peers are connected, the least recently used ones are closed, except protected peers:
+//! count as activity, so the idle timeout never fires), Kademlia's queries dial ever more peers,
+//! and Kademlia re-dials a disconnected routing-table entry whenever a new peer wants its full
+//! bucket: left alone, every node of a mesh heads for a connection to every other (docs/netsim.md,
+//! finding 2). [`Conns`] is a [`NetworkBehaviour`] that keeps the count bounded in two ways:
 //!
-//! - peers with a request in flight, either way (any of btd's request-response protocols);
-//! - peers connected or used within [`GRACE`] (a Kademlia query or a join's first exchange);
-//! - peers this node relays for (a reservation or a circuit), and relays carrying one of our
-//!   relayed connections;
-//! - what the caller protects: gossipsub mesh peers ([`super::Net::trim`]), and the node's owners
-//!   of joined programs, joins in progress and relays it holds a reservation on.
+//! - **Admission.** At `max_peers` connected (or being dialled) peers, a connection to a new peer
+//!   is refused, inbound or outbound, unless the peer is *exempt*: a request to or from it is in
+//!   flight, the node dialled its address explicitly, the caller protects it (owners of joined
+//!   programs, joins in progress, relays holding our reservation), or it is already connected (a
+//!   second connection adds no peer). A refused Kademlia dial only costs that query one peer
+//!   (`DialError::Denied` leaves the routing table alone). Nodes that serve others (a relay
+//!   server, the owner of a program) admit every inbound connection: their members and the
+//!   peers behind them must get through.
+//! - **Trimming.** Above the low-water mark (three quarters of `max_peers`), the least recently
+//!   used connections are closed down to it ([`Conns::trim`]), so a node has room for new peers
+//!   without refusing them. Spared: exempt peers, gossipsub mesh peers (up to the target mesh size
+//!   per topic, [`Conns::set_keep`]), peers connected or used within [`GRACE`], peers this node
+//!   relays for, and relays carrying one of our connections.
 //!
-//! So the bound is `max_peers` plus protected peers, which are themselves bounded (the gossip mesh
-//! by gossipsub's `mesh_n_high` per topic, requests by the streams each protocol allows). The
-//! hard cap of libp2p's `connection_limits` stays behind it.
-//!
-//! [`NetParams::max_peers`]: super::NetParams::max_peers
+//! So a node that serves nobody holds at most `max_peers` peers plus exempt ones, which are few
+//! (its owners and relays; request streams are bounded per protocol), whatever the size of the
+//! mesh. The hard cap of libp2p's `connection_limits` stays behind it.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use libp2p::swarm::ConnectionId;
-use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::swarm::{
+    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+use super::swarm::relay_of;
 
 /// A new connection, and a peer used for a request, is not closed for this long.
 pub(crate) const GRACE: Duration = Duration::from_secs(10);
+/// An explicit dial ([`Conns::want`]) is exempt from admission for this long.
+const WANT_FOR: Duration = Duration::from_secs(30);
 
 /// What the node knows of one connected peer.
 #[derive(Debug)]
@@ -41,48 +57,140 @@ struct Peer {
     closing: bool,
 }
 
+/// The connection bound was reached: the error a refused connection carries.
+#[derive(Debug)]
+pub(crate) struct AtBound(usize);
+
+impl std::fmt::Display for AtBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at the connection bound ({} peers)", self.0)
+    }
+}
+
+impl std::error::Error for AtBound {}
+
 /// Open connections by peer, their use, and the bound.
 #[derive(Debug)]
-pub(crate) struct Conns {
+pub struct Conns {
     max_peers: usize,
     grace: Duration,
+    /// Admit every inbound connection (a relay server, an owner).
+    serving: bool,
     peers: HashMap<PeerId, Peer>,
+    /// Outbound connections admitted and not yet established or failed, by peer.
+    dialing: HashMap<ConnectionId, PeerId>,
     /// Requests in flight by peer (sent and received), whether or not it is connected yet.
     requests: HashMap<PeerId, u32>,
     /// Reservations and circuits this node (as a relay) holds for each peer.
     relaying: HashMap<PeerId, u32>,
+    /// Addresses dialled explicitly (bootstrap, `btd dial`): exempt until then.
+    wanted: HashMap<PeerId, Instant>,
+    /// Exempt from admission and trimming (owners, joins, reserved relays).
+    protected: HashSet<PeerId>,
+    /// Spared by trimming only (gossipsub mesh peers).
+    mesh: HashSet<PeerId>,
 }
 
 impl Conns {
-    /// A bound of `max_peers` connected peers beyond the protected ones.
-    pub(crate) fn new(max_peers: usize) -> Self {
-        Self::with_grace(max_peers, GRACE)
+    /// A bound of `max_peers` connected peers beyond the exempt ones; `serving` admits every
+    /// inbound connection.
+    pub(crate) fn new(max_peers: usize, serving: bool) -> Self {
+        Self::with_grace(max_peers, serving, GRACE)
     }
 
     /// As [`Conns::new`] with another grace period (tests).
-    pub(crate) fn with_grace(max_peers: usize, grace: Duration) -> Self {
+    pub(crate) fn with_grace(max_peers: usize, serving: bool, grace: Duration) -> Self {
         Self {
             max_peers,
             grace,
+            serving,
             peers: HashMap::new(),
+            dialing: HashMap::new(),
             requests: HashMap::new(),
             relaying: HashMap::new(),
+            wanted: HashMap::new(),
+            protected: HashSet::new(),
+            mesh: HashSet::new(),
         }
     }
 
-    /// The bound.
-    pub(crate) fn max_peers(&self) -> usize {
-        self.max_peers
+    /// The low-water mark [`Conns::trim`] closes down to: a quarter of the bound stays free for
+    /// new peers.
+    pub(crate) fn low_water(&self) -> usize {
+        self.max_peers - self.max_peers / 4
     }
 
-    /// Connected peers not being closed.
+    /// Connected peers not being closed, plus peers being dialled that are not connected.
     pub(crate) fn counted(&self) -> usize {
-        self.peers.values().filter(|p| !p.closing).count()
+        let connected = self.peers.values().filter(|p| !p.closing).count();
+        let dialing: HashSet<&PeerId> = self
+            .dialing
+            .values()
+            .filter(|p| !self.peers.contains_key(p))
+            .collect();
+        connected + dialing.len()
     }
 
-    /// Whether the node is at or above its bound (so it should not dial peers it does not need).
+    /// Whether this node is at its bound (so it should not dial peers it does not need).
     pub(crate) fn full(&self) -> bool {
         self.counted() >= self.max_peers
+    }
+
+    /// Whether the node serves others (admits every inbound connection).
+    pub(crate) fn set_serving(&mut self, serving: bool) {
+        self.serving = serving;
+    }
+
+    /// The peers the caller protects from admission and trimming, and the gossip mesh peers
+    /// spared by trimming; replaces the previous sets.
+    pub(crate) fn set_keep(&mut self, protected: HashSet<PeerId>, mesh: HashSet<PeerId>) {
+        self.protected = protected;
+        self.mesh = mesh;
+    }
+
+    /// The node dials `peer` on purpose (a bootstrap address, `btd dial`): admitted for a while.
+    pub(crate) fn want(&mut self, peer: PeerId, now: Instant) {
+        let cap = 4 * self.max_peers.max(16);
+        if self.wanted.len() >= cap {
+            self.wanted
+                .retain(|_, at| now.saturating_duration_since(*at) < WANT_FOR);
+            if self.wanted.len() >= cap {
+                if let Some(oldest) = self
+                    .wanted
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(p, _)| *p)
+                {
+                    self.wanted.remove(&oldest);
+                }
+            }
+        }
+        self.wanted.insert(peer, now);
+    }
+
+    /// Whether the node needs `peer` now: a request in flight, protected, or dialled on purpose.
+    fn needed(&self, peer: &PeerId, now: Instant) -> bool {
+        self.requests.contains_key(peer)
+            || self.protected.contains(peer)
+            || self
+                .wanted
+                .get(peer)
+                .is_some_and(|at| now.saturating_duration_since(*at) < WANT_FOR)
+    }
+
+    /// Whether a connection to `peer` (inbound or outbound) is admitted now: always when it is
+    /// needed or already connected (a second connection adds no peer), or inbound to a node that
+    /// serves; otherwise only below the bound.
+    pub(crate) fn admit(&self, peer: &PeerId, inbound: bool, now: Instant) -> bool {
+        (inbound && self.serving)
+            || self.peers.contains_key(peer)
+            || self.needed(peer, now)
+            || !self.full()
+    }
+
+    /// An outbound connection to `peer` was admitted and is being dialled.
+    fn dialing(&mut self, id: ConnectionId, peer: PeerId) {
+        self.dialing.insert(id, peer);
     }
 
     /// A connection was established; `via` is the relay of a relayed connection.
@@ -93,6 +201,7 @@ impl Conns {
         via: Option<PeerId>,
         now: Instant,
     ) {
+        self.dialing.remove(&id);
         let p = self.peers.entry(peer).or_insert(Peer {
             connections: Vec::new(),
             since: now,
@@ -100,6 +209,11 @@ impl Conns {
             closing: false,
         });
         p.connections.push((id, via));
+    }
+
+    /// A dial failed (or was denied by another behaviour).
+    fn dial_failed(&mut self, id: ConnectionId) {
+        self.dialing.remove(&id);
     }
 
     /// A connection closed.
@@ -155,10 +269,10 @@ impl Conns {
         }
     }
 
-    /// The peers to disconnect now to get back to the bound: the least recently used of the
-    /// unprotected ones (`keep` protects more). They are marked as closing.
-    pub(crate) fn trim(&mut self, now: Instant, keep: impl Fn(&PeerId) -> bool) -> Vec<PeerId> {
-        let excess = self.counted().saturating_sub(self.max_peers);
+    /// The peers to disconnect now to get back to the low-water mark: the least recently used
+    /// of those not spared (module docs). They are marked as closing.
+    pub(crate) fn trim(&mut self, now: Instant) -> Vec<PeerId> {
+        let excess = self.counted().saturating_sub(self.low_water());
         if excess == 0 {
             return Vec::new();
         }
@@ -173,10 +287,10 @@ impl Conns {
             .filter(|(id, p)| {
                 !p.closing
                     && now.saturating_duration_since(p.last_used) >= self.grace
-                    && !self.requests.contains_key(id)
+                    && !self.needed(id, now)
                     && !self.relaying.contains_key(id)
                     && !relays.contains(id)
-                    && !keep(id)
+                    && !self.mesh.contains(id)
             })
             .map(|(id, p)| (p.last_used, p.since, *id))
             .collect();
@@ -190,97 +304,91 @@ impl Conns {
         }
         out
     }
+
+    fn refuse(&self) -> ConnectionDenied {
+        ConnectionDenied::new(AtBound(self.max_peers))
+    }
+}
+
+/// The bound as a behaviour: it admits or refuses connections and follows them. Requests and the
+/// sets it spares come from [`super::Net`].
+impl NetworkBehaviour for Conns {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        peer: PeerId,
+        _local: &Multiaddr,
+        _remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if self.admit(&peer, true, Instant::now()) {
+            Ok(dummy::ConnectionHandler)
+        } else {
+            tracing::debug!(%peer, "inbound connection refused: at the connection bound");
+            Err(self.refuse())
+        }
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        _addresses: &[Multiaddr],
+        _role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        // A dial by address alone is an explicit one (bootstrap, `btd dial`).
+        let Some(peer) = peer else {
+            return Ok(Vec::new());
+        };
+        if self.admit(&peer, false, Instant::now()) {
+            self.dialing(id, peer);
+            Ok(Vec::new())
+        } else {
+            tracing::debug!(%peer, "dial refused: at the connection bound");
+            Err(self.refuse())
+        }
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: PeerId,
+        _addr: &Multiaddr,
+        _role: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => self.established(
+                e.peer_id,
+                e.connection_id,
+                relay_of(e.endpoint.get_remote_address()),
+                Instant::now(),
+            ),
+            FromSwarm::ConnectionClosed(e) => self.closed(e.peer_id, e.connection_id),
+            FromSwarm::DialFailure(e) => self.dial_failed(e.connection_id),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        _id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn conn(n: usize) -> ConnectionId {
-        ConnectionId::new_unchecked(n)
-    }
-
-    #[test]
-    fn trims_the_least_recently_used_unprotected_peers_down_to_the_bound() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(60);
-        let mut c = Conns::new(3);
-        let peers: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
-        for (i, p) in peers.iter().enumerate().take(7) {
-            c.established(*p, conn(i), None, t0 + Duration::from_secs(i as u64));
-        }
-        // 0 has a request in flight, 1 is protected by the caller, 2 was used recently, 7 is new.
-        c.request_started(peers[0], t0);
-        c.request_started(peers[2], later - Duration::from_secs(1));
-        c.request_ended(peers[2], later - Duration::from_secs(1));
-        c.established(peers[7], conn(70), None, later);
-        let keep = peers[1];
-        let out = c.trim(later, |p| *p == keep);
-        // 8 connected, bound 3: five to close, from the oldest unprotected (3, 4, 5, 6) only.
-        assert_eq!(out, vec![peers[3], peers[4], peers[5], peers[6]]);
-        // Closing peers are not counted again: one more to go once the caller stops protecting 1.
-        assert_eq!(c.counted(), 4);
-        assert_eq!(c.trim(later, |_| false), vec![peers[1]]);
-        assert_eq!(c.counted(), 3);
-        for (i, p) in out.iter().enumerate() {
-            c.closed(*p, conn(3 + i));
-        }
-        assert_eq!(c.peers.len(), 4, "1 is closing, 0, 2 and 7 stay");
-    }
-
-    #[test]
-    fn nothing_is_trimmed_at_or_under_the_bound() {
-        let t0 = Instant::now();
-        let mut c = Conns::with_grace(2, Duration::ZERO);
-        c.established(PeerId::random(), conn(1), None, t0);
-        c.established(PeerId::random(), conn(2), None, t0);
-        assert!(c.full());
-        assert!(c.trim(t0 + Duration::from_secs(60), |_| false).is_empty());
-    }
-
-    #[test]
-    fn relays_in_use_and_relayed_for_peers_are_kept() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(60);
-        let mut c = Conns::with_grace(0, Duration::ZERO);
-        let (relay, behind, served, other) = (
-            PeerId::random(),
-            PeerId::random(),
-            PeerId::random(),
-            PeerId::random(),
-        );
-        c.established(relay, conn(1), None, t0);
-        c.established(behind, conn(2), Some(relay), t0);
-        c.established(served, conn(3), None, t0);
-        c.established(other, conn(4), None, t0);
-        c.relay_started(served);
-        let mut out = c.trim(later, |_| false);
-        out.sort();
-        let mut want = vec![behind, other];
-        want.sort();
-        assert_eq!(out, want);
-        // Once the relayed connection and the reservation are gone, both go too.
-        c.closed(behind, conn(2));
-        c.closed(other, conn(4));
-        c.relay_ended(served);
-        let mut out = c.trim(later, |_| false);
-        out.sort();
-        let mut want = vec![relay, served];
-        want.sort();
-        assert_eq!(out, want);
-    }
-
-    #[test]
-    fn request_counts_survive_a_peer_not_yet_connected() {
-        let t0 = Instant::now();
-        let mut c = Conns::with_grace(0, Duration::ZERO);
-        let p = PeerId::random();
-        c.request_started(p, t0);
-        c.established(p, conn(1), None, t0);
-        assert!(c.trim(t0, |_| false).is_empty());
-        c.request_ended(p, t0);
-        assert_eq!(c.trim(t0, |_| false), vec![p]);
-        c.closed(p, conn(1));
-        assert!(c.peers.is_empty() && c.requests.is_empty());
-    }
-}
+mod tests;

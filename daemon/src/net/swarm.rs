@@ -16,8 +16,8 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, kad, mdns, relay, Multiaddr, PeerId, Swarm};
 
-use super::behaviour::MAX_RECORD_BYTES;
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::behaviour::{KBUCKET_SIZE, MAX_RECORD_BYTES};
 use super::conns::Conns;
 use super::events::{
     Answer, GossipMessage, Inbound, Lookup, NetEvent, OfferedRecord, PeerInfo, Responder, Tags,
@@ -40,8 +40,6 @@ pub struct Net<T: Tags> {
     blob: HashMap<OutboundRequestId, T::Blob>,
     /// libp2p's metrics: every swarm and behaviour event is recorded before it is translated.
     metrics: crate::metrics::Metrics,
-    /// Open connections, their use, and the bound that [`Net::trim`] keeps.
-    conns: Conns,
 }
 
 impl<T: Tags> std::fmt::Debug for Net<T> {
@@ -85,11 +83,7 @@ fn ident(topic: Topic) -> IdentTopic {
 impl<T: Tags> Net<T> {
     /// Wraps a built swarm ([`super::build_swarm`]); its events are recorded in `metrics`;
     /// [`Net::trim`] keeps about `max_peers` peers connected ([`super::NetParams::max_peers`]).
-    pub fn new(
-        swarm: Swarm<Behaviour>,
-        metrics: crate::metrics::Metrics,
-        max_peers: usize,
-    ) -> Self {
+    pub fn new(swarm: Swarm<Behaviour>, metrics: crate::metrics::Metrics) -> Self {
         Self {
             swarm,
             membership: HashMap::new(),
@@ -97,7 +91,6 @@ impl<T: Tags> Net<T> {
             approval: HashMap::new(),
             blob: HashMap::new(),
             metrics,
-            conns: Conns::new(max_peers),
         }
     }
 
@@ -121,28 +114,40 @@ impl<T: Tags> Net<T> {
             .behaviour_mut()
             .membership
             .send_request(&peer, req);
-        self.conns.request_started(peer, Instant::now());
+        self.swarm
+            .behaviour_mut()
+            .conns
+            .request_started(peer, Instant::now());
         self.membership.insert(id, tag);
     }
 
     /// Sends a KB request; its outcome comes back as [`NetEvent::Kb`] with `tag`.
     pub fn request_kb(&mut self, peer: PeerId, req: KbRequest, tag: T::Kb) {
         let id = self.swarm.behaviour_mut().kb.send_request(&peer, req);
-        self.conns.request_started(peer, Instant::now());
+        self.swarm
+            .behaviour_mut()
+            .conns
+            .request_started(peer, Instant::now());
         self.kb.insert(id, tag);
     }
 
     /// Sends an approval request; its outcome comes back as [`NetEvent::Approval`] with `tag`.
     pub fn request_approval(&mut self, peer: PeerId, req: ApprovalRequest, tag: T::Approval) {
         let id = self.swarm.behaviour_mut().approval.send_request(&peer, req);
-        self.conns.request_started(peer, Instant::now());
+        self.swarm
+            .behaviour_mut()
+            .conns
+            .request_started(peer, Instant::now());
         self.approval.insert(id, tag);
     }
 
     /// Sends a blob request; its outcome comes back as [`NetEvent::Blob`] with `tag`.
     pub fn request_blob(&mut self, peer: PeerId, req: BlobRequest, tag: T::Blob) {
         let id = self.swarm.behaviour_mut().blob.send_request(&peer, req);
-        self.conns.request_started(peer, Instant::now());
+        self.swarm
+            .behaviour_mut()
+            .conns
+            .request_started(peer, Instant::now());
         self.blob.insert(id, tag);
     }
 
@@ -248,8 +253,21 @@ impl<T: Tags> Net<T> {
     }
 
     /// Tells the DHT where `peer` can be reached.
+    ///
+    /// Only into a bucket with room, or for a peer already in the table: Kademlia answers an
+    /// insert into a full bucket by dialling the bucket's oldest disconnected entry to see whether
+    /// it lives, and with the connection bound closing idle connections those are many. Each such
+    /// dial is a new connection whose peer may in turn find a full bucket: the re-dial storm of
+    /// docs/netsim.md, finding 2. Peers only enter the table this way (`BucketInserts::Manual`).
     pub fn add_dht_address(&mut self, peer: PeerId, addr: Multiaddr) {
-        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let room = kad.kbucket(peer).is_none_or(|b| {
+            b.num_entries() < KBUCKET_SIZE && !b.has_pending()
+                || b.iter().any(|e| e.node.key.preimage() == &peer)
+        });
+        if room {
+            kad.add_address(&peer, addr);
+        }
     }
 
     // --- connections and addresses ---
@@ -261,6 +279,10 @@ impl<T: Tags> Net<T> {
 
     /// Dials an address.
     pub fn dial(&mut self, addr: Multiaddr) -> Result<(), libp2p::swarm::DialError> {
+        // Dialled on purpose: admitted past the connection bound.
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm.behaviour_mut().conns.want(peer, Instant::now());
+        }
         self.swarm.dial(addr)
     }
 
@@ -294,17 +316,21 @@ impl<T: Tags> Net<T> {
 
     /// Whether this node has as many peers connected as its bound: dial only peers it needs.
     pub fn at_bound(&self) -> bool {
-        self.conns.full()
+        self.swarm.behaviour().conns.full()
     }
 
-    /// Keeps the connection bound ([`super::NetParams::max_peers`]): closes the least recently
-    /// used connections beyond it, sparing gossipsub mesh peers, peers with requests in flight,
-    /// new connections, relays in use and the peers `keep` names (`net/conns.rs`). Returns how
-    /// many peers it disconnects.
-    pub fn trim(&mut self, keep: impl Fn(&PeerId) -> bool) -> usize {
-        if self.conns.counted() <= self.conns.max_peers() {
-            return 0;
-        }
+    /// Whether this node serves others (it owns a program or relays): it then admits every
+    /// inbound connection (`net/conns.rs`).
+    pub fn set_serving(&mut self, serving: bool) {
+        self.swarm.behaviour_mut().conns.set_serving(serving);
+    }
+
+    /// Keeps the connection bound ([`super::NetParams::max_peers`], `net/conns.rs`): `protected`
+    /// (owners of joined programs, joins in progress, relays holding our reservation) get in and
+    /// stay whatever the count; above the low-water mark the least recently used connections are
+    /// closed, sparing also gossipsub mesh peers, peers with requests in flight, new connections
+    /// and relays in use. Returns how many peers it disconnects.
+    pub fn trim(&mut self, protected: HashSet<PeerId>) -> usize {
         // Up to gossipsub's target mesh size per topic: inbound GRAFTs may grow a mesh to 12,
         // and a mesh peer closed beyond the target is replaced from the peers kept.
         let gossip = &self.swarm.behaviour().gossipsub;
@@ -313,19 +339,16 @@ impl<T: Tags> Net<T> {
             .flat_map(|t| gossip.mesh_peers(t).take(MESH_KEEP))
             .copied()
             .collect();
-        let victims = self
-            .conns
-            .trim(Instant::now(), |p| mesh.contains(p) || keep(p));
+        let conns = &mut self.swarm.behaviour_mut().conns;
+        conns.set_keep(protected, mesh);
+        let victims = conns.trim(Instant::now());
+        let connected = conns.counted();
         for peer in &victims {
             // Err: already gone (its close event is on the way).
             let _ = self.swarm.disconnect_peer_id(*peer);
         }
         if !victims.is_empty() {
-            tracing::debug!(
-                closed = victims.len(),
-                connected = self.conns.counted(),
-                "connections trimmed"
-            );
+            tracing::debug!(closed = victims.len(), connected, "connections trimmed");
         }
         victims.len()
     }
@@ -378,53 +401,35 @@ impl<T: Tags> Net<T> {
         }
     }
 
-    /// Follows connections, requests and relay use for the connection bound.
+    /// Follows requests and relay use for the connection bound (connections it follows itself).
     fn count(&mut self, event: &SwarmEvent<BehaviourEvent>) {
         use request_response::Event as Rr;
-        let now = Instant::now();
-        let c = &mut self.conns;
-        match event {
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => c.established(
-                *peer_id,
-                *connection_id,
-                relay_of(endpoint.get_remote_address()),
-                now,
-            ),
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                ..
-            } => c.closed(*peer_id, *connection_id),
-            SwarmEvent::Behaviour(e) => {
-                // Every inbound request ends with `ResponseSent` or `InboundFailure`, every
-                // outbound one with a response or `OutboundFailure`.
-                fn rr<Req, Resp>(c: &mut Conns, e: &Rr<Req, Resp>, now: Instant) {
-                    match e {
-                        Rr::Message {
-                            peer,
-                            message: request_response::Message::Request { .. },
-                            ..
-                        } => c.request_started(*peer, now),
-                        Rr::Message { peer, .. }
-                        | Rr::OutboundFailure { peer, .. }
-                        | Rr::InboundFailure { peer, .. }
-                        | Rr::ResponseSent { peer, .. } => c.request_ended(*peer, now),
-                    }
-                }
-                match e {
-                    BehaviourEvent::Membership(e) => rr(c, e, now),
-                    BehaviourEvent::Kb(e) => rr(c, e, now),
-                    BehaviourEvent::Approval(e) => rr(c, e, now),
-                    BehaviourEvent::Blob(e) => rr(c, e, now),
-                    BehaviourEvent::Relay(e) => relayed(c, e),
-                    _ => {}
-                }
+        // Every inbound request ends with `ResponseSent` or `InboundFailure`, every outbound one
+        // with a response or `OutboundFailure`.
+        fn rr<Req, Resp>(c: &mut Conns, e: &Rr<Req, Resp>, now: Instant) {
+            match e {
+                Rr::Message {
+                    peer,
+                    message: request_response::Message::Request { .. },
+                    ..
+                } => c.request_started(*peer, now),
+                Rr::Message { peer, .. }
+                | Rr::OutboundFailure { peer, .. }
+                | Rr::InboundFailure { peer, .. }
+                | Rr::ResponseSent { peer, .. } => c.request_ended(*peer, now),
             }
+        }
+        let SwarmEvent::Behaviour(e) = event else {
+            return;
+        };
+        let now = Instant::now();
+        let c = &mut self.swarm.behaviour_mut().conns;
+        match e {
+            BehaviourEvent::Membership(e) => rr(c, e, now),
+            BehaviourEvent::Kb(e) => rr(c, e, now),
+            BehaviourEvent::Approval(e) => rr(c, e, now),
+            BehaviourEvent::Blob(e) => rr(c, e, now),
+            BehaviourEvent::Relay(e) => relayed(c, e),
             _ => {}
         }
     }
@@ -459,7 +464,7 @@ impl<T: Tags> Net<T> {
 }
 
 /// The relay a relayed connection runs through: the peer named before `/p2p-circuit`.
-fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+pub(super) fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
     let mut relay = None;
     for p in addr.iter() {
         match p {

@@ -231,7 +231,7 @@ pub(crate) async fn spawn_without_verifier(
     store.record_commits(cfg.metrics.store_commit());
     let store_for_restore = store.clone();
     let swarm = build_swarm(cfg.key.clone(), cfg.transport, &cfg.net, &cfg.metrics)?;
-    let mut net = Net::new(swarm, cfg.metrics.clone(), cfg.net.max_peers);
+    let mut net = Net::new(swarm, cfg.metrics.clone());
     for addr in &cfg.listen {
         net.listen_on(addr.clone())
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
@@ -450,16 +450,20 @@ impl Node {
         }
     }
 
-    /// Keeps the connection bound (docs/netsim.md, finding 2): besides what the network layer
-    /// protects, the owners of programs this node is a member of or joining, and the relays it
-    /// holds a reservation on, stay connected.
+    /// Keeps the connection bound (docs/netsim.md, finding 2, `net/conns.rs`): the owners of
+    /// programs this node is a member of or joining, and the relays it holds a reservation on,
+    /// get in and stay whatever the count; an owner admits every inbound connection (its members).
     fn trim_connections(&mut self) {
-        let (memberships, joins, reserved) = (&self.memberships, &self.joins, &self.reserved);
-        self.net.trim(|p| {
-            reserved.contains(p)
-                || memberships.values().any(|m| m.owner == *p)
-                || joins.values().any(|j| j.owner == *p)
-        });
+        let protected: std::collections::HashSet<PeerId> = self
+            .reserved
+            .iter()
+            .copied()
+            .chain(self.memberships.values().map(|m| m.owner))
+            .chain(self.joins.values().map(|j| j.owner))
+            .collect();
+        self.net
+            .set_serving(self.relay_server || !self.owners.is_empty());
+        self.net.trim(protected);
     }
 
     /// Takes one token from `peer`'s request budget; false means "rate limited".
