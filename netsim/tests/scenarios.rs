@@ -1,4 +1,4 @@
-//! The CI scenarios: each runs the real btd node core for 9–30 nodes with faults and must pass
+//! The CI scenarios: each runs the real btd node core for 9–40 nodes with faults and must pass
 //! every invariant. They run one at a time (the lock below; under nextest they are also in the
 //! `netsim` test group, see `.config/nextest.toml`) on a 2-worker runtime, like a 2-core machine.
 //! A failure prints the report and the seed; replay with `NETSIM_SEED=<seed>`.
@@ -55,4 +55,9 @@ fn fake_and_val_trained_claims_are_caught_and_honest_ones_verify() {
 #[test]
 fn hostile_peers_attacking_at_once_get_nothing_and_the_owner_keeps_serving() {
     run("hostile");
+}
+
+#[test]
+fn connections_stay_within_the_daemons_own_bound() {
+    run("conn-bound");
 }

@@ -402,6 +402,10 @@ impl Node {
                 event = self.net.next_event() => self.on_net_event(event),
                 _ = tick.tick() => self.on_tick(),
             }
+            // An owner (from its first program on) and a relay server admit every inbound
+            // connection: their members must get through the connection bound (`net/conns.rs`).
+            self.net
+                .set_serving(self.relay_server || !self.owners.is_empty());
         }
         // Let queued writes finish before the task ends: an acknowledged write is already durable,
         // but the replies of in-flight ones should still go out.
@@ -452,7 +456,7 @@ impl Node {
 
     /// Keeps the connection bound (docs/netsim.md, finding 2, `net/conns.rs`): the owners of
     /// programs this node is a member of or joining, and the relays it holds a reservation on,
-    /// get in and stay whatever the count; an owner admits every inbound connection (its members).
+    /// get in and stay whatever the count.
     fn trim_connections(&mut self) {
         let protected: std::collections::HashSet<PeerId> = self
             .reserved
@@ -461,8 +465,6 @@ impl Node {
             .chain(self.memberships.values().map(|m| m.owner))
             .chain(self.joins.values().map(|j| j.owner))
             .collect();
-        self.net
-            .set_serving(self.relay_server || !self.owners.is_empty());
         self.net.trim(protected);
     }
 
