@@ -329,6 +329,49 @@ async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
     assert!(members.pending.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_asks_again_while_the_owner_is_briefly_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("owner.sqlite");
+    let owner = spawn_node(Store::open(&db).unwrap(), TestNodeOptions::default())
+        .await
+        .unwrap();
+    let worker = node(Some(&owner)).await;
+    let program = publish_shell(&owner).await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    // The owner is gone when the worker asks (a dial to a dead memory address fails at once).
+    let key = owner.crash();
+    let mut rx = worker.handle.join(program).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(700), rx.recv()).await;
+    assert!(
+        early.is_err(),
+        "the join gave up on the first failure: {early:?}"
+    );
+    // The owner comes back (same key, new address) before the join's attempts run out.
+    let owner = spawn_node(
+        Store::open(&db).unwrap(),
+        TestNodeOptions {
+            key: Some(key),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    worker
+        .handle
+        .dial(owner.dial_addr().unwrap())
+        .await
+        .unwrap();
+    let JoinEvent::Code { user_code, .. } = next_event(&mut rx).await else {
+        panic!("expected a code once the owner is back")
+    };
+    owner.handle.approve(user_code).await.unwrap();
+    match next_event(&mut rx).await {
+        JoinEvent::Granted { .. } => {}
+        other => panic!("expected the grant, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hostile-peer harness (`btd::testkit::hostile`): a client of its own that sends anything.
 

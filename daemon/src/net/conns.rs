@@ -20,9 +20,9 @@
 //!   per topic, [`Conns::set_keep`]), peers connected or used within [`GRACE`], peers this node
 //!   relays for, and relays carrying one of our connections.
 //!
-//! So a node that serves nobody holds at most `max_peers` peers plus exempt ones, which are few
-//! (its owners and relays; request streams are bounded per protocol), whatever the size of the
-//! mesh. The hard cap of libp2p's `connection_limits` stays behind it.
+//! So a node that serves nobody holds at most `max_peers` connections plus those of exempt peers,
+//! which are few (its owners and relays, and peers it has requests with: at most 4 connections
+//! each), whatever the size of the mesh. The hard cap of libp2p's `connection_limits` stays behind it.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -92,7 +92,7 @@ pub struct Conns {
 }
 
 impl Conns {
-    /// A bound of `max_peers` connected peers beyond the exempt ones; `serving` admits every
+    /// A bound of `max_peers` connections beyond the exempt ones; `serving` admits every
     /// inbound connection.
     pub(crate) fn new(max_peers: usize, serving: bool) -> Self {
         Self::with_grace(max_peers, serving, GRACE)
@@ -120,15 +120,16 @@ impl Conns {
         self.max_peers - self.max_peers / 4
     }
 
-    /// Connected peers not being closed, plus peers being dialled that are not connected.
+    /// Open connections not being closed, plus dials in flight. Connections, not peers: what
+    /// costs memory is the connection, and two peers dialling each other at once hold two.
     pub(crate) fn counted(&self) -> usize {
-        let connected = self.peers.values().filter(|p| !p.closing).count();
-        let dialing: HashSet<&PeerId> = self
-            .dialing
+        let open: usize = self
+            .peers
             .values()
-            .filter(|p| !self.peers.contains_key(p))
-            .collect();
-        connected + dialing.len()
+            .filter(|p| !p.closing)
+            .map(|p| p.connections.len())
+            .sum();
+        open + self.dialing.len()
     }
 
     /// Whether this node is at its bound (so it should not dial peers it does not need).
@@ -178,14 +179,11 @@ impl Conns {
                 .is_some_and(|at| now.saturating_duration_since(*at) < WANT_FOR)
     }
 
-    /// Whether a connection to `peer` (inbound or outbound) is admitted now: always when it is
-    /// needed or already connected (a second connection adds no peer), or inbound to a node that
-    /// serves; otherwise only below the bound.
+    /// Whether a connection to `peer` (inbound or outbound) is admitted now: always when the node
+    /// needs the peer, or inbound to a node that serves; otherwise only below the bound (also a
+    /// second connection to a connected peer: the first one stays).
     pub(crate) fn admit(&self, peer: &PeerId, inbound: bool, now: Instant) -> bool {
-        (inbound && self.serving)
-            || self.peers.contains_key(peer)
-            || self.needed(peer, now)
-            || !self.full()
+        (inbound && self.serving) || self.needed(peer, now) || !self.full()
     }
 
     /// An outbound connection to `peer` was admitted and is being dialled.
@@ -281,7 +279,7 @@ impl Conns {
             .values()
             .flat_map(|p| p.connections.iter().filter_map(|(_, via)| *via))
             .collect();
-        let mut candidates: Vec<(Instant, Instant, PeerId)> = self
+        let mut candidates: Vec<(Instant, Instant, PeerId, usize)> = self
             .peers
             .iter()
             .filter(|(id, p)| {
@@ -292,11 +290,19 @@ impl Conns {
                     && !relays.contains(id)
                     && !self.mesh.contains(id)
             })
-            .map(|(id, p)| (p.last_used, p.since, *id))
+            .map(|(id, p)| (p.last_used, p.since, *id, p.connections.len()))
             .collect();
         candidates.sort_unstable();
-        candidates.truncate(excess);
-        let out: Vec<PeerId> = candidates.into_iter().map(|(_, _, id)| id).collect();
+        let mut freed = 0;
+        let out: Vec<PeerId> = candidates
+            .into_iter()
+            .take_while(|(_, _, _, n)| {
+                let more = freed < excess;
+                freed += n;
+                more
+            })
+            .map(|(_, _, id, _)| id)
+            .collect();
         for id in &out {
             if let Some(p) = self.peers.get_mut(id) {
                 p.closing = true;

@@ -103,8 +103,12 @@ pub(crate) struct JoinState {
     pub(crate) device_code: Option<btd_protocol::membership::DeviceCode>,
     pub(crate) interval: Duration,
     pub(crate) expires_at: Instant,
+    /// Before the code arrives: when the authorization request is sent again (it failed).
     pub(crate) next_poll: Instant,
+    /// A poll (or, before the code arrives, the authorization request) is in flight.
     pub(crate) poll_in_flight: bool,
+    /// Authorization requests that failed to reach the owner (`worker::AUTHORIZE_ATTEMPTS`).
+    pub(crate) failed_attempts: u32,
     pub(crate) events: mpsc::Sender<JoinEvent>,
 }
 

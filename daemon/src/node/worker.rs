@@ -94,12 +94,7 @@ pub(super) fn start_authorize(
     };
     // A program being joined is pinned: a flood of announcements cannot evict it mid-join.
     super::gossip::pin(node, program);
-    let req = MembershipRequest::Authorize {
-        program,
-        seal_key: node.seal_key.public(),
-    };
-    node.net
-        .request_membership(owner, req, MembershipTag::Authorize(program));
+    send_authorize(node, owner, program);
     let now = Instant::now();
     node.joins.insert(
         program,
@@ -109,10 +104,24 @@ pub(super) fn start_authorize(
             interval: Duration::from_secs(membership::POLL_INTERVAL_SECS),
             expires_at: now + Duration::from_secs(membership::DEVICE_CODE_EXPIRES_IN_SECS),
             next_poll: now,
-            poll_in_flight: false,
+            poll_in_flight: true,
+            failed_attempts: 0,
             events,
         },
     );
+}
+
+/// A join's first request fails this many times (the owner unreachable, busy or restarting)
+/// before `btd join` gives up; it is sent again after 1, 2, 4… s.
+pub(crate) const AUTHORIZE_ATTEMPTS: u32 = 4;
+
+fn send_authorize(node: &mut Node, owner: PeerId, program: ProgramId) {
+    let req = MembershipRequest::Authorize {
+        program,
+        seal_key: node.seal_key.public(),
+    };
+    node.net
+        .request_membership(owner, req, MembershipTag::Authorize(program));
 }
 
 fn fail_join(node: &mut Node, program: ProgramId, reason: String) {
@@ -221,11 +230,23 @@ pub(super) fn on_membership_answer(
             return;
         }
         Err(error) => {
-            return fail_join(
-                node,
-                program,
-                format!("cannot reach the program's owner: {error}"),
-            )
+            let retry = node
+                .joins
+                .get_mut(&program)
+                .filter(|j| j.device_code.is_none() && j.failed_attempts + 1 < AUTHORIZE_ATTEMPTS);
+            let Some(j) = retry else {
+                return fail_join(
+                    node,
+                    program,
+                    format!("cannot reach the program's owner: {error}"),
+                );
+            };
+            j.failed_attempts += 1;
+            j.poll_in_flight = false;
+            let backoff = Duration::from_secs(1 << (j.failed_attempts - 1).min(4));
+            j.next_poll = Instant::now().checked_add(backoff).unwrap_or(j.expires_at);
+            tracing::info!(program = %program, %error, attempt = j.failed_attempts, "join: the owner did not answer; asking again");
+            return;
         }
     };
     match resp {
@@ -250,6 +271,7 @@ pub(super) fn on_membership_answer(
                 return;
             };
             j.device_code = Some(auth.device_code);
+            j.poll_in_flight = false;
             j.interval = interval;
             j.expires_at = expires_at;
             j.next_poll = next_poll;
@@ -308,9 +330,14 @@ pub(super) fn on_membership_answer(
 pub(super) fn on_tick(node: &mut Node, now: Instant) {
     let mut expired = Vec::new();
     let mut due = Vec::new();
+    let mut again = Vec::new();
     for (program, j) in &node.joins {
         if now > j.expires_at {
             expired.push(*program);
+        } else if j.device_code.is_none() {
+            if !j.poll_in_flight && now >= j.next_poll {
+                again.push((*program, j.owner));
+            }
         } else if let Some(code) = j.device_code {
             if !j.poll_in_flight && now >= j.next_poll {
                 due.push((*program, j.owner, code));
@@ -323,6 +350,12 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
             p,
             "the join code expired before the owner approved it".into(),
         );
+    }
+    for (program, owner) in again {
+        send_authorize(node, owner, program);
+        if let Some(j) = node.joins.get_mut(&program) {
+            j.poll_in_flight = true;
+        }
     }
     for (program, owner, device_code) in due {
         let poll = MembershipRequest::Poll {

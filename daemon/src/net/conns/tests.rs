@@ -67,8 +67,8 @@ fn at_the_bound_new_peers_are_refused_unless_the_node_needs_them() {
     // A stranger is refused both ways.
     assert!(!c.admit(&p[3], true, t0));
     assert!(!c.admit(&p[3], false, t0));
-    // A second connection to a connected peer adds no peer.
-    assert!(c.admit(&p[0], true, t0));
+    // A second connection to a connected peer counts too: refused at the bound.
+    assert!(!c.admit(&p[0], true, t0));
     // A peer with a request in flight, a protected peer, a peer dialled on purpose get in.
     c.request_started(p[4], t0);
     assert!(c.admit(&p[4], false, t0));
@@ -97,16 +97,17 @@ fn dials_in_flight_count_against_the_bound_until_they_end() {
     let p = peers(3);
     c.dialing(conn(1), p[0]);
     c.dialing(conn(2), p[0]);
-    assert_eq!(c.counted(), 1, "two dials to one peer count once");
-    c.dialing(conn(3), p[1]);
+    assert_eq!(c.counted(), 2, "two dials may become two connections");
     assert!(c.full());
     assert!(!c.admit(&p[2], false, t0));
-    c.dial_failed(conn(3));
+    c.dial_failed(conn(2));
     assert!(c.admit(&p[2], false, t0));
     c.established(p[0], conn(1), None, t0);
     assert_eq!(c.counted(), 1, "established replaces the dial");
-    c.dial_failed(conn(2));
-    assert_eq!(c.counted(), 1);
+    c.dialing(conn(3), p[1]);
+    c.established(p[1], conn(3), None, t0);
+    c.established(p[1], conn(4), None, t0);
+    assert_eq!(c.counted(), 3, "connections, not peers");
 }
 
 #[test]
