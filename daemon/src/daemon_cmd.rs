@@ -57,16 +57,19 @@ fn parse<T: DeserializeOwned>(v: Value) -> Result<T, CmdError> {
 }
 
 pub(crate) fn start(home_dir: Option<PathBuf>, args: StartArgs) -> Result<(), CmdError> {
-    // Training in the worker loop uses candle's CPU thread pool, sized from RAYON_NUM_THREADS. Set it
-    // here, while the process has one thread (changing the environment later is unsound), leaving
-    // one core to the mesh: 1 thread on 2 cores, which is also fastest for the tiny preset.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        std::env::set_var(
-            "RAYON_NUM_THREADS",
-            cores.saturating_sub(1).max(1).to_string(),
-        );
-    }
+    // Training in the worker loop uses rayon's pool (two shards of each batch, each shard's matmuls
+    // on half the pool: `btd_trainer::device::set_cpu_threads`). Size it here, while the process
+    // has one thread (changing the environment later is unsound): RAYON_NUM_THREADS if set, else
+    // every core but one, which is left to the mesh.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            cores.saturating_sub(1).max(1)
+        });
+    btd_trainer::device::set_cpu_threads(threads);
     let h = home(home_dir)?;
     let addrs = |flag: &str, v: Vec<String>| -> Result<Vec<libp2p::Multiaddr>, CmdError> {
         v.into_iter()

@@ -76,31 +76,43 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-/// Parameter count below which one CPU thread trains faster than several: candle's per-op
-/// threading costs more than it saves on small tensors (measured on 2 cores: `tiny` ran 3.4× faster
-/// on one thread than on two; `small`, 0.87 M parameters, 1.1× faster on two).
-const SINGLE_THREAD_BELOW_PARAMS: usize = 500_000;
+/// Parameter count below which more threads than shards do not pay: candle's per-op threading
+/// costs more than it saves on small tensors (measured on 2 cores before the batch was sharded:
+/// `tiny` ran 3.4× faster on one thread than on two). With the batch in
+/// [`crate::shard::SHARDS`] shards, one thread per shard is the fastest for such models
+/// (docs/benchmarks.md, "Training": `tiny` 1.8× faster on two threads than on one).
+const FEW_THREADS_BELOW_PARAMS: usize = 500_000;
 
-/// CPU threads to train `model` with: one for small models, every usable thread otherwise.
+/// CPU threads to train `model` with: one per shard for small models, every usable thread
+/// otherwise.
 pub fn recommended_cpu_threads(model: &crate::ModelConfig) -> usize {
-    if model.param_count() < SINGLE_THREAD_BELOW_PARAMS {
-        1
+    let usable = std::thread::available_parallelism().map_or(1, usize::from);
+    if model.param_count() < FEW_THREADS_BELOW_PARAMS {
+        usable.min(crate::shard::SHARDS)
     } else {
-        std::thread::available_parallelism().map_or(1, usize::from)
+        usable
     }
 }
 
-/// Sets the number of CPU threads candle uses (through `RAYON_NUM_THREADS`, which candle reads when
-/// it sizes its thread pool at the first tensor operation and again at every matmul). Call it
-/// before any tensor work; the result does not depend on it (CPU training is bit-identical across
-/// thread counts), only the speed does.
+/// Sets the number of CPU threads training uses. Call it before any tensor work. Each step runs
+/// as [`crate::shard::SHARDS`] shards of the batch on rayon's pool of `threads` workers, and each
+/// shard's matmuls on `threads / SHARDS` of them (candle reads `RAYON_NUM_THREADS` at every
+/// matmul): gemm splitting a small matmul across the whole pool costs about what it saves. The
+/// result does not depend on the thread count (the shards are fixed and gemm's sums do not depend
+/// on its threads: CPU training is bit-identical across thread counts), only the speed does.
 pub fn set_cpu_threads(threads: usize) {
-    std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+    let threads = threads.max(1);
+    // Err: the pool was built already (an earlier call, or rayon used first); it keeps its size.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    let per_shard = (threads / crate::shard::SHARDS).max(1);
+    std::env::set_var("RAYON_NUM_THREADS", per_shard.to_string());
 }
 
-/// The number of CPU threads candle will use.
+/// The number of CPU threads training uses (rayon's pool).
 pub fn cpu_threads() -> usize {
-    candle_core::utils::get_num_threads()
+    rayon::current_num_threads()
 }
 
 #[cfg(test)]

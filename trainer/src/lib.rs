@@ -32,6 +32,7 @@ pub mod model;
 pub mod optim;
 pub mod rungs;
 pub mod sample;
+pub mod shard;
 pub mod shell;
 pub mod slurm;
 pub mod source;

@@ -13,8 +13,9 @@ use crate::config::{Hyper, TrainSpec};
 use crate::data::{Batcher, Corpus, DataSource};
 use crate::eval::val_bpb_of;
 use crate::init::SeededVars;
-use crate::model::{cross_entropy, Gpt};
+use crate::model::Gpt;
 use crate::optim::{AdamW, AdamWConfig};
+use crate::shard;
 use crate::TrainError;
 
 /// Progress after one optimiser step, for progress bars and logs.
@@ -137,6 +138,8 @@ pub fn train(
     )?;
     let mut batcher = Batcher::new(spec.seed, h.batch_size, cfg.block_size);
     let tokens_per_step = (h.batch_size * cfg.block_size) as u64;
+    // One shard of the batch per CPU thread (`shard.rs`).
+    let shards = shard::shards_for(device, h.batch_size);
 
     let start = Instant::now();
     let mut losses: Vec<f32> = Vec::new();
@@ -147,9 +150,7 @@ pub fn train(
         let lr = lr_at(&h, progress);
 
         let (x, y) = batcher.next_batch(corpus.train(), device)?;
-        let logits = model.forward_rows(&x)?;
-        let loss = cross_entropy(&logits, &y.flatten_all()?)?;
-        let loss_value = loss.to_scalar::<f32>()?;
+        let (loss_value, mut grads) = shard::loss_and_grads(&model, &vars, &x, &y, shards)?;
         step += 1;
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged {
@@ -157,7 +158,6 @@ pub fn train(
                 loss: loss_value,
             });
         }
-        let mut grads = loss.backward()?;
         let grad_norm = opt.clip_and_step(&vars, &mut grads, h.grad_clip, lr)?;
         losses.push(loss_value);
 
