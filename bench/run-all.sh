@@ -98,8 +98,8 @@ else
   # "netsim": release, seeds as shipped, one scenario at a time; hostile in a debug build as the
   # doc measured it.
   section build-release cargo build -q --locked --release -p btd-netsim -p btd -p btd-trainer
-  for s in smoke owner-crash partition-heal kb-gating mesh-100 scale-200 scale-500 adversaries \
-    adversaries-owner-crash; do
+  for s in smoke owner-crash partition-heal kb-gating conn-bound mesh-100 scale-200 scale-500 \
+    scale-1000 adversaries adversaries-owner-crash; do
     section "netsim-$s" timed target/release/btd-netsim run "$s" --json "$out/netsim-$s.json"
   done
   section netsim-hostile cargo run -q --locked -p btd-netsim -- run hostile --json "$out/netsim-hostile.json"

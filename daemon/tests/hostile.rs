@@ -280,6 +280,31 @@ async fn a_hostile_owners_huge_numbers_fail_the_join_in_words_and_the_worker_kee
     worker2.handle.info().await.unwrap();
 }
 
+/// An owner whose store is on disk at `db` (so it can restart), its shell program, and a worker
+/// that knows the program.
+async fn owner_on_disk_and_worker(db: &std::path::Path) -> (TestNode, TestNode, ProgramId) {
+    let owner = spawn_node(Store::open(db).unwrap(), TestNodeOptions::default())
+        .await
+        .unwrap();
+    let worker = node(Some(&owner)).await;
+    let program = publish_shell(&owner).await;
+    wait_known(&worker.handle, program, T).await.unwrap();
+    (owner, worker, program)
+}
+
+/// The owner of [`owner_on_disk_and_worker`] started again with its key (at a new address).
+async fn restart_owner(db: &std::path::Path, key: libp2p::identity::Keypair) -> TestNode {
+    spawn_node(
+        Store::open(db).unwrap(),
+        TestNodeOptions {
+            key: Some(key),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Hostile peers item 9: a join request waiting for the owner's decision used to be lost when the
 /// owner restarted (the worker's code answered "not found" and `btd approve` "no join request has
 /// the code"). The undecided code is stored before the worker sees it: after a crash and restart
@@ -288,27 +313,14 @@ async fn a_hostile_owners_huge_numbers_fail_the_join_in_words_and_the_worker_kee
 async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("owner.sqlite");
-    let owner = spawn_node(Store::open(&db).unwrap(), TestNodeOptions::default())
-        .await
-        .unwrap();
-    let worker = node(Some(&owner)).await;
-    let program = publish_shell(&owner).await;
-    wait_known(&worker.handle, program, T).await.unwrap();
+    let (owner, worker, program) = owner_on_disk_and_worker(&db).await;
     let mut rx = worker.handle.join(program).await.unwrap();
     let JoinEvent::Code { user_code, .. } = next_event(&mut rx).await else {
         panic!("expected a code")
     };
 
     let key = owner.crash();
-    let owner = spawn_node(
-        Store::open(&db).unwrap(),
-        TestNodeOptions {
-            key: Some(key),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let owner = restart_owner(&db, key).await;
     let listed = owner.handle.members(program).await.unwrap();
     assert!(
         listed.pending.iter().any(|p| p.user_code == user_code),
@@ -333,12 +345,7 @@ async fn a_join_code_waiting_for_the_owner_survives_an_owner_restart() {
 async fn a_join_asks_again_while_the_owner_is_briefly_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("owner.sqlite");
-    let owner = spawn_node(Store::open(&db).unwrap(), TestNodeOptions::default())
-        .await
-        .unwrap();
-    let worker = node(Some(&owner)).await;
-    let program = publish_shell(&owner).await;
-    wait_known(&worker.handle, program, T).await.unwrap();
+    let (owner, worker, program) = owner_on_disk_and_worker(&db).await;
     // The owner is gone when the worker asks (a dial to a dead memory address fails at once).
     let key = owner.crash();
     let mut rx = worker.handle.join(program).await.unwrap();
@@ -348,15 +355,7 @@ async fn a_join_asks_again_while_the_owner_is_briefly_unreachable() {
         "the join gave up on the first failure: {early:?}"
     );
     // The owner comes back (same key, new address) before the join's attempts run out.
-    let owner = spawn_node(
-        Store::open(&db).unwrap(),
-        TestNodeOptions {
-            key: Some(key),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let owner = restart_owner(&db, key).await;
     worker
         .handle
         .dial(owner.dial_addr().unwrap())

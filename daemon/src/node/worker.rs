@@ -112,8 +112,8 @@ pub(super) fn start_authorize(
 }
 
 /// A join's first request fails this many times (the owner unreachable, busy or restarting)
-/// before `btd join` gives up; it is sent again after 1, 2, 4… s.
-pub(crate) const AUTHORIZE_ATTEMPTS: u32 = 4;
+/// before `btd join` gives up; it is sent again after 1, 2, 4, 8 and 16 s (about half a minute).
+pub(crate) const AUTHORIZE_ATTEMPTS: u32 = 6;
 
 fn send_authorize(node: &mut Node, owner: PeerId, program: ProgramId) {
     let req = MembershipRequest::Authorize {
@@ -142,7 +142,11 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
         return Err("the grant does not come from the program's owner".into());
     }
     if join.device_code != Some(delivery.device_code) {
-        return Err("the grant answers another device code".into());
+        // A code this node asked for earlier in the same join: a first request that reached the
+        // owner but whose answer was lost, before it asked again. The owner binds every code to the
+        // peer that asked for it, the sender is the owner, and the credential opens only with this
+        // node's key: the grant is this node's.
+        tracing::info!(program = %program, "the grant answers an earlier request of this join");
     }
     let ctx = grant_seal_context(&program, &delivery.device_code);
     let plain = seal::open(&node.seal_key, &ctx, &delivery.sealed)
