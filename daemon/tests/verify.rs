@@ -399,7 +399,11 @@ fn retrain_program() -> String {
             "steps = 100\nseed = 3\neval_tokens = 2048\n{}",
             btd::testkit::SYNTHETIC_16K
         ),
-        "[verify]\nholdout = false\nretrain_share = 0.0\nretrain_seeds = 1\n",
+        // The honest re-training lands on the same value bit for bit (same config, seed and
+        // steps), so a tight tolerance costs honest claims nothing; the cheat below beats the
+        // honest value by about 0.05, the default tolerance's size, which leaves the outcome to
+        // float rounding.
+        "[verify]\nholdout = false\nretrain_share = 0.0\nretrain_seeds = 1\nretrain_tolerance = 0.02\n",
     )
 }
 
