@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use btd::harness;
 use btd::net::{NetParams, TransportKind};
 use btd::node::types::{JoinEvent, NewResult};
+use btd::node::OutboxParams;
 use btd::node::{self, NodeConfig, NodeHandle};
 use btd::store::Store;
 use btd::testkit::wait_known;
@@ -80,6 +81,16 @@ const QUICK: Sizes = Sizes {
 
 /// A node whose home (store, blobs, holdouts) is `dir/name`, as `btd start --home` lays it out.
 async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> NodeHandle {
+    start_with(dir, name, bootstrap, OutboxParams::default()).await
+}
+
+/// [`start`] with the member's outbox set to `outbox`.
+async fn start_with(
+    dir: &std::path::Path,
+    name: &str,
+    bootstrap: Vec<Multiaddr>,
+    outbox: OutboxParams,
+) -> NodeHandle {
     let home = dir.join(name);
     std::fs::create_dir_all(&home).unwrap();
     let store = Store::open(&home.join("btd.sqlite")).unwrap();
@@ -87,6 +98,7 @@ async fn start(dir: &std::path::Path, name: &str, bootstrap: Vec<Multiaddr>) -> 
         autonat: false,
         rate_burst: 1e9,
         rate_per_sec: 1e9,
+        outbox,
         ..NetParams::default()
     };
     let (h, _task) = node::spawn(
@@ -215,41 +227,27 @@ async fn bench(sizes: &Sizes) {
         secs
     );
 
-    // Sustained from many members at once (each its own node and connection), 16 in flight each.
-    // Fresh members: the first worker is near the owner's per-member hourly budget (3600).
-    let mut members = Vec::new();
-    for i in 1..=sizes.workers {
-        let w = start(dir.path(), &format!("worker{i}"), vec![addr(&owner).await]).await;
-        wait_known(&w, id, T).await.unwrap();
-        let mut rx = w.join(id).await.unwrap();
-        let Some(JoinEvent::Code { user_code, .. }) = rx.recv().await else {
-            panic!("no code")
-        };
-        owner.approve(user_code).await.unwrap();
-        let Some(JoinEvent::Granted { .. }) = rx.recv().await else {
-            panic!("no grant")
-        };
-        members.push(w);
+    // Sustained from many members at once (each its own node and connection), 16 in flight each:
+    // first with each result in a request of its own (16 requests in flight per member, the
+    // outbox before batches), then with the default outbox (4 requests in flight, results that
+    // queue behind them sent as batches). Fresh members each time: a member's hourly budget at
+    // the owner is 3600 results.
+    let single = OutboxParams {
+        max_batch: 1,
+        requests_per_owner: 16,
+        ..OutboxParams::default()
+    };
+    let mut many = 0;
+    for (round, (outbox, label)) in [
+        (single, "one result per request"),
+        (OutboxParams::default(), "batched"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let first = 1e6 + 1e7 * round as f64;
+        many += many_members(&owner, id, dir.path(), sizes, outbox, label, round, first).await;
     }
-    let each = sizes.per_member / 16;
-    let t0 = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (m, w) in members.iter().enumerate() {
-        for t in 0..16 {
-            let first = 1e6 + (m * 100_000 + t * each) as f64;
-            tasks.spawn(submit_values(w.clone(), id, first, each));
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    let many = members.len() * 16 * each;
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "sustained durable submissions ({} members, 16 in flight each): {:.0} /s ({many} in {secs:.2} s)",
-        members.len(),
-        many as f64 / secs,
-    );
 
     // `btd status` pages with the log just written: a member's over the mesh (one request), and
     // the owner's own, newest first.
@@ -291,10 +289,60 @@ async fn bench(sizes: &Sizes) {
     );
     assert_eq!(
         status.members as usize,
-        1 + sizes.workers,
+        1 + 2 * sizes.workers,
         "members of the last program"
     );
     assert_eq!(owner.programs().await.unwrap().len(), joins, "programs");
+}
+
+/// `sizes.workers` new members (outbox `outbox`) submit `sizes.per_member` results each, 16 in
+/// flight per member; prints the rate and returns how many were acknowledged.
+#[allow(clippy::too_many_arguments)]
+async fn many_members(
+    owner: &NodeHandle,
+    id: ProgramId,
+    dir: &std::path::Path,
+    sizes: &Sizes,
+    outbox: OutboxParams,
+    label: &str,
+    round: usize,
+    first: f64,
+) -> usize {
+    let mut members = Vec::new();
+    for i in 1..=sizes.workers {
+        let name = format!("member{round}-{i}");
+        let w = start_with(dir, &name, vec![addr(owner).await], outbox.clone()).await;
+        wait_known(&w, id, T).await.unwrap();
+        let mut rx = w.join(id).await.unwrap();
+        let Some(JoinEvent::Code { user_code, .. }) = rx.recv().await else {
+            panic!("no code")
+        };
+        owner.approve(user_code).await.unwrap();
+        let Some(JoinEvent::Granted { .. }) = rx.recv().await else {
+            panic!("no grant")
+        };
+        members.push(w);
+    }
+    let each = sizes.per_member / 16;
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (m, w) in members.iter().enumerate() {
+        for t in 0..16 {
+            let v = first + (m * 100_000 + t * each) as f64;
+            tasks.spawn(submit_values(w.clone(), id, v, each));
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let many = members.len() * 16 * each;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "sustained durable submissions ({} members, 16 in flight each, {label}): {:.0} /s ({many} in {secs:.2} s)",
+        members.len(),
+        many as f64 / secs,
+    );
+    many
 }
 
 /// Submits `n` results valued `first`, `first + 1`, … one after another, each durably

@@ -61,14 +61,10 @@ pub(crate) fn start(home_dir: Option<PathBuf>, args: StartArgs) -> Result<(), Cm
     // on half the pool: `btd_trainer::device::set_cpu_threads`). Size it here, while the process
     // has one thread (changing the environment later is unsound): RAYON_NUM_THREADS if set, else
     // every core but one, which is left to the mesh.
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            cores.saturating_sub(1).max(1)
-        });
+    let threads = btd_trainer::device::threads_from_env("RAYON_NUM_THREADS").unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        cores.saturating_sub(1).max(1)
+    });
     btd_trainer::device::set_cpu_threads(threads);
     let h = home(home_dir)?;
     let addrs = |flag: &str, v: Vec<String>| -> Result<Vec<libp2p::Multiaddr>, CmdError> {

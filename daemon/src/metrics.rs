@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use btd_protocol::program::ProgramId;
 use btd_protocol::trace::RunState;
-use btd_protocol::wire::KbResponse;
+use btd_protocol::wire::{KbResponse, SubmitOutcome, SubmitReceipt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,6 +87,11 @@ struct VerdictLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -109,6 +114,7 @@ struct Btd {
     verifier_queue: Gauge,
     verifier_check: Histogram,
     submissions: Family<VerdictLabel, Counter>,
+    outbox_requests: Family<KindLabel, Counter>,
     blob_served: Counter,
     blob_fetched: Counter,
     rate_limited: Family<LimitLabels, Counter>,
@@ -129,6 +135,7 @@ impl Btd {
             // 10 ms to about 45 min: an evaluation takes seconds, a re-training spot check minutes.
             verifier_check: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
             submissions: Family::default(),
+            outbox_requests: Family::default(),
             blob_served: Counter::default(),
             blob_fetched: Counter::default(),
             rate_limited: Family::default(),
@@ -183,6 +190,13 @@ impl Btd {
              already recorded), refused (not recorded: not a member, invalid, store failure)",
             b.submissions.clone(),
         );
+        r.register(
+            "outbox_requests",
+            "Requests this node's outbox sent to program owners (resends included), by kind: \
+             single (one result) or batch (results that queued behind busy requests, sent \
+             together)",
+            b.outbox_requests.clone(),
+        );
         r.register_with_unit(
             "blob_served",
             "Artifact bytes this node sent in /btd/blob/1 chunks",
@@ -223,13 +237,15 @@ impl Btd {
 }
 
 /// What a submission came to at the owner ([`Metrics::submission`]).
-fn verdict_of(resp: &KbResponse) -> &'static str {
-    match resp {
-        KbResponse::Submitted(r) if r.duplicate => "duplicate",
-        KbResponse::Submitted(r) if r.accepted => "accepted",
-        KbResponse::Submitted(r) if r.check == btd_protocol::kb::Check::Pending => "pending",
-        KbResponse::Submitted(_) => "rejected",
-        _ => "refused",
+fn receipt_verdict(r: &SubmitReceipt) -> &'static str {
+    if r.duplicate {
+        "duplicate"
+    } else if r.accepted {
+        "accepted"
+    } else if r.check == btd_protocol::kb::Check::Pending {
+        "pending"
+    } else {
+        "rejected"
     }
 }
 
@@ -315,11 +331,35 @@ impl Metrics {
 
     /// The owner's answer to a submission, as it went out.
     pub(crate) fn submission(&self, resp: &KbResponse) {
-        let verdict = verdict_of(resp);
+        let count = |verdict| {
+            self.inner
+                .btd
+                .submissions
+                .get_or_create(&VerdictLabel { verdict })
+                .inc();
+        };
+        match resp {
+            // A batch counts each of its results.
+            KbResponse::SubmittedBatch(list) => {
+                for outcome in list {
+                    count(match outcome {
+                        SubmitOutcome::Submitted(r) => receipt_verdict(r),
+                        SubmitOutcome::Refused(_) => "refused",
+                    });
+                }
+            }
+            KbResponse::Submitted(r) => count(receipt_verdict(r)),
+            _ => count("refused"),
+        }
+    }
+
+    /// The outbox sent a request to an owner carrying `results` results.
+    pub(crate) fn outbox_request(&self, results: usize) {
+        let kind = if results > 1 { "batch" } else { "single" };
         self.inner
             .btd
-            .submissions
-            .get_or_create(&VerdictLabel { verdict })
+            .outbox_requests
+            .get_or_create(&KindLabel { kind })
             .inc();
     }
 

@@ -523,3 +523,35 @@ async fn paid_compute_needs_the_owners_signed_receipt() {
     let resp = h.request_spend(id, other).await.unwrap();
     assert!(matches!(resp, ApprovalResponse::Error(_)), "{resp:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_started_again_takes_its_own_grant_not_the_late_grant_of_the_first() {
+    let owner = node(TestNodeOptions::default()).await;
+    let worker = node_to(&owner).await;
+    let id = publish(&owner.handle, "approval").await;
+    knows(&worker.handle, id).await;
+    // `btd join`, then `btd join` again before the owner decides (a user who gave up waiting).
+    let mut first = start_join(&worker.handle, id).await;
+    let JoinEvent::Code { user_code: a, .. } = next(&mut first).await else {
+        panic!("no code")
+    };
+    let mut second = start_join(&worker.handle, id).await;
+    let JoinEvent::Code { user_code: b, .. } = next(&mut second).await else {
+        panic!("no code")
+    };
+    assert_ne!(a, b);
+    // The owner approves both, the stale code first. Each approval issues the member a new
+    // credential and retires the one before: the first grant, pushed to the worker first, is
+    // dead by the time the second is issued. The join must wait for its own code's grant.
+    decide(&owner.handle, &a, true).await.unwrap();
+    decide(&owner.handle, &b, true).await.unwrap();
+    assert!(matches!(next(&mut second).await, JoinEvent::Granted { .. }));
+    // The credential the worker kept is the one the owner holds.
+    let s = status(&worker.handle, id)
+        .await
+        .expect("the owner knows the worker's credential");
+    assert_eq!(s.members, 1);
+    submit(&worker.handle, id, 1.0)
+        .await
+        .expect("a member's result counts");
+}

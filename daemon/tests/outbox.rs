@@ -450,3 +450,57 @@ async fn a_worker_round_with_an_offline_owner_is_queued_then_settled_with_the_re
     // Settled once: the stored record says so too.
     assert_eq!(work.runs(Some(program)).await.unwrap()[0], r);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_queued_behind_a_busy_request_go_as_one_batch_each_acknowledged_once() {
+    // One request to the owner at a time: whatever is queued meanwhile goes in the next request.
+    let one_slot = params(|p| {
+        p.outbox.requests_per_owner = 1;
+        p.outbox.submit_wait = T;
+    });
+    let (owner, member, program) = owner_and_member(
+        Store::open_in_memory().unwrap(),
+        test_params(false),
+        Store::open_in_memory().unwrap(),
+        one_slot,
+    )
+    .await;
+    let n: u32 = 24;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let h = member.handle.clone();
+        tasks.spawn(async move { h.submit(program, result(10.0 + f64::from(i))).await });
+    }
+    let mut seqs = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let receipt = done.unwrap().expect("every result acknowledged");
+        assert!(!receipt.duplicate);
+        seqs.push(receipt.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=u64::from(n)).collect::<Vec<_>>(),
+        "one entry each"
+    );
+    let want: Vec<f64> = (0..n).map(|i| 10.0 + f64::from(i)).collect();
+    assert_eq!(sorted(recorded(&owner.handle, program).await), want);
+    // Fewer requests than results: the results that waited went together.
+    let text = btd::metrics::scrape(&member.metrics, &member.handle).await;
+    let count = |kind: &str| -> u64 {
+        let key = format!("btd_outbox_requests_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let (single, batch) = (count("single"), count("batch"));
+    assert!(
+        batch >= 1,
+        "no batch was sent ({single} single requests)\n{text}"
+    );
+    assert!(
+        single + batch < u64::from(n),
+        "{single} single + {batch} batches for {n}"
+    );
+    await_empty_outbox(&member.handle).await;
+}

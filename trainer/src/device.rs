@@ -110,6 +110,15 @@ pub fn set_cpu_threads(threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", per_shard.to_string());
 }
 
+/// A thread count given in the environment variable `var` (RAYON_NUM_THREADS,
+/// SLURM_CPUS_PER_TASK): `None` when unset or not a number in 1..=4096.
+pub fn threads_from_env(var: &str) -> Option<usize> {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|n| (1..=4096).contains(n))
+}
+
 /// The number of CPU threads training uses (rayon's pool).
 pub fn cpu_threads() -> usize {
     rayon::current_num_threads()

@@ -261,6 +261,7 @@ impl Behaviour {
         // Peers enter the routing table only through `Net::add_dht_address`, which never makes
         // Kademlia dial a disconnected entry to test it (the connection bound, `net/conns.rs`).
         kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+        kad_cfg.set_periodic_bootstrap_interval(Some(std::time::Duration::from_secs(15 * 60)));
         let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
         // Without a confirmed external address kad stays a client and never answers queries;
         // btd nodes serve the DHT from the start.

@@ -6,8 +6,8 @@
 //! bucket: left alone, every node of a mesh heads for a connection to every other (docs/netsim.md,
 //! finding 2). [`Conns`] is a [`NetworkBehaviour`] that keeps the count bounded in two ways:
 //!
-//! - **Admission.** At `max_peers` connected (or being dialled) peers, a connection to a new peer
-//!   is refused, inbound or outbound, unless the peer is *exempt*: a request to or from it is in
+//! - **Admission.** At `max_peers` open connections (dials in flight and connections a trim is
+//!   still closing included), a connection to a new peer is refused, inbound or outbound, unless the peer is *exempt*: a request to or from it is in
 //!   flight, the node dialled its address explicitly, the caller protects it (owners of joined
 //!   programs, joins in progress, relays holding our reservation), or it is already connected (a
 //!   second connection adds no peer). A refused Kademlia dial only costs that query one peer
@@ -47,13 +47,29 @@ const WANT_FOR: Duration = Duration::from_secs(30);
 /// What the node knows of one connected peer.
 #[derive(Debug)]
 struct Peer {
-    /// Open connections, each with the relay it runs through (relayed connections).
-    connections: Vec<(ConnectionId, Option<PeerId>)>,
+    /// Open connections.
+    connections: Vec<Link>,
     /// When the first of them was established.
     since: Instant,
     /// The last request sent to or received from the peer (or `since`).
     last_used: Instant,
-    /// Being closed by a trim: no longer counted against the bound.
+}
+
+impl Peer {
+    /// Connections not being closed by a trim.
+    fn live(&self) -> usize {
+        self.connections.iter().filter(|l| !l.closing).count()
+    }
+}
+
+/// One open connection.
+#[derive(Debug)]
+struct Link {
+    id: ConnectionId,
+    /// The relay it runs through (a relayed connection).
+    via: Option<PeerId>,
+    /// Closed by a trim and not gone yet: it still counts against admission (it holds its
+    /// memory until it is gone), not against the next trim.
     closing: bool,
 }
 
@@ -120,21 +136,25 @@ impl Conns {
         self.max_peers - self.max_peers / 4
     }
 
-    /// Open connections not being closed, plus dials in flight. Connections, not peers: what
-    /// costs memory is the connection, and two peers dialling each other at once hold two.
+    /// Open connections not being closed, plus dials in flight: what [`Conns::trim`] brings down
+    /// to the low-water mark. Connections, not peers: what costs memory is the connection, and
+    /// two peers dialling each other at once hold two.
     pub(crate) fn counted(&self) -> usize {
-        let open: usize = self
-            .peers
-            .values()
-            .filter(|p| !p.closing)
-            .map(|p| p.connections.len())
-            .sum();
+        let live: usize = self.peers.values().map(Peer::live).sum();
+        live + self.dialing.len()
+    }
+
+    /// Every open connection, those being closed included, plus dials in flight: what admission
+    /// holds to the bound. A trimmed connection may take a while to go on a busy node; counting
+    /// it until then keeps the open count within the bound, not just the live one.
+    pub(crate) fn open(&self) -> usize {
+        let open: usize = self.peers.values().map(|p| p.connections.len()).sum();
         open + self.dialing.len()
     }
 
     /// Whether this node is at its bound (so it should not dial peers it does not need).
     pub(crate) fn full(&self) -> bool {
-        self.counted() >= self.max_peers
+        self.open() >= self.max_peers
     }
 
     /// Whether the node serves others (admits every inbound connection).
@@ -204,9 +224,12 @@ impl Conns {
             connections: Vec::new(),
             since: now,
             last_used: now,
+        });
+        p.connections.push(Link {
+            id,
+            via,
             closing: false,
         });
-        p.connections.push((id, via));
     }
 
     /// A dial failed (or was denied by another behaviour).
@@ -217,7 +240,7 @@ impl Conns {
     /// A connection closed.
     pub(crate) fn closed(&mut self, peer: PeerId, id: ConnectionId) {
         let gone = self.peers.get_mut(&peer).is_none_or(|p| {
-            p.connections.retain(|(c, _)| *c != id);
+            p.connections.retain(|l| l.id != id);
             p.connections.is_empty()
         });
         if gone {
@@ -277,20 +300,20 @@ impl Conns {
         let relays: HashSet<PeerId> = self
             .peers
             .values()
-            .flat_map(|p| p.connections.iter().filter_map(|(_, via)| *via))
+            .flat_map(|p| p.connections.iter().filter_map(|l| l.via))
             .collect();
         let mut candidates: Vec<(Instant, Instant, PeerId, usize)> = self
             .peers
             .iter()
             .filter(|(id, p)| {
-                !p.closing
+                p.live() > 0
                     && now.saturating_duration_since(p.last_used) >= self.grace
                     && !self.needed(id, now)
                     && !self.relaying.contains_key(id)
                     && !relays.contains(id)
                     && !self.mesh.contains(id)
             })
-            .map(|(id, p)| (p.last_used, p.since, *id, p.connections.len()))
+            .map(|(id, p)| (p.last_used, p.since, *id, p.live()))
             .collect();
         candidates.sort_unstable();
         let mut freed = 0;
@@ -305,7 +328,9 @@ impl Conns {
             .collect();
         for id in &out {
             if let Some(p) = self.peers.get_mut(id) {
-                p.closing = true;
+                for l in &mut p.connections {
+                    l.closing = true;
+                }
             }
         }
         out

@@ -6,7 +6,8 @@
 use btd_protocol::membership::DeviceCode;
 use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{
-    ApprovalResponse, BlobResponse, ErrorCode, KbResponse, MembershipRequest, MembershipResponse,
+    ApprovalResponse, BlobResponse, ErrorCode, KbCall, KbResponse, MembershipRequest,
+    MembershipResponse,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -31,10 +32,10 @@ impl Tags for NodeTags {
 /// What a membership request was for.
 #[derive(Debug)]
 pub(crate) enum MembershipTag {
-    /// A join's device authorization (worker side).
-    Authorize(ProgramId),
-    /// A join's poll (worker side).
-    Poll(ProgramId),
+    /// A join's device authorization (worker side), with the join's id.
+    Authorize(ProgramId, u64),
+    /// A join's poll (worker side), with the join's id.
+    Poll(ProgramId, u64),
     /// A grant pushed to a new member (owner side).
     Push(ProgramId, DeviceCode),
     /// A raw probe (tests, netsim).
@@ -45,8 +46,9 @@ pub(crate) enum MembershipTag {
 /// What a KB request was for.
 #[derive(Debug)]
 pub(crate) enum KbTag {
-    /// A send of outbox entry N (resent with the same nonce until the owner answers).
-    Submit(u64),
+    /// A send of outbox entries (one, or a batch; resent with the same nonces until the owner
+    /// answers).
+    Submit(Vec<u64>),
     /// A member's `btd status` (the summary and a page of results, one request).
     Status(PendingStatus),
     /// A request whose response goes back as it is (the champion read; testkit probes).
@@ -116,7 +118,9 @@ impl Node {
                 response,
                 reply,
             } => {
-                worker::on_membership_answer(self, peer, program, poll, Ok(response));
+                // As the answer to the join in progress.
+                let join = self.joins.get(&program).map_or(0, |j| j.id);
+                worker::on_membership_answer(self, peer, program, join, poll, Ok(response));
                 let _ = reply.send(Ok(()));
             }
             #[cfg(feature = "testkit")]
@@ -272,7 +276,12 @@ impl Node {
                 }
             }
             Inbound::Kb(req, to) => {
-                if !self.allow(peer) {
+                // A batch costs one request per result.
+                let cost = match &req.call {
+                    KbCall::SubmitBatch(list) => list.len(),
+                    _ => 1,
+                };
+                if !self.allow_n(peer, cost) {
                     self.metrics.rate_limited(Limited::Kb);
                     let busy = KbResponse::Error(err(ErrorCode::RateLimited, SLOW_DOWN));
                     self.net.respond(to, busy);
@@ -302,11 +311,11 @@ impl Node {
 
     fn on_membership_answer(&mut self, a: Answer<MembershipTag, MembershipResponse>) {
         match a.tag {
-            MembershipTag::Authorize(program) => {
-                worker::on_membership_answer(self, a.peer, program, false, a.result)
+            MembershipTag::Authorize(program, join) => {
+                worker::on_membership_answer(self, a.peer, program, join, false, a.result)
             }
-            MembershipTag::Poll(program) => {
-                worker::on_membership_answer(self, a.peer, program, true, a.result)
+            MembershipTag::Poll(program, join) => {
+                worker::on_membership_answer(self, a.peer, program, join, true, a.result)
             }
             MembershipTag::Push(program, code) => {
                 let acked = match &a.result {
@@ -327,7 +336,7 @@ impl Node {
 
     fn on_kb_answer(&mut self, a: Answer<KbTag, KbResponse>) {
         match a.tag {
-            KbTag::Submit(id) => outbox::on_answer(self, id, a.result),
+            KbTag::Submit(ids) => outbox::on_answer(self, a.peer, ids, a.result),
             KbTag::Status(s) => worker::on_status_answer(self, s, a.result),
             KbTag::Raw(reply) => {
                 let _ = reply.send(a.result.map_err(NodeError::Unreachable));

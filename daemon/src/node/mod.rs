@@ -99,6 +99,10 @@ pub(crate) enum Done {
 
 /// A join in progress (worker side).
 pub(crate) struct JoinState {
+    /// Tells this join's answers from those of an earlier `btd join` of the same program (the
+    /// requests carry it in their tag): a late answer to a join that was started again is
+    /// ignored, never taken as this one's.
+    pub(crate) id: u64,
     pub(crate) owner: PeerId,
     pub(crate) device_code: Option<btd_protocol::membership::DeviceCode>,
     pub(crate) interval: Duration,
@@ -477,6 +481,11 @@ impl Node {
         take_token(&mut self.buckets, peer, self.rate)
     }
 
+    /// Takes `n` tokens from `peer`'s request budget at once (a batch of `n` results).
+    pub(crate) fn allow_n(&mut self, peer: PeerId, n: usize) -> bool {
+        take_tokens(&mut self.buckets, peer, self.rate, n)
+    }
+
     /// Takes one token from `peer`'s artifact budget; false means "rate limited".
     pub(crate) fn allow_blob(&mut self, peer: PeerId) -> bool {
         take_token(&mut self.blob_buckets, peer, self.blob_rate)
@@ -563,8 +572,20 @@ impl Node {
 pub(crate) fn take_token(
     buckets: &mut HashMap<PeerId, Bucket>,
     peer: PeerId,
-    (burst, per_sec): (f64, f64),
+    rate: (f64, f64),
 ) -> bool {
+    take_tokens(buckets, peer, rate, 1)
+}
+
+/// Takes `n` tokens at once from `peer`'s bucket (a batch of `n` results costs what `n` requests
+/// cost), or none: false means "rate limited".
+pub(crate) fn take_tokens(
+    buckets: &mut HashMap<PeerId, Bucket>,
+    peer: PeerId,
+    (burst, per_sec): (f64, f64),
+    n: usize,
+) -> bool {
+    let n = n.max(1) as f64;
     let now = Instant::now();
     if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&peer) {
         if let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.last).map(|(p, _)| *p) {
@@ -578,8 +599,8 @@ pub(crate) fn take_token(
     let elapsed = now.duration_since(b.last).as_secs_f64();
     b.tokens = (b.tokens + elapsed * per_sec).min(burst);
     b.last = now;
-    if b.tokens >= 1.0 {
-        b.tokens -= 1.0;
+    if b.tokens >= n {
+        b.tokens -= n;
         true
     } else {
         false

@@ -14,7 +14,8 @@ use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::trace::Output;
 use btd_protocol::wire::{
-    ErrorCode, KbCall, KbRequest, KbResponse, Submission, SubmitReceipt, CODE_OUTPUT,
+    ErrorCode, KbCall, KbRequest, KbResponse, Submission, SubmitOutcome, SubmitReceipt,
+    CODE_OUTPUT, MAX_SUBMIT_BATCH,
 };
 use libp2p::PeerId;
 use rand::{Rng, RngCore};
@@ -28,8 +29,6 @@ use crate::store::{self, OutboxOutcome, OutboxRow};
 
 /// First pause before a resend; it doubles with each failed send up to `OutboxParams::retry_max`.
 const RETRY_BASE: Duration = Duration::from_millis(500);
-/// Most sends to one owner awaiting its answer at once.
-const MAX_IN_FLIGHT_PER_OWNER: usize = 16;
 
 /// The outbox's bounds and retry pace (part of [`crate::net::NetParams`]; tests shorten them).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +42,10 @@ pub struct OutboxParams {
     /// How long [`NodeHandle::submit`] and the worker loop wait for the owner's answer before they
     /// report the result as queued (the outbox keeps sending it).
     pub submit_wait: Duration,
+    /// Most requests to one owner awaiting its answer at once (each one result, or a batch).
+    pub requests_per_owner: usize,
+    /// Most results in one request (1 to [`MAX_SUBMIT_BATCH`]; 1 sends each alone).
+    pub max_batch: usize,
 }
 
 impl Default for OutboxParams {
@@ -52,6 +55,8 @@ impl Default for OutboxParams {
             max_per_program: 10_000,
             retry_max: Duration::from_secs(60),
             submit_wait: Duration::from_secs(30),
+            requests_per_owner: 4,
+            max_batch: MAX_SUBMIT_BATCH,
         }
     }
 }
@@ -75,6 +80,13 @@ struct Entry {
     waiter: Option<Reply<SubmitReceipt>>,
 }
 
+impl Entry {
+    /// May go in a batch: a result without code, on its first send.
+    fn batchable(&self) -> bool {
+        self.attempts == 0 && matches!(self.request.call, KbCall::Submit(_))
+    }
+}
+
 /// The queue on the node task.
 pub(crate) struct Outbox {
     entries: BTreeMap<u64, Entry>,
@@ -86,6 +98,8 @@ pub(crate) struct Outbox {
     buckets: HashMap<PeerId, Bucket>,
     /// An owner that answered "rate limited" is left alone until then.
     hold: HashMap<PeerId, Instant>,
+    /// Requests in flight per owner.
+    requests: HashMap<PeerId, usize>,
 }
 
 impl Outbox {
@@ -98,6 +112,7 @@ impl Outbox {
             pace: ((rate.0 / 2.0).max(1.0), (rate.1 / 2.0).max(0.1)),
             buckets: HashMap::new(),
             hold: HashMap::new(),
+            requests: HashMap::new(),
         }
     }
 
@@ -145,7 +160,7 @@ pub(super) fn restore(node: &mut Node, rows: Vec<OutboxRow>, last_id: u64) {
             Err(e) => {
                 tracing::warn!(id = row.id, error = %e, "dropping an unreadable outbox entry");
                 let why = format!("unreadable in the database: {e}");
-                finish(node, row.id, OutboxOutcome::Refused(why));
+                finish(node, vec![(row.id, OutboxOutcome::Refused(why))]);
                 continue;
             }
         };
@@ -333,44 +348,93 @@ pub(super) fn submit(
     });
 }
 
-/// Sends what is due, within each owner's pace.
+/// Sends what is due, within each owner's pace: at most `requests_per_owner` requests in flight
+/// per owner. A result is sent alone when a request slot is free; results that queue up behind
+/// busy slots go together, up to `max_batch` ([`MAX_SUBMIT_BATCH`]) of one program in one
+/// [`KbCall::SubmitBatch`]. Resends and results with code always go alone (a resend to an owner
+/// that cannot read batches then still gets through).
 pub(super) fn pump(node: &mut Node, now: Instant) {
-    let mut in_flight: HashMap<PeerId, usize> = HashMap::new();
-    for e in node.outbox.entries.values().filter(|e| e.in_flight) {
-        *in_flight.entry(e.owner).or_default() += 1;
-    }
     node.outbox.hold.retain(|_, until| *until > now);
-    let mut due = Vec::new();
-    let mut spent: Vec<PeerId> = Vec::new();
+    let mut due: Vec<(PeerId, Vec<u64>)> = Vec::new();
     for (id, e) in &node.outbox.entries {
-        if !e.durable || e.in_flight || e.next_at > now || spent.contains(&e.owner) {
+        if !e.durable || e.in_flight || e.next_at > now || node.outbox.hold.contains_key(&e.owner) {
             continue;
         }
-        if node.outbox.hold.contains_key(&e.owner) {
-            continue;
+        match due.iter_mut().find(|(o, _)| *o == e.owner) {
+            Some((_, ids)) => ids.push(*id),
+            None => due.push((e.owner, vec![*id])),
         }
-        let n = in_flight.entry(e.owner).or_default();
-        if *n >= MAX_IN_FLIGHT_PER_OWNER {
-            continue;
-        }
-        if !super::take_token(&mut node.outbox.buckets, e.owner, node.outbox.pace) {
-            // Out of budget for this owner until the bucket refills.
-            spent.push(e.owner);
-            continue;
-        }
-        *n += 1;
-        due.push((*id, e.owner, e.program));
     }
-    for (id, owner, program) in due {
-        super::worker::learn_owner_addresses(node, &program);
-        let Some(e) = node.outbox.entries.get_mut(&id) else {
+    let slots = node.outbox.params.requests_per_owner.max(1);
+    let max_batch = node.outbox.params.max_batch.clamp(1, MAX_SUBMIT_BATCH);
+    for (owner, ids) in due {
+        let mut ids = ids.into_iter().peekable();
+        while node.outbox.requests.get(&owner).copied().unwrap_or(0) < slots {
+            let Some(first) = ids.next() else { break };
+            if !super::take_token(&mut node.outbox.buckets, owner, node.outbox.pace) {
+                // Out of budget for this owner until the bucket refills.
+                break;
+            }
+            let mut batch = vec![first];
+            if node
+                .outbox
+                .entries
+                .get(&first)
+                .is_some_and(Entry::batchable)
+            {
+                let program = node.outbox.entries.get(&first).map(|e| e.program);
+                while batch.len() < max_batch {
+                    let next = ids.peek().and_then(|id| node.outbox.entries.get(id));
+                    if !next.is_some_and(|e| e.batchable() && Some(e.program) == program) {
+                        break;
+                    }
+                    if !super::take_token(&mut node.outbox.buckets, owner, node.outbox.pace) {
+                        break;
+                    }
+                    batch.extend(ids.next());
+                }
+            }
+            send(node, owner, batch);
+        }
+    }
+}
+
+/// Sends outbox entries `ids` (one program, one owner) in one request.
+fn send(node: &mut Node, owner: PeerId, ids: Vec<u64>) {
+    let mut signed = Vec::with_capacity(ids.len());
+    let mut single = None;
+    for id in &ids {
+        let Some(e) = node.outbox.entries.get_mut(id) else {
             continue;
         };
         e.in_flight = true;
         e.attempts = e.attempts.saturating_add(1);
-        let request = e.request.clone();
-        node.net.request_kb(owner, request, KbTag::Submit(id));
+        if ids.len() == 1 {
+            single = Some((e.program, e.request.clone()));
+        } else if let KbCall::Submit(s) = &e.request.call {
+            signed.push((e.program, e.request.credential.clone(), s.clone()));
+        }
     }
+    let request = match single {
+        Some((program, request)) => {
+            super::worker::learn_owner_addresses(node, &program);
+            request
+        }
+        None => {
+            let Some((program, credential, _)) = signed.first().cloned() else {
+                return;
+            };
+            super::worker::learn_owner_addresses(node, &program);
+            KbRequest {
+                program,
+                credential,
+                call: KbCall::SubmitBatch(signed.into_iter().map(|(_, _, s)| s).collect()),
+            }
+        }
+    };
+    *node.outbox.requests.entry(owner).or_default() += 1;
+    node.metrics.outbox_request(ids.len());
+    node.net.request_kb(owner, request, KbTag::Submit(ids));
 }
 
 /// A connection to `peer` opened: submissions waiting for it (an owner back online) go now.
@@ -389,8 +453,56 @@ pub(super) fn on_connected(node: &mut Node, peer: PeerId) {
     }
 }
 
-/// The owner answered a send (or the request failed): done, refused for good, or sent again later.
-pub(super) fn on_answer(node: &mut Node, id: u64, result: Result<KbResponse, String>) {
+/// The owner answered a send of entries `ids` (or the request failed): each is done, refused for
+/// good, or sent again later.
+pub(super) fn on_answer(
+    node: &mut Node,
+    owner: PeerId,
+    ids: Vec<u64>,
+    result: Result<KbResponse, String>,
+) {
+    if let Some(n) = node.outbox.requests.get_mut(&owner) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            node.outbox.requests.remove(&owner);
+        }
+    }
+    let n = ids.len();
+    let answers: Vec<(u64, Result<KbResponse, String>)> = match result {
+        Ok(KbResponse::SubmittedBatch(list)) if list.len() == n && n > 1 => ids
+            .into_iter()
+            .zip(list)
+            .map(|(id, o)| {
+                let resp = match o {
+                    SubmitOutcome::Submitted(r) => KbResponse::Submitted(r),
+                    SubmitOutcome::Refused(e) => KbResponse::Error(e),
+                };
+                (id, Ok(resp))
+            })
+            .collect(),
+        Ok(KbResponse::SubmittedBatch(_) | KbResponse::Submitted(_)) if n > 1 => {
+            let why = format!("the owner's answer does not fit a batch of {n}; sending again");
+            ids.into_iter().map(|id| (id, Err(why.clone()))).collect()
+        }
+        other => ids.into_iter().map(|id| (id, other.clone())).collect(),
+    };
+    let now = Instant::now();
+    let mut done = Vec::with_capacity(answers.len());
+    for (id, result) in answers {
+        done.extend(settle(node, id, result, now));
+    }
+    finish(node, done);
+    pump(node, now);
+}
+
+/// One entry's answer: `Some` outcome to record when it leaves the queue (delivered or refused
+/// for good), `None` when it is sent again later.
+fn settle(
+    node: &mut Node,
+    id: u64,
+    result: Result<KbResponse, String>,
+    now: Instant,
+) -> Option<(u64, OutboxOutcome)> {
     let retry = match result {
         Ok(KbResponse::Submitted(r)) => {
             if let Some(e) = node.outbox.entries.remove(&id) {
@@ -404,8 +516,7 @@ pub(super) fn on_answer(node: &mut Node, id: u64, result: Result<KbResponse, Str
                     let _ = w.send(Ok(r.clone()));
                 }
             }
-            finish(node, id, OutboxOutcome::Delivered(r));
-            return pump(node, Instant::now());
+            return Some((id, OutboxOutcome::Delivered(r)));
         }
         Ok(KbResponse::Error(e)) if e.code == ErrorCode::RateLimited => {
             Retry::RateLimited(format!("the owner is rate limiting: {}", e.message))
@@ -413,20 +524,21 @@ pub(super) fn on_answer(node: &mut Node, id: u64, result: Result<KbResponse, Str
         Ok(KbResponse::Error(e)) if e.code == ErrorCode::Unavailable => {
             Retry::Later(format!("the owner could not take it yet: {}", e.message))
         }
-        Ok(KbResponse::Error(e)) => return refuse(node, id, e.message),
+        Ok(KbResponse::Error(e)) => return Some(refuse(node, id, e.message)),
         Ok(other) => {
             let kind = format!("{other:?}");
             let kind: String = kind.chars().take(120).collect();
-            return refuse(node, id, format!("unexpected reply from the owner: {kind}"));
+            return Some(refuse(
+                node,
+                id,
+                format!("unexpected reply from the owner: {kind}"),
+            ));
         }
         Err(error) => Retry::Later(format!("cannot reach the owner: {error}")),
     };
-    let now = Instant::now();
     let retry_max = node.outbox.params.retry_max;
     let jitter: f64 = node.rng.gen_range(0.75..1.25);
-    let Some(e) = node.outbox.entries.get_mut(&id) else {
-        return;
-    };
+    let e = node.outbox.entries.get_mut(&id)?;
     let doubling = 2u32.saturating_pow(e.attempts.saturating_sub(1).min(16));
     let pause = RETRY_BASE
         .saturating_mul(doubling)
@@ -445,7 +557,7 @@ pub(super) fn on_answer(node: &mut Node, id: u64, result: Result<KbResponse, Str
     };
     tracing::debug!(id, attempts = e.attempts, pause_ms = pause.as_millis() as u64, %why, "outbox entry not delivered; sending again later");
     e.last_error = Some(why);
-    pump(node, now);
+    None
 }
 
 enum Retry {
@@ -454,29 +566,34 @@ enum Retry {
 }
 
 /// The owner refused a submission for good: it leaves the queue, kept with the owner's words.
-fn refuse(node: &mut Node, id: u64, why: String) {
+fn refuse(node: &mut Node, id: u64, why: String) -> (u64, OutboxOutcome) {
     if let Some(e) = node.outbox.entries.remove(&id) {
         tracing::warn!(id, program = %e.program, reason = %why, "the owner refused a queued submission");
         if let Some(w) = e.waiter {
             let _ = w.send(Err(NodeError::Refused(why.clone())));
         }
     }
-    finish(node, id, OutboxOutcome::Refused(why));
-    pump(node, Instant::now());
+    (id, OutboxOutcome::Refused(why))
 }
 
-/// Records an entry's outcome in the store (best effort: a lost write re-sends the entry after a
-/// restart, and the owner answers it with the original receipt).
-fn finish(node: &mut Node, id: u64, outcome: OutboxOutcome) {
+/// Records entries' outcomes in the store, in one write (best effort: a lost write re-sends the
+/// entries after a restart, and the owner answers them with their original receipts).
+fn finish(node: &mut Node, done: Vec<(u64, OutboxOutcome)>) {
+    if done.is_empty() {
+        return;
+    }
     let store = node.store.clone();
     let at = node.clock.now();
     node.after(async move {
         let res = store
-            .write(move |tx| store::finish_outbox(tx, id, at, &outcome))
+            .write(move |tx| {
+                done.iter()
+                    .try_for_each(|(id, outcome)| store::finish_outbox(tx, *id, at, outcome))
+            })
             .await;
         move |_: &mut Node| {
             if let Err(e) = res {
-                tracing::warn!(id, error = %e, "cannot record an outbox entry's answer");
+                tracing::warn!(error = %e, "cannot record outbox entries' answers");
             }
         }
     });

@@ -11,12 +11,13 @@ use btd_protocol::membership::DeviceCode;
 use std::collections::HashMap;
 
 use btd_protocol::owner::{
-    submission_of, CheckedSubmission, Effects, LedgerRead, ProgramOwner, Push, Record,
+    submissions_of, CheckedSubmission, Effects, LedgerRead, ProgramOwner, Push, Record,
 };
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
     ErrorCode, ErrorReply, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
+    Submission, SubmitOutcome,
 };
 use btd_protocol::wire::{ProgramAnnouncement, StatusQuery, VerifiedProgram};
 use libp2p::PeerId;
@@ -153,21 +154,26 @@ pub(super) fn on_kb_request(
             .get(&req.program)
             .is_some_and(|o| o.registry().verify(&req.credential, &peer).is_ok())
     };
-    let Some(signed) = submission_of(&req.call).filter(|_| member(node)).cloned() else {
-        return answer_kb(node, peer, req, None, channel);
-    };
+    let signed: Vec<Signed<Submission>> = submissions_of(&req.call).into_iter().cloned().collect();
+    if signed.is_empty() || !member(node) {
+        return answer_kb(node, peer, req, Vec::new(), channel);
+    }
+    // A batch is checked in one blocking task, in order; batches and single results from many
+    // members are checked in parallel, up to one task per core.
     let permits = node.signature_checks.clone();
     node.after(async move {
         let checked = match permits.acquire_owned().await {
             Ok(permit) => tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                CheckedSubmission::check(&peer, &signed).ok()
+                signed
+                    .iter()
+                    .map_while(|s| CheckedSubmission::check(&peer, s).ok())
+                    .collect()
             })
             .await
-            .ok()
-            .flatten(),
-            // Closed only at shutdown: the core checks it itself.
-            Err(_) => None,
+            .unwrap_or_default(),
+            // Closed only at shutdown: the core checks them itself.
+            Err(_) => Vec::new(),
         };
         move |node: &mut Node| answer_kb(node, peer, req, checked, channel)
     });
@@ -179,12 +185,15 @@ fn answer_kb(
     node: &mut Node,
     peer: PeerId,
     req: KbRequest,
-    checked: Option<CheckedSubmission>,
+    checked: Vec<CheckedSubmission>,
     channel: Responder<KbResponse>,
 ) {
     let now = node.clock.now();
     let program = req.program;
-    let submitting = matches!(req.call, KbCall::Submit(_) | KbCall::SubmitCode { .. });
+    let submitting = matches!(
+        req.call,
+        KbCall::Submit(_) | KbCall::SubmitCode { .. } | KbCall::SubmitBatch(_)
+    );
     let mut fx = node.owners.on_kb_checked(peer, req, checked, now);
     if let Some(read) = fx.read.take() {
         let fallback = fx.reply;
@@ -196,6 +205,17 @@ fn answer_kb(
     match &fx.reply {
         KbResponse::Submitted(r) if !r.duplicate => {
             tracing::info!(program = %program, peer = %peer, seq = r.seq, accepted = r.accepted, check = r.check.label(), "submission");
+        }
+        KbResponse::SubmittedBatch(list) => {
+            let recorded = list
+                .iter()
+                .filter(|o| matches!(o, SubmitOutcome::Submitted(r) if !r.duplicate))
+                .count();
+            let refused = list
+                .iter()
+                .filter(|o| matches!(o, SubmitOutcome::Refused(_)))
+                .count();
+            tracing::info!(program = %program, peer = %peer, results = list.len(), recorded, refused, "batch of submissions");
         }
         KbResponse::Error(e) if submitting || e.code != ErrorCode::Invalid => {
             tracing::info!(program = %program, peer = %peer, code = ?e.code, reason = %e.message, "KB request refused");

@@ -2,6 +2,7 @@
 //! reading status from the owner (submissions go through `outbox.rs`). Answers to these requests come back here through
 //! `dispatch.rs` with the tag they were sent with.
 
+use rand::RngCore;
 use std::time::{Duration, Instant};
 
 use btd_protocol::membership::{self, Credential, MemberId};
@@ -94,11 +95,13 @@ pub(super) fn start_authorize(
     };
     // A program being joined is pinned: a flood of announcements cannot evict it mid-join.
     super::gossip::pin(node, program);
-    send_authorize(node, owner, program);
+    let id = node.rng.next_u64();
+    send_authorize(node, owner, program, id);
     let now = Instant::now();
     node.joins.insert(
         program,
         JoinState {
+            id,
             owner,
             device_code: None,
             interval: Duration::from_secs(membership::POLL_INTERVAL_SECS),
@@ -115,13 +118,13 @@ pub(super) fn start_authorize(
 /// before `btd join` gives up; it is sent again after 1, 2, 4, 8 and 16 s (about half a minute).
 pub(crate) const AUTHORIZE_ATTEMPTS: u32 = 6;
 
-fn send_authorize(node: &mut Node, owner: PeerId, program: ProgramId) {
+fn send_authorize(node: &mut Node, owner: PeerId, program: ProgramId, join: u64) {
     let req = MembershipRequest::Authorize {
         program,
         seal_key: node.seal_key.public(),
     };
     node.net
-        .request_membership(owner, req, MembershipTag::Authorize(program));
+        .request_membership(owner, req, MembershipTag::Authorize(program, join));
 }
 
 fn fail_join(node: &mut Node, program: ProgramId, reason: String) {
@@ -142,11 +145,14 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
         return Err("the grant does not come from the program's owner".into());
     }
     if join.device_code != Some(delivery.device_code) {
-        // A code this node asked for earlier in the same join: a first request that reached the
-        // owner but whose answer was lost, before it asked again. The owner binds every code to the
-        // peer that asked for it, the sender is the owner, and the credential opens only with this
-        // node's key: the grant is this node's.
-        tracing::info!(program = %program, "the grant answers an earlier request of this join");
+        // The grant of an earlier `btd join` of this program, come late. Taking it would leave
+        // this node with a dead credential: approving the current code replaces the member's
+        // credential at the owner (netsim scale-1000: members refused as non-members).
+        return Err(
+            "the grant answers another join code (an earlier join of this program); \
+                    this join waits for the grant of its own code"
+                .into(),
+        );
     }
     let ctx = grant_seal_context(&program, &delivery.device_code);
     let plain = seal::open(&node.seal_key, &ctx, &delivery.sealed)
@@ -218,9 +224,16 @@ pub(super) fn on_membership_answer(
     node: &mut Node,
     peer: PeerId,
     program: ProgramId,
+    join: u64,
     poll: bool,
     result: Result<MembershipResponse, String>,
 ) {
+    if node.joins.get(&program).map(|j| j.id) != Some(join) {
+        // An answer to an earlier `btd join` of this program (started again since), or to a join
+        // that ended: it must not steer the current one.
+        tracing::debug!(program = %program, "an answer to an earlier join; ignored");
+        return;
+    }
     let resp = match result {
         Ok(resp) => resp,
         Err(_) if poll => {
@@ -340,11 +353,11 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
             expired.push(*program);
         } else if j.device_code.is_none() {
             if !j.poll_in_flight && now >= j.next_poll {
-                again.push((*program, j.owner));
+                again.push((*program, j.owner, j.id));
             }
         } else if let Some(code) = j.device_code {
             if !j.poll_in_flight && now >= j.next_poll {
-                due.push((*program, j.owner, code));
+                due.push((*program, j.owner, code, j.id));
             }
         }
     }
@@ -355,19 +368,19 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
             "the join code expired before the owner approved it".into(),
         );
     }
-    for (program, owner) in again {
-        send_authorize(node, owner, program);
+    for (program, owner, id) in again {
+        send_authorize(node, owner, program, id);
         if let Some(j) = node.joins.get_mut(&program) {
             j.poll_in_flight = true;
         }
     }
-    for (program, owner, device_code) in due {
+    for (program, owner, device_code, id) in due {
         let poll = MembershipRequest::Poll {
             program,
             device_code,
         };
         node.net
-            .request_membership(owner, poll, MembershipTag::Poll(program));
+            .request_membership(owner, poll, MembershipTag::Poll(program, id));
         if let Some(j) = node.joins.get_mut(&program) {
             j.poll_in_flight = true;
         }

@@ -211,13 +211,9 @@ pub fn slurm_round_main(spec_path: &Path) -> Result<(), String> {
             })?,
     };
     // The CPUs Slurm gave the job, else what suits the model.
-    let threads = std::env::var("SLURM_CPUS_PER_TASK")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|n| (1..=4096).contains(n))
-        .unwrap_or_else(|| {
-            device::recommended_cpu_threads(&TrainSpec::from_task(&spec.task).model)
-        });
+    let threads = device::threads_from_env("SLURM_CPUS_PER_TASK").unwrap_or_else(|| {
+        device::recommended_cpu_threads(&TrainSpec::from_task(&spec.task).model)
+    });
     device::set_cpu_threads(threads);
     let outcome = match Corpus::for_dataset(&spec.task.dataset, spec.data.as_deref()) {
         Ok(corpus) => train(

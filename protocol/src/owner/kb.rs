@@ -15,7 +15,8 @@ use crate::program::{Task, VerifyMode};
 use crate::signed::Signed;
 use crate::wire::{
     encode, fit_page, ChampionView, CodeHypothesis, ErrorCode, KbCall, KbRequest, KbResponse,
-    KbStatus, StatusQuery, Submission, SubmitReceipt, CODE_OUTPUT, MAX_MESSAGE_BYTES,
+    KbStatus, StatusQuery, Submission, SubmitOutcome, SubmitReceipt, CODE_OUTPUT,
+    MAX_MESSAGE_BYTES,
 };
 use crate::Timestamp;
 
@@ -50,7 +51,7 @@ impl ProgramOwner {
         request: KbRequest,
         now: Timestamp,
     ) -> Effects<KbResponse> {
-        self.on_kb_checked(peer, request, None, now)
+        self.on_kb_checked(peer, request, Vec::new(), now)
     }
 
     /// [`ProgramOwner::on_kb`] with the submission's signature already checked off this task
@@ -59,12 +60,13 @@ impl ProgramOwner {
         &mut self,
         peer: PeerId,
         request: KbRequest,
-        checked: Option<CheckedSubmission>,
+        checked: Vec<CheckedSubmission>,
         now: Timestamp,
     ) -> Effects<KbResponse> {
         let KbRequest {
             credential, call, ..
         } = request;
+        let mut checked = checked;
         let member = match self.registry.verify(&credential, &peer) {
             Ok(m) => m,
             Err(AuthError::Revoked) => {
@@ -99,10 +101,13 @@ impl ProgramOwner {
             KbCall::Status => KbResponse::Status(self.kb_status()),
             KbCall::StatusPage(q) => self.status_page_reply(&q),
             KbCall::Submit(signed) => {
-                return self.submit(peer, &member, signed, checked, None, now)
+                return self.submit(peer, &member, signed, checked.pop(), None, now)
             }
             KbCall::SubmitCode { submission, code } => {
-                return self.submit(peer, &member, submission, checked, Some(*code), now)
+                return self.submit(peer, &member, submission, checked.pop(), Some(*code), now)
+            }
+            KbCall::SubmitBatch(list) => {
+                return self.submit_batch(peer, &member, list, checked, now)
             }
             KbCall::Ledger { .. } | KbCall::LedgerTail { .. } | KbCall::Code { .. } => {
                 return self.read_own(&call).unwrap_or_else(|| {
@@ -171,6 +176,43 @@ impl ProgramOwner {
     /// receipt goes out; a retry with the same nonce gets the original receipt. A claim of a
     /// checkpoint another member claimed first is refused (every member reads the champion's claim,
     /// so its digest is no proof of work).
+    /// A batch: each result judged as [`KbCall::Submit`] would judge it alone, in order; one
+    /// reply and one set of records for all of them. `checked[i]`, if it is there, is the
+    /// signature check of `list[i]` (any other is checked here).
+    fn submit_batch(
+        &mut self,
+        peer: PeerId,
+        member: &MemberId,
+        list: Vec<Signed<Submission>>,
+        checked: Vec<CheckedSubmission>,
+        now: Timestamp,
+    ) -> Effects<KbResponse> {
+        let mut checked = checked.into_iter();
+        let mut outcomes = Vec::with_capacity(list.len());
+        let mut all = Effects::reply(());
+        for signed in list {
+            let fx = self.submit(peer, member, signed, checked.next(), None, now);
+            all.persist.extend(fx.persist);
+            all.push.extend(fx.push);
+            all.after_durable |= fx.after_durable;
+            all.claims_ready |= fx.claims_ready;
+            outcomes.push(match fx.reply {
+                KbResponse::Submitted(r) => SubmitOutcome::Submitted(r),
+                KbResponse::Error(e) => SubmitOutcome::Refused(e),
+                // `submit` answers nothing else; kept total.
+                _ => SubmitOutcome::Refused(err(ErrorCode::Unavailable, "try again")),
+            });
+        }
+        Effects {
+            persist: all.persist,
+            after_durable: all.after_durable,
+            reply: KbResponse::SubmittedBatch(outcomes),
+            push: all.push,
+            claims_ready: all.claims_ready,
+            read: None,
+        }
+    }
+
     fn submit(
         &mut self,
         peer: PeerId,

@@ -49,7 +49,7 @@ pub use ledger::{
     MAX_CODE_BYTES_PER_MEMBER,
 };
 pub use owners::{Owners, Published};
-pub use precheck::{submission_of, CheckedSubmission};
+pub use precheck::{submissions_of, CheckedSubmission};
 pub use records::{kb_history, Record, StoredSubmission, SubmissionRecord, VerdictRecord};
 pub use spend::{
     SpendRequestView, SpendState, MAX_SPEND_REQUESTS, PREAPPROVED_RECEIPT_SECS, SPEND_IDLE_SECS,

@@ -176,7 +176,7 @@ impl Owners {
         request: KbRequest,
         now: Timestamp,
     ) -> Effects<KbResponse> {
-        self.on_kb_checked(peer, request, None, now)
+        self.on_kb_checked(peer, request, Vec::new(), now)
     }
 
     /// [`Owners::on_kb`] with a submission's signature already checked (see
@@ -185,7 +185,7 @@ impl Owners {
         &mut self,
         peer: PeerId,
         request: KbRequest,
-        checked: Option<super::CheckedSubmission>,
+        checked: Vec<super::CheckedSubmission>,
         now: Timestamp,
     ) -> Effects<KbResponse> {
         match self.programs.get_mut(&request.program) {

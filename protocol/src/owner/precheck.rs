@@ -38,12 +38,13 @@ impl CheckedSubmission {
     }
 }
 
-/// The signed submission a KB call carries, if any: what to check before the call reaches the
-/// core.
-pub fn submission_of(call: &KbCall) -> Option<&Signed<Submission>> {
+/// The signed submissions a KB call carries, in order (none for a read): what to check before
+/// the call reaches the core.
+pub fn submissions_of(call: &KbCall) -> Vec<&Signed<Submission>> {
     match call {
-        KbCall::Submit(s) => Some(s),
-        KbCall::SubmitCode { submission, .. } => Some(submission),
-        _ => None,
+        KbCall::Submit(s) => vec![s],
+        KbCall::SubmitCode { submission, .. } => vec![submission],
+        KbCall::SubmitBatch(list) => list.iter().collect(),
+        _ => Vec::new(),
     }
 }

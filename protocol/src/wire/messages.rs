@@ -25,6 +25,8 @@ pub const MAX_ADVERTISED_RUNGS: usize = 16;
 pub const MAX_ADVERTISED_PROGRAMS: usize = 64;
 /// Most outputs or metrics one submission may carry.
 pub const MAX_SUBMISSION_ITEMS: usize = 64;
+/// Most results in one [`KbCall::SubmitBatch`].
+pub const MAX_SUBMIT_BATCH: usize = 32;
 /// Longest free-text field in a message (bytes).
 pub const MAX_TEXT_BYTES: usize = 1024;
 /// Longest identifier in a message (bytes).
@@ -390,6 +392,11 @@ pub enum KbCall {
     },
     /// The status with one page of results ([`StatusQuery`]), in one round trip.
     StatusPage(StatusQuery),
+    /// Several results at once (1 to [`MAX_SUBMIT_BATCH`]), each signed by the worker and judged
+    /// as if it came alone, in order: one round trip and one durable write for all of them.
+    /// Answered by [`KbResponse::SubmittedBatch`]. (Results with code go alone, as
+    /// [`KbCall::SubmitCode`].)
+    SubmitBatch(Vec<Signed<Submission>>),
 }
 
 impl KbCall {
@@ -409,6 +416,15 @@ impl KbCall {
                 ))
             }
             KbCall::StatusPage(q) => q.check(),
+            KbCall::SubmitBatch(list) if list.is_empty() || list.len() > MAX_SUBMIT_BATCH => {
+                Err(bad(
+                    "batch",
+                    format!(
+                        "must hold 1 to {MAX_SUBMIT_BATCH} results, got {}",
+                        list.len()
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -600,6 +616,19 @@ pub enum KbResponse {
         /// Whether a later page holds results.
         more: bool,
     },
+    /// The answers to a [`KbCall::SubmitBatch`], one per result in its order: each what
+    /// [`KbCall::Submit`] would have answered ([`KbResponse::Submitted`] or
+    /// [`KbResponse::Error`]).
+    SubmittedBatch(Vec<SubmitOutcome>),
+}
+
+/// One result's answer in a [`KbResponse::SubmittedBatch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SubmitOutcome {
+    /// Recorded (or a retry of a recorded one: `duplicate`).
+    Submitted(SubmitReceipt),
+    /// Refused, with the reason.
+    Refused(ErrorReply),
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 use super::messages::{
     ApprovalResponse, BlobResponse, ErrorReply, KbResponse, KbStatus, MembershipResponse,
-    MAX_ID_BYTES, MAX_TEXT_BYTES,
+    SubmitOutcome, SubmitReceipt, MAX_ID_BYTES, MAX_TEXT_BYTES,
 };
 use crate::kb::Entry;
 
@@ -90,15 +90,27 @@ impl Sanitize for KbResponse {
                 status.sanitize();
                 results.iter_mut().for_each(Entry::sanitize);
             }
-            KbResponse::Submitted(r) => {
-                if let crate::kb::Check::Failed(why) = &mut r.check {
-                    *why = crate::kb::bound_reason(why);
+            KbResponse::Submitted(r) => r.sanitize(),
+            KbResponse::SubmittedBatch(list) => {
+                for outcome in list {
+                    match outcome {
+                        SubmitOutcome::Submitted(r) => r.sanitize(),
+                        SubmitOutcome::Refused(e) => e.sanitize(),
+                    }
                 }
             }
             KbResponse::Error(e) => e.sanitize(),
             KbResponse::Ledger { items, .. } => items.iter_mut().for_each(Sanitize::sanitize),
             KbResponse::Code(Some(c)) => c.sanitize(),
             KbResponse::Program(_) | KbResponse::Champion(None) | KbResponse::Code(None) => {}
+        }
+    }
+}
+
+impl Sanitize for SubmitReceipt {
+    fn sanitize(&mut self) {
+        if let crate::kb::Check::Failed(why) = &mut self.check {
+            *why = crate::kb::bound_reason(why);
         }
     }
 }

@@ -170,3 +170,33 @@ fn the_table_of_explicit_dials_is_bounded() {
     }
     assert!(c.wanted.len() <= 4 * 16, "{}", c.wanted.len());
 }
+
+#[test]
+fn trimmed_connections_count_against_admission_until_they_are_gone() {
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(60);
+    // Bound 4, low-water mark 3.
+    let mut c = Conns::new(4, false);
+    let p = peers(7);
+    for (i, peer) in p.iter().enumerate().take(4) {
+        c.established(*peer, conn(i), None, t0 + Duration::from_secs(i as u64));
+    }
+    assert_eq!(c.trim(later), vec![p[0]]);
+    // The trim closes 0, but until its connection is gone it still holds a slot: a new peer is
+    // refused, and the next trim does not close another peer for it.
+    assert_eq!((c.counted(), c.open()), (3, 4));
+    assert!(!c.admit(&p[5], true, later));
+    assert!(c.trim(later).is_empty());
+    c.closed(p[0], conn(0));
+    assert!(c.admit(&p[5], true, later));
+    // A trimmed peer that connects again before its old connection is gone: the new connection
+    // is live (counted and trimmable), the old one only open.
+    assert_eq!(c.trim(later), Vec::<PeerId>::new());
+    c.established(p[4], conn(40), None, later);
+    assert_eq!(c.trim(later + Duration::from_secs(60)), vec![p[1]]);
+    c.established(p[1], conn(11), None, later + Duration::from_secs(60));
+    assert_eq!((c.counted(), c.open()), (4, 5));
+    c.closed(p[1], conn(1));
+    assert_eq!((c.counted(), c.open()), (4, 4));
+    assert_eq!(c.peers[&p[1]].live(), 1);
+}

@@ -491,7 +491,7 @@ fn members_read_the_status_with_one_page_of_results_newest_first() {
 
 #[test]
 fn a_signature_checked_off_the_core_counts_only_for_its_own_envelope_and_sender() {
-    use crate::owner::{submission_of, CheckedSubmission};
+    use crate::owner::{submissions_of, CheckedSubmission};
     let (mut world, a) = joined(&Manifest {
         checks: false,
         ..Manifest::default()
@@ -504,7 +504,7 @@ fn a_signature_checked_off_the_core_counts_only_for_its_own_envelope_and_sender(
     assert!(CheckedSubmission::check(&b.peer, &first).is_err());
     // Used for the envelope it was made on: recorded as that envelope says.
     let call = KbCall::Submit(first.clone());
-    assert!(submission_of(&call).is_some_and(|s| *s == first));
+    assert_eq!(submissions_of(&call), vec![&first]);
     let r = receipt(&world.kb_checked(&a, call, Some(checked.clone()), T0));
     assert_eq!(r.seq, 1);
     // Handed along with another envelope, the proof is ignored and that envelope is checked:
@@ -718,4 +718,72 @@ fn a_member_stores_at_most_its_quota_of_submissions_per_hour_even_across_a_resta
     ));
     let (code, _) = error(&world.kb(&w, bare(&world, &w, quota + 1, next), next));
     assert_eq!(code, ErrorCode::RateLimited);
+}
+
+#[test]
+fn a_batch_is_judged_result_by_result_as_if_each_came_alone() {
+    use crate::owner::CheckedSubmission;
+    use crate::wire::{SubmitOutcome, MAX_SUBMIT_BATCH};
+    let (mut world, a) = joined(&Manifest {
+        checks: false,
+        ..Manifest::default()
+    });
+    let first = a.submission(world.id, 3.0, 1, false, T0);
+    assert_eq!(
+        receipt(&world.kb(&a, KbCall::Submit(first.clone()), T0)).seq,
+        1
+    );
+    let other = ProgramId(crate::Digest::of(b"another program"));
+    let list = vec![
+        a.submission(world.id, 2.5, 2, false, T0),
+        // A retry of a counted result: its original receipt, not a second entry.
+        first,
+        // Names another program: refused, and the rest still counts.
+        a.submission(other, 1.0, 3, false, T0),
+        a.submission(world.id, 2.0, 4, false, T0),
+    ];
+    // The daemon's checks, for the first two only: the others are checked by the core.
+    let checked: Vec<CheckedSubmission> = list[..2]
+        .iter()
+        .map(|s| CheckedSubmission::check(&a.peer, s).expect("a's own signature"))
+        .collect();
+    let req = a.kb(world.id, KbCall::SubmitBatch(list));
+    let fx = world.owners.on_kb_checked(a.peer, req, checked, T0);
+    assert!(
+        fx.after_durable,
+        "the retry's receipt waits for its entry to be durable"
+    );
+    let KbResponse::SubmittedBatch(out) = &fx.reply else {
+        panic!("expected the batch's answers, got {:?}", fx.reply);
+    };
+    let seqs: Vec<Option<(u64, bool)>> = out
+        .iter()
+        .map(|o| match o {
+            SubmitOutcome::Submitted(r) => Some((r.seq, r.duplicate)),
+            SubmitOutcome::Refused(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![Some((2, false)), Some((1, true)), None, Some((3, false))]
+    );
+    let SubmitOutcome::Refused(e) = &out[2] else {
+        unreachable!()
+    };
+    assert_eq!(e.code, ErrorCode::Invalid);
+    assert!(e.message.contains("another program"), "{}", e.message);
+    // One set of records for the two new entries.
+    let world_fx = world.apply(fx);
+    let kb = world.owners.get(&world.id).expect("owned").kb();
+    assert_eq!(kb.entry(3).map(|e| e.value), Some(2.0));
+    assert!(world_fx.persist.len() >= 2);
+    // Bounds: empty and oversized batches are refused whole.
+    for n in [0, MAX_SUBMIT_BATCH + 1] {
+        let list = (0..n)
+            .map(|i| a.submission(world.id, 1.0, 100 + i as u8, false, T0))
+            .collect();
+        let (code, why) = error(&world.kb(&a, KbCall::SubmitBatch(list), T0));
+        assert_eq!(code, ErrorCode::Invalid, "{why}");
+        assert!(why.contains("1 to 32"), "{why}");
+    }
 }

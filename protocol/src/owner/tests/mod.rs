@@ -270,7 +270,9 @@ impl World {
         now: Timestamp,
     ) -> Effects<KbResponse> {
         let req = w.kb(self.id, call);
-        let fx = self.owners.on_kb_checked(w.peer, req, checked, now);
+        let fx = self
+            .owners
+            .on_kb_checked(w.peer, req, checked.into_iter().collect(), now);
         let fx = self.apply(fx);
         self.complete(fx)
     }
