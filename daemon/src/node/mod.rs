@@ -444,7 +444,7 @@ impl Node {
     fn on_tick(&mut self) {
         let now = Instant::now();
         worker::on_tick(self, now);
-        outbox::pump(self, now);
+        outbox::on_tick(self, now);
         owner::on_tick(self);
         self.trim_connections();
         if self.announce_soon || now.duration_since(self.last_announce) >= ANNOUNCE_EVERY {
