@@ -555,3 +555,78 @@ async fn a_join_started_again_takes_its_own_grant_not_the_late_grant_of_the_firs
         .await
         .expect("a member's result counts");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_batch_is_bounded_paid_for_and_counts_only_its_honest_results() {
+    // The owner's budget: 40 requests at once, 1 per second after that.
+    let owner = node(TestNodeOptions {
+        params: Some({
+            let mut p = btd::testkit::test_params(false);
+            p.rate_burst = 40.0;
+            p.rate_per_sec = 1.0;
+            p
+        }),
+        ..Default::default()
+    })
+    .await;
+    let member = node_to(&owner).await;
+    let id = publish(&owner.handle, "open").await;
+    knows(&member.handle, id).await;
+    let mut rx = start_join(&member.handle, id).await;
+    let _code = next(&mut rx).await;
+    assert!(matches!(next(&mut rx).await, JoinEvent::Granted { .. }));
+    let (_, cred) = member.handle.credential(id).await.unwrap().unwrap();
+    let signed_by = |key: &libp2p::identity::Keypair, n: u8| {
+        let sub = Submission {
+            program: id,
+            nonce: [n; 16],
+            value: 3.0 - f64::from(n) * 0.01,
+            rung_id: "cpu".into(),
+            outputs: vec![],
+            metrics: Default::default(),
+            hypothesis: Default::default(),
+            created_at: owner.handle.now(),
+            claim: None,
+        };
+        Signed::sign(key, &sub).unwrap()
+    };
+    let batch = |list: Vec<Signed<Submission>>| KbRequest {
+        program: id,
+        credential: cred.clone(),
+        call: KbCall::SubmitBatch(list),
+    };
+    // Over the bound: refused whole, in words, nothing recorded.
+    let too_many: Vec<_> = (0..33).map(|n| signed_by(&member.key, n)).collect();
+    match raw_kb(&member.handle, owner.peer_id(), batch(too_many)).await {
+        KbResponse::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Invalid);
+            assert!(e.message.contains("1 to 32"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A forged result (signed by another key) among honest ones: only it is refused.
+    let forger = libp2p::identity::Keypair::generate_ed25519();
+    let mixed = vec![
+        signed_by(&member.key, 100),
+        signed_by(&forger, 101),
+        signed_by(&member.key, 102),
+    ];
+    let KbResponse::SubmittedBatch(out) =
+        raw_kb(&member.handle, owner.peer_id(), batch(mixed)).await
+    else {
+        panic!("no batch answer")
+    };
+    let counted: Vec<bool> = out
+        .iter()
+        .map(|o| matches!(o, btd_protocol::wire::SubmitOutcome::Submitted(_)))
+        .collect();
+    assert_eq!(counted, vec![true, false, true]);
+    assert_eq!(status(&owner.handle, id).await.unwrap().submissions, 2);
+    // A batch costs one request per result: 33 + 3 of 40 spent, so 32 more are refused whole.
+    let next_batch: Vec<_> = (200..232).map(|n| signed_by(&member.key, n)).collect();
+    match raw_kb(&member.handle, owner.peer_id(), batch(next_batch)).await {
+        KbResponse::Error(e) => assert_eq!(e.code, ErrorCode::RateLimited, "{}", e.message),
+        other => panic!("expected the budget to refuse it: {other:?}"),
+    }
+    assert_eq!(status(&owner.handle, id).await.unwrap().submissions, 2);
+}
