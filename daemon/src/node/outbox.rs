@@ -611,10 +611,13 @@ fn record_answered(node: &mut Node) {
         return;
     }
     let done = std::mem::take(&mut node.outbox.answered);
-    let store = node.store.clone();
     let at = node.clock.now();
+    // Queued at once: a read queued after this call (`list`) sees these answers.
+    let written = node
+        .store
+        .write_in_order(move |tx| record_answers(tx, &done, at));
     node.after(async move {
-        let res = store.write(move |tx| record_answers(tx, &done, at)).await;
+        let res = written.await;
         move |_: &mut Node| {
             if let Err(e) = res {
                 tracing::warn!(error = %e, "cannot record outbox entries' answers");
@@ -640,7 +643,7 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
 
 /// `btd outbox`: the queue (of `program`, or all), then the newest refusals from the store.
 pub(super) fn list(node: &mut Node, program: Option<ProgramId>, reply: Reply<OutboxList>) {
-    // Queued before the read below: what it lists includes every answer so far.
+    // Queued before the read below, so what it lists includes every answer so far.
     record_answered(node);
     let now = Instant::now();
     let clock_now = node.clock.now();
