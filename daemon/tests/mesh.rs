@@ -99,6 +99,16 @@ async fn status(h: &NodeHandle, program: ProgramId) -> Result<StatusView, String
     words(h.status(Some(program)).await)
 }
 
+/// `owner` publishes an open program and `member` joins it (the grant comes without an approval).
+async fn open_program_joined(owner: &NodeHandle, member: &NodeHandle) -> ProgramId {
+    let id = publish(owner, "open").await;
+    knows(member, id).await;
+    let mut rx = start_join(member, id).await;
+    let _code = next(&mut rx).await;
+    assert!(matches!(next(&mut rx).await, JoinEvent::Granted { .. }));
+    id
+}
+
 async fn raw_kb(from: &NodeHandle, to: PeerId, request: KbRequest) -> KbResponse {
     from.raw_kb(to, request).await.unwrap()
 }
@@ -253,13 +263,7 @@ async fn kb_is_gated_and_resubmission_is_idempotent() {
     let owner = node(TestNodeOptions::default()).await;
     let member = node_to(&owner).await;
     let stranger = node_to(&owner).await;
-    let id = publish(&owner.handle, "open").await;
-    knows(&member.handle, id).await;
-
-    // Open membership: the grant arrives without an approval.
-    let mut rx = start_join(&member.handle, id).await;
-    let _code = next(&mut rx).await;
-    assert!(matches!(next(&mut rx).await, JoinEvent::Granted { .. }));
+    let id = open_program_joined(&owner.handle, &member.handle).await;
 
     // A non-member gets "membership required" and no content.
     let fake = KbRequest {
@@ -570,11 +574,7 @@ async fn a_hostile_batch_is_bounded_paid_for_and_counts_only_its_honest_results(
     })
     .await;
     let member = node_to(&owner).await;
-    let id = publish(&owner.handle, "open").await;
-    knows(&member.handle, id).await;
-    let mut rx = start_join(&member.handle, id).await;
-    let _code = next(&mut rx).await;
-    assert!(matches!(next(&mut rx).await, JoinEvent::Granted { .. }));
+    let id = open_program_joined(&owner.handle, &member.handle).await;
     let (_, cred) = member.handle.credential(id).await.unwrap().unwrap();
     let signed_by = |key: &libp2p::identity::Keypair, n: u8| {
         let sub = Submission {
