@@ -7,10 +7,10 @@
 //! finding 2). [`Conns`] is a [`NetworkBehaviour`] that keeps the count bounded in two ways:
 //!
 //! - **Admission.** At `max_peers` open connections (dials in flight and connections a trim is
-//!   still closing included), a connection to a new peer is refused, inbound or outbound, unless the peer is *exempt*: a request to or from it is in
-//!   flight, the node dialled its address explicitly, the caller protects it (owners of joined
-//!   programs, joins in progress, relays holding our reservation), or it is already connected (a
-//!   second connection adds no peer). A refused Kademlia dial only costs that query one peer
+//!   still closing included), a connection to a new peer is refused, inbound or outbound, unless
+//!   the peer is *exempt*: a request to or from it is in flight, the node dialled its address
+//!   explicitly, the caller protects it (owners of joined programs, joins in progress, relays
+//!   holding our reservation), or it is already connected (a second connection adds no peer). A refused Kademlia dial only costs that query one peer
 //!   (`DialError::Denied` leaves the routing table alone). Nodes that serve others (a relay
 //!   server, the owner of a program) admit every inbound connection: their members and the
 //!   peers behind them must get through.

@@ -6,8 +6,7 @@
 use btd_protocol::membership::DeviceCode;
 use btd_protocol::program::ProgramId;
 use btd_protocol::wire::{
-    ApprovalResponse, BlobResponse, ErrorCode, KbCall, KbResponse, MembershipRequest,
-    MembershipResponse,
+    ApprovalResponse, BlobResponse, ErrorCode, KbResponse, MembershipRequest, MembershipResponse,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -277,10 +276,7 @@ impl Node {
             }
             Inbound::Kb(req, to) => {
                 // A batch costs one request per result.
-                let cost = match &req.call {
-                    KbCall::SubmitBatch(list) => list.len(),
-                    _ => 1,
-                };
+                let cost = btd_protocol::owner::submissions_of(&req.call).len().max(1);
                 if !self.allow_n(peer, cost) {
                     self.metrics.rate_limited(Limited::Kb);
                     let busy = KbResponse::Error(err(ErrorCode::RateLimited, SLOW_DOWN));

@@ -14,8 +14,8 @@ use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::trace::Output;
 use btd_protocol::wire::{
-    ErrorCode, KbCall, KbRequest, KbResponse, Submission, SubmitOutcome, SubmitReceipt,
-    CODE_OUTPUT, MAX_SUBMIT_BATCH,
+    ErrorCode, KbCall, KbRequest, KbResponse, Submission, SubmitReceipt, CODE_OUTPUT,
+    MAX_SUBMIT_BATCH,
 };
 use libp2p::PeerId;
 use rand::{Rng, RngCore};
@@ -410,38 +410,38 @@ pub(super) fn pump(node: &mut Node, now: Instant) {
     }
 }
 
-/// Sends outbox entries `ids` (one program, one owner) in one request.
+/// Sends outbox entries `ids` (one program, one owner, in `pump`'s order) in one request: an
+/// entry's own request when alone, else their signed results as one batch.
 fn send(node: &mut Node, owner: PeerId, ids: Vec<u64>) {
-    let mut signed = Vec::with_capacity(ids.len());
-    let mut single = None;
+    let mut requests = Vec::with_capacity(ids.len());
     for id in &ids {
-        let Some(e) = node.outbox.entries.get_mut(id) else {
-            continue;
-        };
-        e.in_flight = true;
-        e.attempts = e.attempts.saturating_add(1);
-        if ids.len() == 1 {
-            single = Some((e.program, e.request.clone()));
-        } else if let KbCall::Submit(s) = &e.request.call {
-            signed.push((e.program, e.request.credential.clone(), s.clone()));
+        if let Some(e) = node.outbox.entries.get_mut(id) {
+            e.in_flight = true;
+            e.attempts = e.attempts.saturating_add(1);
+            requests.push(e.request.clone());
         }
     }
-    let request = match single {
-        Some((program, request)) => {
-            super::worker::learn_owner_addresses(node, &program);
-            request
-        }
-        None => {
-            let Some((program, credential, _)) = signed.first().cloned() else {
-                return;
-            };
-            super::worker::learn_owner_addresses(node, &program);
-            KbRequest {
-                program,
-                credential,
-                call: KbCall::SubmitBatch(signed.into_iter().map(|(_, _, s)| s).collect()),
-            }
-        }
+    let Some(first) = requests.first() else {
+        return;
+    };
+    let (program, credential) = (first.program, first.credential.clone());
+    super::worker::learn_owner_addresses(node, &program);
+    let request = match requests.len() {
+        1 => requests.swap_remove(0),
+        _ => KbRequest {
+            program,
+            credential,
+            // `pump` batches only plain results (`Entry::batchable`).
+            call: KbCall::SubmitBatch(
+                requests
+                    .into_iter()
+                    .filter_map(|r| match r.call {
+                        KbCall::Submit(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        },
     };
     *node.outbox.requests.entry(owner).or_default() += 1;
     node.metrics.outbox_request(ids.len());
@@ -483,13 +483,7 @@ pub(super) fn on_answer(
         Ok(KbResponse::SubmittedBatch(list)) if list.len() == n && n > 1 => ids
             .into_iter()
             .zip(list)
-            .map(|(id, o)| {
-                let resp = match o {
-                    SubmitOutcome::Submitted(r) => KbResponse::Submitted(r),
-                    SubmitOutcome::Refused(e) => KbResponse::Error(e),
-                };
-                (id, Ok(resp))
-            })
+            .map(|(id, o)| (id, Ok(o.into_reply())))
             .collect(),
         Ok(KbResponse::SubmittedBatch(_) | KbResponse::Submitted(_)) if n > 1 => {
             let why = format!("the owner's answer does not fit a batch of {n}; sending again");

@@ -16,7 +16,7 @@ use btd_protocol::owner::{
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
 use btd_protocol::wire::{
-    ErrorCode, ErrorReply, KbCall, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
+    ErrorCode, ErrorReply, KbRequest, KbResponse, MembershipRequest, MembershipResponse,
     Submission, SubmitOutcome,
 };
 use btd_protocol::wire::{ProgramAnnouncement, StatusQuery, VerifiedProgram};
@@ -190,10 +190,7 @@ fn answer_kb(
 ) {
     let now = node.clock.now();
     let program = req.program;
-    let submitting = matches!(
-        req.call,
-        KbCall::Submit(_) | KbCall::SubmitCode { .. } | KbCall::SubmitBatch(_)
-    );
+    let submitting = !submissions_of(&req.call).is_empty();
     let mut fx = node.owners.on_kb_checked(peer, req, checked, now);
     if let Some(read) = fx.read.take() {
         let fallback = fx.reply;

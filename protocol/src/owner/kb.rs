@@ -60,13 +60,12 @@ impl ProgramOwner {
         &mut self,
         peer: PeerId,
         request: KbRequest,
-        checked: Vec<CheckedSubmission>,
+        mut checked: Vec<CheckedSubmission>,
         now: Timestamp,
     ) -> Effects<KbResponse> {
         let KbRequest {
             credential, call, ..
         } = request;
-        let mut checked = checked;
         let member = match self.registry.verify(&credential, &peer) {
             Ok(m) => m,
             Err(AuthError::Revoked) => {
@@ -172,10 +171,6 @@ impl ProgramOwner {
         }
     }
 
-    /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
-    /// receipt goes out; a retry with the same nonce gets the original receipt. A claim of a
-    /// checkpoint another member claimed first is refused (every member reads the champion's claim,
-    /// so its digest is no proof of work).
     /// A batch: each result judged as [`KbCall::Submit`] would judge it alone, in order; one
     /// reply and one set of records for all of them. `checked[i]`, if it is there, is the
     /// signature check of `list[i]` (any other is checked here).
@@ -188,31 +183,22 @@ impl ProgramOwner {
         now: Timestamp,
     ) -> Effects<KbResponse> {
         let mut checked = checked.into_iter();
-        let mut outcomes = Vec::with_capacity(list.len());
-        let mut all = Effects::reply(());
+        let mut all = Effects::reply(Vec::with_capacity(list.len()));
         for signed in list {
             let fx = self.submit(peer, member, signed, checked.next(), None, now);
             all.persist.extend(fx.persist);
             all.push.extend(fx.push);
             all.after_durable |= fx.after_durable;
             all.claims_ready |= fx.claims_ready;
-            outcomes.push(match fx.reply {
-                KbResponse::Submitted(r) => SubmitOutcome::Submitted(r),
-                KbResponse::Error(e) => SubmitOutcome::Refused(e),
-                // `submit` answers nothing else; kept total.
-                _ => SubmitOutcome::Refused(err(ErrorCode::Unavailable, "try again")),
-            });
+            all.reply.push(SubmitOutcome::from_reply(fx.reply));
         }
-        Effects {
-            persist: all.persist,
-            after_durable: all.after_durable,
-            reply: KbResponse::SubmittedBatch(outcomes),
-            push: all.push,
-            claims_ready: all.claims_ready,
-            read: None,
-        }
+        all.map(KbResponse::SubmittedBatch)
     }
 
+    /// A member's submission: the KB rules apply in arrival order; the entry is stored before the
+    /// receipt goes out; a retry with the same nonce gets the original receipt. A claim of a
+    /// checkpoint another member claimed first is refused (every member reads the champion's claim,
+    /// so its digest is no proof of work).
     fn submit(
         &mut self,
         peer: PeerId,

@@ -631,6 +631,29 @@ pub enum SubmitOutcome {
     Refused(ErrorReply),
 }
 
+impl SubmitOutcome {
+    /// A result's answer as [`KbCall::Submit`] gives it: `Submitted` or `Error` (anything else
+    /// is no answer to a result: "try again").
+    pub fn from_reply(reply: KbResponse) -> Self {
+        match reply {
+            KbResponse::Submitted(r) => SubmitOutcome::Submitted(r),
+            KbResponse::Error(e) => SubmitOutcome::Refused(e),
+            _ => SubmitOutcome::Refused(ErrorReply {
+                code: ErrorCode::Unavailable,
+                message: "try again".into(),
+            }),
+        }
+    }
+
+    /// The answer [`KbCall::Submit`] would have given for this result alone.
+    pub fn into_reply(self) -> KbResponse {
+        match self {
+            SubmitOutcome::Submitted(r) => KbResponse::Submitted(r),
+            SubmitOutcome::Refused(e) => KbResponse::Error(e),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Paid approval: `/btd/approval/1`
 
