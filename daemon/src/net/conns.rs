@@ -14,6 +14,12 @@
 //!   (`DialError::Denied` leaves the routing table alone). Nodes that serve others (a relay
 //!   server, the owner of a program) admit every inbound connection: their members and the
 //!   peers behind them must get through.
+//! - **Upkeep dials stop at the low-water mark.** A dial nobody asked for is Kademlia keeping its
+//!   routing table (its bootstraps and bucket refreshes, which reach most of a small mesh). At the
+//!   low-water mark such a connection would only be trimmed again after [`GRACE`], so it is
+//!   refused there, unless the node is looking something up or publishing (a record query runs,
+//!   [`Conns::set_looking`]): then up to the bound, as before. Inbound connections are admitted up
+//!   to the bound either way.
 //! - **Trimming.** Above the low-water mark (three quarters of `max_peers`), the least recently
 //!   used connections are closed down to it ([`Conns::trim`]), so a node has room for new peers
 //!   without refusing them. Spared: exempt peers, gossipsub mesh peers (up to the target mesh size
@@ -105,6 +111,8 @@ pub struct Conns {
     protected: HashSet<PeerId>,
     /// Spared by trimming only (gossipsub mesh peers).
     mesh: HashSet<PeerId>,
+    /// A record query (lookup or publish) runs: its dials may go up to the bound.
+    looking: bool,
 }
 
 impl Conns {
@@ -127,6 +135,7 @@ impl Conns {
             wanted: HashMap::new(),
             protected: HashSet::new(),
             mesh: HashSet::new(),
+            looking: false,
         }
     }
 
@@ -155,6 +164,11 @@ impl Conns {
     /// Whether this node is at its bound (so it should not dial peers it does not need).
     pub(crate) fn full(&self) -> bool {
         self.open() >= self.max_peers
+    }
+
+    /// Whether a record query (lookup or publish, not Kademlia's own upkeep) runs.
+    pub(crate) fn set_looking(&mut self, looking: bool) {
+        self.looking = looking;
     }
 
     /// Whether the node serves others (admits every inbound connection).
@@ -201,9 +215,15 @@ impl Conns {
 
     /// Whether a connection to `peer` (inbound or outbound) is admitted now: always when the node
     /// needs the peer, or inbound to a node that serves; otherwise only below the bound (also a
-    /// second connection to a connected peer: the first one stays).
+    /// second connection to a connected peer: the first one stays), and a dial while no record
+    /// query runs only below the low-water mark (module docs).
     pub(crate) fn admit(&self, peer: &PeerId, inbound: bool, now: Instant) -> bool {
-        (inbound && self.serving) || self.needed(peer, now) || !self.full()
+        let room = if inbound || self.looking {
+            self.max_peers
+        } else {
+            self.low_water()
+        };
+        (inbound && self.serving) || self.needed(peer, now) || self.open() < room
     }
 
     /// An outbound connection to `peer` was admitted and is being dialled.

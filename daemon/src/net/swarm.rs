@@ -198,10 +198,12 @@ impl<T: Tags> Net<T> {
         value: Vec<u8>,
     ) -> Result<kad::QueryId, kad::store::Error> {
         let kad = &mut self.swarm.behaviour_mut().kad;
-        kad.put_record(
+        let query = kad.put_record(
             kad::Record::new(kad::RecordKey::new(&key), value),
             kad::Quorum::One,
-        )
+        );
+        self.follow_queries();
+        query
     }
 
     /// Keeps a record a peer offered ([`NetEvent::RecordOffered`]) in this node's part of the DHT.
@@ -239,10 +241,24 @@ impl<T: Tags> Net<T> {
 
     /// Looks a record up in the DHT; its steps come back as [`NetEvent::Lookup`].
     pub fn get_record(&mut self, key: &[u8]) -> kad::QueryId {
-        self.swarm
+        let query = self
+            .swarm
             .behaviour_mut()
             .kad
-            .get_record(kad::RecordKey::new(&key))
+            .get_record(kad::RecordKey::new(&key));
+        self.follow_queries();
+        query
+    }
+
+    /// Tells the connection bound whether a record query runs (its dials may go up to the bound;
+    /// Kademlia's own upkeep stops at the low-water mark, `net/conns.rs`).
+    fn follow_queries(&mut self) {
+        let b = self.swarm.behaviour_mut();
+        let looking = b
+            .kad
+            .iter_queries()
+            .any(|q| !matches!(q.info(), kad::QueryInfo::Bootstrap { .. }));
+        b.conns.set_looking(looking);
     }
 
     /// Ends a DHT query early (a good record was found).
@@ -422,6 +438,10 @@ impl<T: Tags> Net<T> {
         let SwarmEvent::Behaviour(e) = event else {
             return;
         };
+        if let BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { .. }) = e {
+            // A finished query has left kad's pool by the time its last step is reported.
+            self.follow_queries();
+        }
         let now = Instant::now();
         let c = &mut self.swarm.behaviour_mut().conns;
         match e {

@@ -200,3 +200,36 @@ fn trimmed_connections_count_against_admission_until_they_are_gone() {
     assert_eq!((c.counted(), c.open()), (4, 4));
     assert_eq!(c.peers[&p[1]].live(), 1);
 }
+
+#[test]
+fn upkeep_dials_stop_at_the_low_water_mark_unless_a_record_query_runs() {
+    let t0 = Instant::now();
+    // Bound 8, low-water mark 6.
+    let mut c = Conns::new(8, false);
+    let p = peers(10);
+    for (i, peer) in p.iter().enumerate().take(5) {
+        assert!(c.admit(peer, false, t0), "below the mark a dial gets out");
+        c.established(*peer, conn(i), None, t0);
+    }
+    c.dialing(conn(5), p[5]);
+    assert_eq!(c.open(), c.low_water());
+    // At the mark: Kademlia's upkeep dial is refused, an inbound connection still admitted.
+    assert!(!c.admit(&p[6], false, t0));
+    assert!(c.admit(&p[6], true, t0));
+    // A needed peer is dialled whatever the count.
+    c.request_started(p[7], t0);
+    assert!(c.admit(&p[7], false, t0));
+    // While a lookup or publish runs, its dials go up to the bound, and no further.
+    c.set_looking(true);
+    assert!(c.admit(&p[6], false, t0));
+    c.established(p[6], conn(6), None, t0);
+    c.established(p[8], conn(8), None, t0);
+    assert!(c.full());
+    assert!(!c.admit(&p[9], false, t0));
+    c.set_looking(false);
+    c.closed(p[8], conn(8));
+    assert!(
+        !c.admit(&p[9], false, t0),
+        "above the mark, with no query, still refused"
+    );
+}
