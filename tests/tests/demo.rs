@@ -31,11 +31,12 @@ fn demo_runs_the_whole_mission_and_leaves_consistent_homes() {
         // Owner and worker-2 both listen only through the relay: their traffic goes through it.
         "worker-2 reaches the owner through the relay",
         "champion: #",
-        // Claims go pending -> verified; the doctored one is caught.
-        "pending: the owner is checking it",
-        "-> verified, new champion",
+        // The owner's verdicts. A claim shows "pending" first only when the leaderboard reads
+        // the owner's status before the check ends (a race the demo does not control), so the
+        // verdicts are matched with or without their "->" prefix.
+        "verified, new champion",
         "now submits a doctored claim",
-        "-> REJECTED by the owner's check: metric did not reproduce",
+        "REJECTED by the owner's check: metric did not reproduce",
         "payouts (pool 100.000000 OBOL",
         "stopping the daemons",
     ] {
