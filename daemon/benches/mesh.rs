@@ -8,6 +8,10 @@
 //! one `btd start` process. Per-peer rate limits are lifted. No timing assertions: the numbers go
 //! to docs/benchmarks.md.
 //!
+//! The owner runs on a runtime of its own (threads named `btd-owner`, its store thread found by
+//! id), so the many-member phases can say how much CPU the owner itself spent per submission
+//! (`/proc/self/task/*/schedstat`) apart from its members, which share the machine with it here.
+//!
 //! Under `cargo test` (no `--bench` argument) it runs its quick mode: 3 joins, 20 sequential and
 //! 128 concurrent submissions, 3 members with 32 each, 3 status reads, the idle RSS read as soon as
 //! the daemon is ready; it checks the shape (every submission in the owner's log, the members,
@@ -152,9 +156,28 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn bench(sizes: &Sizes) {
+async fn bench(sizes: &Sizes, owner_rt: tokio::runtime::Handle) {
     let dir = tempfile::tempdir().unwrap();
-    let owner = start(dir.path(), "owner", vec![]).await;
+    // The owner's node, verifier, signature checks and store thread run apart from everything
+    // else, so their CPU can be told apart.
+    let stores_before = threads_named(STORE_THREAD);
+    let owner_home = dir.path().to_path_buf();
+    let owner = owner_rt
+        .spawn(async move { start(&owner_home, "owner", vec![]).await })
+        .await
+        .unwrap();
+    let new_stores: Vec<u32> = threads_named(STORE_THREAD)
+        .into_iter()
+        .filter(|t| !stores_before.contains(t))
+        .collect();
+    assert_eq!(
+        new_stores.len(),
+        1,
+        "the owner's store thread: {new_stores:?}"
+    );
+    let owner_cpu = OwnerCpu {
+        store_thread: new_stores[0],
+    };
     let worker = start(dir.path(), "worker", vec![addr(&owner).await]).await;
 
     // Approval → credential in the worker's hands, one program per sample.
@@ -246,7 +269,13 @@ async fn bench(sizes: &Sizes) {
     .enumerate()
     {
         let first = 1e6 + 1e7 * round as f64;
-        many += many_members(&owner, id, dir.path(), sizes, outbox, label, round, first).await;
+        let phase = Phase {
+            outbox,
+            label,
+            round,
+            first,
+        };
+        many += many_members(&owner, &owner_cpu, id, dir.path(), sizes, phase).await;
     }
 
     // `btd status` pages with the log just written: a member's over the mesh (one request), and
@@ -295,19 +324,32 @@ async fn bench(sizes: &Sizes) {
     assert_eq!(owner.programs().await.unwrap().len(), joins, "programs");
 }
 
-/// `sizes.workers` new members (outbox `outbox`) submit `sizes.per_member` results each, 16 in
-/// flight per member; prints the rate and returns how many were acknowledged.
-#[allow(clippy::too_many_arguments)]
+/// One many-member phase: the members' outbox, its name, which round (fresh members each) and
+/// the first value submitted.
+struct Phase {
+    outbox: OutboxParams,
+    label: &'static str,
+    round: usize,
+    first: f64,
+}
+
+/// `sizes.workers` new members (outbox `phase.outbox`) submit `sizes.per_member` results each, 16
+/// in flight per member; prints the rate and the owner's CPU per submission and returns how many
+/// were acknowledged.
 async fn many_members(
     owner: &NodeHandle,
+    owner_cpu: &OwnerCpu,
     id: ProgramId,
     dir: &std::path::Path,
     sizes: &Sizes,
-    outbox: OutboxParams,
-    label: &str,
-    round: usize,
-    first: f64,
+    phase: Phase,
 ) -> usize {
+    let Phase {
+        outbox,
+        label,
+        round,
+        first,
+    } = phase;
     let mut members = Vec::new();
     for i in 1..=sizes.workers {
         let name = format!("member{round}-{i}");
@@ -324,6 +366,7 @@ async fn many_members(
         members.push(w);
     }
     let each = sizes.per_member / 16;
+    let cpu0 = owner_cpu.read();
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (m, w) in members.iter().enumerate() {
@@ -337,12 +380,100 @@ async fn many_members(
     }
     let many = members.len() * 16 * each;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = owner_cpu
+        .read()
+        .zip(cpu0)
+        .map(|(now, then)| now.since(then));
     println!(
         "sustained durable submissions ({} members, 16 in flight each, {label}): {:.0} /s ({many} in {secs:.2} s)",
         members.len(),
         many as f64 / secs,
     );
+    let Some(cpu) = cpu else {
+        println!("  the owner's CPU: not measured (no /proc/self/task/*/schedstat here)");
+        return many;
+    };
+    // The accounting found the owner's threads at work, and they are a part of the process.
+    assert!(cpu.owner_ns > 0 && cpu.owner_ns <= cpu.all_ns, "{cpu:?}");
+    let per = cpu.owner_ns as f64 / 1e3 / many as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "  the owner's threads: {per:.0} µs CPU per submission, {:.0}% of the process's CPU; \
+         {cores} cores at that cost: {:.0} /s",
+        100.0 * cpu.owner_ns as f64 / cpu.all_ns as f64,
+        cores as f64 * 1e6 / per,
+    );
     many
+}
+
+const OWNER_THREADS: &str = "btd-owner";
+const STORE_THREAD: &str = "btd-store";
+
+/// The owner's threads: its runtime's (named [`OWNER_THREADS`]) and its store thread.
+struct OwnerCpu {
+    store_thread: u32,
+}
+
+/// On-CPU nanoseconds so far: the owner's threads and all of this process's live threads.
+#[derive(Debug, Clone, Copy)]
+struct CpuNs {
+    owner_ns: u64,
+    all_ns: u64,
+}
+
+impl CpuNs {
+    fn since(self, earlier: CpuNs) -> CpuNs {
+        CpuNs {
+            owner_ns: self.owner_ns.saturating_sub(earlier.owner_ns),
+            all_ns: self.all_ns.saturating_sub(earlier.all_ns),
+        }
+    }
+}
+
+impl OwnerCpu {
+    /// None where the kernel does not report threads' CPU time.
+    fn read(&self) -> Option<CpuNs> {
+        let mut cpu = CpuNs {
+            owner_ns: 0,
+            all_ns: 0,
+        };
+        for (tid, name, ns) in threads() {
+            let ns = ns?;
+            cpu.all_ns += ns;
+            if name == OWNER_THREADS || tid == self.store_thread {
+                cpu.owner_ns += ns;
+            }
+        }
+        Some(cpu)
+    }
+}
+
+/// This process's threads: id, name and on-CPU nanoseconds where the kernel reports them
+/// (`/proc/self/task/*/schedstat`). A thread that exits between the listing and the read is left
+/// out.
+fn threads() -> Vec<(u32, String, Option<u64>)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let ns = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok());
+            Some((tid, name.trim_end().to_string(), ns))
+        })
+        .collect()
+}
+
+fn threads_named(name: &str) -> Vec<u32> {
+    threads()
+        .into_iter()
+        .filter(|(_, n, _)| n == name)
+        .map(|(tid, _, _)| tid)
+        .collect()
 }
 
 /// Submits `n` results valued `first`, `first + 1`, … one after another, each durably
@@ -397,6 +528,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(bench(sizes));
+    // Blocking threads are kept, so the CPU of the owner's signature checks is not lost with an
+    // idle thread that exits.
+    let owner_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(OWNER_THREADS)
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench(sizes, owner_rt.handle().clone()));
+    drop(owner_rt);
     idle_rss(sizes.idle);
 }

@@ -13,7 +13,7 @@ use btd_protocol::signed::Signed;
 use btd_protocol::wire::{CodeHypothesis, ProgramAnnouncement, VerifiedProgram};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::schema::ts;
+use super::schema::{query_one, ts};
 use super::{StoreError, SubmissionRow};
 
 fn seq_param(seq: u64) -> i64 {
@@ -32,10 +32,11 @@ pub fn restore_owner(
 ) -> Result<ProgramOwner, StoreError> {
     let id = view.id;
     let program = id.to_string();
-    let mut stmt = conn.prepare(LOG_QUERY)?;
+    let mut stmt = conn.prepare_cached(LOG_QUERY)?;
     // Counted first (in the same read, so no write comes between) so that the owner core sizes
     // its tables once.
-    let count: i64 = conn.query_row(
+    let count: i64 = query_one(
+        conn,
         "SELECT COUNT(*) FROM submissions WHERE program = ?1",
         params![program],
         |r| r.get(0),
@@ -53,7 +54,8 @@ pub fn restore_owner(
         Ok(None) => Err(corrupt(i + 1, "missing (the log ended early)".into())),
         Err(e) => Err(corrupt(i + 1, e.to_string())),
     });
-    let mut one = conn.prepare("SELECT signed FROM submissions WHERE program = ?1 AND seq = ?2")?;
+    let mut one =
+        conn.prepare_cached("SELECT signed FROM submissions WHERE program = ?1 AND seq = ?2")?;
     ProgramOwner::restore_from(
         id,
         view.owner,
@@ -111,7 +113,7 @@ pub fn load_results(
     first: u64,
     last: u64,
 ) -> Result<HashMap<u64, StoredResult>, StoreError> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, signed, code FROM submissions WHERE program = ?1 AND seq BETWEEN ?2 AND ?3",
     )?;
     let rows = stmt.query_map(
@@ -176,7 +178,7 @@ pub fn load_submissions(
     conn: &Connection,
     program: ProgramId,
 ) -> Result<Vec<SubmissionRow>, StoreError> {
-    let mut stmt = conn.prepare(LOG_QUERY)?;
+    let mut stmt = conn.prepare_cached(LOG_QUERY)?;
     let mut rows = stmt.query(params![program.to_string()])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {

@@ -7,7 +7,7 @@ use btd_protocol::wire::SubmitReceipt;
 use btd_protocol::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::schema::{ms, program_id, ts};
+use super::schema::{exec, ms, program_id, query_one, ts};
 use super::StoreError;
 
 /// Answered rows kept (receipts and refusals), newest first; older ones are deleted.
@@ -64,7 +64,8 @@ pub struct RefusedRow {
 
 /// Stores a new queued submission.
 pub fn put_outbox(tx: &Transaction<'_>, row: &OutboxRow) -> Result<(), StoreError> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO outbox (id, program, owner, nonce, value, rung, request, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -100,7 +101,8 @@ pub fn finish_outbox(
         ),
         OutboxOutcome::Refused(why) => (None, Some(why.as_str())),
     };
-    tx.execute(
+    exec(
+        tx,
         "UPDATE outbox SET done_at = ?2, receipt = ?3, refused = ?4 WHERE id = ?1",
         params![
             i64::try_from(id).unwrap_or(i64::MAX),
@@ -119,7 +121,8 @@ pub fn finish_outbox(
             )
             .optional()?;
         if let Some(cut) = cut {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM outbox WHERE id < ?1 AND done_at IS NOT NULL",
                 params![cut],
             )?;
@@ -173,7 +176,9 @@ pub(super) fn load_queued(conn: &Connection) -> Result<(Vec<OutboxRow>, u64), St
         .into_iter()
         .map(parse)
         .collect::<Result<Vec<_>, _>>()?;
-    let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |r| r.get(0))?;
+    let last: i64 = query_one(conn, "SELECT COALESCE(MAX(id), 0) FROM outbox", [], |r| {
+        r.get(0)
+    })?;
     Ok((rows, u64::try_from(last).unwrap_or(0)))
 }
 
