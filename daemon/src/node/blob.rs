@@ -5,7 +5,7 @@
 //! - from a member of a program, the program's owner may fetch what the member stored for that
 //!   program (its claimed checkpoints).
 //!
-//! Everything else is refused. Each peer has its own chunk budget ([`Node::allow_blob`]); chunks
+//! Everything else is refused. Each peer has its own chunk budget (`Node::blob_requests`); chunks
 //! are read from disk off the event loop.
 
 use btd_protocol::program::ProgramId;

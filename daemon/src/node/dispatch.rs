@@ -261,7 +261,7 @@ impl Node {
         const SLOW_DOWN: &str = "too many requests; slow down";
         match request {
             Inbound::Membership(req, to) => {
-                if !self.allow(peer) {
+                if !self.requests.take(peer) {
                     self.metrics.rate_limited(Limited::Membership);
                     let busy = MembershipResponse::Error(err(ErrorCode::RateLimited, SLOW_DOWN));
                     self.net.respond(to, busy);
@@ -277,7 +277,7 @@ impl Node {
             Inbound::Kb(req, to) => {
                 // A batch costs one request per result.
                 let cost = btd_protocol::owner::submissions_of(&req.call).len().max(1);
-                if !self.allow_n(peer, cost) {
+                if !self.requests.take_n(peer, cost) {
                     self.metrics.rate_limited(Limited::Kb);
                     let busy = KbResponse::Error(err(ErrorCode::RateLimited, SLOW_DOWN));
                     self.net.respond(to, busy);
@@ -286,7 +286,7 @@ impl Node {
                 owner::on_kb_request(self, peer, req, to)
             }
             Inbound::Approval(req, to) => {
-                if !self.allow(peer) {
+                if !self.requests.take(peer) {
                     self.metrics.rate_limited(Limited::Approval);
                     let busy = ApprovalResponse::Error(err(ErrorCode::RateLimited, "slow down"));
                     self.net.respond(to, busy);
@@ -295,7 +295,7 @@ impl Node {
                 spend::on_request(self, peer, req, to)
             }
             Inbound::Blob(req, to) => {
-                if !self.allow_blob(peer) {
+                if !self.blob_requests.take(peer) {
                     self.metrics.rate_limited(Limited::Blob);
                     let why = "too many artifact requests; slow down".to_string();
                     return blob::refuse(self, to, ErrorCode::RateLimited, why);

@@ -318,7 +318,7 @@ pub(super) fn on_record_offered(node: &mut Node, peer: PeerId, record: OfferedRe
     // Checking a record costs a signature verification and a manifest parse: offers share the
     // peer's request budget, so a peer cannot make a node verify records faster than it answers
     // requests.
-    if !node.allow(peer) {
+    if !node.requests.take(peer) {
         node.metrics
             .rate_limited(crate::metrics::Limited::DhtRecord);
         tracing::debug!(peer = %peer, "DHT record offer over the peer's request budget dropped");

@@ -6,6 +6,7 @@
 //! `try_send`/oneshot.
 
 mod blob;
+mod budget;
 mod dispatch;
 mod gossip;
 mod handle;
@@ -129,15 +130,6 @@ pub(crate) struct Known {
     pub(crate) signed: Signed<ProgramAnnouncement>,
 }
 
-/// Per-peer request budget (token bucket): bounded work per remote peer.
-pub(crate) struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-/// Most peers tracked for rate limiting (oldest forgotten first).
-const MAX_BUCKETS: usize = 4096;
-
 /// The node task's state.
 pub struct Node {
     pub(crate) net: Net<NodeTags>,
@@ -160,7 +152,8 @@ pub struct Node {
     pub(crate) pending: FuturesUnordered<BoxFut>,
     /// Submission signatures checked at once off this task (one per core): `owner::on_kb_request`.
     pub(crate) signature_checks: std::sync::Arc<tokio::sync::Semaphore>,
-    pub(crate) buckets: HashMap<PeerId, Bucket>,
+    /// Per-peer request budget.
+    pub(crate) requests: budget::Budgets,
     pub(crate) peer_rungs: HashMap<PeerId, (btd_protocol::Timestamp, Vec<AdvertisedRung>)>,
     pub(crate) agents: HashMap<PeerId, String>,
     pub(crate) bootstrap: HashMap<PeerId, Multiaddr>,
@@ -180,16 +173,12 @@ pub struct Node {
     /// Known-program rows on their way to the database, in order.
     pub(crate) program_writes: gossip::ProgramWrites,
     pub(crate) relay_server: bool,
-    /// Per-peer request budget (burst, per second).
-    pub(crate) rate: (f64, f64),
     /// Artifacts this node serves and fetches.
     pub(crate) blobs: Option<crate::blobs::BlobStore>,
     /// The home directory (holdouts live under it).
     pub(crate) home: Option<std::path::PathBuf>,
-    /// Per-peer artifact budget.
-    pub(crate) blob_buckets: HashMap<PeerId, Bucket>,
-    /// Per-peer artifact budget (burst, chunks per second).
-    pub(crate) blob_rate: (f64, f64),
+    /// Per-peer artifact budget (chunks).
+    pub(crate) blob_requests: budget::Budgets,
     /// Wakes the verifier when a claim becomes pending.
     pub(crate) claims_ready: std::sync::Arc<tokio::sync::Notify>,
     /// Open connections per peer, with their remote addresses (for `btd peers`).
@@ -270,7 +259,7 @@ pub(crate) async fn spawn_without_verifier(
         signature_checks: std::sync::Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
         )),
-        buckets: HashMap::new(),
+        requests: budget::Budgets::new((cfg.net.rate_burst, cfg.net.rate_per_sec)),
         peer_rungs: HashMap::new(),
         agents: HashMap::new(),
         bootstrap: HashMap::new(),
@@ -285,14 +274,12 @@ pub(crate) async fn spawn_without_verifier(
         lookups: gossip::Lookups::default(),
         program_writes: gossip::ProgramWrites::default(),
         relay_server: cfg.net.relay_server,
-        rate: (cfg.net.rate_burst, cfg.net.rate_per_sec),
         blobs: cfg
             .home
             .as_ref()
             .map(|h| crate::blobs::BlobStore::new(h.join("blobs"))),
         home: cfg.home.clone(),
-        blob_buckets: HashMap::new(),
-        blob_rate: (cfg.net.blob_burst, cfg.net.blob_per_sec),
+        blob_requests: budget::Budgets::new((cfg.net.blob_burst, cfg.net.blob_per_sec)),
         claims_ready: std::sync::Arc::new(tokio::sync::Notify::new()),
         connections: HashMap::new(),
         metrics: cfg.metrics.clone(),
@@ -476,21 +463,6 @@ impl Node {
         self.net.trim(protected);
     }
 
-    /// Takes one token from `peer`'s request budget; false means "rate limited".
-    pub(crate) fn allow(&mut self, peer: PeerId) -> bool {
-        take_token(&mut self.buckets, peer, self.rate)
-    }
-
-    /// Takes `n` tokens from `peer`'s request budget at once (a batch of `n` results).
-    pub(crate) fn allow_n(&mut self, peer: PeerId, n: usize) -> bool {
-        take_tokens(&mut self.buckets, peer, self.rate, n)
-    }
-
-    /// Takes one token from `peer`'s artifact budget; false means "rate limited".
-    pub(crate) fn allow_blob(&mut self, peer: PeerId) -> bool {
-        take_token(&mut self.blob_buckets, peer, self.blob_rate)
-    }
-
     /// Addresses to tell others: listeners and confirmed external addresses, without unspecified
     /// ones.
     pub(crate) fn my_addresses(&self) -> Vec<Multiaddr> {
@@ -564,68 +536,5 @@ impl Node {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         out
-    }
-}
-
-/// Takes one token from `peer`'s bucket (burst, refill per second), evicting the least recently
-/// used bucket when [`MAX_BUCKETS`] are tracked; false means "rate limited".
-pub(crate) fn take_token(
-    buckets: &mut HashMap<PeerId, Bucket>,
-    peer: PeerId,
-    rate: (f64, f64),
-) -> bool {
-    take_tokens(buckets, peer, rate, 1)
-}
-
-/// Takes `n` tokens at once from `peer`'s bucket (a batch of `n` results costs what `n` requests
-/// cost), or none: false means "rate limited".
-pub(crate) fn take_tokens(
-    buckets: &mut HashMap<PeerId, Bucket>,
-    peer: PeerId,
-    (burst, per_sec): (f64, f64),
-    n: usize,
-) -> bool {
-    let n = n.max(1) as f64;
-    let now = Instant::now();
-    if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&peer) {
-        if let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.last).map(|(p, _)| *p) {
-            buckets.remove(&oldest);
-        }
-    }
-    let b = buckets.entry(peer).or_insert(Bucket {
-        tokens: burst,
-        last: now,
-    });
-    let elapsed = now.duration_since(b.last).as_secs_f64();
-    b.tokens = (b.tokens + elapsed * per_sec).min(burst);
-    b.last = now;
-    if b.tokens >= n {
-        b.tokens -= n;
-        true
-    } else {
-        false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_allow_a_burst_then_refill_per_peer() {
-        let mut buckets = HashMap::new();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        // Burst 3, refill 1/s: three requests pass at once, the fourth is rate limited.
-        let rate = (3.0, 1.0);
-        assert!((0..3).all(|_| take_token(&mut buckets, a, rate)));
-        assert!(!take_token(&mut buckets, a, rate));
-        // Another peer has its own budget.
-        assert!(take_token(&mut buckets, b, rate));
-        // Time refills it: 1.5 s gives one and a half tokens.
-        if let Some(bucket) = buckets.get_mut(&a) {
-            bucket.last -= Duration::from_millis(1500);
-        }
-        assert!(take_token(&mut buckets, a, rate));
-        assert!(!take_token(&mut buckets, a, rate));
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use super::dispatch::KbTag;
 use super::handle::{Command, NodeError, NodeHandle, Reply};
 use super::types::{NewResult, OutboxList, OutboxView, Submitted};
-use super::{Bucket, Node};
+use super::Node;
 use crate::store::{self, OutboxOutcome, OutboxRow};
 
 /// First pause before a resend; it doubles with each failed send up to `OutboxParams::retry_max`.
@@ -94,8 +94,7 @@ pub(crate) struct Outbox {
     params: OutboxParams,
     /// This side's pace per owner: half the owner's budget (burst, per second), assuming the
     /// owner runs btd's limits (this node's own).
-    pace: (f64, f64),
-    buckets: HashMap<PeerId, Bucket>,
+    pace: super::budget::Budgets,
     /// An owner that answered "rate limited" is left alone until then.
     hold: HashMap<PeerId, Instant>,
     /// Requests in flight per owner.
@@ -111,8 +110,7 @@ impl Outbox {
             entries: BTreeMap::new(),
             last_id: 0,
             params,
-            pace: ((rate.0 / 2.0).max(1.0), (rate.1 / 2.0).max(0.1)),
-            buckets: HashMap::new(),
+            pace: super::budget::Budgets::new(((rate.0 / 2.0).max(1.0), (rate.1 / 2.0).max(0.1))),
             hold: HashMap::new(),
             requests: HashMap::new(),
             answered: Vec::new(),
@@ -382,7 +380,7 @@ pub(super) fn pump(node: &mut Node, now: Instant) {
         let mut ids = ids.into_iter().peekable();
         while node.outbox.requests.get(&owner).copied().unwrap_or(0) < slots {
             let Some(first) = ids.next() else { break };
-            if !super::take_token(&mut node.outbox.buckets, owner, node.outbox.pace) {
+            if !node.outbox.pace.take(owner) {
                 // Out of budget for this owner until the bucket refills.
                 break;
             }
@@ -399,7 +397,7 @@ pub(super) fn pump(node: &mut Node, now: Instant) {
                     if !next.is_some_and(|e| e.batchable() && Some(e.program) == program) {
                         break;
                     }
-                    if !super::take_token(&mut node.outbox.buckets, owner, node.outbox.pace) {
+                    if !node.outbox.pace.take(owner) {
                         break;
                     }
                     batch.extend(ids.next());
