@@ -105,16 +105,40 @@ pub(crate) struct JoinState {
     /// ignored, never taken as this one's.
     pub(crate) id: u64,
     pub(crate) owner: PeerId,
-    pub(crate) device_code: Option<btd_protocol::membership::DeviceCode>,
+    /// Asking for a code, or polling with it.
+    pub(crate) phase: JoinPhase,
+    /// When the phase's next request goes out, or that it is in flight.
+    pub(crate) next: NextRequest,
+    /// The owner's poll interval.
     pub(crate) interval: Duration,
     pub(crate) expires_at: Instant,
-    /// Before the code arrives: when the authorization request is sent again (it failed).
-    pub(crate) next_poll: Instant,
-    /// A poll (or, before the code arrives, the authorization request) is in flight.
-    pub(crate) poll_in_flight: bool,
-    /// Authorization requests that failed to reach the owner (`worker::AUTHORIZE_ATTEMPTS`).
-    pub(crate) failed_attempts: u32,
     pub(crate) events: mpsc::Sender<JoinEvent>,
+}
+
+/// Where a join stands (worker side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinPhase {
+    /// No code yet: the authorization request, sent again when it fails to reach the owner;
+    /// `failed` of them did (`worker::AUTHORIZE_ATTEMPTS`).
+    Authorizing { failed: u32 },
+    /// The owner gave this device code: polling until the owner decides.
+    Polling(btd_protocol::membership::DeviceCode),
+}
+
+/// A join's next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NextRequest {
+    /// One is in flight: nothing goes out until it is answered or fails.
+    InFlight,
+    /// Goes out at the first tick from then on.
+    At(Instant),
+}
+
+impl NextRequest {
+    /// Whether the next request goes out at `now`.
+    pub(crate) fn due(self, now: Instant) -> bool {
+        matches!(self, NextRequest::At(at) if now >= at)
+    }
 }
 
 /// This node's membership in a program it does not own.

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::dispatch::{KbTag, MembershipTag};
 use super::handle::{NodeError, Reply};
 use super::types::{JoinEvent, StatusView};
-use super::{JoinState, Membership, Node, MAX_JOINS};
+use super::{JoinPhase, JoinState, Membership, NextRequest, Node, MAX_JOINS};
 use crate::net::Responder;
 use crate::store::{self, MembershipRow};
 
@@ -103,12 +103,10 @@ pub(super) fn start_authorize(
         JoinState {
             id,
             owner,
-            device_code: None,
+            phase: JoinPhase::Authorizing { failed: 0 },
+            next: NextRequest::InFlight,
             interval: Duration::from_secs(membership::POLL_INTERVAL_SECS),
             expires_at: now + Duration::from_secs(membership::DEVICE_CODE_EXPIRES_IN_SECS),
-            next_poll: now,
-            poll_in_flight: true,
-            failed_attempts: 0,
             events,
         },
     );
@@ -144,7 +142,7 @@ fn accept_grant(node: &mut Node, from: PeerId, delivery: &GrantDelivery) -> Resu
     if join.owner != from {
         return Err("the grant does not come from the program's owner".into());
     }
-    if join.device_code != Some(delivery.device_code) {
+    if join.phase != JoinPhase::Polling(delivery.device_code) {
         // The grant of an earlier `btd join` of this program, come late. Taking it would leave
         // this node with a dead credential: approving the current code replaces the member's
         // credential at the owner (netsim scale-1000: members refused as non-members).
@@ -239,30 +237,33 @@ pub(super) fn on_membership_answer(
         Err(_) if poll => {
             // Polling retries on the next interval.
             if let Some(j) = node.joins.get_mut(&program) {
-                j.poll_in_flight = false;
-                j.next_poll = Instant::now()
-                    .checked_add(j.interval)
-                    .unwrap_or(j.expires_at);
+                j.next = NextRequest::At(
+                    Instant::now()
+                        .checked_add(j.interval)
+                        .unwrap_or(j.expires_at),
+                );
             }
             return;
         }
         Err(error) => {
-            let retry = node
-                .joins
-                .get_mut(&program)
-                .filter(|j| j.device_code.is_none() && j.failed_attempts + 1 < AUTHORIZE_ATTEMPTS);
-            let Some(j) = retry else {
+            // Only the first request (no code yet) is asked again, a bounded number of times.
+            let retry = node.joins.get_mut(&program).and_then(|j| match j.phase {
+                JoinPhase::Authorizing { failed } if failed + 1 < AUTHORIZE_ATTEMPTS => {
+                    Some((j, failed + 1))
+                }
+                _ => None,
+            });
+            let Some((j, failed)) = retry else {
                 return fail_join(
                     node,
                     program,
                     format!("cannot reach the program's owner: {error}"),
                 );
             };
-            j.failed_attempts += 1;
-            j.poll_in_flight = false;
-            let backoff = Duration::from_secs(1 << (j.failed_attempts - 1).min(4));
-            j.next_poll = Instant::now().checked_add(backoff).unwrap_or(j.expires_at);
-            tracing::info!(program = %program, %error, attempt = j.failed_attempts, "join: the owner did not answer; asking again");
+            j.phase = JoinPhase::Authorizing { failed };
+            let backoff = Duration::from_secs(1 << (failed - 1).min(4));
+            j.next = NextRequest::At(Instant::now().checked_add(backoff).unwrap_or(j.expires_at));
+            tracing::info!(program = %program, %error, attempt = failed, "join: the owner did not answer; asking again");
             return;
         }
     };
@@ -287,11 +288,10 @@ pub(super) fn on_membership_answer(
             let Some(j) = node.joins.get_mut(&program) else {
                 return;
             };
-            j.device_code = Some(auth.device_code);
-            j.poll_in_flight = false;
+            j.phase = JoinPhase::Polling(auth.device_code);
+            j.next = NextRequest::At(next_poll);
             j.interval = interval;
             j.expires_at = expires_at;
-            j.next_poll = next_poll;
             let e = JoinEvent::Code {
                 program,
                 user_code: auth.user_code.to_string(),
@@ -309,7 +309,6 @@ pub(super) fn on_membership_answer(
             let Some(j) = node.joins.get_mut(&program) else {
                 return;
             };
-            j.poll_in_flight = false;
             match status {
                 PollStatus::AuthorizationPending => {}
                 PollStatus::SlowDown { interval } => {
@@ -334,9 +333,11 @@ pub(super) fn on_membership_answer(
                     )
                 }
             }
-            j.next_poll = Instant::now()
-                .checked_add(j.interval)
-                .unwrap_or(j.expires_at);
+            j.next = NextRequest::At(
+                Instant::now()
+                    .checked_add(j.interval)
+                    .unwrap_or(j.expires_at),
+            );
         }
         MembershipResponse::Error(e) => fail_join(node, program, e.message),
         MembershipResponse::Ack => {}
@@ -351,13 +352,10 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
     for (program, j) in &node.joins {
         if now > j.expires_at {
             expired.push(*program);
-        } else if j.device_code.is_none() {
-            if !j.poll_in_flight && now >= j.next_poll {
-                again.push((*program, j.owner, j.id));
-            }
-        } else if let Some(code) = j.device_code {
-            if !j.poll_in_flight && now >= j.next_poll {
-                due.push((*program, j.owner, code, j.id));
+        } else if j.next.due(now) {
+            match j.phase {
+                JoinPhase::Authorizing { .. } => again.push((*program, j.owner, j.id)),
+                JoinPhase::Polling(code) => due.push((*program, j.owner, code, j.id)),
             }
         }
     }
@@ -371,7 +369,7 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
     for (program, owner, id) in again {
         send_authorize(node, owner, program, id);
         if let Some(j) = node.joins.get_mut(&program) {
-            j.poll_in_flight = true;
+            j.next = NextRequest::InFlight;
         }
     }
     for (program, owner, device_code, id) in due {
@@ -382,7 +380,7 @@ pub(super) fn on_tick(node: &mut Node, now: Instant) {
         node.net
             .request_membership(owner, poll, MembershipTag::Poll(program, id));
         if let Some(j) = node.joins.get_mut(&program) {
-            j.poll_in_flight = true;
+            j.next = NextRequest::InFlight;
         }
     }
 }
