@@ -115,6 +115,15 @@ pub(crate) struct JoinState {
     pub(crate) events: mpsc::Sender<JoinEvent>,
 }
 
+impl JoinState {
+    /// The phase's next request goes out `wait` from now (when the join expires, if that
+    /// instant cannot be represented).
+    pub(crate) fn wait(&mut self, wait: Duration) {
+        let at = Instant::now().checked_add(wait).unwrap_or(self.expires_at);
+        self.next = NextRequest::At(at);
+    }
+}
+
 /// Where a join stands (worker side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinPhase {

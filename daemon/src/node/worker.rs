@@ -237,11 +237,7 @@ pub(super) fn on_membership_answer(
         Err(_) if poll => {
             // Polling retries on the next interval.
             if let Some(j) = node.joins.get_mut(&program) {
-                j.next = NextRequest::At(
-                    Instant::now()
-                        .checked_add(j.interval)
-                        .unwrap_or(j.expires_at),
-                );
+                j.wait(j.interval);
             }
             return;
         }
@@ -261,8 +257,7 @@ pub(super) fn on_membership_answer(
                 );
             };
             j.phase = JoinPhase::Authorizing { failed };
-            let backoff = Duration::from_secs(1 << (failed - 1).min(4));
-            j.next = NextRequest::At(Instant::now().checked_add(backoff).unwrap_or(j.expires_at));
+            j.wait(Duration::from_secs(1 << (failed - 1).min(4)));
             tracing::info!(program = %program, %error, attempt = failed, "join: the owner did not answer; asking again");
             return;
         }
@@ -333,11 +328,7 @@ pub(super) fn on_membership_answer(
                     )
                 }
             }
-            j.next = NextRequest::At(
-                Instant::now()
-                    .checked_add(j.interval)
-                    .unwrap_or(j.expires_at),
-            );
+            j.wait(j.interval);
         }
         MembershipResponse::Error(e) => fail_join(node, program, e.message),
         MembershipResponse::Ack => {}
