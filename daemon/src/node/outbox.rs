@@ -323,17 +323,9 @@ pub(super) fn submit(
             waiter: Some(delivered),
         },
     );
-    let store = node.store.clone();
-    // Deliveries waiting to be recorded ride along in this durable write.
-    let answered = std::mem::take(&mut node.outbox.answered);
-    let at = node.clock.now();
+    let written = write_answers(node, Some(row));
     node.after(async move {
-        let res = store
-            .write(move |tx| {
-                store::put_outbox(tx, &row)?;
-                record_answers(tx, &answered, at)
-            })
-            .await;
+        let res = written.await;
         move |node: &mut Node| match res {
             Ok(()) => {
                 let now = Instant::now();
@@ -602,12 +594,7 @@ fn record_answered(node: &mut Node) {
     if node.outbox.answered.is_empty() {
         return;
     }
-    let done = std::mem::take(&mut node.outbox.answered);
-    let at = node.clock.now();
-    // Queued at once: a read queued after this call (`list`) sees these answers.
-    let written = node
-        .store
-        .write_in_order(move |tx| record_answers(tx, &done, at));
+    let written = write_answers(node, None);
     node.after(async move {
         let res = written.await;
         move |_: &mut Node| {
@@ -618,13 +605,21 @@ fn record_answered(node: &mut Node) {
     });
 }
 
-fn record_answers(
-    tx: &rusqlite::Transaction<'_>,
-    done: &[(u64, OutboxOutcome)],
-    at: btd_protocol::Timestamp,
-) -> Result<(), store::StoreError> {
-    done.iter()
-        .try_for_each(|(id, outcome)| store::finish_outbox(tx, *id, at, outcome))
+/// The outbox's one write: a new entry (`row`, if any) with the answers not recorded yet riding
+/// along. Queued at once: a read queued after this call (`list`) sees it.
+fn write_answers(
+    node: &mut Node,
+    row: Option<OutboxRow>,
+) -> impl std::future::Future<Output = Result<(), store::StoreError>> + Send + 'static {
+    let done = std::mem::take(&mut node.outbox.answered);
+    let at = node.clock.now();
+    node.store.write_in_order(move |tx| {
+        if let Some(row) = &row {
+            store::put_outbox(tx, row)?;
+        }
+        done.iter()
+            .try_for_each(|(id, outcome)| store::finish_outbox(tx, *id, at, outcome))
+    })
 }
 
 /// The node's tick: records what was answered since, and sends what is due.
