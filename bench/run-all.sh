@@ -79,6 +79,7 @@ if [ $quick = 1 ]; then
   section protocol-core cargo test -q --locked -p btd-protocol --bench core
   section fuzz cargo test -q --locked -p btd-protocol --test fuzz
   section mesh cargo test -q --locked -p btd --bench mesh
+  section store cargo test -q --locked -p btd --bench store
   section netsim-smoke cargo run -q --locked -p btd-netsim -- run smoke --json "$out/netsim-smoke.json"
   section verify cargo test -q --locked -p btd --bench verify
   section trainer-bench cargo test -q --locked -p btd-trainer --test trainer_bench
@@ -95,6 +96,8 @@ else
     cargo test -q --locked -p btd-protocol --test fuzz -- --ignored --nocapture
   # "Mesh" (release).
   section mesh cargo bench -q --locked -p btd --bench mesh
+  # "The log without its nonce index" (release).
+  section store cargo bench -q --locked -p btd --bench store
   # "netsim": release, seeds as shipped, one scenario at a time; hostile in a debug build as the
   # doc measured it.
   section build-release cargo build -q --locked --release -p btd-netsim -p btd -p btd-trainer

@@ -213,6 +213,73 @@ async fn a_schema_4_home_gains_the_code_column_and_keeps_its_rows() {
     assert_eq!(codes, vec![None, Some(vec![9, 9])]);
 }
 
+/// A schema-6 home's KB log loses its (program, worker, nonce) index and keeps every row as it
+/// was, codes included.
+#[tokio::test]
+async fn a_schema_6_home_keeps_its_log_without_the_nonce_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let mut rows = vec![row(1), row(2), row(3)];
+    rows[1].code = Some(vec![7; 40]);
+    rows[2].entry.worker = "other".into();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        schema::prepare(&conn).unwrap();
+        // The log as schema 6 made it.
+        conn.execute_batch(
+            "DROP TABLE submissions;
+             CREATE TABLE submissions (program TEXT NOT NULL, seq INTEGER NOT NULL,
+                 worker TEXT NOT NULL, value REAL NOT NULL, accepted INTEGER NOT NULL,
+                 champion INTEGER NOT NULL, impact REAL NOT NULL, nonce BLOB NOT NULL,
+                 signed BLOB NOT NULL, received_at INTEGER NOT NULL, code BLOB,
+                 PRIMARY KEY (program, seq), UNIQUE (program, worker, nonce));
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for r in &rows {
+            put_submission(&tx, r).unwrap();
+        }
+        tx.commit().unwrap();
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_index_list('submissions')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            indexes, 2,
+            "the schema-6 log has its key and the nonce index"
+        );
+    }
+    let store = Store::open(&path).unwrap();
+    let program = row(1).program;
+    let back = store
+        .read(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM pragma_index_list('submissions')",
+                [],
+                |r| r.get(0),
+            )?;
+            let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let free: i64 = c.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+            Ok((n, v, free, load_submissions(c, program)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.0, back.1),
+        (1, 7),
+        "only the (program, seq) key is left"
+    );
+    assert_eq!(
+        back.2, 0,
+        "the old table's pages went back to the file system"
+    );
+    assert_eq!(back.3, rows);
+}
+
 #[tokio::test]
 async fn known_programs_load_bounded_and_prune_keeps_own_joined_and_the_newest() {
     use btd_protocol::discovery::MAX_UNPINNED_PROGRAMS;
