@@ -22,8 +22,6 @@ use btd_protocol::kb::{Check, Entry};
 use btd_protocol::owner::{Record, SubmissionRecord};
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
-use btd_protocol::trace::Output;
-use btd_protocol::wire::Submission;
 use btd_protocol::{Digest, Timestamp};
 use libp2p::identity::Keypair;
 use rand::RngCore;
@@ -43,20 +41,7 @@ fn commits(program: ProgramId, n: usize) -> Vec<Vec<Record>> {
             rng.fill_bytes(&mut nonce);
             let value = 3.0 + (i % 997) as f64 / 1000.0;
             let at = t0.plus_millis(i as u64);
-            let sub = Submission {
-                program,
-                nonce,
-                value,
-                rung_id: "local-cpu".into(),
-                outputs: vec![Output::of(
-                    "output.log",
-                    format!("score: {value}").as_bytes(),
-                )],
-                metrics: Default::default(),
-                hypothesis: [("x".to_string(), value), ("lr".to_string(), 0.001)].into(),
-                created_at: at,
-                claim: None,
-            };
+            let sub = btd::testkit::scored_submission(program, nonce, value, 0.001, at);
             let signed = Signed::sign(key, &sub).unwrap();
             Record::Submission(SubmissionRecord {
                 program,
@@ -122,13 +107,13 @@ fn run(rt: &tokio::runtime::Runtime, n: usize, nonce_index: bool) -> Cost {
     }
     let program = ProgramId(Digest([7; 32]));
     let commits = commits(program, n);
-    let (u0, s0, w0, t0) = (cpu().0, cpu().1, written(), Instant::now());
+    let ((u0, s0), w0, t0) = (cpu(), written(), Instant::now());
     for records in commits {
         rt.block_on(store.write(move |tx| store::put_records(tx, &records)))
             .unwrap();
     }
     let wall = t0.elapsed().as_secs_f64();
-    let (u1, s1, w1) = (cpu().0, cpu().1, written());
+    let ((u1, s1), w1) = (cpu(), written());
     let (stored, indexes) = rt
         .block_on(store.read(move |c| {
             let rows = store::load_submissions(c, program)?;

@@ -15,7 +15,6 @@
 //! results, shapes checked (counts served, RSS read), no timing assertions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,9 +25,8 @@ use btd_protocol::membership::{Credential, MemberId, MemberRecord};
 use btd_protocol::owner::Record;
 use btd_protocol::program::ProgramId;
 use btd_protocol::signed::Signed;
-use btd_protocol::trace::Output;
 use btd_protocol::wire::{
-    KbCall, KbRequest, KbResponse, ProgramAnnouncement, StatusQuery, Submission, MAX_RESULTS_PAGE,
+    KbCall, KbRequest, KbResponse, ProgramAnnouncement, StatusQuery, MAX_RESULTS_PAGE,
 };
 use btd_protocol::Timestamp;
 use libp2p_identity::Keypair;
@@ -114,23 +112,7 @@ fn fill(rt: &tokio::runtime::Runtime, home: &Path, id: ProgramId, n: usize) -> D
         nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
         // Mostly no better than the champion, with a slow downward drift: like a real search.
         let value = 50.0 - (i as f64 / n as f64) * 40.0 + ((i * 7919) % 997) as f64 / 50.0;
-        let sub = Submission {
-            program: id,
-            nonce,
-            value,
-            rung_id: "local-cpu".into(),
-            outputs: vec![Output::of(
-                "output.log",
-                format!("score: {value}").as_bytes(),
-            )],
-            metrics: BTreeMap::new(),
-            hypothesis: BTreeMap::from([
-                ("x".to_string(), value),
-                ("lr".to_string(), 0.001 * (1 + i % 7) as f64),
-            ]),
-            created_at: at,
-            claim: None,
-        };
+        let sub = btd::testkit::scored_submission(id, nonce, value, 0.001 * (1 + i % 7) as f64, at);
         let signed = Signed::sign(key, &sub).unwrap();
         let fx = owner.on_kb(
             key.public().to_peer_id(),

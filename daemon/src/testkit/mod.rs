@@ -359,3 +359,28 @@ pub async fn owner_and_member(
         program,
     })
 }
+
+/// A shell round's result as a worker sends it, unsigned: its score as `output.log`, hypothesis
+/// `x` (the score) and `lr`. For benches that fill an owner's log with realistic submissions.
+pub fn scored_submission(
+    program: ProgramId,
+    nonce: [u8; 16],
+    value: f64,
+    lr: f64,
+    created_at: btd_protocol::Timestamp,
+) -> btd_protocol::wire::Submission {
+    btd_protocol::wire::Submission {
+        program,
+        nonce,
+        value,
+        rung_id: "local-cpu".into(),
+        outputs: vec![btd_protocol::trace::Output::of(
+            "output.log",
+            format!("score: {value}").as_bytes(),
+        )],
+        metrics: Default::default(),
+        hypothesis: [("x".to_string(), value), ("lr".to_string(), lr)].into(),
+        created_at,
+        claim: None,
+    }
+}
